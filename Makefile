@@ -1,0 +1,58 @@
+# Two commands do all set-up on a fresh machine:
+#   make run    create .venv, install, generate the demo data if missing, launch the app
+#   make test   create .venv, install (+ test tools, Debian chromium for the browser suite), run the tests
+# Everything lands in .venv/, demo_data/ and .workspace/ inside the checkout.
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+REQ_HASH := $(shell cat requirements.txt | sha1sum | cut -c1-10)
+DEV_HASH := $(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-10)
+export SEGWB_WORKSPACE ?= $(CURDIR)/.workspace
+export PYTHONUNBUFFERED := 1
+PORT ?= 8501
+PYTEST_ARGS ?=
+
+.PHONY: run test install install-dev browser demo demo-full clean bench
+
+run: install demo
+	$(BIN)/streamlit run app.py --server.port $(PORT)
+
+test: install-dev browser demo
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.req-$(REQ_HASH): requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q -r requirements.txt
+	rm -f $(VENV)/.req-* && touch $@
+
+$(VENV)/.dev-$(DEV_HASH): $(VENV)/.req-$(REQ_HASH) requirements-dev.txt
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	rm -f $(VENV)/.dev-* && touch $@
+
+install: $(VENV)/.req-$(REQ_HASH)
+
+install-dev: $(VENV)/.dev-$(DEV_HASH)
+
+# Debian's Chromium for the real-browser suite (Playwright never downloads a browser here).
+browser:
+	@if [ -x /usr/bin/chromium ]; then echo "chromium: $$(/usr/bin/chromium --version 2>/dev/null)"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "warning: /usr/bin/chromium missing and no root: the browser suite will be skipped"; fi
+
+demo: install
+	$(BIN)/python -m engine demo --out demo_data --if-missing
+
+demo-full: install
+	$(BIN)/python -m engine demo --out demo_data_full --scale full
+
+bench: install-dev demo
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) demo_data .workspace .pytest_cache

@@ -1,0 +1,1 @@
+"""Command-line front ends. One module per command group, each with ``register(subparsers)``."""

@@ -1,0 +1,79 @@
+"""Shared CLI helpers: progress bars, JSON output, dataset options from flags."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+from engine.progress import ProgressFn
+
+
+@contextlib.contextmanager
+def tqdm_progress(desc: str = "", disable: bool | None = None) -> Iterator[ProgressFn]:
+    """A progress callback that drives one tqdm bar on stderr (re-labelled by messages)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc=desc, file=sys.stderr, disable=disable, dynamic_ncols=True, leave=True,
+               mininterval=0.2)
+    state = {"message": desc}
+    try:
+        def report(done: int, total: int, message: str = "") -> None:
+            if total and bar.total != total:
+                bar.reset(total=total)
+            if message and message != state["message"]:
+                state["message"] = message
+                bar.set_description(message)
+            bar.n = done
+            bar.refresh()
+        yield report
+    finally:
+        bar.close()
+
+
+def write_json(path: str | Path | None, data: Any) -> None:
+    """Write ``data`` atomically to ``path`` ('-' or None prints nothing)."""
+    if path and str(path) != "-":
+        from engine.fsutil import atomic_write_json
+
+        atomic_write_json(path, data)
+
+
+def add_dataset_options(p) -> None:
+    """Flags every dataset-reading command shares."""
+    p.add_argument("--layout", choices=["kaggle_uns", "siim", "paired"], help="force a layout (default: detect)")
+    p.add_argument("--labels", help="comma-separated class names for ids 1..K-1, e.g. nerve,vessel")
+    p.add_argument("--threshold", type=int, default=None, help="binarise anti-aliased masks at > T (default 127)")
+    p.add_argument("--rle-csv", help="SIIM: which RLE CSV to use (default: the one matching most images)")
+    p.add_argument("--mask-suffix", action="append", help="mask file suffix such as _mask (repeatable)")
+    p.add_argument("--group-regex", help="regex whose first group is the subject/patient id in file stems")
+
+
+def dataset_options(args) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    if getattr(args, "labels", None):
+        opts["label_names"] = [s.strip() for s in args.labels.split(",") if s.strip()]
+    if getattr(args, "threshold", None) is not None:
+        opts["threshold"] = args.threshold
+    if getattr(args, "rle_csv", None):
+        opts["rle_csv"] = str(Path(args.rle_csv).resolve())
+    if getattr(args, "mask_suffix", None):
+        opts["mask_suffixes"] = args.mask_suffix
+    if getattr(args, "group_regex", None):
+        opts["group_regex"] = args.group_regex
+    return opts
+
+
+def open_dataset_from_args(args, verify: bool = False, desc: str = "indexing"):
+    """Open ``args.dataset`` with the shared flags and a progress bar."""
+    from engine.datasets import open_dataset
+
+    with tqdm_progress(desc) as progress:
+        return open_dataset(args.dataset, getattr(args, "layout", None), options=dataset_options(args),
+                            verify=verify, progress=progress)
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))

@@ -1,0 +1,125 @@
+"""Scanning machinery shared by the layouts: file listing, per-file cache, parallel map.
+
+The index cache is one JSON file per dataset and layout in the workspace. Each entry is
+keyed by the image's path and remembers the ``(size, mtime)`` stamps of every file it was
+derived from (image, mask file or RLE CSV). A rescan lists the folder (cheap ``stat``
+calls), reuses every entry whose stamps still match, and only reads changed files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+from engine.fsutil import atomic_write_json
+from engine.progress import ProgressFn, as_progress
+
+CACHE_VERSION = 3
+T = TypeVar("T")
+R = TypeVar("R")
+
+Stamp = tuple[int, int]
+
+
+def list_files(root: Path, max_depth: int = 6, suffixes: Sequence[str] | None = None) -> dict[Path, Stamp]:
+    """All files under ``root`` (hidden entries skipped) with their (size, mtime_ns) stamps."""
+    out: dict[Path, Stamp] = {}
+    wanted = tuple(s.lower() for s in suffixes) if suffixes else None
+
+    def walk(folder: Path, depth: int) -> None:
+        try:
+            entries = list(os.scandir(folder))
+        except (PermissionError, FileNotFoundError, NotADirectoryError):
+            return
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
+                if e.is_dir(follow_symlinks=True):
+                    if depth < max_depth:
+                        walk(Path(e.path), depth + 1)
+                elif e.is_file(follow_symlinks=True):
+                    if wanted is None or e.name.lower().endswith(wanted):
+                        st = e.stat(follow_symlinks=True)
+                        out[Path(e.path)] = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                continue
+
+    walk(root, 0)
+    return out
+
+
+def parallel_map(fn: Callable[[T], R], items: Sequence[T], progress: ProgressFn | None = None,
+                 message: str = "", workers: int | None = None) -> list[R]:
+    """``[fn(x) for x in items]`` on a thread pool (image decoders release the GIL), in order."""
+    report = as_progress(progress)
+    n = len(items)
+    if n == 0:
+        return []
+    workers = workers or min(8, max(2, (os.cpu_count() or 2) * 2))
+    results: list[R] = []
+    step = max(1, n // 200)
+    if workers <= 1 or n < 16:
+        for i, x in enumerate(items):
+            results.append(fn(x))
+            if (i + 1) % step == 0 or i + 1 == n:
+                report(i + 1, n, message)
+        return results
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for i, r in enumerate(pool.map(fn, items)):
+            results.append(r)
+            if (i + 1) % step == 0 or i + 1 == n:
+                report(i + 1, n, message)
+    return results
+
+
+class ScanCache:
+    """Per-file scan results keyed by path and validated by file stamps.
+
+    Args:
+        path: cache JSON file, or None to disable caching.
+        layout: layout name; options: layout options (a change invalidates everything).
+    """
+
+    def __init__(self, path: Path | None, layout: str, options: dict[str, Any]):
+        self.path = path
+        self.key = json.dumps({"v": CACHE_VERSION, "layout": layout, "options": options}, sort_keys=True,
+                              default=str)
+        self.old: dict[str, Any] = {}
+        self.new: dict[str, Any] = {}
+        self.hits = 0
+        self.misses = 0
+        if path is not None and path.exists():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                if data.get("key") == self.key:
+                    self.old = data.get("entries", {})
+            except (OSError, ValueError):
+                self.old = {}  # corrupt cache: rebuilt below
+
+    def get(self, key: str, stamps: Iterable[Stamp | None], need_verified: bool = False) -> Any | None:
+        """The cached entry for ``key`` if its stamps match, else None."""
+        entry = self.old.get(key)
+        want = [list(s) if s else None for s in stamps]
+        if entry is not None and entry.get("stamps") == want and (entry.get("verified") or not need_verified):
+            self.hits += 1
+            self.new[key] = entry
+            return entry["value"]
+        self.misses += 1
+        return None
+
+    def put(self, key: str, stamps: Iterable[Stamp | None], value: Any, verified: bool = False) -> None:
+        self.new[key] = {"stamps": [list(s) if s else None for s in stamps], "value": value, "verified": verified}
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        if self.misses == 0 and set(self.new) == set(self.old):
+            return  # nothing changed
+        try:
+            atomic_write_json(self.path, {"key": self.key, "entries": self.new}, indent=None)
+        except OSError:
+            pass  # a read-only workspace only costs speed

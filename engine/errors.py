@@ -1,0 +1,92 @@
+"""Project error types. Every user-facing failure raises a :class:`WorkbenchError`.
+
+A message names the file (when there is one), says what is wrong, and says what
+to do. ``str(err)`` renders all three, so pages and the CLI can show it as-is.
+
+Example:
+    >>> from engine.errors import ReadError
+    >>> e = ReadError("TIFF is truncated", path="a.tif", hint="re-export the file")
+    >>> str(e)
+    'a.tif: TIFF is truncated. Fix: re-export the file'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class WorkbenchError(Exception):
+    """Base class for errors meant for the user (bad input, bad configuration).
+
+    Args:
+        message: what is wrong, one sentence, no trailing period needed.
+        path: the file or folder concerned, if any.
+        hint: what the user should do about it.
+    """
+
+    def __init__(self, message: str, *, path: str | Path | None = None, hint: str | None = None):
+        self.message = message.rstrip(". ")
+        self.path = str(path) if path is not None else None
+        self.hint = hint
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:  # noqa: D105
+        text = f"{self.path}: {self.message}" if self.path else self.message
+        text += "."
+        if self.hint:
+            text += f" Fix: {self.hint}"
+        return text
+
+
+class ReadError(WorkbenchError):
+    """An image, mask or metadata file could not be read or decoded."""
+
+
+class MissingPluginError(ReadError):
+    """A compressed format needs an optional decoder package that is not installed."""
+
+
+class LayoutError(WorkbenchError):
+    """A folder does not match any known dataset layout, or a layout is inconsistent."""
+
+
+class MaskError(WorkbenchError):
+    """A mask is malformed or does not match its image (size, values, classes)."""
+
+
+class RLEError(WorkbenchError):
+    """A run-length encoding is malformed (odd count, negative/overlapping runs, out of bounds)."""
+
+
+class CSVFormatError(WorkbenchError):
+    """A CSV file has the wrong header, columns or encoding."""
+
+
+class ConfigError(WorkbenchError):
+    """A configuration value or name is invalid (unknown registry name, bad JSON)."""
+
+
+class CheckpointError(WorkbenchError):
+    """A weights folder is missing, corrupt, or does not match its model card."""
+
+
+class StoreError(WorkbenchError):
+    """The review store is unreadable, from a newer schema, or a write conflicted."""
+
+
+class ConflictError(StoreError):
+    """A save was based on a version that is no longer the newest (someone saved in between)."""
+
+    def __init__(self, message: str, *, current_version: int | None = None, **kw):
+        self.current_version = current_version
+        super().__init__(message, **kw)
+
+
+def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> ConfigError:
+    """Build the standard error for a registry lookup miss, listing the valid names.
+
+    Example:
+        >>> raise unknown_name("loss", "dcie", ["dice", "bce"])  # doctest: +SKIP
+    """
+    choices = ", ".join(sorted(valid))
+    return ConfigError(f"unknown {kind} '{name}'", hint=f"use one of: {choices}")

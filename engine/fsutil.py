@@ -1,0 +1,116 @@
+"""Atomic file writes and file-set signatures used for cache invalidation.
+
+Writes go to a temporary file in the destination folder, are flushed and fsynced,
+then renamed over the target, so a crash leaves either the old or the new file,
+never a half-written one.
+
+Example:
+    >>> from pathlib import Path; import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "a.json"
+    >>> atomic_write_json(p, {"x": 1}); read_json(p)
+    {'x': 1}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from engine.errors import ReadError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temp path next to ``path``; on success rename it over ``path``.
+
+    The temp file keeps ``path``'s suffix (or ``suffix``) so libraries that pick a
+    format from the extension (PIL, tifffile) still work. On error the temp file is
+    removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=suffix or path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
+    """Serialise ``obj`` as JSON and write it atomically (NaN is written as null)."""
+    atomic_write_text(path, json.dumps(_nan_to_none(obj), indent=indent, allow_nan=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file, raising :class:`ReadError` with the file name on bad content."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ReadError("file not found", path=path, hint="check the path") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ReadError(f"not valid JSON ({exc})", path=path,
+                        hint="fix or delete the file; caches are rebuilt automatically") from None
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float) and obj != obj:  # NaN
+        return None
+    if isinstance(obj, float) and obj in (float("inf"), float("-inf")):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        return _nan_to_none(obj.item())  # numpy scalar
+    return obj
+
+
+def file_stamp(path: Path) -> tuple[int, int]:
+    """(size, mtime_ns) of a file: the cheap identity used for cache invalidation."""
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def signature(paths: Iterable[Path], root: Path | None = None) -> str:
+    """A hash of the names, sizes and mtimes of ``paths``: changes when any file does."""
+    h = hashlib.sha1()
+    for p in sorted(paths):
+        size, mtime = file_stamp(p)
+        name = str(p.relative_to(root)) if root else str(p)
+        h.update(f"{name}\0{size}\0{mtime}\n".encode())
+    return h.hexdigest()

@@ -1,0 +1,161 @@
+"""DICOM reader (pydicom): rescale, VOI LUT/window, MONOCHROME1, compressed transfer syntaxes.
+
+See :mod:`engine.io` for the ``(array, meta)`` contract. Compressed pixel data is decoded
+through the pylibjpeg plugins; when the plugin for a transfer syntax is missing the
+error names the package to install.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import MissingPluginError, ReadError
+
+# Transfer syntax UID → (name, pip package that decodes it)
+_PLUGINS: dict[str, tuple[str, str]] = {
+    "1.2.840.10008.1.2.4.50": ("JPEG Baseline", "pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.51": ("JPEG Extended", "pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.57": ("JPEG Lossless", "pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.70": ("JPEG Lossless SV1", "pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.80": ("JPEG-LS Lossless", "pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.81": ("JPEG-LS Near-lossless", "pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.90": ("JPEG 2000 Lossless", "pylibjpeg-openjpeg"),
+    "1.2.840.10008.1.2.4.91": ("JPEG 2000", "pylibjpeg-openjpeg"),
+    "1.2.840.10008.1.2.4.201": ("HTJ2K Lossless", "pylibjpeg-openjpeg"),
+    "1.2.840.10008.1.2.4.203": ("HTJ2K", "pylibjpeg-openjpeg"),
+    "1.2.840.10008.1.2.5": ("RLE Lossless", "pylibjpeg-rle"),
+}
+
+
+def _open(path: Path, stop_before_pixels: bool = False):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        raise ReadError("not a DICOM file (no DICM preamble or valid header)", path=path,
+                        hint="remove it from the folder, or convert it to DICOM/PNG") from None
+    except FileNotFoundError:
+        raise ReadError("file not found", path=path, hint="check the path") from None
+    except Exception as exc:
+        raise ReadError(f"cannot read DICOM ({type(exc).__name__}: {exc})", path=path,
+                        hint="the file may be truncated; re-export it") from None
+
+
+def _decode(ds: Any, path: Path) -> np.ndarray:
+    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    try:
+        return ds.pixel_array
+    except Exception as exc:
+        text = str(exc)
+        if ts in _PLUGINS and ("handler" in text.lower() or "plugin" in text.lower()
+                               or "decoder" in text.lower() or "unable to decode" in text.lower()
+                               or isinstance(exc, (NotImplementedError, RuntimeError))):
+            name, package = _PLUGINS[ts]
+            raise MissingPluginError(
+                f"pixel data uses {name} compression (transfer syntax {ts}) and no installed decoder handles it",
+                path=path, hint=f"pip install {package} (and pylibjpeg)") from None
+        raise ReadError(f"cannot decode DICOM pixel data ({type(exc).__name__}: {exc})", path=path,
+                        hint="the pixel data may be truncated or corrupt; re-export the file") from None
+
+
+def _first(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value[0]) if hasattr(value, "__len__") and not isinstance(value, str) else float(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def read_dicom(path: Path, *, frame: int | None = None, raw: bool = False,
+               window: tuple[float, float] | None = None,
+               include_phi: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a DICOM image.
+
+    Steps: decode → select frame → modality LUT (rescale slope/intercept) → unless ``raw``:
+    VOI (explicit ``window``, else the file's VOI LUT sequence or window center/width,
+    else the data's min–max) → MONOCHROME1 inversion → float32 [0, 1].
+
+    Returns:
+        ``(array (H,W) float32 [0,1] or (H,W,3) for colour, meta)``; with ``raw=True``
+        the rescaled values (e.g. Hounsfield units) as float32.
+    """
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    from engine.dicom_meta import header_record
+
+    path = Path(path)
+    ds = _open(path)
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise ReadError("DICOM has no pixel data", path=path,
+                        hint="it is probably a report or presentation state; remove it from the image folder")
+    arr = _decode(ds, path)
+    n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if n_frames > 1:
+        if frame is None:
+            raise ReadError(f"multi-frame DICOM ({n_frames} frames)", path=path,
+                            hint="pass frame=N (CLI: --frame N) to read one frame")
+        if not 0 <= frame < n_frames:
+            raise ReadError(f"frame {frame} does not exist (the file has {n_frames})", path=path,
+                            hint=f"use a frame between 0 and {n_frames - 1}")
+        arr = arr[frame]
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    meta: dict[str, Any] = header_record(ds, include_phi=include_phi)
+    meta.update({"format": "dicom", "path": str(path), "n_frames": n_frames})
+    if spp > 1:  # colour: pydicom already converted YBR → RGB
+        out = arr.astype(np.float32)
+        hi = float(2 ** int(getattr(ds, "BitsStored", 8)) - 1)
+        out = out if raw else np.clip(out / hi, 0.0, 1.0)
+        meta.update(height=int(out.shape[0]), width=int(out.shape[1]), channels=3,
+                    dtype="float32", bit_depth=int(getattr(ds, "BitsStored", 8)))
+        return out.astype(np.float32), meta
+
+    values = apply_modality_lut(arr, ds).astype(np.float32)
+    meta["rescale"] = [_first(getattr(ds, "RescaleSlope", 1)) or 1.0, _first(getattr(ds, "RescaleIntercept", 0)) or 0.0]
+    if raw:
+        meta.update(height=int(values.shape[0]), width=int(values.shape[1]), channels=1,
+                    dtype="float32", bit_depth=int(getattr(ds, "BitsStored", 16)), voi="raw")
+        return values, meta
+
+    center = width = None
+    if window is not None:
+        center, width = float(window[0]), float(window[1])
+        voi = "explicit window"
+    elif "VOILUTSequence" in ds:
+        lut_out = apply_voi_lut(values, ds).astype(np.float32)
+        lo, hi = float(lut_out.min()), float(lut_out.max())
+        out = (lut_out - lo) / (hi - lo) if hi > lo else np.zeros_like(lut_out)
+        voi = "VOI LUT sequence"
+    else:
+        center, width = _first(getattr(ds, "WindowCenter", None)), _first(getattr(ds, "WindowWidth", None))
+        voi = "window center/width" if center is not None and width else "min-max"
+    if voi in ("explicit window", "window center/width"):
+        assert center is not None and width is not None
+        width = max(float(width), 1.0)
+        # DICOM PS3.3 C.11.2.1.2 linear window
+        out = ((values - (center - 0.5)) / (width - 1.0) + 0.5) if width > 1 else (values > center).astype(np.float32)
+        meta["window"] = [center, width]
+    elif voi == "min-max":
+        lo, hi = float(values.min()), float(values.max())
+        out = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    out = np.clip(out, 0.0, 1.0).astype(np.float32)
+    if photometric == "MONOCHROME1":
+        out = 1.0 - out
+    meta.update(height=int(out.shape[0]), width=int(out.shape[1]), channels=1, dtype="float32",
+                bit_depth=int(getattr(ds, "BitsStored", 8) or 8), voi=voi, inverted=photometric == "MONOCHROME1")
+    return out, meta
+
+
+def dicom_size(path: Path) -> tuple[int, int]:
+    ds = _open(Path(path), stop_before_pixels=True)
+    try:
+        return int(ds.Rows), int(ds.Columns)
+    except AttributeError:
+        raise ReadError("DICOM header has no Rows/Columns", path=path,
+                        hint="it is probably not an image; remove it from the image folder") from None

@@ -1,0 +1,190 @@
+"""Mask decoding (binary, anti-aliased, label, palette, RGB) and the lossless PNG mask writer.
+
+All masks become ``uint8 (H,W)`` label maps: 0 = background, 1..K-1 = classes.
+
+Decoding rules for single-channel masks (:func:`decode_mask_array`):
+- values ⊆ {0, 255} → binary (255 → 1)            ``encoding = "binary255"``
+- values ⊆ {0, 1}   → binary                       ``"binary01"``
+- at most 32 distinct values, all ≤ 31 → labels as-is  ``"labels"``
+- otherwise (anti-aliased by a resize) → ``> threshold`` → 1  ``"antialiased"``
+Palette PNGs keep their palette indices (``"palette"``). RGB masks whose channels are
+equal are treated as grayscale; true colour masks are mapped through a colour map
+(``"rgb"``), built from the colours present when none is given.
+
+Example:
+    >>> m, info = read_mask("masks/0001.png")      # doctest: +SKIP
+    >>> m.dtype, info["encoding"]                   # doctest: +SKIP
+    (dtype('uint8'), 'palette')
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import MaskError, ReadError
+
+MAX_RGB_COLOURS = 16
+
+#: Distinct, colour-blind-friendly class colours (RGB), index = class id.
+CLASS_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (0, 0, 0), (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66),
+    (0, 114, 178), (213, 94, 0), (204, 121, 167), (255, 255, 255), (120, 120, 120),
+)
+
+
+def decode_mask_array(arr: np.ndarray, *, threshold: int = 127,
+                      colour_map: dict[tuple[int, int, int], int] | None = None,
+                      path: str | Path | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Turn a raw mask array (H,W) or (H,W,C) into a uint8 label map (H,W).
+
+    Returns:
+        ``(labels uint8 (H,W), info)`` with ``info['encoding']`` and ``info['classes']``
+        (sorted class ids present).
+    """
+    a = np.asarray(arr)
+    if a.ndim == 3 and a.shape[2] in (2, 4):
+        a = a[..., : (1 if a.shape[2] == 2 else 3)]
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim == 3 and a.shape[2] == 3:
+        if np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2]):
+            a = a[..., 0]
+        else:
+            return _decode_rgb(a, colour_map, path)
+    if a.ndim != 2:
+        raise MaskError(f"mask has unsupported shape {a.shape}", path=path,
+                        hint="save masks as 2-D single-channel (or palette/RGB) images")
+    if a.dtype == bool:
+        labels, enc = a.astype(np.uint8), "binary01"
+    else:
+        if np.issubdtype(a.dtype, np.floating):
+            if a.size and a.max() <= 1.0:
+                a = np.rint(a * 255.0)
+            a = a.astype(np.int64)
+        if a.size and a.min() < 0:
+            raise MaskError("mask has negative values", path=path, hint="masks must hold class ids ≥ 0")
+        values = _unique_small(a)
+        if set(values) <= {0, 255}:
+            labels, enc = (a > 0).astype(np.uint8), "binary255"
+        elif set(values) <= {0, 1}:
+            labels, enc = a.astype(np.uint8), "binary01"
+        elif len(values) <= 32 and max(values) <= 31:
+            labels, enc = a.astype(np.uint8), "labels"
+        else:
+            labels, enc = (a > threshold).astype(np.uint8), "antialiased"
+    classes = [int(c) for c in _unique_small(labels)]
+    return labels, {"encoding": enc, "classes": classes}
+
+
+def _unique_small(a: np.ndarray) -> list[int]:
+    """Sorted distinct values of a non-negative integer array (bincount: fast for uint8/16)."""
+    if a.size == 0:
+        return []
+    if a.dtype in (np.uint8, np.uint16) or (np.issubdtype(a.dtype, np.integer) and a.max() < 65536):
+        counts = np.bincount(a.ravel().astype(np.int64, copy=False))
+        return [int(v) for v in np.flatnonzero(counts)]
+    return [int(v) for v in np.unique(a)]
+
+
+def _decode_rgb(a: np.ndarray, colour_map: dict[tuple[int, int, int], int] | None,
+                path: str | Path | None) -> tuple[np.ndarray, dict[str, Any]]:
+    a8 = a.astype(np.uint32)
+    packed = (a8[..., 0] << 16) | (a8[..., 1] << 8) | a8[..., 2]
+    colours, inverse = np.unique(packed.ravel(), return_inverse=True)
+    if colour_map is None:
+        if len(colours) > MAX_RGB_COLOURS:
+            raise MaskError(f"RGB mask has {len(colours)} colours (anti-aliased or not a mask)", path=path,
+                            hint="save masks without anti-aliasing, or pass a colour map (colour → class id)")
+        ordered = sorted(int(c) for c in colours)
+        if 0 in ordered:
+            ordered.remove(0)
+        colour_map = {_unpack(c): i + 1 for i, c in enumerate(ordered)}
+        colour_map[(0, 0, 0)] = 0
+    lut = np.zeros(len(colours), dtype=np.uint8)
+    for i, c in enumerate(colours):
+        rgb = _unpack(int(c))
+        if rgb not in colour_map:
+            raise MaskError(f"RGB mask colour {rgb} is not in the colour map", path=path,
+                            hint=f"known colours: {sorted(colour_map)}; fix the mask or extend the map")
+        lut[i] = colour_map[rgb]
+    labels = lut[inverse].reshape(packed.shape)
+    return labels, {"encoding": "rgb", "classes": [int(c) for c in _unique_small(labels)],
+                    "colour_map": {f"{k[0]},{k[1]},{k[2]}": v for k, v in colour_map.items()}}
+
+
+def _unpack(c: int) -> tuple[int, int, int]:
+    return (c >> 16) & 255, (c >> 8) & 255, c & 255
+
+
+def read_mask(path: str | Path, *, threshold: int = 127, page: int | None = None,
+              colour_map: dict[tuple[int, int, int], int] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a mask file (PNG/BMP/TIFF; palette indices kept) into a uint8 label map (H,W).
+
+    Raises:
+        ReadError: unreadable file; MaskError: undecodable content.
+    """
+    from engine.io import reader_kind
+    from engine.io.raster import read_raster, read_tiff
+
+    path = Path(path)
+    if not path.exists():
+        raise ReadError("mask file not found", path=path, hint="check the mask folder and file names")
+    kind = reader_kind(path)
+    if kind == "raster":
+        if path.suffix.lower() in (".jpg", ".jpeg"):
+            arr, meta = read_raster(path)
+            labels, info = decode_mask_array(arr, threshold=threshold, colour_map=colour_map, path=path)
+            info["warning"] = "JPEG masks are lossy; values were thresholded"
+            return labels, {**info, "height": meta["height"], "width": meta["width"]}
+        arr, meta = read_raster(path, keep_palette=True)
+        if meta.get("mode") == "P":
+            labels = arr.astype(np.uint8)
+            classes = _unique_small(labels)
+            return labels, {"encoding": "palette", "classes": classes,
+                            "height": meta["height"], "width": meta["width"]}
+    elif kind == "tiff":
+        arr, meta = read_tiff(path, page=page)
+    else:
+        raise ReadError("DICOM files are not supported as masks", path=path,
+                        hint="export the mask as PNG, or provide an RLE CSV")
+    labels, info = decode_mask_array(arr, threshold=threshold, colour_map=colour_map, path=path)
+    info.update(height=int(labels.shape[0]), width=int(labels.shape[1]))
+    return labels, info
+
+
+def write_mask_png(path: str | Path, mask: np.ndarray) -> Path:
+    """Write a label map as a lossless 8-bit grayscale PNG (pixel value = class id), atomically.
+
+    Args:
+        path: destination ``.png`` path (folders are created).
+        mask: integer or bool array (H,W) with values in 0..255.
+    """
+    from PIL import Image
+
+    from engine.fsutil import atomic_path
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise MaskError("masks are stored as PNG only", path=path, hint="use a .png file name")
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise MaskError(f"mask must be 2-D (H,W), got shape {m.shape}", path=path, hint="pass a label map")
+    if m.dtype == bool:
+        m = m.astype(np.uint8)
+    if not np.issubdtype(m.dtype, np.integer):
+        raise MaskError(f"mask must hold integer class ids, got {m.dtype}", path=path,
+                        hint="threshold probabilities into labels first")
+    if m.size and (m.min() < 0 or m.max() > 255):
+        raise MaskError("mask values must be in 0..255", path=path, hint="use at most 255 classes")
+    with atomic_path(path) as tmp:
+        Image.fromarray(m.astype(np.uint8), mode="L").save(tmp, format="PNG", optimize=False, compress_level=6)
+    return path
+
+
+def mask_to_rgb(mask: np.ndarray, colours: tuple[tuple[int, int, int], ...] = CLASS_COLOURS) -> np.ndarray:
+    """Colour a label map (H,W) into uint8 RGB (H,W,3) with one colour per class id."""
+    lut = np.array([colours[i % len(colours)] for i in range(256)], dtype=np.uint8)
+    return lut[np.asarray(mask, dtype=np.uint8)]

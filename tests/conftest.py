@@ -1,0 +1,32 @@
+"""Shared pytest fixtures.
+
+- ``shared_data``: Path to ../shared/data (skips the test when absent, as on a user's fresh clone).
+- ``workspace``: a fresh engine workspace in a tmp dir (also exported as $SEGWB_WORKSPACE).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SEGWB_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Root of the real sample data; skip when it is not beside the checkout."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real sample data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture()
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An isolated workspace folder; engine code defaulting to $SEGWB_WORKSPACE uses it."""
+    ws = tmp_path / "workspace"
+    ws.mkdir()
+    monkeypatch.setenv("SEGWB_WORKSPACE", str(ws))
+    return ws
