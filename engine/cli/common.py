@@ -45,7 +45,8 @@ def add_dataset_options(p) -> None:
     """Flags every dataset-reading command shares."""
     p.add_argument("--layout", choices=["kaggle_uns", "siim", "paired"], help="force a layout (default: detect)")
     p.add_argument("--labels", help="comma-separated class names for ids 1..K-1, e.g. nerve,vessel")
-    p.add_argument("--threshold", type=int, default=None, help="binarise anti-aliased masks at > T (default 127)")
+    p.add_argument("--mask-threshold", type=int, default=None,
+                   help="binarise anti-aliased grey masks at > T (default 127)")
     p.add_argument("--rle-csv", help="SIIM: which RLE CSV to use (default: the one matching most images)")
     p.add_argument("--mask-suffix", action="append", help="mask file suffix such as _mask (repeatable)")
     p.add_argument("--group-regex", help="regex whose first group is the subject/patient id in file stems")
@@ -55,8 +56,8 @@ def dataset_options(args) -> dict[str, Any]:
     opts: dict[str, Any] = {}
     if getattr(args, "labels", None):
         opts["label_names"] = [s.strip() for s in args.labels.split(",") if s.strip()]
-    if getattr(args, "threshold", None) is not None:
-        opts["threshold"] = args.threshold
+    if getattr(args, "mask_threshold", None) is not None:
+        opts["threshold"] = args.mask_threshold
     if getattr(args, "rle_csv", None):
         opts["rle_csv"] = str(Path(args.rle_csv).resolve())
     if getattr(args, "mask_suffix", None):

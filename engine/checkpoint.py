@@ -1,0 +1,270 @@
+"""Self-describing, offline weights: ``<folder>/model.safetensors`` + ``<folder>/card.json``.
+
+The card says everything needed to rebuild and use the model without any code or network:
+architecture spec, label map, preprocessing, post-processing defaults, training data and
+split, metrics, license attribution and the command that reproduces it. Loading never
+unpickles (safetensors only) and never touches the network. A card that does not match
+the tensors (missing/unexpected keys, wrong shapes, hash mismatch after a crash between
+the two writes) raises :class:`~engine.errors.CheckpointError`.
+
+Weights are found by name in the search path: ``./weights`` of the repository, then
+``<workspace>/models`` (where training exports), or given as a folder path.
+
+Example:
+    >>> save_checkpoint("weights/my-model", net, ModelCard(name="my-model", spec=net.spec,
+    ...                 labels={0: "background", 1: "lung"}, preprocess=Preprocess(size=(256, 256))))  # doctest: +SKIP
+    >>> net, card = load_checkpoint("my-model")                                                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.augment import Preprocess
+from engine.config import JsonConfig
+from engine.errors import CheckpointError, ConfigError, WorkbenchError
+from engine.fsutil import atomic_path, atomic_write_json, read_json
+from engine.models import ModelSpec
+from engine.postprocess import PostProcessConfig
+from engine.workspace import Workspace
+
+FORMAT = "segwb-model"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "card.json"
+REPO_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+
+
+@dataclass(frozen=True)
+class ModelCard(JsonConfig):
+    """Everything about a trained model except its tensors.
+
+    Attributes:
+        name: short id, also the folder name (``nerve-vessel-us``).
+        spec: architecture to rebuild.
+        labels: ``{class id: name}`` including 0 = background; K = ``spec.num_classes``.
+        preprocess: how images become model input (stored with the model).
+        postprocess: default post-processing for predictions.
+        tile: inference tile (H, W) for overlap-tile prediction of large images with the
+            ``pad`` policy; None = whole image.
+        description: one paragraph for people.
+        training: data (path/name), split description, config, epochs, seed, command.
+        metrics: measured validation figures (with the split and empty policy they used).
+        license: data license and the attribution text to show.
+        dtype: tensor dtype on disk (``float32`` or ``float16``); weights load as float32.
+        synthetic: trained on synthetic phantoms only (demo models).
+    """
+
+    name: str
+    spec: ModelSpec
+    labels: dict[int, str]
+    preprocess: Preprocess = Preprocess()
+    postprocess: PostProcessConfig = PostProcessConfig()
+    tile: tuple[int, int] | None = None
+    description: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    license: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "float32"
+    synthetic: bool = False
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    created: str = ""
+    tensors_sha256: str = ""
+    n_parameters: int = 0
+
+    def __post_init__(self) -> None:
+        labels = {int(k): str(v) for k, v in self.labels.items()}
+        object.__setattr__(self, "labels", labels)
+        if sorted(labels) != list(range(self.spec.num_classes)):
+            raise ConfigError(f"model card '{self.name}': labels {labels} do not name classes 0..{self.spec.num_classes - 1}",
+                              hint="give one name per class id, 0 = background")
+        if self.preprocess.in_channels != self.spec.in_channels:
+            raise ConfigError(f"model card '{self.name}': preprocess.in_channels={self.preprocess.in_channels} "
+                              f"but the model takes {self.spec.in_channels}", hint="make them equal")
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    @property
+    def foreground(self) -> dict[int, str]:
+        return {k: v for k, v in self.labels.items() if k != 0}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(folder: str | Path, model: Any, card: ModelCard, dtype: str | None = None) -> Path:
+    """Write ``model.safetensors`` then ``card.json`` atomically into ``folder``.
+
+    Args:
+        folder: destination folder (created).
+        model: a :class:`~engine.models.SegmentationNet` (or any module whose state dict matches ``card.spec``).
+        card: the model card; ``created``, ``tensors_sha256``, ``n_parameters`` and ``dtype`` are filled in.
+        dtype: ``float32`` (default: the card's) or ``float16`` to halve the file size.
+
+    Returns:
+        The folder.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dtype = dtype or card.dtype
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ConfigError(f"unsupported weights dtype {dtype!r}", hint="use float32 or float16")
+    target = getattr(torch, dtype)
+    module = getattr(model, "module", model)  # DDP / SWA wrappers
+    state = {}
+    for k, v in module.state_dict().items():
+        t = v.detach().cpu()
+        if t.is_floating_point():
+            t = t.to(target)
+        state[k] = t.contiguous()
+    n_params = int(sum(p.numel() for p in module.parameters()))
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT, "name": card.name})
+    sha = _sha256(folder / WEIGHTS_FILE)
+    final = card.replace(created=card.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                         tensors_sha256=sha, n_parameters=n_params, dtype=dtype)
+    atomic_write_json(folder / CARD_FILE, final.to_dict())
+    return folder
+
+
+def search_dirs(workspace: Workspace | None = None) -> list[Path]:
+    """Folders searched for weights by name: repo ``weights/``, then ``<workspace>/models``."""
+    ws = workspace or Workspace()
+    return [REPO_WEIGHTS, ws.root / "models"]
+
+
+def resolve_weights(name_or_dir: str | Path, workspace: Workspace | None = None) -> Path:
+    """Folder of a weights name (``lung-cxr``) or path. Raises CheckpointError listing what exists."""
+    p = Path(name_or_dir).expanduser()
+    if (p / CARD_FILE).exists() or (p / WEIGHTS_FILE).exists():
+        return p
+    if p.name == CARD_FILE or p.name == WEIGHTS_FILE:
+        return p.parent
+    for d in search_dirs(workspace):
+        cand = d / str(name_or_dir)
+        if (cand / CARD_FILE).exists():
+            return cand
+    names = [w["name"] for w in list_weights(workspace)]
+    raise CheckpointError(f"no weights named {str(name_or_dir)!r}",
+                          hint=("available: " + ", ".join(names)) if names else
+                          "train a model (`python -m engine train`) or give a folder with model.safetensors + card.json")
+
+
+def read_card(folder: str | Path) -> ModelCard:
+    """Read and validate ``card.json`` in ``folder``."""
+    folder = Path(folder)
+    path = folder / CARD_FILE
+    if not path.exists():
+        raise CheckpointError("card.json is missing", path=folder,
+                              hint="a weights folder needs model.safetensors and card.json; re-export the model")
+    try:
+        data = read_json(path)
+    except WorkbenchError as exc:
+        raise CheckpointError(exc.message, path=path, hint="the card is corrupt; re-export the model") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError("not a segwb model card", path=path, hint="re-export the model with this workbench")
+    if int(data.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"card format version {data.get('format_version')} is newer than this program "
+                              f"supports ({FORMAT_VERSION})", path=path, hint="upgrade the workbench")
+    try:
+        return ModelCard.from_dict(data)
+    except ConfigError as exc:
+        raise CheckpointError(f"invalid model card: {exc.message}", path=path, hint=exc.hint) from None
+
+
+def load_checkpoint(name_or_dir: str | Path, device: str = "cpu", verify_hash: bool = True,
+                    workspace: Workspace | None = None):
+    """Rebuild the model from its card and load the tensors (float32, eval mode).
+
+    Returns:
+        ``(SegmentationNet, ModelCard)``.
+
+    Raises:
+        CheckpointError: missing files, corrupt tensors, or a card that does not match them.
+    """
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from engine.models import build_model
+
+    folder = resolve_weights(name_or_dir, workspace)
+    card = read_card(folder)
+    wpath = folder / WEIGHTS_FILE
+    if not wpath.exists():
+        raise CheckpointError("model.safetensors is missing", path=folder, hint="re-export the model")
+    if verify_hash and card.tensors_sha256 and _sha256(wpath) != card.tensors_sha256:
+        raise CheckpointError("model.safetensors does not match the hash in card.json", path=wpath,
+                              hint="the folder was modified or a save was interrupted; re-export the model")
+    try:
+        state = load_file(str(wpath), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read tensors ({exc})", path=wpath, hint="the file is corrupt; re-export it") from None
+    try:
+        model = build_model(card.spec, load_pretrained=False)
+    except WorkbenchError as exc:
+        raise CheckpointError(f"card describes a model that cannot be built: {exc.message}", path=folder / CARD_FILE,
+                              hint=exc.hint) from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing tensor(s) e.g. {missing[:3]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensor(s) e.g. {unexpected[:3]}")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} shape mismatch(es) e.g. {k}: card {tuple(expected[k].shape)} "
+                         f"vs file {tuple(state[k].shape)}")
+        raise CheckpointError("card.json does not match model.safetensors: " + "; ".join(parts), path=folder,
+                              hint="the card's spec (architecture, encoder, channels, classes) must be the one "
+                                   "the tensors were trained with; re-export the model")
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    model.to(torch.device(device))
+    return model, card
+
+
+def list_weights(workspace: Workspace | None = None) -> list[dict[str, Any]]:
+    """Every weights folder in the search path: name, folder, classes, size, metrics, origin."""
+    out = []
+    seen: set[str] = set()
+    for d in search_dirs(workspace):
+        if not d.is_dir():
+            continue
+        for folder in sorted(p for p in d.iterdir() if (p / CARD_FILE).exists()):
+            if folder.name in seen:
+                continue
+            seen.add(folder.name)
+            entry: dict[str, Any] = {"name": folder.name, "folder": str(folder),
+                                     "origin": "shipped" if d == REPO_WEIGHTS else "trained here"}
+            try:
+                card = read_card(folder)
+                size = (folder / WEIGHTS_FILE).stat().st_size if (folder / WEIGHTS_FILE).exists() else 0
+                entry.update(classes=[card.labels[k] for k in sorted(card.labels)], arch=card.spec.arch,
+                             encoder=card.spec.encoder, size_mb=round(size / 1e6, 2), metrics=card.metrics,
+                             presence_head=card.spec.presence_head, synthetic=card.synthetic,
+                             description=card.description, in_channels=card.spec.in_channels)
+            except WorkbenchError as exc:
+                entry["error"] = str(exc)
+            out.append(entry)
+    return out

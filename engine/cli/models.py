@@ -1,0 +1,270 @@
+"""Model commands: ``predict``, ``evaluate``, ``weights list``, ``tune-post``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from engine.cli.common import add_dataset_options, open_dataset_from_args, print_json, tqdm_progress, write_json
+
+
+def _add_predictor_flags(p) -> None:
+    p.add_argument("--weights", required=True, help="weights name (see `weights list`) or folder")
+    p.add_argument("--device", default="auto", help="auto (cuda → mps → cpu), cpu, cuda, cuda:N, mps")
+    p.add_argument("--tta", nargs="?", const="flip", default="none", choices=["none", "flip", "flip4"],
+                   help="test-time augmentation: flip (horizontal) or flip4 (h, v, both)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threshold", dest="post_threshold", type=float, help="probability threshold (default: card)")
+    p.add_argument("--min-area", type=int, help="remove components smaller than this (pixels; default: card)")
+    p.add_argument("--keep-largest", type=int, help="keep the k largest components per class")
+    p.add_argument("--fill-holes", action="store_true", default=None)
+
+
+def _post_from_args(args, card):
+    changes = {}
+    if args.post_threshold is not None:
+        changes["threshold"] = args.post_threshold
+    if args.min_area is not None:
+        changes["min_area"] = args.min_area
+    if args.keep_largest is not None:
+        changes["keep_largest"] = args.keep_largest
+    if args.fill_holes:
+        changes["fill_holes"] = True
+    return card.postprocess.replace(**changes) if changes else None
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="segment files or folders; writes OUT/<stem>.png (uint8 class labels)")
+    p.add_argument("inputs", nargs="+", help="image files or folders (PNG/JPEG/BMP/TIFF/DICOM)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--rle", help="also write a submission CSV with the RLE of each mask")
+    p.add_argument("--rle-format", choices=["kaggle", "siim"], default="kaggle")
+    _add_predictor_flags(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="score a model on a dataset (mean Dice per class, per-image CSV)")
+    p.add_argument("dataset", help="dataset folder (any layout) or manifest JSON")
+    p.add_argument("--json", dest="json_out", required=True, help="summary JSON; the per-image CSV goes next to it")
+    p.add_argument("--empty-policy", choices=["kaggle", "exclude"], default="kaggle",
+                   help="kaggle: both empty = Dice 1; exclude: leave such images out")
+    p.add_argument("--holdout", action="store_true",
+                   help="evaluate only the validation cases recorded in the model card (its held-out split)")
+    p.add_argument("--cases", help="file with one case id per line to evaluate")
+    p.add_argument("--surface", action="store_true", help="also HD95 and mean surface distance")
+    p.add_argument("--no-cache", action="store_true", help="recompute even if an identical evaluation is cached")
+    _add_predictor_flags(p)
+    add_dataset_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("weights", help="list available weights (shipped and trained here)")
+    wsub = p.add_subparsers(dest="weights_cmd", metavar="ACTION")
+    wsub.required = True
+    pl = wsub.add_parser("list", help="name, classes, size, metrics")
+    pl.add_argument("--json", dest="json_out", help="also write the list as JSON")
+    pl.set_defaults(func=cmd_weights_list)
+    ps = wsub.add_parser("show", help="print one model card")
+    ps.add_argument("name")
+    ps.set_defaults(func=cmd_weights_show)
+
+    p = sub.add_parser("tune-post", help="search threshold / min area / presence gate on a validation set")
+    p.add_argument("dataset")
+    p.add_argument("--json", dest="json_out", help="write the best setting and the table as JSON")
+    p.add_argument("--empty-policy", choices=["kaggle", "exclude"], default="kaggle")
+    p.add_argument("--holdout", action="store_true", help="use the card's validation cases")
+    p.add_argument("--max-images", type=int, default=300, help="cases used for the search (spread evenly)")
+    p.add_argument("--write-card", action="store_true", help="store the best setting as the card's default")
+    _add_predictor_flags(p)
+    add_dataset_options(p)
+    p.set_defaults(func=cmd_tune_post)
+
+
+def _predictor(args):
+    from engine.inference import Predictor
+
+    return Predictor.from_weights(args.weights, device=args.device, tta=args.tta, batch_size=args.batch_size)
+
+
+def _expand_inputs(inputs: list[str]) -> list[Path]:
+    from engine.errors import ReadError
+    from engine.io import IMAGE_SUFFIXES, is_dicom_file
+
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
+                            and (f.suffix.lower() in IMAGE_SUFFIXES or (not f.suffix and is_dicom_file(f)))
+                            and not f.stem.endswith("_mask"))
+        elif p.exists():
+            files.append(p)
+        else:
+            raise ReadError("input not found", path=p, hint="pass existing files or folders")
+    if not files:
+        raise ReadError("no image files found in the inputs", path=", ".join(inputs),
+                        hint="supported: PNG, JPEG, BMP, TIFF, DICOM")
+    return files
+
+
+def cmd_predict(args) -> int:
+    import time
+
+    import numpy as np
+
+    from engine.errors import WorkbenchError
+    from engine.io import write_mask_png
+
+    pred = _predictor(args)
+    post = _post_from_args(args, pred.card)
+    files = _expand_inputs(args.inputs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rle_rows: list[tuple[str, np.ndarray]] = []
+    failed: list[str] = []
+    used: set[str] = set()
+    t0 = time.perf_counter()
+    with tqdm_progress("predicting") as progress:
+        for path, result in pred.predict_files(files, post=post, progress=progress):
+            if isinstance(result, WorkbenchError):
+                failed.append(str(result))
+                continue
+            stem = path.stem
+            if stem in used:  # same stem in two folders: keep both
+                stem = f"{path.parent.name}_{stem}"
+            used.add(stem)
+            write_mask_png(out / f"{stem}.png", result.mask)
+            if args.rle:
+                rle_rows.append((stem, result.mask > 0))
+    if args.rle:
+        from engine.rle import write_kaggle_uns_submission, write_siim_submission
+
+        (write_kaggle_uns_submission if args.rle_format == "kaggle" else write_siim_submission)(args.rle, rle_rows)
+    dt = time.perf_counter() - t0
+    n_ok = len(files) - len(failed)
+    print(f"wrote {n_ok} masks to {out} with {pred.card.name} on {pred.device} "
+          f"({dt:.2f} s, {dt / max(1, n_ok):.3f} s/image)" + (f"; RLE ({args.rle_format}) → {args.rle}" if args.rle else ""))
+    for f in failed:
+        print(f"  failed: {f}")
+    return 1 if failed and not n_ok else 0
+
+
+def _holdout_cases(card, ds, use: bool, cases_file: str | None) -> list[str] | None:
+    from engine.errors import ConfigError
+
+    if cases_file:
+        ids = [line.strip() for line in Path(cases_file).read_text().splitlines() if line.strip()]
+        missing = [i for i in ids if i not in ds]
+        if missing:
+            raise ConfigError(f"{len(missing)} case id(s) from {cases_file} are not in the dataset, e.g. {missing[0]}",
+                              hint="check the file against `python -m engine info`")
+        return ids
+    if not use:
+        return None
+    ids = (card.training or {}).get("val_case_ids")
+    if not ids:
+        raise ConfigError(f"model card '{card.name}' records no validation cases",
+                          hint="drop --holdout, or pass --cases FILE")
+    present = [i for i in ids if i in ds]
+    if not present:
+        raise ConfigError(f"none of the {len(ids)} validation cases of '{card.name}' are in this dataset",
+                          hint="use --holdout only on the dataset the model was trained on")
+    return present
+
+
+def cmd_evaluate(args) -> int:
+    from engine.evaluation import EvalConfig, evaluate
+
+    pred = _predictor(args)
+    ds = open_dataset_from_args(args)
+    post = _post_from_args(args, pred.card)
+    cfg = EvalConfig(empty_policy=args.empty_policy, tta=args.tta, post=post, surface=args.surface,
+                     batch_size=args.batch_size, device=args.device)
+    cases = _holdout_cases(pred.card, ds, args.holdout, args.cases)
+    with tqdm_progress("evaluating") as progress:
+        res = evaluate(pred, ds, cfg, case_ids=cases, progress=progress, use_cache=not args.no_cache)
+    s = res.summary
+    out = {
+        "mean_dice": s["mean_dice"], "mean_iou": s["mean_iou"], "per_class": s["per_class"],
+        "n_cases": s["n_cases"], "empty_policy": s["empty_policy"], "empty_policy_rule": s["empty_policy_rule"],
+        "dice_gt_empty": s["dice_gt_empty"], "dice_gt_nonempty": s["dice_gt_nonempty"],
+        "presence": {k: v for k, v in s["presence"].items() if k not in ("roc_curve", "pr_curve")},
+        "model": pred.card.name, "dataset": str(ds.root), "cases": "holdout" if args.holdout else
+        ("file " + args.cases if args.cases else "all labelled"),
+        "settings": s["settings"], "timing": s["timing"], "n_failed": s["n_failed"], "failed": s["failed"],
+        "results_folder": str(res.folder),
+    }
+    write_json(args.json_out, out)
+    csv_path = Path(args.json_out).with_suffix(".csv")
+    res.per_image.to_csv(csv_path, index=False)
+    pc = ", ".join(f"{k} {v:.4f}" for k, v in s["per_class"].items())
+    print(f"{pred.card.name} on {ds.root.name}: mean Dice {s['mean_dice']:.4f} ({pc}) over {s['n_cases']} cases, "
+          f"empty policy {s['empty_policy']}; JSON {args.json_out}, per-image CSV {csv_path}")
+    return 0
+
+
+def cmd_weights_list(args) -> int:
+    from engine.checkpoint import list_weights
+
+    items = list_weights()
+    write_json(args.json_out, items)
+    if not items:
+        print("no weights found (looked in weights/ and <workspace>/models)")
+        return 0
+    for w in items:
+        if "error" in w:
+            print(f"{w['name']:<24} ERROR {w['error']}")
+            continue
+        m = w.get("metrics") or {}
+        dice = m.get("val_mean_dice")
+        per = m.get("val_per_class_dice") or {}
+        metric = (f"val Dice {dice:.3f}" if isinstance(dice, (int, float)) else "no metrics") + (
+            " (" + ", ".join(f"{k} {v:.3f}" for k, v in per.items() if isinstance(v, (int, float))) + ")" if per else "")
+        print(f"{w['name']:<24} {w['origin']:<13} {w['arch']:<14} classes {'/'.join(w['classes']):<28} "
+              f"{w['size_mb']:>6.2f} MB  {metric}" + ("  [synthetic]" if w.get("synthetic") else ""))
+    return 0
+
+
+def cmd_weights_show(args) -> int:
+    from engine.checkpoint import read_card, resolve_weights
+
+    print_json(read_card(resolve_weights(args.name)).to_dict())
+    return 0
+
+
+def cmd_tune_post(args) -> int:
+    import numpy as np
+
+    from engine.checkpoint import CARD_FILE, resolve_weights
+    from engine.errors import WorkbenchError
+    from engine.evaluation import _map_probs, class_mapping
+    from engine.fsutil import atomic_write_json
+    from engine.postprocess import TuneGrid, tune_postprocess
+
+    pred = _predictor(args)
+    ds = open_dataset_from_args(args)
+    cases = _holdout_cases(pred.card, ds, args.holdout, None) or [c.case_id for c in ds.labelled_cases()]
+    if len(cases) > args.max_images:
+        step = len(cases) / args.max_images
+        cases = [cases[int(i * step)] for i in range(args.max_images)]
+    lut = class_mapping(pred.card.labels, ds.labels)
+    probs, gts, pres = [], [], []
+    with tqdm_progress("predicting") as progress:
+        for case, result in pred.predict_cases(ds, cases, progress=progress):
+            if isinstance(result, WorkbenchError):
+                continue
+            probs.append(_map_probs(result.probs, lut, ds.num_classes).astype(np.float16))
+            gts.append(ds.load_mask(case))
+            pres.append(result.presence)
+    with tqdm_progress("searching") as progress:
+        res = tune_postprocess(probs, gts, pres if pred.card.spec.presence_head else None, TuneGrid(),
+                               empty_policy=args.empty_policy, progress=progress)
+    out = {"best": res.best.to_dict(), "best_score": res.best_score, "baseline_score": res.baseline_score,
+           "n_images": res.n_images, "empty_policy": args.empty_policy, "table": res.table}
+    write_json(args.json_out, out)
+    print(f"best mean Dice {res.best_score:.4f} (default settings {res.baseline_score:.4f}) on {res.n_images} images:")
+    print("  " + json.dumps(res.best.to_dict()))
+    if args.write_card:
+        folder = resolve_weights(args.weights)
+        card = pred.card.replace(postprocess=res.best)
+        atomic_write_json(folder / CARD_FILE, card.to_dict())
+        print(f"  written as the default post-processing of {folder / CARD_FILE}")
+    return 0
