@@ -1,0 +1,96 @@
+"""Cached loaders: datasets, predictors, model list, demo data generation.
+
+``st.cache_resource`` keeps one Dataset/Predictor per key for the whole server, so pages
+switch instantly; the engine's own disk caches make a cold open fast too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from ui import state
+
+
+@st.cache_resource(show_spinner=False, max_entries=6)
+def _open_dataset(path: str, options_json: str, refresh: int):
+    from engine.datasets import open_dataset
+
+    return open_dataset(path, options=json.loads(options_json) or None)
+
+
+def load_dataset(path: str | None = None, options: dict[str, Any] | None = None):
+    """The (cached) case index of ``path`` (default: the current dataset). Raises WorkbenchError."""
+    path = path or state.current_dataset_path()
+    if not path:
+        from engine.errors import LayoutError
+
+        raise LayoutError("no dataset chosen", hint="pick one on the home page (or generate the demo data)")
+    opts = options if options is not None else state.get(state.DATASET_OPTIONS, {}) or {}
+    return _open_dataset(str(path), json.dumps(opts, sort_keys=True), int(state.get(state.REFRESH, 0)))
+
+
+def refresh_datasets() -> None:
+    """Force the next :func:`load_dataset` to rescan (the disk cache keeps it cheap)."""
+    state.set(state.REFRESH, int(state.get(state.REFRESH, 0)) + 1)
+
+
+@st.cache_resource(show_spinner=False, max_entries=6)
+def _predictor(name: str, device: str, mtime: float):
+    from engine.inference import Predictor
+
+    return Predictor.from_weights(name, device=device)
+
+
+def load_predictor(name: str, device: str | None = None):
+    """A cached :class:`engine.inference.Predictor` (reloaded when its card changes)."""
+    from engine.checkpoint import CARD_FILE, resolve_weights
+
+    folder = resolve_weights(name)
+    mtime = (folder / CARD_FILE).stat().st_mtime
+    return _predictor(str(folder), device or state.current_device(), mtime)
+
+
+@st.cache_data(show_spinner=False, ttl=10)
+def weights_table() -> list[dict[str, Any]]:
+    """``engine.checkpoint.list_weights()``, refreshed every 10 s (new trained models appear)."""
+    from engine.checkpoint import list_weights
+
+    return list_weights()
+
+
+def model_names(with_errors: bool = False) -> list[str]:
+    return [w["name"] for w in weights_table() if with_errors or "error" not in w]
+
+
+def demo_ready() -> bool:
+    root = state.demo_root()
+    return (root / "nerve").is_dir() and (root / "ptx").is_dir()
+
+
+def generate_demo(progress=None) -> Path:
+    """Generate the demo phantoms into :func:`ui.state.demo_root` (default scale)."""
+    from engine.phantoms import generate_demo as gen
+
+    root = state.demo_root()
+    gen(root, scale="default", progress=progress)
+    return root
+
+
+def save_upload(uploaded) -> Path:
+    """Store an ``st.file_uploader`` file under the workspace (content-addressed) and return its path."""
+    import hashlib
+
+    data = uploaded.getvalue()
+    digest = hashlib.sha1(data).hexdigest()[:16]
+    name = Path(uploaded.name).name
+    folder = state.workspace().subdir("uploads", digest)
+    path = folder / name
+    if not path.exists():
+        from engine.fsutil import atomic_write_bytes
+
+        atomic_write_bytes(path, data)
+    return path

@@ -1,0 +1,144 @@
+"""Shared widgets: page setup, error guard, pickers, legend, progress adapter."""
+
+from __future__ import annotations
+
+import contextlib
+import traceback
+from typing import Any, Iterator, Sequence
+
+import streamlit as st
+
+from ui import state
+
+
+def page_setup(title: str, icon: str = "🩻", intro: str | None = None) -> None:
+    """``set_page_config`` + title + a sidebar status block (dataset, model, device)."""
+    st.set_page_config(page_title=f"{title} · Segmentation workbench", page_icon=icon, layout="wide")
+    st.title(title)
+    if intro:
+        st.caption(intro)
+    with st.sidebar:
+        ds = state.current_dataset_path()
+        st.markdown("**Dataset**  \n" + (f"`{_short(ds)}`" if ds else "_none — choose one on Home_"))
+        model = state.current_model()
+        st.markdown("**Model**  \n" + (f"`{model}`" if model else "_none chosen_"))
+        st.markdown(f"**Device**  \n`{device_label()}`")
+
+
+def _short(path: str, n: int = 42) -> str:
+    return path if len(path) <= n else "…" + path[-(n - 1):]
+
+
+@st.cache_resource(show_spinner=False)
+def _device_label(pref: str) -> str:
+    from engine.inference import select_device
+
+    try:
+        dev = select_device(pref)
+    except Exception as exc:  # shown, not raised
+        return f"{pref} (unavailable: {exc})"
+    if dev.type == "cuda":
+        import torch
+
+        return f"cuda ({torch.cuda.get_device_name(dev)})"
+    return dev.type
+
+
+def device_label() -> str:
+    return _device_label(state.current_device())
+
+
+@contextlib.contextmanager
+def guard(what: str = "") -> Iterator[None]:
+    """Show errors as readable messages instead of tracebacks.
+
+    Project errors (bad file, bad folder, bad config) show their message, which names the
+    file and the fix. Anything else shows a short message with details folded away.
+    """
+    from engine.errors import WorkbenchError
+
+    try:
+        yield
+    except WorkbenchError as exc:
+        st.error(f"{what + ': ' if what else ''}{exc}", icon="⚠️")
+    except Exception as exc:  # noqa: BLE001 - last line of defence; st.stop/st.rerun are BaseExceptions
+        st.error(f"{what + ': ' if what else ''}unexpected error ({type(exc).__name__}: {exc}). "
+                 "Your saved work is not affected; please report this with the details below.", icon="⚠️")
+        with st.expander("Details for a bug report"):
+            st.code("".join(traceback.format_exception(exc))[-4000:], language="text")
+
+
+def show_error(exc: BaseException) -> None:
+    """Render one error like :func:`guard` does."""
+    with guard():
+        raise exc
+
+
+def streamlit_progress(text: str = "Working…"):
+    """An ``engine`` progress callback drawing an ``st.progress`` bar; returns (callback, bar)."""
+    bar = st.progress(0.0, text=text)
+
+    def report(done: int, total: int, message: str = "") -> None:
+        frac = min(1.0, done / total) if total else 0.0
+        bar.progress(frac, text=f"{message or text} ({done}/{total})" if total else (message or text))
+
+    return report, bar
+
+
+def legend(labels: dict[int, str], skip_background: bool = True) -> None:
+    """Coloured chips naming each class."""
+    from engine.visualize import class_colour
+
+    chips = []
+    for k in sorted(labels):
+        if skip_background and k == 0:
+            continue
+        r, g, b = class_colour(k)
+        chips.append(f"<span style='display:inline-block;margin-right:12px'><span style='display:inline-block;"
+                     f"width:12px;height:12px;background:rgb({r},{g},{b});border:1px solid #555;"
+                     f"vertical-align:middle;margin-right:4px'></span>{labels[k]}</span>")
+    st.markdown(" ".join(chips), unsafe_allow_html=True)
+
+
+def colour_legend(items: dict[str, tuple[int, int, int]], counts: dict[str, int] | None = None) -> None:
+    """Legend for arbitrary named colours (e.g. the disagreement map)."""
+    chips = []
+    for name, (r, g, b) in items.items():
+        if counts is not None and name not in counts:
+            continue
+        n = f" ({counts[name]:,} px)" if counts and name in counts else ""
+        chips.append(f"<div><span style='display:inline-block;width:12px;height:12px;background:rgb({r},{g},{b});"
+                     f"border:1px solid #555;vertical-align:middle;margin-right:6px'></span>{name}{n}</div>")
+    st.markdown("".join(chips), unsafe_allow_html=True)
+
+
+def model_picker(label: str = "Model", key: str = "model_picker", multi: bool = False,
+                 default: Sequence[str] | None = None, max_selections: int | None = None) -> Any:
+    """Select one (or several) weights by name; shows nothing but a hint when there are none."""
+    from ui.loaders import model_names
+
+    names = model_names()
+    if not names:
+        st.info("No model weights found. Ship them in `weights/` or train one on the Train page.")
+        return [] if multi else None
+    if multi:
+        dflt = [n for n in (default or []) if n in names] or names[: min(2, len(names))]
+        return st.multiselect(label, names, default=dflt, key=key, max_selections=max_selections)
+    cur = state.current_model()
+    index = names.index(cur) if cur in names else 0
+    return st.selectbox(label, names, index=index, key=key)
+
+
+def dataset_required():
+    """Load the current dataset or stop the page with a helpful message."""
+    from engine.errors import WorkbenchError
+    from ui.loaders import load_dataset
+
+    if not state.current_dataset_path():
+        st.info("No dataset chosen yet. Pick one on the **Home** page (the demo phantoms work out of the box).")
+        st.stop()
+    try:
+        return load_dataset()
+    except WorkbenchError as exc:
+        st.error(str(exc), icon="⚠️")
+        st.stop()
