@@ -1,10 +1,120 @@
-"""Segmentation workbench — home page. Run with ``streamlit run app.py`` (or ``make run``)."""
+"""Segmentation workbench — home page. Run with ``make run`` (or ``streamlit run app.py``).
+
+Chooses the dataset and model every other page uses; generates the demo phantoms on first
+run. No heavy work at import: engine modules load inside the functions that need them.
+"""
 
 import streamlit as st
 
-st.set_page_config(page_title="Segmentation workbench", page_icon="🩻", layout="wide")
-st.title("Medical image segmentation workbench")
-st.write(
+from ui import state
+from ui.loaders import demo_ready, generate_demo, load_dataset, refresh_datasets, weights_table
+from ui.widgets import guard, page_setup, streamlit_progress
+
+page_setup("Medical image segmentation workbench", intro=(
     "Demo segmentation models, browse datasets, find and resolve contradictory ground truth, "
-    "correct masks by hand and compare models side by side. Pick a page in the sidebar."
-)
+    "correct masks by hand and compare models side by side — for ultrasound nerve images, "
+    "chest X-ray DICOMs and lung X-rays."))
+
+left, right = st.columns([3, 2], gap="large")
+
+with left:
+    st.subheader("Dataset")
+    if not demo_ready():
+        st.info("The built-in demo data (synthetic ultrasound and chest X-ray phantoms) is not generated yet.")
+        if st.button("Generate demo data", type="primary", key="gen_demo"):
+            with guard("Generating the demo data"):
+                report, bar = streamlit_progress("Generating phantoms")
+                generate_demo(progress=report)
+                bar.empty()
+                refresh_datasets()
+                st.rerun()
+    choices: dict[str, str] = {label: str(p) for label, p in state.demo_datasets().items() if p.is_dir()}
+    for p in state.recent_datasets():
+        if p not in choices.values():
+            choices[f"Recent: {p}"] = p
+    choices["Another folder or manifest…"] = ""
+    current = state.current_dataset_path()
+    labels = list(choices)
+    index = next((i for i, lab in enumerate(labels) if choices[lab] == current), 0)
+    picked = st.selectbox("Open", labels, index=index, key="home_dataset_choice")
+    path = choices[picked]
+    if not path:
+        path = st.text_input("Folder or manifest path on this machine", key="home_dataset_path",
+                             placeholder="/data/ultrasound-nerve-segmentation").strip()
+        st.caption("Layouts detected automatically: Kaggle UNS (`train/*_mask.tif`, `train_masks.csv`), "
+                   "SIIM (DICOM tree + RLE CSV), paired folders (`images/` + `masks/`, or `_mask` suffixes), "
+                   "cleaned manifests (`.json`).")
+        label_names = st.text_input("Class names (optional, comma-separated, ids 1..K-1)", key="home_labels")
+        if path and st.button("Open folder", key="home_open"):
+            opts = {"label_names": [s.strip() for s in label_names.split(",") if s.strip()]} if label_names else {}
+            state.set(state.DATASET_OPTIONS, opts)
+            state.set(state.DATASET, path)
+    elif path != current:
+        state.set(state.DATASET_OPTIONS, {})
+        state.set(state.DATASET, path)
+
+    if state.current_dataset_path():
+        with guard("Opening the dataset"):
+            with st.spinner("Indexing…"):
+                ds = load_dataset()
+            state.remember_dataset(str(ds.root) if ds.layout != "manifest" else state.current_dataset_path())
+            s = ds.summary()
+            c1, c2, c3, c4 = st.columns(4)
+            c1.metric("Cases", f"{s['n_cases']:,}")
+            c2.metric("With mask", f"{s['n_with_mask']:,}")
+            c3.metric("Empty masks", f"{s['n_empty']:,}",
+                      help="labelled cases whose ground truth is empty")
+            c4.metric("Groups", f"{s['n_groups']:,}", help="subjects / patients")
+            st.caption(f"Layout **{s['layout']}** · classes: "
+                       + ", ".join(f"{k} = {v}" for k, v in s["labels"].items())
+                       + (" · **synthetic demo data**" if "demo_data" in str(ds.root) else ""))
+            if s["bad_files"]:
+                with st.expander(f"{len(s['bad_files'])} file(s) could not be used"):
+                    for b in s["bad_files"][:200]:
+                        st.write(f"- `{b['path']}`: {b['reason']}")
+            for n in s["notes"]:
+                st.caption(f"ℹ️ {n}")
+            if st.button("Rescan folder", key="home_rescan"):
+                refresh_datasets()
+                st.rerun()
+
+with right:
+    st.subheader("Model")
+    with guard("Listing models"):
+        table = weights_table()
+        good = [w for w in table if "error" not in w]
+        if not good:
+            st.info("No weights found in `weights/` or the workspace. Train one on the **Train** page.")
+        else:
+            names = [w["name"] for w in good]
+            cur = state.current_model()
+            name = st.selectbox("Default model for all pages", names,
+                                index=names.index(cur) if cur in names else 0, key="home_model")
+            state.set(state.MODEL, name)
+            w = next(x for x in good if x["name"] == name)
+            st.markdown(f"**{w['name']}** · {w['arch']}{' / ' + w['encoder'] if w.get('encoder') else ''} · "
+                        f"{w['size_mb']} MB · {w['origin']}" + (" · synthetic training data" if w.get("synthetic") else ""))
+            if w.get("description"):
+                st.write(w["description"])
+            st.write("Classes: " + ", ".join(w["classes"][1:]) + (" · presence head" if w.get("presence_head") else ""))
+            m = w.get("metrics") or {}
+            if m:
+                with st.expander("Model card metrics"):
+                    st.json(m, expanded=False)
+        bad = [w for w in table if "error" in w]
+        for w in bad:
+            st.warning(f"{w['name']}: {w['error']}")
+    st.subheader("Device")
+    dev = st.selectbox("Run models on", ["auto", "cpu", "cuda", "mps"],
+                       index=["auto", "cpu", "cuda", "mps"].index(state.current_device()), key="home_device")
+    state.set(state.DEVICE, dev)
+    from ui.widgets import device_label
+
+    st.caption(f"In use: `{device_label()}`")
+
+st.divider()
+st.markdown(
+    "**Pages** — *Predict*: upload images and segment them · *Compare models*: side by side with a "
+    "disagreement map · *Dataset browser*: filter, thumbnails, details, EDA · *Metrics dashboard*: "
+    "evaluation of a model on a dataset · *Train*: train a model in the background · *Conflict review*: "
+    "resolve contradictory masks on near-duplicate images · *Mask editor*: correct masks, with versions.")

@@ -216,8 +216,19 @@ def confusion_matrix_labels(pred: npt.ArrayLike, gt: npt.ArrayLike, num_classes:
 
 
 def _confusion(p: np.ndarray, g: np.ndarray, k: int) -> np.ndarray:
-    idx = g.astype(np.int64, copy=False).ravel() * k + p.astype(np.int64, copy=False).ravel()
-    return np.bincount(idx, minlength=k * k).astype(np.int64).reshape(k, k)
+    """Labels already validated to lie in 0..k-1."""
+    if k == 2:  # binary fast path: three popcounts instead of a bincount
+        pb = p.astype(bool, copy=False)
+        gb = g.astype(bool, copy=False)
+        tp = np.count_nonzero(pb & gb)
+        ps, gs = np.count_nonzero(pb), np.count_nonzero(gb)
+        return np.array([[p.size - ps - gs + tp, ps - tp], [gs - tp, tp]], dtype=np.int64)
+    # Smallest dtype that holds g*k+p keeps the temporary small (K*K <= 256 -> uint8).
+    dt = np.uint8 if k * k <= 256 else (np.uint16 if k * k <= 65536 else np.int64)
+    idx = g.astype(dt)
+    idx *= dt(k)
+    idx += p.astype(dt, copy=False)
+    return np.bincount(idx.ravel(), minlength=k * k).astype(np.int64).reshape(k, k)
 
 
 def _overlap_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray,
@@ -420,9 +431,8 @@ def _surface_distances(pm: np.ndarray, gm: np.ndarray,
     # border_value=0 gives the same answer as on the full image), so cropping is exact.
     ps = _surface(pm[r0:r1, c0:c1])
     gs = _surface(gm[r0:r1, c0:c1])
-    sampling = spacing if spacing is not None else None
-    d_to_g = ndimage.distance_transform_edt(~gs, sampling=sampling)
-    d_to_p = ndimage.distance_transform_edt(~ps, sampling=sampling)
+    d_to_g = ndimage.distance_transform_edt(~gs, sampling=spacing)
+    d_to_p = ndimage.distance_transform_edt(~ps, sampling=spacing)
     d_pg = d_to_g[ps]
     d_gp = d_to_p[gs]
     hd = float(max(d_pg.max(), d_gp.max()))
@@ -608,8 +618,9 @@ def rand_error_best_threshold(prob: npt.ArrayLike, gt: npt.ArrayLike,
     Args:
         prob: float ``(H, W)`` foreground probability map in [0, 1].
         gt: ``(H, W)`` binary ground truth (non-zero = foreground).
-        thresholds: cut-offs; a pixel is foreground when ``prob > t``. Default 0.0, 0.1, …, 0.9
-            (the challenge script's sweep).
+        thresholds: cut-offs; a pixel is foreground when ``prob > t``. Default 0.0, 0.1, …, 0.9,
+            the sweep of the challenge script's usage example (0 to 1 in steps of 0.1; t = 1
+            would leave no foreground).
 
     Returns:
         ``(rand_error, best_threshold)``; ``(nan, nan)`` when the ground truth is empty.
@@ -785,7 +796,7 @@ class MetricAccumulator:
     when asked (``surface=True`` / ``rand=True``).
 
     Args:
-        num_classes: K including background (2 for binary). None → ``len(label_map)``.
+        num_classes: K including background. None → ``len(label_map)``, or 2 (binary) without one.
         label_map: ``{class_id: name}`` including 0 = background; default ``class_<i>``.
         empty_policy: ``"kaggle"`` or ``"exclude"`` (see module docstring).
         spacing: default ``(sy, sx)`` pixel size for HD95/ASSD (per-image override in ``add``).
@@ -801,7 +812,7 @@ class MetricAccumulator:
         1.0
     """
 
-    def __init__(self, num_classes: int | None = 2, label_map: Mapping[int, str] | None = None, *,
+    def __init__(self, num_classes: int | None = None, label_map: Mapping[int, str] | None = None, *,
                  empty_policy: EmptyPolicy = "kaggle", spacing: Sequence[float] | None = None,
                  surface: bool = False, rand: bool = False):
         self.empty_policy: str = _check_policy(empty_policy)
@@ -814,7 +825,9 @@ class MetricAccumulator:
                 raise ConfigError(f"num_classes={num_classes} but the label map has {len(keys)} "
                                   "classes", hint="pass one of them, or make them agree")
             num_classes = len(keys)
-        if num_classes is None or int(num_classes) < 2:
+        if num_classes is None:
+            num_classes = 2
+        if int(num_classes) < 2:
             raise ConfigError(f"num_classes must be >= 2, got {num_classes}",
                               hint="binary tasks use num_classes=2")
         self.num_classes = int(num_classes)
@@ -888,7 +901,7 @@ class MetricAccumulator:
 
         data = self._stack()
         n, kc = data.shape[0], self.num_classes - 1
-        flat = data.reshape(n * kc, -1)
+        flat = data.reshape(n * kc, data.shape[2])
         cols: dict[str, Any] = {
             "case_id": np.repeat(np.array(self._case_ids, dtype=object), kc),
             "class_id": np.tile(np.arange(1, kc + 1), n),

@@ -315,13 +315,10 @@ def _clean(labels: np.ndarray, n_classes: int, cfg: PostProcessConfig) -> np.nda
             b = fill_holes(b)
         return b.astype(np.uint8)
     out = np.zeros_like(labels)
-    present = np.unique(labels)
-    for k in present[present > 0]:
+    for k in np.flatnonzero(np.bincount(labels.ravel(), minlength=n_classes)[1:]) + 1:
         out[_filter_components(labels == k, cfg.min_area, cfg.keep_largest, cfg.connectivity)] = k
     if cfg.fill_holes:
-        for k in np.unique(out):
-            if k == 0:
-                continue
+        for k in np.flatnonzero(np.bincount(out.ravel(), minlength=n_classes)[1:]) + 1:
             out[fill_holes(out == k) & (out == 0)] = k
     return out
 
