@@ -47,8 +47,12 @@ with left:
         label_names = st.text_input("Class names (optional, comma-separated, ids 1..K-1)", key="home_labels")
         if path and st.button("Open folder", key="home_open"):
             opts = {"label_names": [s.strip() for s in label_names.split(",") if s.strip()]} if label_names else {}
-            state.set(state.DATASET_OPTIONS, opts)
-            state.set(state.DATASET, path)
+            with guard("Opening the folder"):
+                with st.spinner("Indexing…"):
+                    load_dataset(path, opts)  # validate before adopting it as the current dataset
+                state.set(state.DATASET_OPTIONS, opts)
+                state.set(state.DATASET, path)
+                state.remember_dataset(path)
     elif path != current:
         state.set(state.DATASET_OPTIONS, {})
         state.set(state.DATASET, path)
@@ -57,7 +61,6 @@ with left:
         with guard("Opening the dataset"):
             with st.spinner("Indexing…"):
                 ds = load_dataset()
-            state.remember_dataset(str(ds.root) if ds.layout != "manifest" else state.current_dataset_path())
             s = ds.summary()
             c1, c2, c3, c4 = st.columns(4)
             c1.metric("Cases", f"{s['n_cases']:,}")

@@ -172,7 +172,6 @@ def evaluate(predictor: Any, dataset: Any, config: EvalConfig | None = None, cas
             return cached
     lut = class_mapping(card.labels, dataset.labels)
     post = config.post or card.postprocess
-    predictor.tta = config.tta
     acc = MetricAccumulator(dataset.num_classes, dataset.labels, empty_policy=config.empty_policy,
                             surface=config.surface)
     rows: list[dict[str, Any]] = []
@@ -185,7 +184,8 @@ def evaluate(predictor: Any, dataset: Any, config: EvalConfig | None = None, cas
     n_sweep = config.sweep_max_images if config.sweep else 0
     sweep_every = max(1, int(np.ceil(len(case_ids) / n_sweep))) if n_sweep else 0
     predict_progress = scaled(report, 0.0, 0.9 if n_sweep else 1.0)
-    for i, (case, result) in enumerate(predictor.predict_cases(dataset, case_ids, post=post, progress=predict_progress)):
+    for i, (case, result) in enumerate(predictor.predict_cases(dataset, case_ids, post=post, progress=predict_progress,
+                                                                        tta=config.tta)):
         if isinstance(result, WorkbenchError):
             bad.append({"case_id": case.case_id, "error": str(result)})
             continue

@@ -78,6 +78,12 @@ class Prediction:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def _check_tta(mode: str) -> str:
+    if mode not in TTA_MODES:
+        raise ConfigError(f"unknown TTA mode {mode!r}", hint=f"use one of {', '.join(TTA_MODES)}")
+    return mode
+
+
 def gaussian_weight(tile: tuple[int, int], sigma_scale: float = 0.125) -> np.ndarray:
     """float32 (h,w) importance map for blending tiles (centre 1, edges small, never 0)."""
     h, w = tile
@@ -121,9 +127,7 @@ class Predictor:
         self.card = card
         self.pre: Preprocess = card.preprocess
         self.post_default: PostProcessConfig = card.postprocess
-        self.tta = ("flip" if tta else "none") if isinstance(tta, bool) else str(tta)
-        if self.tta not in TTA_MODES:
-            raise ConfigError(f"unknown TTA mode {tta!r}", hint=f"use one of {', '.join(TTA_MODES)}")
+        self.tta = _check_tta(("flip" if tta else "none") if isinstance(tta, bool) else str(tta))
         self.tile = tuple(tile) if tile else (tuple(card.tile) if getattr(card, "tile", None) else None)
         if not 0 <= tile_overlap < 1:
             raise ConfigError(f"tile_overlap must be in [0, 1), got {tile_overlap}")
@@ -170,11 +174,13 @@ class Predictor:
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
         return x, (h, w)
 
-    def forward_batch(self, x):
+    def forward_batch(self, x, tta: str | None = None):
         """Probabilities for a preprocessed batch.
 
         Args:
             x: float32 tensor (N,C,h,w) on any device (already normalised).
+            tta: TTA mode for this call (None = the predictor's default); never mutates the predictor,
+                so one cached predictor can serve several sessions with different settings.
 
         Returns:
             ``(probs float32 tensor (N,K,h,w) on the model's device, presence (N,) tensor or None)``.
@@ -185,10 +191,11 @@ class Predictor:
         x, (h, w) = self._pad_to_divisor(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        mode = _check_tta(self.tta if tta is None else tta)
         flips: list[tuple[int, ...]] = [()]
-        if self.tta in ("flip", "flip4"):
+        if mode in ("flip", "flip4"):
             flips.append((3,))
-        if self.tta == "flip4":
+        if mode == "flip4":
             flips += [(2,), (2, 3)]
         probs = None
         presence = None
@@ -210,7 +217,7 @@ class Predictor:
             presence = presence / len(flips)
         return probs[..., :h, :w], presence
 
-    def _sliding_window(self, x):
+    def _sliding_window(self, x, tta: str | None = None):
         """Overlap-tile prediction of one preprocessed image x (1,C,H,W) with mirrored borders."""
         import torch
         import torch.nn.functional as F
@@ -235,7 +242,7 @@ class Predictor:
         for i in range(0, len(coords), self.batch_size):
             chunk = coords[i:i + self.batch_size]
             batch = torch.cat([xp[..., y:y + th, x0:x0 + tw] for y, x0 in chunk], dim=0)
-            probs, pres = self.forward_batch(batch)
+            probs, pres = self.forward_batch(batch, tta)
             for (y, x0), p in zip(chunk, probs):
                 acc[:, y:y + th, x0:x0 + tw] += p * weight
                 norm[:, y:y + th, x0:x0 + tw] += weight
@@ -258,17 +265,20 @@ class Predictor:
                             hint="load images with engine.io.load_image")
         return preprocess_image(x, self.pre)
 
-    def predict_probs(self, img: np.ndarray) -> tuple[np.ndarray, float | None]:
+    def predict_probs(self, img: np.ndarray, tta: str | None = None) -> tuple[np.ndarray, float | None]:
         """Probabilities float32 (K,H,W) at the original size, and the presence probability."""
-        pred = self.predict(img, post=None, _probs_only=True)
+        pred = self.predict(img, post=None, tta=tta, _probs_only=True)
         return pred.probs, pred.presence
 
-    def predict(self, img: np.ndarray, post: PostProcessConfig | None = None, _probs_only: bool = False) -> Prediction:
-        """Predict one image (float32 (C,H,W) in [0,1]); post=None uses the card's defaults."""
-        return self.predict_many([img], post=post, _probs_only=_probs_only)[0]
+    def predict(self, img: np.ndarray, post: PostProcessConfig | None = None, tta: str | None = None,
+                _probs_only: bool = False) -> Prediction:
+        """Predict one image (float32 (C,H,W) in [0,1]); post=None uses the card's defaults,
+        tta=None the predictor's default TTA mode."""
+        return self.predict_many([img], post=post, tta=tta, _probs_only=_probs_only)[0]
 
     def predict_many(self, images: Sequence[np.ndarray], post: PostProcessConfig | None = None,
-                     progress: ProgressFn | None = None, _probs_only: bool = False) -> list[Prediction]:
+                     progress: ProgressFn | None = None, tta: str | None = None,
+                     _probs_only: bool = False) -> list[Prediction]:
         """Predict several images; same-size inputs share forward passes (``batch_size``)."""
         import torch
 
@@ -290,10 +300,10 @@ class Predictor:
                 t1 = time.perf_counter()
                 x = torch.from_numpy(np.stack([c[1] for c in chunk]))
                 if tiled:
-                    p, pr = self._sliding_window(x)
+                    p, pr = self._sliding_window(x, tta)
                     probs_b, pres_b = p[None], (pr.reshape(1) if pr is not None else None)
                 else:
-                    probs_b, pres_b = self.forward_batch(x)
+                    probs_b, pres_b = self.forward_batch(x, tta)
                 probs_np = probs_b.float().cpu().numpy()
                 pres_np = pres_b.float().cpu().numpy() if pres_b is not None else None
                 t_model = (time.perf_counter() - t1) / len(chunk)
@@ -314,7 +324,7 @@ class Predictor:
     # -- files and datasets ------------------------------------------------------------------
     def predict_files(self, paths: Sequence[str | Path], post: PostProcessConfig | None = None,
                       num_workers: int | None = None, progress: ProgressFn | None = None,
-                      ) -> Iterator[tuple[Path, Prediction | WorkbenchError]]:
+                      tta: str | None = None) -> Iterator[tuple[Path, Prediction | WorkbenchError]]:
         """Read, preprocess (in DataLoader workers) and predict many files, in order.
 
         Yields ``(path, Prediction)`` or ``(path, WorkbenchError)`` for a file that cannot be
@@ -339,10 +349,10 @@ class Predictor:
             for shape, items in by_shape.items():
                 if self._needs_tiling(shape[1:]):
                     for b in items:
-                        p, pr = self._sliding_window(torch.from_numpy(b["x"][None]))
+                        p, pr = self._sliding_window(torch.from_numpy(b["x"][None]), tta)
                         outputs[b["index"]] = self._finish(p.cpu().numpy(), None if pr is None else float(pr), b, post)
                     continue
-                probs_b, pres_b = self.forward_batch(torch.from_numpy(np.stack([b["x"] for b in items])))
+                probs_b, pres_b = self.forward_batch(torch.from_numpy(np.stack([b["x"] for b in items])), tta)
                 probs_np = probs_b.float().cpu().numpy()
                 pres_np = pres_b.float().cpu().numpy() if pres_b is not None else None
                 for k, b in enumerate(items):
@@ -359,10 +369,11 @@ class Predictor:
 
     def predict_cases(self, dataset: Any, cases: Iterable[Any] | None = None, post: PostProcessConfig | None = None,
                       num_workers: int | None = None, progress: ProgressFn | None = None,
-                      ) -> Iterator[tuple[Any, Prediction | WorkbenchError]]:
+                      tta: str | None = None) -> Iterator[tuple[Any, Prediction | WorkbenchError]]:
         """Predict cases of an :class:`engine.datasets.Dataset` (default: all); yields ``(case, result)``."""
         cases = list(dataset.cases if cases is None else [dataset.case(c) for c in cases])
-        it = self.predict_files([c.image_path for c in cases], post=post, num_workers=num_workers, progress=progress)
+        it = self.predict_files([c.image_path for c in cases], post=post, num_workers=num_workers, progress=progress,
+                                tta=tta)
         for case, (_, result) in zip(cases, it):
             yield case, result
 

@@ -55,11 +55,17 @@ def load_predictor(name: str, device: str | None = None):
 
 
 @st.cache_data(show_spinner=False, ttl=10)
-def weights_table() -> list[dict[str, Any]]:
-    """``engine.checkpoint.list_weights()``, refreshed every 10 s (new trained models appear)."""
+def _weights_table(workspace_root: str) -> list[dict[str, Any]]:
     from engine.checkpoint import list_weights
+    from engine.workspace import Workspace
 
-    return list_weights()
+    return list_weights(Workspace(workspace_root))
+
+
+def weights_table() -> list[dict[str, Any]]:
+    """``engine.checkpoint.list_weights()`` for the current workspace, refreshed every 10 s
+    (models exported by the Train page appear without a restart)."""
+    return _weights_table(str(state.workspace().root))
 
 
 def model_names(with_errors: bool = False) -> list[str]:

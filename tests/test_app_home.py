@@ -1,0 +1,135 @@
+"""Home page (app.py) with AppTest: dataset status from the real index, demo-data button,
+readable errors for a bad folder, and the model picker listing a workspace model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+APP = str(REPO / "app.py")
+
+
+def _clear_caches() -> None:
+    import streamlit as st
+
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def _tiny_model(ws: Path, name: str) -> None:
+    import torch
+
+    from engine.augment import Preprocess
+    from engine.checkpoint import ModelCard, save_checkpoint
+    from engine.models import ModelSpec, build_model
+
+    torch.manual_seed(0)
+    spec = ModelSpec(arch="unet_classic", base_channels=4, encoder_depth=2, num_classes=2)
+    card = ModelCard(name=name, spec=spec, labels={0: "background", 1: "nerve"}, preprocess=Preprocess(size=(64, 64)),
+                     description="tiny test model")
+    save_checkpoint(ws / "models" / name, build_model(spec, load_pretrained=False), card)
+
+
+@pytest.fixture(scope="module")
+def demo_env(tmp_path_factory):
+    from engine.phantoms import generate_demo
+
+    root = tmp_path_factory.mktemp("home_app")
+    demo = root / "demo"
+    generate_demo(demo, scale="tiny")
+    return SimpleNamespace(root=root, demo=demo)
+
+
+@pytest.fixture()
+def with_demo(demo_env, tmp_path, monkeypatch):
+    ws = tmp_path / "ws"
+    monkeypatch.setenv("SEGWB_WORKSPACE", str(ws))
+    monkeypatch.setenv("SEGWB_DEMO_DATA", str(demo_env.demo))
+    _tiny_model(ws, "home-tiny")
+    _clear_caches()
+    yield SimpleNamespace(ws=ws, demo=demo_env.demo)
+    _clear_caches()
+
+
+@pytest.fixture()
+def without_demo(tmp_path, monkeypatch):
+    ws, demo = tmp_path / "ws", tmp_path / "no-demo"
+    demo.mkdir()
+    monkeypatch.setenv("SEGWB_WORKSPACE", str(ws))
+    monkeypatch.setenv("SEGWB_DEMO_DATA", str(demo))
+    _clear_caches()
+    yield SimpleNamespace(ws=ws, demo=demo)
+    _clear_caches()
+
+
+def home():
+    from streamlit.testing.v1 import AppTest
+
+    return AppTest.from_file(APP, default_timeout=180)
+
+
+def test_counts_come_from_the_real_index(with_demo):
+    from engine.datasets import open_dataset
+    from ui import state
+
+    at = home()
+    at.run()
+    assert not at.exception
+    assert not at.error
+    s = open_dataset(with_demo.demo / "nerve").summary()
+    m = {x.label: x.value for x in at.metric}
+    assert m == {"Cases": f"{s['n_cases']:,}", "With mask": f"{s['n_with_mask']:,}",
+                 "Empty masks": f"{s['n_empty']:,}", "Groups": f"{s['n_groups']:,}"}
+    assert s["n_cases"] > 0 and s["n_with_mask"] + s["n_empty"] == s["n_labelled"]
+    assert "kaggle_uns" in " ".join(c.value for c in at.caption)
+    assert "ultrasound nerve" in at.selectbox(key="home_dataset_choice").value
+    assert "demo/nerve`" in " ".join(str(x.value) for x in at.sidebar.markdown)
+    assert not any(b.key == "gen_demo" for b in at.button)
+    # switching to the chest X-ray phantom shows its counts
+    ptx_label = next(o for o in at.selectbox(key="home_dataset_choice").options if "chest" in o)
+    at.selectbox(key="home_dataset_choice").set_value(ptx_label).run()
+    assert not at.exception and not at.error
+    s2 = open_dataset(with_demo.demo / "ptx").summary()
+    assert {x.label: x.value for x in at.metric}["Cases"] == f"{s2['n_cases']:,}"
+    assert at.session_state[state.DATASET] == str(with_demo.demo / "ptx")
+
+
+def test_model_picker_lists_workspace_model(with_demo):
+    from ui import state
+
+    at = home()
+    at.run()
+    assert not at.exception
+    picker = at.selectbox(key="home_model")
+    assert "home-tiny" in picker.options
+    at.selectbox(key="home_model").set_value("home-tiny").run()
+    assert at.session_state[state.MODEL] == "home-tiny"
+    assert "tiny test model" in " ".join(str(x.value) for x in at.markdown)
+
+
+def test_without_demo_data_offers_generate_button(without_demo):
+    at = home()
+    at.run()
+    assert not at.exception
+    assert not at.error
+    assert at.button(key="gen_demo").label == "Generate demo data"
+    assert any("not generated" in i.value for i in at.info)
+    assert not at.metric                                     # no dataset open yet
+    assert any("No weights found" in i.value for i in at.info)
+
+
+def test_missing_folder_shows_readable_error(with_demo, tmp_path):
+    missing = tmp_path / "does" / "not" / "exist"
+    at = home()
+    at.run()
+    at.selectbox(key="home_dataset_choice").set_value("Another folder or manifest…").run()
+    at.text_input(key="home_dataset_path").input(str(missing)).run()
+    at.button(key="home_open").click().run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1
+    assert str(missing) in errors[0] and "folder not found" in errors[0] and "Fix:" in errors[0]
+    assert "Traceback" not in errors[0]
