@@ -17,7 +17,7 @@ import numpy as np
 
 from engine.datasets.base import BadFile, Case, MaskSource
 from engine.datasets.scan import ScanCache, Stamp, parallel_map
-from engine.errors import WorkbenchError
+from engine.errors import MaskError, WorkbenchError
 from engine.io import IMAGE_SUFFIXES, image_size, is_dicom_file
 from engine.progress import ProgressFn
 
@@ -47,6 +47,26 @@ class ScanResult:
     label_lut: list[int] | None = None
 
 
+_FOLDER_CACHE: list[tuple[dict, dict]] = []
+
+
+def by_folder(files: dict[Path, Stamp]) -> dict[Path, list[Path]]:
+    """Files grouped by parent folder (memoised for the last listings: detection and scan share it)."""
+    for ref, index in _FOLDER_CACHE:
+        if ref is files:
+            return index
+    index: dict[Path, list[Path]] = defaultdict(list)
+    for p in files:
+        index[p.parent].append(p)
+    _FOLDER_CACHE.insert(0, (files, dict(index)))
+    del _FOLDER_CACHE[2:]
+    return _FOLDER_CACHE[0][1]
+
+
+def _in(files: dict[Path, Stamp], folder: Path) -> list[Path]:
+    return by_folder(files).get(folder, [])
+
+
 def _bad(path: Path | str, exc: BaseException | str) -> BadFile:
     return BadFile(str(path), str(exc))
 
@@ -65,8 +85,8 @@ def _mask_record(mask_path: Path, image_hw: tuple[int, int] | None, threshold: i
         packed = np.unique((a[..., 0] << 16) | (a[..., 1] << 8) | a[..., 2])
         rec["colours"] = [int(c) for c in packed]
     if image_hw is not None and tuple(rec["hw"]) != tuple(image_hw):
-        raise WorkbenchError(f"mask is {rec['hw'][0]}x{rec['hw'][1]} but the image is {image_hw[0]}x{image_hw[1]}",
-                             hint="re-export the mask at the image's size, or fix the file pairing")
+        raise MaskError(f"mask is {rec['hw'][0]}x{rec['hw'][1]} but the image is {image_hw[0]}x{image_hw[1]}",
+                        path=mask_path, hint="re-export the mask at the image's size, or fix the file pairing")
     return rec
 
 
@@ -108,8 +128,8 @@ class KaggleUNSLayout:
     @classmethod
     def detect(cls, root: Path, files: dict[Path, Stamp]) -> Detection | None:
         train = cls._train_dir(root)
-        imgs = [p for p in files if p.parent == train and cls.IMG_RE.match(p.name)]
-        masks = [p for p in files if p.parent == train and cls.MASK_RE.match(p.name)]
+        imgs = [p for p in _in(files, train) if cls.IMG_RE.match(p.name)]
+        masks = [p for p in _in(files, train) if cls.MASK_RE.match(p.name)]
         csv = cls._csv(root, files)
         if imgs and (masks or csv):
             return Detection(cls.name, 0.95, f"{len(imgs)} '{{subject}}_{{frame}}.tif' images with "
@@ -140,13 +160,13 @@ class KaggleUNSLayout:
         images: dict[str, Path] = {}
         masks: dict[str, Path] = {}
         tests: dict[str, Path] = {}
-        for p in files:
-            if p.parent == train:
-                if m := cls.MASK_RE.match(p.name):
-                    masks[f"{int(m.group(1))}_{int(m.group(2))}"] = p
-                elif m := cls.IMG_RE.match(p.name):
-                    images[f"{int(m.group(1))}_{int(m.group(2))}"] = p
-            elif p.parent == root / "test" and (m := cls.TEST_RE.match(p.name)):
+        for p in _in(files, train):
+            if m := cls.MASK_RE.match(p.name):
+                masks[f"{int(m.group(1))}_{int(m.group(2))}"] = p
+            elif m := cls.IMG_RE.match(p.name):
+                images[f"{int(m.group(1))}_{int(m.group(2))}"] = p
+        for p in _in(files, root / "test"):
+            if m := cls.TEST_RE.match(p.name):
                 tests[str(int(m.group(1)))] = p
         notes: list[str] = []
         bad: list[BadFile] = []
@@ -283,7 +303,7 @@ class SIIMLayout:
                     _verify_image(p)
                 hw = (int(rec.get("rows") or 0), int(rec.get("columns") or 0))
                 if hw[0] <= 0 or hw[1] <= 0:
-                    raise WorkbenchError("DICOM header has no Rows/Columns",
+                    raise WorkbenchError("DICOM header has no Rows/Columns", path=p,
                                          hint="it is probably not an image; remove it from the folder")
                 cid = rec.get("sop_instance_uid") or p.stem
                 rec.pop("path", None)
@@ -336,7 +356,8 @@ class PairedLayout:
     @classmethod
     def _pairings(cls, root: Path, files: dict[Path, Stamp], suffixes: Sequence[str],
                   image_dir: str | None, mask_dir: str | None) -> list[_Pairing]:
-        dirs = {p.parent for p in files}
+        folders = by_folder(files)
+        dirs = set(folders)
         out: list[_Pairing] = []
         if image_dir:
             idir = (root / image_dir)
@@ -355,12 +376,12 @@ class PairedLayout:
             for d in sorted(dirs):
                 if (d.parent == root and d not in covered and d.name.lower() not in MASK_DIR_NAMES
                         and not any(c in covered for c in dirs if c.parent == d)
-                        and any(p.parent == d and p.suffix.lower() in IMAGE_SUFFIXES for p in files)):
+                        and any(p.suffix.lower() in IMAGE_SUFFIXES for p in folders[d])):
                     out.append(_Pairing(d, None, d.name))
             return out
         # one folder with suffixed masks (at the root, or in each sub-folder holding images)
         for d in sorted(dirs):
-            stems = {p.stem for p in files if p.parent == d and p.suffix.lower() in IMAGE_SUFFIXES}
+            stems = {p.stem for p in folders[d] if p.suffix.lower() in IMAGE_SUFFIXES}
             if any(s.endswith(sfx) and s[: -len(sfx)] in stems for s in stems for sfx in suffixes):
                 rel = d.relative_to(root)
                 out.append(_Pairing(d, d, "" if d == root else str(rel.parts[0]), suffix_mode=True))
@@ -368,7 +389,7 @@ class PairedLayout:
             return out
         # images only
         for d in sorted(dirs):
-            if any(p.parent == d and p.suffix.lower() in IMAGE_SUFFIXES for p in files):
+            if any(p.suffix.lower() in IMAGE_SUFFIXES for p in folders[d]):
                 rel = d.relative_to(root)
                 out.append(_Pairing(d, None, "" if d == root else str(rel.parts[0])))
         return out
@@ -379,8 +400,7 @@ class PairedLayout:
         if not pairings:
             return None
         labelled = [p for p in pairings if p.mask_dir is not None]
-        n_img = sum(1 for f in files if any(f.parent == p.image_dir for p in pairings)
-                    and f.suffix.lower() in IMAGE_SUFFIXES)
+        n_img = sum(1 for pr in pairings for f in _in(files, pr.image_dir) if f.suffix.lower() in IMAGE_SUFFIXES)
         if labelled:
             kind = "suffixed masks" if labelled[0].suffix_mode else "image/mask folders"
             where = ", ".join(str(p.image_dir.relative_to(root)) + (
@@ -399,7 +419,7 @@ class PairedLayout:
         notes: list[str] = []
         jobs: list[tuple[Path, Path | None, str]] = []
         for pr in pairings:
-            imgs = sorted(p for p in files if p.parent == pr.image_dir and p.suffix.lower() in IMAGE_SUFFIXES)
+            imgs = sorted(p for p in _in(files, pr.image_dir) if p.suffix.lower() in IMAGE_SUFFIXES)
             if pr.suffix_mode:
                 by_stem = {p.stem: p for p in imgs}
                 mask_stems = {}
@@ -414,8 +434,8 @@ class PairedLayout:
                 continue
             masks: dict[str, Path] = {}
             if pr.mask_dir is not None:
-                for p in files:
-                    if p.parent == pr.mask_dir and p.suffix.lower() in RASTER_MASK_SUFFIXES + (".jpg", ".jpeg"):
+                for p in _in(files, pr.mask_dir):
+                    if p.suffix.lower() in RASTER_MASK_SUFFIXES + (".jpg", ".jpeg"):
                         stem = p.stem
                         for sfx in suffixes:
                             if stem.endswith(sfx):
@@ -467,6 +487,7 @@ class PairedLayout:
         for c in cases:  # the same stem in two splits (train/0.png, test/0.png) → "split/stem"
             if stem_count[c.case_id] > 1 and c.split:
                 c.case_id = f"{c.split}/{c.case_id}"
+                c.group_id = f"{c.split}/{c.group_id}"
         bad += [BadFile(**r["bad"]) for r in results if "bad" in r]
         out_options: dict[str, Any] = {"threshold": threshold}
         # RGB masks: one colour map for the whole dataset (black = background, others sorted)

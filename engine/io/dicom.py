@@ -128,7 +128,7 @@ def read_dicom(path: Path, *, frame: int | None = None, raw: bool = False,
         center, width = float(window[0]), float(window[1])
         voi = "explicit window"
     elif "VOILUTSequence" in ds:
-        lut_out = apply_voi_lut(values, ds).astype(np.float32)
+        lut_out = apply_voi_lut(np.rint(values).astype(np.int64), ds).astype(np.float32)  # LUT inputs are integers
         lo, hi = float(lut_out.min()), float(lut_out.max())
         out = (lut_out - lo) / (hi - lo) if hi > lo else np.zeros_like(lut_out)
         voi = "VOI LUT sequence"
