@@ -320,7 +320,9 @@ def load_eval(folder: str | Path, expect_key: str | None = None) -> EvalResult |
 
 def list_evals(dataset: Any) -> list[dict[str, Any]]:
     """Cached evaluations of a dataset (newest first): folder, model, mean Dice, n cases."""
-    base = Path(dataset.workdir or "") / "evals"
+    from engine.workspace import Workspace
+
+    base = Path(dataset.workdir or Workspace().dataset_dir(dataset.root)) / "evals"
     out = []
     if base.is_dir():
         for f in base.iterdir():

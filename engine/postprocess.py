@@ -70,8 +70,9 @@ __all__ = [
 ]
 
 #: How an (image, class) pair whose prediction and ground truth are both empty is scored:
-#: "kaggle" = 1 (Kaggle UNS / SIIM convention), "zero" = 0, "skip" = left out of the mean.
-EMPTY_POLICIES = ("kaggle", "zero", "skip")
+#: "kaggle" = 1 (Kaggle UNS / SIIM convention), "zero" = 0, "skip" = left out of the mean;
+#: "exclude" is accepted as the metrics module's name for "skip".
+EMPTY_POLICIES = ("kaggle", "zero", "skip", "exclude")
 
 
 def _check_unit(name: str, value: float) -> None:
@@ -369,7 +370,7 @@ def _check_policy(empty_policy: str) -> None:
 def _dice(inter: np.ndarray, psum: np.ndarray, gsum: np.ndarray, policy: str) -> np.ndarray:
     """Dice per entry; both-empty entries scored per ``policy`` (NaN for "skip")."""
     denom = psum + gsum
-    empty_value = {"kaggle": 1.0, "zero": 0.0, "skip": np.nan}[policy]
+    empty_value = {"kaggle": 1.0, "zero": 0.0, "skip": np.nan, "exclude": np.nan}[policy]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denom == 0, empty_value, 2.0 * inter / np.where(denom == 0, 1, denom))
 
