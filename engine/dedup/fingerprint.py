@@ -1,0 +1,518 @@
+"""Per-image fingerprints for near-duplicate search, computed once and cached per dataset.
+
+For every image the engine keeps three things, all derived from one decode of the file:
+
+- ``thumb``: the grey-level image resized to the SSIM size (default 64×80), float32 in [0, 1].
+  This is what SSIM is verified on. Resizing is PIL's ``BILINEAR`` filter (an anti-aliased
+  triangle filter) written as two small matrix products, which matches PIL to ~1e-7 and is
+  5× faster on float data.
+- ``fp``: the thumb's local structure ``x − box7(x)`` (the image minus its 7×7 local mean, the
+  same window SSIM uses), L2-normalised, randomly projected to ``fp_dim`` (default 256,
+  fixed Gaussian matrix, seed 0; Johnson–Lindenstrauss keeps cosines to about ±0.06) and
+  normalised again: float32 (D,), ``||fp|| = 1``. The cosine of two fingerprints approximates
+  the variance-weighted mean of the local correlations that SSIM's structure term measures,
+  so it ranks candidates the way SSIM will judge them. Subtracting local means makes it blind
+  to brightness shifts, and normalising to contrast changes: candidate recall does not depend
+  on either. (Why not a plain low-resolution thumb: frames of one ultrasound video share their
+  coarse anatomy, so coarse thumbs correlate > 0.9 for thousands of non-duplicate pairs; the
+  speckle-level structure separates twins, ~0.98–1.0, from other frames, mostly < 0.5.)
+- ``phash``: a 64-bit DCT perceptual hash (8×8 low frequencies of a 32×32 thumb against their
+  median), reported per pair as ``phash_distance`` (0 ≈ pixel-identical, >10 ≈ different).
+
+Also kept per image: ``mean`` (thumb brightness) and ``texture`` (std of the local structure);
+images with almost no texture are paired by brightness instead (see :mod:`engine.dedup.search`).
+
+The cache lives in ``dataset.workdir / "dedup"``: a JSON index (the commit point, written
+last) naming ``thumbs-<HxW>-<token>.npy`` (N,H,W) float32, memory-mapped on load so warm runs
+never reread images nor the whole array, and ``fingerprints-<HxW>-<token>.npz`` (fp, mean,
+texture, phash). Each row is keyed by the image path and validated by the file's
+``(size, mtime_ns)``: only new or changed files are decoded again.
+
+Example:
+    >>> ds = open_dataset("../shared/data/kaggle-nerve-sample")             # doctest: +SKIP
+    >>> fps = compute_fingerprints(ds, (64, 80))                             # doctest: +SKIP
+    >>> fps.thumbs.shape, fps.fp.shape, fps.stats["misses"]                  # doctest: +SKIP
+    ((23, 64, 80), (23, 256), 23)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from engine.errors import WorkbenchError
+from engine.fsutil import atomic_path, atomic_write_json
+from engine.progress import ProgressFn, as_progress
+
+CACHE_VERSION = 1
+FAST_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+# --------------------------------------------------------------------------------------------
+# resizing
+
+
+@functools.lru_cache(maxsize=64)
+def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """Weights (n_out, n_in) float32 of PIL's anti-aliased ``BILINEAR`` resampling along one axis.
+
+    ``R_h @ img @ R_w.T`` resizes an (H,W) image to (h,w) like
+    ``Image.resize((w, h), Image.BILINEAR)`` on a float image (same support, same taps).
+    """
+    if n_in < 1 or n_out < 1:
+        raise WorkbenchError(f"cannot resize {n_in} pixels to {n_out}", hint="use positive sizes")
+    scale = n_in / n_out
+    filterscale = max(scale, 1.0)
+    support = 1.0 * filterscale  # triangle filter has support 1
+    weights = np.zeros((n_out, n_in), np.float64)
+    for i in range(n_out):
+        center = (i + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), n_in)
+        x = np.arange(xmin, xmax, dtype=np.float64)
+        w = np.maximum(0.0, 1.0 - np.abs((x - center + 0.5) / filterscale))
+        total = w.sum()
+        weights[i, xmin:xmax] = w / total if total > 0 else 0.0
+    return weights.astype(np.float32)
+
+
+def resize_gray(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a grey image (H,W) (any real dtype, values kept) to ``size`` = (h,w): float32 (h,w)."""
+    h, w = int(size[0]), int(size[1])
+    a = np.asarray(img, dtype=np.float32)
+    rh = resize_matrix(a.shape[0], h)
+    rw = resize_matrix(a.shape[1], w)
+    hh, ww = a.shape
+    if h * hh * ww + h * ww * w <= hh * ww * w + h * hh * w:  # cheaper multiplication order
+        return (rh @ a) @ rw.T
+    return rh @ (a @ rw.T)
+
+
+def resize_stack(stack: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a stack (N,H,W) float32 to (N,h,w) with :func:`resize_matrix` weights."""
+    n, hh, ww = stack.shape
+    rh = resize_matrix(hh, int(size[0]))
+    rw = resize_matrix(ww, int(size[1]))
+    tmp = stack.reshape(n * hh, ww).astype(np.float32, copy=False) @ rw.T  # (N*H, w)
+    tmp = tmp.reshape(n, hh, -1)
+    return np.einsum("ih,nhw->niw", rh, tmp, optimize=True).astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def read_gray(path: str | Path) -> np.ndarray:
+    """Decode an image file as grey levels: (H,W) uint8 (fast path) or float32 in [0, 1].
+
+    8-bit grey/RGB PNG, JPEG, BMP and single-page TIFF are decoded with Pillow (fastest here);
+    anything else (16-bit, DICOM, palette, multi-page, inverted TIFF) goes through
+    :func:`engine.io.read_image` + :func:`engine.io.to_chw_float`, channels averaged.
+    uint8 results are grey values 0..255 (divide by 255 for [0, 1]).
+
+    Raises:
+        ReadError: the file cannot be decoded (the caller records it as a bad file).
+    """
+    path = Path(path)
+    if path.suffix.lower() in FAST_SUFFIXES:
+        arr = _read_fast(path)
+        if arr is not None:
+            return arr
+    from engine.io import read_image, to_chw_float
+
+    arr, meta = read_image(path)
+    return to_chw_float(arr, meta).mean(axis=0, dtype=np.float32)
+
+
+def _read_fast(path: Path) -> np.ndarray | None:
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            if getattr(im, "n_frames", 1) != 1:
+                return None
+            if im.format == "TIFF" and im.tag_v2.get(262, 1) not in (1, 2):  # not BlackIsZero / RGB
+                return None
+            if im.mode == "L":
+                if im.format == "TIFF":  # OpenCV's LZW decoder is ~20-40 % faster than Pillow's here
+                    import cv2
+
+                    a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+                    if a is not None and a.dtype == np.uint8 and a.ndim == 2:
+                        return a
+                im.load()
+                return np.asarray(im)
+            if im.mode in ("RGB", "RGBA"):
+                im.load()
+                a = np.asarray(im)[..., :3].astype(np.float32)
+                return a.mean(axis=2) * np.float32(1 / 255.0)
+    except Exception:  # noqa: BLE001 - let the full reader produce the proper error
+        return None
+    return None
+
+
+def image_thumb(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """Grey thumbnail of one image file: float32 (h,w) in [0, 1] (PIL-bilinear resize)."""
+    g = read_gray(path)
+    t = resize_gray(g, size)
+    if g.dtype == np.uint8:
+        t *= np.float32(1 / 255.0)
+    return np.clip(t, 0.0, 1.0, out=t)
+
+
+def array_thumb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Grey thumbnail of an in-memory image: float32 (C,H,W)/(H,W) in [0,1] → float32 (h,w)."""
+    a = np.asarray(image, dtype=np.float32)
+    if a.ndim == 3:
+        a = a.mean(axis=0)
+    return np.clip(resize_gray(a, size), 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# descriptors
+
+
+@functools.lru_cache(maxsize=8)
+def projection_matrix(n_in: int, n_out: int, seed: int = 0) -> np.ndarray:
+    """Fixed Gaussian random projection (n_in, n_out) float32, scaled by 1/sqrt(n_out)."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n_in, n_out)) / np.sqrt(n_out)).astype(np.float32)
+
+
+def local_structure(thumbs: np.ndarray, win: int = 7) -> np.ndarray:
+    """``x − uniform_filter(x, win)`` per image of a stack (N,h,w): float32 (N,h,w)."""
+    from scipy.ndimage import uniform_filter
+
+    x = np.asarray(thumbs, np.float32)
+    return x - uniform_filter(x, size=(1, win, win))
+
+
+def fingerprint_from_thumbs(thumbs: np.ndarray, fp_dim: int = 256, *, batch: int = 512
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Descriptors of a stack of thumbs (N,h,w) float32 in [0, 1].
+
+    Args:
+        thumbs: (N,h,w) SSIM-size thumbs.
+        fp_dim: projected dimension D; 0 keeps the full h·w local-structure vector.
+
+    Returns:
+        ``(fp (N,D) float32 unit-norm (zero rows for textureless images),
+        mean (N,) float32 thumb brightness, texture (N,) float32 std of the local structure)``.
+    """
+    n, h, w = thumbs.shape
+    d = h * w if not fp_dim or fp_dim >= h * w else int(fp_dim)
+    proj = projection_matrix(h * w, d) if d < h * w else None
+    fp = np.zeros((n, d), np.float32)
+    mean = np.empty(n, np.float32)
+    texture = np.empty(n, np.float32)
+    for s in range(0, n, batch):
+        t = np.asarray(thumbs[s:s + batch], np.float32)
+        hp = local_structure(t).reshape(len(t), -1)
+        mean[s:s + len(t)] = t.reshape(len(t), -1).mean(axis=1)
+        norms = np.linalg.norm(hp, axis=1)
+        texture[s:s + len(t)] = norms / np.sqrt(h * w)
+        ok = norms > 1e-9
+        hp[ok] /= norms[ok, None]
+        hp[~ok] = 0.0
+        v = hp @ proj if proj is not None else hp
+        vn = np.linalg.norm(v, axis=1)
+        good = vn > 1e-9
+        v[good] /= vn[good, None]
+        v[~good] = 0.0
+        fp[s:s + len(t)] = v
+    return fp, mean, texture
+
+
+def phash64(thumbs: np.ndarray) -> np.ndarray:
+    """64-bit DCT perceptual hashes of thumbs (N,h,w): uint64 (N,)."""
+    from scipy.fft import dctn
+
+    small = resize_stack(thumbs, (32, 32)).astype(np.float64)
+    coeffs = dctn(small, type=2, axes=(1, 2), norm="ortho")[:, :8, :8].reshape(len(thumbs), 64)
+    med = np.median(coeffs[:, 1:], axis=1, keepdims=True)  # DC excluded from the median
+    bits = (coeffs > med).astype(np.uint64)
+    weights = (np.uint64(1) << np.arange(64, dtype=np.uint64))
+    return (bits * weights).sum(axis=1, dtype=np.uint64)
+
+
+def hamming64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bitwise Hamming distances between uint64 arrays (broadcast): int (…)."""
+    x = np.atleast_1d(np.bitwise_xor(np.asarray(a, np.uint64), np.asarray(b, np.uint64)))
+    bits = np.unpackbits(np.ascontiguousarray(x).view(np.uint8).reshape(*x.shape, 8), axis=-1)
+    out = bits.sum(axis=-1).astype(np.int64)
+    return out.reshape(np.broadcast(np.asarray(a), np.asarray(b)).shape)
+
+
+# --------------------------------------------------------------------------------------------
+# dataset fingerprints with a cache
+
+
+@dataclass
+class Fingerprints:
+    """Fingerprints of a dataset's cases, row ``i`` ↔ ``case_ids[i]``.
+
+    Attributes:
+        case_ids: cases whose image could be read, (N,).
+        thumbs: float32 (N,h,w) in [0,1] (often a read-only memory map).
+        fp: float32 (N,D) unit-norm local-structure descriptors (zero rows for textureless images).
+        mean: float32 (N,) thumb brightness; texture: float32 (N,) std of the local structure.
+        phash: uint64 (N,) perceptual hashes.
+        keys: uint64 (N,) identity of each image file version (for caches keyed on files).
+        bad: ``(case_id, reason)`` of images that could not be read.
+        stats: cache hits/misses, seconds reading, whether the cache was written.
+    """
+
+    case_ids: list[str]
+    thumbs: np.ndarray
+    fp: np.ndarray
+    mean: np.ndarray
+    texture: np.ndarray
+    phash: np.ndarray
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    keys: np.ndarray | None = None  # uint64 (N,) identity of each file version (path, size, mtime)
+    folder: Path | None = None  # the cache folder, when caching
+    cache_keys: np.ndarray | None = None  # identities of every row in the cache (⊇ keys)
+
+    def index(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.case_ids)}
+
+
+_ARRAYS = ("fp", "mean", "texture", "phash")
+
+
+def _cache_dir(ds: Any) -> Path | None:
+    workdir = getattr(ds, "workdir", None)
+    if workdir is None:
+        return None
+    return Path(workdir) / "dedup"
+
+
+def _size_tag(size: tuple[int, int]) -> str:
+    return f"{int(size[0])}x{int(size[1])}"
+
+
+def _load_cache(folder: Path, size: tuple[int, int], fp_dim: int) -> dict[str, Any] | None:
+    index_path = folder / f"fingerprints-{_size_tag(size)}.json"
+    try:
+        meta = json.loads(index_path.read_text(encoding="utf-8"))
+        if meta.get("version") != CACHE_VERSION or meta.get("fp_dim") != fp_dim:
+            return None
+        thumbs = np.load(folder / meta["thumbs"], mmap_mode="r")
+        with np.load(folder / meta["arrays"]) as z:
+            arrays = {k: z[k] for k in _ARRAYS}
+        if thumbs.shape[1:] != tuple(size) or len(thumbs) != len(meta["entries"]):
+            return None
+        return {"meta": meta, "thumbs": thumbs, **arrays}
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+        return None  # missing or corrupt: recomputed
+
+
+def compute_fingerprints(ds: Any, size: tuple[int, int] = (64, 80), fp_dim: int = 256, *,
+                         case_ids: Sequence[str] | None = None, use_cache: bool = True, workers: int = 0,
+                         progress: ProgressFn | None = None) -> Fingerprints:
+    """Fingerprints of every case of ``ds`` (or of ``case_ids``), reusing the per-dataset cache.
+
+    Args:
+        ds: an :class:`engine.datasets.Dataset` (``cases``, ``workdir``).
+        size: SSIM thumb size (h, w), at least 7×7.
+        fp_dim: descriptor dimension after random projection (0 = no projection).
+        case_ids: restrict to these cases (default: all).
+        use_cache: read and update ``ds.workdir/dedup`` (no cache when ``ds.workdir`` is None).
+        workers: decoding threads (0 = 2 × CPU count, at most 8).
+        progress: ``(done, total, message)`` callback.
+
+    Returns:
+        :class:`Fingerprints` (unreadable images listed in ``bad``, not raised). The cache keeps
+        the rows of images outside ``case_ids`` (or outside a subset dataset), so running on a
+        subset does not evict the rest.
+
+    Example:
+        >>> fps = compute_fingerprints(ds)                    # doctest: +SKIP
+        >>> fps.stats["misses"], fps.thumbs.dtype             # doctest: +SKIP
+        (5640, dtype('float32'))
+    """
+    size = (int(size[0]), int(size[1]))
+    fp_dim = int(fp_dim)
+    if min(size) < 7:
+        raise WorkbenchError(f"SSIM size {size[0]}x{size[1]} is smaller than the 7×7 SSIM window",
+                             hint="use at least 7x7, e.g. 64x80")
+    report = as_progress(progress)
+    cases = ds.cases if case_ids is None else [ds.case(c) for c in case_ids]
+    folder = _cache_dir(ds) if use_cache else None
+    cached = _load_cache(folder, size, fp_dim) if folder is not None else None
+    old_rows: dict[str, tuple[int, list[int]]] = {}
+    if cached is not None:
+        for key, (row, stamp) in cached["meta"]["entries"].items():
+            old_rows[key] = (int(row), stamp)
+
+    n = len(cases)
+    stamps: list[list[int] | None] = []
+    for c in cases:
+        try:
+            st = os.stat(c.image_path)
+            stamps.append([int(st.st_size), int(st.st_mtime_ns)])
+        except OSError:
+            stamps.append(None)
+    src_rows = np.full(n, -1, np.int64)
+    for i, (c, st) in enumerate(zip(cases, stamps)):
+        hit = old_rows.get(c.image_path)
+        if hit is not None and st is not None and hit[1] == st:
+            src_rows[i] = hit[0]
+    todo = [i for i in range(n) if src_rows[i] < 0]
+
+    t0 = time.perf_counter()
+    new_thumbs: dict[int, np.ndarray] = {}
+    bad: list[tuple[str, str]] = []
+    if todo:
+        n_workers = workers or min(8, max(2, 2 * (os.cpu_count() or 2)))
+
+        def work(i: int) -> tuple[int, np.ndarray | None, str]:
+            try:
+                return i, image_thumb(cases[i].image_path, size), ""
+            except WorkbenchError as exc:
+                return i, None, str(exc)
+            except Exception as exc:  # noqa: BLE001 - one bad file must not stop a scan
+                return i, None, f"{cases[i].image_path}: cannot read ({type(exc).__name__}: {exc})"
+
+        step = max(1, len(todo) // 200)
+        with _single_thread_blas(), ThreadPoolExecutor(max_workers=n_workers) as pool:
+            for k, (i, thumb, err) in enumerate(pool.map(work, todo, chunksize=8)):
+                if thumb is None:
+                    bad.append((cases[i].case_id, err))
+                else:
+                    new_thumbs[i] = thumb
+                if (k + 1) % step == 0 or k + 1 == len(todo):
+                    report(k + 1, len(todo), "reading images for fingerprints")
+    read_seconds = time.perf_counter() - t0
+
+    keep = [i for i in range(n) if src_rows[i] >= 0 or i in new_thumbs]
+    ids = [cases[i].case_id for i in keep]
+    reuse = [i for i in keep if src_rows[i] >= 0]
+    identical = (cached is not None and not new_thumbs and len(keep) == len(cached["thumbs"])
+                 and bool(np.array_equal(src_rows[keep], np.arange(len(keep)))))
+    t1 = time.perf_counter()
+    if identical:
+        assert cached is not None
+        thumbs = cached["thumbs"]
+        fp, mean, texture, ph = (cached[k] for k in _ARRAYS)
+    else:
+        d = size[0] * size[1] if not fp_dim or fp_dim >= size[0] * size[1] else fp_dim
+        thumbs = np.empty((len(keep), *size), np.float32)
+        fp = np.empty((len(keep), d), np.float32)
+        mean = np.empty(len(keep), np.float32)
+        texture = np.empty(len(keep), np.float32)
+        ph = np.empty(len(keep), np.uint64)
+        pos = {i: r for r, i in enumerate(keep)}
+        if reuse and cached is not None:
+            dst = np.array([pos[i] for i in reuse])
+            src = src_rows[reuse]
+            order = np.argsort(src)  # sequential reads from the memory map
+            thumbs[dst[order]] = cached["thumbs"][src[order]]
+            for name, arr in zip(_ARRAYS, (fp, mean, texture, ph)):
+                arr[dst] = cached[name][src]
+        fresh = [i for i in keep if i in new_thumbs]
+        if fresh:
+            dst = np.array([pos[i] for i in fresh])
+            stack = np.stack([new_thumbs.pop(i) for i in fresh])
+            fp[dst], mean[dst], texture[dst] = fingerprint_from_thumbs(stack, fp_dim)
+            ph[dst] = phash64(stack)
+            thumbs[dst] = stack
+            del stack
+    from engine.dedup.maskcache import image_key
+
+    keys = np.array([image_key(cases[i].image_path, stamps[i]) for i in keep], np.uint64)
+    wrote = False
+    cache_keys = keys
+    if folder is not None and not identical:
+        entries = {cases[i].image_path: [r, stamps[i]] for r, i in enumerate(keep)}
+        arrays = {"fp": fp, "mean": mean, "texture": texture, "phash": ph}
+        out_thumbs = thumbs
+        # rows of other images (e.g. this was a subset of the dataset) stay in the cache
+        extra = [] if cached is None else sorted(
+            (row, path, stamp) for path, (row, stamp) in old_rows.items() if path not in entries)
+        if extra:
+            rows = np.array([e[0] for e in extra])
+            for k, (_, path, stamp) in enumerate(extra):
+                entries[path] = [len(keep) + k, stamp]
+            out_thumbs = np.concatenate([thumbs, cached["thumbs"][rows]])
+            arrays = {name: np.concatenate([arr, cached[name][rows]]) for name, arr in arrays.items()}
+            cache_keys = np.concatenate([keys, np.array([image_key(p, st) for _, p, st in extra], np.uint64)])
+        wrote = _save_cache(folder, size, fp_dim, entries, out_thumbs, arrays)
+    elif identical:
+        cache_keys = keys
+    stats = {"hits": len(reuse), "misses": len(todo), "bad": len(bad), "read_seconds": round(read_seconds, 4),
+             "descriptor_seconds": round(time.perf_counter() - t1, 4),
+             "cache": str(folder) if folder is not None else None, "cache_written": wrote,
+             "cache_rows": int(len(cache_keys))}
+    return Fingerprints(ids, thumbs, fp, mean, texture, ph, bad, stats, keys, folder, cache_keys)
+
+
+def _save_cache(folder: Path, size: tuple[int, int], fp_dim: int, entries: dict[str, Any],
+                thumbs: np.ndarray, arrays: dict[str, np.ndarray]) -> bool:
+    """Write arrays under fresh names, then the JSON index (the commit point), then drop old files."""
+    tag = _size_tag(size)
+    token = secrets.token_hex(4)
+    thumbs_name = f"thumbs-{tag}-{token}.npy"
+    arrays_name = f"fingerprints-{tag}-{token}.npz"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / thumbs_name) as tmp:
+            np.save(tmp, np.ascontiguousarray(thumbs, np.float32))
+        with atomic_path(folder / arrays_name) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+        atomic_write_json(folder / f"fingerprints-{tag}.json",
+                          {"version": CACHE_VERSION, "size": list(size), "fp_dim": fp_dim,
+                           "thumbs": thumbs_name, "arrays": arrays_name, "entries": entries}, indent=None)
+    except OSError:
+        return False  # a read-only workspace only costs speed
+    for old in list(folder.glob(f"thumbs-{tag}-*.npy")) + list(folder.glob(f"fingerprints-{tag}-*.npz")):
+        if old.name not in (thumbs_name, arrays_name):
+            with contextlib.suppress(OSError):
+                old.unlink()
+    return True
+
+
+_CONTROLLER: list[Any] = []
+
+
+@contextlib.contextmanager
+def limit_blas(threads: int | None = 1):
+    """Limit BLAS threads inside the block (None = no limit). Enter it from one thread only.
+
+    Small matrix products are much slower with several BLAS threads on a busy machine
+    (thread wake-up and spinning dominate), and a thread pool of decoders must not
+    oversubscribe cores. Uses ``threadpoolctl`` when installed (it comes with scikit-learn),
+    else does nothing. The limit is process-wide, so nested use from several threads at
+    once could restore the wrong value: engine code enters it only from the calling thread.
+    """
+    if threads is None:
+        yield
+        return
+    if not _CONTROLLER:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # optional
+            _CONTROLLER.append(None)
+        else:
+            _CONTROLLER.append(ThreadpoolController())
+    ctl = _CONTROLLER[0]
+    if ctl is None:
+        yield
+        return
+    with ctl.limit(limits=threads, user_api="blas"):
+        yield
+
+
+_single_thread_blas = limit_blas
