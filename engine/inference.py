@@ -105,8 +105,12 @@ def tile_starts(length: int, tile: int, stride: int) -> list[int]:
 class Predictor:
     """Model + card → predictions.
 
+    Note: the predictor takes ownership of ``model``: it is put in eval mode, moved to the device
+    and (on CUDA) converted to channels-last. Training code that validates with a Predictor must
+    call ``model.train()`` again afterwards.
+
     Args:
-        model: a :class:`~engine.models.SegmentationNet` (eval mode is set here).
+        model: a :class:`~engine.models.SegmentationNet`.
         card: its :class:`~engine.checkpoint.ModelCard`.
         device: ``auto``/``cpu``/``cuda``/``mps``.
         amp: mixed precision on CUDA (bf16 where supported, else fp16); None = on for CUDA.
@@ -251,6 +255,13 @@ class Predictor:
                 presence_max = m if presence_max is None else torch.maximum(presence_max, m)
         out = (acc / norm)[:, pad_h[0]:pad_h[0] + H, pad_w[0]:pad_w[0] + W]
         return out, presence_max
+
+    def sliding_window(self, x, tta: str | None = None):
+        """Overlap-tile probabilities of one preprocessed image x (1,C,H,W) tensor with mirrored borders.
+
+        Returns ``(probs (K,H,W) tensor, presence max over tiles or None)``.
+        """
+        return self._sliding_window(x, tta)
 
     def _needs_tiling(self, hw: tuple[int, int]) -> bool:
         return bool(self.tile) and (hw[0] > self.tile[0] or hw[1] > self.tile[1])

@@ -1,0 +1,378 @@
+"""Image-level presence classifier for the two-stage pipeline (classifier gates the segmenter).
+
+Trained by the same loop as the segmenters (``python -m engine train --task classify ...`` or
+``train(TrainConfig(task="classify", classifier=ClassifierSpec("densenet121")))``) on the same data
+pipeline, with target = "mask non-empty", :class:`engine.losses.PresenceLoss` (BCE with
+``pos_weight`` = negatives / positives of the training cases, the inverse-frequency weighting of
+the pneumothorax study) and validation ROC AUC / AP / sensitivity / specificity from
+:func:`engine.metrics.presence_metrics`; the best epoch is chosen by ROC AUC.
+
+Saved as ``model.safetensors`` + ``classifier.json`` (a :class:`ClassifierCard`: name, classifier
+spec, preprocessing, threshold, metrics, training). Loading searches the same places as
+:mod:`engine.checkpoint`: a folder path, the repository's ``weights/<name>``, then
+``<workspace>/models/<name>``. Classifier folders have no ``card.json``, so they never appear in
+the segmentation model pickers.
+
+Example:
+    >>> clf = ClassifierPredictor.from_weights("nerve-presence")       # doctest: +SKIP
+    >>> p = clf.predict_proba(img)        # img float32 (C,H,W) in [0,1] → P(structure present)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from engine.augment import Preprocess, normalize_image, preprocess_image
+from engine.config import JsonConfig
+from engine.errors import CheckpointError, ConfigError, ReadError, WorkbenchError
+from engine.fsutil import atomic_path, atomic_write_json, read_json
+from engine.models import ClassifierSpec
+from engine.progress import ProgressFn
+
+__all__ = ["ClassifierCard", "ClassifyTask", "ClassifierPredictor", "save_classifier", "load_classifier",
+           "resolve_classifier", "list_classifier_weights", "CLASSIFIER_CARD"]
+
+CLASSIFIER_CARD = "classifier.json"
+CLASSIFIER_FORMAT = "segwb-classifier"
+CLASSIFIER_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class ClassifierCard(JsonConfig):
+    """Everything about a trained presence classifier except its tensors.
+
+    Attributes:
+        name: short id (folder name).
+        classifier: :class:`~engine.models.ClassifierSpec` to rebuild the network.
+        preprocess: how images become input (same :class:`~engine.augment.Preprocess` as segmenters).
+        threshold: ``P(present) >= threshold`` → "present".
+        description, training, metrics, license: as in :class:`engine.checkpoint.ModelCard`.
+    """
+
+    name: str
+    classifier: ClassifierSpec
+    preprocess: Preprocess = Preprocess()
+    threshold: float = 0.5
+    description: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    license: dict[str, Any] = field(default_factory=dict)
+    format: str = CLASSIFIER_FORMAT
+    format_version: int = CLASSIFIER_VERSION
+    created: str = ""
+    tensors_sha256: str = ""
+    n_parameters: int = 0
+
+    def __post_init__(self) -> None:
+        if self.preprocess.in_channels != self.classifier.in_channels:
+            raise ConfigError(f"classifier card '{self.name}': preprocess.in_channels="
+                              f"{self.preprocess.in_channels} but the classifier takes {self.classifier.in_channels}",
+                              hint="make them equal")
+        if not 0 <= float(self.threshold) <= 1:
+            raise ConfigError(f"classifier threshold must be in [0, 1], got {self.threshold}")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_classifier(folder: str | Path, model: Any, card: ClassifierCard) -> Path:
+    """Write ``model.safetensors`` then ``classifier.json`` atomically into ``folder``."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    module = getattr(model, "module", model)
+    state = {k: v.detach().cpu().float().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
+             for k, v in module.state_dict().items()}
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"format": CLASSIFIER_FORMAT, "name": card.name})
+    final = card.replace(created=card.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                         tensors_sha256=_sha256(folder / WEIGHTS_FILE),
+                         n_parameters=int(sum(p.numel() for p in module.parameters())))
+    atomic_write_json(folder / CLASSIFIER_CARD, final.to_dict())
+    return folder
+
+
+def resolve_classifier(name_or_dir: str | Path, workspace: Any = None) -> Path:
+    """Folder of a classifier name or path (search: path, repo ``weights/``, ``<workspace>/models``)."""
+    from engine.checkpoint import search_dirs
+
+    p = Path(name_or_dir).expanduser()
+    if (p / CLASSIFIER_CARD).exists():
+        return p
+    if p.name in (CLASSIFIER_CARD, WEIGHTS_FILE) and (p.parent / CLASSIFIER_CARD).exists():
+        return p.parent
+    for d in search_dirs(workspace):
+        if (d / str(name_or_dir) / CLASSIFIER_CARD).exists():
+            return d / str(name_or_dir)
+    names = [w["name"] for w in list_classifier_weights(workspace)]
+    raise CheckpointError(f"no classifier named {str(name_or_dir)!r}",
+                          hint=("available: " + ", ".join(names)) if names else
+                          "train one with `python -m engine train --task classify`")
+
+
+def list_classifier_weights(workspace: Any = None) -> list[dict[str, Any]]:
+    """Every classifier folder in the search path: name, folder, backbone, metrics."""
+    from engine.checkpoint import search_dirs
+
+    out, seen = [], set()
+    for d in search_dirs(workspace):
+        if not d.is_dir():
+            continue
+        for folder in sorted(p for p in d.iterdir() if (p / CLASSIFIER_CARD).exists()):
+            if folder.name in seen:
+                continue
+            seen.add(folder.name)
+            entry: dict[str, Any] = {"name": folder.name, "folder": str(folder)}
+            try:
+                card = _read_card(folder)
+                entry.update(backbone=card.classifier.name, threshold=card.threshold, metrics=card.metrics)
+            except WorkbenchError as exc:
+                entry["error"] = str(exc)
+            out.append(entry)
+    return out
+
+
+def _read_card(folder: Path) -> ClassifierCard:
+    path = folder / CLASSIFIER_CARD
+    try:
+        data = read_json(path)
+    except WorkbenchError as exc:
+        raise CheckpointError(exc.message, path=path, hint="the card is corrupt; re-export the classifier") from None
+    if not isinstance(data, dict) or data.get("format") != CLASSIFIER_FORMAT:
+        raise CheckpointError("not a segwb classifier card", path=path, hint="re-export the classifier")
+    if int(data.get("format_version", 0)) > CLASSIFIER_VERSION:
+        raise CheckpointError("classifier card is from a newer version", path=path, hint="upgrade the workbench")
+    try:
+        return ClassifierCard.from_dict(data)
+    except ConfigError as exc:
+        raise CheckpointError(f"invalid classifier card: {exc.message}", path=path, hint=exc.hint) from None
+
+
+def load_classifier(name_or_dir: str | Path, device: str = "cpu", workspace: Any = None):
+    """Rebuild a classifier from its card and load its tensors (eval mode).
+
+    Returns:
+        ``(PresenceClassifier, ClassifierCard)``.
+
+    Raises:
+        CheckpointError: missing/corrupt files or a card that does not match the tensors.
+
+    Example:
+        >>> model, card = load_classifier("nerve-presence")      # doctest: +SKIP
+    """
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from engine.models import build_classifier
+
+    folder = resolve_classifier(name_or_dir, workspace)
+    card = _read_card(folder)
+    wpath = folder / WEIGHTS_FILE
+    if not wpath.exists():
+        raise CheckpointError("model.safetensors is missing", path=folder, hint="re-export the classifier")
+    if card.tensors_sha256 and _sha256(wpath) != card.tensors_sha256:
+        raise CheckpointError("model.safetensors does not match the hash in classifier.json", path=wpath,
+                              hint="the folder was modified or a save was interrupted; re-export it")
+    try:
+        state = load_file(str(wpath), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read tensors ({exc})", path=wpath, hint="re-export the classifier") from None
+    model = build_classifier(card.classifier, load_pretrained=False)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"classifier.json does not match model.safetensors ({str(exc)[:300]})", path=folder,
+                              hint="the card's classifier spec must be the one the tensors were trained with") from None
+    model.eval().to(torch.device(device))
+    return model, card
+
+
+class ClassifierPredictor:
+    """Classifier + card → presence probabilities.
+
+    Example:
+        >>> clf = ClassifierPredictor.from_weights("nerve-presence", device="cpu")   # doctest: +SKIP
+        >>> clf.predict_proba(np.zeros((1, 420, 580), np.float32))                   # doctest: +SKIP
+        0.07
+    """
+
+    def __init__(self, model: Any, card: ClassifierCard, device: str = "auto", batch_size: int = 16):
+        from engine.inference import select_device
+
+        self.device = select_device(device)
+        self.model = model.eval().to(self.device)
+        self.card = card
+        self.threshold = float(card.threshold)
+        self.batch_size = max(1, int(batch_size))
+
+    @classmethod
+    def from_weights(cls, name_or_dir: str | Path, device: str = "auto", **kwargs: Any) -> "ClassifierPredictor":
+        model, card = load_classifier(name_or_dir, device="cpu")
+        return cls(model, card, device=device, **kwargs)
+
+    def _prep(self, img: np.ndarray) -> np.ndarray:
+        x = np.asarray(img, dtype=np.float32)
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim != 3:
+            raise ReadError(f"expected an image (C,H,W) or (H,W), got shape {x.shape}",
+                            hint="load images with engine.io.load_image")
+        return preprocess_image(x, self.card.preprocess)
+
+    def predict_proba_many(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """float64 ``(N,)`` probabilities that the structure is present, for float32 (C,H,W) images."""
+        import torch
+
+        xs = [self._prep(im) for im in images]
+        out = np.zeros(len(xs), np.float64)
+        order = sorted(range(len(xs)), key=lambda i: xs[i].shape)
+        with torch.inference_mode():
+            for j in range(0, len(order), self.batch_size):
+                idx = order[j:j + self.batch_size]
+                shapes = {xs[i].shape for i in idx}
+                groups = [[i for i in idx if xs[i].shape == s] for s in shapes]
+                for g in groups:
+                    x = torch.from_numpy(np.stack([xs[i] for i in g])).to(self.device)
+                    p = torch.sigmoid(self.model(x).float()).reshape(-1).cpu().numpy()
+                    out[g] = p
+        return out
+
+    def predict_proba(self, img: np.ndarray) -> float:
+        """P(structure present) for one float32 ``(C,H,W)`` image in [0, 1]."""
+        return float(self.predict_proba_many([img])[0])
+
+    def predict(self, img: np.ndarray) -> bool:
+        """``predict_proba(img) >= card.threshold``."""
+        return self.predict_proba(img) >= self.threshold
+
+
+# ----------------------------------------------------------------------------------- training task
+
+class ClassifyTask:
+    """Presence-classifier task for :func:`engine.training.train` (``config.task == "classify"``)."""
+
+    kind = "classify"
+    metric_name = "val_auc"
+    card_file = CLASSIFIER_CARD
+
+    def __init__(self, config: Any, *, main: bool, progress: ProgressFn | None = None):
+        from engine.losses import PresenceLoss, presence_pos_weight
+        from engine.progress import scaled
+        from engine.training.data import SegTrainSet, build_cache
+        from engine.training.prepare import cache_dir_for, open_training_data, split_cases
+
+        if config.patch_size is not None:
+            raise ConfigError("patch_size is for segmentation; a classifier sees whole images",
+                              hint="leave patch_size empty for --task classify")
+        self.config = config
+        self.dataset, cases = open_training_data(config)
+        self.labels = dict(sorted(self.dataset.labels.items()))
+        self.train_cases, self.val_cases, self.split = split_cases(config, cases)
+        disk = cache_dir_for(self.dataset) if config.cache_preprocessed else None
+        self.train_items, skipped = build_cache(self.dataset, self.train_cases, config.preprocess,
+                                                dtype=config.cache_dtype, disk_dir=disk,
+                                                progress=scaled(progress, 0.0, 0.8 if main else 1.0, 1000))
+        self.val_items = []
+        if main:
+            self.val_items, sv = build_cache(self.dataset, self.val_cases, config.preprocess,
+                                             dtype=config.cache_dtype, disk_dir=disk,
+                                             progress=scaled(progress, 0.8, 1.0, 1000))
+            skipped += sv
+        self.skipped = skipped
+        if not self.train_items:
+            raise ConfigError("no training case could be read", path=config.data)
+        self.split["n_skipped_unreadable"] = len(skipped)
+        self.train_set = SegTrainSet(self.train_items, config.preprocess, config.augment, seed=config.seed)
+        present = [it.has_mask for it in self.train_items]
+        if all(present) or not any(present):
+            raise ConfigError("a presence classifier needs training images with AND without a mask "
+                              f"(here {sum(present)} of {len(present)} have one)", path=config.data,
+                              hint="use a dataset with empty masks, or another validation fold")
+        self.pos_weight = presence_pos_weight(present)
+        self.criterion = PresenceLoss(self.pos_weight)
+
+    def build_model(self):
+        from engine.models import build_classifier
+
+        return build_classifier(self.config.classifier)
+
+    def loss(self, model: Any, batch: dict[str, Any], device: Any, autocast: Any, channels_last: bool) -> Any:
+        import torch
+
+        x = batch["image"].to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            logits = model(x)
+        self.criterion.to(device)
+        return self.criterion(logits, batch["present"].to(device, non_blocking=True))
+
+    def bn_inputs(self, loader: Any, device: Any):
+        for batch in loader:
+            yield batch["image"].to(device)
+
+    def validate(self, model: Any, device: Any, *, amp: bool, channels_last: bool,
+                 max_batches: int | None = None) -> dict[str, Any]:
+        import torch
+
+        from engine.metrics import presence_metrics
+
+        cfg = self.config
+        model.eval()
+        by_shape: dict[tuple[int, ...], list[Any]] = {}
+        for it in self.val_items:
+            by_shape.setdefault(tuple(it.image.shape), []).append(it)
+        batches = [g[i:i + cfg.batch_size] for g in by_shape.values() for i in range(0, len(g), cfg.batch_size)]
+        if max_batches is not None:
+            batches = batches[:max_batches]
+        amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+        scores, truth, loss_sum = [], [], 0.0
+        crit = self.criterion.to(device)
+        with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
+            for group in batches:
+                x = torch.from_numpy(np.stack([normalize_image(it.image_float(), cfg.preprocess) for it in group]))
+                x = x.to(device)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                logits = model(x).float().reshape(-1)
+                y = torch.tensor([float(it.has_mask) for it in group], device=device)
+                loss_sum += float(crit(logits, y)) * len(group)
+                scores += torch.sigmoid(logits).cpu().tolist()
+                truth += [bool(it.has_mask) for it in group]
+        m = presence_metrics(truth, scores, threshold=cfg.classifier_threshold, curves=False)
+        self._last = m
+        return {"val_loss": loss_sum / max(1, len(scores)), "val_auc": float(m["roc_auc"]),
+                "val_ap": float(m["average_precision"]), "val_sensitivity": float(m["sensitivity"]),
+                "val_specificity": float(m["specificity"]), "val_accuracy": float(m["accuracy"]),
+                "n_val": len(scores)}
+
+    def card_metrics(self, record: dict[str, Any]) -> dict[str, Any]:
+        m = dict(getattr(self, "_last", {}) or {})
+        out = {k: record.get(k) for k in ("val_auc", "val_ap", "val_sensitivity", "val_specificity",
+                                           "val_accuracy", "val_loss", "n_val", "epoch")}
+        for k in ("confusion_matrix", "ppv", "npv", "f1", "threshold", "auc_reason", "n_positive", "n_negative"):
+            if k in m:
+                out[k] = m[k]
+        return out
+
+    def save(self, folder: Path, model: Any, metrics: dict[str, Any], training: dict[str, Any]) -> Path:
+        cfg = self.config
+        license_info = {k: v for k, v in (("license", cfg.license), ("attribution", cfg.attribution)) if v}
+        card = ClassifierCard(name=cfg.name, classifier=cfg.classifier, preprocess=cfg.preprocess,
+                              threshold=cfg.classifier_threshold, description=cfg.description,
+                              training=training, metrics=metrics, license=license_info)
+        return save_classifier(folder, model, card)
