@@ -101,6 +101,18 @@ def test_undo_is_a_new_event_and_can_be_undone(store: ReviewStore) -> None:
         store.undo(999, "alice")
 
 
+def test_bulk_decisions_are_all_or_nothing(store: ReviewStore) -> None:
+    ids = store.record_decisions([("2_5", "2_1", "keep_a"), ("3_1", "3_2", "keep_b")], "bulk", "rule")
+    assert len(ids) == 2 and ids[1] == ids[0] + 1
+    # keep_a on the reversed pair ("2_5" > "2_1") is stored canonically as keep_b
+    assert store.decision_for("2_1", "2_5").decision == "keep_b"
+    before = len(store.events())
+    with pytest.raises(ConfigError):
+        store.record_decisions([("4_1", "4_2", "keep_a"), ("5_1", "5_2", "not-a-decision")], "bulk")
+    assert len(store.events()) == before  # the valid first item was not recorded either
+    assert store.decision_for("4_1", "4_2") is None
+
+
 def test_case_review_states(store: ReviewStore) -> None:
     assert store.case_state("x") == "unreviewed"
     store.set_case_state("x", "needs_fix", "alice", "nerve boundary off")

@@ -23,6 +23,7 @@ MODEL = "segwb_model"              # weights name
 DEVICE = "segwb_device"            # "auto" | "cpu" | "cuda" | "mps"
 REFRESH = "segwb_refresh"          # int bumped to force re-indexing
 BROWSER_CASE = "segwb_browser_case"  # case id opened in the browser's detail view
+REVIEWER = "segwb_reviewer"        # reviewer / author name remembered for decisions and mask versions
 
 MAX_RECENT = 8
 

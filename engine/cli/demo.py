@@ -10,8 +10,9 @@ from engine.cli.common import print_json, tqdm_progress
 def register(sub) -> None:
     p = sub.add_parser("demo", help="generate synthetic demo data: DIR/nerve (Kaggle UNS layout) and DIR/ptx (SIIM layout)")
     p.add_argument("--out", required=True, help="output folder (DIR/nerve and DIR/ptx are created)")
-    p.add_argument("--scale", default="default", choices=["tiny", "default", "full"],
-                   help="tiny: seconds (tests); default: 8x40 frames + 40 DICOMs; full: 47x120 frames (Kaggle size)")
+    p.add_argument("--scale", default="default", choices=["tiny", "default", "train", "full"],
+                   help="tiny: seconds (tests); default: 8x40 frames + 40 DICOMs; train: 10x40 frames + 200 DICOMs "
+                        "(the demo models' training data, with --seed 1); full: 47x120 frames (Kaggle size)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed = byte-identical files)")
     p.add_argument("--if-missing", action="store_true",
                    help="do nothing when DIR already holds a complete demo of this scale and seed")

@@ -99,9 +99,12 @@ def read_manifest(path: str | Path) -> Dataset:
     src = data.get("source", {})
     notes = [f"manifest {path.name}: {len(cases)} cases from {src.get('root')} ({src.get('layout')}), "
              f"{len(data.get('dropped', []))} dropped"]
+    from engine.workspace import Workspace
+
     ds = Dataset(src.get("root", str(path.parent)), "manifest", cases,
                  {int(k): v for k, v in data.get("labels", {"0": "background", "1": "foreground"}).items()},
-                 bad, notes, src.get("options") or {}, data.get("label_lut"))
+                 bad, notes, src.get("options") or {}, data.get("label_lut"),
+                 workdir=Workspace().dataset_dir(path))  # keyed by the manifest file: its own store/caches
     ds.manifest_path = path
     ds.manifest_info = data.get("info", {})
     ds.dropped = [(d["case_id"], d.get("reason", "")) for d in data.get("dropped", [])]

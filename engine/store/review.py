@@ -377,6 +377,26 @@ class ReviewStore:
         who = self._author(reviewer)
         return self._transact(lambda c: self._insert_event(c, who, "decision", "pair", f"{a}\t{b}", decision, note))
 
+    def record_decisions(self, items: Sequence[tuple[str, str, str]], reviewer: str, note: str = "") -> list[int]:
+        """Record several pair decisions ``(a, b, decision)`` in ONE transaction: all or nothing.
+
+        Used for bulk proposals (e.g. the case study's drop-the-empty-image rule), so a crash
+        mid-way never leaves half of them recorded. Returns the event ids in order.
+        """
+        rows = []
+        for a, b, decision in items:
+            if decision not in PAIR_DECISIONS:
+                raise unknown_name("pair decision", decision, PAIR_DECISIONS)
+            a, b = str(a), str(b)
+            if a == b:
+                raise StoreError(f"a pair needs two different cases, got {a!r} twice", hint="pick the twin image")
+            if a > b:
+                a, b = b, a
+                decision = {"keep_a": "keep_b", "keep_b": "keep_a"}.get(decision, decision)
+            rows.append((f"{a}\t{b}", decision))
+        who = self._author(reviewer)
+        return self._transact(lambda c: [self._insert_event(c, who, "decision", "pair", t, d, note) for t, d in rows])
+
     def record_group_decision(self, members: Sequence[str], decision: str, reviewer: str, note: str = "") -> int:
         """Record a decision on a near-duplicate group (≥ 2 distinct case ids); returns the event id."""
         if decision not in GROUP_DECISIONS:

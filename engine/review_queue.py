@@ -1,0 +1,474 @@
+"""Review queue of near-duplicate pairs: ordering, filters, progress, the case study's bulk rule.
+
+Pure logic behind the Conflict review page (no Streamlit): it combines the pairs of a
+:class:`engine.dedup.ConflictReport` with the current decisions of an
+:class:`engine.store.ReviewStore` (always re-read from the store, never cached, so several
+reviewers working at once see each other's decisions).
+
+Review state of a pair (:data:`REVIEW_STATES`):
+
+- ``undecided``: no current decision on the pair (nor on a near-duplicate group holding both).
+- ``proposed``: decided by the bulk application of the case study's rule (note
+  :data:`BULK_NOTE`) and not yet confirmed or overridden by a reviewer.
+- ``decided``: a reviewer's decision (anything but ``needs_expert``).
+- ``needs_expert``: a reviewer could not decide and asked for an expert.
+
+**The case study's rule** ("drop the empty image of each conflicting pair") is offered as a
+*proposal*: :func:`bulk_proposals` lists, for every undecided ``conflict`` pair, ``keep_a`` or
+``keep_b`` (keep the annotated image, drop its empty twin); :func:`apply_proposals` records
+them as ordinary, undoable decisions with the note :data:`BULK_NOTE`, so they show as
+``proposed`` until a reviewer confirms (records a decision without that note) or overrides
+them; :func:`undo_proposals` undoes every proposal still in force. Nothing is deleted: the
+store is an append-only log and the dataset is never touched; only an exported manifest
+(:func:`engine.dedup.build_manifest`) leaves the dropped images out.
+
+Example:
+    >>> from engine.dedup import load_latest_report
+    >>> from engine.store import ReviewStore
+    >>> rep = load_latest_report(ds)                                          # doctest: +SKIP
+    >>> with ReviewStore.for_dataset(ds) as store:                            # doctest: +SKIP
+    ...     queue = build_queue(rep.pairs, store.decisions())
+    ...     progress_counts(queue)["undecided"], queue[0].category
+    (6, 'conflict')
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import shlex
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from engine.progress import ProgressFn
+
+#: Review states of a pair, in the order the page lists them.
+REVIEW_STATES: tuple[str, ...] = ("undecided", "proposed", "decided", "needs_expert")
+#: States the "next" navigation stops at after a decision (pairs still waiting for a reviewer).
+OPEN_STATES: tuple[str, ...] = ("undecided", "proposed")
+#: Note of decisions recorded by :func:`apply_proposals`.
+BULK_NOTE = "bulk: case-study rule"
+
+#: Readable labels of the store's pair decisions (:data:`engine.store.PAIR_DECISIONS`).
+DECISION_LABELS: dict[str, str] = {
+    "keep_a": "Keep A, drop B",
+    "keep_b": "Keep B, drop A",
+    "keep_both": "Keep both",
+    "union": "Union of masks",
+    "both_empty": "Both empty",
+    "drop_both": "Drop both",
+    "not_duplicate": "Not a duplicate",
+    "needs_expert": "Needs expert",
+}
+#: What each decision does to a cleaned manifest (:func:`engine.dedup.build_manifest`).
+DECISION_HELP: dict[str, str] = {
+    "keep_a": "A's image and mask are right: B is left out of the cleaned manifest",
+    "keep_b": "B's image and mask are right: A is left out of the cleaned manifest",
+    "keep_both": "both stay as they are (e.g. the masks are both acceptable)",
+    "union": "both stay, each with the union of the two masks",
+    "both_empty": "both stay, each with an empty mask (the structure is not there)",
+    "drop_both": "both are left out (unusable or unresolvable)",
+    "not_duplicate": "the images are different frames after all: both stay as they are",
+    "needs_expert": "no change yet: flag the pair for an expert",
+}
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(s: str) -> tuple:
+    """Sort key putting ``2_10`` after ``2_9`` (digit runs compare as numbers).
+
+    >>> sorted(["2_10", "2_9", "10_1"], key=natural_key)
+    ['2_9', '2_10', '10_1']
+    """
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in _DIGITS.split(str(s)) if t != "")
+
+
+def pair_key(a: str, b: str) -> tuple[str, str]:
+    """The store's key of a pair: the two case ids sorted (``a < b``)."""
+    a, b = str(a), str(b)
+    return (a, b) if a <= b else (b, a)
+
+
+def key_text(key: Sequence[str]) -> str:
+    """A pair key as one string (``"a\\tb"``), e.g. for session state."""
+    return "\t".join(pair_key(key[0], key[1]))
+
+
+def parse_key(text: str) -> tuple[str, str] | None:
+    """Inverse of :func:`key_text` (None when ``text`` is not a pair key)."""
+    parts = str(text or "").split("\t")
+    return pair_key(parts[0], parts[1]) if len(parts) == 2 and all(parts) else None
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """One near-duplicate pair in the review queue.
+
+    Attributes:
+        pair: the report's pair dict (``a``, ``b``, ``ssim``, ``category``, ``mask_dice``,
+            ``area_a``, ``area_b``, ``severity``, ``group``, ``subjects``, ...).
+        decision: the current :class:`engine.store.Decision` on the pair (or on a group
+            holding both cases; the most recent wins), None when undecided.
+        state: one of :data:`REVIEW_STATES`.
+        rank: 1-based position in the severity order of the whole queue.
+    """
+
+    pair: Mapping[str, Any]
+    decision: Any
+    state: str
+    rank: int
+
+    @property
+    def a(self) -> str:
+        return str(self.pair["a"])
+
+    @property
+    def b(self) -> str:
+        return str(self.pair["b"])
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return pair_key(self.a, self.b)
+
+    @property
+    def category(self) -> str:
+        return str(self.pair.get("category", ""))
+
+    @property
+    def severity(self) -> float:
+        return float(self.pair.get("severity") or 0.0)
+
+    @property
+    def subjects(self) -> tuple[str, ...]:
+        subj = self.pair.get("subjects") or ()
+        return tuple(dict.fromkeys(str(s) for s in subj))
+
+    @property
+    def decision_value(self) -> str | None:
+        return None if self.decision is None else str(self.decision.decision)
+
+    def row(self) -> dict[str, Any]:
+        """A flat dict for a table of the queue."""
+        p, d = self.pair, self.decision
+        return {"rank": self.rank, "a": self.a, "b": self.b, "category": self.category,
+                "severity": self.severity, "ssim": p.get("ssim"), "mask_dice": p.get("mask_dice"),
+                "area_a": p.get("area_a"), "area_b": p.get("area_b"), "subjects": ", ".join(self.subjects),
+                "group": p.get("group"), "state": self.state,
+                "decision": None if d is None else d.decision, "reviewer": None if d is None else d.reviewer}
+
+
+def severity_order(pairs: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Pairs most severe first (ties: higher SSIM, then case ids) — the engine's own order."""
+    return sorted(pairs, key=lambda p: (-float(p.get("severity") or 0.0), -float(p.get("ssim") or 0.0),
+                                        str(p["a"]), str(p["b"])))
+
+
+def _group_index(decisions: Mapping[tuple[str, tuple[str, ...]], Any]) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for (kind, members), d in decisions.items():
+        if kind == "group":
+            for m in members:
+                out.setdefault(str(m), []).append(d)
+    return out
+
+
+def current_decision(decisions: Mapping[tuple[str, tuple[str, ...]], Any], a: str, b: str,
+                     _groups: Mapping[str, list[Any]] | None = None) -> Any:
+    """The decision in force on the pair (a, b): its own, or a group decision holding both
+    cases; the most recent (highest event id) when there are several. None when undecided."""
+    key = pair_key(a, b)
+    found = [d for d in [decisions.get(("pair", key))] if d is not None]
+    groups = _group_index(decisions) if _groups is None else _groups
+    found += [d for d in groups.get(key[0], []) if key[1] in d.members]
+    return max(found, key=lambda d: d.event_id) if found else None
+
+
+def decision_state(decision: Any) -> str:
+    """Review state (:data:`REVIEW_STATES`) of a pair given its current decision (or None)."""
+    if decision is None:
+        return "undecided"
+    if decision.decision == "needs_expert":
+        return "needs_expert"
+    if (decision.note or "").strip() == BULK_NOTE:
+        return "proposed"
+    return "decided"
+
+
+def build_queue(pairs: Iterable[Mapping[str, Any]],
+                decisions: Mapping[tuple[str, tuple[str, ...]], Any]) -> list[ReviewItem]:
+    """All pairs, most severe first, each with its current decision and review state.
+
+    Args:
+        pairs: ``ConflictReport.pairs``.
+        decisions: ``ReviewStore.decisions()`` (re-read on every call of the page).
+    """
+    groups = _group_index(decisions)
+    out = []
+    for rank, p in enumerate(severity_order(pairs), start=1):
+        d = current_decision(decisions, p["a"], p["b"], groups)
+        out.append(ReviewItem(p, d, decision_state(d), rank))
+    return out
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    """Which pairs the queue shows; an empty tuple means "any".
+
+    Attributes:
+        categories: pair categories (``conflict``, ``disagree``, ``agree``, ``agree_empty``, ``unlabelled``).
+        subjects: group ids (subjects/patients); a pair matches when either image belongs to one.
+        states: review states (:data:`REVIEW_STATES`).
+    """
+
+    categories: tuple[str, ...] = ()
+    subjects: tuple[str, ...] = ()
+    states: tuple[str, ...] = ()
+
+    def matches(self, item: ReviewItem) -> bool:
+        if self.categories and item.category not in self.categories:
+            return False
+        if self.subjects and not set(item.subjects) & set(self.subjects):
+            return False
+        if self.states and item.state not in self.states:
+            return False
+        return True
+
+    def active(self) -> list[str]:
+        return [n for n in ("categories", "subjects", "states") if getattr(self, n)]
+
+
+def filter_queue(queue: Sequence[ReviewItem], flt: QueueFilter | None) -> list[ReviewItem]:
+    """The items of ``queue`` matching ``flt`` (order kept)."""
+    return list(queue) if flt is None else [it for it in queue if flt.matches(it)]
+
+
+def subjects_of(queue: Iterable[ReviewItem]) -> list[str]:
+    """Every subject/group id appearing in the queue, naturally sorted."""
+    return sorted({s for it in queue for s in it.subjects}, key=natural_key)
+
+
+def categories_of(queue: Iterable[ReviewItem]) -> dict[str, int]:
+    """``{category: number of pairs}`` in the engine's category order."""
+    from engine.dedup.scoring import CATEGORIES
+
+    n = Counter(it.category for it in queue)
+    return {c: n[c] for c in (*CATEGORIES, *sorted(set(n) - set(CATEGORIES))) if n.get(c)}
+
+
+def orphan_decisions(decisions: Mapping[tuple[str, tuple[str, ...]], Any],
+                     queue: Sequence[ReviewItem]) -> list[Any]:
+    """Current pair decisions on pairs absent from the queue (e.g. found by an earlier search
+    with another threshold); :func:`engine.dedup.build_manifest` still applies them."""
+    present = {it.key for it in queue}
+    return [d for (kind, members), d in decisions.items() if kind == "pair" and tuple(members) not in present]
+
+
+def progress_counts(queue: Sequence[ReviewItem]) -> dict[str, Any]:
+    """Counts per review state plus ``total`` and ``fraction_decided`` (decided / total)."""
+    n = Counter(it.state for it in queue)
+    total = len(queue)
+    out: dict[str, Any] = {s: int(n.get(s, 0)) for s in REVIEW_STATES}
+    out["total"] = total
+    out["fraction_decided"] = out["decided"] / total if total else 0.0
+    return out
+
+
+def index_of(queue: Sequence[ReviewItem], key: Sequence[str] | None) -> int | None:
+    """Position of the pair ``key`` in ``queue`` (None when absent)."""
+    if key is None:
+        return None
+    k = pair_key(key[0], key[1])
+    for i, it in enumerate(queue):
+        if it.key == k:
+            return i
+    return None
+
+
+def next_open(queue: Sequence[ReviewItem], key: Sequence[str] | None,
+              states: Sequence[str] = OPEN_STATES) -> tuple[str, str] | None:
+    """The next pair after ``key`` (wrapping around, ``key`` itself excluded) whose state is
+    in ``states``; from the start when ``key`` is not in the queue. None when there is none."""
+    n = len(queue)
+    if n == 0:
+        return None
+    i = index_of(queue, key)
+    start = 0 if i is None else i + 1
+    for step in range(n):
+        it = queue[(start + step) % n]
+        if (i is None or it.key != queue[i].key) and it.state in states:
+            return it.key
+    return None
+
+
+def first_open(queue: Sequence[ReviewItem], states: Sequence[str] = OPEN_STATES) -> tuple[str, str] | None:
+    """The most severe pair still waiting for a reviewer, else the first pair (None: empty queue)."""
+    for it in queue:
+        if it.state in states:
+            return it.key
+    return queue[0].key if queue else None
+
+
+def pair_for_case(queue: Sequence[ReviewItem], case_id: str | None) -> tuple[str, str] | None:
+    """The most severe pair containing ``case_id`` (None when the case is in no pair)."""
+    if not case_id:
+        return None
+    for it in queue:
+        if case_id in (it.a, it.b):
+            return it.key
+    return None
+
+
+# ------------------------------------------------------------------------------ neighbours
+
+def frame_order(cases: Iterable[Any], group_id: str) -> list[str]:
+    """Case ids of one group (subject), in frame order.
+
+    Kaggle UNS ids are ``{subject}_{frame}``, so the natural sort of the ids is the frame order;
+    other layouts fall back to the natural order of their ids.
+    """
+    return sorted((c.case_id for c in cases if c.group_id == group_id), key=natural_key)
+
+
+def neighbours(cases: Iterable[Any], case_id: str, group_id: str, radius: int = 2) -> list[str]:
+    """``case_id`` and up to ``radius`` frames either side of it in its subject (frame order).
+
+    >>> from types import SimpleNamespace as C
+    >>> cs = [C(case_id=f"1_{i}", group_id="1") for i in (1, 2, 10, 3, 4)] + [C(case_id="2_3", group_id="2")]
+    >>> neighbours(cs, "1_3", "1", 1)
+    ['1_2', '1_3', '1_4']
+    """
+    order = frame_order(cases, group_id)
+    if case_id not in order:
+        return [case_id]
+    i = order.index(case_id)
+    r = max(0, int(radius))
+    return order[max(0, i - r): i + r + 1]
+
+
+# ------------------------------------------------------------------------------ bulk rule
+
+@dataclass(frozen=True)
+class Proposal:
+    """The case study's rule applied to one conflict pair: keep the annotated image, drop the empty one."""
+
+    a: str
+    b: str
+    decision: str  # keep_a | keep_b (relative to a < b)
+    drop: str      # the empty image
+    keep: str      # its annotated twin
+
+
+def bulk_proposals(queue: Iterable[ReviewItem]) -> tuple[list[Proposal], dict[str, int]]:
+    """Proposals of the case study's rule for the conflict pairs that have no decision yet.
+
+    Returns:
+        ``(proposals, counts)`` with counts ``conflict_pairs`` (all), ``undecided`` (get a
+        proposal), ``proposed`` (already carry one), ``decided`` (a reviewer decided, incl.
+        needs_expert: left alone) and ``unknown_areas`` (no mask areas in the report: skipped).
+    """
+    props: list[Proposal] = []
+    counts = Counter()
+    for it in queue:
+        if it.category != "conflict":
+            continue
+        counts["conflict_pairs"] += 1
+        if it.state != "undecided":
+            counts["proposed" if it.state == "proposed" else "decided"] += 1
+            continue
+        area_a, area_b = it.pair.get("area_a"), it.pair.get("area_b")
+        if area_a is None or area_b is None or (area_a == 0) == (area_b == 0):
+            counts["unknown_areas"] += 1
+            continue
+        drop, keep = (it.a, it.b) if area_a == 0 else (it.b, it.a)  # areas follow the report's a/b
+        a, b = it.key
+        props.append(Proposal(a, b, "keep_a" if keep == a else "keep_b", drop=drop, keep=keep))
+        counts["undecided"] += 1
+    keys = ("conflict_pairs", "undecided", "proposed", "decided", "unknown_areas")
+    return props, {k: int(counts.get(k, 0)) for k in keys}
+
+
+def apply_proposals(store: Any, proposals: Sequence[Proposal], reviewer: str,
+                    progress: ProgressFn | None = None) -> list[int]:
+    """Record every proposal as an ordinary decision noted :data:`BULK_NOTE`, in one transaction
+    (all or nothing: a crash records none of them); returns the event ids."""
+    if progress:
+        progress(0, len(proposals), "recording proposals")
+    ids = store.record_decisions([(p.a, p.b, p.decision) for p in proposals], reviewer, BULK_NOTE)
+    if progress:
+        progress(len(proposals), len(proposals), "recording proposals")
+    return ids
+
+
+def proposals_in_force(decisions: Mapping[tuple[str, tuple[str, ...]], Any]) -> list[Any]:
+    """Current decisions that are bulk proposals (not yet confirmed or overridden)."""
+    return sorted((d for d in decisions.values() if decision_state(d) == "proposed"), key=lambda d: d.event_id)
+
+
+def undo_proposals(store: Any, reviewer: str, progress: ProgressFn | None = None) -> int:
+    """Undo every bulk proposal still in force (each undo is a new event); returns how many."""
+    todo = proposals_in_force(store.decisions())
+    for i, d in enumerate(todo):
+        store.undo(d.event_id, reviewer, "undo bulk proposal")
+        if progress:
+            progress(i + 1, len(todo), "undoing proposals")
+    return len(todo)
+
+
+# ------------------------------------------------------------------------------ history
+
+def undone_ids(events: Iterable[Any]) -> set[int]:
+    """Ids cancelled by effective ``undo`` events (an undone undo re-enables its target)."""
+    undos = sorted((e for e in events if e.kind == "undo"), key=lambda e: -e.id)
+    out: set[int] = set()
+    for e in undos:
+        if e.id not in out and e.ref is not None:
+            out.add(int(e.ref))
+    return out
+
+
+def pair_history(store: Any, a: str, b: str) -> list[dict[str, Any]]:
+    """The decisions ever recorded on the pair, oldest first, each marked ``in force``,
+    ``superseded`` (a later decision replaced it) or ``undone``."""
+    key = pair_key(a, b)
+    undone = undone_ids(store.events(kinds=["undo"]))
+    evs = store.events(target_kind="pair", target=key, kinds=["decision"])
+    live = [e.id for e in evs if e.id not in undone]
+    current = live[-1] if live else None
+    return [{"event": e.id, "when": e.ts, "reviewer": e.author, "decision": e.value,
+             "label": DECISION_LABELS.get(str(e.value), str(e.value)), "note": e.note,
+             "status": "undone" if e.id in undone else ("in force" if e.id == current else "superseded")}
+            for e in evs]
+
+
+# ------------------------------------------------------------------------------ export
+
+def default_manifest_path(ds: Any, now: _dt.datetime | None = None) -> Path:
+    """``<ds.workdir>/manifests/clean-<UTC timestamp>.json``."""
+    from engine.errors import ConfigError
+
+    workdir = getattr(ds, "workdir", None)
+    if workdir is None:
+        raise ConfigError("the dataset has no workspace folder", hint="type a path for the manifest")
+    t = (now or _dt.datetime.now(_dt.timezone.utc)).strftime("%Y%m%d-%H%M%S")
+    return Path(workdir) / "manifests" / f"clean-{t}.json"
+
+
+def train_command(manifest: str | Path, name: str | None = None) -> str:
+    """The shell command training a model on a cleaned manifest."""
+    path = Path(manifest)
+    return (f"python -m engine train --data {shlex.quote(str(path))} "
+            f"--name {shlex.quote(name or path.stem)}")
+
+
+def export_summary(info: Mapping[str, Any]) -> dict[str, int]:
+    """Headline numbers of :func:`engine.dedup.build_manifest`'s ``info``."""
+    by = info.get("dropped_by") or {}
+    ov = info.get("mask_overrides") or {}
+    return {"kept": int(info.get("n_kept", 0)), "dropped": int(info.get("n_dropped", 0)),
+            "dropped_by_decision": int(by.get("decision", 0)), "dropped_by_policy": int(by.get("policy", 0)),
+            "union_masks": int(ov.get("union", 0)), "emptied_masks": int(ov.get("both_empty", 0)),
+            "corrected_masks": int(ov.get("corrected", 0)),
+            "conflicts_without_decision": int(info.get("n_conflicts_without_decision", 0))}
