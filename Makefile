@@ -38,12 +38,14 @@ install: $(VENV)/.req-$(REQ_HASH)
 
 install-dev: $(VENV)/.dev-$(DEV_HASH)
 
-# Debian's Chromium for the real-browser suite (Playwright never downloads a browser here).
+# Debian's Chromium (+ an emoji font for readable screenshots) for the real-browser suite;
+# Playwright never downloads a browser here.
+BROWSER_PKGS := chromium fonts-noto-color-emoji
 browser:
-	@if [ -x /usr/bin/chromium ]; then echo "chromium: $$(/usr/bin/chromium --version 2>/dev/null)"; \
-	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	else echo "warning: /usr/bin/chromium missing and no root: the browser suite will be skipped"; fi
+	@if [ -x /usr/bin/chromium ] && fc-list 2>/dev/null | grep -qi "color emoji"; then echo "chromium: $$(/usr/bin/chromium --version 2>/dev/null)"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PKGS) >/dev/null; \
+	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PKGS) >/dev/null; \
+	else echo "warning: chromium/fonts missing and no root: the browser suite will be skipped if chromium is absent"; fi
 
 demo: install
 	$(BIN)/python -m engine demo --out demo_data --if-missing

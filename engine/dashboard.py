@@ -327,9 +327,10 @@ def list_runs(runs_root: str | Path) -> list[dict[str, Any]]:
             continue
         state, epochs = "unknown", None
         if (d / "status.json").is_file():
+            from engine.jobs import job_status
+
             try:
-                st = read_json(d / "status.json")
-                state = str(st.get("state", "unknown"))
+                state = str(job_status(d, log_lines=0).get("state", "unknown"))  # "died" when the process is gone
             except WorkbenchError:
                 state = "unreadable status"
         try:

@@ -68,6 +68,11 @@ def weights_table() -> list[dict[str, Any]]:
     return _weights_table(str(state.workspace().root))
 
 
+def refresh_weights() -> None:
+    """Make the model pickers see a just-exported model now (they re-list every 10 s anyway)."""
+    _weights_table.clear()
+
+
 def model_names(with_errors: bool = False) -> list[str]:
     return [w["name"] for w in weights_table() if with_errors or "error" not in w]
 

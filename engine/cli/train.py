@@ -213,6 +213,20 @@ def build_config(args) -> Any:
     return TrainConfig.from_dict(d)
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (job runner cancel, torchrun shutdown) stops training like Ctrl-C: the loop records
+    the run as cancelled instead of leaving its status at 'running'."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. called in-process from a test harness)
+        pass
+
+
 def cmd_train(args) -> int:
     from engine.training import train
 
@@ -222,6 +236,7 @@ def cmd_train(args) -> int:
         return 0
     main = int(os.environ.get("RANK", "0") or 0) == 0
     command = "python -m engine " + shlex.join(sys.argv[1:]) if sys.argv[1:] else None
+    _interrupt_on_sigterm()
 
     def on_epoch(rec: dict[str, Any]) -> None:
         keys = [k for k in ("train_loss", "val_loss", "val_dice", "val_iou", "presence_auc", "val_auc",

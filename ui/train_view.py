@@ -1,0 +1,487 @@
+"""Streamlit glue of the Train page (pages/5_Train.py).
+
+A form builds an :class:`engine.training.TrainConfig` (data, architecture, preprocessing, loss,
+augmentation, optimisation, validation fold, device, model name); "Start training" hands it to
+:func:`engine.jobs.start_training`, which runs ``python -m engine train`` in a separate process.
+The page never trains itself and keeps nothing about runs in the session: the runs table and
+the live panel (progress, loss/Dice curves, the latest validation preview, the evolution GIF,
+the log) are read from the run folders on every refresh, so the page stays responsive while a
+run goes on, survives reloads, and any browser tab sees the same runs. The live panel is an
+``st.fragment`` that refreshes itself every :data:`REFRESH_SECONDS` while its run is active.
+
+The form's values (:func:`form_values`) and their translation into a config (:func:`build_config`)
+are kept apart so the translation is testable without a page.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from ui import state
+
+PAGE = "pages/5_Train.py"
+DASHBOARD_PAGE = "pages/4_Metrics_dashboard.py"
+
+RUN_KEY = "train_run"                  # selected run folder name
+PENDING_RUN_KEY = "train_run_pending"  # run to select on the next rerun (set by Start)
+NOTICE_KEY = "train_notice"
+AUTO_KEY = "train_auto_refresh"
+SHOW_JSON_KEY = "train_show_json"
+K = {  # widget keys of the form
+    "source": "train_source", "path": "train_path", "arch": "train_arch", "encoder": "train_encoder",
+    "base": "train_base_channels", "presence": "train_presence", "auto_classes": "train_auto_classes",
+    "classes": "train_classes", "height": "train_height", "width": "train_width", "policy": "train_resize",
+    "median": "train_median", "loss": "train_loss", "augment": "train_augment", "epochs": "train_epochs",
+    "batch": "train_batch", "lr": "train_lr", "scheduler": "train_scheduler", "patience": "train_patience",
+    "folds": "train_folds", "val_fold": "train_val_fold", "device": "train_device", "name": "train_name",
+    "seed": "train_seed", "amp": "train_amp", "start": "train_start", "cancel": "train_cancel",
+    "use_model": "train_use_model", "refresh": "train_refresh",
+}
+OTHER = "Another folder or manifest…"
+REFRESH_SECONDS = 2.0
+LOG_LINES = 40
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_ARCH = "unet_classic"
+DEFAULT_ENCODER = "resnet18"
+
+#: Augmentation switches shown beside the preset: label, the AugmentConfig fields they control,
+#: and the probability used when the preset leaves all of them off.
+AUG_TOGGLES: dict[str, tuple[str, tuple[str, ...], float]] = {
+    "hflip": ("Horizontal flip", ("hflip",), 0.5),
+    "vflip": ("Vertical flip", ("vflip",), 0.5),
+    "affine": ("Shift / scale / rotate", ("shift_scale_rotate",), 0.5),
+    "elastic": ("Elastic deformation", ("elastic",), 0.25),
+    "intensity": ("Brightness / contrast / gamma", ("brightness_contrast", "gamma"), 0.5),
+    "noise": ("Noise (speckle, Gaussian)", ("speckle", "gauss_noise"), 0.3),
+}
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if math.isnan(f) else f"{f:.{digits}f}"
+
+
+# ----------------------------------------------------------------------------- data sources
+
+def manifest_files(ds: Any) -> list[Path]:
+    """Cleaned manifests exported by the Conflict review page (``<ds.workdir>/manifests/*.json``), newest first."""
+    workdir = getattr(ds, "workdir", None)
+    if not workdir:
+        return []
+    folder = Path(workdir) / "manifests"
+    if not folder.is_dir():
+        return []
+    return sorted(folder.glob("*.json"), key=lambda p: (-p.stat().st_mtime, p.name))
+
+
+def data_sources() -> dict[str, tuple[str, dict[str, Any] | None]]:
+    """Picker label → (path, dataset options): the current dataset, its cleaned manifests, the other
+    demo datasets, and :data:`OTHER` (a typed path; path "")."""
+    out: dict[str, tuple[str, dict[str, Any] | None]] = {}
+    current = state.current_dataset_path()
+    if current:
+        out[f"Current dataset · {current}"] = (current, state.get(state.DATASET_OPTIONS) or None)
+        try:
+            from ui.loaders import load_dataset
+
+            for m in manifest_files(load_dataset()):
+                out[f"Cleaned manifest · {m.name}"] = (str(m), None)
+        except Exception:  # noqa: BLE001 - an unreadable dataset just has no manifests to offer
+            pass
+    for label, p in state.demo_datasets().items():
+        if p.is_dir() and str(p) != current:
+            out[label] = (str(p), None)
+    out[OTHER] = ("", None)
+    return out
+
+
+def _default_augment() -> str:
+    """Preset matching the current dataset's modality (ultrasound speckle, X-ray contrast)."""
+    try:
+        from ui.loaders import load_dataset
+
+        layout = load_dataset().layout if state.current_dataset_path() else ""
+    except Exception:  # noqa: BLE001
+        layout = ""
+    return {"kaggle_uns": "ultrasound", "siim": "xray"}.get(layout, "light")
+
+
+def default_name(data: str, arch: str) -> str:
+    """``<data folder or manifest stem>-<arch>``, cut to a valid model name."""
+    stem = Path(data).stem if data else "model"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{stem}-{arch}").strip("-._") or "model"
+    return name[:80]
+
+
+# ----------------------------------------------------------------------------- form → config
+
+def augment_dict(preset: str, toggles: dict[str, bool]) -> dict[str, Any]:
+    """The preset's :class:`~engine.augment.AugmentConfig` with the switches applied, as a dict."""
+    from engine.augment import AugmentConfig
+
+    aug = AugmentConfig.preset(preset).to_dict()
+    for key, on in toggles.items():
+        _, fields, default = AUG_TOGGLES[key]
+        if not on:
+            for f in fields:
+                aug[f] = 0.0
+        elif all(aug[f] == 0 for f in fields):
+            for f in fields:
+                aug[f] = default
+    return aug
+
+
+def build_config(v: dict[str, Any]):
+    """:class:`engine.training.TrainConfig` from the form values (:func:`form_values`).
+
+    Raises:
+        ConfigError: invalid values (the message says which and how to fix it).
+    """
+    from engine.augment import AugmentConfig, Preprocess
+    from engine.models import ModelSpec, is_custom
+    from engine.splits import SplitSpec
+    from engine.training import TrainConfig
+
+    custom = is_custom(v["arch"])
+    spec = ModelSpec(arch=v["arch"], encoder=None if custom else v.get("encoder"),
+                     base_channels=int(v["base_channels"]) if custom and v.get("base_channels") else None,
+                     presence_head=bool(v["presence_head"]),
+                     num_classes=2 if v["auto_classes"] else int(v["num_classes"]))
+    return TrainConfig(
+        data=v["data"], dataset_options=v.get("dataset_options") or None, model=spec,
+        auto_classes=bool(v["auto_classes"]),
+        preprocess=Preprocess(size=(int(v["size"][0]), int(v["size"][1])), resize_policy=v["resize_policy"],
+                              median_filter=int(v["median_filter"])),
+        augment=AugmentConfig.from_dict(augment_dict(v["augment"], v.get("augment_toggles") or {})),
+        loss=v["loss"], epochs=int(v["epochs"]), batch_size=int(v["batch_size"]), lr=float(v["lr"]),
+        scheduler=v["scheduler"], early_stopping_patience=int(v["patience"]),
+        split=SplitSpec(k=int(v["folds"]), val_fold=int(v["val_fold"]), seed=int(v["seed"])),
+        seed=int(v["seed"]), amp=v["amp"], device=v["device"], name=v["name"], export=True,
+        description=v.get("description") or f"Trained on the Train page from {Path(v['data']).name or v['data']}.",
+    )
+
+
+# ----------------------------------------------------------------------------- the form
+
+def form_values() -> dict[str, Any]:
+    """Draw the form and return its values (the input of :func:`build_config`)."""
+    from engine.augment import AUGMENT_PRESETS, RESIZE_POLICIES, AugmentConfig
+    from engine.losses import list_losses
+    from engine.models import architecture_info, is_custom, list_encoders
+    from engine.training import AMP_MODES, SCHEDULERS
+
+    v: dict[str, Any] = {}
+    st.markdown("**Data**")
+    sources = data_sources()
+    labels = list(sources)
+    src = st.selectbox("Training data", labels, key=K["source"],
+                       help="The current dataset (Home page), a cleaned manifest exported by the Conflict "
+                            "review page, a demo dataset, or any folder / manifest on this machine.")
+    path, opts = sources[src]
+    if src == OTHER:
+        path = st.text_input("Folder or manifest path", key=K["path"],
+                             placeholder="/data/ultrasound-nerve-segmentation or …/manifests/clean-….json").strip()
+        if path and not Path(path).expanduser().exists():
+            st.warning(f"`{path}` does not exist on this machine.", icon=":material/warning:")
+    v["data"], v["dataset_options"] = path, opts
+
+    st.markdown("**Model**")
+    info = architecture_info()
+    archs = list(info)
+    c1, c2, c3 = st.columns([2, 2, 1])
+    arch = c1.selectbox("Architecture", archs, index=archs.index(DEFAULT_ARCH) if DEFAULT_ARCH in archs else 0,
+                        key=K["arch"])
+    v["arch"] = arch
+    if is_custom(arch):
+        v["encoder"] = None
+        v["base_channels"] = c2.number_input("Base channels", 2, 256, 16, step=2, key=K["base"],
+                                             help="width of the first level; the paper's width is 64 "
+                                                  "(32 for the dilated FCN)")
+    else:
+        encoders = list_encoders()
+        v["encoder"] = c2.selectbox("Encoder", encoders, key=K["encoder"],
+                                    index=encoders.index(DEFAULT_ENCODER) if DEFAULT_ENCODER in encoders else 0)
+        v["base_channels"] = None
+    v["presence_head"] = c3.checkbox("Presence head", key=K["presence"],
+                                     help="an image-level 'structure present' output (gates empty predictions)")
+    st.caption(f"`{arch}`: {info.get(arch, '')}." + ("" if is_custom(arch) else
+               " The encoder starts from random weights: no pretrained weights are downloaded."))
+    c1, c2 = st.columns(2)
+    v["auto_classes"] = c1.checkbox("Classes from the dataset's labels (auto)", True, key=K["auto_classes"])
+    v["num_classes"] = None if v["auto_classes"] else c2.number_input(
+        "Classes including background", 2, 64, 2, key=K["classes"])
+
+    st.markdown("**Preprocessing and augmentation**")
+    c1, c2, c3, c4 = st.columns(4)
+    h = c1.number_input("Input height", 16, 2048, 128, step=16, key=K["height"])
+    w = c2.number_input("Input width", 16, 2048, 128, step=16, key=K["width"])
+    v["size"] = (int(h), int(w))
+    v["resize_policy"] = c3.selectbox("Resize policy", list(RESIZE_POLICIES), key=K["policy"],
+                                      help="resize: stretch to the input size; letterbox: keep the aspect ratio "
+                                           "and pad; pad: full resolution padded to a multiple of 32")
+    v["median_filter"] = c4.selectbox("Median filter", [0, 3, 5, 7], key=K["median"],
+                                      format_func=lambda k: "off" if k == 0 else f"{k}×{k}",
+                                      help="de-speckling before resizing (helps on ultrasound)")
+    c1, c2 = st.columns([1, 3])
+    presets = list(AUGMENT_PRESETS)
+    dflt = _default_augment()
+    preset = c1.selectbox("Augmentation preset", presets, index=presets.index(dflt), key=K["augment"])
+    v["augment"] = preset
+    base = AugmentConfig.preset(preset).to_dict()
+    toggles: dict[str, bool] = {}
+    with c2:
+        cols = st.columns(3)
+        for i, (key, (label, fields, _)) in enumerate(AUG_TOGGLES.items()):
+            on = any(base[f] > 0 for f in fields)
+            toggles[key] = cols[i % 3].checkbox(label, on, key=f"train_aug_{key}_{preset}")
+    v["augment_toggles"] = toggles
+
+    st.markdown("**Optimisation and validation**")
+    losses = list_losses()
+    c1, c2, c3, c4 = st.columns(4)
+    v["loss"] = c1.selectbox("Loss", losses, index=losses.index("bce_dice") if "bce_dice" in losses else 0,
+                             key=K["loss"])
+    v["epochs"] = c2.number_input("Epochs", 1, 10_000, 20, key=K["epochs"])
+    v["batch_size"] = c3.number_input("Batch size", 1, 1024, 8, key=K["batch"])
+    v["lr"] = c4.number_input("Learning rate", 1e-7, 1.0, 1e-3, format="%g", step=1e-4, key=K["lr"])
+    c1, c2, c3, c4 = st.columns(4)
+    scheds = list(SCHEDULERS)
+    v["scheduler"] = c1.selectbox("LR schedule", scheds, key=K["scheduler"],
+                                  help="plateau: halve on a validation-Dice plateau; cosine; one-cycle; none")
+    v["patience"] = c2.number_input("Early-stopping patience", 0, 1000, 10, key=K["patience"],
+                                    help="stop after this many epochs without a better validation Dice (0 = off)")
+    v["folds"] = c3.number_input("Folds", 2, 20, 5, key=K["folds"],
+                                 help="grouped by subject/patient, stratified by 'mask present'")
+    v["val_fold"] = c4.number_input("Validation fold", 0, 19, 0, key=K["val_fold"], help="0 … folds − 1")
+    c1, c2, c3, c4 = st.columns(4)
+    dev = state.current_device()
+    v["device"] = c1.selectbox("Device", list(DEVICES), index=DEVICES.index(dev) if dev in DEVICES else 0,
+                               key=K["device"])
+    amps = list(AMP_MODES)
+    v["amp"] = c2.selectbox("Mixed precision (CUDA)", amps, index=amps.index("auto"), key=K["amp"])
+    v["seed"] = c3.number_input("Seed", 0, 2**31 - 1, 0, key=K["seed"])
+    suggested = default_name(v["data"], arch)
+    v["name"] = c4.text_input("Model name", key=K["name"], placeholder=suggested).strip() or suggested
+    return v
+
+
+def _name_notes(name: str) -> None:
+    from engine.checkpoint import CARD_FILE, REPO_WEIGHTS
+
+    if (REPO_WEIGHTS / name / CARD_FILE).is_file():
+        st.warning(f"A shipped model is already named **{name}**; training would be hidden behind it. "
+                   "Choose another model name.", icon=":material/warning:")
+    elif (state.workspace().root / "models" / name / CARD_FILE).is_file():
+        st.caption(f":material/info: A model named **{name}** exists in the workspace; this run replaces it when it ends.")
+
+
+def form_section(rows: list[dict[str, Any]]) -> None:
+    """The "New training run" form: config JSON preview and the Start button (``rows``: :func:`_jobs`)."""
+    from engine.jobs import start_training
+
+    v = form_values()
+    cfg = build_config(v)  # ConfigError → shown by the guard around the section
+    _name_notes(cfg.name)
+    active = [r for r in rows if r["active"]]
+    if active:
+        st.caption(f":material/info: {len(active)} run(s) in progress ({', '.join(r['run'] for r in active)}); "
+                   "a new run shares the machine with them.")
+    c1, c2 = st.columns([1, 3], vertical_alignment="center")
+    start = c1.button("Start training", type="primary", key=K["start"], disabled=not v["data"])
+    show = c2.toggle("Show config JSON", key=SHOW_JSON_KEY)
+    if show:
+        st.json(cfg.to_dict(), expanded=True)
+    st.caption("The run is a separate process: it goes on when you leave this page or close the browser, and "
+               "also when the app is stopped; cancel it here.")
+    if start:
+        with st.spinner("Checking the configuration and starting…"):
+            job = start_training(cfg, state.workspace())
+        st.session_state[PENDING_RUN_KEY] = job.run_dir.name
+        st.session_state[NOTICE_KEY] = (f"Started **{job.run_dir.name}** (process {job.pid}). It runs in the "
+                                        "background: you can leave this page and come back.")
+        st.rerun()
+
+
+# ----------------------------------------------------------------------------- runs
+
+def _jobs() -> list[dict[str, Any]]:
+    from engine.jobs import list_jobs
+
+    return list_jobs(state.workspace())
+
+
+def runs_table(rows: list[dict[str, Any]]):
+    """The runs as a DataFrame for ``st.dataframe``."""
+    import pandas as pd
+
+    return pd.DataFrame([{
+        "run": r["run"], "model": r["name"], "state": r["state"],
+        "epoch": f"{r['epoch']}/{r['epochs']}" if r["epochs"] else "–",
+        "best": None if r["best_metric"] is None else round(float(r["best_metric"]), 4),
+        "metric": r["metric"] or "", "device": r["device"] or "", "started": (r["started"] or "")[:19].replace("T", " "),
+    } for r in rows])
+
+
+def refresh_models() -> None:
+    """Make the model pickers see a just-exported model now."""
+    from ui.loaders import refresh_weights
+
+    refresh_weights()
+
+
+def _charts(run_dir: Path) -> None:
+    import plotly.express as px
+
+    from engine.dashboard import history_series, load_history
+
+    hist = load_history(run_dir)
+    if hist.empty or len(hist.columns) <= 1:
+        st.caption("The loss and Dice curves appear after the first epoch.")
+        return
+    series = history_series(hist)
+    cols = st.columns(2)
+    for col, key, title in ((cols[0], "loss", "Loss"), (cols[1], "metrics", "Validation metrics")):
+        ys = series[key]
+        if not ys:
+            col.caption(f"{title}: not recorded")
+            continue
+        long = hist.melt(id_vars=["epoch"], value_vars=ys, var_name="series", value_name="value").dropna()
+        fig = px.line(long, x="epoch", y="value", color="series", markers=True, title=title)
+        fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10))
+        if len(hist) <= 30:
+            fig.update_xaxes(dtick=1)
+        col.plotly_chart(fig, key=f"train_chart_{key}")
+
+
+def _previews(run_dir: Path) -> None:
+    from engine.dashboard import preview_frames
+
+    prev = preview_frames(run_dir)
+    if not prev["frames"] and not prev["gif"]:
+        return
+    c1, c2, _ = st.columns([2, 2, 1])
+    if prev["frames"]:
+        ep, path = prev["frames"][-1]
+        c1.image(str(path), caption=f"Latest validation preview, epoch {ep} (image | ground truth | prediction)",
+                 width="stretch")
+    if prev["gif"]:
+        c2.image(str(prev["gif"]), caption="Evolution over the epochs (evolution.gif)", width="stretch")
+
+
+def _finished_notes(info: dict[str, Any]) -> None:
+    from ui.browser_view import page_link
+
+    name = info.get("exported_name")
+    if name:
+        st.success(f"The model **{name}** now appears in the model picker (Home and every page).", icon=":material/inventory_2:")
+        c1, c2 = st.columns([1, 2], vertical_alignment="center")
+        if state.current_model() == name:
+            c1.caption(f"**{name}** is the current model.")
+        elif c1.button(f"Use {name} as the current model", key=K["use_model"]):
+            refresh_models()
+            state.set(state.MODEL, name)
+            st.rerun(scope="app")
+        with c2:
+            page_link(DASHBOARD_PAGE, "Metrics dashboard: evaluate it, and this run's curves", ":material/monitoring:")
+
+
+def panel_body(run_dir: str, was_active: bool) -> None:
+    """The live panel of one run (run as a fragment; reruns the whole page when the run ends)."""
+    from engine.jobs import cancel, job_status, tail_log
+
+    run = Path(run_dir)
+    info = job_status(run, log_lines=0)
+    if was_active and not info["active"]:
+        st.rerun(scope="app")  # the table, the form and the refresh timer catch up
+    s = info["state"]
+    m = st.columns(4)
+    m[0].metric("State", s)
+    m[1].metric("Epoch", f"{info['epoch']} / {info['epochs']}" if info["epochs"] else "–")
+    metric = info["metric"] or "val_dice"
+    m[2].metric(f"Best {metric}", _fmt(info["best_metric"]),
+                help=f"at epoch {info['best_epoch']}" if info["best_epoch"] else None)
+    m[3].metric("Train loss", _fmt(info["train_loss"]), help="running mean of the current epoch")
+    spe = info["steps_per_epoch"]
+    text = (f"epoch {info['epoch']}/{info['epochs']} · step {info['step']}/{spe}" if spe and info["epochs"]
+            else "preparing") + (f" · {info['message']}" if info["message"] else "")
+    st.progress(float(info["fraction"]), text=text)
+    if s in ("failed", "died"):
+        st.error(f"The run {s}: {info.get('error') or info['message']}", icon=":material/error:")
+    elif s == "cancelled":
+        st.warning(f"The run was cancelled: {info['message']}", icon=":material/stop_circle:")
+    elif s == "finished":
+        msg = info["message"] or "finished"
+        st.success(msg[:1].upper() + msg[1:], icon=":material/check_circle:")
+    if info["active"]:
+        c1, c2, c3 = st.columns([1, 1, 3], vertical_alignment="center")
+        if info["cancel_requested"]:
+            c1.caption(":material/stop_circle: Cancel requested: stopping after the current step…")
+        elif c1.button("Cancel run", key=K["cancel"]):
+            cancel(run, wait=False)  # the run stops after its current step; forced after a grace period
+            c1.caption(":material/stop_circle: Cancel requested: stopping after the current step…")
+        c2.button("Refresh", key=K["refresh"], help="the click itself refreshes the panel")
+        c3.caption(f"Process {info['pid']} · device {info['device'] or 'not chosen yet'} · "
+                   f"updated {(info['updated'] or '')[11:19]} UTC")
+    _charts(run)
+    _previews(run)
+    if s in ("finished", "cancelled"):
+        _finished_notes(info)
+    with st.expander("Log (train.log, last lines)", expanded=s in ("failed", "died")):
+        st.code(tail_log(run, LOG_LINES) or "(empty)", language="text")
+    with st.expander("Run folder and configuration"):
+        st.caption(f"`{run}`")
+        cfg = run / "config.json"
+        if cfg.is_file():
+            from engine.fsutil import read_json
+
+            st.json(read_json(cfg), expanded=False)
+
+
+def runs_section(rows: list[dict[str, Any]]) -> None:
+    """The runs table, the run picker and the live panel of the picked run (``rows``: :func:`_jobs`)."""
+    root = state.workspace().root / "runs"
+    if not rows:
+        st.info(f"No training runs in `{root}` yet: start one above.")
+        return
+    st.dataframe(runs_table(rows), hide_index=True, width="stretch")
+    names = [r["run"] for r in rows]
+    by_name = {r["run"]: r for r in rows}
+    pending = st.session_state.pop(PENDING_RUN_KEY, None)
+    if pending in by_name:
+        st.session_state[RUN_KEY] = pending
+    elif st.session_state.get(RUN_KEY) not in by_name:
+        st.session_state[RUN_KEY] = names[0]
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    run = c1.selectbox("Run", names, key=RUN_KEY, help="newest first; the table above gives each run's state")
+    active = by_name[run]["active"]
+    auto = c2.toggle("Auto-refresh", True, key=AUTO_KEY, help=f"update the panel every {REFRESH_SECONDS:g} s "
+                                                               "while the run is active")
+    st.subheader(run)
+    fragment = st.fragment(panel_body, run_every=REFRESH_SECONDS if (active and auto) else None)
+    fragment(by_name[run]["run_dir"], active)
+
+
+# ----------------------------------------------------------------------------- page
+
+def render_train() -> None:
+    """The whole Train page body (call inside ``ui.widgets.guard``)."""
+    from ui.widgets import guard
+
+    notice = st.session_state.pop(NOTICE_KEY, None)
+    if notice:
+        st.success(notice, icon=":material/rocket_launch:")
+    rows = _jobs()
+    with st.expander("New training run", expanded=not any(r["active"] for r in rows)), \
+            guard("Training configuration"):
+        form_section(rows)
+    st.subheader("Runs")
+    with guard("Training runs"):
+        runs_section(rows)
