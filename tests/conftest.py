@@ -15,6 +15,20 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SEGWB_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_default_workspace(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every test session gets its own default workspace, so caches, review stores and models written
+    by tests never land in the developer's ~/.cache/segwb or the repo's .workspace (tests that need
+    their own use the ``workspace`` fixture, which overrides this per test)."""
+    old = os.environ.get("SEGWB_WORKSPACE")
+    os.environ["SEGWB_WORKSPACE"] = str(tmp_path_factory.mktemp("default_workspace"))
+    yield
+    if old is None:
+        os.environ.pop("SEGWB_WORKSPACE", None)
+    else:
+        os.environ["SEGWB_WORKSPACE"] = old
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Root of the real sample data; skip when it is not beside the checkout."""

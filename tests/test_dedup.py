@@ -551,3 +551,33 @@ def test_multiclass_dice_and_ceiling() -> None:
     assert mask_dice(a, a) == 1.0
     c, n, best, per = group_ceiling([a, a, b])
     assert best == "member:0" and n == 3 and c == pytest.approx((1 + 1 + 1 / 3) / 3)
+
+
+def test_corrected_masks_are_not_remapped_twice_in_a_manifest(tmp_path: Path, workspace: Path) -> None:
+    """A paired dataset storing class ids {0, 2, 5} is remapped to {0, 1, 2} by the index; a
+    correction saved in the store already uses {0, 1, 2} and must come back unchanged."""
+    from PIL import Image
+
+    from engine.datasets import open_dataset, write_manifest
+    from engine.dedup import build_manifest
+    from engine.store import ReviewStore
+
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(np.full((16, 16), 100, np.uint8)).save(root / "images" / f"{name}.png")
+        m = np.zeros((16, 16), np.uint8)
+        m[2:6, 2:6], m[8:12, 8:12] = 2, 5
+        Image.fromarray(m, mode="L").save(root / "masks" / f"{name}.png")
+    ds = open_dataset(root)
+    assert sorted(np.unique(ds.load_mask("a")).tolist()) == [0, 1, 2]
+    corrected = np.zeros((16, 16), np.uint8)
+    corrected[0:3, 0:3], corrected[10:14, 1:5] = 2, 1
+    store = ReviewStore.for_dataset(ds)
+    store.save_mask_version("a", corrected, "tester", "fix")
+    cases, dropped, info = build_manifest(ds, store, None, "none")
+    out = write_manifest(tmp_path / "clean.json", ds, cases, dropped, info)
+    clean = open_dataset(out)
+    assert np.array_equal(clean.load_mask("a"), corrected)
+    assert np.array_equal(clean.load_mask("b"), ds.load_mask("b"))  # originals still remapped once

@@ -24,12 +24,17 @@ from engine.errors import MaskError, WorkbenchError
 
 MaskKind = Literal["file", "rle", "empty", "none"]
 
+#: ``MaskSource.convention`` of mask PNGs written by this program (already consecutive class ids).
+LABELS_CONVENTION = "labels"
+
 
 @dataclass(frozen=True)
 class MaskSource:
     """Where a case's ground-truth mask comes from.
 
-    - ``file``: a mask image at ``path``.
+    - ``file``: a mask image at ``path``. With ``convention="labels"`` the PNG already holds the
+      dataset's consecutive class ids (masks written by this program: corrections, unions,
+      exports), so the layout's colour map and class-id remapping are NOT applied again.
     - ``rle``: RLE strings ``rle`` (union of rows) in ``convention``, read from the CSV ``path``.
     - ``empty``: known to be empty (e.g. a review decision).
     - ``none``: no ground truth (unlabelled / test image).
@@ -299,14 +304,15 @@ def load_mask_source(src: MaskSource, shape: tuple[int, int], *, case_id: str = 
         return decode_union(src.rle, shape, src.convention or "kaggle", where=where)
     if src.kind == "file":
         assert src.path is not None
-        cmap = options.get("colour_map")
+        ours = src.convention == LABELS_CONVENTION
+        cmap = None if ours else options.get("colour_map")
         colour_map = {tuple(int(x) for x in k.split(",")): int(v) for k, v in cmap.items()} if cmap else None
         labels, _ = read_mask(src.path, threshold=int(options.get("threshold", 127)), colour_map=colour_map)
         if labels.shape != tuple(shape):
             raise MaskError(f"mask is {labels.shape[0]}x{labels.shape[1]} but its image "
                             f"{Path(image_path).name if image_path else ''} is {shape[0]}x{shape[1]}",
                             path=src.path, hint="re-export the mask at the image's size, or fix the pairing")
-        if label_lut is not None:
+        if label_lut is not None and not ours:
             labels = label_lut[labels]
         return labels
     raise MaskError(f"unknown mask source kind {src.kind!r} for case {case_id}",

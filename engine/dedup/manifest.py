@@ -38,6 +38,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from engine.datasets.base import LABELS_CONVENTION
 from engine.errors import ConfigError, unknown_name
 
 MANIFEST_POLICIES: tuple[str, ...] = ("none", "drop-empty")
@@ -114,7 +115,8 @@ def build_manifest(ds: Any, store: Any = None, conflicts: Any = None, policy: st
 
     for mv in corrected.values():
         path = store.mask_file(mv)
-        override(mv.case_id, mv.event_id, "corrected", MaskSource("file", str(path)), int(mv.area or 0))
+        override(mv.case_id, mv.event_id, "corrected",
+                 MaskSource("file", str(path), convention=LABELS_CONVENTION), int(mv.area or 0))
 
     def current_mask(cid: str) -> np.ndarray:
         if cid in corrected:
@@ -155,7 +157,8 @@ def build_manifest(ds: Any, store: Any = None, conflicts: Any = None, policy: st
                 union = np.maximum(union, m)
             path = _write_union(union, store, masks_dir, ds)
             for m in present:
-                override(m, d.event_id, "union", MaskSource("file", str(path)), int(np.count_nonzero(union)))
+                override(m, d.event_id, "union", MaskSource("file", str(path), convention=LABELS_CONVENTION),
+                         int(np.count_nonzero(union)))
 
     n_proposed = n_overridden = 0
     conflict_pairs = [p for p in pairs if p.get("category") == "conflict"]

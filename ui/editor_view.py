@@ -1,0 +1,821 @@
+"""Streamlit glue of the Mask editor page (pages/7_Mask_editor.py).
+
+Correct a case's mask by hand and save it as a new *version* in the dataset's review store
+(:class:`engine.store.ReviewStore`; the dataset is never modified):
+
+- **Canvas** (streamlit-drawable-canvas, imported lazily: it only works under ``streamlit
+  run``): brush, eraser, polygon and fill tools per class, drawn over a zoomable window of
+  the image with the current mask. Every applied stroke batch becomes a new entry of an
+  undo/redo stack (:class:`engine.editing.EditStack`), kept per case in the session, so
+  switching cases never loses unsaved work. Strokes → pixels: :mod:`engine.editing`.
+- **Without the canvas** (always available, also where the canvas cannot load): fill the
+  region at a pixel, fill holes, empty the mask.
+- **Save** creates version N+1 with author, time and note. The store checks the version the
+  edit started from: when someone saved meanwhile, the page says who and when and offers
+  *view theirs*, *save mine on top* and *discard mine* — nothing is silently overwritten.
+- **History** of versions with a diff against the previous one and **revert**; per-case
+  **review state** buttons; a **queue** of cases needing review (suspicion score,
+  :func:`engine.editing.review_queue`); **export** of the corrected dataset
+  (:func:`engine.export.export_corrected`).
+
+Other pages open a case here by setting ``st.session_state[ui.state.BROWSER_CASE]``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from ui import state
+
+PAGE = "pages/7_Mask_editor.py"
+
+CASE_KEY = "editor_case"                 # the case picker
+LINK_KEY = "editor_link_case"            # the BROWSER_CASE value already used as a deep link
+SESSIONS_KEY = "editor_sessions"         # {(dataset, case_id): EditSession}
+AUTHOR_INPUT = "editor_author"           # the author text input
+REVIEWER_KEY = state.REVIEWER             # reviewer name shared with the Conflict review page
+FLASH_KEY = "editor_flash"               # [(kind, text, monotonic time, case)]: messages about the last action
+FLASH_SECONDS = 120.0
+TOOL_KEY, CLASS_KEY, SIZE_KEY = "editor_tool", "editor_class", "editor_brush"
+ZOOM_KEY, PANX_KEY, PANY_KEY = "editor_zoom", "editor_pan_x", "editor_pan_y"
+AUTO_KEY = "editor_auto_apply"
+SOURCE_KEY, MODEL_KEY = "editor_source", "editor_model"
+FILL_X, FILL_Y = "editor_fill_x", "editor_fill_y"
+NOTE_PREFIX = "editor_note_"
+EXPORT_DIR_KEY, EXPORT_RESULT = "editor_export_dir", "editor_export_result"
+DIFF_KEY, REVERT_KEY = "editor_diff_version", "editor_revert_version"
+
+TOOLS = {"Brush": "freedraw", "Eraser": "freedraw", "Polygon": "polygon", "Fill": "point"}
+TOOL_HELP = ("**Brush** paints the chosen class · **Eraser** paints background · **Polygon**: click the "
+             "corners, then the first corner again to close and fill it · **Fill**: click inside a region to "
+             "flood-fill it (the connected pixels of the same class) with the chosen class.")
+ZOOMS = [1, 2, 4, 8, 16]
+CANVAS_WIDTHS = [400, 500, 600, 800, 1000]
+DEFAULT_CANVAS_W = 600
+CANVAS_W_KEY = "editor_canvas_width"
+PREDICTION = "Model prediction"
+
+
+@dataclass
+class EditSession:
+    """Unsaved editing state of one case (lives in ``st.session_state``).
+
+    Attributes:
+        case_id: the case.
+        base_version: newest saved version when editing started — what a save is checked against.
+        base_digest: :func:`engine.store.mask_digest` of that version's mask (is there anything to save?).
+        source: where the starting mask came from (for people).
+        stack: undo/redo history of masks.
+        nonce: bumped to clear the canvas (new component key).
+        conflict: set when a save found a newer version: ``{"current", "author", "created", "note"}``.
+        show_theirs: the conflict panel shows the other version.
+    """
+
+    case_id: str
+    base_version: int
+    base_digest: str
+    source: str
+    stack: Any
+    nonce: int = 0
+    conflict: dict[str, Any] | None = None
+    show_theirs: bool = False
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def _flash(kind: str, text: str) -> None:
+    """A message about the last action, shown until the next edit or case change (at most
+    FLASH_SECONDS): the canvas' remount right after an action causes an extra rerun."""
+    st.session_state.setdefault(FLASH_KEY, []).append((kind, text, time.monotonic(), st.session_state.get(CASE_KEY)))
+
+
+def _clear_flash() -> None:
+    st.session_state.pop(FLASH_KEY, None)
+
+
+def _show_flash() -> None:
+    now, case = time.monotonic(), st.session_state.get(CASE_KEY)
+    keep = [f for f in st.session_state.get(FLASH_KEY, []) if now - f[2] < FLASH_SECONDS and f[3] == case]
+    st.session_state[FLASH_KEY] = keep
+    for kind, text, _, _ in keep:
+        {"success": st.success, "warning": st.warning, "error": st.error}.get(kind, st.info)(text)
+
+
+def _ds_key(ds: Any) -> str:
+    return str(getattr(ds, "manifest_path", None) or ds.root)
+
+
+def fmt_time(ts: str | None) -> str:
+    """ISO UTC timestamp → ``YYYY-MM-DD HH:MM:SS UTC``."""
+    if not ts:
+        return ""
+    try:
+        t = _dt.datetime.fromisoformat(str(ts))
+    except ValueError:
+        return str(ts)
+    if t.tzinfo is not None:
+        t = t.astimezone(_dt.timezone.utc)
+    return t.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@st.cache_data(show_spinner=False, max_entries=6)
+def _image(ds_key: str, case_id: str, stamp: tuple, _ds: Any) -> np.ndarray:
+    return _ds.load_image_float(case_id)
+
+
+def case_image(ds: Any, case_id: str) -> np.ndarray:
+    """float32 (C,H,W) image of a case (cached per image file stamp)."""
+    from engine.fsutil import file_stamp
+
+    c = ds.case(case_id)
+    try:
+        stamp = file_stamp(Path(c.image_path))
+    except OSError:
+        stamp = (0, 0)
+    return _image(_ds_key(ds), case_id, stamp, ds)
+
+
+def version_mask(ds: Any, store: Any, case_id: str, version: int) -> np.ndarray:
+    """uint8 (H,W) mask of a version (0 = the dataset's original; empty for an unlabelled case)."""
+    case = ds.case(case_id)
+    mv = store.mask_version(case_id, version) if version else None
+    if version == 0 or (mv is not None and mv.is_original):
+        if not case.labelled:
+            return np.zeros((case.height, case.width), np.uint8)
+        return ds.load_mask(case)
+    return store.load_mask_version(case_id, version)
+
+
+def author() -> str:
+    return str(st.session_state.get(REVIEWER_KEY, "") or "").strip()
+
+
+def _new_session(ds: Any, store: Any, case_id: str, mask: np.ndarray | None = None, source: str | None = None,
+                 nonce: int = 0) -> EditSession:
+    from engine.editing import EditStack
+    from engine.store import mask_digest
+
+    latest = store.latest_mask_version(case_id)
+    base_mask = version_mask(ds, store, case_id, latest)
+    start = base_mask if mask is None else mask
+    src = source or (f"version {latest}" + (" (dataset original)" if latest == 0 else " (latest saved)"))
+    return EditSession(case_id, latest, mask_digest(base_mask), src, EditStack(start), nonce=nonce + 1)
+
+
+def session_for(ds: Any, store: Any, case_id: str) -> EditSession:
+    """This browser session's editing state of ``case_id`` (created from the newest version)."""
+    sessions: dict = st.session_state.setdefault(SESSIONS_KEY, {})
+    key = (_ds_key(ds), case_id)
+    sess = sessions.get(key)
+    if sess is None:
+        sess = _new_session(ds, store, case_id)
+        sessions[key] = sess
+    return sess
+
+
+def replace_session(ds: Any, store: Any, sess: EditSession, mask: np.ndarray | None = None,
+                    source: str | None = None) -> EditSession:
+    new = _new_session(ds, store, sess.case_id, mask, source, nonce=sess.nonce)
+    st.session_state.setdefault(SESSIONS_KEY, {})[(_ds_key(ds), sess.case_id)] = new
+    return new
+
+
+def has_changes(sess: EditSession) -> bool:
+    """The current mask differs from the version editing is based on."""
+    from engine.store import mask_digest
+
+    return mask_digest(sess.stack.current) != sess.base_digest
+
+
+def open_store(ds: Any):
+    from engine.store import ReviewStore
+
+    return ReviewStore.for_dataset(ds)
+
+
+# ------------------------------------------------------------------------------------------ case choice
+
+def _evaluation_for_queue(ds: Any) -> tuple[Any, str | None]:
+    """The newest evaluation of the current model on ``ds`` (else of any model): (EvalResult, label)."""
+    from ui.browser_view import cached_eval, evaluations
+
+    evs = evaluations(ds)
+    if not evs:
+        return None, None
+    model = state.current_model()
+    pick = next((e for e in evs if e["model"] == model), evs[0])
+    return cached_eval(pick["folder"]), pick.get("label") or Path(pick["folder"]).name
+
+
+def review_queue_for(ds: Any, store: Any) -> tuple[list, dict[str, Any]]:
+    """:func:`engine.editing.review_queue` from the latest conflicts report and evaluation."""
+    from engine.editing import review_queue
+    from ui.browser_view import conflict_pairs
+
+    ev, ev_label = _evaluation_for_queue(ds)
+    pairs = conflict_pairs(ds)
+    q = review_queue(ds, store, pairs, ev)
+    return q, {"evaluation": ev_label, "conflicts": pairs is not None}
+
+
+def _apply_deep_link(ds: Any) -> None:
+    link = state.get(state.BROWSER_CASE)
+    if link and link != st.session_state.get(LINK_KEY) and link in ds:
+        st.session_state[CASE_KEY] = link
+        st.session_state[LINK_KEY] = link
+
+
+def _go(case_id: str) -> None:
+    st.session_state[CASE_KEY] = case_id
+    st.session_state[LINK_KEY] = case_id
+    state.set(state.BROWSER_CASE, case_id)
+
+
+def case_picker(ds: Any, store: Any, queue: list, queue_info: dict[str, Any]) -> str:
+    from engine.editing import next_in_queue
+
+    ids = ds.case_ids
+    if st.session_state.get(CASE_KEY) not in ids:
+        st.session_state[CASE_KEY] = ids[0]
+    cur = st.session_state[CASE_KEY]
+    c = st.columns([3, 2], vertical_alignment="bottom")
+    # plain ids as labels: labels that change (e.g. with the review state) would make Streamlit treat
+    # the selectbox as a new widget and lose the choice
+    c[0].selectbox(f"Case ({len(ids):,})", ids, key=CASE_KEY, on_change=lambda: _go(st.session_state[CASE_KEY]))
+    nxt = next_in_queue(queue, cur)
+    c[1].button(f"Next case needing review ({len(queue)} in queue)", key="editor_next", icon=":material/skip_next:",
+                disabled=nxt is None, on_click=_go, args=(nxt,), type="primary",
+                help="most suspicious first: marked needs_fix, low model Dice, conflicting near-duplicates; "
+                     "accepted and corrected cases are skipped")
+    entry = next((q for q in queue if q[0] == cur), None)
+    if entry is not None:
+        st.caption(f"Suspicion score **{entry[1]:.2f}**: " + "; ".join(entry[2]))
+    elif not queue:
+        if queue_info.get("evaluation") is None and not queue_info.get("conflicts"):
+            st.caption("No review queue yet: evaluate a model (Dataset browser or Metrics dashboard) or run the "
+                       "conflict search (Conflict review) to rank cases by suspicion.")
+        else:
+            st.caption("The review queue is empty: every suspicious case is accepted or corrected.")
+    state.set(state.BROWSER_CASE, st.session_state[CASE_KEY])
+    st.session_state[LINK_KEY] = st.session_state[CASE_KEY]
+    return st.session_state[CASE_KEY]
+
+
+def author_input() -> str:
+    if AUTHOR_INPUT not in st.session_state:
+        st.session_state[AUTHOR_INPUT] = st.session_state.get(REVIEWER_KEY, "")
+    who = st.sidebar.text_input("Your name", key=AUTHOR_INPUT, placeholder="saved with every version and state",
+                                help="recorded with each saved version, revert and review state")
+    st.session_state[REVIEWER_KEY] = (who or "").strip()
+    return author()
+
+
+# ------------------------------------------------------------------------------------------ canvas
+
+def canvas_component():
+    """``st_canvas`` or the exception that prevented importing it (e.g. outside ``streamlit run``)."""
+    try:
+        from streamlit_drawable_canvas import st_canvas
+    except Exception as exc:  # noqa: BLE001 - any import failure means: no canvas here
+        return None, exc
+    return st_canvas, None
+
+
+def _class_options(ds: Any) -> list[int]:
+    return [k for k in sorted(ds.labels) if k != 0] + [0]
+
+
+def _class_label(ds: Any, k: int) -> str:
+    return "background (erase)" if k == 0 else f"{k} · {ds.labels.get(k, str(k))}"
+
+
+def tool_controls(ds: Any, img_hw: tuple[int, int]) -> dict[str, Any]:
+    """Tool, class, brush size, zoom, pan and canvas-size widgets → settings dict (with the :class:`View`)."""
+    from engine.editing import make_view
+
+    h, w = img_hw
+    c = st.columns([3, 2, 2, 2])
+    tool = c[0].radio("Tool", list(TOOLS), horizontal=True, key=TOOL_KEY, help=TOOL_HELP)
+    opts = _class_options(ds)
+    if st.session_state.get(CLASS_KEY) not in opts:
+        st.session_state[CLASS_KEY] = opts[0]
+    cls = c[1].selectbox("Class", opts, key=CLASS_KEY, format_func=lambda k: _class_label(ds, k),
+                         disabled=tool == "Eraser")
+    size = c[2].slider("Brush size (image pixels)", 1, max(2, min(80, max(h, w) // 4)), min(6, max(h, w) // 4),
+                       key=f"{SIZE_KEY}_{h}x{w}", disabled=tool not in ("Brush", "Eraser"))
+    c[3].toggle("Auto-apply strokes", value=True, key=AUTO_KEY,
+                help="apply each stroke as soon as it is drawn (off: draw several, then press Apply)")
+    z = st.columns([2, 3, 3, 2])
+    zoom = z[0].select_slider("Zoom", ZOOMS, value=1, key=ZOOM_KEY, format_func=lambda v: f"{v}×",
+                              help="magnify a window of the image for small structures; strokes map back to "
+                                   "full-resolution pixels exactly")
+    cx, cy = w // 2, h // 2
+    if zoom > 1:
+        cx = z[1].slider("Window centre x (column)", 0, w - 1, w // 2, key=f"{PANX_KEY}_{w}")
+        cy = z[2].slider("Window centre y (row)", 0, h - 1, h // 2, key=f"{PANY_KEY}_{h}")
+    width = z[3].selectbox("Canvas width (px)", CANVAS_WIDTHS, index=CANVAS_WIDTHS.index(DEFAULT_CANVAS_W),
+                           key=CANVAS_W_KEY, help="screen size of the drawing area")
+    view = make_view((h, w), zoom, (cy + 0.5, cx + 0.5), (int(width * 0.8), int(width)))
+    return {"tool": tool, "cls": 0 if tool == "Eraser" else int(cls), "size": int(size), "view": view,
+            "auto": bool(st.session_state.get(AUTO_KEY, True))}
+
+
+def _apply_canvas(sess: EditSession, result: Any, settings: dict[str, Any], palette: dict) -> bool:
+    """Turn what the canvas sent into a new mask on the stack; True when something changed."""
+    from engine.editing import apply_layer, apply_objects, click_points, flood_fill
+
+    objects = (result.json_data or {}).get("objects") or []
+    if not objects:
+        return False
+    view = settings["view"]
+    mask = sess.stack.current
+    strokes = [o for o in objects if str(o.get("type", "")).lower() != "circle"]
+    clicks = click_points(objects)
+    if strokes:
+        layer = None
+        try:
+            layer = result.image_data
+        except Exception:  # noqa: BLE001 - image data not sent: rasterise the objects instead
+            layer = None
+        if layer is not None and np.asarray(layer).ndim == 3:
+            mask = apply_layer(mask, layer, view, palette)
+        else:
+            mask = apply_objects(mask, strokes, view, palette)
+    fill_cls = settings["cls"]
+    for u, v in clicks:
+        r, c = view.canvas_to_pixel(u, v)
+        mask = flood_fill(mask, r, c, fill_cls)
+    changed = sess.stack.push(mask)
+    _clear_flash()
+    sess.nonce += 1  # a fresh canvas: the strokes are now part of the background
+    return changed
+
+
+def canvas_panel(ds: Any, sess: EditSession, img: np.ndarray, settings: dict[str, Any]) -> None:
+    """The drawing canvas (or a message saying why there is none)."""
+    from PIL import Image
+
+    from engine.editing import ERASER_COLOUR, drawing_palette, hex_colour, render_view
+
+    st_canvas, err = canvas_component()
+    if st_canvas is None:
+        st.warning("The drawing canvas is not available here "
+                   f"({type(err).__name__}: {str(err)[:200]}). It needs the app running under "
+                   "`streamlit run app.py` with `streamlit-drawable-canvas` installed. "
+                   "The tools under **Edit without the canvas** still work.", icon="🖌️")
+        return
+    view = settings["view"]
+    palette = drawing_palette(ds.labels)
+    tool, cls = settings["tool"], settings["cls"]
+    colour = ERASER_COLOUR if (tool == "Eraser" or cls == 0) else palette.get(cls, (255, 255, 255))
+    mode = TOOLS[tool]
+    stroke_width = max(1, int(round(settings["size"] * view.scale))) if tool in ("Brush", "Eraser") else 1
+    bg = Image.fromarray(render_view(img, sess.stack.current, view))
+    key = f"editor_canvas_{zlib.crc32(f'{_ds_key(ds)}|{sess.case_id}'.encode()):08x}_{sess.nonce}_" + \
+          "_".join(str(v) for v in view.to_dict().values())
+    result = st_canvas(fill_color=hex_colour(colour), stroke_width=stroke_width, stroke_color=hex_colour(colour),
+                       background_image=bg, background_image_fit="stretch", update_streamlit=True,
+                       height=view.canvas_h, width=view.canvas_w, drawing_mode=mode, point_display_radius=3,
+                       return_image_data=True, key=key)
+    pending = bool((result.json_data or {}).get("objects"))
+    c = st.columns([2, 3])
+    apply_now = c[0].button("Apply strokes", key="editor_apply", icon=":material/check:",
+                            disabled=settings["auto"] or not pending,
+                            help="with auto-apply off, strokes wait on the canvas until you apply them")
+    if pending and (settings["auto"] or apply_now):
+        _apply_canvas(sess, result, settings, palette)
+        st.rerun()
+    zoom_note = (f"window rows {view.y0}–{view.y0 + view.height - 1}, columns {view.x0}–{view.x0 + view.width - 1}"
+                 f" at {view.scale:.2f} screen px per image px")
+    c[1].caption(f"Canvas {view.canvas_w}×{view.canvas_h}: {zoom_note}.")
+
+
+def history_buttons(sess: EditSession) -> None:
+    def undo() -> None:
+        _clear_flash()
+        if sess.stack.undo():
+            sess.nonce += 1
+
+    def redo() -> None:
+        _clear_flash()
+        if sess.stack.redo():
+            sess.nonce += 1
+
+    def reset() -> None:
+        _clear_flash()
+        sess.stack.reset()
+        sess.nonce += 1
+
+    c = st.columns(3)
+    c[0].button("Undo", key="editor_undo", icon=":material/undo:", on_click=undo, disabled=not sess.stack.can_undo,
+                width="stretch")
+    c[1].button("Redo", key="editor_redo", icon=":material/redo:", on_click=redo, disabled=not sess.stack.can_redo,
+                width="stretch")
+    c[2].button("Start over", key="editor_reset", icon=":material/restart_alt:", on_click=reset,
+                disabled=not sess.stack.dirty, width="stretch", help=f"back to {sess.source}")
+
+
+def manual_tools(ds: Any, sess: EditSession, img_hw: tuple[int, int]) -> None:
+    """Edits without the canvas: flood fill at a pixel, fill holes, empty the mask."""
+    from engine.editing import fill_holes, flood_fill
+
+    h, w = img_hw
+    with st.expander("Edit without the canvas", expanded=False):
+        c = st.columns([1, 1, 2])
+        x = c[0].number_input("x (column)", 0, w - 1, w // 2, key=f"{FILL_X}_{w}")
+        y = c[1].number_input("y (row)", 0, h - 1, h // 2, key=f"{FILL_Y}_{h}")
+        cls = int(st.session_state.get(CLASS_KEY, 1) or 0) if st.session_state.get(TOOL_KEY) != "Eraser" else 0
+        c[2].write("")
+        if c[2].button(f"Fill region at (x, y) with {_class_label(ds, cls)}", key="editor_fill_at"):
+            _clear_flash()
+            if sess.stack.push(flood_fill(sess.stack.current, int(y), int(x), cls)):
+                sess.nonce += 1
+            st.rerun()
+        d = st.columns(2)
+        if d[0].button("Fill holes", key="editor_fill_holes", help="close holes inside every region, per class"):
+            _clear_flash()
+            if sess.stack.push(fill_holes(sess.stack.current)):
+                sess.nonce += 1
+            st.rerun()
+        if d[1].button("Empty the mask", key="editor_empty", help="everything becomes background"):
+            _clear_flash()
+            if sess.stack.push(np.zeros(img_hw, np.uint8)):
+                sess.nonce += 1
+            st.rerun()
+
+
+# ------------------------------------------------------------------------------------------ right column
+
+def preview_panel(ds: Any, sess: EditSession, img: np.ndarray, view: Any) -> None:
+    from engine.editing import DIFF_COLOURS, diff_image, window_outline
+    from engine.visualize import overlay
+    from ui.widgets import colour_legend, legend
+
+    cur = sess.stack.current
+    rgb = overlay(img, cur)
+    if view is not None and view.zoom > 1:
+        rgb = window_outline(rgb, view)
+    st.image(rgb, caption=f"current mask · {int(np.count_nonzero(cur)):,} px · from {sess.source}", width="stretch")
+    legend(ds.labels)
+    if sess.stack.dirty:
+        d_rgb, counts = diff_image(sess.stack.start, cur, img)
+        st.image(d_rgb, caption="your edits so far (vs the start)", width="stretch")
+        colour_legend(DIFF_COLOURS, {k: v for k, v in counts.items() if k in DIFF_COLOURS and v})
+    st.caption(f"{sess.stack.position} edit(s) applied · {sess.stack.n_redo} to redo")
+
+
+def conflict_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who: str, note: str) -> None:
+    """The choice after a save found a newer version: view theirs / save mine on top / discard mine."""
+    from engine.editing import DIFF_COLOURS, diff_image
+    from engine.errors import ConflictError
+    from engine.visualize import overlay
+    from ui.widgets import colour_legend
+
+    cf = sess.conflict
+    assert cf is not None
+    st.warning(f"**Version {cf['current']} was saved by {cf['author']} at {fmt_time(cf['created'])} while you were "
+               f"editing** (you started from version {sess.base_version}). Your edits are not saved yet — choose:",
+               icon="⚠️")
+    c = st.columns(3)
+    view = c[0].button("Hide theirs" if sess.show_theirs else "View theirs", key="editor_conflict_view",
+                       icon=":material/visibility:")
+    mine = c[1].button(f"Save mine on top (version {cf['current'] + 1})", key="editor_conflict_mine",
+                       icon=":material/save:", type="primary", disabled=not who)
+    drop = c[2].button("Discard mine", key="editor_conflict_discard", icon=":material/delete:")
+    if view:
+        sess.show_theirs = not sess.show_theirs
+        st.rerun()
+    if mine:
+        try:
+            v = store.save_mask_version(sess.case_id, sess.stack.current, who, note, base_version=cf["current"])
+        except ConflictError as exc:
+            set_conflict(store, sess, exc)
+            st.rerun()
+        _after_save(ds, store, sess, v, on_top_of=cf)
+        st.rerun()
+    if drop:
+        replace_session(ds, store, sess)
+        _flash("info", f"Your edits were discarded; now editing version {cf['current']} by {cf['author']}.")
+        st.rerun()
+    if sess.show_theirs:
+        theirs = version_mask(ds, store, sess.case_id, cf["current"])
+        a, b = st.columns(2)
+        a.image(overlay(img, theirs), caption=f"theirs: version {cf['current']} by {cf['author']} · "
+                f"{int(np.count_nonzero(theirs)):,} px" + (f" · “{cf['note']}”" if cf.get("note") else ""),
+                width="stretch")
+        d_rgb, counts = diff_image(theirs, sess.stack.current, img)
+        b.image(d_rgb, caption="yours compared with theirs (green: only yours, red: only theirs)", width="stretch")
+        colour_legend(DIFF_COLOURS, {k: v for k, v in counts.items() if k in DIFF_COLOURS and v})
+
+
+def set_conflict(store: Any, sess: EditSession, exc: Any) -> None:
+    cur = int(exc.current_version or store.latest_mask_version(sess.case_id))
+    mv = store.mask_version(sess.case_id, cur)
+    sess.conflict = {"current": cur, "author": mv.author if mv else "someone", "created": mv.created if mv else "",
+                     "note": mv.note if mv else ""}
+
+
+def _after_save(ds: Any, store: Any, sess: EditSession, version: int, on_top_of: dict | None = None) -> None:
+    from engine.editing import EditStack
+    from engine.store import mask_digest
+
+    mask = sess.stack.current
+    sess.base_version = version
+    sess.base_digest = mask_digest(mask)
+    sess.source = f"version {version} (saved by you)"
+    sess.stack = EditStack(mask)
+    sess.conflict = None
+    sess.show_theirs = False
+    sess.nonce += 1
+    st.session_state[NOTE_PREFIX + "clear"] = True
+    extra = f" on top of version {on_top_of['current']} by {on_top_of['author']}" if on_top_of else ""
+    _flash("success", f"Saved version {version}{extra}; the case is now marked corrected.")
+
+
+def save_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who: str) -> None:
+    from engine.errors import ConflictError
+
+    if st.session_state.pop(NOTE_PREFIX + "clear", False):
+        st.session_state[NOTE_PREFIX + "text"] = ""
+    note = st.text_input("Note for this version", key=NOTE_PREFIX + "text", placeholder="what you changed and why")
+    latest = store.latest_mask_version(sess.case_id)
+    if sess.conflict is None and latest != sess.base_version:
+        mv = store.mask_version(sess.case_id, latest)
+        if not has_changes(sess):
+            # nothing of ours to lose: follow the newer version
+            replace_session(ds, store, sess)
+            _flash("info", f"Version {latest} was saved by {mv.author if mv else 'someone'} at "
+                           f"{fmt_time(mv.created if mv else '')}; it is loaded now.")
+            st.rerun()
+        st.info(f"Version {latest} was saved by {mv.author if mv else 'someone'} at "
+                f"{fmt_time(mv.created if mv else '')} since you started editing version {sess.base_version}. "
+                "Saving will ask what to do.", icon="🔔")
+    if sess.conflict is not None:
+        conflict_panel(ds, store, sess, img, who, note)
+        return
+    changed = has_changes(sess)
+    if not who:
+        st.caption("Enter your name in the sidebar to save.")
+    if st.button(f"Save as version {sess.base_version + 1}", key="editor_save", icon=":material/save:",
+                 type="primary", disabled=not (changed and who),
+                 help="creates a new version (the original and older versions stay)"
+                      if changed else "no changes from the version you started from"):
+        try:
+            v = store.save_mask_version(sess.case_id, sess.stack.current, who, note.strip(),
+                                        base_version=sess.base_version)
+        except ConflictError as exc:
+            set_conflict(store, sess, exc)
+            st.rerun()
+        _after_save(ds, store, sess, v)
+        st.rerun()
+
+
+def state_panel(store: Any, case_id: str, who: str) -> None:
+    from engine.store import CASE_STATES
+
+    cs = store.case_states().get(case_id)
+    cur = cs.state if cs else "unreviewed"
+    st.markdown(f"Review state: **{cur}**" + (f" — {cs.reviewer}, {fmt_time(cs.ts)}" if cs else ""))
+    labels = {"accepted": "Accept", "needs_fix": "Needs fix", "corrected": "Corrected", "unreviewed": "Unreviewed"}
+    icons = {"accepted": ":material/check_circle:", "needs_fix": ":material/flag:",
+             "corrected": ":material/edit:", "unreviewed": ":material/help:"}
+    order = ["accepted", "needs_fix", "corrected", "unreviewed"]
+    assert set(order) == set(CASE_STATES)
+    rows = [st.columns(2), st.columns(2)]
+    for i, s in enumerate(order):
+        col = rows[i // 2][i % 2]
+        if col.button(labels[s], key=f"editor_state_{s}", icon=icons[s], disabled=not who or s == cur,
+                      width="stretch"):
+            store.set_case_state(case_id, s, who, "set on the mask editor")
+            _flash("success", f"{case_id} marked {s}.")
+            st.rerun()
+
+
+# ------------------------------------------------------------------------------------------ history, source
+
+def history_frame(ds: Any, store: Any, case_id: str):
+    """Versions of a case as a DataFrame (version 0 = the dataset's original)."""
+    import pandas as pd
+
+    case = ds.case(case_id)
+    rows = [{"version": 0, "author": "dataset", "time": "", "note": "original ground truth" if case.labelled
+             else "no ground truth (empty)", "area (px)": int(max(case.mask_area, 0)), "from": None}]
+    for mv in store.mask_history(case_id):
+        frm = (f"revert to {mv.reverted_from}" if mv.reverted_from is not None else
+               f"edit of {mv.base_version}")
+        area = mv.area if mv.area is not None else int(max(case.mask_area, 0))
+        rows.append({"version": mv.version, "author": mv.author, "time": fmt_time(mv.created), "note": mv.note,
+                     "area (px)": int(area), "from": frm})
+    return pd.DataFrame(rows)
+
+
+def history_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who: str) -> None:
+    from engine.editing import DIFF_COLOURS, diff_image
+    from engine.errors import ConflictError
+    from ui.widgets import colour_legend
+
+    st.subheader("History")
+    df = history_frame(ds, store, sess.case_id)
+    latest = int(df["version"].max())
+    st.dataframe(df, hide_index=True, width="stretch", key="editor_history_table",
+                 column_config={"version": st.column_config.NumberColumn(format="%d")})
+    if latest == 0:
+        st.caption("No saved versions yet: only the dataset's original.")
+        return
+    versions = df["version"].tolist()[1:]
+    if st.session_state.get(DIFF_KEY) not in versions:
+        st.session_state[DIFF_KEY] = latest
+    a, b = st.columns(2)
+    with a:
+        v = st.selectbox("Diff of version … against the one before", versions, key=DIFF_KEY)
+        old = version_mask(ds, store, sess.case_id, v - 1)
+        new = version_mask(ds, store, sess.case_id, v)
+        rgb, counts = diff_image(old, new, img)
+        st.image(rgb, caption=f"version {v - 1} → {v}: +{counts['added']:,} px added, −{counts['removed']:,} removed"
+                 + (f", {counts['changed class']:,} changed class" if counts["changed class"] else ""),
+                 width="stretch")
+        colour_legend(DIFF_COLOURS, {k: counts[k] for k in DIFF_COLOURS})
+    with b:
+        targets = [x for x in [0] + versions if x != latest]
+        if st.session_state.get(REVERT_KEY) not in targets:
+            st.session_state[REVERT_KEY] = targets[-1]
+        t = st.selectbox("Revert to version", targets, key=REVERT_KEY,
+                         help="adds a new version copying the chosen one; history is never rewritten")
+        if st.button(f"Revert to version {t}", key="editor_revert", icon=":material/history:", disabled=not who):
+            try:
+                nv = store.revert(sess.case_id, int(t), who, base_version=latest)
+            except ConflictError as exc:
+                _flash("warning", f"Not reverted: {exc}")
+                st.rerun()
+            if not has_changes(sess):
+                replace_session(ds, store, sess, source=f"version {nv} (revert to {t})")
+            _flash("success", f"Version {nv} restores version {t}.")
+            st.rerun()
+        if not who:
+            st.caption("Enter your name in the sidebar to revert.")
+
+
+def _prediction(ds: Any, model: str, case_id: str) -> tuple[np.ndarray, str]:
+    """A model's mask for the case: its saved evaluation prediction when there is one, else predicted now."""
+    from engine.evaluation import class_mapping
+    from engine.io import read_mask
+    from engine.thumbnails import pred_mask_path
+    from ui.browser_view import evaluations
+    from ui.loaders import load_predictor
+
+    for e in evaluations(ds):
+        if e["model"] != model:
+            continue
+        p = pred_mask_path(e["folder"], case_id)
+        if p.is_file():
+            m, _ = read_mask(p)
+            return m, f"{model} (saved evaluation {Path(e['folder']).name})"
+    pred = load_predictor(model)
+    res = pred.predict(case_image(ds, case_id))
+    lut = class_mapping(pred.card.labels, ds.labels)
+    return np.asarray(lut[res.mask], np.uint8), f"{model} (predicted now)"
+
+
+def source_panel(ds: Any, store: Any, sess: EditSession) -> None:
+    """Restart editing from another version or from a model's prediction."""
+    from ui.widgets import model_picker
+
+    latest = store.latest_mask_version(sess.case_id)
+    options = [f"version {v}" for v in range(latest, -1, -1)] + [PREDICTION]
+    if st.session_state.get(SOURCE_KEY) not in options:
+        st.session_state[SOURCE_KEY] = options[0]
+    c = st.columns([2, 2, 2], vertical_alignment="bottom")
+    src = c[0].selectbox("Start from", options, key=SOURCE_KEY,
+                         format_func=lambda o: o + (" (latest)" if o == f"version {latest}" else "")
+                         + (" (dataset original)" if o == "version 0" else ""))
+    model = None
+    if src == PREDICTION:
+        with c[1]:
+            model = model_picker("Model", key=MODEL_KEY)
+    dirty = has_changes(sess) or sess.stack.position > 0
+    if c[2].button("Load into the editor", key="editor_load", icon=":material/download:",
+                   disabled=src == PREDICTION and not model,
+                   help="replaces the mask being edited" + (" — your unsaved edits are lost" if dirty else "")):
+        if src == PREDICTION:
+            with st.spinner(f"Predicting with {model}…"):
+                mask, label = _prediction(ds, model, sess.case_id)
+        else:
+            v = int(src.split()[-1])
+            mask, label = version_mask(ds, store, sess.case_id, v), f"version {v}"
+        replace_session(ds, store, sess, mask, source=label)
+        _clear_flash()
+        _flash("info", f"Editing starts from {label}; saving creates version {latest + 1}.")
+        st.rerun()
+    if dirty:
+        st.caption("Loading replaces your unsaved edits of this case.")
+
+
+# ------------------------------------------------------------------------------------------ queue, export
+
+def queue_panel(queue: list, info: dict[str, Any]) -> None:
+    import pandas as pd
+
+    with st.expander(f"Review queue ({len(queue)} cases)", expanded=False):
+        st.caption("Score = 2 if marked *needs fix* + (1 − model Dice) + 1 for a conflicting near-duplicate pair "
+                   "(0.5 for a disagreeing one). Accepted and corrected cases are left out. "
+                   f"Evaluation: {info.get('evaluation') or 'none'} · conflicts report: "
+                   f"{'yes' if info.get('conflicts') else 'none'}.")
+        if queue:
+            df = pd.DataFrame([{"case": c, "score": s, "why": "; ".join(r)} for c, s, r in queue[:200]])
+            st.dataframe(df, hide_index=True, width="stretch", key="editor_queue_table",
+                         column_config={"score": st.column_config.NumberColumn(format="%.2f")})
+
+
+def _default_export_dir(ds: Any) -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M")
+    name = Path(str(ds.root)).name or "dataset"
+    return str(state.workspace().root / "exports" / f"{name}-corrected-{stamp}")
+
+
+def export_panel(ds: Any, store: Any) -> None:
+    from engine.export import export_corrected
+    from ui.widgets import streamlit_progress
+
+    with st.expander("Export the corrected dataset", expanded=False):
+        st.caption("Writes every labelled case's current mask (the newest saved version, else the original) as a "
+                   "PNG label mask, an RLE CSV in the dataset's own convention (Kaggle UNS `train_masks.csv`, SIIM "
+                   "`train-rle.csv`), `images.csv` with the original image paths, and a `manifest.json` that "
+                   "training and evaluation open like a dataset. The dataset folder is only read.")
+        if EXPORT_DIR_KEY not in st.session_state:
+            st.session_state[EXPORT_DIR_KEY] = _default_export_dir(ds)
+        out = st.text_input("Export folder (new or empty, outside the dataset)", key=EXPORT_DIR_KEY).strip()
+        c = st.columns(2)
+        dec = c[0].checkbox("Apply conflict-review decisions (drops, unions, emptied masks)", value=True,
+                            key="editor_export_decisions")
+        copy = c[1].checkbox("Copy the images too", value=False, key="editor_export_copy")
+        if st.button("Export", key="editor_export", icon=":material/ios_share:", disabled=not out):
+            report, bar = streamlit_progress("Exporting")
+            info = export_corrected(ds, store, out, progress=report, apply_decisions=dec, copy_images=copy)
+            bar.empty()
+            st.session_state[EXPORT_RESULT] = info
+        info = st.session_state.get(EXPORT_RESULT)
+        if info:
+            st.success(f"Exported {info['n_exported']:,} masks ({info['n_corrected']:,} corrected, "
+                       f"{info['n_dropped']:,} cases dropped by decisions) to `{info['out_dir']}`. "
+                       f"Train on `{info['manifest']}`.", icon="✅")
+            rows = {k: info[k] for k in ("manifest", "masks_dir", "rle_csv", "images_list", "n_cases", "n_kept",
+                                        "n_exported", "n_corrected", "n_unlabelled", "n_empty", "n_dropped")}
+            st.json({**rows, "notes": info.get("notes", [])}, expanded=False)
+
+
+# ------------------------------------------------------------------------------------------ page
+
+def render_editor() -> None:
+    """The whole Mask editor page body (call inside ``ui.widgets.guard``)."""
+    from ui.widgets import dataset_required
+
+    ds = dataset_required()
+    if getattr(ds, "workdir", None) is None:
+        st.info("This dataset has no workspace folder (it is a cleaned manifest): correct masks on the original "
+                "dataset folder, then export again.", icon="ℹ️")
+        return
+    if not len(ds):
+        st.info("This dataset has no cases to edit.", icon="ℹ️")
+        return
+    _show_flash()
+    who = author_input()
+    with open_store(ds) as store:
+        _apply_deep_link(ds)
+        queue, qinfo = review_queue_for(ds, store)
+        case_id = case_picker(ds, store, queue, qinfo)
+        sess = session_for(ds, store, case_id)
+        case = ds.case(case_id)
+        img = case_image(ds, case_id)
+        hw = (int(img.shape[-2]), int(img.shape[-1]))
+        if sess.stack.shape != hw:
+            st.error(f"The image is {hw[0]}x{hw[1]} but the mask is {sess.stack.shape[0]}x{sess.stack.shape[1]}.",
+                     icon="⚠️")
+            return
+        if not case.labelled:
+            st.caption("This case has no ground truth: editing starts from an empty mask (or load a model's "
+                       "prediction below).")
+        settings = tool_controls(ds, hw)
+        left, right = st.columns([2, 1], gap="medium")
+        with left:
+            canvas_panel(ds, sess, img, settings)
+            history_buttons(sess)
+            manual_tools(ds, sess, hw)
+        with right:
+            preview_panel(ds, sess, img, settings["view"])
+            save_panel(ds, store, sess, img, who)
+            st.divider()
+            state_panel(store, case_id, who)
+        st.divider()
+        with st.expander("Start from another version or a model's prediction", expanded=False):
+            source_panel(ds, store, sess)
+        history_panel(ds, store, sess, img, who)
+        queue_panel(queue, qinfo)
+        export_panel(ds, store)
