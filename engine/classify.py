@@ -28,9 +28,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from engine.augment import Preprocess, normalize_image, preprocess_image
+from engine.augment import Preprocess, normalize_image
 from engine.config import JsonConfig
-from engine.errors import CheckpointError, ConfigError, ReadError, WorkbenchError
+from engine.errors import CheckpointError, ConfigError, WorkbenchError
 from engine.fsutil import atomic_path, atomic_write_json, read_json
 from engine.models import ClassifierSpec
 from engine.progress import ProgressFn
@@ -225,13 +225,9 @@ class ClassifierPredictor:
         return cls(model, card, device=device, **kwargs)
 
     def _prep(self, img: np.ndarray) -> np.ndarray:
-        x = np.asarray(img, dtype=np.float32)
-        if x.ndim == 2:
-            x = x[None]
-        if x.ndim != 3:
-            raise ReadError(f"expected an image (C,H,W) or (H,W), got shape {x.shape}",
-                            hint="load images with engine.io.load_image")
-        return preprocess_image(x, self.card.preprocess)
+        from engine.inference import model_input
+
+        return model_input(img, self.card.preprocess)
 
     def predict_proba_many(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """float64 ``(N,)`` probabilities that the structure is present, for float32 (C,H,W) images."""

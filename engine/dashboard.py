@@ -312,7 +312,6 @@ def list_runs(runs_root: str | Path) -> list[dict[str, Any]]:
     ``name``, ``path``, ``mtime``, ``state`` (from ``status.json``, else ``unknown``), ``epochs``
     (records in the history), ``has_preview``.
     """
-    from engine.fsutil import read_json
 
     root = Path(runs_root)
     out: list[dict[str, Any]] = []

@@ -159,20 +159,10 @@ def read_header(path: str | Path, include_phi: bool = False) -> dict[str, Any]:
     Raises:
         ReadError: not a DICOM file or unreadable header.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+    from engine.io.dicom import open_dicom
 
     path = Path(path)
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except InvalidDicomError:
-        raise ReadError("not a DICOM file (no DICM preamble or valid header)", path=path,
-                        hint="remove it from the folder or convert it to DICOM") from None
-    except FileNotFoundError:
-        raise ReadError("file not found", path=path, hint="check the path") from None
-    except Exception as exc:
-        raise ReadError(f"cannot read DICOM header ({type(exc).__name__}: {exc})", path=path,
-                        hint="the file may be truncated; re-export it") from None
+    ds = open_dicom(path, stop_before_pixels=True)
     rec = header_record(ds, include_phi=include_phi)
     rec["path"] = str(path)
     return rec

@@ -148,7 +148,7 @@ def evaluate(predictor: Any, dataset: Any, config: EvalConfig | None = None, cas
     from engine.inference import Prediction
     from engine.io import write_mask_png
     from engine.metrics import MetricAccumulator, presence_metrics
-    from engine.postprocess import postprocess, tune_postprocess
+    from engine.postprocess import tune_postprocess
 
     config = config or EvalConfig()
     report = as_progress(progress)

@@ -78,6 +78,17 @@ class Prediction:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def model_input(img: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """An image float32 (C,H,W) or (H,W) in [0,1] → model input float32 (C',h,w) per ``pre``."""
+    x = np.asarray(img, dtype=np.float32)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3:
+        raise ReadError(f"expected an image (C,H,W) or (H,W), got shape {x.shape}",
+                        hint="load images with engine.io.load_image")
+    return preprocess_image(x, pre)
+
+
 def _check_tta(mode: str) -> str:
     if mode not in TTA_MODES:
         raise ConfigError(f"unknown TTA mode {mode!r}", hint=f"use one of {', '.join(TTA_MODES)}")
@@ -268,13 +279,7 @@ class Predictor:
 
     def preprocess(self, img: np.ndarray) -> np.ndarray:
         """float32 (C,H,W) in [0,1] → model input float32 (C',h,w) per the card."""
-        x = np.asarray(img, dtype=np.float32)
-        if x.ndim == 2:
-            x = x[None]
-        if x.ndim != 3:
-            raise ReadError(f"expected an image (C,H,W) or (H,W), got shape {x.shape}",
-                            hint="load images with engine.io.load_image")
-        return preprocess_image(x, self.pre)
+        return model_input(img, self.pre)
 
     def predict_probs(self, img: np.ndarray, tta: str | None = None) -> tuple[np.ndarray, float | None]:
         """Probabilities float32 (K,H,W) at the original size, and the presence probability."""

@@ -64,7 +64,7 @@ def eval_controls(ds: Any) -> str | None:
         recompute = c[3].checkbox("Recompute (ignore the cache)", key="dash_recompute")
         st.caption(f"**{policy}**: {EMPTY_POLICY_RULES[policy]}.")
         if model and st.button(f"Evaluate {model}", type="primary", key="dash_evaluate"):
-            from engine.evaluation import EvalConfig, evaluate
+            from engine.evaluation import EvalConfig
             from ui.loaders import load_predictor
             from ui.widgets import streamlit_progress
 
@@ -307,9 +307,9 @@ def slices_section(ds: Any, per_image) -> None:
 # ----------------------------------------------------------------------------- training runs
 
 def training_section() -> None:
-    import plotly.express as px
 
-    from engine.dashboard import history_series, list_runs, load_history, preview_frames, run_card
+    from engine.dashboard import list_runs, load_history, preview_frames, run_card
+    from ui.widgets import history_charts
 
     root = state.workspace().root / "runs"
     runs = list_runs(root)
@@ -326,20 +326,7 @@ def training_section() -> None:
     if hist.empty or len(hist.columns) <= 1:
         st.info("This run has no finished epoch yet.")
     else:
-        series = history_series(hist)
-        a, b, c = st.columns(3)
-        for col, key, title in ((a, "loss", "Loss"), (b, "metrics", "Validation metrics"), (c, "lr", "Learning rate")):
-            ys = series[key]
-            if not ys:
-                col.caption(f"{title}: not recorded")
-                continue
-            long = hist.melt(id_vars=["epoch"], value_vars=ys, var_name="series", value_name="value").dropna()
-            fig = px.line(long, x="epoch", y="value", color="series", markers=True, title=title)
-            if len(hist) <= 30:
-                fig.update_xaxes(dtick=1)
-            if key == "lr":
-                fig.update_yaxes(type="log", exponentformat="e")
-            col.plotly_chart(fig, key=f"dash_hist_{key}")
+        history_charts(hist, ("loss", "metrics", "lr"), key="dash_hist")
         if "best" in hist.columns and hist["best"].astype(bool).any():
             best = hist[hist["best"].astype(bool)].iloc[-1]
             st.caption(f"Best epoch {int(best['epoch'])}" + (f": val Dice {_fmt(best.get('val_dice'))}"

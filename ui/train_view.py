@@ -338,27 +338,14 @@ def refresh_models() -> None:
 
 
 def _charts(run_dir: Path) -> None:
-    import plotly.express as px
-
-    from engine.dashboard import history_series, load_history
+    from engine.dashboard import load_history
+    from ui.widgets import history_charts
 
     hist = load_history(run_dir)
     if hist.empty or len(hist.columns) <= 1:
         st.caption("The loss and Dice curves appear after the first epoch.")
         return
-    series = history_series(hist)
-    cols = st.columns(2)
-    for col, key, title in ((cols[0], "loss", "Loss"), (cols[1], "metrics", "Validation metrics")):
-        ys = series[key]
-        if not ys:
-            col.caption(f"{title}: not recorded")
-            continue
-        long = hist.melt(id_vars=["epoch"], value_vars=ys, var_name="series", value_name="value").dropna()
-        fig = px.line(long, x="epoch", y="value", color="series", markers=True, title=title)
-        fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10))
-        if len(hist) <= 30:
-            fig.update_xaxes(dtick=1)
-        col.plotly_chart(fig, key=f"train_chart_{key}")
+    history_charts(hist, ("loss", "metrics"), key="train_chart", height=320)
 
 
 def _previews(run_dir: Path) -> None:

@@ -142,3 +142,35 @@ def dataset_required():
     except WorkbenchError as exc:
         st.error(str(exc), icon="⚠️")
         st.stop()
+
+
+def history_charts(hist: Any, panels: Sequence[str] = ("loss", "metrics", "lr"), key: str = "hist",
+                   height: int | None = None) -> None:
+    """Training curves from a run's history DataFrame (``engine.dashboard.load_history``), one panel each.
+
+    Args:
+        hist: history table with an ``epoch`` column.
+        panels: which of ``loss``, ``metrics`` (validation metrics), ``lr`` (log scale) to draw.
+        key: widget-key prefix (unique per page).
+        height: chart height in pixels (None = Streamlit's default).
+    """
+    import plotly.express as px
+
+    from engine.dashboard import history_series
+
+    titles = {"loss": "Loss", "metrics": "Validation metrics", "lr": "Learning rate"}
+    series = history_series(hist)
+    for col, panel in zip(st.columns(len(panels)), panels):
+        ys = series[panel]
+        if not ys:
+            col.caption(f"{titles[panel]}: not recorded")
+            continue
+        long = hist.melt(id_vars=["epoch"], value_vars=ys, var_name="series", value_name="value").dropna()
+        fig = px.line(long, x="epoch", y="value", color="series", markers=True, title=titles[panel])
+        if height:
+            fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10))
+        if len(hist) <= 30:
+            fig.update_xaxes(dtick=1)
+        if panel == "lr":
+            fig.update_yaxes(type="log", exponentformat="e")
+        col.plotly_chart(fig, key=f"{key}_{panel}")

@@ -30,7 +30,8 @@ _PLUGINS: dict[str, tuple[str, str]] = {
 }
 
 
-def _open(path: Path, stop_before_pixels: bool = False):
+def open_dicom(path: Path, stop_before_pixels: bool = False):
+    """``pydicom.dcmread`` with the project's errors (ReadError naming the file and the fix)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -90,7 +91,7 @@ def read_dicom(path: Path, *, frame: int | None = None, raw: bool = False,
     from engine.dicom_meta import header_record
 
     path = Path(path)
-    ds = _open(path)
+    ds = open_dicom(path)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ReadError("DICOM has no pixel data", path=path,
                         hint="it is probably a report or presentation state; remove it from the image folder")
@@ -153,7 +154,7 @@ def read_dicom(path: Path, *, frame: int | None = None, raw: bool = False,
 
 
 def dicom_size(path: Path) -> tuple[int, int]:
-    ds = _open(Path(path), stop_before_pixels=True)
+    ds = open_dicom(Path(path), stop_before_pixels=True)
     try:
         return int(ds.Rows), int(ds.Columns)
     except AttributeError:

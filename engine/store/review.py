@@ -163,6 +163,20 @@ def _is_busy(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
 
 
+def _canonical_pair(a: str, b: str, decision: str) -> tuple[str, str]:
+    """Validate a pair decision; return the stored target ``"a\tb"`` (smaller id first) and the
+    decision with ``keep_a``/``keep_b`` swapped when the ids were swapped."""
+    if decision not in PAIR_DECISIONS:
+        raise unknown_name("pair decision", decision, PAIR_DECISIONS)
+    a, b = str(a), str(b)
+    if a == b:
+        raise StoreError(f"a pair needs two different cases, got {a!r} twice", hint="pick the twin image")
+    if a > b:
+        a, b = b, a
+        decision = {"keep_a": "keep_b", "keep_b": "keep_a"}.get(decision, decision)
+    return f"{a}\t{b}", decision
+
+
 class ReviewStore:
     """Review decisions, case states and mask versions in one SQLite file.
 
@@ -366,16 +380,9 @@ class ReviewStore:
         ``keep_a``/``keep_b`` refer to the arguments as given; the pair is stored with the
         smaller case id first (``keep_a`` ↔ ``keep_b`` swapped when ``a > b``).
         """
-        if decision not in PAIR_DECISIONS:
-            raise unknown_name("pair decision", decision, PAIR_DECISIONS)
-        a, b = str(a), str(b)
-        if a == b:
-            raise StoreError(f"a pair needs two different cases, got {a!r} twice", hint="pick the twin image")
-        if a > b:
-            a, b = b, a
-            decision = {"keep_a": "keep_b", "keep_b": "keep_a"}.get(decision, decision)
+        target, decision = _canonical_pair(a, b, decision)
         who = self._author(reviewer)
-        return self._transact(lambda c: self._insert_event(c, who, "decision", "pair", f"{a}\t{b}", decision, note))
+        return self._transact(lambda c: self._insert_event(c, who, "decision", "pair", target, decision, note))
 
     def record_decisions(self, items: Sequence[tuple[str, str, str]], reviewer: str, note: str = "") -> list[int]:
         """Record several pair decisions ``(a, b, decision)`` in ONE transaction: all or nothing.
@@ -383,17 +390,7 @@ class ReviewStore:
         Used for bulk proposals (e.g. the case study's drop-the-empty-image rule), so a crash
         mid-way never leaves half of them recorded. Returns the event ids in order.
         """
-        rows = []
-        for a, b, decision in items:
-            if decision not in PAIR_DECISIONS:
-                raise unknown_name("pair decision", decision, PAIR_DECISIONS)
-            a, b = str(a), str(b)
-            if a == b:
-                raise StoreError(f"a pair needs two different cases, got {a!r} twice", hint="pick the twin image")
-            if a > b:
-                a, b = b, a
-                decision = {"keep_a": "keep_b", "keep_b": "keep_a"}.get(decision, decision)
-            rows.append((f"{a}\t{b}", decision))
+        rows = [_canonical_pair(a, b, decision) for a, b, decision in items]
         who = self._author(reviewer)
         return self._transact(lambda c: [self._insert_event(c, who, "decision", "pair", t, d, note) for t, d in rows])
 
