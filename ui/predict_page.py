@@ -1,0 +1,222 @@
+"""Predict page: widgets and layout (the page file only sets up and guards)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ui import predict_view as pv
+from ui import state
+from ui.loaders import load_dataset, load_predictor
+from ui.widgets import legend, model_picker
+
+
+def controls(card, predictor):
+    """Post-processing controls (keyed per model, so each model starts from its card's defaults)."""
+    post = card.postprocess
+    m = card.name
+    c1, c2, c3, c4 = st.columns(4)
+    use_triplet = True
+    if post.triplet is not None:
+        use_triplet = c4.toggle("Card's triplet gate", value=True, key=f"predict_triplet_{m}",
+                                help="SIIM 1st-place gate from the model card; replaces the threshold")
+    threshold = c1.slider("Threshold", 0.01, 0.99, float(post.threshold), 0.01, key=f"predict_thr_{m}",
+                          disabled=post.triplet is not None and use_triplet,
+                          help="a class wins a pixel when its probability reaches this")
+    min_area = c2.number_input("Minimum area (px)", 0, 1_000_000, int(post.min_area), step=10,
+                               key=f"predict_minarea_{m}", help="drop connected regions smaller than this")
+    keep = c3.number_input("Keep largest k regions (0 = all)", 0, 100, int(post.keep_largest),
+                           key=f"predict_keep_{m}")
+    fill = c3.checkbox("Fill holes", value=bool(post.fill_holes), key=f"predict_fill_{m}")
+    presence = None
+    if predictor.has_presence:
+        presence = c4.slider("Presence gate (0 = off)", 0.0, 1.0, float(post.presence_threshold or 0.0), 0.01,
+                             key=f"predict_pres_{m}", help="empty the mask when the presence head is below this")
+    return pv.post_config(post, threshold, min_area, keep, fill, presence, use_triplet)
+
+
+def demo_buttons():
+    """'Try a demo image' buttons fed by the current dataset."""
+    path = state.current_dataset_path()
+    if not path:
+        st.caption("No dataset chosen: pick one on **Home** to get demo images.")
+        return
+    try:
+        ds = load_dataset()
+    except Exception as exc:  # noqa: BLE001 - demo images are optional
+        st.caption(f"Demo images unavailable: {exc}")
+        return
+    cases = pv.demo_cases(ds, 3)
+    if not cases:
+        return
+    demo = st.session_state.setdefault(pv.DEMO_INPUTS, [])
+    cols = st.columns(len(cases) + 2)
+    for i, case in enumerate(cases):
+        tag = "with mask" if case.has_mask else ("empty mask" if case.labelled else "unlabelled")
+        short = case.case_id if len(case.case_id) <= 16 else "…" + case.case_id[-8:]
+        if cols[i].button(f"Try demo image {short} ({tag})", key=f"predict_demo_{i}", help=case.case_id):
+            item = {"dataset": str(ds.root), "case_id": case.case_id}
+            if item not in demo:
+                demo.append(item)
+            st.session_state[pv.PREDICT_SELECTED] = case.case_id
+    if cols[len(cases)].button("Try all three", key="predict_demo_all"):
+        for case in cases:
+            item = {"dataset": str(ds.root), "case_id": case.case_id}
+            if item not in demo:
+                demo.append(item)
+    if demo and cols[len(cases) + 1].button("Clear demo images", key="predict_demo_clear"):
+        demo.clear()
+
+
+def demo_inputs():
+    out = []
+    for item in st.session_state.get(pv.DEMO_INPUTS, []):
+        try:
+            ds = load_dataset(item["dataset"], options=None)
+            out.append(pv.dataset_input(ds, ds.case(item["case_id"])))
+        except Exception as exc:  # noqa: BLE001 - a moved dataset just drops its demo images
+            st.warning(f"Demo image {item['case_id']} is no longer available: {exc}")
+    return out
+
+
+def batch_section(items, card):
+    labels = card.labels
+    st.dataframe(pv.summary_frame(items, labels), hide_index=True, width="stretch")
+    kaggle = [(pv.image_ids(it.inp.name, it.meta)["kaggle"], it.mask) for it in items]
+    siim = [(pv.image_ids(it.inp.name, it.meta)["siim"], it.mask) for it in items]
+    masks = [(it.inp.name, it.mask) for it in items]
+    c1, c2, c3 = st.columns(3)
+    c1.download_button("All: Kaggle UNS RLE CSV", lambda: pv.rle_csv_bytes(kaggle, "kaggle"),
+                       "predictions_kaggle_uns.csv", "text/csv", key="predict_csv_kaggle", on_click="ignore",
+                       help="img,pixels — 1-based 'start length' pairs, column-major (foreground = any class)")
+    c2.download_button("All: SIIM RLE CSV", lambda: pv.rle_csv_bytes(siim, "siim"),
+                       "predictions_siim.csv", "text/csv", key="predict_csv_siim", on_click="ignore",
+                       help="ImageId,EncodedPixels — relative offsets, -1 when empty (ImageId = SOPInstanceUID for DICOM)")
+    c3.download_button("All: masks (ZIP of PNG)", lambda: pv.masks_zip_bytes(masks), "masks.zip",
+                       "application/zip", key="predict_zip", on_click="ignore")
+
+
+def detail(item, card, predictor):
+    labels = card.labels
+    fg = {k: v for k, v in labels.items() if k != 0}
+    stem = item.inp.name.rsplit(".", 1)[0]
+    c1, c2, c3 = st.columns([2, 1, 2])
+    alpha = c1.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key="predict_alpha")
+    contour = c2.toggle("Outline", value=True, key="predict_contour")
+    heat_cls = c3.selectbox("Heat-map class", list(fg), format_func=lambda k: fg[k], key="predict_heat_cls") \
+        if len(fg) > 1 else next(iter(fg))
+    hidden = pv.class_toggles(labels, "predict")
+    legend({k: v for k, v in labels.items() if k not in hidden})
+    gt, gt_labels = pv.ground_truth(item.inp)
+    show_gt = gt is not None and st.toggle("Show ground truth", value=False, key="predict_show_gt")
+    panels = st.columns(3 if show_gt else 2)
+    with panels[0]:
+        pv.show_image(pv.overlay_rgb(item.img, item.mask, alpha, hidden, contour), f"{item.inp.name}: prediction")
+    with panels[1]:
+        from engine.visualize import heatmap
+
+        pv.show_image(heatmap(item.res.probs[heat_cls], item.img), f"probability of {fg[heat_cls]}")
+    if show_gt:
+        with panels[2]:
+            pv.show_image(pv.overlay_rgb(item.img, gt, alpha, (), contour), "ground truth")
+    h, w = item.mask.shape
+    areas = pv.class_areas(item.mask, labels)
+    mcols = st.columns(len(areas) + 3 + (gt is not None))
+    for col, (name, px) in zip(mcols, areas.items()):
+        col.metric(f"{name} area", f"{px:,} px", f"{100 * px / (h * w):.2f} % of the image", delta_color="off")
+    i = len(areas)
+    mcols[i].metric("Presence probability", f"{item.res.presence:.3f}" if item.res.presence is not None else "—",
+                    help=None if predictor.has_presence else "this model has no presence head")
+    mcols[i + 1].metric("Model time", pv.fmt_seconds(item.res.model_s),
+                        help="network forward pass (incl. TTA) when the model ran")
+    mcols[i + 2].metric("Total time", pv.fmt_seconds(item.total_s),
+                        "cached probabilities" if item.res.cached else "model ran now", delta_color="off",
+                        help="decode + prediction + post-processing on this run")
+    if gt is not None:
+        from engine.compare import pairwise_dice
+
+        d = pairwise_dice(item.mask, gt)["foreground"]
+        mcols[i + 3].metric("Dice vs ground truth", f"{d:.3f}", help="foreground; two empty masks count as 1")
+    rle = pv.rle_strings(item.mask)
+    d1, d2, d3, d4 = st.columns(4)
+    d1.download_button("Mask PNG", lambda: pv.mask_png_bytes(item.mask), f"{stem}_mask.png", "image/png",
+                       key="predict_dl_mask", on_click="ignore", help="8-bit PNG, pixel value = class id")
+    d2.download_button("Overlay PNG", lambda: pv.overlay_png_bytes(item.img, item.mask, alpha, hidden, contour),
+                       f"{stem}_overlay.png", "image/png", key="predict_dl_overlay", on_click="ignore")
+    d3.download_button("RLE (Kaggle UNS)", rle["kaggle"], f"{stem}_rle_kaggle.txt", "text/plain",
+                       key="predict_dl_rle_kaggle", on_click="ignore")
+    d4.download_button("RLE (SIIM)", rle["siim"], f"{stem}_rle_siim.txt", "text/plain",
+                       key="predict_dl_rle_siim", on_click="ignore")
+    with st.expander("Run-length encodings (foreground = any class)"):
+        st.caption("Kaggle UNS: 1-based `start length` pairs, column-major, empty = blank")
+        st.code(rle["kaggle"][:4000] or "(empty)", language="text")
+        st.caption("SIIM-ACR: first offset 0-based, later offsets relative to the previous run's end, empty = -1")
+        st.code(rle["siim"][:4000], language="text")
+    if pv.is_dicom(item.meta):
+        with st.expander("DICOM metadata (patient-identifying fields hidden)", expanded=False):
+            st.dataframe(pv.safe_meta_rows(item.meta), hide_index=True, width="stretch")
+    else:
+        rows = pv.safe_meta_rows(item.meta)
+        st.caption(" · ".join(f"{r['field']}: {r['value']}" for r in rows))
+
+
+def main():
+    c1, c2, c3 = st.columns([2, 2, 3])
+    with c1:
+        model = model_picker("Model", key="predict_model")
+    if not model:
+        return
+    predictor = load_predictor(model)
+    card = predictor.card
+    from engine.inference import TTA_MODES
+
+    with c2:
+        tta = st.radio("Test-time augmentation", TTA_MODES, horizontal=True, key="predict_tta",
+                       help="flip: average with the mirrored image; flip4: also vertical and both (4× slower)")
+    with c3:
+        st.caption(f"**{card.name}** · classes: {', '.join(card.foreground.values())}"
+                   + (" · presence head" if predictor.has_presence else "")
+                   + (" · trained on synthetic data" if card.synthetic else ""))
+        if card.description:
+            st.caption(card.description[:300])
+    post = controls(card, predictor)
+    uploads = st.file_uploader("Images (TIFF, DICOM, PNG, JPEG) — one or many", type=pv.UPLOAD_TYPES,
+                               accept_multiple_files=True, key="predict_upload")
+    demo_buttons()
+    inputs = pv.unique_inputs(pv.upload_inputs(uploads) + demo_inputs())
+    if not inputs:
+        st.info("Upload images above, or press **Try demo image** to segment an image of the current dataset.")
+        return
+    if len(inputs) > pv.MAX_BATCH:
+        st.warning(f"{len(inputs)} images: only the first {pv.MAX_BATCH} are processed here; use "
+                   "`python -m engine predict` for large batches.")
+        inputs = inputs[: pv.MAX_BATCH]
+    bar = st.progress(0.0, text="Predicting…") if len(inputs) > 1 else None
+    items, errors = pv.run_batch(predictor, inputs, tta, post,
+                                 progress=(lambda d, t, m: bar.progress(d / t, text=m)) if bar else None)
+    if bar:
+        bar.empty()
+    for e in errors:
+        st.error(e, icon="⚠️")
+    if not items:
+        return
+    names = [it.inp.name for it in items]
+    if len(items) > 1:
+        st.subheader(f"{len(items)} images")
+        batch_section(items, card)
+        from engine.visualize import resize_rgb
+
+        thumbs = [resize_rgb(pv.overlay_rgb(it.img, it.mask, 0.45), 180) for it in items[:24]]
+        st.image(thumbs, caption=names[:24], width=150)
+    request = st.session_state.pop(pv.PREDICT_SELECTED, None)
+    if request in names:
+        st.session_state["predict_pick"] = request
+    elif st.session_state.get("predict_pick") not in names:
+        st.session_state["predict_pick"] = names[0]
+    pick = st.selectbox("Image", names, key="predict_pick") if len(items) > 1 else names[0]
+    st.subheader(pick)
+    detail(items[names.index(pick)], card, predictor)
+
+
+def render() -> None:
+    """Draw the page (called inside the page's error guard)."""
+    main()
