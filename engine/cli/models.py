@@ -159,7 +159,8 @@ def _holdout_cases(card, ds, use: bool, cases_file: str | None) -> list[str] | N
         return ids
     if not use:
         return None
-    ids = (card.training or {}).get("val_case_ids")
+    training = card.training or {}
+    ids = training.get("val_case_ids") or (training.get("split") or {}).get("val_case_ids")
     if not ids:
         raise ConfigError(f"model card '{card.name}' records no validation cases",
                           hint="drop --holdout, or pass --cases FILE")

@@ -73,6 +73,7 @@ def split_cases(config: Any, cases: Sequence[Any]) -> tuple[list[Any], list[Any]
         "n_train_groups": len({c.group_id for c in train}), "n_val_groups": len({c.group_id for c in val}),
         "n_train_positive": sum(c.has_mask for c in train), "n_val_positive": sum(c.has_mask for c in val),
         "fold_sizes": [f["n_cases"] for f in summary],
+        "val_case_ids": [c.case_id for c in val],  # `engine evaluate --holdout` scores exactly these
     }
     return train, val, desc
 
