@@ -36,7 +36,14 @@ with left:
     current = state.current_dataset_path()
     labels = list(choices)
     index = next((i for i, lab in enumerate(labels) if choices[lab] == current), 0)
-    picked = st.selectbox("Open", labels, index=index, key="home_dataset_choice")
+
+    def _on_pick() -> None:  # runs before the rerun, so the sidebar shows the new dataset at once
+        chosen = choices.get(st.session_state["home_dataset_choice"], "")
+        if chosen:
+            state.set(state.DATASET_OPTIONS, {})
+            state.set(state.DATASET, chosen)
+
+    picked = st.selectbox("Open", labels, index=index, key="home_dataset_choice", on_change=_on_pick)
     path = choices[picked]
     if not path:
         path = st.text_input("Folder or manifest path on this machine", key="home_dataset_path",
@@ -49,11 +56,18 @@ with left:
             opts = {"label_names": [s.strip() for s in label_names.split(",") if s.strip()]} if label_names else {}
             with guard("Opening the folder"):
                 with st.spinner("Indexing…"):
-                    load_dataset(path, opts)  # validate before adopting it as the current dataset
+                    opened = load_dataset(path, opts)  # validate before adopting it as the current dataset
+                if len(opened) == 0:
+                    from engine.errors import LayoutError
+
+                    raise LayoutError(f"no usable images found (layout {opened.layout}, "
+                                      f"{len(opened.bad_files)} unreadable file(s))", path=path,
+                                      hint="check the folder; `python -m engine info PATH` lists what was skipped")
                 state.set(state.DATASET_OPTIONS, opts)
                 state.set(state.DATASET, path)
                 state.remember_dataset(path)
-    elif path != current:
+                st.rerun()
+    elif path != current:  # first visit: adopt the default choice
         state.set(state.DATASET_OPTIONS, {})
         state.set(state.DATASET, path)
 
@@ -92,7 +106,8 @@ with right:
             names = [w["name"] for w in good]
             cur = state.current_model()
             name = st.selectbox("Default model for all pages", names,
-                                index=names.index(cur) if cur in names else 0, key="home_model")
+                                index=names.index(cur) if cur in names else 0, key="home_model",
+                                on_change=lambda: state.set(state.MODEL, st.session_state["home_model"]))
             state.set(state.MODEL, name)
             w = next(x for x in good if x["name"] == name)
             st.markdown(f"**{w['name']}** · {w['arch']}{' / ' + w['encoder'] if w.get('encoder') else ''} · "
@@ -109,7 +124,8 @@ with right:
             st.warning(f"{w['name']}: {w['error']}")
     st.subheader("Device")
     dev = st.selectbox("Run models on", ["auto", "cpu", "cuda", "mps"],
-                       index=["auto", "cpu", "cuda", "mps"].index(state.current_device()), key="home_device")
+                       index=["auto", "cpu", "cuda", "mps"].index(state.current_device()), key="home_device",
+                       on_change=lambda: state.set(state.DEVICE, st.session_state["home_device"]))
     state.set(state.DEVICE, dev)
     from ui.widgets import device_label
 

@@ -8,9 +8,10 @@ minimum areas. Results are written to a folder (``summary.json``, ``per_image.cs
 default the folder is cached in the dataset's workspace, keyed by the weights' hash, the
 dataset state and the settings.
 
-Class matching: dataset classes are matched to model classes by name, else by id when
-both have the same number of classes; model classes the dataset does not have count as
-background.
+Class matching: dataset classes are matched to model classes by name; when the dataset's
+classes have no real names (``foreground``, ``class_2`` — unnamed masks) they are matched by id
+if both have the same number of classes. A nerve model is never scored against "pneumothorax".
+Model classes the dataset does not have count as background.
 
 Example:
     >>> pred = Predictor.from_weights("lung-cxr")                                  # doctest: +SKIP
@@ -96,14 +97,20 @@ def class_mapping(model_labels: dict[int, str], dataset_labels: dict[int, str]) 
         if name.lower() in by_name:
             lut[mid] = by_name[name.lower()]
             matched += 1
-        elif same_k and mid in dataset_labels:
-            lut[mid] = mid
+        elif same_k and mid in dataset_labels and _generic_name(dataset_labels[mid]):
+            lut[mid] = mid  # the dataset did not name its classes ("foreground", "class_2"): match by id
             matched += 1
     if matched == 0:
         raise ConfigError(f"model classes {list(model_labels.values())[1:]} do not match the dataset's "
                           f"{list(dataset_labels.values())[1:]}",
                           hint="name the dataset's classes (--labels) like the model's, or use a model for this task")
     return lut
+
+
+def _generic_name(name: str) -> bool:
+    """Class names a layout invents when the data does not name its classes."""
+    n = name.lower()
+    return n == "foreground" or (n.startswith("class_") and n[6:].isdigit())
 
 
 def eval_key(card: Any, dataset: Any, config: EvalConfig, case_ids: Sequence[str]) -> str:

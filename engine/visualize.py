@@ -178,6 +178,23 @@ def resize_rgb(rgb: np.ndarray, max_side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR))
 
 
+def fit_square(rgb: np.ndarray, side: int, bg: int = 0) -> np.ndarray:
+    """Letterbox an RGB image onto a ``side``×``side`` canvas (aspect kept, never a 0-px edge).
+
+    Gallery thumbnails use it so extreme shapes (a 20×3000 strip) still give a valid, uniform tile.
+    """
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    s = side / max(h, w)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    small = np.asarray(Image.fromarray(to_rgb_uint8(rgb)).resize((nw, nh), Image.BILINEAR))
+    out = np.full((side, side, 3), bg, np.uint8)
+    y, x = (side - nh) // 2, (side - nw) // 2
+    out[y:y + nh, x:x + nw] = small
+    return out
+
+
 def png_bytes(rgb: np.ndarray) -> bytes:
     """Encode uint8 (H,W,3)/(H,W) as PNG bytes."""
     from PIL import Image

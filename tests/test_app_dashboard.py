@@ -26,12 +26,13 @@ from ui.dashboard_view import EVAL_KEY
 REPO = Path(__file__).resolve().parents[1]
 PAGE = str(REPO / "pages" / "4_Metrics_dashboard.py")
 MODEL = "dash-test-unet"
+MODEL_PTX = "dash-test-ptx"  # classes are matched by name: a "nerve" model is not scored on pneumothorax
 CFG = EvalConfig(sweep_max_images=24, device="cpu")
 
 
 # ------------------------------------------------------------------------------------ fixtures
 
-def make_model(ws_root: Path, name: str, ds) -> Path:
+def make_model(ws_root: Path, name: str, ds, label: str = "nerve") -> Path:
     """A tiny classic U-Net in ``<ws>/models/<name>``; foreground bias centred on a sample image
     (so it predicts about half of each image and its scores differ from case to case)."""
     import torch
@@ -44,7 +45,7 @@ def make_model(ws_root: Path, name: str, ds) -> Path:
     torch.manual_seed(1)
     spec = ModelSpec(arch="unet_classic", base_channels=4, num_classes=2, encoder_depth=2)
     net = build_model(spec)
-    card = ModelCard(name=name, spec=spec, labels={0: "background", 1: "nerve"}, preprocess=Preprocess(size=(64, 64)))
+    card = ModelCard(name=name, spec=spec, labels={0: "background", 1: label}, preprocess=Preprocess(size=(64, 64)))
     folder = ws_root / "models" / name
     save_checkpoint(folder, net, card)
     probs, _ = Predictor.from_weights(folder, device="cpu").predict_probs(ds.load_image_float(ds.cases[0]))
@@ -91,7 +92,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     pred = Predictor.from_weights(folder, device="cpu")
     res = evaluate(pred, nerve, CFG)
     ptx = open_dataset(demo / "ptx", workspace=Workspace(ws))
-    res_ptx = evaluate(pred, ptx, CFG)
+    pred_ptx = Predictor.from_weights(make_model(ws, MODEL_PTX, ptx, "pneumothorax"), device="cpu")
+    res_ptx = evaluate(pred_ptx, ptx, CFG)
     run, hist = write_run(ws / "runs")
     return {"demo": demo, "ws": ws, "nerve": nerve, "ptx": ptx, "res": res, "res_ptx": res_ptx,
             "run": run, "hist": hist, "model_dir": folder}
@@ -269,7 +271,7 @@ def test_evaluate_button_with_the_exclude_policy(env) -> None:
 
 def test_slices_by_dicom_sex_and_view(env) -> None:
     res = env["res_ptx"]
-    at = ok(app(env["ptx"].root).run())
+    at = ok(app(env["ptx"].root, **{state.MODEL: MODEL_PTX}).run())
     assert at.selectbox(key=EVAL_KEY).value == str(res.folder)
     by = at.selectbox(key="dash_slice_by")
     assert {"DICOM sex", "age band", "view position"} <= set(by.options)  # shown labels

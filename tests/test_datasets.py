@@ -264,3 +264,22 @@ def test_bad_corpus_scans_continue(tmp_path: Path) -> None:
         assert bad_names == set(corpus["bad"][key]), key
         for b in ds.bad_files:
             assert corpus["bad"][key][Path(b.path).name] in b.reason
+
+
+def test_a_stray_dicom_among_pngs_is_not_a_siim_dataset(tmp_path: Path) -> None:
+    import shutil
+
+    from PIL import Image
+
+    from engine.datasets import detect_layout, open_dataset
+    from engine.phantoms import generate_ptx_phantom
+
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(folder / f"img{i}.png")
+    generate_ptx_phantom(tmp_path / "ptx", n_images=4, size=64)
+    shutil.copy(next((tmp_path / "ptx").rglob("*.dcm")), folder / "stray.dcm")
+    assert detect_layout(folder)[0].layout == "paired"
+    ds = open_dataset(folder)
+    assert ds.layout == "paired" and len(ds) == 5 and not any(c.labelled for c in ds.cases)

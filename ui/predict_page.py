@@ -7,7 +7,7 @@ import streamlit as st
 from ui import predict_view as pv
 from ui import state
 from ui.loaders import load_dataset, load_predictor
-from ui.widgets import legend, model_picker
+from ui.widgets import guard, legend, model_picker
 
 
 def controls(card, predictor):
@@ -122,14 +122,14 @@ def detail(item, card, predictor):
     areas = pv.class_areas(item.mask, labels)
     mcols = st.columns(len(areas) + 3 + (gt is not None))
     for col, (name, px) in zip(mcols, areas.items()):
-        col.metric(f"{name} area", f"{px:,} px", f"{100 * px / (h * w):.2f} % of the image", delta_color="off")
+        col.metric(f"{name} area", f"{px:,} px", f"{100 * px / (h * w):.2f} % of the image", delta_color="off", delta_arrow="off")
     i = len(areas)
     mcols[i].metric("Presence probability", f"{item.res.presence:.3f}" if item.res.presence is not None else "—",
                     help=None if predictor.has_presence else "this model has no presence head")
     mcols[i + 1].metric("Model time", pv.fmt_seconds(item.res.model_s),
                         help="network forward pass (incl. TTA) when the model ran")
     mcols[i + 2].metric("Total time", pv.fmt_seconds(item.total_s),
-                        "cached probabilities" if item.res.cached else "model ran now", delta_color="off",
+                        "cached probabilities" if item.res.cached else "model ran now", delta_color="off", delta_arrow="off",
                         help="decode + prediction + post-processing on this run")
     if gt is not None:
         from engine.compare import pairwise_dice
@@ -203,10 +203,12 @@ def main():
     if len(items) > 1:
         st.subheader(f"{len(items)} images")
         batch_section(items, card)
-        from engine.visualize import resize_rgb
+        from engine.visualize import fit_square
+        from ui.browser_view import short_id
 
-        thumbs = [resize_rgb(pv.overlay_rgb(it.img, it.mask, 0.45), 180) for it in items[:24]]
-        st.image(thumbs, caption=names[:24], width=150)
+        with guard("Gallery"):
+            thumbs = [fit_square(pv.overlay_rgb(it.img, it.mask, 0.45), 150) for it in items[:24]]
+            st.image(thumbs, caption=[short_id(n) for n in names[:24]], width=150)
     request = st.session_state.pop(pv.PREDICT_SELECTED, None)
     if request in names:
         st.session_state["predict_pick"] = request

@@ -21,7 +21,12 @@ def page_setup(title: str, icon: str = "🩻", intro: str | None = None) -> None
         ds = state.current_dataset_path()
         st.markdown("**Dataset**  \n" + (f"`{_short(ds)}`" if ds else "_none — choose one on Home_"))
         model = state.current_model()
-        st.markdown("**Model**  \n" + (f"`{model}`" if model else "_none chosen_"))
+        if not model:  # nothing picked yet: the pickers default to the first available model
+            from ui.loaders import model_names
+
+            names = model_names()
+            model = names[0] if names else None
+        st.markdown("**Model**  \n" + (f"`{model}`" if model else "_none available_"))
         st.markdown(f"**Device**  \n`{device_label()}`")
 
 

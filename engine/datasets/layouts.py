@@ -253,6 +253,10 @@ class SIIMLayout:
         if not dcm:
             return None
         csvs = cls._csvs(root, files)
+        others = sum(1 for p in files if p.suffix.lower() in IMAGE_SUFFIXES and p.suffix.lower() not in (".dcm", ".dicom"))
+        if not csvs and others > len(dcm):
+            # a folder of PNG/TIFF images with a stray DICOM is not a SIIM dataset
+            return Detection(cls.name, 0.1, f"{len(dcm)} DICOM file(s) among {others} other images, no SIIM RLE CSV")
         return Detection(cls.name, 0.9 if csvs else 0.7,
                          f"{len(dcm)} DICOM files" + (f" and RLE CSV(s) {', '.join(p.name for p in csvs)}" if csvs
                                                       else ", no SIIM RLE CSV (unlabelled)"))
