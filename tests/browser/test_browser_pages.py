@@ -31,4 +31,4 @@ def test_page_loads(page, name: str, script: str) -> None:
     assert len(menu) == len(PAGES), f"sidebar menu {menu} does not list all {len(PAGES)} pages"
     if name != "Home":
         assert name in menu
-    screenshot(page, slug(script))
+    screenshot(page, f"page_{slug(script)}")  # first render; workflow tests save the richer views

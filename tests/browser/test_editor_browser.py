@@ -219,7 +219,7 @@ def test_draw_save_reload_history(page, browser_env) -> None:
     assert "Ada" in table and "stroke in the browser" in table, table
     assert "Review state: corrected — Ada" in app_text(page)
     set_name(page, "Ada")
-    screenshot(page, "mask_editor")
+    screenshot(page, "mask_editor_edit")
 
 
 def test_polygon_fill_eraser_undo_redo_zoomed(page, browser_env) -> None:

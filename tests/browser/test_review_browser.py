@@ -97,7 +97,7 @@ def test_decision_persists_across_reload_and_undo(page, browser_env) -> None:
     assert any(c.startswith(f"A · {a}") for c in caps) and any(c.startswith(f"B · {b}") for c in caps), caps
     assert loaded_images(page) >= 3  # A, B, difference (+ neighbouring frames)
     _sign_in(page, "browser-tester")
-    shot = screenshot(page, "conflict_review")
+    shot = screenshot(page, "conflict_review_pair")
     assert shot.stat().st_size > 10_000
 
     _click(page, "Keep both", "3")

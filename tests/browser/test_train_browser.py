@@ -100,6 +100,6 @@ def test_train_tiny_model_from_the_browser(page, browser_env) -> None:
         # the curve showed up during the run when an epoch ended before the last one (not guaranteed
         # on a busy machine: the two epochs may end between two refreshes)
         print(f"states seen {sorted(seen)}; curves while running: {curves_while_running}")
-        screenshot(page, "train")
+        screenshot(page, "train_run")
     finally:
         _kill_leftovers(browser_env.workspace)
