@@ -268,3 +268,36 @@ def list_weights(workspace: Workspace | None = None) -> list[dict[str, Any]]:
                 entry["error"] = str(exc)
             out.append(entry)
     return out
+
+
+def publish(run_best: str | Path, dest: str | Path, *, name: str | None = None, command: str | None = None,
+            extra_training: dict[str, Any] | None = None, dtype: str | None = None) -> Path:
+    """Copy a trained model (a run's ``best/`` folder) to ``dest`` (e.g. ``weights/<name>``) for shipping.
+
+    The card gets the reproduce ``command``, ``extra_training`` entries (e.g. validation case ids)
+    and, with ``dtype="float16"``, half-size tensors. Evaluations are added with :func:`add_evaluation`.
+
+    Returns:
+        ``dest``.
+    """
+    model, card = load_checkpoint(run_best)
+    training = dict(card.training)
+    if command:
+        training["command"] = command
+    training.update(extra_training or {})
+    for key in ("run_dir", "argv"):
+        training.pop(key, None)  # machine-specific
+    new = card.replace(name=name or card.name, training=training, created="", tensors_sha256="")
+    return save_checkpoint(dest, model, new, dtype=dtype or card.dtype)
+
+
+def add_evaluation(folder: str | Path, entry: dict[str, Any]) -> ModelCard:
+    """Append an evaluation record to ``card.metrics["evaluations"]`` (replacing one with the same ``id``)."""
+    folder = Path(folder)
+    card = read_card(folder)
+    metrics = dict(card.metrics)
+    evals = [e for e in metrics.get("evaluations", []) if e.get("id") != entry.get("id")]
+    metrics["evaluations"] = evals + [entry]
+    new = card.replace(metrics=metrics)
+    atomic_write_json(folder / CARD_FILE, new.to_dict())
+    return new

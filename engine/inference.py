@@ -79,8 +79,20 @@ class Prediction:
 
 
 def model_input(img: np.ndarray, pre: Preprocess) -> np.ndarray:
-    """An image float32 (C,H,W) or (H,W) in [0,1] → model input float32 (C',h,w) per ``pre``."""
-    x = np.asarray(img, dtype=np.float32)
+    """An image → model input float32 (C',h,w) per ``pre``.
+
+    ``img`` is float (C,H,W) or (H,W) in [0,1] (the data contract), or a raw integer/bool array
+    (H,W), (H,W,C) or (C,H,W) such as a uint8 PNG, which is scaled to [0,1] first
+    (:func:`engine.io.to_chw_float`: uint8 → /255), never fed to the model as 0..255.
+    """
+    a = np.asarray(img)
+    if not np.issubdtype(a.dtype, np.floating):
+        from engine.io import to_chw_float
+
+        if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[2] > 4:
+            a = np.moveaxis(a, 0, -1)  # integer (C,H,W) → (H,W,C) for the converter
+        a = to_chw_float(a)
+    x = np.asarray(a, dtype=np.float32)
     if x.ndim == 2:
         x = x[None]
     if x.ndim != 3:

@@ -501,5 +501,12 @@ def list_jobs(workspace: Workspace | str | Path | None = None) -> list[dict[str,
         info.pop("log", None)
         files = [d / f for f in (JOB_FILE, "status.json", "history.json") if (d / f).is_file()]
         info["mtime"] = max(f.stat().st_mtime for f in files)
+        launched = _read(d / JOB_FILE).get("launched")
+        # order by when the user launched the run (sub-second), else when its process started
+        info["_order"] = float(launched) if isinstance(launched, (int, float)) else \
+            (_iso_to_epoch(info.get("started")) or info["mtime"])
         out.append(info)
-    return sorted(out, key=lambda r: (-(_iso_to_epoch(r.get("started")) or r["mtime"]), r["run"]))
+    out.sort(key=lambda r: (-r["_order"], r["run"]))
+    for r in out:
+        r.pop("_order")
+    return out

@@ -431,12 +431,17 @@ def test_deep_link_from_the_browser_starts_at_the_pair(env: SimpleNamespace, rep
     assert current(at2) == order[0]
 
 
-def test_a_manifest_dataset_is_explained(env: SimpleNamespace, tmp_path: Path) -> None:
+def test_a_manifest_dataset_is_reviewed_in_its_own_store(env: SimpleNamespace, tmp_path: Path) -> None:
+    from engine.datasets import open_dataset
+
     path = write_manifest(tmp_path / "m.json", env.ds, env.ds.cases)
+    man = open_dataset(path)
+    assert man.workdir is not None and man.workdir != env.ds.workdir  # second-round review: own decisions
     at = AppTest.from_file(PAGE, default_timeout=180)
     at.session_state[state.DATASET] = str(path)
     ok(at.run())
-    assert any("cleaned manifest" in i.value for i in at.info)
+    assert any("No near-duplicate search has been run" in i.value for i in at.info)
+    assert "review_search" in {b.key for b in at.button}
 
 
 def test_corrected_masks_and_orphan_decisions_are_shown(env: SimpleNamespace, report) -> None:

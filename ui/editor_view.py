@@ -779,8 +779,8 @@ def render_editor() -> None:
 
     ds = dataset_required()
     if getattr(ds, "workdir", None) is None:
-        st.info("This dataset has no workspace folder (it is a cleaned manifest): correct masks on the original "
-                "dataset folder, then export again.", icon="ℹ️")
+        st.info("This dataset was opened without a workspace folder, so corrections cannot be stored: "
+                "open it from the Home page.", icon="ℹ️")
         return
     if not len(ds):
         st.info("This dataset has no cases to edit.", icon="ℹ️")

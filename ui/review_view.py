@@ -674,8 +674,8 @@ def render_review() -> None:
 
     ds = dataset_required()
     if getattr(ds, "workdir", None) is None:
-        st.info("This dataset has no workspace folder (it is a cleaned manifest): review the original dataset "
-                "folder instead, then export a new manifest.", icon=":material/info:")
+        st.info("This dataset was opened without a workspace folder, so review decisions cannot be stored: "
+                "open it from the Home page.", icon=":material/info:")
         return
     show_notice()
     report = latest_report(ds)

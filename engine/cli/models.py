@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from engine.cli.common import add_dataset_options, open_dataset_from_args, print_json, tqdm_progress, write_json
+from engine.errors import ConfigError
 
 
 def _add_predictor_flags(p) -> None:
@@ -62,6 +63,19 @@ def register(sub) -> None:
     pl = wsub.add_parser("list", help="name, classes, size, metrics")
     pl.add_argument("--json", dest="json_out", help="also write the list as JSON")
     pl.set_defaults(func=cmd_weights_list)
+    pp = wsub.add_parser("publish", help="copy a training run's best model into a weights folder for shipping, "
+                                          "recording the reproduce command and held-out evaluations in its card")
+    pp.add_argument("run", help="training run folder (its best/ is published) or a weights folder")
+    pp.add_argument("--dest", required=True, help="destination folder, e.g. weights/lung-cxr")
+    pp.add_argument("--name", help="model name (default: the card's)")
+    pp.add_argument("--command", help="the command that reproduces the run (stored in the card)")
+    pp.add_argument("--float16", action="store_true", help="store tensors as float16 (half the size)")
+    pp.add_argument("--eval", action="append", default=[], metavar="ID=DATASET[:holdout]",
+                    help="evaluate on DATASET (all labelled cases, or ':holdout' = the run's validation cases) "
+                         "and record it in the card under metrics.evaluations (repeatable)")
+    pp.add_argument("--eval-labels", help="class names for the --eval datasets (comma-separated)")
+    pp.add_argument("--group-regex", help="group regex for the --eval datasets")
+    pp.set_defaults(func=cmd_weights_publish)
     ps = wsub.add_parser("show", help="print one model card")
     ps.add_argument("name")
     ps.set_defaults(func=cmd_weights_show)
@@ -269,3 +283,69 @@ def cmd_tune_post(args) -> int:
         atomic_write_json(folder / CARD_FILE, card.to_dict())
         print(f"  written as the default post-processing of {folder / CARD_FILE}")
     return 0
+
+
+def cmd_weights_publish(args) -> int:
+    from datetime import datetime, timezone
+
+    from engine.checkpoint import add_evaluation, publish, read_card
+    from engine.datasets import open_dataset
+    from engine.evaluation import EvalConfig, evaluate
+    from engine.inference import Predictor
+
+    src = Path(args.run)
+    best = src / "best" if (src / "best" / "card.json").exists() else src
+    extra = {}
+    card0 = read_card(best)
+    split = (card0.training or {}).get("split") or {}
+    if not split.get("val_case_ids") and (card0.training or {}).get("data"):
+        extra["split"] = {**split, "val_case_ids": _recompute_val_ids(card0)}
+    dest = publish(best, args.dest, name=args.name, command=args.command, extra_training=extra,
+                   dtype="float16" if args.float16 else None)
+    opts = {}
+    if args.eval_labels:
+        opts["label_names"] = [s.strip() for s in args.eval_labels.split(",") if s.strip()]
+    if args.group_regex:
+        opts["group_regex"] = args.group_regex
+    for spec in args.eval:
+        eid, _, rest = spec.partition("=")
+        data, _, mode = rest.partition(":")
+        pred = Predictor.from_weights(dest, device="cpu")
+        ds = open_dataset(data, options=opts or None)
+        cases = _holdout_cases(pred.card, ds, mode == "holdout", None)
+        for policy in ("kaggle", "exclude"):
+            with tqdm_progress(f"evaluating {eid} ({policy})") as progress:
+                res = evaluate(pred, ds, EvalConfig(empty_policy=policy, sweep=False, save_predictions=False),
+                               case_ids=cases, progress=progress, use_cache=False)
+            s = res.summary
+            entry = {"id": f"{eid}-{policy}", "dataset": str(ds.root), "cases": "holdout (validation fold)"
+                     if mode == "holdout" else "all labelled", "n_cases": s["n_cases"], "empty_policy": policy,
+                     "resolution": "original image size", "mean_dice": s["mean_dice"], "per_class": s["per_class"],
+                     "mean_iou": s["mean_iou"], "dice_gt_nonempty": s["dice_gt_nonempty"],
+                     "presence_auc": s["presence"].get("roc_auc"),
+                     "command": f"python -m engine evaluate {data} --weights {dest.name} --json OUT.json "
+                                f"--empty-policy {policy}" + (" --holdout" if mode == "holdout" else ""),
+                     "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
+            add_evaluation(dest, entry)
+            print(f"{eid} [{policy}]: mean Dice {s['mean_dice']:.4f} "
+                  f"({', '.join(f'{k} {v:.4f}' for k, v in s['per_class'].items())}) over {s['n_cases']} cases")
+    print(f"published {dest} ({(dest / 'model.safetensors').stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def _recompute_val_ids(card) -> list[str]:
+    """Validation case ids of a run whose card predates recording them (same deterministic split)."""
+    from engine.datasets import open_dataset
+    from engine.splits import grouped_kfold
+
+    tr = card.training
+    split = tr.get("split") or {}
+    ds = open_dataset(tr["data"], tr.get("layout"), options=tr.get("dataset_options") or None)
+    cases = [c for c in ds.cases if c.labelled]
+    folds = grouped_kfold([c.case_id for c in cases], [c.group_id for c in cases], [c.has_mask for c in cases],
+                          k=int(split.get("k", 5)), seed=int(split.get("seed", 0)), stratify=bool(split.get("stratify", True)))
+    ids = [c.case_id for c in cases if folds[c.case_id] == int(split.get("val_fold", 0))]
+    if len(ids) != split.get("n_val", len(ids)):
+        raise ConfigError(f"recomputed {len(ids)} validation cases but the run recorded {split.get('n_val')}",
+                          hint="the dataset changed since training; evaluate without --holdout")
+    return ids

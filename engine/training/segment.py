@@ -114,7 +114,16 @@ class SegTask:
         license_info = {k: v for k, v in (("license", cfg.license), ("attribution", cfg.attribution)) if v}
         return ModelCard(name=cfg.name, spec=cfg.model, labels=self.labels, preprocess=cfg.preprocess,
                          postprocess=cfg.postprocess, tile=cfg.patch_size, description=cfg.description,
-                         training=training or {}, metrics=metrics or {}, license=license_info)
+                         training=training or {}, metrics=metrics or {}, license=license_info,
+                         synthetic=self._synthetic_data())
+
+    def _synthetic_data(self) -> bool:
+        """Is the training data one of our phantoms (its folder carries the phantom README)?"""
+        from engine.phantoms import README_NAME
+
+        root = Path(getattr(self.dataset, "root", "") or ".")
+        root = root.parent if root.is_file() else root  # a manifest file → its folder
+        return (root / README_NAME).is_file() or (root.parent / README_NAME).is_file()
 
     def save(self, folder: Path, model: Any, metrics: dict[str, Any], training: dict[str, Any]) -> Path:
         from engine.checkpoint import save_checkpoint
