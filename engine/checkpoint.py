@@ -287,8 +287,22 @@ def publish(run_best: str | Path, dest: str | Path, *, name: str | None = None, 
     training.update(extra_training or {})
     for key in ("run_dir", "argv"):
         training.pop(key, None)  # machine-specific
+    training = portable_paths(training)
     new = card.replace(name=name or card.name, training=training, created="", tensors_sha256="")
     return save_checkpoint(dest, model, new, dtype=dtype or card.dtype)
+
+
+def portable_paths(obj: Any, root: str | Path | None = None) -> Any:
+    """``obj`` (nested dicts/lists) with absolute paths under ``root`` (default: the current
+    directory, i.e. the checkout) made relative, so a shipped card names no machine's folders."""
+    prefix = str(Path(root or Path.cwd()).resolve()).rstrip("/") + "/"
+    if isinstance(obj, dict):
+        return {k: portable_paths(v, prefix) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable_paths(v, prefix) for v in obj]
+    if isinstance(obj, str) and obj.startswith(prefix):
+        return obj[len(prefix):]
+    return obj
 
 
 def add_evaluation(folder: str | Path, entry: dict[str, Any]) -> ModelCard:
@@ -297,7 +311,58 @@ def add_evaluation(folder: str | Path, entry: dict[str, Any]) -> ModelCard:
     card = read_card(folder)
     metrics = dict(card.metrics)
     evals = [e for e in metrics.get("evaluations", []) if e.get("id") != entry.get("id")]
-    metrics["evaluations"] = evals + [entry]
+    metrics["evaluations"] = evals + [portable_paths(entry)]
     new = card.replace(metrics=metrics)
     atomic_write_json(folder / CARD_FILE, new.to_dict())
     return new
+
+
+def card_markdown(card: ModelCard, size_bytes: int | None = None) -> str:
+    """A model card as a Markdown section (for ``weights/README.md``): description, architecture,
+    labels, preprocessing, training data and split, validation and held-out figures, license and
+    attribution, and the command that reproduces it. Every figure is read from the card."""
+    tr, m = card.training or {}, card.metrics or {}
+    split = tr.get("split") or {}
+    spec = card.spec
+    lines = [f"### `{card.name}`", "", card.description or "", ""]
+    arch = f"{spec.arch}" + (f" / {spec.encoder}" if spec.encoder else "") + \
+        (f", base {spec.base_channels} channels" if spec.base_channels else "") + \
+        (", presence head" if spec.presence_head else "")
+    rows = [("Architecture", f"{arch}; {card.n_parameters:,} parameters" if card.n_parameters else arch),
+            ("Classes", ", ".join(f"{k} = {v}" for k, v in sorted(card.labels.items()))),
+            ("Input", f"{card.preprocess.in_channels} channel(s), resized to {card.preprocess.size[0]}×"
+                      f"{card.preprocess.size[1]} ({card.preprocess.resize_policy})"
+                      + (f", median filter {card.preprocess.median_filter}" if card.preprocess.median_filter else "")),
+            ("File", f"model.safetensors, {card.dtype}" + (f", {size_bytes / 1e6:.2f} MB" if size_bytes else "")),
+            ("Training data", f"`{tr.get('data', '?')}` ({tr.get('layout', '?')}, {tr.get('n_labelled_cases', '?')} "
+                              f"labelled cases)" + (" — synthetic" if card.synthetic else "")),
+            ("Split", f"{split.get('source', '?')}, k = {split.get('k', '?')}, validation fold "
+                      f"{split.get('val_fold', '?')}, grouped by {split.get('grouped_by', 'group')}: "
+                      f"{split.get('n_train', '?')} train cases ({split.get('n_train_groups', '?')} groups) / "
+                      f"{split.get('n_val', '?')} validation cases ({split.get('n_val_groups', '?')} groups)"),
+            ("Training", f"{tr.get('epochs_run', '?')} of {tr.get('epochs_planned', '?')} epochs, best epoch "
+                         f"{tr.get('best_epoch', '?')}, device {tr.get('device', '?')}, torch {tr.get('torch', '?')}, "
+                         f"{tr.get('end_state', '?')}")]
+    if m.get("val_dice") is not None:
+        per = ", ".join(f"{k} {v:.4f}" for k, v in (m.get("per_class_dice") or {}).items())
+        rows.append(("Validation (during training)",
+                     f"mean Dice {m['val_dice']:.4f} ({per}), empty policy {m.get('empty_policy', '?')}, "
+                     f"{m.get('n_val_cases', '?')} cases, at {m.get('resolution', 'model input')}"
+                     + (f"; presence ROC AUC {m['presence_auc']:.3f}" if m.get("presence_auc") is not None else "")))
+    lic = card.license or {}
+    rows.append(("License / attribution", f"{lic.get('license', '?')}; {lic.get('attribution', '?')}"))
+    rows.append(("Reproduce", f"`{tr.get('command', '?')}`"))
+    lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows] + [""]
+    evals = m.get("evaluations") or []
+    if evals:
+        lines += ["Held-out evaluations (`python -m engine weights publish`, masks at the original image size):", "",
+                  "| evaluation | cases | empty policy | mean Dice | per class | Dice on non-empty GT | presence AUC |",
+                  "|---|---|---|---|---|---|---|"]
+        for e in evals:
+            per = ", ".join(f"{k} {v:.4f}" for k, v in (e.get("per_class") or {}).items())
+            ne = ", ".join(f"{k} {v:.4f}" for k, v in (e.get("dice_gt_nonempty") or {}).items() if v is not None)
+            auc = f"{e['presence_auc']:.3f}" if e.get("presence_auc") is not None else "—"
+            lines.append(f"| `{e.get('dataset')}` ({e.get('cases')}) | {e.get('n_cases')} | {e.get('empty_policy')} | "
+                         f"{e.get('mean_dice', float('nan')):.4f} | {per} | {ne or '—'} | {auc} |")
+        lines += ["", f"Evaluated with: `{evals[0].get('command', '')}` (per policy)", ""]
+    return "\n".join(lines)

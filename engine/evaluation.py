@@ -37,7 +37,7 @@ from engine.fsutil import atomic_write_json, atomic_write_text, read_json
 from engine.postprocess import PostProcessConfig, TuneGrid
 from engine.progress import ProgressFn, as_progress, scaled
 
-EVAL_VERSION = 1
+EVAL_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -114,14 +114,26 @@ def _generic_name(name: str) -> bool:
 
 
 def eval_key(card: Any, dataset: Any, config: EvalConfig, case_ids: Sequence[str]) -> str:
-    """Cache key of an evaluation: weights hash, dataset cases and mask sources, settings."""
+    """Cache key of an evaluation: weights hash, the dataset's classes and options, each case's image
+    and mask source with the files' size and mtime (an in-place edit invalidates), settings."""
+    from engine.fsutil import file_stamp
+
+    def stamp(path: str | None) -> str:
+        try:
+            return "%d:%d" % file_stamp(Path(path)) if path else "-"
+        except OSError:
+            return "missing"
+
     h = hashlib.sha1()
     h.update((card.tensors_sha256 or card.name).encode())
     h.update(json.dumps(card.postprocess.to_dict(), sort_keys=True).encode())
     h.update(json.dumps(config.to_dict(), sort_keys=True).encode())
+    h.update(json.dumps({str(k): v for k, v in dataset.labels.items()}, sort_keys=True).encode())
+    h.update(json.dumps(getattr(dataset, "options", None) or {}, sort_keys=True, default=str).encode())
     for cid in case_ids:
         c = dataset.case(cid)
-        h.update(f"{cid}|{c.image_path}|{json.dumps(c.mask.to_dict(), sort_keys=True)}|{c.mask_area}\n".encode())
+        h.update(f"{cid}|{c.image_path}|{stamp(c.image_path)}|{json.dumps(c.mask.to_dict(), sort_keys=True)}|"
+                 f"{stamp(c.mask.path)}|{c.mask_area}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -261,6 +273,7 @@ def evaluate(predictor: Any, dataset: Any, config: EvalConfig | None = None, cas
         "dataset": str(dataset.root),
         "layout": dataset.layout,
         "n_cases": int(len(df)),
+        "n_counted": {name: v["n_counted"] for name, v in classes.items()},
         "n_failed": len(bad),
         "failed": bad[:50],
         "empty_policy": config.empty_policy,

@@ -78,18 +78,24 @@ class Prediction:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def model_input(img: np.ndarray, pre: Preprocess) -> np.ndarray:
-    """An image → model input float32 (C',h,w) per ``pre``.
+def as_chw(img: np.ndarray) -> np.ndarray:
+    """An image → float32 (C,H,W) in [0,1] (the data contract).
 
-    ``img`` is float (C,H,W) or (H,W) in [0,1] (the data contract), or a raw integer/bool array
-    (H,W), (H,W,C) or (C,H,W) such as a uint8 PNG, which is scaled to [0,1] first
-    (:func:`engine.io.to_chw_float`: uint8 → /255), never fed to the model as 0..255.
+    ``img`` is float (C,H,W) or (H,W) already in [0,1], or a raw integer/bool array (H,W), (H,W,C)
+    or (C,H,W) such as a uint8 PNG, which is scaled to [0,1] (:func:`engine.io.to_chw_float`:
+    uint8 → /255), never fed to a model as 0..255.
+
+    Raises:
+        ReadError: not an image (a 3-D volume, a 4-D array).
     """
     a = np.asarray(img)
     if not np.issubdtype(a.dtype, np.floating):
         from engine.io import to_chw_float
 
-        if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[2] > 4:
+        if a.ndim == 3 and a.shape[2] > 4:
+            if a.shape[0] > 4:
+                raise ReadError(f"expected an image, got an array of shape {a.shape} (a 3-D volume?)",
+                                hint="pass one slice (H,W) at a time")
             a = np.moveaxis(a, 0, -1)  # integer (C,H,W) → (H,W,C) for the converter
         a = to_chw_float(a)
     x = np.asarray(a, dtype=np.float32)
@@ -98,7 +104,12 @@ def model_input(img: np.ndarray, pre: Preprocess) -> np.ndarray:
     if x.ndim != 3:
         raise ReadError(f"expected an image (C,H,W) or (H,W), got shape {x.shape}",
                         hint="load images with engine.io.load_image")
-    return preprocess_image(x, pre)
+    return x
+
+
+def model_input(img: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """An image (see :func:`as_chw`) → model input float32 (C',h,w) per ``pre``."""
+    return preprocess_image(as_chw(img), pre)
 
 
 def _check_tta(mode: str) -> str:
@@ -312,7 +323,8 @@ class Predictor:
 
         report = as_progress(progress)
         t0 = time.perf_counter()
-        prepped = [(i, self.preprocess(im), np.asarray(im).shape[-2:]) for i, im in enumerate(images)]
+        chw = [as_chw(im) for im in images]
+        prepped = [(i, preprocess_image(x, self.pre), x.shape[1:]) for i, x in enumerate(chw)]
         t_pre = (time.perf_counter() - t0) / max(1, len(images))
         results: list[Prediction | None] = [None] * len(images)
         done = 0

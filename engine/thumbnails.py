@@ -30,7 +30,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as _wait_futures
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -41,7 +43,7 @@ from engine.fsutil import atomic_path
 from engine.progress import ProgressFn, as_progress
 
 __all__ = ["OVERLAYS", "THUMB_VERSION", "thumbnail_key", "thumbnail_path", "thumbnail_paths", "render_thumbnail",
-           "thumbs_dir", "clear_thumbnails", "pred_mask_path"]
+           "thumbs_dir", "clear_thumbnails", "pred_mask_path", "prefetch_thumbnails"]
 
 #: Overlay kinds accepted by :func:`thumbnail_path`.
 OVERLAYS: tuple[str, ...] = ("none", "gt", "pred", "both")
@@ -277,6 +279,16 @@ def thumbnail_paths(ds: Any, cases: Sequence[Any], size: int = 192, overlay: str
             out[i] = p
         else:
             todo.append(i)
+    if todo:  # thumbnails a background prefetch is drawing right now: wait for them, don't draw twice
+        keys = {i: folder / f"{thumbnail_key(ds, cases[i], size, overlay, pred_folder)}.jpg" for i in todo}
+        with _PREFETCH_LOCK:
+            running = [f for f in (_PREFETCH.get(k) for k in keys.values()) if f is not None]
+        if running:
+            _wait_futures(running, timeout=60)
+            for i, k in keys.items():
+                if k.exists():
+                    out[i] = k
+            todo = [i for i in todo if out[i] is None]
     if todo:
         done = [0]
 
@@ -301,6 +313,57 @@ def thumbnail_paths(ds: Any, cases: Sequence[Any], size: int = 192, overlay: str
         for i, r in zip(todo, results):
             out[i] = r
     return out  # type: ignore[return-value]
+
+
+_PREFETCH_LOCK = threading.RLock()
+_PREFETCH: dict[Path, Future] = {}
+_PREFETCH_POOL: ThreadPoolExecutor | None = None
+
+
+def prefetch_thumbnails(ds: Any, cases: Sequence[Any], size: int = 192, overlay: str = "gt",
+                        pred_folder: str | Path | None = None) -> int:
+    """Start drawing the missing thumbnails of ``cases`` in background threads and return at once.
+
+    The browser calls it with the next page so that "next page" is served from the disk cache. The
+    threads only read the dataset and write the cache (atomically); errors are left for the page that
+    shows the case (:func:`thumbnail_paths` reports them). :func:`thumbnail_paths` waits for a
+    thumbnail being prefetched instead of drawing it twice.
+
+    Returns:
+        How many thumbnails were queued.
+    """
+    global _PREFETCH_POOL
+    _check(size, overlay, pred_folder)
+    folder = thumbs_dir(ds)
+    queued = 0
+    with _PREFETCH_LOCK:
+        if _PREFETCH_POOL is None:
+            _PREFETCH_POOL = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1),
+                                                thread_name_prefix="thumb-prefetch")
+        for c in cases:
+            try:
+                path = folder / f"{thumbnail_key(ds, c, size, overlay, pred_folder)}.jpg"
+            except WorkbenchError:
+                continue
+            if path in _PREFETCH or path.exists():
+                continue
+            fut = _PREFETCH_POOL.submit(_prefetch_one, ds, c, size, overlay, pred_folder)
+            _PREFETCH[path] = fut
+            fut.add_done_callback(lambda _f, path=path: _forget(path))
+            queued += 1
+    return queued
+
+
+def _prefetch_one(ds: Any, case: Any, size: int, overlay: str, pred_folder: str | Path | None) -> None:
+    try:
+        thumbnail_path(ds, case, size, overlay, pred_folder)
+    except (WorkbenchError, OSError, ValueError):
+        pass  # reported by thumbnail_paths when the case is shown
+
+
+def _forget(path: Path) -> None:
+    with _PREFETCH_LOCK:
+        _PREFETCH.pop(path, None)
 
 
 def clear_thumbnails(ds: Any) -> int:

@@ -14,8 +14,9 @@ from PIL import Image
 from engine.datasets import open_dataset
 from engine.errors import ConfigError, WorkbenchError
 from engine.io import write_mask_png
-from engine.thumbnails import (_shrink_mask, clear_thumbnails, render_thumbnail, thumbnail_key, thumbnail_path,
-                               thumbnail_paths, thumbs_dir)
+from engine import thumbnails
+from engine.thumbnails import (_shrink_mask, clear_thumbnails, prefetch_thumbnails, render_thumbnail, thumbnail_key,
+                               thumbnail_path, thumbnail_paths, thumbs_dir)
 
 H, W = 60, 80
 
@@ -194,6 +195,35 @@ def test_thumbnail_paths_parallel_order_and_cache(kaggle: Path) -> None:
     assert rendered == [] and again == out
     assert clear_thumbnails(ds) == len(ids)
     assert not list(thumbs_dir(ds).glob("*.jpg"))
+
+
+def test_prefetch_fills_the_cache_in_the_background_without_drawing_twice(
+        kaggle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = open_dataset(kaggle)
+    ids = sorted(ds.case_ids)
+    gate = threading.Event()
+    calls: list[str] = []
+    real = thumbnails.thumbnail_path
+
+    def slow(ds_, case, *a):
+        calls.append(str(case))
+        gate.wait(10)
+        return real(ds_, case, *a)
+
+    monkeypatch.setattr(thumbnails, "thumbnail_path", slow)
+    assert prefetch_thumbnails(ds, ids[:3], 48, "gt") == 3  # returns at once while drawing is blocked
+    assert prefetch_thumbnails(ds, ids[:3], 48, "gt") == 0  # already in flight: not queued twice
+    assert not list(thumbs_dir(ds).glob("*.jpg"))
+    gate.set()
+    drawn: list[str] = []
+    out = thumbnail_paths(ds, ids[:3], 48, "gt", render=lambda *a: drawn.append(a[1]) or real(*a))
+    assert drawn == [] and all(isinstance(p, Path) and p.is_file() for p in out)  # waited for the prefetch
+    assert sorted(calls) == ids[:3]
+    assert prefetch_thumbnails(ds, ids[:3], 48, "gt") == 0  # cached now
+    (kaggle / "train" / "2_3.tif").write_bytes(b"II*\x00garbage")  # a bad file is silently skipped
+    monkeypatch.setattr(thumbnails, "thumbnail_path", real)
+    prefetch_thumbnails(ds, ["2_3"], 48, "none")
+    assert isinstance(thumbnail_paths(ds, ["2_3"], 48, "none")[0], WorkbenchError)
 
 
 def test_unreadable_image_does_not_fail_the_page(kaggle: Path) -> None:

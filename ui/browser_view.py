@@ -335,17 +335,20 @@ def pagination(n_items: int, per_page: int) -> tuple[int, int, int]:
 
 # ------------------------------------------------------------------------------- views
 
-def thumbnail_grid(ds: Any, page_df, overlay: str, eval_folder: str | None, ncols: int = NCOLS) -> None:
-    """The page's thumbnails (rendered in parallel when missing) with an Open button under each."""
+def thumbnail_grid(ds: Any, page_df, overlay: str, eval_folder: str | None, ncols: int = NCOLS,
+                   next_ids: list[str] | None = None) -> None:
+    """The page's thumbnails (rendered in parallel when missing) with an Open button under each;
+    ``next_ids`` (the next page) are then drawn into the disk cache in the background."""
     from engine.errors import WorkbenchError
-    from engine.thumbnails import thumbnail_paths
+    from engine.thumbnails import prefetch_thumbnails, thumbnail_paths
 
     ids = page_df["case_id"].astype(str).tolist()
     if not ids:
         st.info("No case matches the filters.")
         return
     with st.spinner("Drawing thumbnails…"):
-        paths = thumbnail_paths(ds, ids, THUMB_SIZE, overlay, eval_folder if overlay in ("pred", "both") else None)
+        pred = eval_folder if overlay in ("pred", "both") else None
+        paths = thumbnail_paths(ds, ids, THUMB_SIZE, overlay, pred)
     rows = page_df.to_dict("records")
     for r0 in range(0, len(ids), ncols):
         cols = st.columns(ncols)
@@ -359,6 +362,8 @@ def thumbnail_grid(ds: Any, page_df, overlay: str, eval_folder: str | None, ncol
                     st.image(str(p), caption=cap, width="stretch")
                 st.button("Open", key=f"browser_open_{ids[i]}", on_click=_open_case, args=(ids[i],),
                           width="stretch")
+    if next_ids:  # after this page is drawn: the next page's thumbnails go to the disk cache meanwhile
+        prefetch_thumbnails(ds, next_ids, THUMB_SIZE, overlay, pred)
 
 
 def short_id(case_id: str, n: int = 24) -> str:
@@ -673,7 +678,8 @@ def render_browser() -> None:
         ordered = filtered.sort_values([sorts[sort], "_order"], ascending=[not desc, True],
                                        na_position="last", kind="stable")
         _, start, stop = pagination(len(ordered), per_page)
-        thumbnail_grid(ds, ordered.iloc[start:stop], ov, eval_folder)
+        thumbnail_grid(ds, ordered.iloc[start:stop], ov, eval_folder,
+                       next_ids=ordered["case_id"].iloc[stop:stop + per_page].astype(str).tolist())
         from ui.widgets import legend
 
         legend(ds.labels)

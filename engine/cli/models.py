@@ -78,6 +78,8 @@ def register(sub) -> None:
     pp.set_defaults(func=cmd_weights_publish)
     ps = wsub.add_parser("show", help="print one model card")
     ps.add_argument("name")
+    ps.add_argument("--markdown", action="store_true",
+                    help="print a model-card section (data, split, metrics, license, command) for weights/README.md")
     ps.set_defaults(func=cmd_weights_show)
 
     p = sub.add_parser("tune-post", help="search threshold / min area / presence gate on a validation set")
@@ -229,8 +231,8 @@ def cmd_weights_list(args) -> int:
             print(f"{w['name']:<24} ERROR {w['error']}")
             continue
         m = w.get("metrics") or {}
-        dice = m.get("val_mean_dice")
-        per = m.get("val_per_class_dice") or {}
+        dice = m.get("val_dice", m.get("val_mean_dice"))
+        per = m.get("per_class_dice") or m.get("val_per_class_dice") or {}
         metric = (f"val Dice {dice:.3f}" if isinstance(dice, (int, float)) else "no metrics") + (
             " (" + ", ".join(f"{k} {v:.3f}" for k, v in per.items() if isinstance(v, (int, float))) + ")" if per else "")
         print(f"{w['name']:<24} {w['origin']:<13} {w['arch']:<14} classes {'/'.join(w['classes']):<28} "
@@ -239,9 +241,13 @@ def cmd_weights_list(args) -> int:
 
 
 def cmd_weights_show(args) -> int:
-    from engine.checkpoint import read_card, resolve_weights
+    from engine.checkpoint import card_markdown, read_card, resolve_weights
 
-    print_json(read_card(resolve_weights(args.name)).to_dict())
+    folder = resolve_weights(args.name)
+    if args.markdown:
+        print(card_markdown(read_card(folder), (folder / "model.safetensors").stat().st_size))
+    else:
+        print_json(read_card(folder).to_dict())
     return 0
 
 
@@ -293,6 +299,7 @@ def cmd_weights_publish(args) -> int:
     from engine.evaluation import EvalConfig, evaluate
     from engine.inference import Predictor
 
+    specs = [_eval_spec(spec) for spec in args.eval]  # checked before anything is written
     src = Path(args.run)
     best = src / "best" if (src / "best" / "card.json").exists() else src
     extra = {}
@@ -307,9 +314,7 @@ def cmd_weights_publish(args) -> int:
         opts["label_names"] = [s.strip() for s in args.eval_labels.split(",") if s.strip()]
     if args.group_regex:
         opts["group_regex"] = args.group_regex
-    for spec in args.eval:
-        eid, _, rest = spec.partition("=")
-        data, _, mode = rest.partition(":")
+    for eid, data, mode in specs:
         pred = Predictor.from_weights(dest, device="cpu")
         ds = open_dataset(data, options=opts or None)
         cases = _holdout_cases(pred.card, ds, mode == "holdout", None)
@@ -324,13 +329,27 @@ def cmd_weights_publish(args) -> int:
                      "mean_iou": s["mean_iou"], "dice_gt_nonempty": s["dice_gt_nonempty"],
                      "presence_auc": s["presence"].get("roc_auc"),
                      "command": f"python -m engine evaluate {data} --weights {dest.name} --json OUT.json "
-                                f"--empty-policy {policy}" + (" --holdout" if mode == "holdout" else ""),
+                                f"--empty-policy {policy}" + (" --holdout" if mode == "holdout" else "")
+                                + (f" --labels {args.eval_labels}" if args.eval_labels else "")
+                                + (f" --group-regex '{args.group_regex}'" if args.group_regex else ""),
                      "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
             add_evaluation(dest, entry)
             print(f"{eid} [{policy}]: mean Dice {s['mean_dice']:.4f} "
                   f"({', '.join(f'{k} {v:.4f}' for k, v in s['per_class'].items())}) over {s['n_cases']} cases")
     print(f"published {dest} ({(dest / 'model.safetensors').stat().st_size / 1e6:.2f} MB)")
     return 0
+
+
+def _eval_spec(spec: str) -> tuple[str, str, str]:
+    """``ID=DATASET[:holdout]`` → (id, dataset, "holdout" or "")."""
+    eid, sep, rest = spec.partition("=")
+    mode = ""
+    if rest.endswith(":holdout"):
+        rest, mode = rest[: -len(":holdout")], "holdout"
+    if not sep or not eid.strip() or not rest.strip():
+        raise ConfigError(f"--eval {spec!r}: expected ID=DATASET[:holdout]",
+                          hint="e.g. --eval montgomery-holdout=../shared/data/montgomery-lung:holdout")
+    return eid.strip(), rest, mode
 
 
 def _recompute_val_ids(card) -> list[str]:
