@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,14 +295,16 @@ def publish(run_best: str | Path, dest: str | Path, *, name: str | None = None, 
 
 def portable_paths(obj: Any, root: str | Path | None = None) -> Any:
     """``obj`` (nested dicts/lists) with absolute paths under ``root`` (default: the current
-    directory, i.e. the checkout) made relative, so a shipped card names no machine's folders."""
-    prefix = str(Path(root or Path.cwd()).resolve()).rstrip("/") + "/"
+    directory, i.e. the checkout) or beside it (``../shared/data``) made relative to ``root``, so a
+    shipped card names no machine's folders."""
+    base = Path(root or Path.cwd()).resolve()
+    prefixes = (str(base).rstrip("/") + "/", str(base.parent).rstrip("/") + "/")
     if isinstance(obj, dict):
-        return {k: portable_paths(v, prefix) for k, v in obj.items()}
+        return {k: portable_paths(v, base) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [portable_paths(v, prefix) for v in obj]
-    if isinstance(obj, str) and obj.startswith(prefix):
-        return obj[len(prefix):]
+        return [portable_paths(v, base) for v in obj]
+    if isinstance(obj, str) and obj.startswith(prefixes) and "\n" not in obj:
+        return os.path.relpath(obj, base)
     return obj
 
 

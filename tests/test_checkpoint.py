@@ -501,3 +501,15 @@ def test_list_weights_finds_models_by_name_and_reports_broken_folders(tmp_path: 
 
 def test_list_weights_with_nothing_saved(tmp_path: Path, no_shipped: Path) -> None:
     assert list_weights(Workspace(tmp_path / "empty-ws")) == []
+
+
+def test_portable_paths_makes_checkout_and_shared_paths_relative(tmp_path: Path) -> None:
+    from engine.checkpoint import portable_paths
+
+    root = tmp_path / "main"
+    root.mkdir()
+    obj = {"data": str(root / ".workspace" / "x"), "eval": [{"dataset": str(tmp_path / "shared" / "data" / "lung")}],
+           "other": "/somewhere/else", "text": "not a path", "n": 3}
+    out = portable_paths(obj, root)
+    assert out == {"data": ".workspace/x", "eval": [{"dataset": "../shared/data/lung"}],
+                   "other": "/somewhere/else", "text": "not a path", "n": 3}
