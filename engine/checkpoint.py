@@ -367,5 +367,8 @@ def card_markdown(card: ModelCard, size_bytes: int | None = None) -> str:
             auc = f"{e['presence_auc']:.3f}" if e.get("presence_auc") is not None else "—"
             lines.append(f"| `{e.get('dataset')}` ({e.get('cases')}) | {e.get('n_cases')} | {e.get('empty_policy')} | "
                          f"{e.get('mean_dice', float('nan')):.4f} | {per} | {ne or '—'} | {auc} |")
-        lines += ["", f"Evaluated with: `{evals[0].get('command', '')}` (per policy)", ""]
+        cmds = list(dict.fromkeys(str(e.get("command", "")).replace("--empty-policy kaggle", "--empty-policy kaggle|exclude")
+                                  .replace("--empty-policy exclude", "--empty-policy kaggle|exclude")
+                                  for e in evals if e.get("command")))
+        lines += ["", "Reproduce each row with:", ""] + [f"- `{c}`" for c in cmds] + [""]
     return "\n".join(lines)
