@@ -294,11 +294,11 @@ def publish(run_best: str | Path, dest: str | Path, *, name: str | None = None, 
 
 
 def portable_paths(obj: Any, root: str | Path | None = None) -> Any:
-    """``obj`` (nested dicts/lists) with absolute paths under ``root`` (default: the current
-    directory, i.e. the checkout) or beside it (``../shared/data``) made relative to ``root``, so a
-    shipped card names no machine's folders."""
-    base = Path(root or Path.cwd()).resolve()
-    prefixes = (str(base).rstrip("/") + "/", str(base.parent).rstrip("/") + "/")
+    """``obj`` (nested dicts/lists) with absolute paths inside the checkout ``root`` (default: the
+    repository holding ``weights/``) or inside ``<root>/../shared`` (the shared data beside it) made
+    relative to ``root``, so a shipped card names no machine's folders. Other paths are kept."""
+    base = Path(root or REPO_WEIGHTS.parent).resolve()
+    prefixes = (str(base).rstrip("/") + "/", str(base.parent / "shared").rstrip("/") + "/")
     if isinstance(obj, dict):
         return {k: portable_paths(v, base) for k, v in obj.items()}
     if isinstance(obj, list):

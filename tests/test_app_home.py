@@ -105,12 +105,19 @@ def test_model_picker_lists_workspace_model(with_demo):
     assert not at.exception
     picker = at.selectbox(key="home_model")
     assert "home-tiny" in picker.options
+    shipped = sorted(p.parent.name for p in (Path(APP).parent / "weights").glob("*/card.json"))
+    assert set(shipped) <= set(picker.options)  # the shipped weights are offered too
     at.selectbox(key="home_model").set_value("home-tiny").run()
     assert at.session_state[state.MODEL] == "home-tiny"
     assert "tiny test model" in " ".join(str(x.value) for x in at.markdown)
 
 
-def test_without_demo_data_offers_generate_button(without_demo):
+def test_without_demo_data_offers_generate_button(without_demo, monkeypatch):
+    import engine.checkpoint as ckpt
+
+    empty = without_demo.ws.parent / "no-weights"
+    empty.mkdir()
+    monkeypatch.setattr(ckpt, "REPO_WEIGHTS", empty)  # as on a checkout without shipped weights
     at = home()
     at.run()
     assert not at.exception

@@ -509,7 +509,8 @@ def test_portable_paths_makes_checkout_and_shared_paths_relative(tmp_path: Path)
     root = tmp_path / "main"
     root.mkdir()
     obj = {"data": str(root / ".workspace" / "x"), "eval": [{"dataset": str(tmp_path / "shared" / "data" / "lung")}],
-           "other": "/somewhere/else", "text": "not a path", "n": 3}
+           "other": "/somewhere/else", "text": "not a path", "n": 3, "sibling": str(tmp_path / "elsewhere" / "d")}
     out = portable_paths(obj, root)
     assert out == {"data": ".workspace/x", "eval": [{"dataset": "../shared/data/lung"}],
-                   "other": "/somewhere/else", "text": "not a path", "n": 3}
+                   "other": "/somewhere/else", "text": "not a path", "n": 3,
+                   "sibling": str(tmp_path / "elsewhere" / "d")}  # beside the checkout but not shared data

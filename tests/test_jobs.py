@@ -199,8 +199,10 @@ def test_list_jobs_newest_first(env) -> None:
     cli = rows[-1]
     assert cli["state"] == "finished" and cli["name"] == "cli-run" and cli["best_metric"] == 0.5
     assert (cli["epoch"], cli["epochs"]) == (4, 4) and "log" not in cli
-    started = [jobs._iso_to_epoch(r["started"]) for r in rows]
-    assert started == sorted(started, reverse=True)
+    # newest first by launch time (job.json, sub-second); a CLI run without job.json by its start time
+    keys = [jobs._read(Path(r["run_dir"]) / jobs.JOB_FILE).get("launched") or jobs._iso_to_epoch(r["started"])
+            for r in rows]
+    assert keys == sorted(keys, reverse=True) and all(k is not None for k in keys)
     assert jobs.list_jobs(env["root"] / "empty-workspace") == []
 
 
