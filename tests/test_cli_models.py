@@ -519,3 +519,15 @@ def test_tune_post_finds_a_setting_that_evaluate_confirms(ws: Path, disks: Path,
     assert after["settings"]["post"] == t["best"]
     assert after["mean_dice"] == pytest.approx(t["best_score"], abs=5e-3)
     assert after["mean_dice"] - before["mean_dice"] == pytest.approx(t["best_score"] - t["baseline_score"], abs=1e-2)
+
+
+def test_predict_on_a_paired_dataset_folder_skips_its_masks(ws: Path, disks: Path, model: Path, tmp_path: Path,
+                                                            capsys) -> None:
+    out = tmp_path / "pred-disks"
+    rc, text, _ = run(capsys, "predict", disks, "--weights", model, "--out", out, "--device", "cpu")
+    assert rc == 0, text
+    images = sorted(p.stem for p in (disks / "images").glob("*.png"))
+    assert sorted(p.stem for p in out.glob("*.png")) == images  # one per image; masks/ is ground truth
+    # a masks/ folder passed explicitly is predicted (the user asked for it)
+    rc, _, _ = run(capsys, "predict", disks / "masks", "--weights", model, "--out", tmp_path / "m", "--device", "cpu")
+    assert rc == 0 and len(list((tmp_path / "m").glob("*.png"))) == len(list((disks / "masks").glob("*.png")))

@@ -101,8 +101,18 @@ def _predictor(args):
 
 
 def _expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files to predict: files as given; folders searched recursively for images, leaving out
+    ground truth (sub-folders named like ``masks/``, ``labels/`` and files with a mask suffix such as
+    ``_mask``), so a dataset folder can be passed as it is."""
+    from engine.datasets.layouts import DEFAULT_MASK_SUFFIXES, MASK_DIR_NAMES
     from engine.errors import ReadError
     from engine.io import IMAGE_SUFFIXES, is_dicom_file
+
+    mask_dirs = {n.lower() for n in MASK_DIR_NAMES}
+
+    def is_ground_truth(f: Path, root: Path) -> bool:
+        parts = f.relative_to(root).parts[:-1]
+        return any(d.lower() in mask_dirs for d in parts) or f.stem.endswith(DEFAULT_MASK_SUFFIXES)
 
     files: list[Path] = []
     for item in inputs:
@@ -110,7 +120,7 @@ def _expand_inputs(inputs: list[str]) -> list[Path]:
         if p.is_dir():
             files += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
                             and (f.suffix.lower() in IMAGE_SUFFIXES or (not f.suffix and is_dicom_file(f)))
-                            and not f.stem.endswith("_mask"))
+                            and not is_ground_truth(f, p))
         elif p.exists():
             files.append(p)
         else:
