@@ -116,13 +116,7 @@ def _generic_name(name: str) -> bool:
 def eval_key(card: Any, dataset: Any, config: EvalConfig, case_ids: Sequence[str]) -> str:
     """Cache key of an evaluation: weights hash, the dataset's classes and options, each case's image
     and mask source with the files' size and mtime (an in-place edit invalidates), settings."""
-    from engine.fsutil import file_stamp
-
-    def stamp(path: str | None) -> str:
-        try:
-            return "%d:%d" % file_stamp(Path(path)) if path else "-"
-        except OSError:
-            return "missing"
+    from engine.fsutil import stamp_text as stamp
 
     h = hashlib.sha1()
     h.update((card.tensors_sha256 or card.name).encode())

@@ -114,6 +114,17 @@ def file_stamp(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
+def stamp_text(path: str | Path | None) -> str:
+    """:func:`file_stamp` as ``"size:mtime_ns"`` for cache keys; ``"-"`` without a path and
+    ``"missing"`` when the file cannot be read."""
+    if not path:
+        return "-"
+    try:
+        return "%d:%d" % file_stamp(Path(path))
+    except OSError:
+        return "missing"
+
+
 def signature(paths: Iterable[Path], root: Path | None = None) -> str:
     """A hash of the names, sizes and mtimes of ``paths``: changes when any file does."""
     h = hashlib.sha1()

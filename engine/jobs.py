@@ -337,8 +337,8 @@ def job_status(run_dir: str | Path, log_lines: int = 20) -> dict[str, Any]:
         ``active`` (bool), ``alive`` (the process exists), ``name`` (model name), ``run``
         (folder name), ``run_dir``, ``pid``, ``epoch``, ``epochs``, ``step``, ``steps_per_epoch``,
         ``fraction`` (0..1 of the planned steps), ``message``, ``best_metric``, ``best_epoch``,
-        ``metric``, ``train_loss``, ``device``, ``started``, ``updated``, ``exported`` (folder) and
-        ``exported_name``, ``cancel_requested`` (bool), ``returncode`` (when this process started
+        ``metric``, ``train_loss``, ``device``, ``started``, ``updated``, ``launched`` (epoch
+        seconds of the launch, from job.json), ``exported`` (folder) and ``exported_name``, ``cancel_requested`` (bool), ``returncode`` (when this process started
         it and it ended), ``error`` (failed/died: the last error line of the log) and ``log``
         (the last ``log_lines`` lines of ``train.log``).
 
@@ -381,6 +381,7 @@ def job_status(run_dir: str | Path, log_lines: int = 20) -> dict[str, Any]:
         "best_metric": status.get("best_metric"), "best_epoch": status.get("best_epoch"),
         "metric": status.get("metric"), "train_loss": status.get("train_loss"), "device": status.get("device"),
         "started": status.get("started") or job.get("started"), "updated": status.get("updated"),
+        "launched": job.get("launched"),
         "exported": exported, "exported_name": Path(exported).name if exported else None,
         "cancel_requested": requested is not None or (run / "CANCEL").exists(),
         "returncode": _returncode(pid),
@@ -501,12 +502,13 @@ def list_jobs(workspace: Workspace | str | Path | None = None) -> list[dict[str,
         info.pop("log", None)
         files = [d / f for f in (JOB_FILE, "status.json", "history.json") if (d / f).is_file()]
         info["mtime"] = max(f.stat().st_mtime for f in files)
-        launched = _read(d / JOB_FILE).get("launched")
-        # order by when the user launched the run (sub-second), else when its process started
-        info["_order"] = float(launched) if isinstance(launched, (int, float)) else \
-            (_iso_to_epoch(info.get("started")) or info["mtime"])
         out.append(info)
-    out.sort(key=lambda r: (-r["_order"], r["run"]))
-    for r in out:
-        r.pop("_order")
-    return out
+    return sorted(out, key=lambda r: (-_order(r), r["run"]))
+
+
+def _order(info: dict[str, Any]) -> float:
+    """When the user launched the run (sub-second, job.json), else when its process started."""
+    launched = info.get("launched")
+    if isinstance(launched, (int, float)):
+        return float(launched)
+    return _iso_to_epoch(info.get("started")) or info["mtime"]

@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from engine.errors import ConfigError, MaskError, WorkbenchError, unknown_name
-from engine.fsutil import atomic_path
+from engine.fsutil import atomic_path, stamp_text
 from engine.progress import ProgressFn, as_progress
 
 __all__ = ["OVERLAYS", "THUMB_VERSION", "thumbnail_key", "thumbnail_path", "thumbnail_paths", "render_thumbnail",
@@ -75,16 +75,6 @@ def pred_mask_path(pred_folder: str | Path, case_id: str) -> Path:
     return prediction_path(folder, case_id)
 
 
-def _stamp(path: str | Path | None) -> str:
-    if not path:
-        return "-"
-    try:
-        st = os.stat(path)
-    except OSError:
-        return "missing"
-    return f"{st.st_size}:{st.st_mtime_ns}"
-
-
 def _check(size: int, overlay: str, pred_folder: str | Path | None) -> None:
     if overlay not in OVERLAYS:
         raise unknown_name("thumbnail overlay", overlay, OVERLAYS)
@@ -110,11 +100,11 @@ def thumbnail_key(ds: Any, case: Any, size: int = 192, overlay: str = "gt",
     _check(size, overlay, pred_folder)
     c = ds.case(case)
     h = hashlib.sha1()
-    parts: list[str] = [f"v{THUMB_VERSION}", str(int(size)), overlay, c.image_path, _stamp(c.image_path)]
+    parts: list[str] = [f"v{THUMB_VERSION}", str(int(size)), overlay, c.image_path, stamp_text(c.image_path)]
     if overlay in ("gt", "both"):
         parts.append(json.dumps(c.mask.to_dict(), sort_keys=True))
         if c.mask.kind == "file":
-            parts.append(_stamp(c.mask.path))
+            parts.append(stamp_text(c.mask.path))
         opts = getattr(ds, "options", {}) or {}
         parts.append(json.dumps({k: opts.get(k) for k in ("threshold", "colour_map")}, sort_keys=True, default=str))
         lut = getattr(ds, "label_lut", None)
@@ -122,7 +112,7 @@ def thumbnail_key(ds: Any, case: Any, size: int = 192, overlay: str = "gt",
             parts.append(hashlib.sha1(np.asarray(lut, np.uint8).tobytes()).hexdigest())
     if overlay in ("pred", "both"):
         p = pred_mask_path(pred_folder, c.case_id)  # type: ignore[arg-type]
-        parts += [str(p), _stamp(p)]
+        parts += [str(p), stamp_text(p)]
     h.update("\0".join(parts).encode())
     return h.hexdigest()[:20]
 
@@ -212,6 +202,11 @@ def render_thumbnail(ds: Any, case: Any, size: int = 192, overlay: str = "gt",
     return out
 
 
+def _thumb_file(ds: Any, case: Any, size: int, overlay: str, pred_folder: str | Path | None) -> Path:
+    """Where the case's thumbnail is cached (raises like :func:`thumbnail_key`)."""
+    return thumbs_dir(ds) / f"{thumbnail_key(ds, case, size, overlay, pred_folder)}.jpg"
+
+
 def thumbnail_path(ds: Any, case: Any, size: int = 192, overlay: str = "gt",
                    pred_folder: str | Path | None = None) -> Path:
     """Path of the case's cached thumbnail JPEG, rendering it first when missing.
@@ -230,8 +225,7 @@ def thumbnail_path(ds: Any, case: Any, size: int = 192, overlay: str = "gt",
         >>> thumbnail_path(ds, "2_7", 192, "gt").name                                   # doctest: +SKIP
         '3f0c...e1.jpg'
     """
-    key = thumbnail_key(ds, case, size, overlay, pred_folder)
-    path = thumbs_dir(ds) / f"{key}.jpg"
+    path = _thumb_file(ds, case, size, overlay, pred_folder)
     if path.exists():
         return path
     rgb = render_thumbnail(ds, case, size, overlay, pred_folder)
@@ -267,20 +261,19 @@ def thumbnail_paths(ds: Any, cases: Sequence[Any], size: int = 192, overlay: str
     render = render or thumbnail_path
     report = as_progress(progress)
     out: list[Path | WorkbenchError | None] = [None] * len(cases)
-    todo: list[int] = []
-    folder = thumbs_dir(ds)
+    keys: dict[int, Path] = {}  # missing thumbnails: case index → cache file
     for i, c in enumerate(cases):
         try:
-            p = folder / f"{thumbnail_key(ds, c, size, overlay, pred_folder)}.jpg"
+            p = _thumb_file(ds, c, size, overlay, pred_folder)
         except WorkbenchError as exc:
             out[i] = exc
             continue
         if p.exists():
             out[i] = p
         else:
-            todo.append(i)
+            keys[i] = p
+    todo = list(keys)
     if todo:  # thumbnails a background prefetch is drawing right now: wait for them, don't draw twice
-        keys = {i: folder / f"{thumbnail_key(ds, cases[i], size, overlay, pred_folder)}.jpg" for i in todo}
         with _PREFETCH_LOCK:
             running = [f for f in (_PREFETCH.get(k) for k in keys.values()) if f is not None]
         if running:
@@ -334,7 +327,6 @@ def prefetch_thumbnails(ds: Any, cases: Sequence[Any], size: int = 192, overlay:
     """
     global _PREFETCH_POOL
     _check(size, overlay, pred_folder)
-    folder = thumbs_dir(ds)
     queued = 0
     with _PREFETCH_LOCK:
         if _PREFETCH_POOL is None:
@@ -342,7 +334,7 @@ def prefetch_thumbnails(ds: Any, cases: Sequence[Any], size: int = 192, overlay:
                                                 thread_name_prefix="thumb-prefetch")
         for c in cases:
             try:
-                path = folder / f"{thumbnail_key(ds, c, size, overlay, pred_folder)}.jpg"
+                path = _thumb_file(ds, c, size, overlay, pred_folder)
             except WorkbenchError:
                 continue
             if path in _PREFETCH or path.exists():

@@ -251,11 +251,11 @@ def cmd_weights_list(args) -> int:
 
 
 def cmd_weights_show(args) -> int:
-    from engine.checkpoint import card_markdown, read_card, resolve_weights
+    from engine.checkpoint import WEIGHTS_FILE, card_markdown, read_card, resolve_weights
 
     folder = resolve_weights(args.name)
     if args.markdown:
-        print(card_markdown(read_card(folder), (folder / "model.safetensors").stat().st_size))
+        print(card_markdown(read_card(folder), (folder / WEIGHTS_FILE).stat().st_size))
     else:
         print_json(read_card(folder).to_dict())
     return 0
@@ -304,7 +304,7 @@ def cmd_tune_post(args) -> int:
 def cmd_weights_publish(args) -> int:
     from datetime import datetime, timezone
 
-    from engine.checkpoint import add_evaluation, publish, read_card
+    from engine.checkpoint import WEIGHTS_FILE, add_evaluation, publish, read_card
     from engine.datasets import open_dataset
     from engine.evaluation import EvalConfig, evaluate
     from engine.inference import Predictor
@@ -324,8 +324,8 @@ def cmd_weights_publish(args) -> int:
         opts["label_names"] = [s.strip() for s in args.eval_labels.split(",") if s.strip()]
     if args.group_regex:
         opts["group_regex"] = args.group_regex
+    pred = Predictor.from_weights(dest, device="cpu") if specs else None
     for eid, data, mode in specs:
-        pred = Predictor.from_weights(dest, device="cpu")
         ds = open_dataset(data, options=opts or None)
         cases = _holdout_cases(pred.card, ds, mode == "holdout", None)
         for policy in ("kaggle", "exclude"):
@@ -346,7 +346,7 @@ def cmd_weights_publish(args) -> int:
             add_evaluation(dest, entry)
             print(f"{eid} [{policy}]: mean Dice {s['mean_dice']:.4f} "
                   f"({', '.join(f'{k} {v:.4f}' for k, v in s['per_class'].items())}) over {s['n_cases']} cases")
-    print(f"published {dest} ({(dest / 'model.safetensors').stat().st_size / 1e6:.2f} MB)")
+    print(f"published {dest} ({(dest / WEIGHTS_FILE).stat().st_size / 1e6:.2f} MB)")
     return 0
 
 
@@ -363,17 +363,21 @@ def _eval_spec(spec: str) -> tuple[str, str, str]:
 
 
 def _recompute_val_ids(card) -> list[str]:
-    """Validation case ids of a run whose card predates recording them (same deterministic split)."""
+    """Validation case ids of a run whose card predates recording them: the training split
+    (:func:`engine.training.prepare.split_cases`) recomputed from the card's split settings."""
+    from types import SimpleNamespace
+
     from engine.datasets import open_dataset
-    from engine.splits import grouped_kfold
+    from engine.splits import SplitSpec
+    from engine.training.prepare import split_cases
 
     tr = card.training
     split = tr.get("split") or {}
     ds = open_dataset(tr["data"], tr.get("layout"), options=tr.get("dataset_options") or None)
-    cases = [c for c in ds.cases if c.labelled]
-    folds = grouped_kfold([c.case_id for c in cases], [c.group_id for c in cases], [c.has_mask for c in cases],
-                          k=int(split.get("k", 5)), seed=int(split.get("seed", 0)), stratify=bool(split.get("stratify", True)))
-    ids = [c.case_id for c in cases if folds[c.case_id] == int(split.get("val_fold", 0))]
+    spec = SplitSpec(k=int(split.get("k", 5)), seed=int(split.get("seed", 0)),
+                     val_fold=int(split.get("val_fold", 0)), stratify=bool(split.get("stratify", True)))
+    _, val, _ = split_cases(SimpleNamespace(folds_file=None, split=spec), ds.labelled_cases())
+    ids = [c.case_id for c in val]
     if len(ids) != split.get("n_val", len(ids)):
         raise ConfigError(f"recomputed {len(ids)} validation cases but the run recorded {split.get('n_val')}",
                           hint="the dataset changed since training; evaluate without --holdout")
