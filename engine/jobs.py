@@ -339,8 +339,9 @@ def job_status(run_dir: str | Path, log_lines: int = 20) -> dict[str, Any]:
         ``fraction`` (0..1 of the planned steps), ``message``, ``best_metric``, ``best_epoch``,
         ``metric``, ``train_loss``, ``device``, ``started``, ``updated``, ``launched`` (epoch
         seconds of the launch, from job.json), ``exported`` (folder) and ``exported_name``,
-        ``cancel_requested`` (bool), ``returncode`` (when this process started it and it ended), ``error`` (failed/died: the last error line of the log) and ``log``
-        (the last ``log_lines`` lines of ``train.log``).
+        ``cancel_requested`` (bool), ``returncode`` (when this process started it and it ended),
+        ``error`` (failed/died: the last error line of the log) and ``log`` (the last
+        ``log_lines`` lines of ``train.log``).
 
     A pending cancel whose grace period is over is enforced here (SIGTERM to the job).
     """
