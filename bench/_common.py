@@ -95,14 +95,14 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def save_result(name: str, data: dict[str, Any], folder: Path | None = None) -> Path:
-    """Write ``{benchmark, created, commit, machine, **data}`` atomically to ``folder/<name>.json``."""
+def save_result(name: str, data: dict[str, Any], folder: Path | None = None, path: Path | None = None) -> Path:
+    """Write ``{benchmark, created, commit, machine, **data}`` atomically to ``path``, by default
+    ``folder/<name>.json``."""
     from engine.fsutil import atomic_write_json
 
-    folder = folder or RESULTS
     doc = {"benchmark": name, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "commit": _git_commit(), "machine": machine_info(), **data}
-    path = folder / f"{name}.json"
+    path = path or (folder or RESULTS) / f"{name}.json"
     atomic_write_json(path, doc)
     return path
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as _dt
 import os
 import shutil
 import statistics
@@ -51,7 +50,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, RESULTS, _git_commit, machine_info, median
+from _common import REPO, RESULTS, median, save_result
 
 TARGETS = {"pipeline_over_raw_max": 1.25, "nerve_420x580_max_s": 1.0, "cuda_throughput_ratio_min": 0.8}
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -317,16 +316,6 @@ def _at_256(pred: Any) -> Any:
     return pred
 
 
-def save(path: Path, data: dict[str, Any]) -> Path:
-    """As ``_common.save_result`` (same document), to an explicit file path."""
-    from engine.fsutil import atomic_write_json
-
-    doc = {"benchmark": "inference", "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-           "commit": _git_commit(), "machine": machine_info(), **data}
-    atomic_write_json(path, doc)
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--weights", default=None,
@@ -390,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline_vs_raw": part1, "nerve_420x580": part2, "cuda_amp": part3,
         "total_seconds": round(time.perf_counter() - t_start, 1),
     }
-    out = save(Path(args.out), results)
+    out = save_result("inference", results, path=Path(args.out))
 
     cfg = results["config"]
     print(f"inference bench: torch threads {cfg['torch_threads']}, os.cpu_count() {cfg['cpu_count']}, "

@@ -362,8 +362,12 @@ _DIGITS = re.compile(r"(\d+)")
 
 
 def natural_key(s: str) -> tuple:
-    """Sort key putting ``2_10`` after ``2_9`` (digit runs compare as numbers)."""
-    return tuple(int(t) if t.isdigit() else t for t in _DIGITS.split(s))
+    """Sort key putting ``2_10`` after ``2_9`` (digit runs compare as numbers).
+
+    >>> sorted(["2_10", "2_9", "10_1"], key=natural_key)
+    ['2_9', '2_10', '10_1']
+    """
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in _DIGITS.split(str(s)) if t != "")
 
 
 # ----------------------------------------------------------------------------------- extras

@@ -632,13 +632,9 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     Returns:
         a new uint8 (H,W) mask; background touching the border or another class stays.
     """
-    from scipy import ndimage
+    from engine.postprocess import fill_label_holes
 
-    out = np.array(mask, np.uint8, copy=True)
-    for k in [int(v) for v in np.unique(out) if v != 0]:
-        filled = ndimage.binary_fill_holes(out == k)
-        out[filled & (out == 0)] = k
-    return out
+    return fill_label_holes(mask)
 
 
 def mask_diff(old: np.ndarray, new: np.ndarray) -> dict[str, int]:

@@ -33,6 +33,7 @@ import numpy as np
 
 from engine.config import JsonConfig
 from engine.errors import ConfigError, WorkbenchError
+from engine.fsutil import safe_name
 from engine.fsutil import atomic_write_json, atomic_write_text, read_json
 from engine.postprocess import PostProcessConfig, TuneGrid
 from engine.progress import ProgressFn, as_progress, scaled
@@ -219,7 +220,7 @@ def evaluate(predictor: Any, dataset: Any, config: EvalConfig | None = None, cas
                "max_prob": float(fg_probs.max()) if fg_probs.size else 0.0}
         rows.append(row)
         if config.save_predictions:
-            write_mask_png(pred_dir / f"{_safe(case.case_id)}.png", pred)
+            write_mask_png(pred_dir / f"{safe_name(case.case_id)}.png", pred)
         if sweep_every and i % sweep_every == 0 and len(sweep_probs) < n_sweep:
             mapped = _map_probs(result.probs, lut, dataset.num_classes)
             sweep_probs.append(mapped.astype(np.float16))
@@ -305,13 +306,9 @@ def _map_probs(probs: np.ndarray, lut: np.ndarray, k_out: int) -> np.ndarray:
     return out
 
 
-def _safe(case_id: str) -> str:
-    return case_id.replace("/", "__").replace("\\", "__")
-
-
 def prediction_path(folder: Path, case_id: str) -> Path:
     """Where :func:`evaluate` saved a case's predicted mask."""
-    return Path(folder) / "pred" / f"{_safe(case_id)}.png"
+    return Path(folder) / "pred" / f"{safe_name(case_id)}.png"
 
 
 def load_eval(folder: str | Path, expect_key: str | None = None) -> EvalResult | None:

@@ -44,6 +44,7 @@ import numpy as np
 
 from engine.datasets.base import LABELS_CONVENTION
 from engine.errors import ConfigError
+from engine.fsutil import safe_name
 from engine.progress import ProgressFn, as_progress
 
 EXPORT_FORMAT = "segwb-corrected-export"
@@ -52,11 +53,6 @@ INFO_NAME = "export.json"
 MANIFEST_NAME = "manifest.json"
 IMAGES_LIST = "images.csv"
 CSV_NAMES = {"kaggle_uns": "train_masks.csv", "siim": "train-rle.csv"}
-
-
-def safe_name(case_id: str) -> str:
-    """A case id as a file name (path separators replaced), e.g. ``split/0`` → ``split__0``."""
-    return str(case_id).replace("/", "__").replace("\\", "__")
 
 
 def _check_out_dir(ds: Any, out: Path, overwrite: bool) -> None:
@@ -71,20 +67,13 @@ def _check_out_dir(ds: Any, out: Path, overwrite: bool) -> None:
     if out.exists():
         if not out.is_dir():
             raise ConfigError("the export path is a file", path=out, hint="pick a folder")
-        items = [p for p in out.iterdir()]
+        items = any(out.iterdir())
         if items and not (out / INFO_NAME).is_file():
             raise ConfigError("the export folder is not empty (and holds no earlier export)", path=out,
                               hint="pick an empty or new folder")
         if items and not overwrite:
             raise ConfigError("the export folder holds an earlier export", path=out,
                               hint="pick a new folder, or allow replacing the earlier export")
-
-
-def _layout_of(ds: Any) -> str:
-    layout = str(getattr(ds, "layout", ""))
-    if layout == "manifest":
-        return "manifest"
-    return layout
 
 
 def export_corrected(ds: Any, store: Any, out_dir: str | Path, progress: ProgressFn | None = None, *,
@@ -179,7 +168,7 @@ def export_corrected(ds: Any, store: Any, out_dir: str | Path, progress: Progres
                                              labelled=True, has_mask=area > 0, mask_area=area, meta=meta))
         report(i + 1, total, "Exporting masks")
 
-    layout = _layout_of(ds)
+    layout = str(getattr(ds, "layout", ""))
     rle_csv: Path | None = None
     if layout in CSV_NAMES:
         if max_class > 1 or ds.num_classes > 2:

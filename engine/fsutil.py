@@ -114,6 +114,11 @@ def file_stamp(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
+def safe_name(case_id: str) -> str:
+    """A case id as a file name (path separators replaced), e.g. ``split/0`` → ``split__0``."""
+    return str(case_id).replace("/", "__").replace("\\", "__")
+
+
 def stamp_text(path: str | Path | None) -> str:
     """:func:`file_stamp` as ``"size:mtime_ns"`` for cache keys; ``"-"`` without a path and
     ``"missing"`` when the file cannot be read."""

@@ -63,6 +63,7 @@ __all__ = [
     "TuneResult",
     "evaluate_postprocess",
     "fill_holes",
+    "fill_label_holes",
     "keep_k_largest",
     "postprocess",
     "remove_small_components",
@@ -318,9 +319,22 @@ def _clean(labels: np.ndarray, n_classes: int, cfg: PostProcessConfig) -> np.nda
     out = np.zeros_like(labels)
     for k in np.flatnonzero(np.bincount(labels.ravel(), minlength=n_classes)[1:]) + 1:
         out[_filter_components(labels == k, cfg.min_area, cfg.keep_largest, cfg.connectivity)] = k
-    if cfg.fill_holes:
-        for k in np.flatnonzero(np.bincount(out.ravel(), minlength=n_classes)[1:]) + 1:
-            out[fill_holes(out == k) & (out == 0)] = k
+    return fill_label_holes(out, out=out) if cfg.fill_holes else out
+
+
+def fill_label_holes(labels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Per class (in id order): background enclosed by that class's regions gets that class.
+
+    Args:
+        labels: uint8 ``(H, W)`` label map.
+        out: where to write (may be ``labels`` itself); default a copy of ``labels``.
+
+    Returns:
+        the filled uint8 ``(H, W)`` map; background touching the border or another class stays.
+    """
+    out = np.array(labels, np.uint8, copy=True) if out is None else out
+    for k in np.flatnonzero(np.bincount(out.ravel())[1:]) + 1:
+        out[fill_holes(out == k) & (out == 0)] = k
     return out
 
 

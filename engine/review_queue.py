@@ -35,13 +35,13 @@ Example:
 from __future__ import annotations
 
 import datetime as _dt
-import re
 import shlex
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from engine.eda import natural_key
 from engine.progress import ProgressFn
 
 #: Review states of a pair, in the order the page lists them.
@@ -73,18 +73,6 @@ DECISION_HELP: dict[str, str] = {
     "not_duplicate": "the images are different frames after all: both stay as they are",
     "needs_expert": "no change yet: flag the pair for an expert",
 }
-
-_DIGITS = re.compile(r"(\d+)")
-
-
-def natural_key(s: str) -> tuple:
-    """Sort key putting ``2_10`` after ``2_9`` (digit runs compare as numbers).
-
-    >>> sorted(["2_10", "2_9", "10_1"], key=natural_key)
-    ['2_9', '2_10', '10_1']
-    """
-    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in _DIGITS.split(str(s)) if t != "")
-
 
 def pair_key(a: str, b: str) -> tuple[str, str]:
     """The store's key of a pair: the two case ids sorted (``a < b``)."""
@@ -419,21 +407,11 @@ def undo_proposals(store: Any, reviewer: str, progress: ProgressFn | None = None
 
 # ------------------------------------------------------------------------------ history
 
-def undone_ids(events: Iterable[Any]) -> set[int]:
-    """Ids cancelled by effective ``undo`` events (an undone undo re-enables its target)."""
-    undos = sorted((e for e in events if e.kind == "undo"), key=lambda e: -e.id)
-    out: set[int] = set()
-    for e in undos:
-        if e.id not in out and e.ref is not None:
-            out.add(int(e.ref))
-    return out
-
-
 def pair_history(store: Any, a: str, b: str) -> list[dict[str, Any]]:
     """The decisions ever recorded on the pair, oldest first, each marked ``in force``,
     ``superseded`` (a later decision replaced it) or ``undone``."""
     key = pair_key(a, b)
-    undone = undone_ids(store.events(kinds=["undo"]))
+    undone = store.undone_ids()
     evs = store.events(target_kind="pair", target=key, kinds=["decision"])
     live = [e.id for e in evs if e.id not in undone]
     current = live[-1] if live else None

@@ -37,7 +37,6 @@ EVAL_KEY = "browser_eval"
 OVERLAY_KEY = "browser_overlay"
 CASE_SELECT_KEY = "browser_case_select"
 REQUEST_KEY = "browser_request"       # {"case", "view", "model", "eval"} set by other pages
-LIVE_KEY = "browser_live_predictions"
 NO_MODEL = "(none)"
 NCOLS = 6
 THUMB_SIZE = 192
@@ -387,28 +386,6 @@ def _caption(rec: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def _live_prediction(model: str, ds: Any, case_id: str):
-    """Predict one case with the model (cached in the session per model/card, case and image stamp)."""
-    import numpy as np
-
-    from engine.checkpoint import CARD_FILE, resolve_weights
-    from engine.evaluation import class_mapping
-    from engine.fsutil import file_stamp
-    from ui.loaders import load_predictor
-
-    c = ds.case(case_id)
-    card_mtime = (resolve_weights(model) / CARD_FILE).stat().st_mtime
-    key = (model, card_mtime, case_id, file_stamp(Path(c.image_path)), state.current_device())
-    cache: dict = st.session_state.setdefault(LIVE_KEY, {})
-    if key not in cache:
-        pred = load_predictor(model)
-        res = pred.predict(ds.load_image_float(c))
-        lut = class_mapping(pred.card.labels, ds.labels)
-        cache.clear()  # keep one: predictions are big
-        cache[key] = np.asarray(lut[res.mask])
-    return cache[key]
-
-
 def detail_view(ds: Any, df, filtered_ids: list[str], model: str | None, eval_folder: str | None) -> None:
     """One case: image, ground truth, prediction, per-image metrics, case info, review links."""
     import numpy as np
@@ -462,7 +439,9 @@ def detail_view(ds: Any, df, filtered_ids: list[str], model: str | None, eval_fo
             pred_src = f"saved by the evaluation `{Path(eval_folder).name}`"
         else:
             with st.spinner(f"Predicting with {model}…"):
-                pred = _live_prediction(model, ds, cur)
+                from ui.loaders import predict_case
+
+                pred = predict_case(model, ds, cur)
             pred_src = f"predicted live by `{model}` (its default post-processing)"
     cols = st.columns(3 if model else 2)
     cols[0].image(overlay(img, None), caption=f"{cur} · image", width="stretch")

@@ -10,13 +10,13 @@ Data preparation lives in :mod:`engine.dashboard`.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
 from ui import state
+from ui.widgets import fmt_num
 
 EVAL_KEY = "dash_eval"
 PENDING_KEY = "dash_eval_pending"
@@ -26,11 +26,7 @@ NONE_TEXT = "n/a"
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return NONE_TEXT
-    return NONE_TEXT if math.isnan(f) else f"{f:.{digits}f}"
+    return fmt_num(v, digits)
 
 
 # ----------------------------------------------------------------------------- evaluation controls

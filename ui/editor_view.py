@@ -34,6 +34,7 @@ import numpy as np
 import streamlit as st
 
 from ui import state
+from ui.loaders import case_image, dataset_key
 
 PAGE = "pages/7_Mask_editor.py"
 
@@ -109,10 +110,6 @@ def _show_flash() -> None:
         {"success": st.success, "warning": st.warning, "error": st.error}.get(kind, st.info)(text)
 
 
-def _ds_key(ds: Any) -> str:
-    return str(getattr(ds, "manifest_path", None) or ds.root)
-
-
 def fmt_time(ts: str | None) -> str:
     """ISO UTC timestamp → ``YYYY-MM-DD HH:MM:SS UTC``."""
     if not ts:
@@ -124,23 +121,6 @@ def fmt_time(ts: str | None) -> str:
     if t.tzinfo is not None:
         t = t.astimezone(_dt.timezone.utc)
     return t.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-@st.cache_data(show_spinner=False, max_entries=6)
-def _image(ds_key: str, case_id: str, stamp: tuple, _ds: Any) -> np.ndarray:
-    return _ds.load_image_float(case_id)
-
-
-def case_image(ds: Any, case_id: str) -> np.ndarray:
-    """float32 (C,H,W) image of a case (cached per image file stamp)."""
-    from engine.fsutil import file_stamp
-
-    c = ds.case(case_id)
-    try:
-        stamp = file_stamp(Path(c.image_path))
-    except OSError:
-        stamp = (0, 0)
-    return _image(_ds_key(ds), case_id, stamp, ds)
 
 
 def version_mask(ds: Any, store: Any, case_id: str, version: int) -> np.ndarray:
@@ -173,7 +153,7 @@ def _new_session(ds: Any, store: Any, case_id: str, mask: np.ndarray | None = No
 def session_for(ds: Any, store: Any, case_id: str) -> EditSession:
     """This browser session's editing state of ``case_id`` (created from the newest version)."""
     sessions: dict = st.session_state.setdefault(SESSIONS_KEY, {})
-    key = (_ds_key(ds), case_id)
+    key = (dataset_key(ds), case_id)
     sess = sessions.get(key)
     if sess is None:
         sess = _new_session(ds, store, case_id)
@@ -184,7 +164,7 @@ def session_for(ds: Any, store: Any, case_id: str) -> EditSession:
 def replace_session(ds: Any, store: Any, sess: EditSession, mask: np.ndarray | None = None,
                     source: str | None = None) -> EditSession:
     new = _new_session(ds, store, sess.case_id, mask, source, nonce=sess.nonce)
-    st.session_state.setdefault(SESSIONS_KEY, {})[(_ds_key(ds), sess.case_id)] = new
+    st.session_state.setdefault(SESSIONS_KEY, {})[(dataset_key(ds), sess.case_id)] = new
     return new
 
 
@@ -193,12 +173,6 @@ def has_changes(sess: EditSession) -> bool:
     from engine.store import mask_digest
 
     return mask_digest(sess.stack.current) != sess.base_digest
-
-
-def open_store(ds: Any):
-    from engine.store import ReviewStore
-
-    return ReviewStore.for_dataset(ds)
 
 
 # ------------------------------------------------------------------------------------------ case choice
@@ -379,7 +353,7 @@ def canvas_panel(ds: Any, sess: EditSession, img: np.ndarray, settings: dict[str
     mode = TOOLS[tool]
     stroke_width = max(1, int(round(settings["size"] * view.scale))) if tool in ("Brush", "Eraser") else 1
     bg = Image.fromarray(render_view(img, sess.stack.current, view))
-    key = f"editor_canvas_{zlib.crc32(f'{_ds_key(ds)}|{sess.case_id}'.encode()):08x}_{sess.nonce}_" + \
+    key = f"editor_canvas_{zlib.crc32(f'{dataset_key(ds)}|{sess.case_id}'.encode()):08x}_{sess.nonce}_" + \
           "_".join(str(v) for v in view.to_dict().values())
     result = st_canvas(fill_color=hex_colour(colour), stroke_width=stroke_width, stroke_color=hex_colour(colour),
                        background_image=bg, background_image_fit="stretch", update_streamlit=True,
@@ -617,8 +591,26 @@ def history_frame(ds: Any, store: Any, case_id: str):
     return pd.DataFrame(rows)
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def _version_diff(ds_key: str, store_path: str, case_id: str, v: int, stamps: tuple, _ds: Any, _store: Any,
+                  _img: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+    from engine.editing import diff_image
+
+    return diff_image(version_mask(_ds, _store, case_id, v - 1), version_mask(_ds, _store, case_id, v), _img)
+
+
+def version_diff(ds: Any, store: Any, case_id: str, v: int, img: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+    """Diff image (H,W,3) and pixel counts of version ``v - 1`` → ``v``, cached: saved versions never
+    change, and the dataset's original (version 0) and the image are keyed by their file stamps."""
+    from engine.fsutil import stamp_text
+
+    c = ds.case(case_id)
+    stamps = (stamp_text(c.image_path), stamp_text(c.mask.path))
+    return _version_diff(dataset_key(ds), str(store.path), case_id, int(v), stamps, ds, store, img)
+
+
 def history_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who: str) -> None:
-    from engine.editing import DIFF_COLOURS, diff_image
+    from engine.editing import DIFF_COLOURS
     from engine.errors import ConflictError
     from ui.widgets import colour_legend
 
@@ -636,9 +628,7 @@ def history_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who: 
     a, b = st.columns(2)
     with a:
         v = st.selectbox("Diff of version … against the one before", versions, key=DIFF_KEY)
-        old = version_mask(ds, store, sess.case_id, v - 1)
-        new = version_mask(ds, store, sess.case_id, v)
-        rgb, counts = diff_image(old, new, img)
+        rgb, counts = version_diff(ds, store, sess.case_id, v, img)
         st.image(rgb, caption=f"version {v - 1} → {v}: +{counts['added']:,} px added, −{counts['removed']:,} removed"
                  + (f", {counts['changed class']:,} changed class" if counts["changed class"] else ""),
                  width="stretch")
@@ -665,11 +655,10 @@ def history_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who: 
 
 def _prediction(ds: Any, model: str, case_id: str) -> tuple[np.ndarray, str]:
     """A model's mask for the case: its saved evaluation prediction when there is one, else predicted now."""
-    from engine.evaluation import class_mapping
     from engine.io import read_mask
     from engine.thumbnails import pred_mask_path
     from ui.browser_view import evaluations
-    from ui.loaders import load_predictor
+    from ui.loaders import predict_case
 
     for e in evaluations(ds):
         if e["model"] != model:
@@ -678,10 +667,7 @@ def _prediction(ds: Any, model: str, case_id: str) -> tuple[np.ndarray, str]:
         if p.is_file():
             m, _ = read_mask(p)
             return m, f"{model} (saved evaluation {Path(e['folder']).name})"
-    pred = load_predictor(model)
-    res = pred.predict(case_image(ds, case_id))
-    lut = class_mapping(pred.card.labels, ds.labels)
-    return np.asarray(lut[res.mask], np.uint8), f"{model} (predicted now)"
+    return np.asarray(predict_case(model, ds, case_id), np.uint8), f"{model} (predicted now)"
 
 
 def source_panel(ds: Any, store: Any, sess: EditSession) -> None:
@@ -775,6 +761,7 @@ def export_panel(ds: Any, store: Any) -> None:
 
 def render_editor() -> None:
     """The whole Mask editor page body (call inside ``ui.widgets.guard``)."""
+    from engine.store import ReviewStore
     from ui.widgets import dataset_required
 
     ds = dataset_required()
@@ -787,7 +774,7 @@ def render_editor() -> None:
         return
     _show_flash()
     who = author_input()
-    with open_store(ds) as store:
+    with ReviewStore.for_dataset(ds) as store:
         _apply_deep_link(ds)
         queue, qinfo = review_queue_for(ds, store)
         case_id = case_picker(ds, store, queue, qinfo)

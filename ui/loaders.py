@@ -33,6 +33,53 @@ def load_dataset(path: str | None = None, options: dict[str, Any] | None = None)
     return _open_dataset(str(path), json.dumps(opts, sort_keys=True), int(state.get(state.REFRESH, 0)))
 
 
+def dataset_key(ds: Any) -> str:
+    """A dataset's identity for caches and widget keys: its manifest file, else its folder."""
+    return str(getattr(ds, "manifest_path", None) or ds.root)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _case_image(ds_key: str, case_id: str, stamp: tuple, _ds: Any):
+    return _ds.load_image_float(case_id)
+
+
+def case_image(ds: Any, case_id: str):
+    """float32 (C,H,W) image of a case, cached per image file stamp (reruns don't re-read it)."""
+    from engine.fsutil import file_stamp
+
+    c = ds.case(case_id)
+    try:
+        stamp = file_stamp(Path(c.image_path))
+    except OSError:
+        stamp = (0, 0)
+    return _case_image(dataset_key(ds), case_id, stamp, ds)
+
+
+LIVE_PREDICTIONS = "browser_live_predictions"  # session key of predict_case's cache
+
+
+def predict_case(model: str, ds: Any, case_id: str):
+    """uint8 (H,W) prediction of one dataset case with ``model``, mapped to the dataset's class ids
+    (cached in the session per model/card, case, image stamp and device; one kept)."""
+    import numpy as np
+
+    from engine.checkpoint import CARD_FILE, resolve_weights
+    from engine.evaluation import class_mapping
+    from engine.fsutil import file_stamp
+
+    c = ds.case(case_id)
+    card_mtime = (resolve_weights(model) / CARD_FILE).stat().st_mtime
+    key = (model, card_mtime, case_id, file_stamp(Path(c.image_path)), state.current_device())
+    cache: dict = st.session_state.setdefault(LIVE_PREDICTIONS, {})
+    if key not in cache:
+        pred = load_predictor(model)
+        res = pred.predict(ds.load_image_float(c))
+        lut = class_mapping(pred.card.labels, ds.labels)
+        cache.clear()  # keep one: predictions are big
+        cache[key] = np.asarray(lut[res.mask])
+    return cache[key]
+
+
 def refresh_datasets() -> None:
     """Force the next :func:`load_dataset` to rescan (the disk cache keeps it cheap)."""
     state.set(state.REFRESH, int(state.get(state.REFRESH, 0)) + 1)

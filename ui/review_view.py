@@ -26,6 +26,8 @@ from typing import Any
 import streamlit as st
 
 from ui import state
+from ui.loaders import case_image
+from ui.widgets import fmt_num
 
 PAGE = "pages/6_Conflict_review.py"
 
@@ -36,7 +38,7 @@ NOTE_CLEAR = "review_note_clear"
 CURRENT_KEY = "review_current"           # "a\tb" of the pair on screen
 JUMP_KEY = "review_jump"
 LINK_KEY = "review_link_case"            # the BROWSER_CASE value already used as a deep link
-REQUEST_KEY = "review_request_case"      # set by request_review(): open this case's pair next time
+REQUEST_KEY = "review_request_case"      # a case id set by a linking page: open this case's pair next time
 NOTICE_KEY = "review_notice"
 SEARCHED_KEY = "review_searched"
 EXPORT_KEY = "review_export"
@@ -98,13 +100,7 @@ def show_notice() -> None:
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return "n/a"
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return str(v)
-    return "n/a" if f != f else f"{f:.{digits}f}"
+    return fmt_num(v, digits, keep_text=True)
 
 
 # ------------------------------------------------------------------------------ search
@@ -185,16 +181,8 @@ def summary_panel(report: Any, ds: Any) -> None:
 
 # ------------------------------------------------------------------------------ queue controls
 
-def request_review(case_id: str) -> None:
-    """Ask this page (next time it runs) to open the most severe pair holding ``case_id``.
-
-    For links from other pages: ``request_review(cid); st.switch_page(ui.review_view.PAGE)``.
-    """
-    st.session_state[REQUEST_KEY] = str(case_id)
-
-
 def _apply_deep_link(queue: list) -> None:
-    """Start at the pair of a requested case (:func:`request_review`), or of ``BROWSER_CASE`` when
+    """Start at the pair of a requested case (``REQUEST_KEY``), or of ``BROWSER_CASE`` when
     that changed since it was last used; clears the filters so the pair is visible."""
     from engine.review_queue import key_text, pair_for_case
 
@@ -420,7 +408,7 @@ def pair_panel(ds: Any, store: Any, cur: Any) -> None:
     imgs = []
     for col, tag, cid in ((c[0], "A", cur.a), (c[1], "B", cur.b)):
         try:
-            img = ds.load_image_float(cid)
+            img = case_image(ds, cid)
         except WorkbenchError as exc:  # one unreadable image must not hide the rest of the review
             col.warning(f"{tag} · {cid}: {exc}", icon=":material/broken_image:")
             imgs.append(None)

@@ -15,7 +15,6 @@ are kept apart so the translation is testable without a page.
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import streamlit as st
 
 from ui import state
+from ui.widgets import fmt_num
 
 PAGE = "pages/5_Train.py"
 DASHBOARD_PAGE = "pages/4_Metrics_dashboard.py"
@@ -62,11 +62,7 @@ AUG_TOGGLES: dict[str, tuple[str, tuple[str, ...], float]] = {
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return "n/a"
-    return "n/a" if math.isnan(f) else f"{f:.{digits}f}"
+    return fmt_num(v, digits)
 
 
 # ----------------------------------------------------------------------------- data sources
@@ -330,13 +326,6 @@ def runs_table(rows: list[dict[str, Any]]):
     } for r in rows])
 
 
-def refresh_models() -> None:
-    """Make the model pickers see a just-exported model now."""
-    from ui.loaders import refresh_weights
-
-    refresh_weights()
-
-
 def _charts(run_dir: Path) -> None:
     from engine.dashboard import load_history
     from ui.widgets import history_charts
@@ -373,7 +362,9 @@ def _finished_notes(info: dict[str, Any]) -> None:
         if state.current_model() == name:
             c1.caption(f"**{name}** is the current model.")
         elif c1.button(f"Use {name} as the current model", key=K["use_model"]):
-            refresh_models()
+            from ui.loaders import refresh_weights
+
+            refresh_weights()  # the model pickers see the just-exported model now
             state.set(state.MODEL, name)
             st.rerun(scope="app")
         with c2:

@@ -30,6 +30,18 @@ def page_setup(title: str, icon: str = "🩻", intro: str | None = None) -> None
         st.markdown(f"**Device**  \n`{device_label()}`")
 
 
+def fmt_num(v: Any, digits: int = 4, keep_text: bool = False) -> str:
+    """A number for a metric tile: ``digits`` decimals; ``"n/a"`` for None and NaN. A value that is
+    not a number gives ``"n/a"``, or itself with ``keep_text``."""
+    if v is None:
+        return "n/a"
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v) if keep_text else "n/a"
+    return "n/a" if f != f else f"{f:.{digits}f}"
+
+
 def _short(path: str, n: int = 42) -> str:
     return path if len(path) <= n else "…" + path[-(n - 1):]
 

@@ -51,7 +51,7 @@ def open_dataset(path: str | Path, layout: str | None = None, *, options: dict[s
     """
     root = Path(path).expanduser()
     if root.is_file() and is_manifest(root):
-        return read_manifest(root)
+        return read_manifest(root, workspace=workspace)
     if not root.exists():
         raise LayoutError("folder not found", path=root, hint="check the path")
     if not root.is_dir():

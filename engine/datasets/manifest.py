@@ -16,11 +16,14 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from engine.datasets.base import BadFile, Case, Dataset
 from engine.errors import LayoutError
 from engine.fsutil import atomic_write_json
+
+if TYPE_CHECKING:
+    from engine.workspace import Workspace
 
 MANIFEST_FORMAT = "segwb-manifest"
 MANIFEST_VERSION = 1
@@ -67,8 +70,9 @@ def write_manifest(path: str | Path, source: Dataset, cases: Sequence[Case],
     return Path(path)
 
 
-def read_manifest(path: str | Path) -> Dataset:
-    """Open a manifest as a :class:`Dataset` (layout ``manifest``).
+def read_manifest(path: str | Path, workspace: Workspace | str | Path | None = None) -> Dataset:
+    """Open a manifest as a :class:`Dataset` (layout ``manifest``); its workspace folder (review
+    store, caches) is keyed by the manifest file in ``workspace`` (default: the current one).
 
     Cases whose image (or mask file) no longer exists are listed in ``bad_files``.
 
@@ -101,10 +105,11 @@ def read_manifest(path: str | Path) -> Dataset:
              f"{len(data.get('dropped', []))} dropped"]
     from engine.workspace import Workspace
 
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     ds = Dataset(src.get("root", str(path.parent)), "manifest", cases,
                  {int(k): v for k, v in data.get("labels", {"0": "background", "1": "foreground"}).items()},
                  bad, notes, src.get("options") or {}, data.get("label_lut"),
-                 workdir=Workspace().dataset_dir(path))  # keyed by the manifest file: its own store/caches
+                 workdir=ws.dataset_dir(path))  # keyed by the manifest file: its own store/caches
     ds.manifest_path = path
     ds.manifest_info = data.get("info", {})
     ds.dropped = [(d["case_id"], d.get("reason", "")) for d in data.get("dropped", [])]

@@ -358,7 +358,7 @@ class ReviewStore:
             args += ks
         return [self._row_event(r) for r in self._read(sql + " ORDER BY id", args)]
 
-    def _undone_ids(self) -> set[int]:
+    def undone_ids(self) -> set[int]:
         """Ids of events cancelled by an effective undo (undo of an undo re-enables)."""
         undos = self._read("SELECT id, ref FROM events WHERE kind = 'undo' ORDER BY id DESC")
         undone: set[int] = set()
@@ -433,7 +433,7 @@ class ReviewStore:
 
     def decisions(self) -> dict[tuple[str, tuple[str, ...]], Decision]:
         """Current decisions: ``{(target_kind, sorted members): Decision}`` (latest effective event)."""
-        undone = self._undone_ids()
+        undone = self.undone_ids()
         out: dict[tuple[str, tuple[str, ...]], Decision] = {}
         for e in self.events(kinds=["decision"]):
             if e.id in undone:
@@ -456,7 +456,7 @@ class ReviewStore:
 
     def case_states(self) -> dict[str, CaseState]:
         """Current state of every case that has one (cases absent here are ``unreviewed``)."""
-        undone = self._undone_ids()
+        undone = self.undone_ids()
         out: dict[str, CaseState] = {}
         for e in self.events(kinds=["case_state"]):
             if e.id not in undone:
