@@ -2,11 +2,16 @@
 
 - ``shared_data``: Path to ../shared/data (skips the test when absent, as on a user's fresh clone).
 - ``workspace``: a fresh engine workspace in a tmp dir (also exported as $SEGWB_WORKSPACE).
+- ``one_torch_thread``: torch limited to one intra-op thread for a module
+  (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``).
+
+Shared helper functions (datasets, tiny models, AppTest plumbing) live in ``helpers.py``.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,3 +49,14 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ws.mkdir()
     monkeypatch.setenv("SEGWB_WORKSPACE", str(ws))
     return ws
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models: one intra-op thread is faster than several fighting over a busy CPU."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

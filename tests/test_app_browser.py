@@ -8,15 +8,17 @@ about half of each image: its Dice differs from case to case).
 from __future__ import annotations
 
 import base64
-import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import app_test, charts, ok, point_app_at, save_tiny_unet, tiny_demo_dir
 
 from engine.datasets import open_dataset
 from engine.eda import conflict_status_column, count_table, natural_key
@@ -33,65 +35,25 @@ MODEL = "browser-test-unet"
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from engine.phantoms import generate_demo
-
-    root = tmp_path_factory.mktemp("browser_demo")
-    generate_demo(root, scale="tiny")
-    return root
+    return tiny_demo_dir(tmp_path_factory, "browser_demo")
 
 
 @pytest.fixture(scope="session")
 def ws(tmp_path_factory: pytest.TempPathFactory, demo: Path) -> Path:
     root = tmp_path_factory.mktemp("browser_ws")
-    make_model(root, MODEL, open_dataset(demo / "nerve", workspace=Workspace(root)))
+    ds = open_dataset(demo / "nerve", workspace=Workspace(root))
+    save_tiny_unet(root / "models" / MODEL, seed=0, centre_on=ds.load_image_float(ds.cases[0]))
     return root
-
-
-def make_model(ws_root: Path, name: str, ds) -> Path:
-    """A tiny classic U-Net in ``<ws>/models/<name>``; foreground bias centred on a sample image."""
-    import torch
-
-    from engine.augment import Preprocess
-    from engine.checkpoint import ModelCard, save_checkpoint
-    from engine.inference import Predictor
-    from engine.models import ModelSpec, build_model
-
-    torch.manual_seed(0)
-    spec = ModelSpec(arch="unet_classic", base_channels=4, num_classes=2, encoder_depth=2)
-    net = build_model(spec)
-    card = ModelCard(name=name, spec=spec, labels={0: "background", 1: "nerve"}, preprocess=Preprocess(size=(64, 64)))
-    folder = ws_root / "models" / name
-    save_checkpoint(folder, net, card)
-    probs, _ = Predictor.from_weights(folder, device="cpu").predict_probs(ds.load_image_float(ds.cases[0]))
-    diff = np.log(probs[1] + 1e-7) - np.log(probs[0] + 1e-7)
-    with torch.no_grad():
-        net.net.head.bias[1] -= float(np.median(diff))
-    save_checkpoint(folder, net, card)
-    return folder
 
 
 @pytest.fixture()
 def env(demo: Path, ws: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    monkeypatch.setenv("SEGWB_DEMO_DATA", str(demo))
-    monkeypatch.setenv("SEGWB_WORKSPACE", str(ws))
-    st.cache_data.clear()
-    st.cache_resource.clear()
+    point_app_at(monkeypatch, demo, ws)
     return {"demo": demo, "ws": ws, "nerve": demo / "nerve", "ptx": demo / "ptx"}
 
 
 def app(dataset: Path, **session) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=180)
-    at.session_state[state.DATASET] = str(dataset)
-    at.session_state[state.DEVICE] = "cpu"
-    for k, v in session.items():
-        at.session_state[k] = v
-    return at
-
-
-def ok(at: AppTest) -> AppTest:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-    return at
+    return app_test(PAGE, {state.DATASET: str(dataset), state.DEVICE: "cpu"}, **session)
 
 
 def frame(path: Path, ws: Path) -> pd.DataFrame:
@@ -114,14 +76,6 @@ def count_caption(at: AppTest) -> int:
         if m:
             return int(m.group(1).replace(",", ""))
     raise AssertionError("no 'N of M cases' caption")
-
-
-def charts(at: AppTest) -> dict[str, dict]:
-    out = {}
-    for c in at.get("plotly_chart"):
-        spec = json.loads(c.proto.spec)
-        out[(spec["layout"].get("title") or {}).get("text", "")] = spec
-    return out
 
 
 def ys(trace: dict) -> list:

@@ -7,38 +7,26 @@ disagreement-map pixel counts, the dataset comparison table).
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import clear_streamlit_caches, save_tiny_unet
+
 REPO = Path(__file__).resolve().parents[1]
 PAGE = str(REPO / "pages" / "2_Compare_models.py")
 MODELS = ["cmp-a", "cmp-b"]
 
 
-def _clear_caches() -> None:
-    import streamlit as st
-
-    st.cache_data.clear()
-    st.cache_resource.clear()
-
-
 def _tiny_model(ws: Path, name: str, seed: int, threshold: float) -> None:
     """A random tiny U-Net whose card threshold sits inside its probability range (non-trivial masks)."""
-    import torch
-
-    from engine.augment import Preprocess
-    from engine.checkpoint import ModelCard, save_checkpoint
-    from engine.models import ModelSpec, build_model
     from engine.postprocess import PostProcessConfig
 
-    torch.manual_seed(seed)
-    spec = ModelSpec(arch="unet_classic", base_channels=4, encoder_depth=2, num_classes=2)
-    card = ModelCard(name=name, spec=spec, labels={0: "background", 1: "nerve"}, preprocess=Preprocess(size=(64, 64)),
-                     postprocess=PostProcessConfig(threshold=threshold))
-    save_checkpoint(ws / "models" / name, build_model(spec, load_pretrained=False), card)
+    save_tiny_unet(ws / "models" / name, seed=seed, postprocess=PostProcessConfig(threshold=threshold))
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +47,9 @@ def env(tmp_path_factory):
         _tiny_model(ws, name, seed=i, threshold=0.5)
         probs = Predictor.from_weights(name, device="cpu").predict(img).probs[1]
         _tiny_model(ws, name, seed=i, threshold=round(float(np.median(probs)), 3))  # same weights, mid threshold
-    _clear_caches()
+    clear_streamlit_caches()
     yield SimpleNamespace(root=root, ws=ws, nerve=demo / "nerve")
-    _clear_caches()
+    clear_streamlit_caches()
     mp.undo()
 
 

@@ -7,13 +7,15 @@ Shown numbers are compared with the evaluation's summary / the engine's own tabl
 from __future__ import annotations
 
 import base64
-import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import app_test, charts, metrics, ok, point_app_at, save_tiny_unet, tiny_demo_dir
 
 from engine.dashboard import headline, join_meta, slice_metrics, sweep_matrix, worst_cases
 from engine.datasets import open_dataset
@@ -35,25 +37,7 @@ CFG = EvalConfig(sweep_max_images=24, device="cpu")
 def make_model(ws_root: Path, name: str, ds, label: str = "nerve") -> Path:
     """A tiny classic U-Net in ``<ws>/models/<name>``; foreground bias centred on a sample image
     (so it predicts about half of each image and its scores differ from case to case)."""
-    import torch
-
-    from engine.augment import Preprocess
-    from engine.checkpoint import ModelCard, save_checkpoint
-    from engine.inference import Predictor
-    from engine.models import ModelSpec, build_model
-
-    torch.manual_seed(1)
-    spec = ModelSpec(arch="unet_classic", base_channels=4, num_classes=2, encoder_depth=2)
-    net = build_model(spec)
-    card = ModelCard(name=name, spec=spec, labels={0: "background", 1: label}, preprocess=Preprocess(size=(64, 64)))
-    folder = ws_root / "models" / name
-    save_checkpoint(folder, net, card)
-    probs, _ = Predictor.from_weights(folder, device="cpu").predict_probs(ds.load_image_float(ds.cases[0]))
-    diff = np.log(probs[1] + 1e-7) - np.log(probs[0] + 1e-7)
-    with torch.no_grad():
-        net.net.head.bias[1] -= float(np.median(diff))
-    save_checkpoint(folder, net, card)
-    return folder
+    return save_tiny_unet(ws_root / "models" / name, seed=1, label=label, centre_on=ds.load_image_float(ds.cases[0]))
 
 
 def write_run(runs: Path, name: str = "tiny-run-20250101-120000", epochs: int = 4) -> tuple[Path, list[dict]]:
@@ -82,10 +66,8 @@ def write_run(runs: Path, name: str = "tiny-run-20250101-120000", epochs: int = 
 @pytest.fixture(scope="session")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from engine.inference import Predictor
-    from engine.phantoms import generate_demo
 
-    demo = tmp_path_factory.mktemp("dash_demo")
-    generate_demo(demo, scale="tiny")
+    demo = tiny_demo_dir(tmp_path_factory, "dash_demo")
     ws = tmp_path_factory.mktemp("dash_ws")
     nerve = open_dataset(demo / "nerve", workspace=Workspace(ws))
     folder = make_model(ws, MODEL, nerve)
@@ -101,39 +83,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture()
 def env(setup: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
-    monkeypatch.setenv("SEGWB_DEMO_DATA", str(setup["demo"]))
-    monkeypatch.setenv("SEGWB_WORKSPACE", str(setup["ws"]))
-    st.cache_data.clear()
-    st.cache_resource.clear()
+    point_app_at(monkeypatch, setup["demo"], setup["ws"])
     return setup
 
 
 def app(dataset: Path, script: str = PAGE, **session) -> AppTest:
-    at = AppTest.from_file(script, default_timeout=180)
-    at.session_state[state.DATASET] = str(dataset)
-    at.session_state[state.DEVICE] = "cpu"
-    at.session_state[state.MODEL] = MODEL
-    for k, v in session.items():
-        at.session_state[k] = v
-    return at
-
-
-def ok(at: AppTest) -> AppTest:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-    return at
-
-
-def metrics(at: AppTest) -> dict[str, str]:
-    return {m.label: m.value for m in at.metric}
-
-
-def charts(at: AppTest) -> dict[str, dict]:
-    out = {}
-    for c in at.get("plotly_chart"):
-        spec = json.loads(c.proto.spec)
-        out[(spec["layout"].get("title") or {}).get("text", "")] = spec
-    return out
+    return app_test(script, {state.DATASET: str(dataset), state.DEVICE: "cpu", state.MODEL: MODEL}, **session)
 
 
 def arr(v) -> np.ndarray:

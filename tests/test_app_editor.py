@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import app_test, ok, point_app_at, save_tiny_unet, tiny_demo_dir
 
 from engine.datasets import open_dataset
 from engine.store import ReviewStore
@@ -29,21 +31,14 @@ MODEL = "editor-test-unet"
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from engine.phantoms import generate_demo
-
-    root = tmp_path_factory.mktemp("editor_demo")
-    generate_demo(root, scale="tiny")
-    return root
+    return tiny_demo_dir(tmp_path_factory, "editor_demo")
 
 
 @pytest.fixture()
 def env(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     ws = tmp_path / "ws"
     ws.mkdir()
-    monkeypatch.setenv("SEGWB_DEMO_DATA", str(demo))
-    monkeypatch.setenv("SEGWB_WORKSPACE", str(ws))
-    st.cache_data.clear()
-    st.cache_resource.clear()
+    point_app_at(monkeypatch, demo, ws)
     return {"demo": demo, "ws": ws, "nerve": demo / "nerve"}
 
 
@@ -52,22 +47,12 @@ def dataset(env):
 
 
 def app(env, case: str | None = None, who: str | None = "tester", **session) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=180)
-    at.session_state[state.DATASET] = str(env["nerve"])
-    at.session_state[state.DEVICE] = "cpu"
+    base = {state.DATASET: str(env["nerve"]), state.DEVICE: "cpu"}
     if who:
-        at.session_state[REVIEWER_KEY] = who
+        base[REVIEWER_KEY] = who
     if case:
-        at.session_state[state.BROWSER_CASE] = case
-    for k, v in session.items():
-        at.session_state[k] = v
-    return at
-
-
-def ok(at: AppTest) -> AppTest:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-    return at
+        base[state.BROWSER_CASE] = case
+    return app_test(PAGE, base, **session)
 
 
 def texts(elements) -> str:
@@ -287,24 +272,11 @@ def test_unsaved_edits_survive_switching_cases(env) -> None:
     assert not at.button(key="editor_save").disabled and session(at, ds, a).stack.can_undo
 
 
-def make_model(ws_root: Path, name: str) -> None:
-    import torch
-
-    from engine.augment import Preprocess
-    from engine.checkpoint import ModelCard, save_checkpoint
-    from engine.models import ModelSpec, build_model
-
-    torch.manual_seed(0)
-    spec = ModelSpec(arch="unet_classic", base_channels=4, num_classes=2, encoder_depth=2)
-    card = ModelCard(name=name, spec=spec, labels={0: "background", 1: "nerve"}, preprocess=Preprocess(size=(64, 64)))
-    save_checkpoint(ws_root / "models" / name, build_model(spec), card)
-
-
 def test_start_from_a_model_prediction(env) -> None:
     from engine.evaluation import class_mapping
     from engine.inference import Predictor
 
-    make_model(env["ws"], MODEL)
+    save_tiny_unet(env["ws"] / "models" / MODEL, seed=0)
     ds = dataset(env)
     cid = positive_case(ds)
     at = ok(app(env, cid, **{state.MODEL: MODEL}).run())

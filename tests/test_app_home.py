@@ -3,34 +3,17 @@ readable errors for a bad folder, and the model picker listing a workspace model
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import clear_streamlit_caches, save_tiny_unet
+
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
-
-
-def _clear_caches() -> None:
-    import streamlit as st
-
-    st.cache_data.clear()
-    st.cache_resource.clear()
-
-
-def _tiny_model(ws: Path, name: str) -> None:
-    import torch
-
-    from engine.augment import Preprocess
-    from engine.checkpoint import ModelCard, save_checkpoint
-    from engine.models import ModelSpec, build_model
-
-    torch.manual_seed(0)
-    spec = ModelSpec(arch="unet_classic", base_channels=4, encoder_depth=2, num_classes=2)
-    card = ModelCard(name=name, spec=spec, labels={0: "background", 1: "nerve"}, preprocess=Preprocess(size=(64, 64)),
-                     description="tiny test model")
-    save_checkpoint(ws / "models" / name, build_model(spec, load_pretrained=False), card)
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +31,10 @@ def with_demo(demo_env, tmp_path, monkeypatch):
     ws = tmp_path / "ws"
     monkeypatch.setenv("SEGWB_WORKSPACE", str(ws))
     monkeypatch.setenv("SEGWB_DEMO_DATA", str(demo_env.demo))
-    _tiny_model(ws, "home-tiny")
-    _clear_caches()
+    save_tiny_unet(ws / "models" / "home-tiny", seed=0, description="tiny test model")
+    clear_streamlit_caches()
     yield SimpleNamespace(ws=ws, demo=demo_env.demo)
-    _clear_caches()
+    clear_streamlit_caches()
 
 
 @pytest.fixture()
@@ -60,9 +43,9 @@ def without_demo(tmp_path, monkeypatch):
     demo.mkdir()
     monkeypatch.setenv("SEGWB_WORKSPACE", str(ws))
     monkeypatch.setenv("SEGWB_DEMO_DATA", str(demo))
-    _clear_caches()
+    clear_streamlit_caches()
     yield SimpleNamespace(ws=ws, demo=demo)
-    _clear_caches()
+    clear_streamlit_caches()
 
 
 def home():

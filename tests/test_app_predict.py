@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,28 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import clear_streamlit_caches, save_tiny_unet
+
 REPO = Path(__file__).resolve().parents[1]
 PAGE = str(REPO / "pages" / "1_Predict.py")
-
-
-def _clear_caches() -> None:
-    import streamlit as st
-
-    st.cache_data.clear()
-    st.cache_resource.clear()
-
-
-def _tiny_model(ws: Path, name: str, presence: bool, seed: int) -> None:
-    import torch
-
-    from engine.augment import Preprocess
-    from engine.checkpoint import ModelCard, save_checkpoint
-    from engine.models import ModelSpec, build_model
-
-    torch.manual_seed(seed)
-    spec = ModelSpec(arch="unet_classic", base_channels=4, encoder_depth=2, num_classes=2, presence_head=presence)
-    card = ModelCard(name=name, spec=spec, labels={0: "background", 1: "nerve"}, preprocess=Preprocess(size=(64, 64)))
-    save_checkpoint(ws / "models" / name, build_model(spec, load_pretrained=False), card)
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +35,11 @@ def env(tmp_path_factory):
     mp.setenv("SEGWB_WORKSPACE", str(ws))
     mp.setenv("SEGWB_DEMO_DATA", str(demo))
     generate_demo(demo, scale="tiny")
-    _tiny_model(ws, "tiny-a", presence=False, seed=0)
-    _tiny_model(ws, "tiny-b", presence=True, seed=1)
-    _clear_caches()
+    save_tiny_unet(ws / "models" / "tiny-a", presence_head=False, seed=0)
+    save_tiny_unet(ws / "models" / "tiny-b", presence_head=True, seed=1)
+    clear_streamlit_caches()
     yield SimpleNamespace(root=root, ws=ws, demo=demo, nerve=demo / "nerve", ptx=demo / "ptx")
-    _clear_caches()
+    clear_streamlit_caches()
     mp.undo()
 
 

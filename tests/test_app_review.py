@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import app_test, ok, point_app_at, tiny_demo_dir
 
 from engine.datasets import open_dataset, write_manifest
 from engine.dedup import ConflictConfig, find_conflicts, load_latest_report
@@ -33,11 +36,7 @@ PAGE = str(REPO / "pages" / "6_Conflict_review.py")
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from engine.phantoms import generate_demo
-
-    root = tmp_path_factory.mktemp("review_demo")
-    generate_demo(root, scale="tiny")
-    return root
+    return tiny_demo_dir(tmp_path_factory, "review_demo")
 
 
 @pytest.fixture()
@@ -47,10 +46,7 @@ def env(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNa
 
     ws = tmp_path / "workspace"
     ws.mkdir()
-    monkeypatch.setenv("SEGWB_DEMO_DATA", str(demo))
-    monkeypatch.setenv("SEGWB_WORKSPACE", str(ws))
-    st.cache_data.clear()
-    st.cache_resource.clear()  # cached datasets carry the workspace folder of an earlier test
+    point_app_at(monkeypatch, demo, ws)  # also clears the caches: cached datasets carry an earlier workspace
     nerve = demo / "nerve"
     planted = {pair_key(p["a"], p["b"]): p for p in load_planted_pairs(nerve)}
     return SimpleNamespace(ws=ws, nerve=nerve, ds=open_dataset(nerve, workspace=Workspace(ws)), planted=planted)
@@ -63,19 +59,10 @@ def report(env: SimpleNamespace):
 
 
 def app(env: SimpleNamespace, reviewer: str | None = None, **session) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=180)
-    at.session_state[state.DATASET] = str(env.nerve)
+    base = {state.DATASET: str(env.nerve)}
     if reviewer:
-        at.session_state[REVIEWER_KEY] = reviewer
-    for k, v in session.items():
-        at.session_state[k] = v
-    return at
-
-
-def ok(at: AppTest) -> AppTest:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-    return at
+        base[REVIEWER_KEY] = reviewer
+    return app_test(PAGE, base, **session)
 
 
 def store_of(env: SimpleNamespace) -> ReviewStore:

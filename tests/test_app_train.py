@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import app_test, metrics, ok, point_app_at, tiny_demo_dir
 
 from engine import jobs
 from engine.checkpoint import list_weights
@@ -38,10 +41,8 @@ TIMEOUT = 240.0
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from engine.datasets import open_dataset
     from engine.datasets.manifest import write_manifest
-    from engine.phantoms import generate_demo
 
-    demo = tmp_path_factory.mktemp("train_demo")
-    generate_demo(demo, scale="tiny")
+    demo = tiny_demo_dir(tmp_path_factory, "train_demo")
     ws = tmp_path_factory.mktemp("train_ws")
     ds = open_dataset(demo / "nerve", workspace=Workspace(ws))
     manifest = write_manifest(Path(ds.workdir) / "manifests" / "clean-20250101-000000.json", ds, ds.cases[:20])
@@ -50,29 +51,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture()
 def env(setup: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
-    monkeypatch.setenv("SEGWB_DEMO_DATA", str(setup["demo"]))
-    monkeypatch.setenv("SEGWB_WORKSPACE", str(setup["ws"]))
-    st.cache_data.clear()
-    st.cache_resource.clear()
+    point_app_at(monkeypatch, setup["demo"], setup["ws"])
     return setup
 
 
 def app(**session) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=180)
-    at.session_state[state.DEVICE] = "cpu"
-    for k, v in session.items():
-        at.session_state[k] = v
-    return at
-
-
-def ok(at: AppTest) -> AppTest:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-    return at
-
-
-def metrics(at: AppTest) -> dict[str, str]:
-    return {m.label: m.value for m in at.metric}
+    return app_test(PAGE, {state.DEVICE: "cpu"}, **session)
 
 
 def tiny(at: AppTest, name: str, epochs: int) -> AppTest:

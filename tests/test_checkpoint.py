@@ -38,6 +38,8 @@ from engine.models import ModelSpec, build_model
 from engine.postprocess import PostProcessConfig, TripletGate
 from engine.workspace import Workspace
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SPEC = ModelSpec(arch="unet_classic", base_channels=4, encoder_depth=2)
 
 
@@ -98,15 +100,6 @@ def rewrite_tensors(folder: Path, state: dict[str, torch.Tensor]) -> None:
     save_file(state, str(folder / WEIGHTS_FILE))
     digest = sha256(folder / WEIGHTS_FILE)
     edit_card(folder, lambda d: d.update(tensors_sha256=digest))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster than several fighting over a busy CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture()

@@ -27,14 +27,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import badinput as B
+from helpers import N_EMPTY, N_POS, make_disks, np_dice, save_tiny_unet
 
 from engine.__main__ import main
 from engine.checkpoint import (
     CARD_FILE,
-    ModelCard,
     load_checkpoint,
     read_card,
-    save_checkpoint,
 )
 from engine.datasets import open_dataset
 from engine.inference import Predictor
@@ -43,38 +42,11 @@ from engine.postprocess import PostProcessConfig
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "clitest-nerve-unet"  # unique: names in the repo's weights/ win over <workspace>/models
-SIZE = 64
-N_POS, N_EMPTY = 8, 4
 VAL_DICE = 0.6172
 HOLDOUT = ["c01", "c04", "c09"]
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-def make_disks(root: Path, seed: int = 0) -> Path:
-    """images/cNN.png + masks/cNN.png (0/255): c00..c07 with a disk, c08..c11 empty, u00 without a mask."""
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    for i in range(N_POS + N_EMPTY + 1):
-        img = rng.normal(0.3, 0.06, (SIZE, SIZE))
-        m = np.zeros((SIZE, SIZE), np.uint8)
-        if i < N_POS:
-            m[(yy - 20 - 3 * i) ** 2 + (xx - 40 + 2 * i) ** 2 <= (7 + i) ** 2] = 1
-            img[m > 0] += 0.45
-        stem = f"c{i:02d}" if i < N_POS + N_EMPTY else "u00"
-        Image.fromarray(np.clip(img * 255, 0, 255).astype(np.uint8)).save(root / "images" / f"{stem}.png")
-        if stem != "u00":
-            Image.fromarray(m * 255).save(root / "masks" / f"{stem}.png")
-    return root
-
-
-def np_dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    p, g = pred > 0, gt > 0
-    den = int(p.sum() + g.sum())
-    return 1.0 if den == 0 else 2.0 * int((p & g).sum()) / den
-
 
 def run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
     capsys.readouterr()
@@ -114,26 +86,11 @@ def disks(ws: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def model(ws: Path, demo: Path) -> Path:
-    import torch
-
-    from engine.augment import Preprocess
-    from engine.models import ModelSpec, build_model
-
-    torch.manual_seed(1)
-    spec = ModelSpec(arch="unet_classic", base_channels=4, num_classes=2, encoder_depth=2)
-    net = build_model(spec)
-    card = ModelCard(name=MODEL, spec=spec, labels={0: "background", 1: "nerve"}, preprocess=Preprocess(size=(SIZE, SIZE)),
-                     metrics={"val_dice": VAL_DICE, "per_class_dice": {"nerve": VAL_DICE}, "empty_policy": "kaggle"},
-                     training={"split": {"k": 3, "val_case_ids": HOLDOUT}})
-    folder = ws / "models" / MODEL
-    save_checkpoint(folder, net, card)
+    """The tiny U-Net labelled ``nerve`` (64×64 input), foreground bias centred on one nerve TIFF."""
     img, _ = load_image(demo / "nerve" / "train" / "1_1.tif")
-    probs, _ = Predictor.from_weights(folder, device="cpu").predict_probs(img)
-    diff = np.log(probs[1] + 1e-7) - np.log(probs[0] + 1e-7)
-    with torch.no_grad():
-        net.net.head.bias[1] -= float(np.median(diff))
-    save_checkpoint(folder, net, card)
-    return folder
+    return save_tiny_unet(ws / "models" / MODEL, seed=1, centre_on=img,
+                          metrics={"val_dice": VAL_DICE, "per_class_dice": {"nerve": VAL_DICE}, "empty_policy": "kaggle"},
+                          training={"split": {"k": 3, "val_case_ids": HOLDOUT}})
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import N_EMPTY, N_POS, SIZE, disk_mask, make_disks, np_dice, save_tiny_unet
 
 from engine.augment import Preprocess
 from engine.checkpoint import ModelCard, save_checkpoint
@@ -32,63 +36,17 @@ from engine.evaluation import (
 )
 from engine.inference import Prediction, Predictor
 from engine.metrics import dice as metrics_dice
-from engine.models import ModelSpec, build_model
+from engine.models import ModelSpec
 
-SIZE = 64
-N_POS, N_EMPTY = 8, 4
 FAST = EvalConfig(sweep=False, device="cpu")
 LABELS = {"label_names": ["disk"]}
 
 
 # ------------------------------------------------------------------------------------ helpers
 
-def disk_mask(cy: float, cx: float, r: float) -> np.ndarray:
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    return ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
-
-
-def make_disks(root: Path, seed: int = 0) -> Path:
-    """images/cNN.png + masks/cNN.png (0/255); c00..c07 have a disk, c08..c11 are empty, u00 has no mask."""
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(seed)
-    for i in range(N_POS + N_EMPTY + 1):
-        img = rng.normal(0.3, 0.06, (SIZE, SIZE))
-        m = np.zeros((SIZE, SIZE), np.uint8)
-        if i < N_POS:
-            r = 7 + i
-            m = disk_mask(20 + 3 * i, 40 - 2 * i, r)
-            img[m > 0] += 0.45
-        stem = f"c{i:02d}" if i < N_POS + N_EMPTY else "u00"
-        Image.fromarray(np.clip(img * 255, 0, 255).astype(np.uint8)).save(root / "images" / f"{stem}.png")
-        if stem != "u00":
-            Image.fromarray(m * 255).save(root / "masks" / f"{stem}.png")
-    return root
-
-
-def np_dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Reference Dice written out here (both empty → 1, the Kaggle rule)."""
-    p, g = pred > 0, gt > 0
-    den = int(p.sum() + g.sum())
-    return 1.0 if den == 0 else 2.0 * int((p & g).sum()) / den
-
-
 def make_model(folder: Path, ds, label: str = "disk", seed: int = 1) -> Path:
     """Tiny classic U-Net saved in ``folder``; foreground bias centred on one image so it predicts about half."""
-    import torch
-
-    torch.manual_seed(seed)
-    spec = ModelSpec(arch="unet_classic", base_channels=4, num_classes=2, encoder_depth=2)
-    net = build_model(spec)
-    card = ModelCard(name=folder.name, spec=spec, labels={0: "background", 1: label},
-                     preprocess=Preprocess(size=(SIZE, SIZE)))
-    save_checkpoint(folder, net, card)
-    probs, _ = Predictor.from_weights(folder, device="cpu").predict_probs(ds.load_image_float(ds.cases[0]))
-    diff = np.log(probs[1] + 1e-7) - np.log(probs[0] + 1e-7)
-    with torch.no_grad():
-        net.net.head.bias[1] -= float(np.median(diff))
-    save_checkpoint(folder, net, card)
-    return folder
+    return save_tiny_unet(folder, seed=seed, label=label, centre_on=ds.load_image_float(ds.cases[0]))
 
 
 def shift_bias(folder: Path, delta: float) -> None:

@@ -31,19 +31,12 @@ from engine.inference import Prediction, Predictor, select_device
 from engine.models import ModelSpec, build_model
 from engine.postprocess import PostProcessConfig
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SPEC = ModelSpec(arch="unet_classic", base_channels=4, encoder_depth=2)  # size divisor 4
 BINOMIAL = np.array([[1.0, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16
 LABELS = {0: "background", 1: "nerve"}
 PAD4 = Preprocess(resize_policy="pad", pad_multiple=4)  # no resizing: model pixels = image pixels
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster than several fighting over a busy CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -12,11 +12,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import SIZE, make_dataset
 
 from engine import jobs
 from engine.augment import AugmentConfig, Preprocess
@@ -30,29 +33,7 @@ from engine.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 
-SIZE = 64
 TIMEOUT = 240.0  # seconds; 2 shared, busy cores
-
-
-def make_dataset(root: Path, n_subjects: int = 6, frames: int = 4, seed: int = 0) -> Path:
-    """Paired images/ + masks/ PNGs: bright disks on noise; every third image has an empty mask."""
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    for s in range(n_subjects):
-        for f in range(frames):
-            img = rng.normal(0.3, 0.06, (SIZE, SIZE))
-            m = np.zeros((SIZE, SIZE), np.uint8)
-            if (s * frames + f) % 3:
-                r = rng.uniform(8, 14)
-                cy, cx = rng.uniform(r + 2, SIZE - r - 2, 2)
-                disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-                img[disk] += 0.45
-                m[disk] = 255
-            Image.fromarray(np.clip(img * 255, 0, 255).astype(np.uint8)).save(root / "images" / f"s{s}_{f}.png")
-            Image.fromarray(m).save(root / "masks" / f"s{s}_{f}.png")
-    return root
 
 
 def config(data: Path, name: str, **kw) -> TrainConfig:
@@ -232,12 +213,23 @@ def test_dead_pid_and_reused_pid_are_died(tmp_path: Path) -> None:
     assert jobs.job_status(run)["state"] == "running"
 
 
+@contextmanager
+def sleeper() -> Iterator[subprocess.Popen]:
+    """A process in its own session that sleeps 120 s and never looks at the CANCEL file; killed on exit."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_cancel_escalates_to_sigterm_when_the_run_does_not_stop(tmp_path: Path) -> None:
     """A process that never looks at the CANCEL file (e.g. still reading data) is stopped by signal."""
     run = tmp_path / "stuck"
     run.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
-    try:
+    with sleeper() as proc:
         atomic_write_json(run / jobs.JOB_FILE, {"pid": proc.pid, "launched": time.time(), "name": "stuck"})
         atomic_write_json(run / "status.json", {"state": "starting", "pid": proc.pid, "started": jobs._now_iso(),
                                                 "message": "reading and preprocessing the data"})
@@ -247,17 +239,12 @@ def test_cancel_escalates_to_sigterm_when_the_run_does_not_stop(tmp_path: Path) 
         assert info["state"] == "cancelled" and "signal" in info["message"]
         assert proc.wait(timeout=10) == -signal.SIGTERM and time.monotonic() - t0 < 30
         assert not (run / "CANCEL").exists()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_cancel_without_waiting_is_enforced_by_a_later_status(tmp_path: Path) -> None:
     run = tmp_path / "stuck2"
     run.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
-    try:
+    with sleeper() as proc:
         atomic_write_json(run / jobs.JOB_FILE, {"pid": proc.pid, "launched": time.time(), "name": "stuck2"})
         atomic_write_json(run / "status.json", {"state": "running", "pid": proc.pid, "started": jobs._now_iso()})
         info = jobs.cancel(run, grace=0.3, wait=False)
@@ -265,10 +252,6 @@ def test_cancel_without_waiting_is_enforced_by_a_later_status(tmp_path: Path) ->
         time.sleep(0.5)
         assert jobs.job_status(run)["state"] == "cancelled"
         assert proc.wait(timeout=10) == -signal.SIGTERM
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_start_refuses_bad_requests_without_launching(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,36 +17,15 @@ import pytest
 import torch
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import SIZE, make_dataset
+
 from engine.augment import AugmentConfig, Preprocess
 from engine.errors import ConfigError
 from engine.models import ClassifierSpec, ModelSpec
 from engine.training import TrainConfig, load_resume_state, load_run_config, read_history, read_status, train
 
 pytestmark = pytest.mark.slow
-
-SIZE = 64
-
-
-def make_dataset(root: Path, n_subjects: int = 6, frames: int = 4, seed: int = 0) -> Path:
-    """Paired images/ + masks/ PNGs: bright disks on noise; every third image has an empty mask."""
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    for s in range(n_subjects):
-        for f in range(frames):
-            img = rng.normal(0.3, 0.06, (SIZE, SIZE))
-            m = np.zeros((SIZE, SIZE), np.uint8)
-            if (s * frames + f) % 3:
-                r = rng.uniform(8, 14)
-                cy, cx = rng.uniform(r + 2, SIZE - r - 2, 2)
-                disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-                img[disk] += 0.45
-                m[disk] = 255
-            Image.fromarray(np.clip(img * 255, 0, 255).astype(np.uint8)).save(root / "images" / f"s{s}_{f}.png")
-            Image.fromarray(m).save(root / "masks" / f"s{s}_{f}.png")
-    return root
-
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
