@@ -211,15 +211,19 @@ def wait_idle(page: Any, timeout: float = RUN_TIMEOUT, since: int | None = None,
         time.sleep(0.1)
 
 
+# The idle callback's own timeout bounds each wait: on a starved machine (CI) Chromium can go
+# minutes without an idle period, and an unbounded requestIdleCallback then hangs the test.
 _IDLE_JS = """() => new Promise(done => {
   let n = 0;
-  const next = () => requestIdleCallback(() => { if (++n >= 2) done(true); else next(); });
+  const next = () => requestIdleCallback(() => { if (++n >= 2) done(true); else next(); },
+                                         {timeout: 3000});
   next();
 })"""
 
 
 def _browser_idle(page: Any, timeout: float) -> None:
-    """Wait for two consecutive idle periods of the page's main thread (pending renders done)."""
+    """Wait for two consecutive idle periods of the page's main thread (pending renders done;
+    at most ~6 s when the main thread never idles)."""
     page.wait_for_function(_IDLE_JS, timeout=max(1.0, timeout) * 1000)
 
 
