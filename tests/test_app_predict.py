@@ -131,6 +131,29 @@ def test_demo_image_threshold_min_area_and_tta(env):
         areas.append(expected)
     assert areas[0] > areas[1]
     assert runs(at) == 1
+
+    # the run-length encodings are drawn only once their expander is opened, and they are the mask's
+    from engine.rle import decode
+    from ui.predict_page import RLE_EXPANDER
+
+    at.slider(key="predict_thr_tiny-a").set_value(t1).run()
+    mask = postprocess(ref.probs, PostProcessConfig(threshold=t1)) > 0
+    assert mask.any()
+    assert "Run-length encodings (foreground = any class)" in [e.label for e in at.expander]
+    assert not at.code
+    at.session_state[RLE_EXPANDER] = True
+    at.run()
+    full = pv.rle_strings(mask)
+    assert (decode(full["kaggle"], mask.shape, "kaggle") == mask).all()
+    for code, conv in zip(at.code, ("kaggle", "siim"), strict=True):
+        # a long RLE is shown as its first whole pairs (the download has it all)
+        assert full[conv].startswith(code.value) and len(code.value.split()) % 2 == 0
+        if code.value == full[conv]:
+            assert (decode(code.value, mask.shape, conv) == mask).all()
+    at.session_state[RLE_EXPANDER] = False
+    at.run()
+    assert not at.code and runs(at) == 1
+    at.slider(key="predict_thr_tiny-a").set_value(t2).run()
     at.number_input(key="predict_minarea_tiny-a").set_value(500).run()
     expected = int(np.count_nonzero(postprocess(ref.probs, PostProcessConfig(threshold=t2, min_area=500))))
     assert metrics(at)["nerve area"] == f"{expected:,} px"
@@ -199,6 +222,13 @@ def test_uploads_tiff_dicom_and_bad_files(env):
     assert list(table["size"]) == ["60×90", "256×256"]
     at.selectbox(key="predict_pick").set_value("chest.dcm").run()
     assert not at.exception
+    assert "DICOM metadata" in " ".join(e.label for e in at.expander)
+    assert not at.dataframe[1:]  # the metadata table is drawn only while its expander is open
+    from ui.predict_page import META_EXPANDER
+
+    at.session_state[META_EXPANDER] = True
+    at.run()
+    assert not at.exception
     page_text = texts(at)
     assert "DICOM metadata" in " ".join(e.label for e in at.expander)
     assert phi["sop_instance_uid"] in page_text and "view_position" in page_text
@@ -209,6 +239,20 @@ def test_uploads_tiff_dicom_and_bad_files(env):
 
 
 # -- ui.predict_view helpers ------------------------------------------------------------------------
+
+def test_rle_preview_keeps_whole_pairs():
+    from ui import predict_view as pv
+
+    rle = " ".join(f"{100 * i + 1} {i % 7 + 1}" for i in range(2000))
+    assert pv.rle_preview("5 3 20 4", 100) == ("5 3 20 4", 0)
+    shown, more = pv.rle_preview(rle, 50)
+    toks = shown.split()
+    assert len(shown) <= 50 and len(toks) % 2 == 0 and rle.startswith(shown + " ")
+    assert more == 2000 - len(toks) // 2 and more > 0
+    assert pv.rle_preview(rle, 2) == ("", 2000)  # not even one pair fits
+    assert pv.rle_preview(rle, 3) == ("1 1", 1999)
+    assert pv.rle_preview("", 10) == ("", 0)
+
 
 def test_rle_strings_decode_back_to_the_mask():
     from engine.rle import decode

@@ -10,6 +10,10 @@ from ui.loaders import load_dataset, load_predictor
 from ui.widgets import guard, legend, model_picker
 
 
+RLE_EXPANDER = "predict_rle_open"  # session-state keys of the lazy expanders (True = open)
+META_EXPANDER = "predict_meta_open"
+
+
 def controls(card, predictor):
     """Post-processing controls (keyed per model, so each model starts from its card's defaults)."""
     post = card.postprocess
@@ -136,24 +140,34 @@ def detail(item, card, predictor):
 
         d = pairwise_dice(item.mask, gt)["foreground"]
         mcols[i + 3].metric("Dice vs ground truth", f"{d:.3f}", help="foreground; two empty masks count as 1")
-    rle = pv.rle_strings(item.mask)
     d1, d2, d3, d4 = st.columns(4)
     d1.download_button("Mask PNG", lambda: pv.mask_png_bytes(item.mask), f"{stem}_mask.png", "image/png",
                        key="predict_dl_mask", on_click="ignore", help="8-bit PNG, pixel value = class id")
     d2.download_button("Overlay PNG", lambda: pv.overlay_png_bytes(item.img, item.mask, alpha, hidden, contour),
                        f"{stem}_overlay.png", "image/png", key="predict_dl_overlay", on_click="ignore")
-    d3.download_button("RLE (Kaggle UNS)", rle["kaggle"], f"{stem}_rle_kaggle.txt", "text/plain",
-                       key="predict_dl_rle_kaggle", on_click="ignore")
-    d4.download_button("RLE (SIIM)", rle["siim"], f"{stem}_rle_siim.txt", "text/plain",
-                       key="predict_dl_rle_siim", on_click="ignore")
-    with st.expander("Run-length encodings (foreground = any class)"):
-        st.caption("Kaggle UNS: 1-based `start length` pairs, column-major, empty = blank")
-        st.code(rle["kaggle"][:4000] or "(empty)", language="text")
-        st.caption("SIIM-ACR: first offset 0-based, later offsets relative to the previous run's end, empty = -1")
-        st.code(rle["siim"][:4000], language="text")
+    d3.download_button("RLE (Kaggle UNS)", lambda: pv.rle_strings(item.mask)["kaggle"], f"{stem}_rle_kaggle.txt",
+                       "text/plain", key="predict_dl_rle_kaggle", on_click="ignore")
+    d4.download_button("RLE (SIIM)", lambda: pv.rle_strings(item.mask)["siim"], f"{stem}_rle_siim.txt",
+                       "text/plain", key="predict_dl_rle_siim", on_click="ignore")
+    # Lazy expanders (on_change="rerun"): their content is computed and drawn only while open, so a
+    # new upload is not held up by code blocks and tables nobody has asked to see.
+    rle_box = st.expander("Run-length encodings (foreground = any class)", key=RLE_EXPANDER, on_change="rerun")
+    if rle_box.open:
+        rle = pv.rle_strings(item.mask)
+        with rle_box:
+            for conv, about in (("kaggle", "Kaggle UNS: 1-based `start length` pairs, column-major, empty = blank"),
+                                ("siim", "SIIM-ACR: first offset 0-based, later offsets relative to the previous "
+                                         "run's end, empty = -1")):
+                shown, more = pv.rle_preview(rle[conv])
+                st.caption(about + (f" · first {len(shown.split()) // 2:,} runs shown, {more:,} more in the "
+                                    "download" if more else ""))
+                st.code(shown or "(empty)", language="text")
     if pv.is_dicom(item.meta):
-        with st.expander("DICOM metadata (patient-identifying fields hidden)", expanded=False):
-            st.dataframe(pv.safe_meta_rows(item.meta), hide_index=True, width="stretch")
+        meta_box = st.expander("DICOM metadata (patient-identifying fields hidden)", key=META_EXPANDER,
+                               on_change="rerun")
+        if meta_box.open:
+            with meta_box:
+                st.dataframe(pv.safe_meta_rows(item.meta), hide_index=True, width="stretch")
     else:
         rows = pv.safe_meta_rows(item.meta)
         st.caption(" · ".join(f"{r['field']}: {r['value']}" for r in rows))

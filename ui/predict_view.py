@@ -461,6 +461,22 @@ def rle_strings(mask: np.ndarray) -> dict[str, str]:
     return {"kaggle": encode(fg, "kaggle"), "siim": encode(fg, "siim")}
 
 
+def rle_preview(rle: str, max_chars: int = 4000) -> tuple[str, int]:
+    """The leading whole ``start length`` pairs of ``rle`` that fit in ``max_chars`` characters,
+    and how many pairs were left out (0 when all fit). Never cuts a pair or a number in two."""
+    if len(rle) <= max_chars:
+        return rle, 0
+    toks = rle.split()
+    used, n = 0, 0
+    while n + 1 < len(toks):
+        step = len(toks[n]) + len(toks[n + 1]) + (2 if n else 1)
+        if used + step > max_chars:
+            break
+        used += step
+        n += 2
+    return " ".join(toks[:n]), (len(toks) - n) // 2
+
+
 def image_ids(name: str, meta: Mapping[str, Any] | None = None) -> dict[str, str]:
     """Row ids for the two CSV formats: Kaggle ``img`` = file stem; SIIM ``ImageId`` = the
     DICOM SOPInstanceUID when known, else the file stem."""

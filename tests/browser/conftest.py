@@ -411,14 +411,22 @@ def open_tab(page: Any, name: str) -> None:
     page.wait_for_timeout(300)
 
 
-def expand(page: Any, label: str, scope: Any = None) -> Any:
-    """Open the ``st.expander`` whose header contains ``label`` (no-op when open); returns it."""
+def expand(page: Any, label: str, scope: Any = None, lazy: bool = False, timeout: float = RUN_TIMEOUT) -> Any:
+    """Open the ``st.expander`` whose header contains ``label`` (no-op when open); returns it.
+
+    ``lazy``: the expander is drawn with ``on_change="rerun"`` (its content exists only while
+    open): wait for the rerun that opening it causes.
+    """
     root = scope if scope is not None else page
     exp = root.locator('[data-testid="stExpander"]').filter(
         has=page.locator("summary").filter(has_text=re.compile(re.escape(label)))).first
     if exp.locator("details").first.get_attribute("open") is None:
-        exp.locator("summary").first.click()
-        page.wait_for_timeout(300)
+        if lazy:
+            with expect_rerun(page, timeout):
+                exp.locator("summary").first.click()
+        else:
+            exp.locator("summary").first.click()
+            page.wait_for_timeout(300)
     return exp
 
 

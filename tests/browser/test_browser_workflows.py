@@ -76,7 +76,9 @@ def test_predict_uploads(page, inputs) -> None:
     select_option(page, "Image", dcm.name)
     assert dcm.name in headings(page)
     assert f"{dcm.name}: prediction" in image_captions(page)
-    expand(page, "DICOM metadata")
+    # the metadata table is drawn only once its expander is opened (the batch table is the only one)
+    assert page.locator('[data-testid="stDataFrame"]').count() == 1
+    expand(page, "DICOM metadata", lazy=True)
     assert_healthy(page, allow_errors=[bad.name])
     meta = dataframe_text(page, nth=1)
     assert "CR" in meta or "modality" in meta.lower(), meta
