@@ -12,6 +12,10 @@ from ui.widgets import guard, legend, model_picker
 
 RLE_EXPANDER = "predict_rle_open"  # session-state keys of the lazy expanders (True = open)
 META_EXPANDER = "predict_meta_open"
+RLE_CAPTIONS = {
+    "kaggle": "Kaggle UNS: 1-based `start length` pairs, column-major, empty = blank",
+    "siim": "SIIM-ACR: first offset 0-based, later offsets relative to the previous run's end, empty = -1",
+}
 
 
 def controls(card, predictor):
@@ -155,9 +159,7 @@ def detail(item, card, predictor):
     if rle_box.open:
         rle = pv.rle_strings(item.mask)
         with rle_box:
-            for conv, about in (("kaggle", "Kaggle UNS: 1-based `start length` pairs, column-major, empty = blank"),
-                                ("siim", "SIIM-ACR: first offset 0-based, later offsets relative to the previous "
-                                         "run's end, empty = -1")):
+            for conv, about in RLE_CAPTIONS.items():
                 shown, more = pv.rle_preview(rle[conv])
                 st.caption(about + (f" · first {len(shown.split()) // 2:,} runs shown, {more:,} more in the "
                                     "download" if more else ""))
