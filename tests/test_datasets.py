@@ -283,3 +283,18 @@ def test_a_stray_dicom_among_pngs_is_not_a_siim_dataset(tmp_path: Path) -> None:
     assert detect_layout(folder)[0].layout == "paired"
     ds = open_dataset(folder)
     assert ds.layout == "paired" and len(ds) == 5 and not any(c.labelled for c in ds.cases)
+
+
+def test_case_dict_round_trip_covers_every_field() -> None:
+    from dataclasses import fields
+
+    from engine.datasets.base import Case
+
+    meta = {"classes": [0, 1], "dicom": {"age": 38}}
+    case = Case("1_2", "1", "/d/train/1_2.tif", MaskSource("rle", "/d/train_masks.csv", ("5 3",), "kaggle"),
+                True, True, 3, 420, 580, "train", meta)
+    d = case.to_dict()
+    assert set(d) == {f.name for f in fields(Case)}  # a new field cannot be forgotten in the cache
+    assert Case.from_dict(d) == case
+    d["meta"]["dicom"]["age"] = 99  # the dict is a copy: the case is not changed through it
+    assert case.meta["dicom"]["age"] == 38

@@ -144,15 +144,6 @@ def test_read_gray_fast_path_equals_engine_reader(tmp_path: Path) -> None:
         assert np.max(np.abs(got - ref)) < 1e-5, name
 
 
-def test_mask_fast_reader_equals_dataset_loader(mixed_dataset: Path, workspace: Path) -> None:
-    from engine.dedup.maskcache import load_mask_fast
-
-    ds = open_dataset(mixed_dataset)
-    for c in ds.cases:
-        a, b = ds.load_mask(c), load_mask_fast(ds, c)
-        assert a.dtype == b.dtype and np.array_equal(a, b)
-
-
 # ---------------------------------------------------------------------------------------------
 # fingerprints and search
 

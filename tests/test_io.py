@@ -87,6 +87,95 @@ def test_tiff_8_16_and_multipage(tmp_path: Path) -> None:
     assert image_size(tmp_path / "a.tif") == (40, 50)
 
 
+def test_tiff_size_from_header_matches_tifffile(tmp_path: Path) -> None:
+    import tifffile
+
+    from engine.io.raster import classic_tiff_info
+
+    def _classic_tiff_size(p):
+        info = classic_tiff_info(p)
+        return None if info is None else (info["height"], info["width"])
+
+    variants = {"u8": np.zeros((37, 53), np.uint8), "u16": np.zeros((37, 53), np.uint16),
+                "rgb": np.zeros((37, 53, 3), np.uint8), "tall": np.zeros((70000, 3), np.uint8)}
+    for name, arr in variants.items():
+        for bo in "<>":
+            for comp in (None, "zlib"):
+                p = tmp_path / f"{name}{bo == '>'}{comp}.tif"
+                tifffile.imwrite(p, arr, byteorder=bo, compression=comp)
+                assert _classic_tiff_size(p) == arr.shape[:2]
+                assert image_size(p) == arr.shape[:2]
+    facts = classic_tiff_info(tmp_path / "rgbFalseNone.tif")
+    assert facts == {"height": 37, "width": 53, "photometric": 2, "samples": 3, "bits": 0, "single_page": 1,
+                     "compression": 1, "orientation": 1}
+    assert classic_tiff_info(tmp_path / "u16TrueNone.tif")["bits"] == 16
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.zeros((3, 37, 53), np.uint8), photometric="minisblack")
+    facts = classic_tiff_info(stack)
+    assert facts["single_page"] == 0 and facts["bits"] == 8 and facts["photometric"] == 1
+    planar = tmp_path / "planar.tif"
+    tifffile.imwrite(planar, np.zeros((3, 37, 53), np.uint8), photometric="rgb", planarconfig="separate")
+    assert image_size(planar) == (37, 53)
+    big = tmp_path / "big.tif"  # BigTIFF: not parsed by the fast path, tifffile answers
+    tifffile.imwrite(big, np.zeros((37, 53), np.uint8), bigtiff=True)
+    assert _classic_tiff_size(big) is None and image_size(big) == (37, 53)
+    for junk in (b"II*\x00garbage" * 10, b"II*\x00\x08\x00\x00\x00\x00\x00", b"MM", b""):
+        bad = tmp_path / "bad.tif"
+        bad.write_bytes(junk)
+        assert _classic_tiff_size(bad) is None
+        with pytest.raises(ReadError, match="bad.tif"):
+            image_size(bad)
+
+
+def test_fast_tiff_path_gives_tifffiles_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """8-bit grey lossless TIFFs are decoded by OpenCV: same pixels and meta as tifffile; every
+    other kind still goes through tifffile."""
+    import tifffile
+
+    from engine.io import raster
+
+    rng = np.random.default_rng(5)
+    grey = rng.integers(0, 256, (61, 47), dtype=np.uint8)
+    grey[10:20] = 7  # runs that LZW/PackBits compress
+    calls: list[str] = []
+    real = raster._read_plain_tiff
+
+    def spy(path, info):
+        out = real(path, info)
+        calls.append("fast" if out is not None else "tifffile")
+        return out
+
+    monkeypatch.setattr(raster, "_read_plain_tiff", spy)
+    fast = {}
+    for bo in "<>":
+        for comp, pred in ((None, None), ("lzw", None), ("lzw", 2), ("zlib", None), ("packbits", None)):
+            p = tmp_path / f"g{bo == '>'}{comp}{pred}.tif"
+            tifffile.imwrite(p, grey, byteorder=bo, compression=comp, predictor=pred, photometric="minisblack")
+            arr, meta = raster.read_tiff(p)
+            assert calls.pop() == "fast", p.name
+            np.testing.assert_array_equal(arr, grey)
+            fast[p.name] = meta
+    with tifffile.TiffFile(tmp_path / "gFalselzwNone.tif") as tf:
+        np.testing.assert_array_equal(tf.asarray(), grey)
+    monkeypatch.setattr(raster, "_read_plain_tiff", lambda path, info: None)  # the tifffile path's meta
+    for name, meta in fast.items():
+        assert raster.read_tiff(tmp_path / name)[1] == meta
+    monkeypatch.setattr(raster, "_read_plain_tiff", spy)
+    others = {"u16": (grey.astype(np.uint16) * 257, {}), "rgb": (np.stack([grey] * 3, -1), {}),
+              "white": (grey, {"photometric": "miniswhite"})}
+    for name, (arr, kw) in others.items():
+        p = tmp_path / f"{name}.tif"
+        tifffile.imwrite(p, arr, **kw)
+        out, _ = raster.read_tiff(p)
+        assert calls.pop() == "tifffile", name
+        np.testing.assert_array_equal(out, 255 - grey if name == "white" else arr)
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.stack([grey, grey]), photometric="minisblack")
+    with pytest.raises(ReadError, match="multi-page"):
+        raster.read_tiff(stack)
+    np.testing.assert_array_equal(raster.read_tiff(stack, page=1)[0], grey)
+
+
 def test_unknown_suffix_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(WorkbenchError, match="image format"):
         reader_kind(tmp_path / "x.gifx")
@@ -282,6 +371,26 @@ def test_mask_encodings(tmp_path: Path) -> None:
     # RGB with equal channels = grey
     labels, info = read_mask(B.png(tmp_path / "grey3.png", np.stack([d255] * 3, -1)))
     assert info["encoding"] == "binary255"
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64])
+def test_mask_values_and_classes_match_np_unique(dtype) -> None:
+    from engine.io.masks import _unique_small
+
+    rng = np.random.default_rng(3)
+    cases = [np.zeros((7, 9)), np.full((7, 9), 255), np.full((7, 9), 3),
+             rng.choice([0, 255], (30, 40)), rng.choice([0, 1], (30, 40)), rng.choice([2, 7], (30, 40)),
+             rng.choice([0, 1, 2], (30, 40)), rng.integers(0, 32, (30, 40)), rng.integers(0, 250, (30, 40)),
+             np.array([[0, 255, 254]]), np.zeros((0, 5))]
+    for raw in cases:
+        a = raw.astype(dtype)
+        assert _unique_small(a) == [int(v) for v in np.unique(a)], a
+        if a.size == 0:
+            continue
+        labels, info = decode_mask_array(a)
+        assert info["classes"] == [int(v) for v in np.unique(labels)], (a, info)
+        assert labels.dtype == np.uint8 and labels.shape == a.shape
+        assert not np.shares_memory(labels, a)  # the caller's array is never handed back
 
 
 def test_mask_decoding_errors(tmp_path: Path) -> None:

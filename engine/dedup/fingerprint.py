@@ -135,6 +135,12 @@ def read_gray(path: str | Path) -> np.ndarray:
 
 
 def _read_fast(path: Path) -> np.ndarray | None:
+    if path.suffix.lower() in (".tif", ".tiff"):
+        from engine.io.raster import _read_plain_tiff, classic_tiff_info
+
+        a = _read_plain_tiff(path, classic_tiff_info(path))  # 8-bit grey: OpenCV, no Pillow header parse
+        if a is not None:
+            return a
     try:
         from PIL import Image
 

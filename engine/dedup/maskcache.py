@@ -64,40 +64,6 @@ def mask_source_key(case: Any) -> str | None:
     return f"rle:{src.convention}:{h}:{case.height}x{case.width}"
 
 
-def load_mask_fast(ds: Any, case: Any) -> np.ndarray:
-    """``ds.load_mask(case)``, decoding 8-bit grey/bilevel mask files with Pillow (≈2× faster than
-    tifffile on LZW TIFFs) and the same value rules (:func:`engine.io.decode_mask_array`);
-    anything else (palette, RGB, 16-bit, multi-page, colour maps, size mismatch) goes through
-    ``ds.load_mask`` so errors and special cases stay in one place."""
-    src = case.mask
-    if src.kind == "file" and src.path and Path(src.path).suffix.lower() in (".tif", ".tiff", ".png", ".bmp") \
-            and not ds.options.get("colour_map"):
-        arr = None
-        try:
-            from PIL import Image
-
-            with Image.open(src.path) as im:
-                ok = getattr(im, "n_frames", 1) == 1 and im.mode in ("L", "1")
-                if ok and im.format == "TIFF" and im.tag_v2.get(262, 1) not in (0, 1):
-                    ok = False
-                if ok and im.format == "TIFF" and im.tag_v2.get(262, 1) == 0:  # WhiteIsZero: let tifffile invert
-                    ok = False
-                if ok:
-                    im.load()
-                    arr = np.asarray(im)
-        except Exception:  # noqa: BLE001 - fall back to the reference reader
-            arr = None
-        if arr is not None and arr.shape == (case.height, case.width):
-            from engine.io import decode_mask_array
-
-            labels, _ = decode_mask_array(arr if arr.dtype != bool else arr.astype(np.uint8),
-                                          threshold=int(ds.options.get("threshold", 127)), path=src.path)
-            if ds.label_lut is not None:
-                labels = ds.label_lut[labels]
-            return labels
-    return ds.load_mask(case)
-
-
 class MaskCache:
     """Run-length copies of masks (see the module docstring).
 
@@ -139,7 +105,7 @@ class MaskCache:
             crop = (_decode_runs((box[1] - box[0], box[3] - box[2]), entry["starts"], entry["values"])
                     if box else np.zeros((0, 0), np.uint8))
             return CroppedMask(tuple(entry["shape"]), box, crop)
-        cm = CroppedMask.from_mask(load_mask_fast(ds, case))
+        cm = CroppedMask.from_mask(ds.load_mask(case))
         if key is not None:
             starts, values = _encode_runs(cm.crop)
             with self._lock:

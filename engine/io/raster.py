@@ -82,6 +82,12 @@ def raster_size(path: Path) -> tuple[int, int]:
 
 def read_tiff(path: Path, page: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Read an 8/16-bit TIFF. Multi-page files need an explicit ``page`` (else ReadError)."""
+    if not page:
+        info = classic_tiff_info(path)
+        arr = _read_plain_tiff(path, info)
+        if arr is not None:
+            return arr, {"format": "tiff", "path": str(path), "height": int(arr.shape[0]), "width": int(arr.shape[1]),
+                         "channels": 1, "dtype": "uint8", "bit_depth": 8, "n_pages": 1}
     import tifffile
 
     try:
@@ -99,7 +105,7 @@ def read_tiff(path: Path, page: int | None = None) -> tuple[np.ndarray, dict[str
             p = tf.pages[index]
             arr = p.asarray()
             bits = int(getattr(p, "bitspersample", arr.dtype.itemsize * 8))
-            photometric = str(getattr(p, "photometric", ""))
+            photometric = getattr(p, "photometric", None)
     except ReadError:
         raise
     except FileNotFoundError:
@@ -118,7 +124,7 @@ def read_tiff(path: Path, page: int | None = None) -> tuple[np.ndarray, dict[str
                         hint="save as a single 2-D grayscale or RGB image")
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
-    if "MINISWHITE" in photometric.upper():
+    if photometric is not None and int(photometric) == 0:  # MINISWHITE (str() of the enum is "0" on 3.11)
         arr = (np.iinfo(arr.dtype).max - arr) if np.issubdtype(arr.dtype, np.integer) else arr.max() - arr
     meta: dict[str, Any] = {
         "format": "tiff",
@@ -133,7 +139,78 @@ def read_tiff(path: Path, page: int | None = None) -> tuple[np.ndarray, dict[str
     return arr, meta
 
 
+def classic_tiff_info(path: Path) -> dict[str, int] | None:
+    """Basic facts of a classic TIFF's first page from its first IFD, with three small reads:
+    ``height``, ``width``, ``photometric``, ``samples``, ``bits`` (0 when per-sample values differ
+    or the tag is missing) and ``single_page`` (1 when no second IFD follows).
+
+    Returns None for BigTIFF or anything unusual; callers then fall back to tifffile (~10× slower
+    per file), which also produces the proper error for broken files.
+    """
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8 or head[:2] not in (b"II", b"MM"):
+                return None
+            e = "<" if head[:2] == b"II" else ">"
+            version, offset = struct.unpack(e + "HI", head[2:8])
+            if version != 42 or offset < 8:
+                return None
+            f.seek(offset)
+            raw = f.read(2)
+            if len(raw) < 2:
+                return None
+            (n,) = struct.unpack(e + "H", raw)
+            entries = f.read(12 * n + 4)
+    except OSError:
+        return None
+    if n == 0 or len(entries) < 12 * n + 4:
+        return None
+    found: dict[int, int] = {}
+    for k in range(n):
+        tag, typ, count, value = struct.unpack(e + "HHI4s", entries[12 * k: 12 * k + 12])
+        if tag in (256, 257, 258, 259, 262, 274, 277) and count == 1:
+            if typ == 3:  # SHORT
+                found[tag] = struct.unpack(e + "H", value[:2])[0]
+            elif typ == 4:  # LONG
+                found[tag] = struct.unpack(e + "I", value)[0]
+    if found.get(256, 0) <= 0 or found.get(257, 0) <= 0:
+        return None
+    (next_ifd,) = struct.unpack(e + "I", entries[12 * n: 12 * n + 4])
+    return {"height": int(found[257]), "width": int(found[256]), "photometric": int(found.get(262, -1)),
+            "samples": int(found.get(277, 1)), "bits": int(found.get(258, 0)), "single_page": int(next_ifd == 0),
+            "compression": int(found.get(259, 1)), "orientation": int(found.get(274, 1))}
+
+
+#: TIFF compressions whose decoding is lossless, so OpenCV (libtiff) and tifffile give the same pixels:
+#: none, LZW, Adobe deflate, PackBits, deflate.
+_LOSSLESS_TIFF = (1, 5, 8, 32773, 32946)
+
+
+def _read_plain_tiff(path: Path, info: dict[str, int] | None) -> np.ndarray | None:
+    """Pixels of a single-page, 8-bit, one-channel BlackIsZero TIFF with a lossless compression
+    through OpenCV (libtiff, GIL released: ~3× faster than tifffile per file and parallel in
+    threads); None for anything else (the caller uses tifffile)."""
+    if info is None or not (info["single_page"] and info["samples"] == 1 and info["bits"] == 8
+                            and info["photometric"] == 1 and info["compression"] in _LOSSLESS_TIFF
+                            and info["orientation"] == 1):
+        return None
+    try:
+        import cv2
+    except ImportError:
+        return None
+    a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if a is None or a.dtype != np.uint8 or a.shape != (info["height"], info["width"]):
+        return None
+    return a
+
+
 def tiff_size(path: Path) -> tuple[int, int]:
+    info = classic_tiff_info(path)
+    if info is not None:
+        return info["height"], info["width"]
     import tifffile
 
     try:
@@ -141,6 +218,8 @@ def tiff_size(path: Path) -> tuple[int, int]:
             shape = tf.pages[0].shape
     except Exception as exc:
         raise ReadError(f"cannot read TIFF header ({type(exc).__name__}: {exc})", path=path, hint=_REEXPORT) from None
+    if len(shape) < 2:
+        raise ReadError(f"TIFF first page has no image size (shape {shape})", path=path, hint=_REEXPORT)
     if len(shape) == 3 and shape[0] in (3, 4) and shape[2] not in (3, 4):
         return int(shape[1]), int(shape[2])
     return int(shape[0]), int(shape[1])
