@@ -142,6 +142,14 @@ def test_read_gray_fast_path_equals_engine_reader(tmp_path: Path) -> None:
         got = got.astype(np.float32) / 255.0 if got.dtype == np.uint8 else got
         assert got.shape == ref.shape
         assert np.max(np.abs(got - ref)) < 1e-5, name
+    # corrupt LZW data behind a valid header is an error (a bad file in a scan), not a garbage thumbnail
+    data = bytearray((tmp_path / "t.tif").read_bytes())
+    with tifffile.TiffFile(tmp_path / "t.tif") as tf:
+        off, count = tf.pages[0].dataoffsets[0], tf.pages[0].databytecounts[0]
+    data[off: off + count // 2] = rng.integers(0, 256, count // 2, dtype=np.uint8).tobytes()
+    (tmp_path / "bad.tif").write_bytes(bytes(data))
+    with pytest.raises(ReadError, match="bad.tif"):
+        read_gray(tmp_path / "bad.tif")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -128,8 +128,8 @@ def test_tiff_size_from_header_matches_tifffile(tmp_path: Path) -> None:
 
 
 def test_fast_tiff_path_gives_tifffiles_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """8-bit grey lossless TIFFs are decoded by OpenCV: same pixels and meta as tifffile; every
-    other kind still goes through tifffile."""
+    """8-bit grey lossless TIFFs are decoded by Pillow: same pixels and meta as tifffile; every
+    other kind still goes through tifffile; corrupt data is an error either way."""
     import tifffile
 
     from engine.io import raster
@@ -148,7 +148,7 @@ def test_fast_tiff_path_gives_tifffiles_pixels(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(raster, "_read_plain_tiff", spy)
     fast = {}
     for bo in "<>":
-        for comp, pred in ((None, None), ("lzw", None), ("lzw", 2), ("zlib", None), ("packbits", None)):
+        for comp, pred in ((None, None), ("lzw", None), ("lzw", 2), ("zlib", None), ("adobe_deflate", None)):
             p = tmp_path / f"g{bo == '>'}{comp}{pred}.tif"
             tifffile.imwrite(p, grey, byteorder=bo, compression=comp, predictor=pred, photometric="minisblack")
             arr, meta = raster.read_tiff(p)
@@ -169,6 +169,21 @@ def test_fast_tiff_path_gives_tifffiles_pixels(tmp_path: Path, monkeypatch: pyte
         out, _ = raster.read_tiff(p)
         assert calls.pop() == "tifffile", name
         np.testing.assert_array_equal(out, 255 - grey if name == "white" else arr)
+    # corrupt compressed data behind a valid header: a ReadError naming the file, never garbage pixels
+    for comp in ("lzw", "zlib", "packbits"):
+        good = tmp_path / f"ok_{comp}.tif"
+        tifffile.imwrite(good, grey, compression=comp, photometric="minisblack")
+        with tifffile.TiffFile(good) as tf:
+            off, count = tf.pages[0].dataoffsets[0], tf.pages[0].databytecounts[0]
+        data = bytearray(good.read_bytes())
+        data[off: off + count // 2] = rng.integers(0, 256, count // 2, dtype=np.uint8).tobytes()
+        bad = tmp_path / f"corrupt_{comp}.tif"
+        bad.write_bytes(bytes(data))
+        with pytest.raises(ReadError, match=f"corrupt_{comp}.tif"):
+            raster.read_tiff(bad)
+        with pytest.raises(ReadError, match=f"corrupt_{comp}.tif"):
+            read_mask(bad)
+        calls.clear()
     stack = tmp_path / "stack.tif"
     tifffile.imwrite(stack, np.stack([grey, grey]), photometric="minisblack")
     with pytest.raises(ReadError, match="multi-page"):

@@ -138,7 +138,7 @@ def _read_fast(path: Path) -> np.ndarray | None:
     if path.suffix.lower() in (".tif", ".tiff"):
         from engine.io.raster import _read_plain_tiff, classic_tiff_info
 
-        a = _read_plain_tiff(path, classic_tiff_info(path))  # 8-bit grey: OpenCV, no Pillow header parse
+        a = _read_plain_tiff(path, classic_tiff_info(path))  # 8-bit grey lossless: the engine's fast path
         if a is not None:
             return a
     try:
@@ -150,12 +150,6 @@ def _read_fast(path: Path) -> np.ndarray | None:
             if im.format == "TIFF" and im.tag_v2.get(262, 1) not in (1, 2):  # not BlackIsZero / RGB
                 return None
             if im.mode == "L":
-                if im.format == "TIFF":  # OpenCV's LZW decoder is ~20-40 % faster than Pillow's here
-                    import cv2
-
-                    a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-                    if a is not None and a.dtype == np.uint8 and a.ndim == 2:
-                        return a
                 im.load()
                 return np.asarray(im)
             if im.mode in ("RGB", "RGBA"):
