@@ -45,7 +45,7 @@ for name in "${names[@]}"; do
     nerve-vessel-us)
       $PY -m engine train --data "$DATA/usgra-nerve-vessel" --labels nerve,vessel --group-regex '^(\d{3})\d$' \
         --arch unet_classic --base-channels 16 --size 256x256 --augment ultrasound --loss bce_dice \
-        --epochs 40 --batch-size 8 --lr 1e-3 --scheduler cosine --folds 5 --val-fold 0 --seed 0 \
+        --epochs 80 --patience 20 --batch-size 8 --lr 1e-3 --scheduler cosine --folds 5 --val-fold 0 --seed 0 \
         --name "$name" --out "$RUNS/$name" \
         --description "Nerve and blood-vessel segmentation in regional-anaesthesia ultrasound (Mindray TE7, L14-6Ns)." \
         --license "CC-BY 4.0" \
