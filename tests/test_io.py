@@ -128,7 +128,7 @@ def test_tiff_size_from_header_matches_tifffile(tmp_path: Path) -> None:
 
 
 def test_fast_tiff_path_gives_tifffiles_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """8-bit grey lossless TIFFs are decoded by Pillow: same pixels and meta as tifffile; every
+    """8-bit grey lossless TIFFs are decoded by libtiff (imagecodecs): same pixels and meta as tifffile; every
     other kind still goes through tifffile; corrupt data is an error either way."""
     import tifffile
 

@@ -184,29 +184,28 @@ def classic_tiff_info(path: Path) -> dict[str, int] | None:
             "compression": int(found.get(259, 1)), "orientation": int(found.get(274, 1))}
 
 
-#: TIFF compressions whose decoding is lossless and whose corrupt data Pillow (libtiff) reports as an
-#: error, so Pillow and tifffile agree on every file: none, LZW, Adobe deflate, deflate. (PackBits is
-#: left to tifffile: libtiff only warns about corrupt PackBits runs.)
+#: TIFF compressions whose decoding is lossless and whose corrupt data libtiff reports as an error,
+#: so this path and tifffile agree on every file: none, LZW, Adobe deflate, deflate. (PackBits is left
+#: to tifffile: libtiff only warns about corrupt PackBits runs.)
 _PLAIN_TIFF_COMPRESSIONS = (1, 5, 8, 32946)
 
 
 def _read_plain_tiff(path: Path, info: dict[str, int] | None) -> np.ndarray | None:
     """Pixels of a single-page, 8-bit, one-channel BlackIsZero TIFF with a lossless compression,
-    decoded by Pillow (libtiff; the GIL is released while decoding, so threads scale; ~2× faster
-    than tifffile per file); None for any other file or on any decoding problem (the caller then
-    uses tifffile, which produces the proper error)."""
+    decoded by libtiff through ``imagecodecs.tiff_decode`` (no Python-level tag parsing, the GIL
+    released while decoding: ~8× faster than tifffile on a 420×580 mask and parallel in threads).
+    Returns None for any other file or on any decoding problem; the caller then uses tifffile,
+    which produces the proper error. (OpenCV was tried first: it returns garbage pixels for corrupt
+    LZW/deflate strips instead of failing.)"""
     if info is None or not (info["single_page"] and info["samples"] == 1 and info["bits"] == 8
                             and info["photometric"] == 1 and info["compression"] in _PLAIN_TIFF_COMPRESSIONS
                             and info["orientation"] == 1):
         return None
-    Image = _pil()
     try:
-        with Image.open(path) as im:
-            if im.mode != "L" or im.size != (info["width"], info["height"]):
-                return None
-            im.load()
-            a = np.asarray(im)
-    except Exception:  # noqa: BLE001 - corrupt data: tifffile reports it properly
+        import imagecodecs
+
+        a = imagecodecs.tiff_decode(Path(path).read_bytes())
+    except Exception:  # noqa: BLE001 - corrupt data or no codec: tifffile reports it properly
         return None
     return a if a.dtype == np.uint8 and a.shape == (info["height"], info["width"]) else None
 
