@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -367,8 +368,7 @@ def card_markdown(card: ModelCard, size_bytes: int | None = None) -> str:
             auc = f"{e['presence_auc']:.3f}" if e.get("presence_auc") is not None else "—"
             lines.append(f"| `{e.get('dataset')}` ({e.get('cases')}) | {e.get('n_cases')} | {e.get('empty_policy')} | "
                          f"{e.get('mean_dice', float('nan')):.4f} | {per} | {ne or '—'} | {auc} |")
-        cmds = list(dict.fromkeys(str(e.get("command", "")).replace("--empty-policy kaggle", "--empty-policy kaggle|exclude")
-                                  .replace("--empty-policy exclude", "--empty-policy kaggle|exclude")
-                                  for e in evals if e.get("command")))
+        cmds = list(dict.fromkeys(re.sub(r"--empty-policy (kaggle|exclude)\b", "--empty-policy kaggle|exclude",
+                                         str(e["command"])) for e in evals if e.get("command")))
         lines += ["", "Reproduce each row with:", ""] + [f"- `{c}`" for c in cmds] + [""]
     return "\n".join(lines)

@@ -33,8 +33,7 @@ import numpy as np
 
 from engine.config import JsonConfig
 from engine.errors import ConfigError, WorkbenchError
-from engine.fsutil import safe_name
-from engine.fsutil import atomic_write_json, atomic_write_text, read_json
+from engine.fsutil import atomic_write_json, atomic_write_text, read_json, safe_name, stamp_text
 from engine.postprocess import PostProcessConfig, TuneGrid
 from engine.progress import ProgressFn, as_progress, scaled
 
@@ -117,8 +116,6 @@ def _generic_name(name: str) -> bool:
 def eval_key(card: Any, dataset: Any, config: EvalConfig, case_ids: Sequence[str]) -> str:
     """Cache key of an evaluation: weights hash, the dataset's classes and options, each case's image
     and mask source with the files' size and mtime (an in-place edit invalidates), settings."""
-    from engine.fsutil import stamp_text as stamp
-
     h = hashlib.sha1()
     h.update((card.tensors_sha256 or card.name).encode())
     h.update(json.dumps(card.postprocess.to_dict(), sort_keys=True).encode())
@@ -127,8 +124,8 @@ def eval_key(card: Any, dataset: Any, config: EvalConfig, case_ids: Sequence[str
     h.update(json.dumps(getattr(dataset, "options", None) or {}, sort_keys=True, default=str).encode())
     for cid in case_ids:
         c = dataset.case(cid)
-        h.update(f"{cid}|{c.image_path}|{stamp(c.image_path)}|{json.dumps(c.mask.to_dict(), sort_keys=True)}|"
-                 f"{stamp(c.mask.path)}|{c.mask_area}\n".encode())
+        h.update(f"{cid}|{c.image_path}|{stamp_text(c.image_path)}|{json.dumps(c.mask.to_dict(), sort_keys=True)}|"
+                 f"{stamp_text(c.mask.path)}|{c.mask_area}\n".encode())
     return h.hexdigest()[:16]
 
 

@@ -138,14 +138,14 @@ def test_fast_tiff_path_gives_tifffiles_pixels(tmp_path: Path, monkeypatch: pyte
     grey = rng.integers(0, 256, (61, 47), dtype=np.uint8)
     grey[10:20] = 7  # runs that LZW/PackBits compress
     calls: list[str] = []
-    real = raster._read_plain_tiff
+    real = raster.read_plain_tiff
 
-    def spy(path, info):
-        out = real(path, info)
+    def spy(path):
+        out = real(path)
         calls.append("fast" if out is not None else "tifffile")
         return out
 
-    monkeypatch.setattr(raster, "_read_plain_tiff", spy)
+    monkeypatch.setattr(raster, "read_plain_tiff", spy)
     fast = {}
     for bo in "<>":
         for comp, pred in ((None, None), ("lzw", None), ("lzw", 2), ("zlib", None), ("adobe_deflate", None)):
@@ -157,10 +157,10 @@ def test_fast_tiff_path_gives_tifffiles_pixels(tmp_path: Path, monkeypatch: pyte
             fast[p.name] = meta
     with tifffile.TiffFile(tmp_path / "gFalselzwNone.tif") as tf:
         np.testing.assert_array_equal(tf.asarray(), grey)
-    monkeypatch.setattr(raster, "_read_plain_tiff", lambda path, info: None)  # the tifffile path's meta
+    monkeypatch.setattr(raster, "read_plain_tiff", lambda path: None)  # the tifffile path's meta
     for name, meta in fast.items():
         assert raster.read_tiff(tmp_path / name)[1] == meta
-    monkeypatch.setattr(raster, "_read_plain_tiff", spy)
+    monkeypatch.setattr(raster, "read_plain_tiff", spy)
     others = {"u16": (grey.astype(np.uint16) * 257, {}), "rgb": (np.stack([grey] * 3, -1), {}),
               "white": (grey, {"photometric": "miniswhite"})}
     for name, (arr, kw) in others.items():

@@ -136,9 +136,9 @@ def read_gray(path: str | Path) -> np.ndarray:
 
 def _read_fast(path: Path) -> np.ndarray | None:
     if path.suffix.lower() in (".tif", ".tiff"):
-        from engine.io.raster import _read_plain_tiff, classic_tiff_info
+        from engine.io.raster import read_plain_tiff
 
-        a = _read_plain_tiff(path, classic_tiff_info(path))  # 8-bit grey lossless: the engine's fast path
+        a = read_plain_tiff(path)  # 8-bit grey lossless: the engine's fast path
         if a is not None:
             return a
     try:

@@ -68,8 +68,7 @@ def decode_mask_array(arr: np.ndarray, *, threshold: int = 127,
             raise MaskError("mask has negative values", path=path, hint="masks must hold class ids ≥ 0")
         values = _unique_small(a)
         if set(values) <= {0, 255}:
-            labels, enc = (a > 0).astype(np.uint8), "binary255"
-            return labels, {"encoding": enc, "classes": [int(v > 0) for v in values]}
+            return (a > 0).astype(np.uint8), {"encoding": "binary255", "classes": [int(v > 0) for v in values]}
         if set(values) <= {0, 1}:
             return a.astype(np.uint8), {"encoding": "binary01", "classes": values}
         if len(values) <= 32 and max(values) <= 31:

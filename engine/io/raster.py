@@ -83,8 +83,7 @@ def raster_size(path: Path) -> tuple[int, int]:
 def read_tiff(path: Path, page: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Read an 8/16-bit TIFF. Multi-page files need an explicit ``page`` (else ReadError)."""
     if not page:
-        info = classic_tiff_info(path)
-        arr = _read_plain_tiff(path, info)
+        arr = read_plain_tiff(path)
         if arr is not None:
             return arr, {"format": "tiff", "path": str(path), "height": int(arr.shape[0]), "width": int(arr.shape[1]),
                          "channels": 1, "dtype": "uint8", "bit_depth": 8, "n_pages": 1}
@@ -190,13 +189,14 @@ def classic_tiff_info(path: Path) -> dict[str, int] | None:
 _PLAIN_TIFF_COMPRESSIONS = (1, 5, 8, 32946)
 
 
-def _read_plain_tiff(path: Path, info: dict[str, int] | None) -> np.ndarray | None:
+def read_plain_tiff(path: str | Path) -> np.ndarray | None:
     """Pixels of a single-page, 8-bit, one-channel BlackIsZero TIFF with a lossless compression,
     decoded by libtiff through ``imagecodecs.tiff_decode`` (no Python-level tag parsing, the GIL
     released while decoding: ~8× faster than tifffile on a 420×580 mask and parallel in threads).
     Returns None for any other file or on any decoding problem; the caller then uses tifffile,
     which produces the proper error. (OpenCV was tried first: it returns garbage pixels for corrupt
     LZW/deflate strips instead of failing.)"""
+    info = classic_tiff_info(Path(path))
     if info is None or not (info["single_page"] and info["samples"] == 1 and info["bits"] == 8
                             and info["photometric"] == 1 and info["compression"] in _PLAIN_TIFF_COMPRESSIONS
                             and info["orientation"] == 1):
