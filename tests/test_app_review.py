@@ -21,7 +21,7 @@ from helpers import app_test, ok, point_app_at, tiny_demo_dir
 
 from engine.datasets import open_dataset, write_manifest
 from engine.dedup import ConflictConfig, find_conflicts, load_latest_report
-from engine.review_queue import BULK_NOTE, key_text, pair_key, parse_key, severity_order
+from engine.curation import BULK_NOTE, key_text, pair_key, parse_key, severity_order
 from engine.store import ReviewStore
 from engine.workspace import Workspace
 from ui import state
@@ -454,7 +454,7 @@ def test_corrected_masks_and_orphan_decisions_are_shown(env: SimpleNamespace, re
 def test_queue_logic_on_a_real_store(tmp_path: Path) -> None:
     from types import SimpleNamespace as C
 
-    from engine.review_queue import (QueueFilter, apply_proposals, build_queue, bulk_proposals, filter_queue,
+    from engine.curation import (QueueFilter, apply_proposals, build_queue, bulk_proposals, filter_queue,
                                      first_open, neighbours, next_open, pair_history, progress_counts,
                                      undo_proposals)
 

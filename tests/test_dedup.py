@@ -17,9 +17,10 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 from engine.datasets import open_dataset, read_manifest, write_manifest
-from engine.dedup import (ConflictConfig, ConflictReport, build_manifest, categorize, compute_fingerprints,
-                          find_conflicts, group_ceiling, knn_pairs, load_latest_report, mask_dice, search_candidates,
-                          severity, ssim_pairs)
+from engine.curation import build_manifest
+from engine.dedup import (ConflictConfig, ConflictReport, categorize, compute_fingerprints, find_conflicts,
+                          group_ceiling, knn_pairs, load_latest_report, mask_dice, search_candidates, severity,
+                          ssim_pairs)
 from engine.dedup.fingerprint import read_gray, resize_gray
 from engine.dedup.scoring import CroppedMask, UnionFind
 from engine.errors import ConfigError, ReadError
@@ -558,7 +559,7 @@ def test_corrected_masks_are_not_remapped_twice_in_a_manifest(tmp_path: Path, wo
     from PIL import Image
 
     from engine.datasets import open_dataset, write_manifest
-    from engine.dedup import build_manifest
+    from engine.curation import build_manifest
     from engine.store import ReviewStore
 
     root = tmp_path / "ds"

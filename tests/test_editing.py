@@ -1,5 +1,5 @@
-"""engine.editing: canvas layers → masks, zoom windows (exact coordinate mapping), Fabric objects,
-polygons, flood fill, diffs, the undo/redo stack and the review queue."""
+"""engine.curation edit tools: canvas layers → masks, zoom windows (exact coordinate mapping), Fabric objects,
+polygons, flood fill, diffs, the undo/redo stack, the edit session's save flow and the case queue."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from engine.editing import (DIFF_COLOURS, ERASER_COLOUR, UNTOUCHED, EditStack, View, apply_layer, apply_objects,
-                            click_points, diff_image, drawing_palette, fill_holes, flood_fill, hex_colour, layer_to_labels,
-                            make_view, mask_diff, nearest_class, next_in_queue, parse_colour, paste_labels,
-                            path_polylines, polygon_mask, rasterise_objects, render_view, resample_to_crop,
-                            review_queue, stroke_mask, window_outline)
+from engine.curation import (DIFF_COLOURS, ERASER_COLOUR, UNTOUCHED, EditStack, View, apply_layer, apply_objects,
+                             case_queue, click_points, diff_image, drawing_palette, fill_holes, flood_fill,
+                             hex_colour, layer_to_labels, make_view, mask_diff, nearest_class, next_case,
+                             parse_colour, paste_labels, path_polylines, polygon_mask, rasterise_objects,
+                             render_view, resample_to_crop, stroke_mask, window_outline)
 from engine.errors import ConfigError, MaskError
 from engine.visualize import class_colour
 
@@ -519,7 +519,7 @@ def test_review_queue_order_reasons_and_exclusions(tmp_path) -> None:
         ])
         ev = pd.DataFrame({"case_id": ["a", "b", "c", "d", "f", "g", "x_10", "x_9"],
                            "dice": [0.5, 0.2, 0.0, 1.0, 0.9, float("nan"), 0.75, 0.75]})
-        q = review_queue(ds, store, report, SimpleNamespace(per_image=ev))
+        q = case_queue(ds, store, report, SimpleNamespace(per_image=ev))
         # a: needs_fix 2 + (1-0.5) + conflict with zz 1 ; b: conflict 1 + 0.8 ; d: disagree 0.5 + 0
         # x_9 / x_10: 0.25 (natural order) ; f: 0.1 ; c, e excluded ; g, h no signal
         assert [c for c, _, _ in q] == ["a", "b", "d", "x_9", "x_10", "f"]
@@ -532,24 +532,24 @@ def test_review_queue_order_reasons_and_exclusions(tmp_path) -> None:
         assert any(r.startswith("conflict pair with c") for r in reasons["b"])
         assert not any("disagree" in r for r in reasons["b"])  # only the worst pair counts
         assert reasons["d"] == ["disagree pair with e (SSIM 0.991)"]
-        full = review_queue(ds, store, report.pairs, {"f": 0.9}, include_unscored=True)
+        full = case_queue(ds, store, report.pairs, {"f": 0.9}, include_unscored=True)
         assert [c for c, _, _ in full] == ["a", "b", "d", "f", "g", "h", "x_9", "x_10"]
         assert [s for c, s, _ in full][-4:] == [0, 0, 0, 0]
-        heavy = review_queue(ds, store, report, ev, weights={"model": 10.0})
+        heavy = case_queue(ds, store, report, ev, weights={"model": 10.0})
         assert heavy[0][0] == "b"  # 1 + 10 * 0.8 beats 2 + 10 * 0.5 + 1
-    assert review_queue(ds) == []
+    assert case_queue(ds) == []
     # without a store nothing is excluded: c (Dice 0) leads
-    assert [c for c, _, _ in review_queue(ds, None, None, ev)] == ["c", "b", "a", "x_9", "x_10", "f"]
+    assert [c for c, _, _ in case_queue(ds, None, None, ev)] == ["c", "b", "a", "x_9", "x_10", "f"]
 
 
-def test_next_in_queue() -> None:
+def test_next_case() -> None:
     q = [("a", 3.0, []), ("b", 2.0, []), ("c", 1.0, [])]
-    assert next_in_queue(q, None) == "a"
-    assert next_in_queue(q, "zz") == "a"
-    assert next_in_queue(q, "a") == "b"
-    assert next_in_queue(q, "c") == "a"  # wraps around
-    assert next_in_queue([("a", 1.0, [])], "a") is None
-    assert next_in_queue([], "a") is None
+    assert next_case(q, None) == "a"
+    assert next_case(q, "zz") == "a"
+    assert next_case(q, "a") == "b"
+    assert next_case(q, "c") == "a"  # wraps around
+    assert next_case([("a", 1.0, [])], "a") is None
+    assert next_case([], "a") is None
 
 
 def test_view_dataclass_helpers() -> None:

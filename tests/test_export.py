@@ -1,4 +1,4 @@
-"""engine.export.export_corrected on the tiny phantoms and hand-made paired folders: the exported
+"""engine.curation.export_corrected on the tiny phantoms and hand-made paired folders: the exported
 masks are the current versions, the RLE CSVs decode back to them, the manifest opens as a dataset
 with the same masks, and the dataset's own files never change."""
 
@@ -13,7 +13,8 @@ import pytest
 
 from engine.datasets import open_dataset
 from engine.errors import ConfigError
-from engine.export import export_corrected, safe_name
+from engine.fsutil import safe_name
+from engine.curation import export_corrected
 from engine.io import read_mask
 from engine.rle import decode, decode_union, read_kaggle_uns_csv, read_siim_csv
 from engine.store import ReviewStore

@@ -6,17 +6,18 @@ Correct a case's mask by hand and save it as a new *version* in the dataset's re
 - **Canvas** (streamlit-drawable-canvas, imported lazily: it only works under ``streamlit
   run``): brush, eraser, polygon and fill tools per class, drawn over a zoomable window of
   the image with the current mask. Every applied stroke batch becomes a new entry of an
-  undo/redo stack (:class:`engine.editing.EditStack`), kept per case in the session, so
-  switching cases never loses unsaved work. Strokes → pixels: :mod:`engine.editing`.
+  undo/redo stack (:class:`engine.curation.EditStack`) in an :class:`engine.curation.EditSession`,
+  kept per case in the session, so switching cases never loses unsaved work. Strokes → pixels:
+  :mod:`engine.curation.canvas` and :mod:`engine.curation.masks`.
 - **Without the canvas** (always available, also where the canvas cannot load): fill the
   region at a pixel, fill holes, empty the mask.
 - **Save** creates version N+1 with author, time and note. The store checks the version the
-  edit started from: when someone saved meanwhile, the page says who and when and offers
+  edit started from (:meth:`engine.curation.EditSession.save`): when someone saved meanwhile, the page says who and when and offers
   *view theirs*, *save mine on top* and *discard mine* — nothing is silently overwritten.
 - **History** of versions with a diff against the previous one and **revert**; per-case
   **review state** buttons; a **queue** of cases needing review (suspicion score,
-  :func:`engine.editing.review_queue`); **export** of the corrected dataset
-  (:func:`engine.export.export_corrected`).
+  :func:`engine.curation.case_queue`); **export** of the corrected dataset
+  (:func:`engine.curation.export_corrected`).
 
 Other pages open a case here by setting ``st.session_state[ui.state.BROWSER_CASE]``.
 """
@@ -26,13 +27,13 @@ from __future__ import annotations
 import datetime as _dt
 import time
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import streamlit as st
 
+from engine.curation import EditSession, version_mask
 from ui import state
 from ui.loaders import case_image, dataset_key
 
@@ -63,31 +64,6 @@ CANVAS_WIDTHS = [400, 500, 600, 800, 1000]
 DEFAULT_CANVAS_W = 600
 CANVAS_W_KEY = "editor_canvas_width"
 PREDICTION = "Model prediction"
-
-
-@dataclass
-class EditSession:
-    """Unsaved editing state of one case (lives in ``st.session_state``).
-
-    Attributes:
-        case_id: the case.
-        base_version: newest saved version when editing started — what a save is checked against.
-        base_digest: :func:`engine.store.mask_digest` of that version's mask (is there anything to save?).
-        source: where the starting mask came from (for people).
-        stack: undo/redo history of masks.
-        nonce: bumped to clear the canvas (new component key).
-        conflict: set when a save found a newer version: ``{"current", "author", "created", "note"}``.
-        show_theirs: the conflict panel shows the other version.
-    """
-
-    case_id: str
-    base_version: int
-    base_digest: str
-    source: str
-    stack: Any
-    nonce: int = 0
-    conflict: dict[str, Any] | None = None
-    show_theirs: bool = False
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -123,31 +99,8 @@ def fmt_time(ts: str | None) -> str:
     return t.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def version_mask(ds: Any, store: Any, case_id: str, version: int) -> np.ndarray:
-    """uint8 (H,W) mask of a version (0 = the dataset's original; empty for an unlabelled case)."""
-    case = ds.case(case_id)
-    mv = store.mask_version(case_id, version) if version else None
-    if version == 0 or (mv is not None and mv.is_original):
-        if not case.labelled:
-            return np.zeros((case.height, case.width), np.uint8)
-        return ds.load_mask(case)
-    return store.load_mask_version(case_id, version)
-
-
 def author() -> str:
     return str(st.session_state.get(REVIEWER_KEY, "") or "").strip()
-
-
-def _new_session(ds: Any, store: Any, case_id: str, mask: np.ndarray | None = None, source: str | None = None,
-                 nonce: int = 0) -> EditSession:
-    from engine.editing import EditStack
-    from engine.store import mask_digest
-
-    latest = store.latest_mask_version(case_id)
-    base_mask = version_mask(ds, store, case_id, latest)
-    start = base_mask if mask is None else mask
-    src = source or (f"version {latest}" + (" (dataset original)" if latest == 0 else " (latest saved)"))
-    return EditSession(case_id, latest, mask_digest(base_mask), src, EditStack(start), nonce=nonce + 1)
 
 
 def session_for(ds: Any, store: Any, case_id: str) -> EditSession:
@@ -156,23 +109,17 @@ def session_for(ds: Any, store: Any, case_id: str) -> EditSession:
     key = (dataset_key(ds), case_id)
     sess = sessions.get(key)
     if sess is None:
-        sess = _new_session(ds, store, case_id)
+        sess = EditSession.start(ds, store, case_id)
         sessions[key] = sess
     return sess
 
 
 def replace_session(ds: Any, store: Any, sess: EditSession, mask: np.ndarray | None = None,
                     source: str | None = None) -> EditSession:
-    new = _new_session(ds, store, sess.case_id, mask, source, nonce=sess.nonce)
+    """Restart editing the case (from the newest version, or ``mask``) and keep the new session."""
+    new = sess.restart(ds, store, mask, source)
     st.session_state.setdefault(SESSIONS_KEY, {})[(dataset_key(ds), sess.case_id)] = new
     return new
-
-
-def has_changes(sess: EditSession) -> bool:
-    """The current mask differs from the version editing is based on."""
-    from engine.store import mask_digest
-
-    return mask_digest(sess.stack.current) != sess.base_digest
 
 
 # ------------------------------------------------------------------------------------------ case choice
@@ -190,13 +137,13 @@ def _evaluation_for_queue(ds: Any) -> tuple[Any, str | None]:
 
 
 def review_queue_for(ds: Any, store: Any) -> tuple[list, dict[str, Any]]:
-    """:func:`engine.editing.review_queue` from the latest conflicts report and evaluation."""
-    from engine.editing import review_queue
+    """:func:`engine.curation.case_queue` from the latest conflicts report and evaluation."""
+    from engine.curation import case_queue
     from ui.browser_view import conflict_pairs
 
     ev, ev_label = _evaluation_for_queue(ds)
     pairs = conflict_pairs(ds)
-    q = review_queue(ds, store, pairs, ev)
+    q = case_queue(ds, store, pairs, ev)
     return q, {"evaluation": ev_label, "conflicts": pairs is not None}
 
 
@@ -214,7 +161,7 @@ def _go(case_id: str) -> None:
 
 
 def case_picker(ds: Any, store: Any, queue: list, queue_info: dict[str, Any]) -> str:
-    from engine.editing import next_in_queue
+    from engine.curation import next_case
 
     ids = ds.case_ids
     if st.session_state.get(CASE_KEY) not in ids:
@@ -224,7 +171,7 @@ def case_picker(ds: Any, store: Any, queue: list, queue_info: dict[str, Any]) ->
     # plain ids as labels: labels that change (e.g. with the review state) would make Streamlit treat
     # the selectbox as a new widget and lose the choice
     c[0].selectbox(f"Case ({len(ids):,})", ids, key=CASE_KEY, on_change=lambda: _go(st.session_state[CASE_KEY]))
-    nxt = next_in_queue(queue, cur)
+    nxt = next_case(queue, cur)
     c[1].button(f"Next case needing review ({len(queue)} in queue)", key="editor_next", icon=":material/skip_next:",
                 disabled=nxt is None, on_click=_go, args=(nxt,), type="primary",
                 help="most suspicious first: marked needs_fix, low model Dice, conflicting near-duplicates; "
@@ -273,7 +220,7 @@ def _class_label(ds: Any, k: int) -> str:
 
 def tool_controls(ds: Any, img_hw: tuple[int, int]) -> dict[str, Any]:
     """Tool, class, brush size, zoom, pan and canvas-size widgets → settings dict (with the :class:`View`)."""
-    from engine.editing import make_view
+    from engine.curation import make_view
 
     h, w = img_hw
     c = st.columns([3, 2, 2, 2])
@@ -304,7 +251,7 @@ def tool_controls(ds: Any, img_hw: tuple[int, int]) -> dict[str, Any]:
 
 def _apply_canvas(sess: EditSession, result: Any, settings: dict[str, Any], palette: dict) -> bool:
     """Turn what the canvas sent into a new mask on the stack; True when something changed."""
-    from engine.editing import apply_layer, apply_objects, click_points, flood_fill
+    from engine.curation import apply_layer, apply_objects, click_points, flood_fill
 
     objects = (result.json_data or {}).get("objects") or []
     if not objects:
@@ -337,7 +284,7 @@ def canvas_panel(ds: Any, sess: EditSession, img: np.ndarray, settings: dict[str
     """The drawing canvas (or a message saying why there is none)."""
     from PIL import Image
 
-    from engine.editing import ERASER_COLOUR, drawing_palette, hex_colour, render_view
+    from engine.curation import ERASER_COLOUR, drawing_palette, hex_colour, render_view
 
     st_canvas, err = canvas_component()
     if st_canvas is None:
@@ -399,7 +346,7 @@ def history_buttons(sess: EditSession) -> None:
 
 def manual_tools(ds: Any, sess: EditSession, img_hw: tuple[int, int]) -> None:
     """Edits without the canvas: flood fill at a pixel, fill holes, empty the mask."""
-    from engine.editing import fill_holes, flood_fill
+    from engine.curation import fill_holes, flood_fill
 
     h, w = img_hw
     with st.expander("Edit without the canvas", expanded=False):
@@ -429,7 +376,7 @@ def manual_tools(ds: Any, sess: EditSession, img_hw: tuple[int, int]) -> None:
 # ------------------------------------------------------------------------------------------ right column
 
 def preview_panel(ds: Any, sess: EditSession, img: np.ndarray, view: Any) -> None:
-    from engine.editing import DIFF_COLOURS, diff_image, window_outline
+    from engine.curation import DIFF_COLOURS, diff_image, window_outline
     from engine.visualize import overlay
     from ui.widgets import colour_legend, legend
 
@@ -448,8 +395,7 @@ def preview_panel(ds: Any, sess: EditSession, img: np.ndarray, view: Any) -> Non
 
 def conflict_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who: str, note: str) -> None:
     """The choice after a save found a newer version: view theirs / save mine on top / discard mine."""
-    from engine.editing import DIFF_COLOURS, diff_image
-    from engine.errors import ConflictError
+    from engine.curation import DIFF_COLOURS, diff_image
     from engine.visualize import overlay
     from ui.widgets import colour_legend
 
@@ -468,12 +414,9 @@ def conflict_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who:
         sess.show_theirs = not sess.show_theirs
         st.rerun()
     if mine:
-        try:
-            v = store.save_mask_version(sess.case_id, sess.stack.current, who, note, base_version=cf["current"])
-        except ConflictError as exc:
-            set_conflict(store, sess, exc)
-            st.rerun()
-        _after_save(ds, store, sess, v, on_top_of=cf)
+        v = sess.save(store, who, note, on_top=True)
+        if v is not None:
+            _after_save(sess, v, on_top_of=cf)
         st.rerun()
     if drop:
         replace_session(ds, store, sess)
@@ -490,40 +433,20 @@ def conflict_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who:
         colour_legend(DIFF_COLOURS, {k: v for k, v in counts.items() if k in DIFF_COLOURS and v})
 
 
-def set_conflict(store: Any, sess: EditSession, exc: Any) -> None:
-    cur = int(exc.current_version or store.latest_mask_version(sess.case_id))
-    mv = store.mask_version(sess.case_id, cur)
-    sess.conflict = {"current": cur, "author": mv.author if mv else "someone", "created": mv.created if mv else "",
-                     "note": mv.note if mv else ""}
-
-
-def _after_save(ds: Any, store: Any, sess: EditSession, version: int, on_top_of: dict | None = None) -> None:
-    from engine.editing import EditStack
-    from engine.store import mask_digest
-
-    mask = sess.stack.current
-    sess.base_version = version
-    sess.base_digest = mask_digest(mask)
-    sess.source = f"version {version} (saved by you)"
-    sess.stack = EditStack(mask)
-    sess.conflict = None
-    sess.show_theirs = False
-    sess.nonce += 1
+def _after_save(sess: EditSession, version: int, on_top_of: dict | None = None) -> None:
     st.session_state[NOTE_PREFIX + "clear"] = True
     extra = f" on top of version {on_top_of['current']} by {on_top_of['author']}" if on_top_of else ""
     _flash("success", f"Saved version {version}{extra}; the case is now marked corrected.")
 
 
 def save_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who: str) -> None:
-    from engine.errors import ConflictError
-
     if st.session_state.pop(NOTE_PREFIX + "clear", False):
         st.session_state[NOTE_PREFIX + "text"] = ""
     note = st.text_input("Note for this version", key=NOTE_PREFIX + "text", placeholder="what you changed and why")
     latest = store.latest_mask_version(sess.case_id)
     if sess.conflict is None and latest != sess.base_version:
         mv = store.mask_version(sess.case_id, latest)
-        if not has_changes(sess):
+        if not sess.has_changes:
             # nothing of ours to lose: follow the newer version
             replace_session(ds, store, sess)
             _flash("info", f"Version {latest} was saved by {mv.author if mv else 'someone'} at "
@@ -535,20 +458,16 @@ def save_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who: str
     if sess.conflict is not None:
         conflict_panel(ds, store, sess, img, who, note)
         return
-    changed = has_changes(sess)
+    changed = sess.has_changes
     if not who:
         st.caption("Enter your name in the sidebar to save.")
     if st.button(f"Save as version {sess.base_version + 1}", key="editor_save", icon=":material/save:",
                  type="primary", disabled=not (changed and who),
                  help="creates a new version (the original and older versions stay)"
                       if changed else "no changes from the version you started from"):
-        try:
-            v = store.save_mask_version(sess.case_id, sess.stack.current, who, note.strip(),
-                                        base_version=sess.base_version)
-        except ConflictError as exc:
-            set_conflict(store, sess, exc)
-            st.rerun()
-        _after_save(ds, store, sess, v)
+        v = sess.save(store, who, note.strip())
+        if v is not None:
+            _after_save(sess, v)
         st.rerun()
 
 
@@ -594,7 +513,7 @@ def history_frame(ds: Any, store: Any, case_id: str):
 @st.cache_data(show_spinner=False, max_entries=8)
 def _version_diff(ds_key: str, store_path: str, case_id: str, v: int, stamps: tuple, _ds: Any, _store: Any,
                   _img: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
-    from engine.editing import diff_image
+    from engine.curation import diff_image
 
     return diff_image(version_mask(_ds, _store, case_id, v - 1), version_mask(_ds, _store, case_id, v), _img)
 
@@ -610,7 +529,7 @@ def version_diff(ds: Any, store: Any, case_id: str, v: int, img: np.ndarray) -> 
 
 
 def history_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who: str) -> None:
-    from engine.editing import DIFF_COLOURS
+    from engine.curation import DIFF_COLOURS
     from engine.errors import ConflictError
     from ui.widgets import colour_legend
 
@@ -645,7 +564,7 @@ def history_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who: 
             except ConflictError as exc:
                 _flash("warning", f"Not reverted: {exc}")
                 st.rerun()
-            if not has_changes(sess):
+            if not sess.has_changes:
                 replace_session(ds, store, sess, source=f"version {nv} (revert to {t})")
             _flash("success", f"Version {nv} restores version {t}.")
             st.rerun()
@@ -686,7 +605,7 @@ def source_panel(ds: Any, store: Any, sess: EditSession) -> None:
     if src == PREDICTION:
         with c[1]:
             model = model_picker("Model", key=MODEL_KEY)
-    dirty = has_changes(sess) or sess.stack.position > 0
+    dirty = sess.has_changes or sess.stack.position > 0
     if c[2].button("Load into the editor", key="editor_load", icon=":material/download:",
                    disabled=src == PREDICTION and not model,
                    help="replaces the mask being edited" + (" — your unsaved edits are lost" if dirty else "")):
@@ -727,7 +646,7 @@ def _default_export_dir(ds: Any) -> str:
 
 
 def export_panel(ds: Any, store: Any) -> None:
-    from engine.export import export_corrected
+    from engine.curation import export_corrected
     from ui.widgets import streamlit_progress
 
     with st.expander("Export the corrected dataset", expanded=False):

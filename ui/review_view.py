@@ -11,7 +11,7 @@ bulk proposal; the label-noise ceiling and fold leakage; and the export of a cle
 Decisions live only in the dataset's :class:`engine.store.ReviewStore` (in the workspace,
 never in the dataset folder), which is re-read on every rerun: several reviewers can work at
 once without losing decisions, and nothing about decisions is cached in the session.
-Pure logic (ordering, filters, progress, proposals) is :mod:`engine.review_queue`.
+Pure logic (ordering, filters, progress, proposals) is :mod:`engine.curation` (its review queue).
 
 Other pages open a pair here by setting ``st.session_state[ui.state.BROWSER_CASE]`` to one of
 its cases (the Dataset browser does): the queue then starts at the most severe pair holding it.
@@ -184,7 +184,7 @@ def summary_panel(report: Any, ds: Any) -> None:
 def _apply_deep_link(queue: list) -> None:
     """Start at the pair of a requested case (``REQUEST_KEY``), or of ``BROWSER_CASE`` when
     that changed since it was last used; clears the filters so the pair is visible."""
-    from engine.review_queue import key_text, pair_for_case
+    from engine.curation import key_text, pair_for_case
 
     browser_case = state.get(state.BROWSER_CASE)
     case = st.session_state.pop(REQUEST_KEY, None)
@@ -201,8 +201,8 @@ def _apply_deep_link(queue: list) -> None:
 
 
 def filter_controls(queue: list):
-    """Sidebar filters → :class:`engine.review_queue.QueueFilter`; plus display options."""
-    from engine.review_queue import REVIEW_STATES, QueueFilter, categories_of, subjects_of
+    """Sidebar filters → :class:`engine.curation.QueueFilter`; plus display options."""
+    from engine.curation import REVIEW_STATES, QueueFilter, categories_of, subjects_of
 
     sb = st.sidebar
     sb.divider()
@@ -241,7 +241,7 @@ def reviewer_controls() -> tuple[str, str]:
 
 
 def progress_panel(queue: list, shown: list, flt: Any, decisions: dict) -> None:
-    from engine.review_queue import orphan_decisions, progress_counts
+    from engine.curation import orphan_decisions, progress_counts
 
     n = progress_counts(queue)
     st.progress(n["fraction_decided"],
@@ -269,7 +269,7 @@ def _jumped() -> None:
 def current_item(queue: list, shown: list):
     """The pair on screen: the session's current pair if it is in the filtered queue, else the
     most severe one still waiting for a reviewer."""
-    from engine.review_queue import first_open, index_of, key_text, parse_key
+    from engine.curation import first_open, index_of, key_text, parse_key
 
     key = parse_key(st.session_state.get(CURRENT_KEY, ""))
     i = index_of(shown, key)
@@ -287,7 +287,7 @@ def _label(it: Any) -> str:
 
 def navigation(shown: list, cur: Any) -> None:
     """Previous / pair picker / next / next undecided."""
-    from engine.review_queue import index_of, key_text, next_open
+    from engine.curation import index_of, key_text, next_open
 
     pos = index_of(shown, cur.key) or 0
     texts = [key_text(it.key) for it in shown]
@@ -331,7 +331,7 @@ def _current_mask(ds: Any, store: Any, corrected: dict, case_id: str):
 
 def decision_panel(store: Any, queue: list, shown: list, cur: Any, reviewer: str, note: str) -> None:
     """Current decision, undo/confirm, and the decision buttons (auto-advance after each)."""
-    from engine.review_queue import BULK_NOTE, DECISION_HELP, DECISION_LABELS, key_text, next_open
+    from engine.curation import BULK_NOTE, DECISION_HELP, DECISION_LABELS, key_text, next_open
     from engine.store import PAIR_DECISIONS
     from ui.widgets import guard
 
@@ -451,7 +451,7 @@ def pair_panel(ds: Any, store: Any, cur: Any) -> None:
 def neighbour_panel(ds: Any, cur: Any) -> None:
     """Thumbnails of the frames around A (and around B when it is elsewhere) in subject order."""
     from engine.errors import WorkbenchError
-    from engine.review_queue import neighbours
+    from engine.curation import neighbours
     from engine.thumbnails import thumbnail_paths
 
     radius = int(st.session_state.get(RADIUS_KEY, 2))
@@ -480,7 +480,7 @@ def neighbour_panel(ds: Any, cur: Any) -> None:
 
 
 def history_panel(store: Any, cur: Any) -> None:
-    from engine.review_queue import pair_history
+    from engine.curation import pair_history
 
     rows = pair_history(store, cur.a, cur.b)
     with st.expander(f"History of this pair ({len(rows)} decision event{'s' if len(rows) != 1 else ''})"):
@@ -516,7 +516,7 @@ def links_panel(cur: Any) -> None:
 
 def bulk_panel(store: Any, queue: list, decisions: dict, reviewer: str) -> None:
     """The case study's rule as a bulk proposal (recorded as undoable decisions noted BULK_NOTE)."""
-    from engine.review_queue import BULK_NOTE, apply_proposals, bulk_proposals, proposals_in_force, undo_proposals
+    from engine.curation import BULK_NOTE, apply_proposals, bulk_proposals, proposals_in_force, undo_proposals
     from ui.widgets import guard, streamlit_progress
 
     props, n = bulk_proposals(queue)
@@ -586,9 +586,9 @@ def ceiling_panel(report: Any) -> None:
 
 def export_panel(ds: Any, store: Any, report: Any) -> None:
     """Write a cleaned manifest (decisions applied) and offer it for download."""
-    from engine.dedup import MANIFEST_POLICIES, build_manifest
+    from engine.curation import MANIFEST_POLICIES, build_manifest
     from engine.datasets import write_manifest
-    from engine.review_queue import default_manifest_path, export_summary, train_command
+    from engine.curation import default_manifest_path, export_summary, train_command
     from ui.widgets import guard
 
     last = st.session_state.get(EXPORT_KEY)
@@ -656,7 +656,7 @@ def queue_table(shown: list) -> None:
 
 def render_review() -> None:
     """The whole Conflict review page body (call inside ``ui.widgets.guard``)."""
-    from engine.review_queue import build_queue, filter_queue
+    from engine.curation import build_queue, filter_queue
     from engine.store import ReviewStore
     from ui.widgets import dataset_required
 

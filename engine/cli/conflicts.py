@@ -88,7 +88,8 @@ def cmd_conflicts(args) -> int:
 
 def cmd_manifest(args) -> int:
     from engine.datasets import write_manifest
-    from engine.dedup import ConflictReport, build_manifest, find_conflicts, load_latest_report
+    from engine.curation import build_manifest
+    from engine.dedup import ConflictReport, find_conflicts, load_latest_report
     from engine.store import STORE_NAME, ReviewStore
 
     ds = open_dataset_from_args(args)

@@ -21,7 +21,7 @@ def register(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from engine.export import export_corrected
+    from engine.curation import export_corrected
     from engine.store import ReviewStore
 
     ds = open_dataset_from_args(args)

@@ -19,7 +19,7 @@ Pipeline (each stage timed in ``report.timing``):
 The case study ran all-pairs SSIM at reduced resolution and silently dropped the empty image
 of each conflicting pair; here every pair is reported, ordered for review by severity, and
 nothing is dropped unless a reviewer (or an explicit policy) says so
-(:func:`engine.dedup.build_manifest`).
+(:func:`engine.curation.build_manifest`).
 
 Example:
     >>> from engine.datasets import open_dataset

@@ -2,7 +2,7 @@
 version in the history; polygon / fill / undo; two browser sessions saving the same case.
 
 The expected pixels are computed from the mouse path with the same view geometry the page uses
-(:func:`engine.editing.make_view`), so the test checks the whole chain: Chromium → Fabric.js
+(:func:`engine.curation.make_view`), so the test checks the whole chain: Chromium → Fabric.js
 canvas → RGBA layer → class ids → full-resolution mask → review store.
 """
 
@@ -39,7 +39,7 @@ def store(browser_env):
 
 
 def view_of(case):
-    from engine.editing import make_view
+    from engine.curation import make_view
 
     return make_view((case.height, case.width), 1, None, (int(CANVAS_W * 0.8), CANVAS_W))
 
@@ -145,7 +145,7 @@ def choose_tool(page, tool: str) -> None:
 
 def stroke_pixels(view, pts, width_canvas: float) -> np.ndarray:
     """Image pixels a round brush of ``width_canvas`` screen px along ``pts`` paints."""
-    from engine.editing import resample_to_crop, stroke_mask
+    from engine.curation import resample_to_crop, stroke_mask
 
     on_canvas = stroke_mask(pts, width_canvas, (view.canvas_h, view.canvas_w))
     out = np.zeros((view.image_h, view.image_w), bool)
@@ -223,7 +223,7 @@ def test_draw_save_reload_history(page, browser_env) -> None:
 
 
 def test_polygon_fill_eraser_undo_redo_zoomed(page, browser_env) -> None:
-    from engine.editing import make_view, polygon_mask
+    from engine.curation import make_view, polygon_mask
 
     ds = dataset(browser_env)
     cid = ds.case_ids[1]

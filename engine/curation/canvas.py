@@ -1,11 +1,13 @@
-"""Mask editing logic behind the Mask editor page: canvas strokes → label maps, zoom windows,
-flood fill, polygons, diffs, an undo/redo stack and the "needs review" queue.
+"""Canvas operations of the Mask editor: canvas strokes → label maps, zoom windows, Fabric.js
+objects, polygons, and the canvas background.
 
 Pure numpy/scipy/Pillow; no streamlit. The page draws on a canvas that shows a *window* of
 the image (:class:`View`: a crop scaled to the canvas size, for zooming in on small
 structures); everything drawn comes back either as the canvas's RGBA drawing layer
 (:func:`apply_layer`) or as Fabric.js objects (:func:`rasterise_objects`, :func:`click_points`)
-and is mapped back to full-resolution mask pixels here.
+and is mapped back to full-resolution mask pixels here. Pixel operations (flood fill, holes,
+diffs) are :mod:`engine.curation.masks`; the undo/redo stack and the save flow are
+:mod:`engine.curation.session`.
 
 Coordinate conventions (exact, tested):
 
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import math
 import re
-import zlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -43,12 +44,6 @@ ERASER_COLOUR: tuple[int, int, int] = (255, 0, 255)
 ERASE = 0
 #: Marker for "not drawn" in label layers.
 UNTOUCHED = -1
-#: Colours of :func:`diff_image`.
-DIFF_COLOURS: dict[str, tuple[int, int, int]] = {
-    "added": (40, 200, 60),
-    "removed": (230, 40, 40),
-    "changed class": (250, 210, 30),
-}
 #: Default alpha above which a canvas pixel counts as drawn (anti-aliased stroke edges below it do not).
 ALPHA_THRESHOLD = 127
 
@@ -588,101 +583,7 @@ def click_points(objects: Iterable[Mapping[str, Any]]) -> list[tuple[float, floa
     return pts
 
 
-# ----------------------------------------------------------------------------------- operations
-
-def flood_fill(mask: np.ndarray, row: int, col: int, value: int, connectivity: int = 4) -> np.ndarray:
-    """Paint-bucket fill: the connected region of equal label containing ``(row, col)`` gets ``value``.
-
-    Args:
-        mask: uint8 (H,W) label map (not modified).
-        row, col: the clicked pixel.
-        value: class id to paint (0 = erase the region).
-        connectivity: 4 (default; a region does not leak through diagonal gaps) or 8.
-
-    Returns:
-        a new uint8 (H,W) mask.
-
-    Raises:
-        MaskError: the pixel is outside the mask.
-    """
-    from scipy import ndimage
-
-    m = np.asarray(mask)
-    r, c = int(row), int(col)
-    if not (0 <= r < m.shape[0] and 0 <= c < m.shape[1]):
-        raise MaskError(f"fill point ({r}, {c}) is outside the {m.shape[0]}x{m.shape[1]} mask",
-                        hint="click inside the image")
-    if connectivity not in (4, 8):
-        raise ConfigError(f"connectivity must be 4 or 8, got {connectivity}", hint="use 4 or 8")
-    out = np.array(m, dtype=np.uint8, copy=True)
-    if int(out[r, c]) == int(value):
-        return out
-    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
-    lab, _ = ndimage.label(out == out[r, c], structure=structure)
-    out[lab == lab[r, c]] = np.uint8(value)
-    return out
-
-
-def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Holes inside each class's regions (background enclosed by that class) get that class.
-
-    Args:
-        mask: uint8 (H,W) label map (not modified).
-
-    Returns:
-        a new uint8 (H,W) mask; background touching the border or another class stays.
-    """
-    from engine.postprocess import fill_label_holes
-
-    return fill_label_holes(mask)
-
-
-def mask_diff(old: np.ndarray, new: np.ndarray) -> dict[str, int]:
-    """Pixel counts of what changed from ``old`` to ``new`` (same shape).
-
-    Returns:
-        ``added`` (background → class), ``removed`` (class → background), ``changed class``
-        (class → another class), ``unchanged foreground``, ``area old``, ``area new``.
-    """
-    a, b = np.asarray(old), np.asarray(new)
-    if a.shape != b.shape:
-        raise MaskError(f"masks differ in size: {a.shape} vs {b.shape}", hint="compare versions of one case")
-    fa, fb = a > 0, b > 0
-    return {"added": int(np.count_nonzero(~fa & fb)), "removed": int(np.count_nonzero(fa & ~fb)),
-            "changed class": int(np.count_nonzero(fa & fb & (a != b))),
-            "unchanged foreground": int(np.count_nonzero(fa & fb & (a == b))),
-            "area old": int(np.count_nonzero(fa)), "area new": int(np.count_nonzero(fb))}
-
-
-def diff_image(old: np.ndarray, new: np.ndarray, img: np.ndarray | None = None,
-               alpha: float = 0.8) -> tuple[np.ndarray, dict[str, int]]:
-    """Colour what changed: added pixels green, removed red, class changes yellow.
-
-    Args:
-        old, new: uint8 (H,W) label maps.
-        img: optional image (C,H,W)/(H,W) shown dimmed underneath; unchanged foreground is
-            drawn light grey.
-
-    Returns:
-        ``(uint8 RGB (H,W,3), counts)`` with counts from :func:`mask_diff`.
-    """
-    from engine.visualize import to_rgb_uint8
-
-    counts = mask_diff(old, new)
-    a, b = np.asarray(old), np.asarray(new)
-    base = (to_rgb_uint8(img).astype(np.float32) * 0.5 if img is not None
-            else np.zeros(a.shape + (3,), np.float32))
-    if base.shape[:2] != a.shape:
-        raise MaskError(f"image {base.shape[:2]} and masks {a.shape} differ in size", hint="use the case's image")
-    out = base.copy()
-    fa, fb = a > 0, b > 0
-    same = fa & fb & (a == b)
-    out[same] = 0.5 * base[same] + 0.5 * np.array((200, 200, 200), np.float32)
-    for name, sel in (("added", ~fa & fb), ("removed", fa & ~fb), ("changed class", fa & fb & (a != b))):
-        col = np.array(DIFF_COLOURS[name], np.float32)
-        out[sel] = (1 - alpha) * base[sel] + alpha * col
-    return np.clip(out, 0, 255).astype(np.uint8), counts
-
+# ----------------------------------------------------------------------------------- rendering
 
 def render_view(img: np.ndarray, mask: np.ndarray | None, view: View, alpha: float = 0.4,
                 contour: bool = True) -> np.ndarray:
@@ -713,211 +614,3 @@ def window_outline(img_rgb: np.ndarray, view: View, colour: tuple[int, int, int]
     out[y0:y1, x0:min(x0 + t, x1)] = colour
     out[y0:y1, max(x1 - t, x0):x1] = colour
     return out
-
-
-# ----------------------------------------------------------------------------------- undo / redo
-
-class EditStack:
-    """Undo/redo history of whole masks (each applied stroke batch = one entry).
-
-    Masks are kept zlib-compressed (label maps compress 50-500×), so a long session stays
-    small. ``limit`` bounds the entries; the oldest are dropped (the start stays reachable
-    through :meth:`reset`).
-
-    Example:
-        >>> s = EditStack(np.zeros((4, 4), np.uint8))
-        >>> s.push(np.ones((4, 4), np.uint8)); s.undo(); int(s.current.sum())
-        0
-    """
-
-    def __init__(self, initial: np.ndarray, limit: int = 100):
-        m = np.asarray(initial)
-        if m.ndim != 2:
-            raise MaskError(f"mask must be 2-D (H,W), got shape {m.shape}", hint="pass one label map")
-        self.shape = (int(m.shape[0]), int(m.shape[1]))
-        self.limit = max(2, int(limit))
-        self._start = self._pack(m)
-        self._items: list[bytes] = [self._start]
-        self._pos = 0
-
-    def _pack(self, m: np.ndarray) -> bytes:
-        a = np.ascontiguousarray(m, np.uint8)
-        if a.shape != self.shape:
-            raise MaskError(f"mask is {a.shape}, this edit history is for {self.shape}", hint="edit one case at a time")
-        return zlib.compress(a.tobytes(), 1)
-
-    def _unpack(self, b: bytes) -> np.ndarray:
-        return np.frombuffer(zlib.decompress(b), np.uint8).reshape(self.shape).copy()
-
-    @property
-    def current(self) -> np.ndarray:
-        """The mask after the edits so far (a copy, uint8 (H,W))."""
-        return self._unpack(self._items[self._pos])
-
-    @property
-    def start(self) -> np.ndarray:
-        """The mask editing started from."""
-        return self._unpack(self._start)
-
-    def push(self, mask: np.ndarray) -> bool:
-        """Add an edit (drops the redo branch). Returns False (and adds nothing) if unchanged."""
-        b = self._pack(mask)
-        if b == self._items[self._pos]:
-            return False
-        self._items = self._items[: self._pos + 1] + [b]
-        if len(self._items) > self.limit:
-            self._items = self._items[-self.limit:]
-        self._pos = len(self._items) - 1
-        return True
-
-    def undo(self) -> bool:
-        if self._pos == 0:
-            return False
-        self._pos -= 1
-        return True
-
-    def redo(self) -> bool:
-        if self._pos >= len(self._items) - 1:
-            return False
-        self._pos += 1
-        return True
-
-    @property
-    def can_undo(self) -> bool:
-        return self._pos > 0
-
-    @property
-    def can_redo(self) -> bool:
-        return self._pos < len(self._items) - 1
-
-    @property
-    def position(self) -> int:
-        """Edits applied on top of the oldest kept entry."""
-        return self._pos
-
-    @property
-    def n_redo(self) -> int:
-        return len(self._items) - 1 - self._pos
-
-    @property
-    def dirty(self) -> bool:
-        """The current mask differs from the start."""
-        return self._items[self._pos] != self._start
-
-    def reset(self, mask: np.ndarray | None = None) -> None:
-        """Start over from ``mask`` (default: the original start)."""
-        if mask is not None:
-            self._start = self._pack(mask)
-        self._items = [self._start]
-        self._pos = 0
-
-
-# ----------------------------------------------------------------------------------- review queue
-
-#: Weights of the suspicion score in :func:`review_queue`.
-QUEUE_WEIGHTS: dict[str, float] = {"needs_fix": 2.0, "conflict": 1.0, "disagree": 0.5, "model": 1.0}
-
-
-def review_queue(ds: Any, store: Any = None, report: Any = None, eval_result: Any = None, *,
-                 weights: Mapping[str, float] | None = None,
-                 include_unscored: bool = False) -> list[tuple[str, float, list[str]]]:
-    """Cases that most need a reviewer's look, most suspicious first.
-
-    Score = ``needs_fix`` weight if a reviewer marked the case *needs_fix*
-    + ``model`` × (1 − Dice of the model's prediction vs the ground truth, from an evaluation)
-    + ``conflict`` if the case is in a near-duplicate pair with contradictory masks (one
-    empty), or ``disagree`` if only in a pair whose masks disagree (latest conflicts report).
-    Cases already ``accepted`` or ``corrected`` are left out.
-
-    Args:
-        ds: the :class:`engine.datasets.Dataset` (only its case ids are used).
-        store: a :class:`engine.store.ReviewStore` (or None: no review states).
-        report: a :class:`engine.dedup.ConflictReport`, its ``pairs`` list, or None.
-        eval_result: an :class:`engine.evaluation.EvalResult`, a per-image DataFrame with
-            ``case_id`` and ``dice``, a ``{case_id: dice}`` dict, or None.
-        weights: override :data:`QUEUE_WEIGHTS` entries.
-        include_unscored: also list unreviewed cases with score 0 (after the others).
-
-    Returns:
-        ``[(case_id, score, reasons)]`` sorted by score (descending), then case id (natural order).
-
-    Example:
-        >>> q = review_queue(ds, store, load_latest_report(ds), load_eval(folder))   # doctest: +SKIP
-        >>> q[0]                                                                      # doctest: +SKIP
-        ('2_13', 1.93, ['conflict pair with 2_5 (SSIM 0.995)', 'model Dice 0.07'])
-    """
-    from engine.eda import natural_key
-
-    w = {**QUEUE_WEIGHTS, **(dict(weights) if weights else {})}
-    ids = [c.case_id for c in ds.cases] if hasattr(ds, "cases") else [str(c) for c in ds]
-    known = set(ids)
-    scores: dict[str, float] = {cid: 0.0 for cid in ids}
-    reasons: dict[str, list[str]] = {cid: [] for cid in ids}
-
-    states = store.case_states() if store is not None else {}
-    done = {cid for cid, s in states.items() if getattr(s, "state", s) in ("accepted", "corrected")}
-    for cid, s in states.items():
-        if cid in known and getattr(s, "state", s) == "needs_fix":
-            scores[cid] += w["needs_fix"]
-            who = getattr(s, "reviewer", "")
-            reasons[cid].append("marked needs_fix" + (f" by {who}" if who else ""))
-
-    for cid, dice in _dice_by_case(eval_result).items():
-        if cid in known and dice is not None and math.isfinite(dice):
-            bad = min(max(1.0 - float(dice), 0.0), 1.0)
-            if bad > 0:
-                scores[cid] += w["model"] * bad
-                reasons[cid].append(f"model Dice {float(dice):.2f}")
-
-    pairs = getattr(report, "pairs", report) or []
-    best: dict[str, tuple[int, str]] = {}
-    for p in pairs:
-        cat = p.get("category")
-        if cat not in ("conflict", "disagree"):
-            continue
-        rank = 2 if cat == "conflict" else 1
-        a, b = str(p.get("a")), str(p.get("b"))
-        ssim = p.get("ssim")
-        for me, other in ((a, b), (b, a)):
-            if me not in known:
-                continue
-            text = f"{cat} pair with {other}" + (f" (SSIM {float(ssim):.3f})" if ssim is not None else "")
-            if me not in best or best[me][0] < rank:
-                best[me] = (rank, text)
-    for cid, (rank, text) in best.items():
-        scores[cid] += w["conflict"] if rank == 2 else w["disagree"]
-        reasons[cid].append(text)
-
-    out = [(cid, round(scores[cid], 6), reasons[cid]) for cid in ids
-           if cid not in done and (scores[cid] > 0 or include_unscored)]
-    out.sort(key=lambda t: (-t[1], natural_key(t[0])))
-    return out
-
-
-def _dice_by_case(eval_result: Any) -> dict[str, float | None]:
-    if eval_result is None:
-        return {}
-    if isinstance(eval_result, Mapping):
-        return {str(k): (None if v is None else float(v)) for k, v in eval_result.items()}
-    df = getattr(eval_result, "per_image", eval_result)
-    if df is None or not hasattr(df, "columns") or "case_id" not in df.columns or "dice" not in df.columns:
-        return {}
-    out: dict[str, float | None] = {}
-    for cid, d in zip(df["case_id"].astype(str).tolist(), df["dice"].tolist()):
-        try:
-            out[cid] = float(d)
-        except (TypeError, ValueError):
-            out[cid] = None
-    return out
-
-
-def next_in_queue(queue: Sequence[tuple[str, float, list[str]]], current: str | None) -> str | None:
-    """The case after ``current`` in the queue (the first one when ``current`` is not in it)."""
-    ids = [q[0] for q in queue]
-    if not ids:
-        return None
-    if current in ids:
-        i = ids.index(current)
-        rest = ids[i + 1:] + ids[:i]
-        return rest[0] if rest else None
-    return ids[0]

@@ -6,7 +6,7 @@
   (pixel value = class id): the newest saved version from the review store when the case was
   corrected (mask editor), else the dataset's original ground truth. With ``apply_decisions``
   (default) the conflict-review decisions are applied too, exactly as
-  :func:`engine.dedup.build_manifest` does: cases a reviewer dropped are left out, ``union``
+  :func:`engine.curation.build_manifest` does: cases a reviewer dropped are left out, ``union``
   and ``both_empty`` decisions change masks, and when a case has several mask changes the
   most recent reviewer action wins.
 - an RLE CSV in the dataset's own convention: Kaggle UNS → ``train_masks.csv``
@@ -87,7 +87,7 @@ def export_corrected(ds: Any, store: Any, out_dir: str | Path, progress: Progres
         out_dir: a new or empty folder outside the dataset, or an earlier export's folder.
         progress: ``(done, total, message)`` callback.
         apply_decisions: also apply conflict-review decisions (drops, unions, emptied masks)
-            like :func:`engine.dedup.build_manifest`; False = corrected mask versions only.
+            like :func:`engine.curation.build_manifest`; False = corrected mask versions only.
         copy_images: copy the images into ``out_dir/images`` (default: list their paths).
         overwrite: allow replacing an earlier export in ``out_dir``.
 
@@ -116,7 +116,7 @@ def export_corrected(ds: Any, store: Any, out_dir: str | Path, progress: Progres
 
     corrected = store.corrected_masks() if store is not None else {}
     if apply_decisions and store is not None:
-        from engine.dedup import build_manifest
+        from engine.curation.manifest import build_manifest
 
         cases, dropped, decision_info = build_manifest(ds, store, None, "none")
     else:

@@ -1,6 +1,14 @@
-"""Review queue of near-duplicate pairs: ordering, filters, progress, the case study's bulk rule.
+"""The review queue: what needs a reviewer next, as pairs (Conflict review) or as cases (Mask editor).
 
-Pure logic behind the Conflict review page (no Streamlit): it combines the pairs of a
+One module for both queues, pure logic (no Streamlit):
+
+- the **pair queue** (:func:`build_queue`, :class:`ReviewItem`, filters, progress, the case
+  study's bulk rule) behind the Conflict review page;
+- the **case queue** (:func:`case_queue`, :func:`next_case`) behind the Mask editor: cases ranked
+  by suspicion (marked *needs_fix*, low model Dice, in a conflicting or disagreeing pair of the
+  same conflicts report the pair queue shows).
+
+The pair queue combines the pairs of a
 :class:`engine.dedup.ConflictReport` with the current decisions of an
 :class:`engine.store.ReviewStore` (always re-read from the store, never cached, so several
 reviewers working at once see each other's decisions).
@@ -20,7 +28,7 @@ them as ordinary, undoable decisions with the note :data:`BULK_NOTE`, so they sh
 ``proposed`` until a reviewer confirms (records a decision without that note) or overrides
 them; :func:`undo_proposals` undoes every proposal still in force. Nothing is deleted: the
 store is an append-only log and the dataset is never touched; only an exported manifest
-(:func:`engine.dedup.build_manifest`) leaves the dropped images out.
+(:func:`engine.curation.build_manifest`) leaves the dropped images out.
 
 Example:
     >>> from engine.dedup import load_latest_report
@@ -35,6 +43,7 @@ Example:
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import shlex
 from collections import Counter
 from dataclasses import dataclass
@@ -62,7 +71,7 @@ DECISION_LABELS: dict[str, str] = {
     "not_duplicate": "Not a duplicate",
     "needs_expert": "Needs expert",
 }
-#: What each decision does to a cleaned manifest (:func:`engine.dedup.build_manifest`).
+#: What each decision does to a cleaned manifest (:func:`engine.curation.build_manifest`).
 DECISION_HELP: dict[str, str] = {
     "keep_a": "A's image and mask are right: B is left out of the cleaned manifest",
     "keep_b": "B's image and mask are right: A is left out of the cleaned manifest",
@@ -249,7 +258,7 @@ def categories_of(queue: Iterable[ReviewItem]) -> dict[str, int]:
 def orphan_decisions(decisions: Mapping[tuple[str, tuple[str, ...]], Any],
                      queue: Sequence[ReviewItem]) -> list[Any]:
     """Current pair decisions on pairs absent from the queue (e.g. found by an earlier search
-    with another threshold); :func:`engine.dedup.build_manifest` still applies them."""
+    with another threshold); :func:`engine.curation.build_manifest` still applies them."""
     present = {it.key for it in queue}
     return [d for (kind, members), d in decisions.items() if kind == "pair" and tuple(members) not in present]
 
@@ -442,7 +451,7 @@ def train_command(manifest: str | Path, name: str | None = None) -> str:
 
 
 def export_summary(info: Mapping[str, Any]) -> dict[str, int]:
-    """Headline numbers of :func:`engine.dedup.build_manifest`'s ``info``."""
+    """Headline numbers of :func:`engine.curation.build_manifest`'s ``info``."""
     by = info.get("dropped_by") or {}
     ov = info.get("mask_overrides") or {}
     return {"kept": int(info.get("n_kept", 0)), "dropped": int(info.get("n_dropped", 0)),
@@ -450,3 +459,112 @@ def export_summary(info: Mapping[str, Any]) -> dict[str, int]:
             "union_masks": int(ov.get("union", 0)), "emptied_masks": int(ov.get("both_empty", 0)),
             "corrected_masks": int(ov.get("corrected", 0)),
             "conflicts_without_decision": int(info.get("n_conflicts_without_decision", 0))}
+
+
+# ----------------------------------------------------------------------------------- case queue
+
+#: Weights of the suspicion score in :func:`case_queue`.
+QUEUE_WEIGHTS: dict[str, float] = {"needs_fix": 2.0, "conflict": 1.0, "disagree": 0.5, "model": 1.0}
+
+
+def case_queue(ds: Any, store: Any = None, report: Any = None, eval_result: Any = None, *,
+                 weights: Mapping[str, float] | None = None,
+                 include_unscored: bool = False) -> list[tuple[str, float, list[str]]]:
+    """Cases that most need a reviewer's look, most suspicious first.
+
+    Score = ``needs_fix`` weight if a reviewer marked the case *needs_fix*
+    + ``model`` × (1 − Dice of the model's prediction vs the ground truth, from an evaluation)
+    + ``conflict`` if the case is in a near-duplicate pair with contradictory masks (one
+    empty), or ``disagree`` if only in a pair whose masks disagree (latest conflicts report).
+    Cases already ``accepted`` or ``corrected`` are left out.
+
+    Args:
+        ds: the :class:`engine.datasets.Dataset` (only its case ids are used).
+        store: a :class:`engine.store.ReviewStore` (or None: no review states).
+        report: a :class:`engine.dedup.ConflictReport`, its ``pairs`` list, or None.
+        eval_result: an :class:`engine.evaluation.EvalResult`, a per-image DataFrame with
+            ``case_id`` and ``dice``, a ``{case_id: dice}`` dict, or None.
+        weights: override :data:`QUEUE_WEIGHTS` entries.
+        include_unscored: also list unreviewed cases with score 0 (after the others).
+
+    Returns:
+        ``[(case_id, score, reasons)]`` sorted by score (descending), then case id (natural order).
+
+    Example:
+        >>> q = case_queue(ds, store, load_latest_report(ds), load_eval(folder))   # doctest: +SKIP
+        >>> q[0]                                                                      # doctest: +SKIP
+        ('2_13', 1.93, ['conflict pair with 2_5 (SSIM 0.995)', 'model Dice 0.07'])
+    """
+    w = {**QUEUE_WEIGHTS, **(dict(weights) if weights else {})}
+    ids = [c.case_id for c in ds.cases] if hasattr(ds, "cases") else [str(c) for c in ds]
+    known = set(ids)
+    scores: dict[str, float] = {cid: 0.0 for cid in ids}
+    reasons: dict[str, list[str]] = {cid: [] for cid in ids}
+
+    states = store.case_states() if store is not None else {}
+    done = {cid for cid, s in states.items() if getattr(s, "state", s) in ("accepted", "corrected")}
+    for cid, s in states.items():
+        if cid in known and getattr(s, "state", s) == "needs_fix":
+            scores[cid] += w["needs_fix"]
+            who = getattr(s, "reviewer", "")
+            reasons[cid].append("marked needs_fix" + (f" by {who}" if who else ""))
+
+    for cid, dice in _dice_by_case(eval_result).items():
+        if cid in known and dice is not None and math.isfinite(dice):
+            bad = min(max(1.0 - float(dice), 0.0), 1.0)
+            if bad > 0:
+                scores[cid] += w["model"] * bad
+                reasons[cid].append(f"model Dice {float(dice):.2f}")
+
+    pairs = getattr(report, "pairs", report) or []
+    best: dict[str, tuple[int, str]] = {}
+    for p in pairs:
+        cat = p.get("category")
+        if cat not in ("conflict", "disagree"):
+            continue
+        rank = 2 if cat == "conflict" else 1
+        a, b = str(p.get("a")), str(p.get("b"))
+        ssim = p.get("ssim")
+        for me, other in ((a, b), (b, a)):
+            if me not in known:
+                continue
+            text = f"{cat} pair with {other}" + (f" (SSIM {float(ssim):.3f})" if ssim is not None else "")
+            if me not in best or best[me][0] < rank:
+                best[me] = (rank, text)
+    for cid, (rank, text) in best.items():
+        scores[cid] += w["conflict"] if rank == 2 else w["disagree"]
+        reasons[cid].append(text)
+
+    out = [(cid, round(scores[cid], 6), reasons[cid]) for cid in ids
+           if cid not in done and (scores[cid] > 0 or include_unscored)]
+    out.sort(key=lambda t: (-t[1], natural_key(t[0])))
+    return out
+
+
+def _dice_by_case(eval_result: Any) -> dict[str, float | None]:
+    if eval_result is None:
+        return {}
+    if isinstance(eval_result, Mapping):
+        return {str(k): (None if v is None else float(v)) for k, v in eval_result.items()}
+    df = getattr(eval_result, "per_image", eval_result)
+    if df is None or not hasattr(df, "columns") or "case_id" not in df.columns or "dice" not in df.columns:
+        return {}
+    out: dict[str, float | None] = {}
+    for cid, d in zip(df["case_id"].astype(str).tolist(), df["dice"].tolist()):
+        try:
+            out[cid] = float(d)
+        except (TypeError, ValueError):
+            out[cid] = None
+    return out
+
+
+def next_case(queue: Sequence[tuple[str, float, list[str]]], current: str | None) -> str | None:
+    """The case after ``current`` in the queue (the first one when ``current`` is not in it)."""
+    ids = [q[0] for q in queue]
+    if not ids:
+        return None
+    if current in ids:
+        i = ids.index(current)
+        rest = ids[i + 1:] + ids[:i]
+        return rest[0] if rest else None
+    return ids[0]

@@ -214,7 +214,7 @@ def build_manifest(ds: Any, store: Any = None, conflicts: Any = None, policy: st
 def _write_union(mask: np.ndarray, store: Any, masks_dir: str | Path | None, ds: Any) -> Path:
     """Write a union mask as a content-addressed PNG; returns its absolute path."""
     from engine.io import write_mask_png
-    from engine.store.review import mask_digest
+    from engine.store import mask_digest
 
     if masks_dir is None and store is not None:
         return store.write_mask_file(mask)[1]
