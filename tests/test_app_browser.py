@@ -24,7 +24,8 @@ from engine.datasets import open_dataset
 from engine.eda import conflict_status_column, count_table, natural_key
 from engine.workspace import Workspace
 from ui import state
-from ui.browser_view import EVAL_KEY, MODEL_KEY, PER_PAGE_KEY, REQUEST_KEY, VIEW_KEY
+from ui.browser_view import EVAL_KEY, MODEL_KEY, PER_PAGE_KEY, VIEW_KEY
+from ui.nav import REQUEST_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = str(REPO / "pages" / "3_Dataset_browser.py")

@@ -22,7 +22,7 @@ from engine.datasets import open_dataset
 from engine.evaluation import EvalConfig, evaluate
 from engine.workspace import Workspace
 from ui import state
-from ui.browser_view import REQUEST_KEY
+from ui.nav import REQUEST_KEY
 from ui.dashboard_view import EVAL_KEY
 
 REPO = Path(__file__).resolve().parents[1]

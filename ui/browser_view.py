@@ -5,7 +5,8 @@ thumbnails (:mod:`engine.thumbnails`), a case detail view (image, ground truth, 
 per-image metrics, PHI-free case info) and EDA charts (:mod:`engine.eda`).
 
 Other pages open a case here by setting ``st.session_state[ui.state.BROWSER_CASE]`` and, to
-also choose the view/model/evaluation, calling :func:`request_case` before ``st.switch_page``.
+also choose the view/model/evaluation, calling :func:`ui.nav.request_case` before ``st.switch_page``.
+The cached loaders shared with other pages are :mod:`ui.caches`; page links are :mod:`ui.nav`.
 
 Review hooks: :func:`review_columns` adds ``conflict_status`` (from the latest
 :func:`engine.dedup.load_latest_report`) and ``review_state`` (from the dataset's
@@ -15,18 +16,15 @@ Review hooks: :func:`review_columns` adds ``conflict_status`` (from the latest
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
 from ui import state
+from ui.caches import cached_eval, case_frame, conflict_pairs, evaluations, review_states
+from ui.nav import CONFLICT_PAGE, EDITOR_PAGE, REQUEST_KEY, page_link, short_id
 
-REPO = Path(__file__).resolve().parents[1]
-BROWSER_PAGE = "pages/3_Dataset_browser.py"
-CONFLICT_PAGE = "pages/6_Conflict_review.py"
-EDITOR_PAGE = "pages/7_Mask_editor.py"
 
 VIEW_KEY = "browser_view"
 VIEWS = ("Thumbnails", "Case details", "EDA")
@@ -36,125 +34,11 @@ MODEL_KEY = "browser_model"
 EVAL_KEY = "browser_eval"
 OVERLAY_KEY = "browser_overlay"
 CASE_SELECT_KEY = "browser_case_select"
-REQUEST_KEY = "browser_request"       # {"case", "view", "model", "eval"} set by other pages
 NO_MODEL = "(none)"
 NCOLS = 6
 THUMB_SIZE = 192
 STATE_COLOURS = {"with mask": "#f58518", "empty": "#4c78a8", "unlabelled": "#bab0ac"}
 OVERLAY_LABELS = {"Ground truth": "gt", "Prediction": "pred", "Prediction + GT outline": "both", "Image only": "none"}
-
-
-# ------------------------------------------------------------------------------- cached data
-
-def _ds_key(ds: Any) -> tuple[str, str, int, str, int]:
-    return (str(getattr(ds, "manifest_path", None) or ds.root), ds.layout, len(ds),
-            json.dumps(ds.options, sort_keys=True, default=str), int(state.get(state.REFRESH, 0)))
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def _frame(key: tuple, _ds: Any):
-    from engine.eda import natural_key
-
-    import numpy as np
-
-    df = _ds.to_frame()
-    keys = [(natural_key(str(g)), natural_key(str(c))) for g, c in zip(df["group_id"].tolist(),
-                                                                         df["case_id"].tolist())]
-    order = sorted(range(len(keys)), key=keys.__getitem__)
-    rank = np.empty(len(keys), np.int64)
-    rank[order] = np.arange(len(keys))
-    df["_order"] = rank
-    return df
-
-
-def case_frame(ds: Any):
-    """``ds.to_frame()`` plus a natural-order column ``_order``, cached per dataset path + refresh."""
-    return _frame(_ds_key(ds), ds)
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def _eval(folder: str, mtime: float):
-    from engine.evaluation import load_eval
-
-    return load_eval(folder)
-
-
-def cached_eval(folder: str | None):
-    """:func:`engine.evaluation.load_eval` cached on the folder and its summary's mtime (None if absent)."""
-    if not folder:
-        return None
-    p = Path(folder) / "summary.json"
-    if not p.is_file():
-        return None
-    return _eval(str(folder), p.stat().st_mtime)
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def _evaluations(root: str, stamp: tuple, _ds: Any) -> list[dict[str, Any]]:
-    from engine.dashboard import find_evaluations
-
-    return find_evaluations(_ds)
-
-
-def evaluations(ds: Any) -> list[dict[str, Any]]:
-    """:func:`engine.dashboard.find_evaluations`, re-read only when an evaluation folder changes."""
-    from engine.dashboard import evals_root
-
-    root = evals_root(ds)
-    stamp: tuple = ()
-    if root.is_dir():
-        stamp = tuple(sorted((f.name, _mtime(f / "summary.json")) for f in root.iterdir()))
-    return _evaluations(str(root), stamp, ds)
-
-
-def _mtime(p: Path | None) -> float:
-    try:
-        return p.stat().st_mtime if p is not None else 0.0
-    except OSError:
-        return 0.0
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def _conflict_pairs(path: str, mtime: float) -> list[dict[str, Any]]:
-    from engine.dedup.conflicts import ConflictReport
-    from engine.errors import ReadError
-
-    try:
-        return ConflictReport.load(path).pairs
-    except ReadError:
-        return []
-
-
-@st.cache_data(show_spinner=False, max_entries=8, ttl=30)
-def _review_states(path: str, mtime: float, wal_mtime: float) -> dict[str, str]:
-    from engine.store import ReviewStore
-
-    with ReviewStore(path) as store:
-        return {cid: s.state for cid, s in store.case_states().items()}
-
-
-def conflict_pairs(ds: Any) -> list[dict[str, Any]] | None:
-    """Pairs of the latest conflicts report of ``ds`` (None when no report exists)."""
-    from engine.dedup import latest_report_path
-
-    path = latest_report_path(ds)
-    if path is None or not path.is_file():
-        return None
-    return _conflict_pairs(str(path), _mtime(path))
-
-
-def review_states(ds: Any) -> dict[str, str] | None:
-    """Current review state per case from the dataset's review store (None when there is no store)."""
-    from engine.store import STORE_NAME
-
-    workdir = getattr(ds, "workdir", None)
-    if workdir is None or not (Path(workdir) / STORE_NAME).is_file():
-        return None
-    path = Path(workdir) / STORE_NAME
-    try:
-        return _review_states(str(path), _mtime(path), _mtime(path.with_name(path.name + "-wal")))
-    except Exception:  # noqa: BLE001 - a damaged store must not break browsing; the review page reports it
-        return None
 
 
 # ------------------------------------------------------------------------------- review hook
@@ -195,13 +79,6 @@ def review_filters(df, where: Any) -> dict[str, tuple[str, ...]]:
 
 
 # ------------------------------------------------------------------------------- requests
-
-def request_case(case_id: str, view: str = "Case details", model: str | None = None,
-                 eval_folder: str | None = None) -> None:
-    """Ask the browser (next time it runs) to open ``case_id`` in ``view`` with a model/evaluation."""
-    state.set(state.BROWSER_CASE, case_id)
-    st.session_state[REQUEST_KEY] = {"case": case_id, "view": view, "model": model, "eval": eval_folder}
-
 
 def _apply_request() -> None:
     req = st.session_state.pop(REQUEST_KEY, None)
@@ -365,11 +242,6 @@ def thumbnail_grid(ds: Any, page_df, overlay: str, eval_folder: str | None, ncol
         prefetch_thumbnails(ds, next_ids, THUMB_SIZE, overlay, pred)
 
 
-def short_id(case_id: str, n: int = 24) -> str:
-    """Long ids (DICOM UIDs) shortened to their distinctive tail for captions."""
-    return case_id if len(case_id) <= n else "…" + case_id[-(n - 1):]
-
-
 def _caption(rec: dict[str, Any]) -> str:
     parts = [short_id(str(rec["case_id"]))]
     if not rec.get("labelled", True):
@@ -506,34 +378,6 @@ def _case_pairs(ds: Any, case_id: str) -> None:
                                     "category": p.get("category"), "SSIM": p.get("ssim"),
                                     "mask Dice": p.get("mask_dice")} for p in mine]),
                      hide_index=True, width="stretch")
-
-
-def page_link(page: str, label: str, icon: str | None = None) -> bool:
-    """``st.page_link`` to a page of this app when its file exists (else nothing); True when drawn.
-
-    When the page cannot be linked (a page script run on its own, as in AppTest, knows no other
-    pages) the label is shown as text with a hint to use the menu.
-    """
-    from streamlit.errors import StreamlitAPIException
-
-    if not (REPO / page).is_file():
-        return False
-    try:
-        st.page_link(page, label=label, icon=icon)
-    except StreamlitAPIException:
-        st.caption(f"{icon or ''} {label}: open *{Path(page).stem.split('_', 1)[-1].replace('_', ' ')}* "
-                   "from the menu")
-    return True
-
-
-def switch_page(page: str) -> None:
-    """``st.switch_page`` that degrades to a hint when the page is unknown to the running app."""
-    from streamlit.errors import StreamlitAPIException
-
-    try:
-        st.switch_page(page)
-    except StreamlitAPIException:
-        st.info(f"Open *{Path(page).stem.split('_', 1)[-1].replace('_', ' ')}* from the menu to see the case.")
 
 
 def _review_links() -> None:

@@ -41,7 +41,7 @@ def run_evaluation(predictor: Any, ds: Any, config: Any, progress: Any = None, u
 def eval_controls(ds: Any) -> str | None:
     """Model/policy/TTA + (re)compute button and the picker of saved evaluations. Returns a folder."""
     from engine.metrics import EMPTY_POLICIES, EMPTY_POLICY_RULES
-    from ui.browser_view import evaluations
+    from ui.caches import evaluations
     from ui.widgets import model_picker
 
     pending = st.session_state.pop(PENDING_KEY, None)
@@ -129,7 +129,7 @@ def distribution_section(per_image) -> None:
 
 
 def _open_in_browser(case_id: str, model: str | None, folder: str) -> None:
-    from ui.browser_view import request_case
+    from ui.nav import request_case
 
     request_case(case_id, "Case details", model=model, eval_folder=folder)
 
@@ -138,7 +138,7 @@ def worst_section(ds: Any, res: Any) -> None:
     from engine.dashboard import worst_cases
     from engine.errors import WorkbenchError
     from engine.thumbnails import thumbnail_paths
-    from ui.browser_view import BROWSER_PAGE, page_link, short_id, switch_page
+    from ui.nav import BROWSER_PAGE, page_link, short_id, switch_page
 
     c = st.columns([2, 2, 3], vertical_alignment="bottom")
     n = int(c[0].selectbox("Cases", [6, 12, 24], index=1, key="dash_worst_n"))
@@ -281,7 +281,7 @@ def slices_section(ds: Any, per_image) -> None:
     import plotly.express as px
 
     from engine.dashboard import join_meta, slice_columns, slice_metrics
-    from ui.browser_view import case_frame
+    from ui.caches import case_frame
 
     joined = join_meta(per_image, case_frame(ds))
     cols = slice_columns(joined)
@@ -352,7 +352,7 @@ def training_section() -> None:
 
 def render_dashboard() -> None:
     """The whole Metrics dashboard page body (call inside ``ui.widgets.guard``)."""
-    from ui.browser_view import cached_eval
+    from ui.caches import cached_eval
     from ui.widgets import dataset_required, guard
 
     ds = dataset_required()

@@ -126,7 +126,7 @@ def replace_session(ds: Any, store: Any, sess: EditSession, mask: np.ndarray | N
 
 def _evaluation_for_queue(ds: Any) -> tuple[Any, str | None]:
     """The newest evaluation of the current model on ``ds`` (else of any model): (EvalResult, label)."""
-    from ui.browser_view import cached_eval, evaluations
+    from ui.caches import cached_eval, evaluations
 
     evs = evaluations(ds)
     if not evs:
@@ -139,7 +139,7 @@ def _evaluation_for_queue(ds: Any) -> tuple[Any, str | None]:
 def review_queue_for(ds: Any, store: Any) -> tuple[list, dict[str, Any]]:
     """:func:`engine.curation.case_queue` from the latest conflicts report and evaluation."""
     from engine.curation import case_queue
-    from ui.browser_view import conflict_pairs
+    from ui.caches import conflict_pairs
 
     ev, ev_label = _evaluation_for_queue(ds)
     pairs = conflict_pairs(ds)
@@ -576,7 +576,7 @@ def _prediction(ds: Any, model: str, case_id: str) -> tuple[np.ndarray, str]:
     """A model's mask for the case: its saved evaluation prediction when there is one, else predicted now."""
     from engine.io import read_mask
     from engine.thumbnails import pred_mask_path
-    from ui.browser_view import evaluations
+    from ui.caches import evaluations
     from ui.loaders import predict_case
 
     for e in evaluations(ds):

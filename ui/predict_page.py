@@ -220,7 +220,7 @@ def main():
         st.subheader(f"{len(items)} images")
         batch_section(items, card)
         from engine.visualize import fit_square
-        from ui.browser_view import short_id
+        from ui.nav import short_id
 
         with guard("Gallery"):
             thumbs = [fit_square(pv.overlay_rgb(it.img, it.mask, 0.45), 150) for it in items[:24]]

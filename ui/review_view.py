@@ -494,7 +494,7 @@ def history_panel(store: Any, cur: Any) -> None:
 
 def links_panel(cur: Any) -> None:
     """Open A or B in the Dataset browser, or its mask in the Mask editor (when installed)."""
-    from ui.browser_view import BROWSER_PAGE, EDITOR_PAGE, REPO, request_case, switch_page
+    from ui.nav import BROWSER_PAGE, EDITOR_PAGE, REPO, request_case, switch_page
 
     editor = (REPO / EDITOR_PAGE).is_file()
     c = st.columns(4 if editor else 2)

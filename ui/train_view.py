@@ -353,7 +353,7 @@ def _previews(run_dir: Path) -> None:
 
 
 def _finished_notes(info: dict[str, Any]) -> None:
-    from ui.browser_view import page_link
+    from ui.nav import page_link
 
     name = info.get("exported_name")
     if name:
