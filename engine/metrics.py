@@ -60,6 +60,7 @@ __all__ = [
     "confusion_matrix_labels",
     "image_metrics",
     "dice",
+    "dice_from_counts",
     "iou",
     "surface_distances",
     "hd95",
@@ -231,6 +232,33 @@ def _confusion(p: np.ndarray, g: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(idx.ravel(), minlength=k * k).astype(np.int64).reshape(k, k)
 
 
+def dice_from_counts(inter: npt.ArrayLike, pred_area: npt.ArrayLike, gt_area: npt.ArrayLike,
+                     empty: float = 1.0) -> Any:
+    """The engine's one Dice formula, ``2|P∩G| / (|P| + |G|)``, from pixel counts.
+
+    Every Dice in the engine (per image and class here, model-vs-model in
+    :mod:`engine.compare`, near-duplicate masks in :mod:`engine.dedup.scoring`, threshold sweeps
+    in :mod:`engine.postprocess`) goes through this function.
+
+    Args:
+        inter: ``|P∩G|`` — scalar or array of any shape.
+        pred_area, gt_area: ``|P|`` and ``|G|``, broadcastable with ``inter``.
+        empty: the value where both are empty (1.0 = Kaggle rule, NaN = excluded, 0.0 = counted as miss).
+
+    Returns:
+        float64 array of the broadcast shape (a Python float when every input is a scalar).
+
+    Example:
+        >>> dice_from_counts(3, 4, 4), float(dice_from_counts(0, 0, 0, empty=float("nan")) != 0)
+        (0.75, 1.0)
+    """
+    i = np.asarray(inter, dtype=np.float64)
+    denom = np.asarray(pred_area, dtype=np.float64) + np.asarray(gt_area, dtype=np.float64)
+    out = np.full(np.broadcast(i, denom).shape, float(empty), dtype=np.float64)
+    np.divide(2.0 * i, denom, out=out, where=denom != 0)
+    return float(out) if out.ndim == 0 else out
+
+
 def _overlap_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray,
                          policy: str) -> dict[str, np.ndarray]:
     """Vectorised Dice/IoU/precision/recall/specificity/pixel error from per-class counts."""
@@ -238,7 +266,7 @@ def _overlap_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.
     n = tp + fp + fn + tn
     both_empty = (tp + fn == 0) & (tp + fp == 0)
     out = {
-        "dice": _safe_div(2 * tp, 2 * tp + fp + fn),
+        "dice": dice_from_counts(tp, tp + fp, tp + fn, np.nan),
         "iou": _safe_div(tp, tp + fp + fn),
         "precision": _safe_div(tp, tp + fp),
         "recall": _safe_div(tp, tp + fn),
@@ -371,9 +399,7 @@ def dice(pred: npt.ArrayLike, gt: npt.ArrayLike, empty_policy: EmptyPolicy = "ka
     """
     policy = _check_policy(empty_policy)
     inter, ps, gs = _binary_counts(pred, gt)
-    if ps + gs == 0:
-        return 1.0 if policy == "kaggle" else float("nan")
-    return 2.0 * inter / (ps + gs)
+    return dice_from_counts(inter, ps, gs, 1.0 if policy == "kaggle" else float("nan"))
 
 
 def iou(pred: npt.ArrayLike, gt: npt.ArrayLike, empty_policy: EmptyPolicy = "kaggle") -> float:

@@ -448,6 +448,8 @@ def _disagree_mask(mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarr
     """A shrunk and shifted copy of ``mask`` (H,W) {0,1} with Dice < 0.5 against it."""
     import cv2
 
+    from engine.metrics import dice_from_counts
+
     ys, xs = np.nonzero(mask)
     cy, cx = ys.mean(), xs.mean()
     h, w = mask.shape
@@ -460,7 +462,7 @@ def _disagree_mask(mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarr
             m2 = cv2.warpAffine(mask, M, (w, h), flags=cv2.INTER_NEAREST)
             if m2.sum() == 0:
                 continue
-            dice = 2.0 * float((m2 & mask).sum()) / float(m2.sum() + mask.sum())
+            dice = dice_from_counts(int((m2 & mask).sum()), int(m2.sum()), int(mask.sum()))
             if dice < 0.5:
                 return m2, dice
     raise AssertionError("could not build a disagreeing mask")  # internal invariant

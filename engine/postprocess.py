@@ -383,10 +383,10 @@ def _check_policy(empty_policy: str) -> None:
 
 def _dice(inter: np.ndarray, psum: np.ndarray, gsum: np.ndarray, policy: str) -> np.ndarray:
     """Dice per entry; both-empty entries scored per ``policy`` (NaN for "skip")."""
-    denom = psum + gsum
+    from engine.metrics import dice_from_counts
+
     empty_value = {"kaggle": 1.0, "zero": 0.0, "skip": np.nan, "exclude": np.nan}[policy]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom == 0, empty_value, 2.0 * inter / np.where(denom == 0, 1, denom))
+    return np.asarray(dice_from_counts(inter, psum, gsum, empty_value))
 
 
 def _aggregate(dice: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -44,6 +44,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from engine.metrics import dice_from_counts
+
 CATEGORIES: tuple[str, ...] = ("conflict", "disagree", "agree", "agree_empty", "unlabelled")
 
 
@@ -126,13 +128,12 @@ def mask_dice(a: Any, b: Any) -> float:
     pa, pb = ca.within(box), cb.within(box)
     fa, fb = pa > 0, pb > 0
     if pa.max() <= 1 and pb.max() <= 1:
-        return 2.0 * float(np.count_nonzero(fa & fb)) / float(ca.area + cb.area)
+        return dice_from_counts(np.count_nonzero(fa & fb), ca.area, cb.area)
     classes = sorted((set(np.unique(pa)) | set(np.unique(pb))) - {0})
     scores = []
     for c in classes:
         ma, mb = pa == c, pb == c
-        sa, sb = int(ma.sum()), int(mb.sum())
-        scores.append(2.0 * float(np.count_nonzero(ma & mb)) / float(sa + sb))
+        scores.append(dice_from_counts(np.count_nonzero(ma & mb), int(ma.sum()), int(mb.sum())))
     return float(np.mean(scores))
 
 
@@ -204,8 +205,7 @@ def _dice_matrix(cands: np.ndarray, truth: np.ndarray) -> np.ndarray:
     inter = (cf @ tf.T).astype(np.float64)  # exact integer counts (< 2**24 pixels per box)
     sc = cands.sum(axis=1, dtype=np.float64)[:, None]
     st = truth.sum(axis=1, dtype=np.float64)[None, :]
-    denom = sc + st
-    return np.where(denom > 0, 2.0 * inter / np.maximum(denom, 1.0), 1.0).astype(np.float64)
+    return dice_from_counts(inter, sc, st)
 
 
 def group_ceiling(masks: Sequence[Any], max_members: int = 64) -> tuple[float, int, str, list[float]]:
