@@ -21,7 +21,7 @@ with left:
     st.subheader("Dataset")
     if not demo_ready():
         st.info("The built-in demo data (synthetic ultrasound and chest X-ray phantoms) is not generated yet.")
-        if st.button("Generate demo data", type="primary", key="gen_demo"):
+        if st.button("Generate demo data", type="primary", key=state.GEN_DEMO):
             with guard("Generating the demo data"):
                 report, bar = streamlit_progress("Generating phantoms")
                 generate_demo(progress=report)
@@ -38,21 +38,21 @@ with left:
     index = next((i for i, lab in enumerate(labels) if choices[lab] == current), 0)
 
     def _on_pick() -> None:  # runs before the rerun, so the sidebar shows the new dataset at once
-        chosen = choices.get(st.session_state["home_dataset_choice"], "")
+        chosen = choices.get(st.session_state[state.HOME_DATASET_CHOICE], "")
         if chosen:
             state.set(state.DATASET_OPTIONS, {})
             state.set(state.DATASET, chosen)
 
-    picked = st.selectbox("Open", labels, index=index, key="home_dataset_choice", on_change=_on_pick)
+    picked = st.selectbox("Open", labels, index=index, key=state.HOME_DATASET_CHOICE, on_change=_on_pick)
     path = choices[picked]
     if not path:
-        path = st.text_input("Folder or manifest path on this machine", key="home_dataset_path",
+        path = st.text_input("Folder or manifest path on this machine", key=state.HOME_DATASET_PATH,
                              placeholder="/data/ultrasound-nerve-segmentation").strip()
         st.caption("Layouts detected automatically: Kaggle UNS (`train/*_mask.tif`, `train_masks.csv`), "
                    "SIIM (DICOM tree + RLE CSV), paired folders (`images/` + `masks/`, or `_mask` suffixes), "
                    "cleaned manifests (`.json`).")
-        label_names = st.text_input("Class names (optional, comma-separated, ids 1..K-1)", key="home_labels")
-        if path and st.button("Open folder", key="home_open"):
+        label_names = st.text_input("Class names (optional, comma-separated, ids 1..K-1)", key=state.HOME_LABELS)
+        if path and st.button("Open folder", key=state.HOME_OPEN):
             opts = {"label_names": [s.strip() for s in label_names.split(",") if s.strip()]} if label_names else {}
             with guard("Opening the folder"):
                 with st.spinner("Indexing…"):
@@ -91,7 +91,7 @@ with left:
                         st.write(f"- `{b['path']}`: {b['reason']}")
             for n in s["notes"]:
                 st.caption(f"ℹ️ {n}")
-            if st.button("Rescan folder", key="home_rescan"):
+            if st.button("Rescan folder", key=state.HOME_RESCAN):
                 refresh_datasets()
                 st.rerun()
 
@@ -106,8 +106,8 @@ with right:
             names = [w["name"] for w in good]
             cur = state.current_model()
             name = st.selectbox("Default model for all pages", names,
-                                index=names.index(cur) if cur in names else 0, key="home_model",
-                                on_change=lambda: state.set(state.MODEL, st.session_state["home_model"]))
+                                index=names.index(cur) if cur in names else 0, key=state.HOME_MODEL,
+                                on_change=lambda: state.set(state.MODEL, st.session_state[state.HOME_MODEL]))
             state.set(state.MODEL, name)
             w = next(x for x in good if x["name"] == name)
             st.markdown(f"**{w['name']}** · {w['arch']}{' / ' + w['encoder'] if w.get('encoder') else ''} · "
@@ -124,8 +124,8 @@ with right:
             st.warning(f"{w['name']}: {w['error']}")
     st.subheader("Device")
     dev = st.selectbox("Run models on", ["auto", "cpu", "cuda", "mps"],
-                       index=["auto", "cpu", "cuda", "mps"].index(state.current_device()), key="home_device",
-                       on_change=lambda: state.set(state.DEVICE, st.session_state["home_device"]))
+                       index=["auto", "cpu", "cuda", "mps"].index(state.current_device()), key=state.HOME_DEVICE,
+                       on_change=lambda: state.set(state.DEVICE, st.session_state[state.HOME_DEVICE]))
     state.set(state.DEVICE, dev)
     from ui.widgets import device_label
 

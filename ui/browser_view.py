@@ -26,14 +26,14 @@ from ui.caches import cached_eval, case_frame, conflict_pairs, evaluations, revi
 from ui.nav import CONFLICT_PAGE, EDITOR_PAGE, REQUEST_KEY, page_link, short_id
 
 
-VIEW_KEY = "browser_view"
+VIEW_KEY = state.BROWSER_VIEW
 VIEWS = ("Thumbnails", "Case details", "EDA")
-PAGE_KEY = "browser_page"
-PER_PAGE_KEY = "browser_per_page"
-MODEL_KEY = "browser_model"
-EVAL_KEY = "browser_eval"
-OVERLAY_KEY = "browser_overlay"
-CASE_SELECT_KEY = "browser_case_select"
+PAGE_KEY = state.BROWSER_PAGE
+PER_PAGE_KEY = state.BROWSER_PER_PAGE
+MODEL_KEY = state.BROWSER_MODEL
+EVAL_KEY = state.BROWSER_EVAL
+OVERLAY_KEY = state.BROWSER_OVERLAY
+CASE_SELECT_KEY = state.BROWSER_CASE_SELECT
 NO_MODEL = "(none)"
 NCOLS = 6
 THUMB_SIZE = 192
@@ -69,12 +69,12 @@ def review_filters(df, where: Any) -> dict[str, tuple[str, ...]]:
     out: dict[str, tuple[str, ...]] = {}
     if "conflict_status" in df.columns:
         present = [s for s in CONFLICT_STATUSES if (df["conflict_status"] == s).any()]
-        out["conflict"] = tuple(where.multiselect("Conflict status", present, key="browser_f_conflict",
+        out["conflict"] = tuple(where.multiselect("Conflict status", present, key=state.BROWSER_F_CONFLICT,
                                                   help="from the latest duplicate/conflict search"))
     if "review_state" in df.columns:
         from engine.store import CASE_STATES
 
-        out["review"] = tuple(where.multiselect("Review state", list(CASE_STATES), key="browser_f_review"))
+        out["review"] = tuple(where.multiselect("Review state", list(CASE_STATES), key=state.BROWSER_F_REVIEW))
     return out
 
 
@@ -124,7 +124,7 @@ def model_controls(ds: Any) -> tuple[str | None, str | None]:
         c2.info(f"No saved evaluation of **{model}** on this dataset: the detail view predicts live; "
                 "evaluate to get thumbnails of predictions and a Dice filter.")
     c3.write("")
-    if c3.button(f"Evaluate {model} on this dataset", key="browser_evaluate",
+    if c3.button(f"Evaluate {model} on this dataset", key=state.BROWSER_EVALUATE,
                  help="predicts every labelled case (cached on disk: a repeat is instant)"):
         from engine.evaluation import EvalConfig, evaluate
         from ui.loaders import load_predictor
@@ -147,35 +147,35 @@ def filter_controls(df, has_eval: bool):
     sb.divider()
     sb.subheader("Filters")
     kw: dict[str, Any] = {}
-    kw["text"] = sb.text_input("Case id contains", key="browser_f_text").strip()
-    kw["mask"] = tuple(sb.multiselect("Ground truth", list(MASK_STATES), key="browser_f_mask"))
+    kw["text"] = sb.text_input("Case id contains", key=state.BROWSER_F_TEXT).strip()
+    kw["mask"] = tuple(sb.multiselect("Ground truth", list(MASK_STATES), key=state.BROWSER_F_MASK))
     if len(opts["groups"]) > 1:
         kw["groups"] = tuple(sb.multiselect(f"Group (subject / patient) · {len(opts['groups'])}", opts["groups"],
-                                            key="browser_f_groups"))
+                                            key=state.BROWSER_F_GROUPS))
     if len(opts["splits"]) > 1:
-        kw["splits"] = tuple(sb.multiselect("Split", opts["splits"], key="browser_f_split"))
+        kw["splits"] = tuple(sb.multiselect("Split", opts["splits"], key=state.BROWSER_F_SPLIT))
     if opts["sexes"]:
-        kw["sexes"] = tuple(sb.multiselect("Sex (DICOM)", opts["sexes"], key="browser_f_sex"))
+        kw["sexes"] = tuple(sb.multiselect("Sex (DICOM)", opts["sexes"], key=state.BROWSER_F_SEX))
     if opts["views"]:
-        kw["views"] = tuple(sb.multiselect("View position (DICOM)", opts["views"], key="browser_f_view"))
+        kw["views"] = tuple(sb.multiselect("View position (DICOM)", opts["views"], key=state.BROWSER_F_VIEW))
     if opts["age"] is not None:
         lo, hi = opts["age"]
         if hi > lo:
-            rng = sb.slider("Age (years, DICOM)", lo, hi, (lo, hi), step=1.0, key="browser_f_age")
+            rng = sb.slider("Age (years, DICOM)", lo, hi, (lo, hi), step=1.0, key=state.BROWSER_F_AGE)
             n_imp, n_mis = opts["n_age_impossible"], opts["n_age_missing"]
-            with_imp = sb.checkbox(f"also impossible ages ({n_imp})", value=True, key="browser_f_age_imp") \
+            with_imp = sb.checkbox(f"also impossible ages ({n_imp})", value=True, key=state.BROWSER_F_AGE_IMP) \
                 if n_imp else True
-            with_mis = sb.checkbox(f"also missing ages ({n_mis})", value=True, key="browser_f_age_mis") \
+            with_mis = sb.checkbox(f"also missing ages ({n_mis})", value=True, key=state.BROWSER_F_AGE_MIS) \
                 if n_mis else True
             if tuple(rng) != (lo, hi) or not with_imp or not with_mis:
                 kw.update(age_range=(float(rng[0]), float(rng[1])), age_impossible=with_imp, age_missing=with_mis)
     if opts["area"] is not None and opts["area"][1] > opts["area"][0]:
         lo, hi = opts["area"]
-        rng = sb.slider("Mask area (pixels)", lo, hi, (lo, hi), key="browser_f_area")
+        rng = sb.slider("Mask area (pixels)", lo, hi, (lo, hi), key=state.BROWSER_F_AREA)
         if tuple(rng) != (lo, hi):
             kw["area_range"] = (float(rng[0]), float(rng[1]))
     if has_eval and "eval_dice" in df.columns:
-        rng = sb.slider("Dice of the model (evaluation)", 0.0, 1.0, (0.0, 1.0), step=0.01, key="browser_f_dice")
+        rng = sb.slider("Dice of the model (evaluation)", 0.0, 1.0, (0.0, 1.0), step=0.01, key=state.BROWSER_F_DICE)
         if tuple(rng) != (0.0, 1.0):
             kw["dice_range"] = (float(rng[0]), float(rng[1]))
     kw.update(review_filters(df, sb))
@@ -194,14 +194,14 @@ def pagination(n_items: int, per_page: int) -> tuple[int, int, int]:
 
     page_now = int(st.session_state.get(PAGE_KEY, 1))
     c = st.columns([1, 1, 2, 1, 1, 4], vertical_alignment="bottom")
-    c[0].button("First", icon=":material/first_page:", key="browser_first", on_click=go, args=(1,),
+    c[0].button("First", icon=":material/first_page:", key=state.BROWSER_FIRST, on_click=go, args=(1,),
                 disabled=page_now <= 1)
-    c[1].button("Prev", icon=":material/chevron_left:", key="browser_prev", on_click=go, args=(page_now - 1,),
+    c[1].button("Prev", icon=":material/chevron_left:", key=state.BROWSER_PREV, on_click=go, args=(page_now - 1,),
                 disabled=page_now <= 1)
     page = int(c[2].number_input(f"Page (of {n_pages})", 1, n_pages, step=1, key=PAGE_KEY))
-    c[3].button("Next", icon=":material/chevron_right:", key="browser_next", on_click=go, args=(page_now + 1,),
+    c[3].button("Next", icon=":material/chevron_right:", key=state.BROWSER_NEXT, on_click=go, args=(page_now + 1,),
                 disabled=page_now >= n_pages)
-    c[4].button("Last", icon=":material/last_page:", key="browser_last", on_click=go, args=(n_pages,),
+    c[4].button("Last", icon=":material/last_page:", key=state.BROWSER_LAST, on_click=go, args=(n_pages,),
                 disabled=page_now >= n_pages)
     start = (page - 1) * per_page
     stop = min(n_items, start + per_page)
@@ -290,11 +290,11 @@ def detail_view(ds: Any, df, filtered_ids: list[str], model: str | None, eval_fo
         state.set(state.BROWSER_CASE, st.session_state[CASE_SELECT_KEY])
 
     c = st.columns([1, 4, 1], vertical_alignment="bottom")
-    c[0].button("Previous", icon=":material/chevron_left:", key="browser_case_prev", disabled=pos == 0,
+    c[0].button("Previous", icon=":material/chevron_left:", key=state.BROWSER_CASE_PREV, disabled=pos == 0,
                 on_click=pick, args=(options[max(0, pos - 1)],))
     c[1].selectbox(f"Case ({len(filtered_ids):,} match the filters)", options, key=CASE_SELECT_KEY,
                    on_change=picked)
-    c[2].button("Next", icon=":material/chevron_right:", key="browser_case_next", disabled=pos >= len(options) - 1,
+    c[2].button("Next", icon=":material/chevron_right:", key=state.BROWSER_CASE_NEXT, disabled=pos >= len(options) - 1,
                 on_click=pick, args=(options[min(len(options) - 1, pos + 1)],))
     state.set(state.BROWSER_CASE, cur)
     case = ds.case(cur)
@@ -335,7 +335,7 @@ def detail_view(ds: Any, df, filtered_ids: list[str], model: str | None, eval_fo
         elif gt is None:
             st.caption("No ground truth, so no metrics.")
         else:
-            policy = st.radio("Empty-mask policy", list(EMPTY_POLICIES), horizontal=True, key="browser_policy",
+            policy = st.radio("Empty-mask policy", list(EMPTY_POLICIES), horizontal=True, key=state.BROWSER_POLICY,
                               help="how a class empty in both prediction and ground truth is scored")
             spacing = case.meta.get("pixel_spacing_mm")
             spacing = tuple(spacing) if isinstance(spacing, (list, tuple)) and len(spacing) == 2 else None
@@ -398,7 +398,7 @@ def eda_view(df, filtered) -> None:
 
     from engine.eda import eda_report
 
-    use_all = st.toggle("All cases (ignore the filters)", value=False, key="browser_eda_all")
+    use_all = st.toggle("All cases (ignore the filters)", value=False, key=state.BROWSER_EDA_ALL)
     data = df if use_all else filtered
     rep = eda_report(data)
     st.caption(f"{rep['n_cases']:,} cases" + ("" if use_all else " matching the filters"))
@@ -414,9 +414,9 @@ def eda_view(df, filtered) -> None:
     if rep["dicom"]:
         a, b = st.columns(2)
         a.plotly_chart(px.bar(rep["sex"], x="value", y="count", text="count", title="Sex (DICOM)",
-                              labels={"value": "sex"}), key="eda_sex")
+                              labels={"value": "sex"}), key=state.EDA_SEX)
         b.plotly_chart(px.bar(rep["view_position"], x="value", y="count", text="count",
-                              title="View position (DICOM)", labels={"value": "view position"}), key="eda_view")
+                              title="View position (DICOM)", labels={"value": "view position"}), key=state.EDA_VIEW)
         ages = rep["ages"]
         hist = ages["histogram"]
         colours = {"ok": "#4c78a8", "impossible": "#e45756", "missing": "#9d9d9d", "unparsed": "#9d9d9d"}
@@ -430,7 +430,7 @@ def eda_view(df, filtered) -> None:
         for _, r in hist[hist["kind"] == "impossible"].iterrows():
             fig.add_annotation(x=r["bin"], y=r["count"], text="impossible age: kept, not dropped",
                                showarrow=True, arrowhead=2, ay=-40)
-        st.plotly_chart(fig, key="eda_age")
+        st.plotly_chart(fig, key=state.EDA_AGE)
         if ages["n_impossible"]:
             st.warning(f"{ages['n_impossible']} case(s) have an impossible age (outside 0–120 years), "
                        "shown in red above and listed here:", icon="⚠️")
@@ -439,11 +439,11 @@ def eda_view(df, filtered) -> None:
     a, b = st.columns(2)
     pc = {k: v for k, v in pres["counts"].items() if v}
     a.plotly_chart(px.pie(names=list(pc), values=list(pc.values()), title="Ground truth", color=list(pc),
-                          color_discrete_map=STATE_COLOURS), key="eda_presence")
+                          color_discrete_map=STATE_COLOURS), key=state.EDA_PRESENCE)
     areas = rep["areas"]
     if len(areas):
         b.plotly_chart(px.histogram(areas, x="mask_area", nbins=40, title="Mask area (non-empty masks)",
-                                    labels={"mask_area": "mask area (pixels)"}), key="eda_area")
+                                    labels={"mask_area": "mask area (pixels)"}), key=state.EDA_AREA)
     else:
         b.info("No non-empty masks among these cases.")
     groups = rep["groups"]
@@ -455,9 +455,9 @@ def eda_view(df, filtered) -> None:
                      category_orders={"group_id": groups["group_id"].tolist()}, color_discrete_map=STATE_COLOURS,
                      labels={"group_id": "group"})
         fig.update_xaxes(type="category")
-        st.plotly_chart(fig, key="eda_groups")
+        st.plotly_chart(fig, key=state.EDA_GROUPS)
     if len(rep["splits"]) > 1:
-        st.plotly_chart(px.bar(rep["splits"], x="value", y="count", title="Split"), key="eda_split")
+        st.plotly_chart(px.bar(rep["splits"], x="value", y="count", title="Split"), key=state.EDA_SPLIT)
 
 
 # ------------------------------------------------------------------------------- page
@@ -495,8 +495,8 @@ def render_browser() -> None:
         sorts = {"case id": "_order", "mask area": "mask_area"}
         if "eval_dice" in filtered.columns:
             sorts["Dice (evaluation)"] = "eval_dice"
-        sort = c[1].selectbox("Sort by", list(sorts), key="browser_sort")
-        desc = c[2].toggle("Descending", key="browser_desc")
+        sort = c[1].selectbox("Sort by", list(sorts), key=state.BROWSER_SORT)
+        desc = c[2].toggle("Descending", key=state.BROWSER_DESC)
         per_page = int(c[3].selectbox("Thumbnails per page", [24, 36, 48, 96], index=1, key=PER_PAGE_KEY))
         ordered = filtered.sort_values([sorts[sort], "_order"], ascending=[not desc, True],
                                        na_position="last", kind="stable")

@@ -39,21 +39,21 @@ from ui.loaders import case_image, dataset_key
 
 PAGE = "pages/7_Mask_editor.py"
 
-CASE_KEY = "editor_case"                 # the case picker
-LINK_KEY = "editor_link_case"            # the BROWSER_CASE value already used as a deep link
-SESSIONS_KEY = "editor_sessions"         # {(dataset, case_id): EditSession}
-AUTHOR_INPUT = "editor_author"           # the author text input
+CASE_KEY = state.EDITOR_CASE                 # the case picker
+LINK_KEY = state.EDITOR_LINK_CASE            # the BROWSER_CASE value already used as a deep link
+SESSIONS_KEY = state.EDITOR_SESSIONS         # {(dataset, case_id): EditSession}
+AUTHOR_INPUT = state.EDITOR_AUTHOR           # the author text input
 REVIEWER_KEY = state.REVIEWER             # reviewer name shared with the Conflict review page
-FLASH_KEY = "editor_flash"               # [(kind, text, monotonic time, case)]: messages about the last action
+FLASH_KEY = state.EDITOR_FLASH               # [(kind, text, monotonic time, case)]: messages about the last action
 FLASH_SECONDS = 120.0
-TOOL_KEY, CLASS_KEY, SIZE_KEY = "editor_tool", "editor_class", "editor_brush"
-ZOOM_KEY, PANX_KEY, PANY_KEY = "editor_zoom", "editor_pan_x", "editor_pan_y"
-AUTO_KEY = "editor_auto_apply"
-SOURCE_KEY, MODEL_KEY = "editor_source", "editor_model"
-FILL_X, FILL_Y = "editor_fill_x", "editor_fill_y"
-NOTE_PREFIX = "editor_note_"
-EXPORT_DIR_KEY, EXPORT_RESULT = "editor_export_dir", "editor_export_result"
-DIFF_KEY, REVERT_KEY = "editor_diff_version", "editor_revert_version"
+TOOL_KEY, CLASS_KEY, SIZE_KEY = state.EDITOR_TOOL, state.EDITOR_CLASS, state.EDITOR_BRUSH
+ZOOM_KEY, PANX_KEY, PANY_KEY = state.EDITOR_ZOOM, state.EDITOR_PAN_X, state.EDITOR_PAN_Y
+AUTO_KEY = state.EDITOR_AUTO_APPLY
+SOURCE_KEY, MODEL_KEY = state.EDITOR_SOURCE, state.EDITOR_MODEL
+FILL_X, FILL_Y = state.EDITOR_FILL_X, state.EDITOR_FILL_Y
+NOTE_PREFIX = state.EDITOR_NOTE
+EXPORT_DIR_KEY, EXPORT_RESULT = state.EDITOR_EXPORT_DIR, state.EDITOR_EXPORT_RESULT
+DIFF_KEY, REVERT_KEY = state.EDITOR_DIFF_VERSION, state.EDITOR_REVERT_VERSION
 
 TOOLS = {"Brush": "freedraw", "Eraser": "freedraw", "Polygon": "polygon", "Fill": "point"}
 TOOL_HELP = ("**Brush** paints the chosen class · **Eraser** paints background · **Polygon**: click the "
@@ -62,7 +62,7 @@ TOOL_HELP = ("**Brush** paints the chosen class · **Eraser** paints background 
 ZOOMS = [1, 2, 4, 8, 16]
 CANVAS_WIDTHS = [400, 500, 600, 800, 1000]
 DEFAULT_CANVAS_W = 600
-CANVAS_W_KEY = "editor_canvas_width"
+CANVAS_W_KEY = state.EDITOR_CANVAS_WIDTH
 PREDICTION = "Model prediction"
 
 
@@ -172,7 +172,7 @@ def case_picker(ds: Any, store: Any, queue: list, queue_info: dict[str, Any]) ->
     # the selectbox as a new widget and lose the choice
     c[0].selectbox(f"Case ({len(ids):,})", ids, key=CASE_KEY, on_change=lambda: _go(st.session_state[CASE_KEY]))
     nxt = next_case(queue, cur)
-    c[1].button(f"Next case needing review ({len(queue)} in queue)", key="editor_next", icon=":material/skip_next:",
+    c[1].button(f"Next case needing review ({len(queue)} in queue)", key=state.EDITOR_NEXT, icon=":material/skip_next:",
                 disabled=nxt is None, on_click=_go, args=(nxt,), type="primary",
                 help="most suspicious first: marked needs_fix, low model Dice, conflicting near-duplicates; "
                      "accepted and corrected cases are skipped")
@@ -308,7 +308,7 @@ def canvas_panel(ds: Any, sess: EditSession, img: np.ndarray, settings: dict[str
                        return_image_data=True, key=key)
     pending = bool((result.json_data or {}).get("objects"))
     c = st.columns([2, 3])
-    apply_now = c[0].button("Apply strokes", key="editor_apply", icon=":material/check:",
+    apply_now = c[0].button("Apply strokes", key=state.EDITOR_APPLY, icon=":material/check:",
                             disabled=settings["auto"] or not pending,
                             help="with auto-apply off, strokes wait on the canvas until you apply them")
     if pending and (settings["auto"] or apply_now):
@@ -336,11 +336,11 @@ def history_buttons(sess: EditSession) -> None:
         sess.nonce += 1
 
     c = st.columns(3)
-    c[0].button("Undo", key="editor_undo", icon=":material/undo:", on_click=undo, disabled=not sess.stack.can_undo,
+    c[0].button("Undo", key=state.EDITOR_UNDO, icon=":material/undo:", on_click=undo, disabled=not sess.stack.can_undo,
                 width="stretch")
-    c[1].button("Redo", key="editor_redo", icon=":material/redo:", on_click=redo, disabled=not sess.stack.can_redo,
+    c[1].button("Redo", key=state.EDITOR_REDO, icon=":material/redo:", on_click=redo, disabled=not sess.stack.can_redo,
                 width="stretch")
-    c[2].button("Start over", key="editor_reset", icon=":material/restart_alt:", on_click=reset,
+    c[2].button("Start over", key=state.EDITOR_RESET, icon=":material/restart_alt:", on_click=reset,
                 disabled=not sess.stack.dirty, width="stretch", help=f"back to {sess.source}")
 
 
@@ -355,18 +355,18 @@ def manual_tools(ds: Any, sess: EditSession, img_hw: tuple[int, int]) -> None:
         y = c[1].number_input("y (row)", 0, h - 1, h // 2, key=f"{FILL_Y}_{h}")
         cls = int(st.session_state.get(CLASS_KEY, 1) or 0) if st.session_state.get(TOOL_KEY) != "Eraser" else 0
         c[2].write("")
-        if c[2].button(f"Fill region at (x, y) with {_class_label(ds, cls)}", key="editor_fill_at"):
+        if c[2].button(f"Fill region at (x, y) with {_class_label(ds, cls)}", key=state.EDITOR_FILL_AT):
             _clear_flash()
             if sess.stack.push(flood_fill(sess.stack.current, int(y), int(x), cls)):
                 sess.nonce += 1
             st.rerun()
         d = st.columns(2)
-        if d[0].button("Fill holes", key="editor_fill_holes", help="close holes inside every region, per class"):
+        if d[0].button("Fill holes", key=state.EDITOR_FILL_HOLES, help="close holes inside every region, per class"):
             _clear_flash()
             if sess.stack.push(fill_holes(sess.stack.current)):
                 sess.nonce += 1
             st.rerun()
-        if d[1].button("Empty the mask", key="editor_empty", help="everything becomes background"):
+        if d[1].button("Empty the mask", key=state.EDITOR_EMPTY, help="everything becomes background"):
             _clear_flash()
             if sess.stack.push(np.zeros(img_hw, np.uint8)):
                 sess.nonce += 1
@@ -405,11 +405,11 @@ def conflict_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who:
                f"editing** (you started from version {sess.base_version}). Your edits are not saved yet — choose:",
                icon="⚠️")
     c = st.columns(3)
-    view = c[0].button("Hide theirs" if sess.show_theirs else "View theirs", key="editor_conflict_view",
+    view = c[0].button("Hide theirs" if sess.show_theirs else "View theirs", key=state.EDITOR_CONFLICT_VIEW,
                        icon=":material/visibility:")
-    mine = c[1].button(f"Save mine on top (version {cf['current'] + 1})", key="editor_conflict_mine",
+    mine = c[1].button(f"Save mine on top (version {cf['current'] + 1})", key=state.EDITOR_CONFLICT_MINE,
                        icon=":material/save:", type="primary", disabled=not who)
-    drop = c[2].button("Discard mine", key="editor_conflict_discard", icon=":material/delete:")
+    drop = c[2].button("Discard mine", key=state.EDITOR_CONFLICT_DISCARD, icon=":material/delete:")
     if view:
         sess.show_theirs = not sess.show_theirs
         st.rerun()
@@ -461,7 +461,7 @@ def save_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who: str
     changed = sess.has_changes
     if not who:
         st.caption("Enter your name in the sidebar to save.")
-    if st.button(f"Save as version {sess.base_version + 1}", key="editor_save", icon=":material/save:",
+    if st.button(f"Save as version {sess.base_version + 1}", key=state.EDITOR_SAVE, icon=":material/save:",
                  type="primary", disabled=not (changed and who),
                  help="creates a new version (the original and older versions stay)"
                       if changed else "no changes from the version you started from"):
@@ -536,7 +536,7 @@ def history_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who: 
     st.subheader("History")
     df = history_frame(ds, store, sess.case_id)
     latest = int(df["version"].max())
-    st.dataframe(df, hide_index=True, width="stretch", key="editor_history_table",
+    st.dataframe(df, hide_index=True, width="stretch", key=state.EDITOR_HISTORY_TABLE,
                  column_config={"version": st.column_config.NumberColumn(format="%d")})
     if latest == 0:
         st.caption("No saved versions yet: only the dataset's original.")
@@ -558,7 +558,7 @@ def history_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who: 
             st.session_state[REVERT_KEY] = targets[-1]
         t = st.selectbox("Revert to version", targets, key=REVERT_KEY,
                          help="adds a new version copying the chosen one; history is never rewritten")
-        if st.button(f"Revert to version {t}", key="editor_revert", icon=":material/history:", disabled=not who):
+        if st.button(f"Revert to version {t}", key=state.EDITOR_REVERT, icon=":material/history:", disabled=not who):
             try:
                 nv = store.revert(sess.case_id, int(t), who, base_version=latest)
             except ConflictError as exc:
@@ -606,7 +606,7 @@ def source_panel(ds: Any, store: Any, sess: EditSession) -> None:
         with c[1]:
             model = model_picker("Model", key=MODEL_KEY)
     dirty = sess.has_changes or sess.stack.position > 0
-    if c[2].button("Load into the editor", key="editor_load", icon=":material/download:",
+    if c[2].button("Load into the editor", key=state.EDITOR_LOAD, icon=":material/download:",
                    disabled=src == PREDICTION and not model,
                    help="replaces the mask being edited" + (" — your unsaved edits are lost" if dirty else "")):
         if src == PREDICTION:
@@ -635,7 +635,7 @@ def queue_panel(queue: list, info: dict[str, Any]) -> None:
                    f"{'yes' if info.get('conflicts') else 'none'}.")
         if queue:
             df = pd.DataFrame([{"case": c, "score": s, "why": "; ".join(r)} for c, s, r in queue[:200]])
-            st.dataframe(df, hide_index=True, width="stretch", key="editor_queue_table",
+            st.dataframe(df, hide_index=True, width="stretch", key=state.EDITOR_QUEUE_TABLE,
                          column_config={"score": st.column_config.NumberColumn(format="%.2f")})
 
 
@@ -659,9 +659,9 @@ def export_panel(ds: Any, store: Any) -> None:
         out = st.text_input("Export folder (new or empty, outside the dataset)", key=EXPORT_DIR_KEY).strip()
         c = st.columns(2)
         dec = c[0].checkbox("Apply conflict-review decisions (drops, unions, emptied masks)", value=True,
-                            key="editor_export_decisions")
-        copy = c[1].checkbox("Copy the images too", value=False, key="editor_export_copy")
-        if st.button("Export", key="editor_export", icon=":material/ios_share:", disabled=not out):
+                            key=state.EDITOR_EXPORT_DECISIONS)
+        copy = c[1].checkbox("Copy the images too", value=False, key=state.EDITOR_EXPORT_COPY)
+        if st.button("Export", key=state.EDITOR_EXPORT, icon=":material/ios_share:", disabled=not out):
             report, bar = streamlit_progress("Exporting")
             info = export_corrected(ds, store, out, progress=report, apply_decisions=dec, copy_images=copy)
             bar.empty()

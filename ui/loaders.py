@@ -55,7 +55,7 @@ def case_image(ds: Any, case_id: str):
     return _case_image(dataset_key(ds), case_id, stamp, ds)
 
 
-LIVE_PREDICTIONS = "browser_live_predictions"  # session key of predict_case's cache
+LIVE_PREDICTIONS = state.BROWSER_LIVE_PREDICTIONS  # session key of predict_case's cache
 
 
 def predict_case(model: str, ds: Any, case_id: str):

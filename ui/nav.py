@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 BROWSER_PAGE = "pages/3_Dataset_browser.py"
 CONFLICT_PAGE = "pages/6_Conflict_review.py"
 EDITOR_PAGE = "pages/7_Mask_editor.py"
-REQUEST_KEY = "browser_request"       # {"case", "view", "model", "eval"} set by other pages
+REQUEST_KEY = state.BROWSER_REQUEST       # {"case", "view", "model", "eval"} set by other pages
 
 
 def request_case(case_id: str, view: str = "Case details", model: str | None = None,

@@ -32,23 +32,24 @@ from ui.widgets import fmt_num
 PAGE = "pages/6_Conflict_review.py"
 
 REVIEWER_KEY = state.REVIEWER            # remembered reviewer name (shared by review/editor pages)
-REVIEWER_INPUT = "review_reviewer"       # the text input's own key (dropped when the page is left)
-NOTE_KEY = "review_note"
-NOTE_CLEAR = "review_note_clear"
-CURRENT_KEY = "review_current"           # "a\tb" of the pair on screen
-JUMP_KEY = "review_jump"
-LINK_KEY = "review_link_case"            # the BROWSER_CASE value already used as a deep link
-REQUEST_KEY = "review_request_case"      # a case id set by a linking page: open this case's pair next time
-NOTICE_KEY = "review_notice"
-SEARCHED_KEY = "review_searched"
-EXPORT_KEY = "review_export"
-F_CATEGORY, F_SUBJECT, F_STATE = "review_f_category", "review_f_subject", "review_f_state"
-OPACITY_KEY = "review_opacity"
-SHOW_MASKS_KEY = "review_show_masks"
-RADIUS_KEY = "review_radius"
-POLICY_KEY = "review_policy"
-PATH_KEY = "review_manifest_path"
-S_SCOPE, S_THRESHOLD, S_HEIGHT, S_WIDTH = "review_scope", "review_threshold", "review_ssim_h", "review_ssim_w"
+REVIEWER_INPUT = state.REVIEW_REVIEWER       # the text input's own key (dropped when the page is left)
+NOTE_KEY = state.REVIEW_NOTE
+NOTE_CLEAR = state.REVIEW_NOTE_CLEAR
+CURRENT_KEY = state.REVIEW_CURRENT           # "a\tb" of the pair on screen
+JUMP_KEY = state.REVIEW_JUMP
+LINK_KEY = state.REVIEW_LINK_CASE            # the BROWSER_CASE value already used as a deep link
+REQUEST_KEY = state.REVIEW_REQUEST_CASE      # a case id set by a linking page: open this case's pair next time
+NOTICE_KEY = state.REVIEW_NOTICE
+SEARCHED_KEY = state.REVIEW_SEARCHED
+EXPORT_KEY = state.REVIEW_EXPORT
+F_CATEGORY, F_SUBJECT, F_STATE = state.REVIEW_F_CATEGORY, state.REVIEW_F_SUBJECT, state.REVIEW_F_STATE
+OPACITY_KEY = state.REVIEW_OPACITY
+SHOW_MASKS_KEY = state.REVIEW_SHOW_MASKS
+RADIUS_KEY = state.REVIEW_RADIUS
+POLICY_KEY = state.REVIEW_POLICY
+PATH_KEY = state.REVIEW_MANIFEST_PATH
+S_SCOPE, S_THRESHOLD, S_HEIGHT, S_WIDTH = (state.REVIEW_SCOPE, state.REVIEW_THRESHOLD, state.REVIEW_SSIM_H,
+                                        state.REVIEW_SSIM_W)
 
 DECISION_SHORTCUTS = {"keep_a": "1", "keep_b": "2", "keep_both": "3", "union": "4", "both_empty": "5",
                       "drop_both": "6", "not_duplicate": "7", "needs_expert": "8"}
@@ -130,7 +131,7 @@ def search_panel(ds: Any, report: Any) -> None:
         h = c[2].number_input("SSIM height (px)", min_value=7, max_value=1024, step=1, key=S_HEIGHT,
                               help="images are downscaled to this size for SSIM (the case study's trick)")
         w = c[3].number_input("SSIM width (px)", min_value=7, max_value=1024, step=1, key=S_WIDTH)
-        if st.button("Find near-duplicates", type="primary", key="review_search",
+        if st.button("Find near-duplicates", type="primary", key=state.REVIEW_SEARCH,
                      help="fingerprints are cached, so a repeat only re-verifies the candidates"):
             from ui.widgets import guard, streamlit_progress
 
@@ -297,15 +298,15 @@ def navigation(shown: list, cur: Any) -> None:
         st.session_state[JUMP_KEY] = cur_text
     nxt = next_open(shown, cur.key)
     c = st.columns([2, 6, 2, 4], vertical_alignment="bottom")
-    c[0].button("Previous", icon=":material/chevron_left:", key="review_prev", disabled=pos == 0, shortcut="P",
+    c[0].button("Previous", icon=":material/chevron_left:", key=state.REVIEW_PREV, disabled=pos == 0, shortcut="P",
                 on_click=_go, args=(texts[max(0, pos - 1)],), help="previous pair in the queue (P)")
     c[1].selectbox(f"Pair {pos + 1} of {len(shown):,}", texts, key=JUMP_KEY, format_func=lambda t: labels.get(t, t),
                    on_change=_jumped)
-    c[2].button("Next", icon=":material/chevron_right:", key="review_next", disabled=pos >= len(shown) - 1,
+    c[2].button("Next", icon=":material/chevron_right:", key=state.REVIEW_NEXT, disabled=pos >= len(shown) - 1,
                 shortcut="N", on_click=_go, args=(texts[min(len(shown) - 1, pos + 1)],),
                 help="next pair in the queue (N)")
     # handled here, not in a callback: the target must come from the store as it is now
-    if c[3].button("Next undecided", icon=":material/skip_next:", key="review_next_open", disabled=nxt is None,
+    if c[3].button("Next undecided", icon=":material/skip_next:", key=state.REVIEW_NEXT_OPEN, disabled=nxt is None,
                    shortcut="Shift+N", help="the next pair nobody has decided yet, or only the bulk rule (Shift+N)"):
         st.session_state[CURRENT_KEY] = key_text(nxt or cur.key)
         st.rerun()
@@ -357,14 +358,14 @@ def decision_panel(store: Any, queue: list, shown: list, cur: Any, reviewer: str
         return next_open(shown, cur.key) or next_open(queue, cur.key)
 
     c = st.columns([1, 1, 4])
-    if c[0].button("Undo", icon=":material/undo:", key="review_undo", disabled=d is None or not reviewer,
+    if c[0].button("Undo", icon=":material/undo:", key=state.REVIEW_UNDO, disabled=d is None or not reviewer,
                    shortcut="U", help="cancel the current decision on this pair (recorded as a new event; U)"):
         with guard("Undoing"):
             store.undo(d.event_id, reviewer, note or "undo on the review page")
             st.session_state[NOTE_CLEAR] = True
             _notice(f"Undid **{DECISION_LABELS.get(d.decision, d.decision)}** on {cur.a} ↔ {cur.b}.")
             st.rerun()
-    if cur.state == "proposed" and c[1].button("Confirm", icon=":material/check:", key="review_confirm",
+    if cur.state == "proposed" and c[1].button("Confirm", icon=":material/check:", key=state.REVIEW_CONFIRM,
                                                disabled=not reviewer, shortcut="Y",
                                                help="record the proposed decision as your own (Y)"):
         with guard("Recording the decision"):
@@ -537,7 +538,7 @@ def bulk_panel(store: Any, queue: list, decisions: dict, reviewer: str) -> None:
         if n["unknown_areas"]:
             st.caption(f"{n['unknown_areas']} conflict pair(s) lack mask areas in the report and are skipped.")
         b = st.columns(2)
-        if b[0].button(f"Apply as proposal ({len(props)} pairs)", key="review_bulk_apply", type="primary",
+        if b[0].button(f"Apply as proposal ({len(props)} pairs)", key=state.REVIEW_BULK_APPLY, type="primary",
                        disabled=not props or not reviewer):
             with guard("Recording the proposals"):
                 report_fn, bar = streamlit_progress("Recording proposals")
@@ -545,7 +546,7 @@ def bulk_panel(store: Any, queue: list, decisions: dict, reviewer: str) -> None:
                 bar.empty()
                 _notice(f"Recorded {len(props)} proposal(s) of the case study's rule; they show as *proposed*.")
                 st.rerun()
-        if b[1].button(f"Undo all proposals ({len(in_force)})", key="review_bulk_undo", icon=":material/undo:",
+        if b[1].button(f"Undo all proposals ({len(in_force)})", key=state.REVIEW_BULK_UNDO, icon=":material/undo:",
                        disabled=not in_force or not reviewer):
             with guard("Undoing the proposals"):
                 report_fn, bar = streamlit_progress("Undoing proposals")
@@ -602,7 +603,7 @@ def export_panel(ds: Any, store: Any, report: Any) -> None:
                                "any decision, recording nothing; explicit decisions always win")
         path_text = st.text_input("Manifest path", key=PATH_KEY,
                                   placeholder=f"default: {Path(ds.workdir) / 'manifests' / 'clean-<time>.json'}")
-        if st.button("Write manifest", key="review_export_btn", type="primary", icon=":material/save:"):
+        if st.button("Write manifest", key=state.REVIEW_EXPORT_BTN, type="primary", icon=":material/save:"):
             with guard("Writing the manifest"):
                 path = Path(path_text.strip()).expanduser() if path_text.strip() else default_manifest_path(ds)
                 if path.is_dir():
@@ -637,7 +638,7 @@ def export_panel(ds: Any, store: Any, report: Any) -> None:
             p = Path(last["path"])
             if p.is_file():
                 st.download_button("Download the manifest (JSON)", data=p.read_bytes(), file_name=p.name,
-                                   mime="application/json", key="review_download", icon=":material/download:")
+                                   mime="application/json", key=state.REVIEW_DOWNLOAD, icon=":material/download:")
             st.caption("Train on it:")
             st.code(train_command(p), language="bash")
 
@@ -647,7 +648,7 @@ def queue_table(shown: list) -> None:
 
     with st.expander(f"Queue table ({len(shown):,} pair{'' if len(shown) == 1 else 's'})"):
         df = pd.DataFrame([it.row() for it in shown])
-        st.dataframe(df, hide_index=True, width="stretch", key="review_queue_table",
+        st.dataframe(df, hide_index=True, width="stretch", key=state.REVIEW_QUEUE_TABLE,
                      column_config={c: st.column_config.NumberColumn(format="%.4f")
                                     for c in ("severity", "ssim", "mask_dice") if c in df.columns})
 
