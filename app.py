@@ -7,7 +7,7 @@ run. No heavy work at import: engine modules load inside the functions that need
 import streamlit as st
 
 from ui import state
-from ui.loaders import demo_ready, generate_demo, load_dataset, refresh_datasets, weights_table
+from ui.loaders import demo_ready, generate_demo, load_dataset, open_new_dataset, refresh_datasets, weights_table
 from ui.widgets import guard, page_setup, streamlit_progress
 
 page_setup("Medical image segmentation workbench", intro=(
@@ -56,13 +56,7 @@ with left:
             opts = {"label_names": [s.strip() for s in label_names.split(",") if s.strip()]} if label_names else {}
             with guard("Opening the folder"):
                 with st.spinner("Indexing…"):
-                    opened = load_dataset(path, opts)  # validate before adopting it as the current dataset
-                if len(opened) == 0:
-                    from engine.errors import LayoutError
-
-                    raise LayoutError(f"no usable images found (layout {opened.layout}, "
-                                      f"{len(opened.bad_files)} unreadable file(s))", path=path,
-                                      hint="check the folder; `python -m engine info PATH` lists what was skipped")
+                    open_new_dataset(path, opts)  # validate before adopting it as the current dataset
                 state.set(state.DATASET_OPTIONS, opts)
                 state.set(state.DATASET, path)
                 state.remember_dataset(path)

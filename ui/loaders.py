@@ -33,6 +33,18 @@ def load_dataset(path: str | None = None, options: dict[str, Any] | None = None)
     return _open_dataset(str(path), json.dumps(opts, sort_keys=True), int(state.get(state.REFRESH, 0)))
 
 
+def open_new_dataset(path: str, options: dict[str, Any] | None = None):
+    """:func:`load_dataset` for a folder the user just typed: refuses one with no usable images."""
+    opened = load_dataset(path, options or {})
+    if len(opened) == 0:
+        from engine.errors import LayoutError
+
+        raise LayoutError(f"no usable images found (layout {opened.layout}, "
+                          f"{len(opened.bad_files)} unreadable file(s))", path=path,
+                          hint="check the folder; `python -m engine info PATH` lists what was skipped")
+    return opened
+
+
 def dataset_key(ds: Any) -> str:
     """A dataset's identity for caches and widget keys: its manifest file, else its folder."""
     return str(getattr(ds, "manifest_path", None) or ds.root)
