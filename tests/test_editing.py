@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from engine.curation import (DIFF_COLOURS, ERASER_COLOUR, UNTOUCHED, EditStack, View, apply_layer, apply_objects,
+from engine.curation import (DIFF_COLOURS, ERASER_COLOUR, UNTOUCHED, EditSession, EditStack, View, apply_layer, apply_objects,
                              case_queue, click_points, diff_image, drawing_palette, fill_holes, flood_fill,
                              hex_colour, layer_to_labels, make_view, mask_diff, nearest_class, next_case,
                              parse_colour, paste_labels, path_polylines, polygon_mask, rasterise_objects,
-                             render_view, resample_to_crop, stroke_mask, window_outline)
+                             render_view, resample_to_crop, stroke_mask, version_mask, window_outline)
 from engine.errors import ConfigError, MaskError
 from engine.visualize import class_colour
 
@@ -495,9 +495,59 @@ def test_edit_stack_is_compact() -> None:
     assert sum(len(x) for x in s._items) < 1024 * 1024 // 20
 
 
-# ------------------------------------------------------------------------------------ review queue
+# ------------------------------------------------------------------------------------ edit session
 
-def test_review_queue_order_reasons_and_exclusions(tmp_path) -> None:
+def test_edit_session_save_refuses_a_stale_base_and_saves_on_top_when_asked(tmp_path) -> None:
+    from engine.store import ReviewStore
+
+    orig = np.zeros((6, 8), np.uint8)
+    orig[1:3, 1:3] = 1
+    case = SimpleNamespace(case_id="c1", labelled=True, height=6, width=8)
+    ds = SimpleNamespace(case=lambda cid: case, load_mask=lambda c: orig.copy())
+    with ReviewStore(tmp_path / "review.sqlite") as store:
+        ana = EditSession.start(ds, store, "c1")
+        bob = EditSession.start(ds, store, "c1")
+        assert ana.base_version == 0 and "dataset original" in ana.source and not ana.has_changes
+        np.testing.assert_array_equal(ana.stack.current, orig)
+        mine = orig.copy()
+        mine[4, 4] = 1
+        ana.stack.push(mine)
+        assert ana.has_changes
+        nonce = ana.nonce
+        assert ana.save(store, "ana", "a dot") == 1
+        assert (ana.base_version, ana.conflict, ana.stack.can_undo, ana.has_changes) == (1, None, False, False)
+        assert ana.nonce == nonce + 1 and ana.source == "version 1 (saved by you)"
+        np.testing.assert_array_equal(version_mask(ds, store, "c1", 1), mine)
+        np.testing.assert_array_equal(version_mask(ds, store, "c1", 0), orig)
+
+        theirs = orig.copy()
+        theirs[0, 7] = 1
+        bob.stack.push(theirs)
+        assert bob.save(store, "bob", "a corner") is None          # ana saved meanwhile: refused
+        assert store.latest_mask_version("c1") == 1                  # nothing written
+        assert bob.conflict is not None and bob.base_version == 0 and bob.has_changes
+        assert (bob.conflict["current"], bob.conflict["author"], bob.conflict["note"]) == (1, "ana", "a dot")
+        assert bob.conflict["created"]
+        assert bob.save(store, "bob", "a corner", on_top=True) == 2  # bob saw it and chose to save on top
+        assert bob.conflict is None and bob.base_version == 2
+        np.testing.assert_array_equal(version_mask(ds, store, "c1", 2), theirs)
+
+        again = ana.restart(ds, store)                               # follows the newest version
+        assert again.base_version == 2 and again.nonce == ana.nonce + 1 and again.case_id == "c1"
+        np.testing.assert_array_equal(again.stack.current, theirs)
+        picked = ana.restart(ds, store, orig, source="version 0")
+        assert picked.base_version == 2 and picked.source == "version 0" and picked.has_changes
+
+    blank = SimpleNamespace(case_id="u", labelled=False, height=3, width=4)
+    ds2 = SimpleNamespace(case=lambda cid: blank, load_mask=lambda c: pytest.fail("unlabelled: no mask file"))
+    with ReviewStore(tmp_path / "review2.sqlite") as store:
+        s = EditSession.start(ds2, store, "u")
+        assert s.stack.shape == (3, 4) and not s.stack.current.any()
+
+
+# ------------------------------------------------------------------------------------ case queue
+
+def test_case_queue_order_reasons_and_exclusions(tmp_path) -> None:
     import pandas as pd
 
     from engine.store import ReviewStore
