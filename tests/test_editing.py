@@ -8,11 +8,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from engine.curation import (DIFF_COLOURS, ERASER_COLOUR, UNTOUCHED, EditSession, EditStack, View, apply_layer, apply_objects,
-                             case_queue, click_points, diff_image, drawing_palette, fill_holes, flood_fill,
-                             hex_colour, layer_to_labels, make_view, mask_diff, nearest_class, next_case,
+from engine.curation import (DIFF_COLOURS, ERASER_COLOUR, UNTOUCHED, EditSession, EditStack, View, apply_layer,
+                             apply_objects, case_queue, click_points, diff_image, drawing_palette, fill_holes,
+                             flood_fill, hex_colour, layer_to_labels, make_view, mask_diff, nearest_class, next_case,
                              parse_colour, paste_labels, path_polylines, polygon_mask, rasterise_objects,
-                             render_view, resample_to_crop, stroke_mask, version_mask, window_outline)
+                             render_view, resample_to_crop, stroke_mask, version_history, version_mask,
+                             window_outline)
 from engine.errors import ConfigError, MaskError
 from engine.visualize import class_colour
 
@@ -502,7 +503,7 @@ def test_edit_session_save_refuses_a_stale_base_and_saves_on_top_when_asked(tmp_
 
     orig = np.zeros((6, 8), np.uint8)
     orig[1:3, 1:3] = 1
-    case = SimpleNamespace(case_id="c1", labelled=True, height=6, width=8)
+    case = SimpleNamespace(case_id="c1", labelled=True, height=6, width=8, mask_area=4)
     ds = SimpleNamespace(case=lambda cid: case, load_mask=lambda c: orig.copy())
     with ReviewStore(tmp_path / "review.sqlite") as store:
         ana = EditSession.start(ds, store, "c1")
@@ -537,6 +538,10 @@ def test_edit_session_save_refuses_a_stale_base_and_saves_on_top_when_asked(tmp_
         np.testing.assert_array_equal(again.stack.current, theirs)
         picked = ana.restart(ds, store, orig, source="version 0")
         assert picked.base_version == 2 and picked.source == "version 0" and picked.has_changes
+        hist = version_history(ds, store, "c1")
+        assert [(h["version"], h["author"], h["area"], h["from"]) for h in hist] == [
+            (0, "dataset", 4, None), (1, "ana", 5, "edit of 0"), (2, "bob", 5, "edit of 1")]
+        assert hist[0]["created"] == "" and hist[2]["note"] == "a corner" and hist[2]["created"]
 
     blank = SimpleNamespace(case_id="u", labelled=False, height=3, width=4)
     ds2 = SimpleNamespace(case=lambda cid: blank, load_mask=lambda c: pytest.fail("unlabelled: no mask file"))

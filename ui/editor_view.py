@@ -498,16 +498,11 @@ def history_frame(ds: Any, store: Any, case_id: str):
     """Versions of a case as a DataFrame (version 0 = the dataset's original)."""
     import pandas as pd
 
-    case = ds.case(case_id)
-    rows = [{"version": 0, "author": "dataset", "time": "", "note": "original ground truth" if case.labelled
-             else "no ground truth (empty)", "area (px)": int(max(case.mask_area, 0)), "from": None}]
-    for mv in store.mask_history(case_id):
-        frm = (f"revert to {mv.reverted_from}" if mv.reverted_from is not None else
-               f"edit of {mv.base_version}")
-        area = mv.area if mv.area is not None else int(max(case.mask_area, 0))
-        rows.append({"version": mv.version, "author": mv.author, "time": fmt_time(mv.created), "note": mv.note,
-                     "area (px)": int(area), "from": frm})
-    return pd.DataFrame(rows)
+    from engine.curation import version_history
+
+    return pd.DataFrame([{"version": r["version"], "author": r["author"], "time": fmt_time(r["created"]),
+                          "note": r["note"], "area (px)": r["area"], "from": r["from"]}
+                         for r in version_history(ds, store, case_id)])
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

@@ -9,7 +9,8 @@ near-duplicate conflicts; :mod:`engine.evaluation` finds poor predictions) lives
                             **cases** ranked by suspicion (:func:`case_queue`, :func:`next_case`)
 :mod:`.session`             the **edit session** of one case: undo/redo (:class:`EditStack`),
                             the save with optimistic concurrency and its conflict
-                            (:class:`EditSession`), masks of saved versions (:func:`version_mask`)
+                            (:class:`EditSession`), saved versions (:func:`version_mask`,
+                            :func:`version_history`)
 :mod:`.canvas`              **canvas ops**: strokes / Fabric.js objects → label maps, zoom
                             windows (:class:`View`), polygons, the canvas background
 :mod:`.masks`               **mask ops**: flood fill, hole filling, version diffs
@@ -47,7 +48,7 @@ from engine.curation.queue import (BULK_NOTE, DECISION_HELP, DECISION_LABELS, OP
                                    index_of, key_text, neighbours, next_case, next_open, orphan_decisions,
                                    pair_for_case, pair_history, pair_key, parse_key, progress_counts,
                                    proposals_in_force, severity_order, subjects_of, train_command, undo_proposals)
-from engine.curation.session import EditSession, EditStack, version_mask
+from engine.curation.session import EditSession, EditStack, version_history, version_mask
 
 __all__ = [
     # queue: pairs
@@ -60,7 +61,7 @@ __all__ = [
     # queue: cases
     "QUEUE_WEIGHTS", "case_queue", "next_case",
     # edit session
-    "EditStack", "EditSession", "version_mask",
+    "EditStack", "EditSession", "version_mask", "version_history",
     # canvas ops
     "ERASER_COLOUR", "ERASE", "UNTOUCHED", "ALPHA_THRESHOLD", "View", "make_view", "drawing_palette", "hex_colour",
     "parse_colour", "nearest_class", "layer_to_labels", "resample_to_crop", "paste_labels", "apply_layer",

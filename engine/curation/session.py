@@ -138,6 +138,25 @@ def version_mask(ds: Any, store: Any, case_id: str, version: int) -> np.ndarray:
     return store.load_mask_version(case_id, version)
 
 
+def version_history(ds: Any, store: Any, case_id: str) -> list[dict[str, Any]]:
+    """Versions of a case, oldest first; version 0 is the dataset's original.
+
+    Returns:
+        ``[{"version", "author", "created" (ISO UTC, "" for the original), "note", "area"
+        (foreground pixels), "from" ("edit of N" / "revert to N"; None for the original)}]``.
+    """
+    case = ds.case(case_id)
+    original_area = int(max(case.mask_area, 0))
+    rows: list[dict[str, Any]] = [{"version": 0, "author": "dataset", "created": "",
+                                   "note": "original ground truth" if case.labelled else "no ground truth (empty)",
+                                   "area": original_area, "from": None}]
+    for mv in store.mask_history(case_id):
+        frm = f"revert to {mv.reverted_from}" if mv.reverted_from is not None else f"edit of {mv.base_version}"
+        rows.append({"version": mv.version, "author": mv.author, "created": mv.created, "note": mv.note,
+                     "area": int(mv.area if mv.area is not None else original_area), "from": frm})
+    return rows
+
+
 # ----------------------------------------------------------------------------------- edit session
 
 @dataclass
