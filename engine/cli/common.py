@@ -43,7 +43,7 @@ def write_json(path: str | Path | None, data: Any) -> None:
 
 def add_dataset_options(p) -> None:
     """Flags every dataset-reading command shares."""
-    p.add_argument("--layout", choices=["kaggle_uns", "siim", "paired"], help="force a layout (default: detect)")
+    p.add_argument("--layout", choices=["kaggle_uns", "siim", "paired", "coco", "dicom_seg", "nifti"], help="force a layout (default: detect)")
     p.add_argument("--labels", help="comma-separated class names for ids 1..K-1, e.g. nerve,vessel")
     p.add_argument("--mask-threshold", type=int, default=None,
                    help="binarise anti-aliased grey masks at > T (default 127)")

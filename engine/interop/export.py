@@ -241,6 +241,9 @@ def _write_dicom_seg(ds: Any, cases: list[Any], labels: dict[int, str], dest: Pa
                            "referenced_sop_instance_uid": r["referenced_sop_instance_uid"]}
         report(len(todo) + i + 1, 2 * len(todo), "Writing DICOM-SEG")
     n_not_dicom = sum(1 for s in skipped if s["reason"].startswith("image is not a DICOM"))
+    if todo and n_not_dicom == len(todo):
+        raise ConfigError("no labelled case of this dataset has a DICOM image: DICOM-SEG needs DICOM sources",
+                          path=ds.root, hint="export it with --format nifti, coco or png instead")
     if n_not_dicom:
         notes.append(f"{n_not_dicom} case(s) skipped: their images are not DICOM files; export them as "
                      "png, coco or nifti instead")
@@ -282,7 +285,7 @@ def _write_nifti(ds: Any, cases: list[Any], labels: dict[int, str], dest: Path, 
     skipped: list[dict[str, str]] = []
     todo = _labelled(cases, skipped)
     files: list[str] = []
-    rows = ["case_id,image_path,mask_path"]
+    rows = ["case_id,group_id,image_path,mask_path"]
     _csv_field = _export_module()._csv_field  # the PNG export's CSV quoting
 
     for i, c in enumerate(todo):
@@ -292,7 +295,7 @@ def _write_nifti(ds: Any, cases: list[Any], labels: dict[int, str], dest: Path, 
         write_nifti_mask(dest / name, _mask(c), spacing)
         files.append(name)
         image = _rel_image(ds, c, dest, copy_images, copy_image) if copy_images else str(Path(c.image_path).resolve())
-        rows.append(",".join(_csv_field(x) for x in (c.case_id, image, name)))
+        rows.append(",".join(_csv_field(x) for x in (c.case_id, c.group_id, image, name)))
         report(len(todo) + i + 1, 2 * len(todo), "Writing NIfTI")
     atomic_write_json(dest / LABELS_JSON, {str(k): v for k, v in sorted(labels.items())}, indent=1)
     atomic_write_text(dest / COLOUR_TABLE, colour_table(labels))
