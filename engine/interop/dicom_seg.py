@@ -16,8 +16,10 @@ source image, by design of the SEG IOD: the object belongs to the source's study
 These exports are meant for the source's own PACS-class workflow; do not share them outside it
 without de-identifying. Optional Patient Study attributes (age, size, weight) are removed.
 
-UIDs are derived deterministically (``2.25.…`` from the source UIDs and the mask content), so
-exporting the same mask twice gives the same SOPInstanceUID and a changed mask gives a new one.
+UIDs are derived deterministically (``2.25.…`` from the source UIDs, the mask content, the label
+map and the content creator), so exporting the same mask twice gives the same SOPInstanceUID (a
+PACS sees a re-send, not a second object) and a changed mask gives a new one; the SEG's series
+UID is one per source series.
 
 Reading (:func:`read_dicom_seg`) uses pydicom directly (BINARY, FRACTIONAL and LABELMAP
 types), not ``highdicom.seg.segread``: highdicom 0.28 refuses to parse SEGs of projection
@@ -34,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,9 +84,9 @@ def segment_codes(label: str) -> tuple[tuple[str, str, str], tuple[str, str, str
 
 
 def _uid(*parts: str) -> str:
-    from pydicom.uid import generate_uid
-
-    return str(generate_uid(prefix=None, entropy_srcs=["segwb", *parts]))
+    """A deterministic ``2.25.<128-bit integer>`` UID (the UUID-derived root) from ``parts``."""
+    digest = hashlib.sha256("\0".join(["segwb", *parts]).encode()).digest()[:16]
+    return f"2.25.{int.from_bytes(digest, 'big')}"
 
 
 def write_dicom_seg(source_path: str | Path, mask: np.ndarray, labels: dict[int, str], out_path: str | Path, *,
@@ -159,21 +162,14 @@ def write_dicom_seg(source_path: str | Path, mask: np.ndarray, labels: dict[int,
     label_map = mask.astype(np.uint16 if max(nums) > 255 else np.uint8)[None]
     digest = hashlib.sha1(np.ascontiguousarray(label_map).tobytes()).hexdigest()
     series_uid = _uid("seg-series", str(src.SeriesInstanceUID))
-    sop_uid = _uid("seg-instance", str(src.SOPInstanceUID), digest, repr(sorted(fg.items())))
     creator = (author or "").strip()[:63] or None
     if creator and "^" not in creator:
         creator += "^"  # PN: a one-component name is the family name (trailing caret makes that explicit)
-    seg = hd.seg.Segmentation(
-        source_images=[src], pixel_array=label_map,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=series_uid, series_number=SERIES_NUMBER,
-        sop_instance_uid=sop_uid, instance_number=1,
-        manufacturer="segwb", manufacturer_model_name="segmentation workbench",
-        software_versions=software_version or _version(), device_serial_number="segwb",
-        content_description=description[:64], content_creator_name=creator,
-        content_label=CONTENT_LABEL, series_description="segwb reviewed segmentation",
-        omit_empty_frames=False)
+    sop_uid = _uid("seg-instance", str(src.SOPInstanceUID), digest, repr(sorted(fg.items())), creator or "")
+    with warnings.catch_warnings():
+        # highdicom warns about one-component person names copied from the source (e.g. anonymised IDs)
+        warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
+        seg = _build(hd, src, label_map, descriptions, series_uid, sop_uid, description, creator, software_version)
     for kw in _DROP:
         if kw in seg:
             delattr(seg, kw)
@@ -188,6 +184,21 @@ def write_dicom_seg(source_path: str | Path, mask: np.ndarray, labels: dict[int,
             "referenced_sop_instance_uid": str(src.SOPInstanceUID),
             "referenced_series_instance_uid": str(src.SeriesInstanceUID),
             "segments": {n: fg[n] for n in nums}}
+
+
+def _build(hd: Any, src: Any, label_map: np.ndarray, descriptions: list[Any], series_uid: str, sop_uid: str,
+           description: str, creator: str | None, software_version: str) -> Any:
+    return hd.seg.Segmentation(
+        source_images=[src], pixel_array=label_map,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=series_uid, series_number=SERIES_NUMBER,
+        sop_instance_uid=sop_uid, instance_number=1,
+        manufacturer="segwb", manufacturer_model_name="segmentation workbench",
+        software_versions=software_version or _version(), device_serial_number="segwb",
+        content_description=description[:64], content_creator_name=creator,
+        content_label=CONTENT_LABEL, series_description="segwb reviewed segmentation",
+        omit_empty_frames=False)
 
 
 def _version() -> str:
