@@ -394,3 +394,56 @@ def test_real_siim_sample_dicom_seg_and_coco_round_trip(shared_data: Path, tmp_p
     export_dataset(ds, None, tmp_path / "coco", "coco")
     assert_round_trip(ds, tmp_path / "coco", want, "coco", tmp_path / "ws3")
     assert before == tree_hashes(root)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def test_dicom_seg_import_newest_wins_and_bad_files(demo: Path, tmp_path: Path) -> None:
+    from engine.interop.dicom_seg import write_dicom_seg
+
+    ds = open_dataset(demo / "ptx", workspace=Workspace(tmp_path / "ws"))
+    beside = tmp_path / "beside"
+    shutil.copytree(ds.root, beside)
+    info = export_dataset(ds, None, tmp_path / "out", "dicom-seg")
+    shutil.copytree(tmp_path / "out" / "seg", beside / "seg")
+    a, b = ds.cases[0], ds.cases[1]
+    newer = box((a.height, a.width), 1, 9, 1, 9)
+    write_dicom_seg(a.image_path, newer, ds.labels, beside / "seg" / "later.dcm", author="bob")
+    for name, when in (("later.dcm", "20990101"), (Path(info["segmentations"][a.case_id]["file"]).name, "20000101")):
+        d = pydicom.dcmread(beside / "seg" / name)
+        d.ContentDate = when
+        d.save_as(beside / "seg" / name)
+    (beside / "seg" / "broken_seg.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"garbage" * 10)
+    Path(b.image_path.replace(str(ds.root), str(beside))).unlink()  # b's SEG now points at nothing
+    back = open_dataset(beside, workspace=Workspace(tmp_path / "ws2"))
+    assert back.layout == "dicom_seg"
+    assert np.array_equal(back.load_mask(a.case_id), newer)
+    assert any("several SEGs" in n for n in back.notes)
+    reasons = {Path(bf.path).name: bf.reason for bf in back.bad_files}
+    assert "broken_seg.dcm" in reasons
+    assert any(b.case_id in r and "not among the DICOMs" in r for r in reasons.values())
+    assert b.case_id not in back and len(back) == len(ds) - 1
+
+
+def test_coco_bad_json_and_wrong_sizes_are_listed_not_fatal(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from engine.interop.coco import encode_class
+
+    root = tmp_path / "c"
+    root.mkdir()
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(root / "a.png")
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(root / "b.png")
+    doc = {"images": [{"id": 1, "file_name": "a.png", "height": 10, "width": 12},
+                      {"id": 2, "file_name": "b.png", "height": 11, "width": 12}],
+           "categories": [{"id": 1, "name": "nerve"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": encode_class(box((10, 12), 0, 5, 0, 5))},
+                           {"id": 2, "image_id": 2, "category_id": 1, "segmentation": encode_class(box((11, 12), 0, 5, 0, 5))}]}
+    (root / "train.json").write_text(json.dumps(doc))
+    (root / "val.json").write_text('{"images": [ {"id": 1, "file_name": "a.png"')  # truncated
+    ds = open_dataset(root, workspace=Workspace(tmp_path / "ws"))
+    assert ds.layout == "coco" and ds.case_ids == ["a"] and ds.case("a").split == "train"
+    assert ds.load_mask("a").sum() == 25
+    reasons = " | ".join(f"{Path(b.path).name}: {b.reason}" for b in ds.bad_files)
+    assert "val.json: cannot read COCO JSON" in reasons and "11x12" in reasons

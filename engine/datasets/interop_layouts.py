@@ -372,6 +372,9 @@ class DicomSegLayout:
                 return hit
             try:
                 rec = read_header(p)
+                if int(rec.get("rows") or 0) <= 0 or int(rec.get("columns") or 0) <= 0:
+                    raise WorkbenchError("DICOM header has no Rows/Columns", path=p,
+                                         hint="it is probably not an image; remove it from the folder")
                 if verify:
                     _verify_image(p)
                 rec.pop("path", None)
