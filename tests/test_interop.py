@@ -447,3 +447,28 @@ def test_coco_bad_json_and_wrong_sizes_are_listed_not_fatal(tmp_path: Path) -> N
     assert ds.load_mask("a").sum() == 25
     reasons = " | ".join(f"{Path(b.path).name}: {b.reason}" for b in ds.bad_files)
     assert "val.json: cannot read COCO JSON" in reasons and "11x12" in reasons
+
+
+def test_exports_of_a_manifest_and_the_image_root_option(demo: Path, tmp_path: Path) -> None:
+    """A manifest whose images lie outside its source folder (copied by a PNG export) still exports
+    COCO with relative names that import back; a SEG folder without export.json finds its images
+    through the ``image_root`` option (``--image-root``)."""
+    from engine.export import export_corrected
+
+    ds = open_dataset(demo / "nerve", workspace=Workspace(tmp_path / "ws"))
+    png = export_corrected(ds, None, tmp_path / "png", copy_images=True)
+    man = open_dataset(png["manifest"], workspace=Workspace(tmp_path / "ws"))
+    export_dataset(man, None, tmp_path / "coco", "coco")
+    doc = json.loads((tmp_path / "coco" / "annotations.json").read_text())
+    assert all(".." not in Path(i["file_name"]).parts for i in doc["images"])
+    back = open_dataset(tmp_path / "coco", workspace=Workspace(tmp_path / "ws2"))
+    assert back.layout == "coco" and not back.bad_files and len(back) == len(man.labelled_cases())
+    assert all(np.array_equal(back.load_mask(c.case_id), man.load_mask(c)) for c in man.labelled_cases()[:20])
+
+    ptx = open_dataset(demo / "ptx", workspace=Workspace(tmp_path / "ws"))
+    export_dataset(ptx, None, tmp_path / "seg", "dicom-seg")
+    (tmp_path / "seg" / "export.json").unlink()
+    alone = open_dataset(tmp_path / "seg", workspace=Workspace(tmp_path / "ws3"))
+    assert alone.layout == "dicom_seg" and len(alone) == 0 and len(alone.bad_files) == len(ptx.labelled_cases())
+    found = open_dataset(tmp_path / "seg", workspace=Workspace(tmp_path / "ws3"), options={"image_root": str(ptx.root)})
+    assert not found.bad_files and sorted(found.case_ids) == sorted(ptx.case_ids)

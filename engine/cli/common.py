@@ -50,6 +50,8 @@ def add_dataset_options(p) -> None:
     p.add_argument("--rle-csv", help="SIIM: which RLE CSV to use (default: the one matching most images)")
     p.add_argument("--mask-suffix", action="append", help="mask file suffix such as _mask (repeatable)")
     p.add_argument("--group-regex", help="regex whose first group is the subject/patient id in file stems")
+    p.add_argument("--image-root", help="COCO / DICOM-SEG / NIfTI imports: a folder holding the images the "
+                                        "annotations refer to (default: next to them)")
 
 
 def dataset_options(args) -> dict[str, Any]:
@@ -64,6 +66,8 @@ def dataset_options(args) -> dict[str, Any]:
         opts["mask_suffixes"] = args.mask_suffix
     if getattr(args, "group_regex", None):
         opts["group_regex"] = args.group_regex
+    if getattr(args, "image_root", None):
+        opts["image_root"] = str(Path(args.image_root).expanduser().resolve())
     return opts
 
 

@@ -5,7 +5,8 @@ workbench's own ``export-corrected --format``):
 
 - ``coco``: a COCO JSON (polygons or RLE) next to its images. ``file_name`` is resolved against
   the JSON's folder, its ``images/`` subfolder, the dataset folder, the ``image_root`` option,
-  and (for this workbench's exports) the source dataset recorded in ``export.json``; a name
+  and (for this workbench's exports, recognised by their ``export.json``) the source dataset and
+  the JSON's ``info.segwb_image_root``; a name
   that points outside those folders is refused. ``segwb_case_id`` / ``segwb_group_id`` keys
   keep case ids and patient groups; images without annotations are labelled empty.
 - ``dicom_seg``: DICOM Segmentation objects next to their source DICOMs (or the source tree
@@ -185,6 +186,10 @@ class COCOLayout:
             for a in doc.get("annotations", []):
                 if isinstance(a, dict):
                     by_image[a.get("image_id")].append(a)
+            info = doc.get("info") if isinstance(doc.get("info"), dict) else {}
+            own = info.get("segwb_image_root")
+            if own and _export_source_root(root) is not None and Path(own).is_dir():
+                extra.append(Path(own).resolve())  # this workbench's own export (export.json beside it)
             split = jp.stem if len(jsons) > 1 else ""
             for img in doc["images"]:
                 if isinstance(img, dict):

@@ -202,12 +202,22 @@ def _mask(c: Any) -> np.ndarray:
     return load_mask_source(c.mask, (c.height, c.width), case_id=c.case_id, image_path=c.image_path)
 
 
-def _rel_image(ds: Any, c: Any, dest: Path, copy_images: bool, copy_image: Callable[..., Path]) -> str:
-    """The image's path relative to the export folder (copied) or to the dataset root, POSIX-style."""
+def _image_root(ds: Any, cases: list[Any]) -> Path:
+    """The dataset folder, or the images' common folder when some images lie outside it (manifests)."""
+    root = Path(ds.root).expanduser().resolve()
+    paths = [Path(c.image_path).resolve() for c in cases]
+    if all(root in p.parents for p in paths):
+        return root
+    return Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else root
+
+
+def _rel_image(image_root: Path, ds: Any, c: Any, dest: Path, copy_images: bool,
+               copy_image: Callable[..., Path]) -> str:
+    """The image's path relative to the export folder (copied) or to ``image_root``, POSIX-style."""
     if copy_images:
         p = copy_image(ds, c.image_path, dest / "images")
         return p.relative_to(dest).as_posix()
-    return Path(os.path.relpath(Path(c.image_path).resolve(), Path(ds.root).expanduser().resolve())).as_posix()
+    return Path(c.image_path).resolve().relative_to(image_root).as_posix()
 
 
 def _write_dicom_seg(ds: Any, cases: list[Any], labels: dict[int, str], dest: Path, report: ProgressFn, *,
@@ -261,13 +271,14 @@ def _write_coco(ds: Any, cases: list[Any], labels: dict[int, str], dest: Path, r
     skipped: list[dict[str, str]] = []
     todo = _labelled(cases, skipped)
 
+    image_root = _image_root(ds, todo)
+
     def items():
         for i, c in enumerate(todo):
-            yield c.case_id, _rel_image(ds, c, dest, copy_images, copy_image), _mask(c), c.group_id
+            yield c.case_id, _rel_image(image_root, ds, c, dest, copy_images, copy_image), _mask(c), c.group_id
             report(len(todo) + i + 1, 2 * len(todo), "Writing COCO")
 
-    root = None if copy_images else str(Path(ds.root).expanduser().resolve())
-    doc = build_coco(items(), labels, image_root=root)
+    doc = build_coco(items(), labels, image_root=None if copy_images else str(image_root))
     write_coco(dest / COCO_NAME, doc)
     notes = [f"{len(doc['images'])} images, {len(doc['annotations'])} annotations (one per class present), "
              f"{len(doc['categories'])} categories"]
@@ -294,7 +305,8 @@ def _write_nifti(ds: Any, cases: list[Any], labels: dict[int, str], dest: Path, 
         spacing = spacing if isinstance(spacing, (list, tuple)) and len(spacing) == 2 else None
         write_nifti_mask(dest / name, _mask(c), spacing)
         files.append(name)
-        image = _rel_image(ds, c, dest, copy_images, copy_image) if copy_images else str(Path(c.image_path).resolve())
+        image = (_rel_image(dest, ds, c, dest, copy_images, copy_image) if copy_images
+                 else str(Path(c.image_path).resolve()))
         rows.append(",".join(_csv_field(x) for x in (c.case_id, c.group_id, image, name)))
         report(len(todo) + i + 1, 2 * len(todo), "Writing NIfTI")
     atomic_write_json(dest / LABELS_JSON, {str(k): v for k, v in sorted(labels.items())}, indent=1)
