@@ -42,6 +42,13 @@ from engine.errors import ConfigError, WorkbenchError, unknown_name
 from engine.progress import ProgressFn, as_progress
 
 FORMATS: tuple[str, ...] = ("png", "dicom-seg", "coco", "nifti")
+#: one line per format, for pickers and help texts
+FORMAT_HELP: dict[str, str] = {
+    "png": "label PNGs + RLE CSV in the dataset's convention + a manifest training opens (the workbench's own)",
+    "dicom-seg": "one DICOM Segmentation per case whose image is a DICOM, referencing it (PACS, OHIF, Slicer)",
+    "coco": "one COCO JSON with RLE masks, category id = class id (CVAT, Label Studio, detectron2)",
+    "nifti": "one .nii.gz label map per case + labels.json (3D Slicer, MONAI Label, ITK)",
+}
 SEG_DIR = "seg"
 NIFTI_DIR = "labels"
 
