@@ -472,3 +472,15 @@ def test_exports_of_a_manifest_and_the_image_root_option(demo: Path, tmp_path: P
     assert alone.layout == "dicom_seg" and len(alone) == 0 and len(alone.bad_files) == len(ptx.labelled_cases())
     found = open_dataset(tmp_path / "seg", workspace=Workspace(tmp_path / "ws3"), options={"image_root": str(ptx.root)})
     assert not found.bad_files and sorted(found.case_ids) == sorted(ptx.case_ids)
+
+
+def test_nifti_of_dicom_cases_carries_pixel_spacing(demo: Path, tmp_path: Path) -> None:
+    import nibabel as nib
+
+    ds = open_dataset(demo / "ptx", workspace=Workspace(tmp_path / "ws"))
+    export_dataset(ds, None, tmp_path / "nii", "nifti")
+    case = next(c for c in ds.cases if c.has_mask)
+    sy, sx = case.meta["pixel_spacing_mm"]
+    img = nib.load(tmp_path / "nii" / "labels" / f"{case.case_id}.nii.gz")
+    assert np.allclose(img.affine, np.diag([-sx, -sy, 1.0, 1.0]), atol=1e-6)
+    assert_round_trip(ds, tmp_path / "nii", expected_masks(ds, None), "nifti", tmp_path / "ws2")
