@@ -342,6 +342,8 @@ def test_out_folder_rules_and_atomic_replacement(demo: Path, tmp_path: Path) -> 
     (foreign / "export.json").write_text("{}")  # a file of that name alone does not make it ours
     with pytest.raises(ConfigError, match="not empty"):
         export_dataset(ds, None, foreign, "nifti")
+    with pytest.raises(ConfigError, match="not empty"):
+        export_dataset(ds, None, foreign, "png")
     assert sorted(p.name for p in foreign.iterdir()) == ["export.json", "notes.txt"]
     with pytest.raises(ConfigError, match="inside the dataset"):
         export_dataset(ds, None, ds.root / "exports", "coco")
