@@ -55,10 +55,11 @@ NIFTI_DIR = "labels"
 
 def _export_module() -> Any:
     """The module holding ``export_corrected`` (``engine.export``, or ``engine.curation.export`` after the move)."""
+    # the curation package first: after the move, engine/export.py may be a shim without the private helpers
     try:
-        from engine import export as mod  # noqa: PLC0415
-    except ImportError:  # pragma: no cover - after the curation package move
-        from engine.curation import export as mod  # type: ignore[no-redef]  # noqa: PLC0415
+        from engine.curation import export as mod  # type: ignore[attr-defined]  # noqa: PLC0415
+    except ImportError:
+        from engine import export as mod  # type: ignore[no-redef]  # noqa: PLC0415
     return mod
 
 
