@@ -375,7 +375,11 @@ def _ref_area_fraction(ds: Any) -> float:
     """Median foreground fraction of the non-empty labelled masks (0.01 when there are none)."""
     fracs = [c.mask_area / float(c.height * c.width) for c in ds.cases
              if c.labelled and c.has_mask and c.height and c.width and c.mask_area > 0]
-    return float(np.median(fracs)) if fracs else 0.01
+    if not fracs:
+        return 0.01
+    v = np.sort(np.asarray(fracs, np.float64))  # median without np.median (it imports numpy.ma)
+    m = v.size // 2
+    return float(v[m]) if v.size % 2 else float(0.5 * (v[m - 1] + v[m]))
 
 
 def _score_pairs(ds: Any, cfg: ConflictConfig, cases: list[Any], fps: Any, mask_of: dict[int, Any],

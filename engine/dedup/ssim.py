@@ -5,11 +5,13 @@
 a 7×7 uniform window (``gaussian_weights=False``, ``win_size=7``), ``K1 = 0.01``, ``K2 = 0.03``,
 sample covariance (``use_sample_covariance=True``: variances scaled by NP/(NP−1), NP = 49),
 ``scipy.ndimage.uniform_filter`` with its default ``reflect`` borders, and the mean of the SSIM
-map with a 3-pixel border cropped. The per-image terms (local means μ and ⟨x²⟩) are filtered
-once per image, the cross term ⟨xy⟩ once per pair, and everything after the filters only on the
-cropped interior. Computation is float64, as scikit-image does for float64 input; the only
-difference is the order of a few additions (C1/2 and C2/2 are folded into per-image terms),
-~1e-16; ``tests/test_dedup.py`` checks equality to 1e-6.
+map with a 3-pixel border cropped. Since the cropped interior only holds windows lying fully
+inside the image, the filters are computed there only, as summed-area tables (no scipy import).
+The per-image terms (local means μ and ⟨x²⟩) are computed once per image, the cross term ⟨xy⟩
+once per pair, over all candidate pairs in vectorised batches. Computation is float64, as
+scikit-image does for float64 input; the only differences are the order of additions (window
+sums as differences of summed-area tables; C1/2 and C2/2 folded into per-image terms), ~1e-13;
+``tests/test_dedup.py`` checks equality to 1e-6.
 
 Example:
     >>> rng = np.random.default_rng(0); imgs = rng.random((3, 64, 80))
@@ -21,27 +23,47 @@ Example:
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import uniform_filter
 
 WIN = 7
 K1 = 0.01
 K2 = 0.03
 
 
-def _filt(stack: np.ndarray) -> np.ndarray:
-    """7×7 uniform filter over the last two axes of (B,H,W) (axis 0 untouched)."""
-    return uniform_filter(stack, size=(1, WIN, WIN))
+class _BoxValid:
+    """7×7 means over the windows lying fully inside (B,H,W) float64 images: (B,H−6,W−6).
+
+    These are exactly the values of ``uniform_filter(stack, size=(1, 7, 7))`` on the interior
+    that SSIM's cropped mean reads (borders never enter it): running sums along W, then along
+    H, in buffers kept between calls (batches small enough to stay in cache)."""
+
+    def __init__(self, batch: int, h: int, w: int):
+        self.c = np.zeros((batch, h, w + 1))
+        self.r = np.zeros((batch, h + 1, w - WIN + 1))
+
+    def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        b = len(x)
+        c, r = self.c[:b], self.r[:b]
+        np.cumsum(x, axis=2, out=c[:, :, 1:])
+        np.subtract(c[:, :, WIN:], c[:, :, :-WIN], out=r[:, 1:])
+        np.cumsum(r[:, 1:], axis=1, out=r[:, 1:])
+        np.subtract(r[:, WIN:], r[:, :-WIN], out=out)
+        out *= 1.0 / (WIN * WIN)
+        return out
 
 
 def ssim_pairs(images: np.ndarray, i: np.ndarray, j: np.ndarray, *, data_range: float = 1.0,
-               batch: int = 64, max_images: int = 1024) -> np.ndarray:
+               batch: int = 32, max_images: int = 1024) -> np.ndarray:
     """Mean SSIM of ``images[i[p]]`` vs ``images[j[p]]`` for every pair p.
+
+    All pairs are computed in vectorised batches: per-image local statistics (μ, ⟨x²⟩) once for
+    every image involved, the cross term ⟨xy⟩ once per pair, all from summed-area tables of the
+    valid (cropped) interior only.
 
     Args:
         images: (N,H,W) array (float32/float64, may be a memory map), H, W ≥ 7.
         i, j: int (P,) row indices.
         data_range: value range of the images (1.0 for [0, 1] data).
-        batch: pairs per vectorised step (memory ≈ batch × H × W × 8 B × ~8).
+        batch: pairs per vectorised step (small: the arrays of a step stay in the CPU cache).
         max_images: images whose local statistics are held at once (≈ 120 KB each at 64×80).
 
     Returns:
@@ -62,53 +84,41 @@ def ssim_pairs(images: np.ndarray, i: np.ndarray, j: np.ndarray, *, data_range: 
     cov_norm = np_ / (np_ - 1.0)
     c1 = (K1 * data_range) ** 2
     c2 = (K2 * data_range) ** 2
-    pad = (WIN - 1) // 2
-    crop = (slice(None), slice(pad, -pad), slice(pad, -pad))
     n_pairs = i.size
     pos = 0
     while pos < n_pairs:
-        # a chunk of consecutive pairs touching at most max_images distinct images
-        seen: set[int] = set()
-        end = pos
-        while end < n_pairs:
-            a, b = int(lo_o[end]), int(hi_o[end])
-            grow = (a not in seen) + (b not in seen)
-            if grow and len(seen) + grow > max_images and end > pos:
-                break
-            seen.add(a)
-            seen.add(b)
-            end += 1
-        uniq = np.fromiter(sorted(seen), np.int64, len(seen))
+        end = _chunk_end(lo_o, hi_o, pos, max_images)
+        uniq = np.unique(np.concatenate([lo_o[pos:end], hi_o[pos:end]]))
         x = np.asarray(images[uniq], dtype=np.float64)
+        hh, ww = x.shape[1] - WIN + 1, x.shape[2] - WIN + 1
+        box = _BoxValid(batch, x.shape[1], x.shape[2])
         # per-image terms on the cropped interior (the only part that enters the mean):
         # mu = E_w[x], mu2h = mu² + C1/2, vh = cov_norm·(E_w[x²] − mu²) + C2/2
-        mu = np.empty((len(uniq),) + x.shape[1:])
+        mu = np.empty((len(uniq), hh, ww))
         vh = np.empty_like(mu)
         for s in range(0, len(uniq), batch):
             xs = x[s:s + batch]
-            mu[s:s + batch] = _filt(xs)
-            vh[s:s + batch] = _filt(xs * xs)
-        mu = np.ascontiguousarray(mu[crop])
-        vh = np.ascontiguousarray(vh[crop])
-        mu_sq = mu * mu
-        vh -= mu_sq
+            box(xs, mu[s:s + batch])
+            box(xs * xs, vh[s:s + batch])
+        mu2h = mu * mu
+        vh -= mu2h
         vh *= cov_norm
         vh += c2 / 2
-        mu2h = mu_sq
         mu2h += c1 / 2
+        uxy = np.empty((batch, hh, ww))
         for s in range(pos, end, batch):
             e = min(end, s + batch)
             ia = np.searchsorted(uniq, lo_o[s:e])
             ib = np.searchsorted(uniq, hi_o[s:e])
-            uxy = _filt(x[ia] * x[ib])[crop]
+            u = box(x[ia] * x[ib], uxy[:e - s])
             p = mu[ia]
             p *= mu[ib]                       # ux·uy
-            a2 = np.subtract(uxy, p)          # uxy − ux·uy
-            a2 *= 2 * cov_norm
-            a2 += c2                          # 2·vxy + C2
+            u -= p                            # uxy − ux·uy
+            u *= 2 * cov_norm
+            u += c2                           # 2·vxy + C2
             p *= 2
             p += c1                           # 2·ux·uy + C1
-            p *= a2                           # numerator
+            p *= u                            # numerator
             den = mu2h[ia]
             den += mu2h[ib]                   # ux² + uy² + C1
             b2 = vh[ia]
@@ -118,6 +128,25 @@ def ssim_pairs(images: np.ndarray, i: np.ndarray, j: np.ndarray, *, data_range: 
             out[order[s:e]] = p.mean(axis=(1, 2), dtype=np.float64)
         pos = end
     return out
+
+
+def _chunk_end(lo: np.ndarray, hi: np.ndarray, pos: int, max_images: int) -> int:
+    """End of the run of consecutive pairs from ``pos`` that touches at most ``max_images``
+    distinct images (at least one pair)."""
+    n = lo.size
+    if n - pos <= max_images // 2:  # cannot exceed the limit
+        return n
+    seen: set[int] = set()
+    end = pos
+    while end < n:
+        a, b = int(lo[end]), int(hi[end])
+        grow = (a not in seen) + (b not in seen)
+        if grow and len(seen) + grow > max_images and end > pos:
+            break
+        seen.add(a)
+        seen.add(b)
+        end += 1
+    return end
 
 
 def ssim_matrix(images: np.ndarray, *, data_range: float = 1.0, batch: int = 256) -> np.ndarray:
