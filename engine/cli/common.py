@@ -5,10 +5,15 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 from engine.progress import ProgressFn
+
+#: ``time.perf_counter()`` when the CLI helpers were first imported (just after interpreter start-up
+#: and argument-parser set-up): commands report their own duration from here
+STARTED = time.perf_counter()
 
 
 @contextlib.contextmanager
@@ -18,8 +23,6 @@ def tqdm_progress(desc: str = "", disable: bool | None = None, delay: float = 0.
     The bar (and the tqdm import) only appears once the work has run ``delay`` seconds, so
     quick commands (a warm cache) print no bar and start faster.
     """
-    import time
-
     state: dict[str, Any] = {"message": desc, "bar": None, "start": time.monotonic()}
     try:
         def report(done: int, total: int, message: str = "") -> None:
