@@ -281,28 +281,28 @@ def projection_matrix(n_in: int, n_out: int, seed: int = 0) -> np.ndarray:
 
 
 def box_mean(x: np.ndarray, win: int = 7, valid: bool = False) -> np.ndarray:
-    """``win``×``win`` local means over the last two axes of (N,h,w), computed in float64
-    with summed-area tables: float64.
+    """``win``×``win`` local means over the last two axes of (N,h,w), in float64: float64.
 
     ``valid=False`` gives ``scipy.ndimage.uniform_filter(x, size=(1, win, win))`` (its
     default ``reflect`` borders = numpy's ``symmetric`` padding), shape (N,h,w);
     ``valid=True`` only the windows lying fully inside, (N, h−win+1, w−win+1) (what SSIM's
-    cropped mean uses). Equal to scipy up to float64 rounding (~1e-15); no scipy import.
+    cropped mean uses). Sums of ``win`` shifted slices along each axis; equal to scipy up to
+    float64 rounding (~1e-15), without importing scipy.
     """
     a = np.asarray(x, np.float64)
     if not valid:
         lo = win // 2
-        hi = win - 1 - lo
-        a = np.pad(a, ((0, 0), (lo, hi), (lo, hi)), mode="symmetric")
+        a = np.pad(a, ((0, 0), (lo, win - 1 - lo), (lo, win - 1 - lo)), mode="symmetric")
     n, h, w = a.shape
-    c = np.zeros((n, h + 1, w + 1), np.float64)
-    np.cumsum(a, axis=1, out=c[:, 1:, 1:])
-    np.cumsum(c[:, 1:, 1:], axis=2, out=c[:, 1:, 1:])
-    s = c[:, win:, win:] - c[:, :-win, win:]
-    s -= c[:, win:, :-win]
-    s += c[:, :-win, :-win]
-    s *= 1.0 / (win * win)
-    return s
+    oh, ow = h - win + 1, w - win + 1
+    r = a[:, :, 0:ow].copy()
+    for k in range(1, win):
+        r += a[:, :, k:ow + k]
+    out = r[:, 0:oh].copy()
+    for k in range(1, win):
+        out += r[:, k:oh + k]
+    out *= 1.0 / (win * win)
+    return out
 
 
 def local_structure(thumbs: np.ndarray, win: int = 7) -> np.ndarray:
@@ -496,10 +496,17 @@ def compute_fingerprints(ds: Any, size: tuple[int, int] = (64, 80), fp_dim: int 
     todo = [i for i in range(n) if src_rows[i] < 0]
 
     t0 = time.perf_counter()
-    new_thumbs: dict[int, np.ndarray] = {}
+    new_thumbs: dict[int, int] = {}  # case index → row of the freshly computed arrays
     bad: list[tuple[str, str]] = []
+    d = size[0] * size[1] if not fp_dim or fp_dim >= size[0] * size[1] else fp_dim
     if todo:
+        # new rows: thumbs and descriptors computed by the workers, chunk by chunk (decoding,
+        # resizing and the descriptor products all release the GIL, so both cores stay busy)
         stack_new = np.empty((len(todo), *size), np.float32)
+        fp_new = np.zeros((len(todo), d), np.float32)
+        mean_new = np.zeros(len(todo), np.float32)
+        tex_new = np.zeros(len(todo), np.float32)
+        ph_new = np.zeros(len(todo), np.uint64)
 
         def work(k: int) -> tuple[int, str]:
             i = todo[k]
@@ -512,7 +519,13 @@ def compute_fingerprints(ds: Any, size: tuple[int, int] = (64, 80), fp_dim: int 
                 return k, f"{cases[i].image_path}: cannot read ({type(exc).__name__}: {exc})"
 
         def chunk(bounds: tuple[int, int]) -> list[tuple[int, str]]:
-            return [work(k) for k in range(*bounds)]
+            results = [work(k) for k in range(*bounds)]
+            ok = np.array([k for k, err in results if not err], np.int64)
+            if ok.size:
+                t = stack_new[ok]
+                fp_new[ok], mean_new[ok], tex_new[ok] = fingerprint_from_thumbs(t, fp_dim)
+                ph_new[ok] = phash64(t)
+            return results
 
         # tasks of a few dozen images: one future per image costs ~40 µs of scheduling each
         n_workers = workers or default_workers()
@@ -525,7 +538,7 @@ def compute_fingerprints(ds: Any, size: tuple[int, int] = (64, 80), fp_dim: int 
                     if err:
                         bad.append((cases[todo[k]].case_id, err))
                     else:
-                        new_thumbs[todo[k]] = stack_new[k]
+                        new_thumbs[todo[k]] = k  # row in the *_new arrays
                 done += len(results)
                 report(done, len(todo), "reading images for fingerprints")
     read_seconds = time.perf_counter() - t0
@@ -540,8 +553,9 @@ def compute_fingerprints(ds: Any, size: tuple[int, int] = (64, 80), fp_dim: int 
         assert cached is not None
         thumbs = cached["thumbs"]
         fp, mean, texture, ph = (cached[k] for k in _ARRAYS)
+    elif todo and len(new_thumbs) == len(keep) == len(todo):  # everything new and readable: use the arrays as they are
+        thumbs, fp, mean, texture, ph = stack_new, fp_new, mean_new, tex_new, ph_new
     else:
-        d = size[0] * size[1] if not fp_dim or fp_dim >= size[0] * size[1] else fp_dim
         thumbs = np.empty((len(keep), *size), np.float32)
         fp = np.empty((len(keep), d), np.float32)
         mean = np.empty(len(keep), np.float32)
@@ -558,11 +572,9 @@ def compute_fingerprints(ds: Any, size: tuple[int, int] = (64, 80), fp_dim: int 
         fresh = [i for i in keep if i in new_thumbs]
         if fresh:
             dst = np.array([pos[i] for i in fresh])
-            stack = np.stack([new_thumbs.pop(i) for i in fresh]) if len(fresh) < len(todo) else stack_new
-            fp[dst], mean[dst], texture[dst] = fingerprint_from_thumbs(stack, fp_dim)
-            ph[dst] = phash64(stack)
-            thumbs[dst] = stack
-            del stack
+            rows = np.array([new_thumbs[i] for i in fresh], np.int64)
+            thumbs[dst] = stack_new[rows]
+            fp[dst], mean[dst], texture[dst], ph[dst] = fp_new[rows], mean_new[rows], tex_new[rows], ph_new[rows]
     from engine.dedup.maskcache import image_key
 
     keys = np.array([image_key(cases[i].image_path, stamps[i]) for i in keep], np.uint64)
