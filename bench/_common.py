@@ -119,13 +119,15 @@ def archive_previous(path: Path, history: Path | None = None) -> Path | None:
         created = ""
     if not created:
         created = _dt.datetime.fromtimestamp(path.stat().st_mtime, _dt.timezone.utc).isoformat(timespec="seconds")
+    content = path.read_bytes()
+    for old in history.glob(f"{path.stem}-*.json") if history.is_dir() else ():
+        if old.stat().st_size == len(content) and old.read_bytes() == content:
+            return old  # already archived
     stamp = created.replace(":", "").replace("+0000", "Z")
     history.mkdir(parents=True, exist_ok=True)
     dest = history / f"{path.stem}-{stamp}.json"
     k = 1
     while dest.exists():
-        if dest.read_bytes() == path.read_bytes():
-            return dest  # already archived
         k += 1
         dest = history / f"{path.stem}-{stamp}-{k}.json"
     shutil.copy2(path, dest)
