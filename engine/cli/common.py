@@ -20,15 +20,15 @@ STARTED = time.perf_counter()
 def tqdm_progress(desc: str = "", disable: bool | None = None, delay: float = 0.5) -> Iterator[ProgressFn]:
     """A progress callback that drives one tqdm bar on stderr (re-labelled by messages).
 
-    The bar (and the tqdm import) only appears once the work has run ``delay`` seconds, so
-    quick commands (a warm cache) print no bar and start faster.
+    The bar (and the tqdm import) only appears once the work has run ``delay`` seconds and is
+    not finished, so quick commands (a warm cache) print no bar and start faster.
     """
     state: dict[str, Any] = {"message": desc, "bar": None, "start": time.monotonic()}
     try:
         def report(done: int, total: int, message: str = "") -> None:
             bar = state["bar"]
             if bar is None:
-                if disable or time.monotonic() - state["start"] < delay:
+                if disable or time.monotonic() - state["start"] < delay or (total and done >= total):
                     if message:
                         state["message"] = message
                     return
