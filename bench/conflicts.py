@@ -104,13 +104,16 @@ def planted_pairs(data: Path) -> dict[tuple[str, str], str]:
     return {tuple(sorted((p["a"], p["b"]))): p["kind"] for p in load_planted_pairs(data)}
 
 
+ENGINE_REPO = REPO  # whose engine runs (--repo: another checkout, for before/after comparisons)
+
+
 def run_cli(data: Path, ws: Path, scope: str, report: Path, threshold: float) -> dict:
     """One ``python -m engine conflicts`` process: wall, CPU, exit code, phases."""
     cmd = [sys.executable, "-m", "engine", "--workspace", str(ws), "conflicts", str(data), "--scope", scope,
            "--ssim", str(threshold), "--json", str(report)]
     before = load_avg()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=ENGINE_REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate()
     wall = time.perf_counter() - t0
     res = {"wall_seconds": round(wall, 3), "exit_code": proc.returncode, "load_before": before,
@@ -121,6 +124,8 @@ def run_cli(data: Path, ws: Path, scope: str, report: Path, threshold: float) ->
     rep = json.loads(report.read_text())
     t = rep["timing"]
     phases = {k: round(float(t.get(k, 0.0)), 3) for k in PHASES}
+    if "command" not in t:
+        res["phases_note"] = "this engine's report has no index/command times: 'other' includes start-up and index"
     command = float(t.get("command", wall))
     phases["startup"] = round(max(0.0, wall - command), 3)
     phases["other"] = round(max(0.0, command - float(t.get("index", 0.0)) - float(t.get("total", 0.0))), 3)
@@ -271,11 +276,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra-thresholds", default="0.9,0.8", help="also compare at these thresholds")
     ap.add_argument("--skip-exhaustive", action="store_true", help="skip the exhaustive-SSIM comparison (slow)")
     ap.add_argument("--no-page-cache-warmup", action="store_true", help="do not read the files before the cold runs")
+    ap.add_argument("--repo", type=Path, default=None,
+                    help="run the engine of another checkout (e.g. an export of an older commit), for "
+                         "before/after figures; its report may lack the index/command phases")
     ap.add_argument("--out", type=Path, default=RESULTS / "conflicts.json")
     args = ap.parse_args(argv)
+    global ENGINE_REPO
+    if args.repo is not None:
+        ENGINE_REPO = args.repo.resolve()
 
     data = find_data(args.data, args.subjects, args.frames, args.seed).resolve()
     result: dict = {"data": str(data), "ssim_threshold": args.ssim, "targets": TARGETS,
+                    "engine_repo": str(ENGINE_REPO),
                     "load_at_start": load_avg(),
                     "method": "whole `python -m engine conflicts` processes (subprocess), cold = empty workspace "
                               "(no index/fingerprint/SSIM/mask caches), warm = the same command again"}
