@@ -4,8 +4,11 @@ For every image the engine keeps three things, all derived from one decode of th
 
 - ``thumb``: the grey-level image resized to the SSIM size (default 64×80), float32 in [0, 1].
   This is what SSIM is verified on. Resizing is PIL's ``BILINEAR`` filter (an anti-aliased
-  triangle filter) written as two small matrix products, which matches PIL to ~1e-7 and is
-  5× faster on float data.
+  triangle filter) written as matrix products (the vertical pass in blocks of its banded
+  weights, into per-thread buffers: :class:`Resizer`), which matches PIL to ~1e-7 and costs
+  ~0.16 ms per 420×580 image. Decoding runs in a thread pool (libtiff via imagecodecs and the
+  products release the GIL), each worker decoding into reused buffers and computing the
+  descriptors of its chunk of images.
 - ``fp``: the thumb's local structure ``x − box7(x)`` (the image minus its 7×7 local mean, the
   same window SSIM uses), L2-normalised, randomly projected to ``fp_dim`` (default 256,
   fixed Gaussian matrix, seed 0; Johnson–Lindenstrauss keeps cosines to about ±0.06) and
