@@ -61,8 +61,12 @@ demo: install
 demo-full: install
 	$(BIN)/python -m engine demo --out demo_data_full --scale full
 
+# every benchmark in bench/ (JSON in bench/results/, previous ones in bench/results/history/);
+# BENCH_ARGS picks a subset, e.g. make bench BENCH_ARGS="--skip-slow" or BENCH_ARGS="--only conflicts"
+BENCH_ARGS ?=
 bench: install-dev demo
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python -m engine demo --out demo_data_full --scale full --if-missing
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_data .workspace .pytest_cache

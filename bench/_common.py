@@ -95,14 +95,54 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def load_avg() -> list[float] | None:
+    """``os.getloadavg()`` rounded (1, 5, 15 minutes), None where unsupported."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def archive_previous(path: Path, history: Path | None = None) -> Path | None:
+    """Copy an existing result file to ``history/<stem>-<its created time>.json`` (kept, never
+    overwritten) before a new run replaces it. Returns the copy, or None when there was none."""
+    import json
+    import shutil
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    history = history or path.parent / "history"
+    try:
+        created = str(json.loads(path.read_text(encoding="utf-8")).get("created") or "")
+    except (OSError, ValueError, AttributeError):
+        created = ""
+    if not created:
+        created = _dt.datetime.fromtimestamp(path.stat().st_mtime, _dt.timezone.utc).isoformat(timespec="seconds")
+    content = path.read_bytes()
+    for old in history.glob(f"{path.stem}-*.json") if history.is_dir() else ():
+        if old.stat().st_size == len(content) and old.read_bytes() == content:
+            return old  # already archived
+    stamp = created.replace(":", "").replace("+0000", "Z")
+    history.mkdir(parents=True, exist_ok=True)
+    dest = history / f"{path.stem}-{stamp}.json"
+    k = 1
+    while dest.exists():
+        k += 1
+        dest = history / f"{path.stem}-{stamp}-{k}.json"
+    shutil.copy2(path, dest)
+    return dest
+
+
 def save_result(name: str, data: dict[str, Any], folder: Path | None = None, path: Path | None = None) -> Path:
     """Write ``{benchmark, created, commit, machine, **data}`` atomically to ``path``, by default
-    ``folder/<name>.json``."""
+    ``folder/<name>.json``; a previous result there is first copied to ``history/``."""
     from engine.fsutil import atomic_write_json
 
     doc = {"benchmark": name, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "commit": _git_commit(), "machine": machine_info(), **data}
     path = path or (folder or RESULTS) / f"{name}.json"
+    archive_previous(path)
     atomic_write_json(path, doc)
     return path
 

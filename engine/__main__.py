@@ -1,7 +1,9 @@
 """``python -m engine <command>``: argument parsing only; the work is in the API modules.
 
 Each module in :mod:`engine.cli` exposes ``register(subparsers)`` and adds its commands;
-this file discovers them, so new commands need no edit here. Errors meant for users
+this file discovers them, so new commands need no edit here. To start fast, a command is first
+looked up in the module of the same name (``conflicts`` → ``engine/cli/conflicts.py``) and only
+that module is imported; ``--help`` and other commands import them all. Errors meant for users
 (:class:`engine.errors.WorkbenchError`) print as one readable line and exit with code 2.
 """
 
@@ -9,20 +11,28 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import pkgutil
 import sys
+from typing import Any
 
-import engine.cli
 from engine.errors import WorkbenchError
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m engine",
-                                     description="Medical image segmentation workbench: data, models, review.")
-    parser.add_argument("--workspace", help="folder for caches, review stores and runs "
-                        "(default: $SEGWB_WORKSPACE or ~/.cache/segwb)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with ``command``, only the CLI module that registers it (fast start).
+
+    A command ``foo-bar`` is looked for first in ``engine/cli/foo_bar.py``; when that module
+    does not exist or does not register it (``manifest`` lives in ``conflicts.py``), or when no
+    command is given (``--help``), every module is imported, as before.
+    """
+    if command:
+        parser, sub = _new_parser()
+        if _register_one(sub, command):
+            return parser
+    import pkgutil
+
+    import engine.cli
+
+    parser, sub = _new_parser()
     for mod in sorted(m.name for m in pkgutil.iter_modules(engine.cli.__path__)):
         if mod.startswith("_") or mod == "common":
             continue
@@ -32,8 +42,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _new_parser() -> tuple[argparse.ArgumentParser, Any]:
+    parser = argparse.ArgumentParser(prog="python -m engine",
+                                     description="Medical image segmentation workbench: data, models, review.")
+    parser.add_argument("--workspace", help="folder for caches, review stores and runs "
+                        "(default: $SEGWB_WORKSPACE or ~/.cache/segwb)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    return parser, sub
+
+
+def _register_one(sub: Any, command: str) -> bool:
+    """Register ``engine.cli.<command>``'s commands; True if that defines ``command``."""
+    name = command.replace("-", "_")
+    if not name.isidentifier() or name.startswith("_") or name == "common":
+        return False
+    try:
+        module = importlib.import_module(f"engine.cli.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"engine.cli.{name}":
+            raise
+        return False
+    if not hasattr(module, "register"):
+        return False
+    module.register(sub)
+    return command in sub.choices
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The command word of ``argv`` (the first argument not an option or an option's value)."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--workspace":
+            skip = True
+            continue
+        if arg.startswith("-"):
+            if arg in ("-h", "--help"):
+                return None
+            continue
+        return arg
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     if args.workspace:
         import os

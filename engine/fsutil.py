@@ -79,7 +79,11 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> N
 
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
     """Serialise ``obj`` as JSON and write it atomically (NaN is written as null)."""
-    atomic_write_text(path, json.dumps(_nan_to_none(obj), indent=indent, allow_nan=False) + "\n")
+    try:  # fast path: plain JSON types without NaN/inf (the walk below costs more than the dump)
+        text = json.dumps(obj, indent=indent, allow_nan=False)
+    except (ValueError, TypeError):  # NaN/inf or numpy scalars: convert, then dump
+        text = json.dumps(_nan_to_none(obj), indent=indent, allow_nan=False)
+    atomic_write_text(path, text + "\n")
 
 
 def read_json(path: str | Path) -> Any:

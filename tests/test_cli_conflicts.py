@@ -102,3 +102,25 @@ def test_python_dash_m_engine_entry_point(nerve_tiny: Path, tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stderr
     assert "verified" in proc.stdout and "timing" in proc.stdout  # the summary (the bar is tty-only)
     assert np.isclose(json.loads(out.read_text())["ceiling"]["mean_affected"], 0.5, atol=0.2)
+
+
+def test_only_the_commands_module_is_imported_and_no_heavy_libraries(nerve_tiny: Path, tmp_path: Path) -> None:
+    """A lighter start-up: `conflicts` imports engine/cli/conflicts.py only (other commands and
+    --help still see every module), and the scan never loads torch, scipy, pandas or skimage."""
+    from engine.__main__ import _command_of, build_parser
+
+    assert _command_of(["--workspace", "w", "conflicts", "x"]) == "conflicts"
+    assert _command_of(["--workspace=w", "info", "x"]) == "info" and _command_of(["-h"]) is None
+    sub = next(a for a in build_parser("conflicts")._actions if a.dest == "command")
+    assert set(sub.choices) == {"conflicts", "manifest"}
+    for command in ("info", None):  # `info` lives in data.py: every module is registered
+        sub = next(a for a in build_parser(command)._actions if a.dest == "command")
+        assert {"conflicts", "manifest", "info", "demo", "train"} <= set(sub.choices)
+    code = ("import sys; from engine.__main__ import main; "
+            f"rc = main(['conflicts', {str(nerve_tiny)!r}, '--json', {str(tmp_path / 'c.json')!r}]); "
+            "heavy = sorted(m for m in ('torch', 'scipy', 'pandas', 'skimage', 'sklearn', 'engine.cli.models', "
+            "'engine.cli.train', 'engine.store') if m in sys.modules); print('HEAVY', heavy); sys.exit(rc)")
+    env = {"SEGWB_WORKSPACE": str(tmp_path / "ws"), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout, proc.stdout[-500:]

@@ -248,6 +248,29 @@ def test_fingerprint_cache_reuses_and_recomputes_only_changed_files(mixed_datase
     assert np.array_equal(np.asarray(third.thumbs)[others], np.asarray(first.thumbs)[others])
 
 
+def test_candidate_search_is_cached_until_an_image_changes(mixed_dataset: Path, workspace: Path) -> None:
+    ds = open_dataset(mixed_dataset)
+    for scope in ("global", "group"):
+        cfg = ConflictConfig(scope=scope)
+        first = find_conflicts(ds, cfg)
+        again = find_conflicts(ds, cfg)
+        assert not first.stats["candidates_cached"] and again.stats["candidates_cached"]
+        assert again.stats["n_candidates"] == first.stats["n_candidates"]
+        assert [(p["a"], p["b"], p["ssim"]) for p in again.pairs] == [(p["a"], p["b"], p["ssim"]) for p in first.pairs]
+        other = find_conflicts(ds, ConflictConfig(scope=scope, candidate_k=2))  # other options: searched again
+        assert not other.stats["candidates_cached"]
+    # an image's content changes: its fingerprint changes, so the search runs again and sees it
+    target = mixed_dataset / "images" / "s1_2.png"
+    Image.fromarray(255 - np.asarray(Image.open(target))).save(target)
+    st = target.stat()
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    changed = find_conflicts(open_dataset(mixed_dataset), ConflictConfig(scope="group"))
+    assert not changed.stats["candidates_cached"]
+    assert ("s1_1", "s1_2") not in {(p["a"], p["b"]) for p in changed.pairs}
+    # without the cache nothing is read or written
+    assert not find_conflicts(ds, ConflictConfig(use_cache=False)).stats["candidates_cached"]
+
+
 # ---------------------------------------------------------------------------------------------
 # categories, severity, ceiling
 

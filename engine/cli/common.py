@@ -5,22 +5,37 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 from engine.progress import ProgressFn
 
+#: ``time.perf_counter()`` when the CLI helpers were first imported (just after interpreter start-up
+#: and argument-parser set-up): commands report their own duration from here
+STARTED = time.perf_counter()
+
 
 @contextlib.contextmanager
-def tqdm_progress(desc: str = "", disable: bool | None = None) -> Iterator[ProgressFn]:
-    """A progress callback that drives one tqdm bar on stderr (re-labelled by messages)."""
-    from tqdm import tqdm
+def tqdm_progress(desc: str = "", disable: bool | None = None, delay: float = 0.5) -> Iterator[ProgressFn]:
+    """A progress callback that drives one tqdm bar on stderr (re-labelled by messages).
 
-    bar = tqdm(total=0, desc=desc, file=sys.stderr, disable=disable, dynamic_ncols=True, leave=True,
-               mininterval=0.2)
-    state = {"message": desc}
+    The bar (and the tqdm import) only appears once the work has run ``delay`` seconds and is
+    not finished, so quick commands (a warm cache) print no bar and start faster.
+    """
+    state: dict[str, Any] = {"message": desc, "bar": None, "start": time.monotonic()}
     try:
         def report(done: int, total: int, message: str = "") -> None:
+            bar = state["bar"]
+            if bar is None:
+                if disable or time.monotonic() - state["start"] < delay or (total and done >= total):
+                    if message:
+                        state["message"] = message
+                    return
+                from tqdm import tqdm
+
+                bar = state["bar"] = tqdm(total=0, desc=state["message"], file=sys.stderr, disable=disable,
+                                          dynamic_ncols=True, leave=True, mininterval=0.2)
             if total and bar.total != total:
                 bar.reset(total=total)
             if message and message != state["message"]:
@@ -30,7 +45,8 @@ def tqdm_progress(desc: str = "", disable: bool | None = None) -> Iterator[Progr
             bar.refresh()
         yield report
     finally:
-        bar.close()
+        if state["bar"] is not None:
+            state["bar"].close()
 
 
 def write_json(path: str | Path | None, data: Any) -> None:

@@ -5,9 +5,10 @@ Argument parsing only; the work is in :mod:`engine.dedup` and :mod:`engine.store
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from engine.cli.common import add_dataset_options, open_dataset_from_args, tqdm_progress, write_json
+from engine.cli.common import STARTED, add_dataset_options, open_dataset_from_args, tqdm_progress, write_json
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -66,10 +67,15 @@ def cmd_conflicts(args) -> int:
                          candidate_k=args.candidate_k, candidate_floor=args.candidate_floor,
                          disagree_dice=args.disagree_dice, use_cache=not args.no_cache, ann=args.ann,
                          folds_k=args.folds_k, folds_seed=args.folds_seed)
+    t_index = time.perf_counter()
     ds = open_dataset_from_args(args)
+    t_index = time.perf_counter() - t_index
     folds = load_folds_file(args.folds, ds.case_ids) if args.folds else None
     with tqdm_progress("finding near-duplicates") as progress:
         report = find_conflicts(ds, cfg, progress, folds=folds, folds_source=args.folds)
+    # whole-command phases: the index, and everything since the CLI started (imports included)
+    report.timing["index"] = round(t_index, 4)
+    report.timing["command"] = round(time.perf_counter() - STARTED, 4)
     write_json(args.json_out, report.to_dict())
     lines = [f"dataset     {ds.root} ({ds.layout}, {len(ds)} cases)"] + report.summary_lines()
     if report.pairs:

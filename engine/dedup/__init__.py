@@ -18,13 +18,19 @@ Example:
     (16, 0.975)
 """
 
-from engine.dedup.conflicts import (ConflictConfig, ConflictReport, find_conflicts, latest_report_path,
-                                    load_latest_report)
-from engine.dedup.fingerprint import Fingerprints, compute_fingerprints, image_thumb
-from engine.dedup.leakage import leakage_report, load_folds_file
-from engine.dedup.scoring import CATEGORIES, categorize, group_ceiling, mask_dice, severity
-from engine.dedup.search import available_backends, knn_pairs, search_candidates
-from engine.dedup.ssim import ssim_matrix, ssim_pairs
+from typing import Any
+
+# name → submodule; imported on first use (PEP 562) so `python -m engine conflicts` loads only what it uses
+_EXPORTS = {
+    "ConflictConfig": "conflicts", "ConflictReport": "conflicts", "find_conflicts": "conflicts",
+    "latest_report_path": "conflicts", "load_latest_report": "conflicts",
+    "Fingerprints": "fingerprint", "compute_fingerprints": "fingerprint", "image_thumb": "fingerprint",
+    "leakage_report": "leakage", "load_folds_file": "leakage",
+    "CATEGORIES": "scoring", "categorize": "scoring", "group_ceiling": "scoring", "mask_dice": "scoring",
+    "severity": "scoring",
+    "available_backends": "search", "knn_pairs": "search", "search_candidates": "search",
+    "ssim_matrix": "ssim", "ssim_pairs": "ssim",
+}
 
 __all__ = [
     "ConflictConfig", "ConflictReport", "find_conflicts", "latest_report_path", "load_latest_report",
@@ -32,3 +38,18 @@ __all__ = [
     "CATEGORIES", "categorize", "group_ceiling", "mask_dice", "severity",
     "available_backends", "knn_pairs", "search_candidates", "ssim_pairs", "ssim_matrix",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine.dedup' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"engine.dedup.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -258,7 +258,7 @@ def find_conflicts(ds: Any, config: ConflictConfig | None = None, progress: Prog
     """
     from engine.dedup.fingerprint import compute_fingerprints, limit_blas
     from engine.dedup.leakage import leakage_report
-    from engine.dedup.maskcache import MaskCache, PairCache
+    from engine.dedup.maskcache import CandidateCache, MaskCache, PairCache
     from engine.dedup.scoring import CATEGORIES
     from engine.dedup.search import search_candidates
     from engine.dedup.ssim import ssim_pairs
@@ -286,9 +286,15 @@ def find_conflicts(ds: Any, config: ConflictConfig | None = None, progress: Prog
     else:
         scopes = [np.arange(n, dtype=np.int64)] if n > 1 else []
     floor = effective_floor(cfg)
-    cand = search_candidates(fps.fp, scopes, k=cfg.candidate_k, floor=floor, backend=cfg.ann,
-                             ann_min_size=cfg.ann_min_size, block_mb=cfg.block_mb, texture=fps.texture,
-                             mean=fps.mean, flat_texture=cfg.flat_texture)
+    ccache = CandidateCache(fps.folder if cfg.use_cache else None, cfg.scope, size)
+    ckey = ccache.key(fps, scopes, (cfg.candidate_k, floor, cfg.ann, cfg.ann_min_size, cfg.flat_texture))
+    cand = ccache.load(ckey)
+    cand_cached = cand is not None
+    if cand is None:
+        cand = search_candidates(fps.fp, scopes, k=cfg.candidate_k, floor=floor, backend=cfg.ann,
+                                 ann_min_size=cfg.ann_min_size, block_mb=cfg.block_mb, texture=fps.texture,
+                                 mean=fps.mean, flat_texture=cfg.flat_texture)
+        ccache.save(ckey, cand)
     timing["search"] = time.perf_counter() - t
     if progress:
         scaled(progress, 0.85, 0.9)(1, 1, f"{cand.i.size} candidate pairs")
@@ -353,7 +359,7 @@ def find_conflicts(ds: Any, config: ConflictConfig | None = None, progress: Prog
              "n_textureless": cand.n_flat, "categories": cat_counts, "cache_hits": fps.stats.get("hits", 0),
              "cache_misses": fps.stats.get("misses", 0), "read_seconds": fps.stats.get("read_seconds"),
              "ref_area_fraction": round(_ref_area_fraction(ds), 6), "candidate_floor": round(floor, 6),
-             "ssim_cached": int(i_cached), "masks_cached": int(mcache.hits),
+             "ssim_cached": int(i_cached), "masks_cached": int(mcache.hits), "candidates_cached": cand_cached,
              "max_candidate_ssim_below_threshold": round(float(ssim[~ok].max()), 6) if (~ok).any() else None}
     report = ConflictReport(
         pairs=pair_rows, groups=groups_out, ceiling=ceiling, leakage=leak, timing=timing, stats=stats,
@@ -375,7 +381,11 @@ def _ref_area_fraction(ds: Any) -> float:
     """Median foreground fraction of the non-empty labelled masks (0.01 when there are none)."""
     fracs = [c.mask_area / float(c.height * c.width) for c in ds.cases
              if c.labelled and c.has_mask and c.height and c.width and c.mask_area > 0]
-    return float(np.median(fracs)) if fracs else 0.01
+    if not fracs:
+        return 0.01
+    v = np.sort(np.asarray(fracs, np.float64))  # median without np.median (it imports numpy.ma)
+    m = v.size // 2
+    return float(v[m]) if v.size % 2 else float(0.5 * (v[m - 1] + v[m]))
 
 
 def _score_pairs(ds: Any, cfg: ConflictConfig, cases: list[Any], fps: Any, mask_of: dict[int, Any],

@@ -5,11 +5,13 @@
 a 7×7 uniform window (``gaussian_weights=False``, ``win_size=7``), ``K1 = 0.01``, ``K2 = 0.03``,
 sample covariance (``use_sample_covariance=True``: variances scaled by NP/(NP−1), NP = 49),
 ``scipy.ndimage.uniform_filter`` with its default ``reflect`` borders, and the mean of the SSIM
-map with a 3-pixel border cropped. The per-image terms (local means μ and ⟨x²⟩) are filtered
-once per image, the cross term ⟨xy⟩ once per pair, and everything after the filters only on the
-cropped interior. Computation is float64, as scikit-image does for float64 input; the only
-difference is the order of a few additions (C1/2 and C2/2 are folded into per-image terms),
-~1e-16; ``tests/test_dedup.py`` checks equality to 1e-6.
+map with a 3-pixel border cropped. Since the cropped interior only holds windows lying fully
+inside the image, the filters are computed there only, as sums of shifted slices (no scipy import).
+The per-image terms (local means μ and ⟨x²⟩) are computed once per image, the cross term ⟨xy⟩
+once per pair, over all candidate pairs in vectorised batches. Computation is float64, as
+scikit-image does for float64 input; the only differences are the order of additions (window
+sums of shifted slices; C1/2 and C2/2 folded into per-image terms), ~1e-15;
+``tests/test_dedup.py`` checks equality to 1e-6.
 
 Example:
     >>> rng = np.random.default_rng(0); imgs = rng.random((3, 64, 80))
@@ -21,27 +23,50 @@ Example:
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import uniform_filter
 
 WIN = 7
 K1 = 0.01
 K2 = 0.03
 
 
-def _filt(stack: np.ndarray) -> np.ndarray:
-    """7×7 uniform filter over the last two axes of (B,H,W) (axis 0 untouched)."""
-    return uniform_filter(stack, size=(1, WIN, WIN))
+class _BoxValid:
+    """7×7 means over the windows lying fully inside (B,H,W) float64 images: (B,H−6,W−6).
+
+    These are exactly the values of ``uniform_filter(stack, size=(1, 7, 7))`` on the interior
+    that SSIM's cropped mean reads (borders never enter it), as sums of 7 shifted slices along W,
+    then along H (vectorised adds; numpy's cumsum is a scalar loop and 2-3× slower), in a buffer
+    kept between calls (batches small enough to stay in cache)."""
+
+    def __init__(self, batch: int, h: int, w: int):
+        self.r = np.empty((batch, h, w - WIN + 1))
+
+    def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        b, h, w = x.shape
+        ow, oh = w - WIN + 1, h - WIN + 1
+        r = self.r[:b]
+        np.add(x[:, :, 0:ow], x[:, :, 1:ow + 1], out=r)
+        for k in range(2, WIN):
+            r += x[:, :, k:ow + k]
+        np.add(r[:, 0:oh], r[:, 1:oh + 1], out=out)
+        for k in range(2, WIN):
+            out += r[:, k:oh + k]
+        out *= 1.0 / (WIN * WIN)
+        return out
 
 
 def ssim_pairs(images: np.ndarray, i: np.ndarray, j: np.ndarray, *, data_range: float = 1.0,
-               batch: int = 64, max_images: int = 1024) -> np.ndarray:
+               batch: int = 32, max_images: int = 1024) -> np.ndarray:
     """Mean SSIM of ``images[i[p]]`` vs ``images[j[p]]`` for every pair p.
+
+    All pairs are computed in vectorised batches: per-image local statistics (μ, ⟨x²⟩) once for
+    every image involved, the cross term ⟨xy⟩ once per pair, all on the valid (cropped) interior
+    only.
 
     Args:
         images: (N,H,W) array (float32/float64, may be a memory map), H, W ≥ 7.
         i, j: int (P,) row indices.
         data_range: value range of the images (1.0 for [0, 1] data).
-        batch: pairs per vectorised step (memory ≈ batch × H × W × 8 B × ~8).
+        batch: pairs per vectorised step (small: the arrays of a step stay in the CPU cache).
         max_images: images whose local statistics are held at once (≈ 120 KB each at 64×80).
 
     Returns:
@@ -62,53 +87,49 @@ def ssim_pairs(images: np.ndarray, i: np.ndarray, j: np.ndarray, *, data_range: 
     cov_norm = np_ / (np_ - 1.0)
     c1 = (K1 * data_range) ** 2
     c2 = (K2 * data_range) ** 2
-    pad = (WIN - 1) // 2
-    crop = (slice(None), slice(pad, -pad), slice(pad, -pad))
     n_pairs = i.size
     pos = 0
     while pos < n_pairs:
-        # a chunk of consecutive pairs touching at most max_images distinct images
-        seen: set[int] = set()
-        end = pos
-        while end < n_pairs:
-            a, b = int(lo_o[end]), int(hi_o[end])
-            grow = (a not in seen) + (b not in seen)
-            if grow and len(seen) + grow > max_images and end > pos:
-                break
-            seen.add(a)
-            seen.add(b)
-            end += 1
-        uniq = np.fromiter(sorted(seen), np.int64, len(seen))
-        x = np.asarray(images[uniq], dtype=np.float64)
+        end = _chunk_end(lo_o, hi_o, pos, max_images)
+        uniq = np.unique(np.concatenate([lo_o[pos:end], hi_o[pos:end]]))
+        # images stay in their dtype (float32 thumbs: half the memory); each batch is widened to
+        # float64 in a small buffer, where products of float32 values are exact
+        x = np.asarray(images[uniq])
+        if x.dtype not in (np.float32, np.float64):
+            x = x.astype(np.float64)
+        hh, ww = x.shape[1] - WIN + 1, x.shape[2] - WIN + 1
+        box = _BoxValid(batch, x.shape[1], x.shape[2])
+        wide = np.empty((batch,) + x.shape[1:])
         # per-image terms on the cropped interior (the only part that enters the mean):
         # mu = E_w[x], mu2h = mu² + C1/2, vh = cov_norm·(E_w[x²] − mu²) + C2/2
-        mu = np.empty((len(uniq),) + x.shape[1:])
+        mu = np.empty((len(uniq), hh, ww))
         vh = np.empty_like(mu)
         for s in range(0, len(uniq), batch):
-            xs = x[s:s + batch]
-            mu[s:s + batch] = _filt(xs)
-            vh[s:s + batch] = _filt(xs * xs)
-        mu = np.ascontiguousarray(mu[crop])
-        vh = np.ascontiguousarray(vh[crop])
-        mu_sq = mu * mu
-        vh -= mu_sq
+            xs = wide[:len(x[s:s + batch])]
+            np.copyto(xs, x[s:s + batch])
+            box(xs, mu[s:s + batch])
+            np.multiply(xs, xs, out=xs)
+            box(xs, vh[s:s + batch])
+        mu2h = mu * mu
+        vh -= mu2h
         vh *= cov_norm
         vh += c2 / 2
-        mu2h = mu_sq
         mu2h += c1 / 2
+        uxy = np.empty((batch, hh, ww))
         for s in range(pos, end, batch):
             e = min(end, s + batch)
             ia = np.searchsorted(uniq, lo_o[s:e])
             ib = np.searchsorted(uniq, hi_o[s:e])
-            uxy = _filt(x[ia] * x[ib])[crop]
+            prod = np.multiply(x[ia], x[ib], out=wide[:e - s], dtype=np.float64)
+            u = box(prod, uxy[:e - s])
             p = mu[ia]
             p *= mu[ib]                       # ux·uy
-            a2 = np.subtract(uxy, p)          # uxy − ux·uy
-            a2 *= 2 * cov_norm
-            a2 += c2                          # 2·vxy + C2
+            u -= p                            # uxy − ux·uy
+            u *= 2 * cov_norm
+            u += c2                           # 2·vxy + C2
             p *= 2
             p += c1                           # 2·ux·uy + C1
-            p *= a2                           # numerator
+            p *= u                            # numerator
             den = mu2h[ia]
             den += mu2h[ib]                   # ux² + uy² + C1
             b2 = vh[ia]
@@ -118,6 +139,25 @@ def ssim_pairs(images: np.ndarray, i: np.ndarray, j: np.ndarray, *, data_range: 
             out[order[s:e]] = p.mean(axis=(1, 2), dtype=np.float64)
         pos = end
     return out
+
+
+def _chunk_end(lo: np.ndarray, hi: np.ndarray, pos: int, max_images: int) -> int:
+    """End of the run of consecutive pairs from ``pos`` that touches at most ``max_images``
+    distinct images (at least one pair)."""
+    n = lo.size
+    if n - pos <= max_images // 2:  # cannot exceed the limit
+        return n
+    seen: set[int] = set()
+    end = pos
+    while end < n:
+        a, b = int(lo[end]), int(hi[end])
+        grow = (a not in seen) + (b not in seen)
+        if grow and len(seen) + grow > max_images and end > pos:
+            break
+        seen.add(a)
+        seen.add(b)
+        end += 1
+    return end
 
 
 def ssim_matrix(images: np.ndarray, *, data_range: float = 1.0, batch: int = 256) -> np.ndarray:

@@ -189,6 +189,17 @@ def classic_tiff_info(path: Path) -> dict[str, int] | None:
 _PLAIN_TIFF_COMPRESSIONS = (1, 5, 8, 32946)
 
 
+def plain_tiff_info(path: str | Path) -> dict[str, int] | None:
+    """:func:`classic_tiff_info` of a file that :func:`read_plain_tiff` can decode (single page,
+    8-bit, one channel, BlackIsZero, lossless compression, normal orientation), else None."""
+    info = classic_tiff_info(Path(path))
+    if info is None or not (info["single_page"] and info["samples"] == 1 and info["bits"] == 8
+                            and info["photometric"] == 1 and info["compression"] in _PLAIN_TIFF_COMPRESSIONS
+                            and info["orientation"] == 1):
+        return None
+    return info
+
+
 def read_plain_tiff(path: str | Path) -> np.ndarray | None:
     """Pixels of a single-page, 8-bit, one-channel BlackIsZero TIFF with a lossless compression,
     decoded by libtiff through ``imagecodecs.tiff_decode`` (no Python-level tag parsing, the GIL
@@ -196,10 +207,8 @@ def read_plain_tiff(path: str | Path) -> np.ndarray | None:
     Returns None for any other file or on any decoding problem; the caller then uses tifffile,
     which produces the proper error. (OpenCV was tried first: it returns garbage pixels for corrupt
     LZW/deflate strips instead of failing.)"""
-    info = classic_tiff_info(Path(path))
-    if info is None or not (info["single_page"] and info["samples"] == 1 and info["bits"] == 8
-                            and info["photometric"] == 1 and info["compression"] in _PLAIN_TIFF_COMPRESSIONS
-                            and info["orientation"] == 1):
+    info = plain_tiff_info(path)
+    if info is None:
         return None
     try:
         import imagecodecs
