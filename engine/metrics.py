@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping, NamedTuple, Sequence, g
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage
 
 from engine.errors import ConfigError, MaskError, unknown_name
 
@@ -85,7 +84,9 @@ EMPTY_POLICY_RULES: dict[str, str] = {
 }
 
 #: 4-connectivity (cross) structuring element: used for surfaces and connected components.
-_CROSS = ndimage.generate_binary_structure(2, 1)
+#: 4-connectivity (scipy's generate_binary_structure(2, 1)); scipy itself loads lazily so light callers
+#: such as the conflict scan's scoring don't import it
+_CROSS = np.array([[False, True, False], [True, True, True], [False, True, False]])
 
 #: Per-class metric names, in the order of the columns of :meth:`MetricAccumulator.per_image`.
 _METRIC_NAMES: tuple[str, ...] = (
@@ -441,6 +442,8 @@ class SurfaceDistances(NamedTuple):
 
 def _surface(mask: np.ndarray) -> np.ndarray:
     """Boundary pixels: foreground pixels with a 4-neighbour outside the mask or the image."""
+    from scipy import ndimage
+
     eroded = ndimage.binary_erosion(mask, structure=_CROSS, border_value=0)
     return mask & ~eroded
 
@@ -457,6 +460,8 @@ def _surface_distances(pm: np.ndarray, gm: np.ndarray,
     # border_value=0 gives the same answer as on the full image), so cropping is exact.
     ps = _surface(pm[r0:r1, c0:c1])
     gs = _surface(gm[r0:r1, c0:c1])
+    from scipy import ndimage
+
     d_to_g = ndimage.distance_transform_edt(~gs, sampling=spacing)
     d_to_p = ndimage.distance_transform_edt(~ps, sampling=spacing)
     d_pg = d_to_g[ps]
@@ -552,6 +557,8 @@ class RandScores:
 def _segments(mask: np.ndarray, instances: bool) -> np.ndarray:
     if instances:
         return mask
+    from scipy import ndimage
+
     labels, _ = ndimage.label(mask != 0, structure=_CROSS)
     return labels
 
