@@ -338,6 +338,9 @@ class SIIMLayout:
                 if hw[0] <= 0 or hw[1] <= 0:
                     raise WorkbenchError("DICOM header has no Rows/Columns", path=p,
                                          hint="it is probably not an image; remove it from the folder")
+                from engine.io.limits import check_pixels
+
+                check_pixels(p, hw[0], hw[1])  # header facts against the pixel limit (decoding checks frames too)
                 cid = rec.get("sop_instance_uid") or p.stem
                 rec.pop("path", None)
                 parts = p.relative_to(root).parts
