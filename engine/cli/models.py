@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.cli.common import add_dataset_options, open_dataset_from_args, print_json, tqdm_progress, write_json
+from engine.cli.common import add_pixel_limit, add_dataset_options, open_dataset_from_args, print_json, tqdm_progress, write_json
 from engine.errors import ConfigError
 
 
@@ -37,6 +37,7 @@ def _post_from_args(args, card):
 def register(sub) -> None:
     p = sub.add_parser("predict", help="segment files or folders; writes OUT/<stem>.png (uint8 class labels)")
     p.add_argument("inputs", nargs="+", help="image files or folders (PNG/JPEG/BMP/TIFF/DICOM)")
+    add_pixel_limit(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--rle", help="also write a submission CSV with the RLE of each mask")
     p.add_argument("--rle-format", choices=["kaggle", "siim"], default="kaggle")

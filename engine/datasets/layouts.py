@@ -555,6 +555,10 @@ class PairedLayout:
         encodings = Counter(c.meta.get("mask_encoding") for c in cases if c.labelled)
         if encodings.get("antialiased"):
             notes.append(f"{encodings['antialiased']} anti-aliased mask(s) binarised at > {threshold}")
+        if encodings.get("binary"):
+            notes.append(f"{encodings['binary']} mask(s) hold 0 and one other value (not 1 or 255): read as binary")
+        if encodings.get("labels_mapped"):
+            notes.append(f"{encodings['labels_mapped']} 16-bit label mask(s) mapped to consecutive ids per mask")
         return ScanResult(cases, labels, bad, notes, out_options, lut)
 
 
