@@ -221,12 +221,16 @@ def read_mask(path: str | Path, *, threshold: int = 127, page: int | None = None
     return labels, info
 
 
-def write_mask_png(path: str | Path, mask: np.ndarray) -> Path:
-    """Write a label map as a lossless 8-bit grayscale PNG (pixel value = class id), atomically.
+def write_mask_png(path: str | Path, mask: np.ndarray, palette: bool = False) -> Path:
+    """Write a label map as a lossless 8-bit PNG (pixel value = class id), atomically.
 
     Args:
         path: destination ``.png`` path (folders are created).
         mask: integer or bool array (H,W) with values in 0..255.
+        palette: write a palette PNG whose indices are the class ids and whose colours are
+            :data:`CLASS_COLOURS` (class 1 orange, 2 sky blue...), so the file keeps its values
+            for programs and is visible in any image viewer (a grey 0/1 PNG looks black);
+            False = 8-bit grayscale.
     """
     from PIL import Image
 
@@ -246,7 +250,11 @@ def write_mask_png(path: str | Path, mask: np.ndarray) -> Path:
     if m.size and (m.min() < 0 or m.max() > 255):
         raise MaskError("mask values must be in 0..255", path=path, hint="use at most 255 classes")
     with atomic_path(path) as tmp:
-        Image.fromarray(m.astype(np.uint8), mode="L").save(tmp, format="PNG", optimize=False, compress_level=6)
+        im = Image.fromarray(m.astype(np.uint8), mode="L")
+        if palette:
+            im = Image.frombytes("P", im.size, im.tobytes())  # indices = class ids, unchanged
+            im.putpalette([v for i in range(256) for v in CLASS_COLOURS[i % len(CLASS_COLOURS)]])
+        im.save(tmp, format="PNG", optimize=False, compress_level=6)
     return path
 
 
