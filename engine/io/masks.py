@@ -212,7 +212,7 @@ def read_mask(path: str | Path, *, threshold: int = 127, page: int | None = None
             return labels, {"encoding": "palette", "classes": classes,
                             "height": meta["height"], "width": meta["width"]}
     elif kind == "tiff":
-        arr, meta = read_tiff(path, page=page)
+        arr, meta = read_tiff(path, page=page, fix_nonfinite=False)
     else:
         raise ReadError("DICOM files are not supported as masks", path=path,
                         hint="export the mask as PNG, or provide an RLE CSV")

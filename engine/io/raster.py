@@ -90,8 +90,11 @@ def raster_size(path: Path) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def read_tiff(path: Path, page: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Read an 8/16-bit TIFF. Multi-page files need an explicit ``page`` (else ReadError)."""
+def read_tiff(path: Path, page: int | None = None, fix_nonfinite: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read an 8/16-bit (or float) TIFF. Multi-page files need an explicit ``page`` (else ReadError).
+
+    Float pixels that are NaN/±Inf go through :func:`finite_or_error` unless ``fix_nonfinite`` is
+    False (masks: the mask decoder refuses them instead)."""
     info = classic_tiff_info(Path(path))
     if info is not None and not page:
         check_pixels(path, info["height"], info["width"], channels=info["samples"])
@@ -145,7 +148,7 @@ def read_tiff(path: Path, page: int | None = None) -> tuple[np.ndarray, dict[str
     if arr.dtype == bool:  # 1-bit TIFF: 0/255 as for PNG
         arr = arr.astype(np.uint8) * np.uint8(255)
     warnings_: list[str] = []
-    if np.issubdtype(arr.dtype, np.floating):
+    if np.issubdtype(arr.dtype, np.floating) and fix_nonfinite:
         arr, warnings_ = finite_or_error(arr, path)
     if photometric is not None and int(photometric) == 0:  # MINISWHITE (str() of the enum is "0" on 3.11)
         arr = (np.iinfo(arr.dtype).max - arr) if np.issubdtype(arr.dtype, np.integer) else arr.max() - arr
