@@ -142,7 +142,7 @@ def check_supported(path: Path, name: str) -> None:
 
     try:
         reader_kind(path)
-    except ConfigError:
+    except (ConfigError, ReadError):
         raise ReadError(f"unsupported file type {Path(name).suffix or '(no suffix)'}", path=name,
                         hint="upload TIFF (.tif), DICOM (.dcm), PNG or JPEG images") from None
 

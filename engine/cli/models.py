@@ -146,28 +146,30 @@ def output_names(files: list[Path]) -> dict[Path, str]:
     """One distinct, file-name-safe output stem per input file.
 
     The stem is the file's own stem when no other input shares it; inputs that share a stem
-    (``a.jpg a.png a.bmp sub/a.png``) are named by their path relative to the inputs' common
-    folder, suffix included (``a_jpg``, ``a_png``, ``a_bmp``, ``sub_a_png-<hash>``), so every input
+    (``a.jpg a.png a.bmp sub/a.png``) are named by their path relative to those files' common
+    folder, suffix included (``a_jpg``, ``a_png``, ``a_bmp``, ``sub_a_png``), so every input
     gets its own mask and RLE row. Every stem goes through :func:`engine.fsutil.safe_name`.
     """
     import os
-    from collections import Counter
 
     from engine.fsutil import safe_name
 
     files = list(dict.fromkeys(files))
-    counts = Counter(f.stem for f in files)
-    try:
-        common = Path(os.path.commonpath([str(f.resolve().parent) for f in files])) if files else Path(".")
-    except ValueError:  # different drives
-        common = None
+    groups: dict[str, list[Path]] = {}
+    for f in files:
+        groups.setdefault(f.stem, []).append(f)
     out: dict[Path, str] = {}
     used: set[str] = set()
     for f in files:
-        if counts[f.stem] == 1:
+        group = groups[f.stem]
+        if len(group) == 1:
             name = safe_name(f.stem)
-        else:
-            rel = f.resolve().relative_to(common) if common is not None else f
+        else:  # named by the path below the group's common folder, suffix included
+            try:
+                common = Path(os.path.commonpath([str(g.resolve().parent) for g in group]))
+                rel = f.resolve().relative_to(common)
+            except ValueError:  # different drives
+                rel = f
             name = safe_name("_".join(rel.parts[:-1] + (f.stem, f.suffix.lstrip(".").lower())))
         base, k = name, 2
         while name.lower() in used:  # case-insensitive file systems too

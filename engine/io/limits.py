@@ -78,5 +78,9 @@ def check_pixels(path: str | Path | None, height: int, width: int, frames: int =
         what = f"{h}x{w}" + (f"x{c} channels" if c > 1 else "") + (f" x {f} frames" if f > 1 else "")
         raise ReadError(f"image claims {what} = {n:,} pixel values, over the limit of {limit:,}",
                         path=path, hint=f"if the file is genuine, raise the limit with --max-pixels N or "
-                        f"{ENV_VAR}=N (decoding it needs about {n * 4 / 1e9:.1f} GB of memory as float32); "
+                        f"{ENV_VAR}=N (decoding it needs about {_size_text(n * 4)} of memory as float32); "
                         "otherwise the header is damaged or forged")
+
+
+def _size_text(n_bytes: int) -> str:
+    return f"{n_bytes / 1e9:,.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:,.1f} MB"
