@@ -105,6 +105,24 @@ class EC:
             return main(argv)
 
     @staticmethod
+    def cli_out(argv: list[str]) -> tuple[int, str]:
+        from engine.__main__ import main
+
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
+            rc = main(argv)
+        return rc, buf.getvalue()
+
+    @staticmethod
+    def pydicom_folder(dest: Path) -> Path:
+        """pydicom's bundled .dcm files copied into one folder (a SIIM-like, unlabelled dataset)."""
+        dest.mkdir(parents=True, exist_ok=True)
+        for p in EC.pydicom_files():
+            if p.lower().endswith(".dcm"):
+                shutil.copy(p, dest / Path(p).name)
+        return dest
+
+    @staticmethod
     def snapshot(folder: Path) -> list[str]:
         return [str(p) for p in Path(folder).rglob("*") if p.is_file()]
 
@@ -505,6 +523,37 @@ def run_corpus(root: Path, predict: bool = False) -> dict[str, Any]:
             ctx["escape"] = f"masks wrote outside --out: {escaped}" if escaped else None
             return ds
         add("info+masks", label, *_run_one(info_and_masks, str(path), lambda ds, c=check, x=ctx: c(ds, x)))
+    # pydicom's files as a dataset: every file is a case or a bad file with a reason, info and masks run
+    pyd = EC.pydicom_folder(root / "pydicom_ds")
+    n_pyd = len(list(pyd.glob("*.dcm")))
+
+    def pyd_info() -> Any:
+        ds = EC.open_verified(pyd, ws)
+        EC.cli(["--workspace", str(ws), "info", str(pyd), "--layout", "siim"])
+        return ds
+
+    def pyd_check(ds: Any) -> str | None:
+        accounted = {c.image_path for c in ds.cases} | {str(b.path) for b in ds.bad_files}
+        if len(accounted) != n_pyd:
+            return f"{n_pyd} files, {len(ds.cases)} cases + {len(ds.bad_files)} bad files"
+        unclear = [b for b in ds.bad_files if Path(b.path).name not in b.reason and Path(b.path).name not in b.path]
+        return f"bad-file reasons without a file name: {unclear[:2]}" if unclear else None
+    add("info (pydicom data folder)", f"{n_pyd} files", *_run_one(pyd_info, None, pyd_check))
+    if predict:
+        out3 = root / "pred_pyd"
+
+        def run_predict3() -> Any:
+            return EC.cli_out(["predict", str(pyd), "--weights", "lung-cxr", "--out", str(out3)])
+
+        def pred3_check(res: Any) -> str | None:
+            rc, text = res
+            written = len(list(out3.glob("*.png"))) if out3.is_dir() else 0
+            failed = [ln for ln in text.splitlines() if ln.strip().startswith("failed:")]
+            if written + len(failed) != n_pyd:
+                return f"{written} written + {len(failed)} failed != {n_pyd} inputs"
+            vague = [ln for ln in failed if ".dcm" not in ln]
+            return f"failures without a file name: {vague[:2]}" if vague else None
+        add("predict", f"pydicom data folder ({n_pyd} files)", *_run_one(run_predict3, None, pred3_check))
     if predict:
         inputs = corpus["predict"]["inputs"]
         out = root / "pred"
