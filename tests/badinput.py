@@ -14,6 +14,12 @@ files the scanners must list as bad files and skip:
   with the wrong header.
 - ``siim/``: DICOMs (one without pixel data, one text file) and a SIIM CSV in which one
   image's RLE is malformed (odd number of values).
+
+:func:`make_hostile_corpus` (in ``tests/hostile.py``, re-exported here) adds every kind of issue 10:
+headers claiming huge images, NaN/Inf floats, 1-bit, GIF and suffix-less files, DICOM slope 0 /
+PALETTE COLOR / truncation / multi-frame, grey, label and noise masks, overflowing RLE, bad CSV
+rows and headers, duplicate SOPInstanceUIDs, path-traversal ids, symlinks out of the root,
+unrelated files and colliding predict inputs, each with its expected outcome.
 """
 
 from __future__ import annotations
@@ -194,3 +200,10 @@ def make_bad_corpus(root: Path) -> dict[str, Any]:
     }
     return {"paired": P, "kaggle": K, "siim": S, "bad": bad, "good": {"paired": 3, "kaggle": 2, "siim": 2},
             "files": files, "bad_rle_sop": bad_rle_sop, "good_sops": good_sops}
+
+
+def make_hostile_corpus(root: Path) -> dict[str, Any]:
+    """The issue-10 corpus with expected outcomes; see :func:`hostile.make_hostile_corpus`."""
+    import hostile
+
+    return hostile.make_hostile_corpus(root)

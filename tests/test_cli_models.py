@@ -157,11 +157,14 @@ def test_predict_siim_rle_and_same_stem_in_two_folders(ws: Path, demo: Path, mod
     rc, text, _ = run(capsys, "predict", tmp_path / "a", tmp_path / "b", *dicoms[:3], "--weights", MODEL,
                       "--out", out, "--device", "cpu", "--rle", rle, "--rle-format", "siim")
     assert rc == 0 and "RLE (siim)" in text
-    # the same stem from two folders is kept twice: the second one is prefixed with its folder
-    expected = {t.stem, f"b_{t.stem}", *(d.stem for d in dicoms[:3])}
+    # the same stem from two folders is kept twice: both are named by their path below the inputs'
+    # common folder (suffix included), so neither overwrites the other
+    sfx = t.suffix.lstrip(".").lower()
+    first, second = f"a_{t.stem}_{sfx}", f"b_{t.stem}_{sfx}"
+    expected = {first, second, *(d.stem for d in dicoms[:3])}
     assert {p.stem for p in out.iterdir()} == expected
-    np.testing.assert_array_equal(np.asarray(Image.open(out / f"{t.stem}.png")),
-                                  np.asarray(Image.open(out / f"b_{t.stem}.png")))
+    np.testing.assert_array_equal(np.asarray(Image.open(out / f"{first}.png")),
+                                  np.asarray(Image.open(out / f"{second}.png")))
     rows, _ = read_siim_csv(rle)
     assert set(rows) == expected
     for stem, rles in rows.items():

@@ -59,7 +59,8 @@ def open_dataset(path: str | Path, layout: str | None = None, *, options: dict[s
     root = root.resolve()
     options = dict(options or {})
     t0 = time.perf_counter()
-    files = list_files(root)
+    skipped_links: list[str] = []
+    files = list_files(root, skipped=skipped_links)
     if layout is None:
         found = detect_all(root, files)
         if not found:
@@ -74,10 +75,26 @@ def open_dataset(path: str | Path, layout: str | None = None, *, options: dict[s
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     workdir = ws.dataset_dir(root) if use_cache else None
     cache_path = workdir / f"index-{layout_cls.name}.json" if workdir else None
-    cache = ScanCache(cache_path, layout_cls.name, options)
+    from engine.io.limits import max_pixels
+
+    # the pixel limit decides which files are bad: a changed limit must not reuse cached verdicts
+    cache = ScanCache(cache_path, layout_cls.name, {**options, "_max_pixels": max_pixels()})
     result = layout_cls.scan(root, files, options, cache, progress, verify)
     cache.save()
-    ds = Dataset(root, layout_cls.name, result.cases, result.labels, result.bad_files, result.notes,
+    notes = list(result.notes)
+    used = {str(c.image_path) for c in result.cases} | {str(c.mask.path) for c in result.cases if c.mask.path}
+    used |= {str(b.path) for b in result.bad_files}
+    used |= {str(v) for v in (result.options or {}).values() if isinstance(v, str)}
+    bad_stems = {Path(b.path).stem for b in result.bad_files}  # a bad image's mask is not "unrelated"
+    ignored = sorted(str(p.relative_to(root)) for p in files if str(p) not in used
+                     and not any(p.stem == s or p.stem.startswith(s + "_") for s in bad_stems))
+    if ignored:
+        notes.append(f"{len(ignored)} file(s) not used by the {layout_cls.name} layout (not images, masks or "
+                     f"mask CSVs it recognises), e.g. {', '.join(ignored[:3])}")
+    if skipped_links:
+        notes.append(f"{len(skipped_links)} symbolic link(s) pointing outside the dataset folder were not "
+                     f"followed, e.g. {skipped_links[0]}")
+    ds = Dataset(root, layout_cls.name, result.cases, result.labels, result.bad_files, notes,
                  {**options, **result.options}, result.label_lut, workdir)
     ds.scan_stats = {"seconds": round(time.perf_counter() - t0, 4), "cache_hits": cache.hits,
                      "cache_misses": cache.misses, "n_files": len(files)}
