@@ -440,3 +440,16 @@ def test_write_mask_png_round_trip(tmp_path: Path) -> None:
     with pytest.raises(MaskError):
         write_mask_png(tmp_path / "big.png", np.full((2, 2), 300))
     assert not list(tmp_path.glob(".*tmp*"))  # no temp files left behind
+
+
+def test_two_valued_masks_small_value_is_a_class_id_large_is_binary() -> None:
+    """{0, 2} is a label map holding only class 2 (e.g. usgra 'vessel' alone); {0, 100} a binary mask."""
+    from engine.io.masks import decode_mask_array
+
+    a = np.zeros((4, 5), np.uint8)
+    a[1:3, 1:3] = 2
+    labels, info = decode_mask_array(a)
+    assert info["encoding"] == "labels" and labels.max() == 2 and info["classes"] == [0, 2]
+    a[a == 2] = 100
+    labels, info = decode_mask_array(a)
+    assert info["encoding"] == "binary" and labels.max() == 1 and "100" in info["note"]

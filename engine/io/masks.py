@@ -5,7 +5,7 @@ All masks become ``uint8 (H,W)`` label maps: 0 = background, 1..K-1 = classes.
 Decoding rules for single-channel masks (:func:`decode_mask_array`):
 - values ⊆ {0, 255} → binary (255 → 1)            ``encoding = "binary255"``
 - values ⊆ {0, 1}   → binary                       ``"binary01"``
-- values {0, v}     → binary (v → 1)              ``"binary"`` (with a ``note``)
+- values {0, v}, v > 63 → binary (v → 1)         ``"binary"`` (with a ``note``); v ≤ 63 is a class id
 - a blur of two levels (in-between values only on the boundary between the lowest and the
   highest level, as a resize leaves them) → ``> threshold`` (0/255) or the midpoint → 1
   ``"antialiased"``
@@ -35,6 +35,9 @@ from engine.errors import MaskError, ReadError
 
 MAX_RGB_COLOURS = 16
 #: Most distinct values a single-channel mask may hold and still be read as a label map.
+#: in a two-valued mask {0, v}, v up to this is read as class id v (a label map holding one class,
+#: e.g. only 'vessel' = 2); above it, as a binary mask's foreground grey (read as 1, with a note)
+MAX_CLASS_ID_ALONE = 63
 MAX_LABEL_VALUES = 128
 #: A grey mask is "anti-aliased" when at least this share of its in-between pixels lies on an edge
 #: (its 3×3 neighbourhood is not flat), as a resize leaves them; a label map's classes are regions.
@@ -106,7 +109,9 @@ def decode_mask_array(arr: np.ndarray, *, threshold: int = 127,
             return a.astype(np.uint8), {"encoding": "binary01", "classes": values}
         if lossy:  # JPEG: compression noise everywhere, the levels cannot be told apart: threshold
             labels, enc = (a > threshold).astype(np.uint8), "antialiased"
-        elif len(values) == 2 and values[0] == 0:  # {0, v}: binary with another foreground value
+        elif len(values) == 2 and values[0] == 0 and values[1] > MAX_CLASS_ID_ALONE:
+            # {0, v} with a large v: a binary mask saved with another foreground grey ({0, 100});
+            # a small v ({0, 2}) is a class id: a multi-class mask that holds one class only
             return (a > 0).astype(np.uint8), {"encoding": "binary", "classes": [0, 1],
                                               "note": f"binary mask with foreground value {values[1]} (read as 1)"}
         elif len(values) > 2 and _is_two_level_blur(a, values[0], values[-1]):
