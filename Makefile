@@ -10,6 +10,8 @@ BIN := $(VENV)/bin
 REQ_HASH := $(shell cat requirements.txt | sha1sum | cut -c1-10)
 DEV_HASH := $(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-10)
 export SEGWB_WORKSPACE ?= $(CURDIR)/.workspace
+# Largest image (H x W x frames x channels) any reader decodes; checked from the header (engine/io/limits.py).
+export SEGWB_MAX_PIXELS ?= 100000000
 export PYTHONUNBUFFERED := 1
 PORT ?= 8501
 PYTEST_ARGS ?=

@@ -81,6 +81,11 @@ with left:
                        + (" · **synthetic demo data**" if "demo_data" in str(ds.root) else ""))
             if s["bad_files"]:
                 with st.expander(f"{len(s['bad_files'])} file(s) could not be used"):
+                    from engine.io.limits import ENV_VAR, max_pixels
+
+                    st.caption(f"Images whose header claims more than {max_pixels():,} pixel values are refused "
+                               f"before decoding (setting: environment variable `{ENV_VAR}`, e.g. "
+                               f"`make run {ENV_VAR}=200000000`).")
                     for b in s["bad_files"][:200]:
                         st.write(f"- `{b['path']}`: {b['reason']}")
             for n in s["notes"]:

@@ -40,6 +40,13 @@ def main(argv: list[str] | None = None) -> int:
 
         os.environ["SEGWB_WORKSPACE"] = args.workspace
     try:
+        if getattr(args, "max_pixels", None) is not None:
+            import os
+
+            from engine.io.limits import ENV_VAR, set_max_pixels
+
+            set_max_pixels(args.max_pixels)
+            os.environ[ENV_VAR] = str(args.max_pixels)  # worker/training subprocesses inherit it
         return int(args.func(args) or 0)
     except WorkbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -183,10 +183,68 @@ def read_card(folder: str | Path) -> ModelCard:
     if int(data.get("format_version", 0)) > FORMAT_VERSION:
         raise CheckpointError(f"card format version {data.get('format_version')} is newer than this program "
                               f"supports ({FORMAT_VERSION})", path=path, hint="upgrade the workbench")
+    check_card_sizes(data, path)
     try:
         return ModelCard.from_dict(data)
     except ConfigError as exc:
         raise CheckpointError(f"invalid model card: {exc.message}", path=path, hint=exc.hint) from None
+
+
+#: Upper bounds a model card's sizes must respect before anything is built or allocated. Far above
+#: every model this workbench trains (base width 64, input ≤ 1024², ≤ 32 classes); a card beyond
+#: them is damaged or hostile (``base_channels: 512`` with a 40000² input asks for terabytes).
+CARD_LIMITS: dict[str, int] = {"base_channels": 256, "decoder_channel": 2048, "in_channels": 16,
+                               "num_classes": 256, "encoder_depth": 8, "input_side": 8192}
+
+
+def check_card_sizes(data: Any, path: str | Path | None = None) -> None:
+    """Refuse a raw card dict whose sizes are absurd, before any model is built.
+
+    Checks ``spec.base_channels``, ``spec.decoder_channels``, ``spec.in_channels``,
+    ``spec.num_classes``, ``spec.encoder_depth`` against :data:`CARD_LIMITS`, and
+    ``preprocess.size`` / ``tile`` against the side limit and the image pixel limit
+    (:func:`engine.io.limits.max_pixels`).
+
+    Raises:
+        CheckpointError: naming the field, its value and the limit.
+    """
+    from engine.io.limits import max_pixels
+
+    def refuse(what: str, value: Any, limit: Any) -> None:
+        raise CheckpointError(f"model card asks for {what} = {value!r}, over the limit of {limit}", path=path,
+                              hint="the card is damaged or not from this workbench; re-export the model")
+
+    def as_int(what: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or int(value) != value:
+            raise CheckpointError(f"model card field {what} = {value!r} is not a whole number", path=path,
+                                  hint="the card is damaged; re-export the model")
+        return int(value)
+
+    if not isinstance(data, dict):
+        return
+    spec = data.get("spec") if isinstance(data.get("spec"), dict) else {}
+    for key in ("base_channels", "in_channels", "num_classes", "encoder_depth"):
+        if spec.get(key) is not None:
+            v = as_int(f"spec.{key}", spec[key])
+            if not 0 < v <= CARD_LIMITS[key]:
+                refuse(f"spec.{key}", v, CARD_LIMITS[key])
+    dec = spec.get("decoder_channels")
+    for v in (dec if isinstance(dec, (list, tuple)) else [dec] if dec is not None else []):
+        if not 0 < as_int("spec.decoder_channels", v) <= CARD_LIMITS["decoder_channel"]:
+            refuse("spec.decoder_channels", dec, CARD_LIMITS["decoder_channel"])
+    pre = data.get("preprocess") if isinstance(data.get("preprocess"), dict) else {}
+    for what, size in (("preprocess.size", pre.get("size")), ("tile", data.get("tile"))):
+        if size is None:
+            continue
+        if not isinstance(size, (list, tuple)) or len(size) != 2:
+            raise CheckpointError(f"model card field {what} = {size!r} is not (height, width)", path=path,
+                                  hint="the card is damaged; re-export the model")
+        h, w = as_int(what, size[0]), as_int(what, size[1])
+        if max(h, w) > CARD_LIMITS["input_side"]:
+            refuse(what, [h, w], f"{CARD_LIMITS['input_side']} pixels a side")
+        channels = as_int("spec.in_channels", spec.get("in_channels", 1) or 1)
+        if h * w * channels > max_pixels():
+            refuse(f"{what} × channels", h * w * channels, f"{max_pixels():,} pixel values (--max-pixels)")
 
 
 def load_checkpoint(name_or_dir: str | Path, device: str = "cpu", verify_hash: bool = True,

@@ -35,25 +35,26 @@ from engine.errors import ConfigError, WorkbenchError
 from engine.progress import ProgressFn
 
 CONVERT_MARKER = "convert.json"
-_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,149}$")
 _MASK_SUFFIXES = ("_mask", "_Annotation", "_annotation", "_label", "_labels", "_seg", "_gt", "_segmentation")
 
 
 def safe_case_name(case_id: str) -> str:
-    """A file-name stem for ``case_id``: unchanged when safe, else sanitised + ``-<hash6>``.
+    """A file-name stem for ``case_id``: :func:`engine.fsutil.safe_name`, plus a hash when it ends with a mask suffix.
 
     Safe = letters, digits, ``.``, ``_``, ``-``, not starting with a dot, at most 150 chars,
     and not ending with a mask suffix (``_mask``...) that the paired layout would strip.
 
     Example:
         >>> safe_case_name("2_13"), safe_case_name("train/0")
-        ('2_13', 'train_0-44c6f7')
+        ('2_13', 'train_0-44c6f7d3')
     """
+    from engine.fsutil import safe_name
+
     cid = str(case_id)
-    if _SAFE.match(cid) and not cid.endswith(_MASK_SUFFIXES) and not cid.endswith("."):
-        return cid
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", cid).strip("._-")[:120] or "case"
-    return f"{stem}-{hashlib.sha1(cid.encode('utf-8')).hexdigest()[:6]}"
+    name = safe_name(cid)
+    if name.endswith(_MASK_SUFFIXES):  # the paired layout would read it as a mask
+        name = f"{name}-{hashlib.sha1(cid.encode('utf-8')).hexdigest()[:8]}"
+    return name
 
 
 def parse_size(value: str | int | tuple[int, int] | list[int]) -> tuple[int, int]:

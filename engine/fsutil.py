@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -114,9 +115,57 @@ def file_stamp(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def safe_name(case_id: str) -> str:
-    """A case id as a file name (path separators replaced), e.g. ``split/0`` → ``split__0``."""
-    return str(case_id).replace("/", "__").replace("\\", "__")
+#: Longest file-name stem :func:`safe_name` returns (well under every file system's 255-byte limit,
+#: leaving room for a suffix such as ``.png`` and a temp-file prefix).
+MAX_NAME_LEN = 150
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_WINDOWS_RESERVED = frozenset({"CON", "PRN", "AUX", "NUL", "CLOCK$", *(f"COM{i}" for i in range(10)),
+                               *(f"LPT{i}" for i in range(10))})
+
+
+def safe_name(name: str, max_len: int = MAX_NAME_LEN) -> str:
+    """The one function that turns a name from a file (case id, SOPInstanceUID, file stem, user text)
+    into a file-name stem that is safe to join under an output folder.
+
+    A name that is already safe is returned unchanged: ASCII letters, digits, ``.``, ``_``, ``-``,
+    starting with a letter or digit, no ``..``, not ending with ``.``, not a Windows reserved device
+    name (``CON``, ``NUL``, ``COM1``...), at most ``max_len`` characters. Anything else (path
+    separators, ``..``, absolute paths, control characters, spaces, non-ASCII, over-long names) is
+    replaced by ``_`` runs, trimmed, cut to length, and given a ``-<sha1[:8]>`` suffix of the
+    *original* name, so two different names never map to the same stem (collision-safe) and the
+    mapping is stable across runs.
+
+    Example:
+        >>> safe_name("1.2.840.113619.2.55"), safe_name("train/0")
+        ('1.2.840.113619.2.55', 'train_0-44c6f7d3')
+        >>> "/" in safe_name("../../etc/passwd") or safe_name("../../etc/passwd").startswith(".")
+        False
+    """
+    text = str(name)
+    if (len(text) <= max_len and _SAFE_NAME.match(text) and ".." not in text and not text.endswith(".")
+            and text.split(".")[0].upper() not in _WINDOWS_RESERVED):
+        return text
+    digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+    stem = re.sub(r"\.{2,}", ".", stem).strip("._-")
+    stem = stem[: max(1, max_len - len(digest) - 1)].rstrip("._-") or "name"
+    return f"{stem}-{digest}"
+
+
+def safe_child(folder: str | Path, name: str, suffix: str = "") -> Path:
+    """``folder / (safe_name(name) + suffix)``, checked to stay inside ``folder``.
+
+    Raises:
+        WorkbenchError: never in practice (safe_name has no separators); an internal guard.
+    """
+    from engine.errors import WorkbenchError
+
+    folder = Path(folder)
+    path = folder / f"{safe_name(name)}{suffix}"
+    if path.parent != folder or os.path.isabs(path.name) or path.name in (".", ".."):
+        raise WorkbenchError(f"refusing to write {path}: outside {folder}", path=folder,
+                             hint="report this as a bug")
+    return path
 
 
 def stamp_text(path: str | Path | None) -> str:

@@ -41,6 +41,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,14 @@ _START_SLACK = 5.0
 # Processes started by this Python process, by pid: ``poll()`` reaps them (a finished child stays a
 # zombie until its parent waits for it, and a zombie still "exists" for os.kill(pid, 0)).
 _CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+def _track_child(proc: subprocess.Popen) -> None:
+    """Remember a started process and reap it the moment it exits (finished, failed or cancelled),
+    even when nobody asks for its status again: otherwise it stays a ``<defunct>`` zombie under the
+    server until the next poll."""
+    _CHILDREN[proc.pid] = proc
+    threading.Thread(target=proc.wait, name=f"segwb-reap-{proc.pid}", daemon=True).start()
 
 
 @dataclass(frozen=True)
@@ -206,7 +215,7 @@ def start_training(config: Any, workspace: Workspace | str | Path | None = None,
             raise ConfigError(f"cannot start the training process ({exc})", path=run_dir,
                               hint="check the Python interpreter and the repository path") from None
     launched = time.time()
-    _CHILDREN[proc.pid] = proc
+    _track_child(proc)
     atomic_write_json(run_dir / JOB_FILE, {
         "pid": proc.pid, "command": cmd, "started": _now_iso(), "launched": launched, "name": cfg.name,
         "workspace": str(ws.root), "config": str(cfg_path), "log": str(run_dir / LOG_FILE),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal
@@ -32,6 +33,8 @@ import numpy as np
 from engine.errors import CSVFormatError, RLEError, unknown_name
 
 Convention = Literal["kaggle", "siim"]
+_INT_TOKEN = re.compile(r"-?[0-9]+", re.ASCII)
+_MAX_DIGITS = 18  # < 2**63: larger values are refused before numpy conversion (no OverflowError)
 CONVENTIONS: tuple[str, ...] = ("kaggle", "siim")
 
 
@@ -85,15 +88,25 @@ def parse_runs(rle: str | float | None, shape: tuple[int, int], convention: Conv
     text = "" if rle is None or (isinstance(rle, float) and rle != rle) else str(rle).strip()
     if text in ("", "-1"):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    try:
-        values = np.array(text.split(), dtype=np.int64)
-    except ValueError:
-        bad = next(t for t in text.split() if not t.lstrip("-").isdigit())
-        raise RLEError(f"{where}: RLE has a non-integer token {bad!r}",
-                       hint="RLE must be space-separated integers 'start length ...'") from None
+    tokens = text.split()
+    for tok in tokens:
+        if not _INT_TOKEN.fullmatch(tok):
+            raise RLEError(f"{where}: RLE has a non-integer token {tok[:30]!r}",
+                           hint="RLE must be space-separated ASCII integers 'start length ...'")
+        if len(tok.lstrip("-")) > _MAX_DIGITS:
+            raise RLEError(f"{where}: RLE value {tok[:30]}{'…' if len(tok) > 30 else ''} is far too large",
+                           hint="check the RLE convention and the image size; no image has that many pixels")
+    values = np.array(tokens, dtype=np.int64)  # every token fits: at most 18 ASCII digits
     if len(values) % 2:
         raise RLEError(f"{where}: RLE has an odd number of values ({len(values)})",
                        hint="RLE must be pairs 'start length'; the row is probably cut off")
+    n = int(shape[0]) * int(shape[1])
+    cap = max(n, (2**62) // max(1, len(values)))  # so the sums below cannot overflow int64
+    if (values > cap).any():
+        i = int(np.flatnonzero(values > cap)[0])
+        raise RLEError(f"{where}: run {i // 2 + 1} has {'length' if i % 2 else 'start'} {int(values[i])}, beyond the "
+                       f"{shape[0]}x{shape[1]} image ({n} pixels)",
+                       hint="check the image size and the RLE convention (kaggle vs siim)")
     first, lengths = values[0::2], values[1::2]
     if (lengths <= 0).any():
         i = int(np.flatnonzero(lengths <= 0)[0])
@@ -116,7 +129,6 @@ def parse_runs(rle: str | float | None, shape: tuple[int, int], convention: Conv
         i = int(np.flatnonzero(starts[1:] < ends[:-1])[0]) + 1
         raise RLEError(f"{where}: run {i + 1} (start {int(starts[i]) + 1}) overlaps or precedes run {i}",
                        hint="runs must be sorted and must not overlap; for SIIM files use the 'siim' convention")
-    n = int(shape[0]) * int(shape[1])
     if ends[-1] > n:
         raise RLEError(f"{where}: runs reach pixel {int(ends[-1])}, beyond the {shape[0]}x{shape[1]} image ({n} pixels)",
                        hint="check the image size and the RLE convention (kaggle vs siim)")
@@ -176,18 +188,44 @@ def _read_text(path: Path) -> str:
 
 @dataclass
 class CSVStats:
-    """What a CSV read found: rows, duplicates dropped, and problems."""
+    """What a CSV read found: rows, duplicates dropped, and problems.
+
+    With ``strict=False`` a bad row only spoils its own image: ``bad_rows`` maps the image id to
+    the problem (that image is left out of the rows), ``problems`` lists rows that name no usable
+    image id, and ``header_note`` says when a non-standard header was understood.
+    """
 
     n_rows: int = 0
     n_duplicates: int = 0
     header: list[str] = field(default_factory=list)
+    bad_rows: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    header_note: str = ""
 
 
-def read_kaggle_uns_csv(path: str | Path) -> tuple[dict[str, str], CSVStats]:
+def _row_problem(strict: bool, stats: CSVStats, path: Path, key: str | None, message: str, hint: str,
+                 out: dict | None = None) -> None:
+    """Raise (strict) or record a row problem against its image id (``key``), dropping that image."""
+    if strict:
+        raise CSVFormatError(message, path=path, hint=hint)
+    text = f"{path}: {message}. Fix: {hint}"
+    if key:
+        stats.bad_rows.setdefault(key, text)
+        if out is not None:
+            out.pop(key, None)
+    else:
+        stats.problems.append(text)
+
+
+def read_kaggle_uns_csv(path: str | Path, strict: bool = True) -> tuple[dict[str, str], CSVStats]:
     """Read ``train_masks.csv`` (``subject,img,pixels``) into ``{"{subject}_{img}": rle}``.
 
+    Args:
+        strict: raise on the first bad row; with False a bad row only spoils its own image
+            (see :class:`CSVStats`).
+
     Raises:
-        CSVFormatError: wrong header or malformed rows (the message names the row).
+        CSVFormatError: empty file or wrong header; malformed rows when ``strict`` (the message names the row).
     """
     path = Path(path)
     rows = list(csv.reader(io.StringIO(_read_text(path))))
@@ -202,31 +240,48 @@ def read_kaggle_uns_csv(path: str | Path) -> tuple[dict[str, str], CSVStats]:
     for i, row in enumerate(rows[1:], start=2):
         if not row or all(not c.strip() for c in row):
             continue
+        subject = row[0].strip()
+        img = row[1].strip() if len(row) > 1 else ""
+        key = f"{int(subject)}_{int(img)}" if subject.isascii() and subject.isdigit() and img.isascii() \
+            and img.isdigit() else None
         if len(row) < 3:
-            raise CSVFormatError(f"row {i} has {len(row)} columns, expected 3", path=path,
-                                 hint="each row is 'subject,img,pixels' (pixels may be empty)")
-        subject, img, pixels = row[0].strip(), row[1].strip(), row[2].strip()
-        if not (subject.isdigit() and img.isdigit()):
-            raise CSVFormatError(f"row {i}: subject/img must be integers, got {subject!r}, {img!r}", path=path,
-                                 hint="fix or remove the row")
-        key = f"{int(subject)}_{int(img)}"
+            _row_problem(strict, stats, path, key, f"row {i} has {len(row)} columns, expected 3",
+                         "each row is 'subject,img,pixels' (pixels may be empty)", out)
+            continue
+        pixels = row[2].strip()
+        if key is None:
+            _row_problem(strict, stats, path, None, f"row {i}: subject/img must be integers, got {subject!r}, {img!r}",
+                         "fix or remove the row")
+            continue
         stats.n_rows += 1
+        if key in stats.bad_rows:
+            continue
         if key in out:
             if out[key] == pixels:
                 stats.n_duplicates += 1
                 continue
-            raise CSVFormatError(f"row {i}: image {key} appears twice with different masks", path=path,
-                                 hint="keep one row per image")
+            _row_problem(strict, stats, path, key, f"row {i}: image {key} appears twice with different masks",
+                         "keep one row per image", out)
+            continue
         out[key] = pixels
     return out, stats
 
 
-def read_siim_csv(path: str | Path) -> tuple[dict[str, list[str]], CSVStats]:
+_SIIM_ID_HEADERS = ("imageid", "image_id", "id")
+_SIIM_RLE_HEADERS = ("encodedpixels", "encoded_pixels", "rle", "pixels", "encoded pixels", "mask")
+
+
+def read_siim_csv(path: str | Path, strict: bool = True) -> tuple[dict[str, list[str]], CSVStats]:
     """Read a SIIM RLE CSV into ``{ImageId: [rle, ...]}`` (empty list = no pneumothorax).
 
-    Accepts: header ``ImageId,EncodedPixels`` (or `` EncodedPixels`` with a space) or no
+    Accepts: header ``ImageId,EncodedPixels`` (or `` EncodedPixels`` with a space; variants such as
+    ``ImageId,Pixels`` are read the same way and noted in ``stats.header_note``) or no
     header, UTF-8 BOM, CRLF, leading spaces in the RLE, ``-1`` for empty, several rows per
     image (regions; their union is the mask), exact duplicate rows (ignored, counted).
+
+    Args:
+        strict: raise on the first bad row; with False a bad row only spoils its own image
+            (see :class:`CSVStats`).
     """
     path = Path(path)
     rows = list(csv.reader(io.StringIO(_read_text(path))))
@@ -236,11 +291,14 @@ def read_siim_csv(path: str | Path) -> tuple[dict[str, list[str]], CSVStats]:
     first = [c.strip().lower() for c in rows[0]]
     stats = CSVStats()
     start = 0
-    if first and first[0] in ("imageid", "image_id", "id"):
-        if len(first) < 2 or first[1] not in ("encodedpixels", "encoded_pixels", "rle"):
+    if first and first[0] in _SIIM_ID_HEADERS:
+        if len(first) < 2 or first[1] not in _SIIM_RLE_HEADERS:
             raise CSVFormatError(f"unexpected header {rows[0]}", path=path,
                                  hint="a SIIM CSV has the header 'ImageId,EncodedPixels' (or no header)")
         stats.header = [c.strip() for c in rows[0]]
+        if first[1] != "encodedpixels":
+            stats.header_note = (f"{path.name}: header {','.join(stats.header)} read as ImageId,EncodedPixels "
+                                 "(SIIM RLE)")
         start = 1
     elif len(rows[0]) >= 2 and not _looks_like_rle(rows[0][1]):
         raise CSVFormatError(f"unexpected header {rows[0]}", path=path,
@@ -248,16 +306,22 @@ def read_siim_csv(path: str | Path) -> tuple[dict[str, list[str]], CSVStats]:
     out: dict[str, list[str]] = {}
     seen: set[tuple[str, str]] = set()
     for i, row in enumerate(rows[start:], start=start + 1):
+        image_id = row[0].strip()
         if len(row) < 2:
-            raise CSVFormatError(f"row {i} has {len(row)} column(s), expected 2", path=path,
-                                 hint="each row is 'ImageId,EncodedPixels' (-1 for no mask)")
-        image_id, rle = row[0].strip(), row[1].strip()
+            _row_problem(strict, stats, path, image_id or None, f"row {i} has {len(row)} column(s), expected 2",
+                         "each row is 'ImageId,EncodedPixels' (-1 for no mask)", out)
+            continue
+        rle = row[1].strip()
         if not image_id:
-            raise CSVFormatError(f"row {i} has an empty ImageId", path=path, hint="fix or remove the row")
+            _row_problem(strict, stats, path, None, f"row {i} has an empty ImageId", "fix or remove the row")
+            continue
         if not _looks_like_rle(rle):
-            raise CSVFormatError(f"row {i}: EncodedPixels {rle[:30]!r} is not an RLE", path=path,
-                                 hint="use space-separated integers, or -1 for no mask")
+            _row_problem(strict, stats, path, image_id, f"row {i}: EncodedPixels {rle[:30]!r} is not an RLE",
+                         "use space-separated non-negative integers, or -1 for no mask", out)
+            continue
         stats.n_rows += 1
+        if image_id in stats.bad_rows:
+            continue
         if (image_id, rle) in seen:
             stats.n_duplicates += 1
             continue
@@ -270,7 +334,7 @@ def read_siim_csv(path: str | Path) -> tuple[dict[str, list[str]], CSVStats]:
 
 def _looks_like_rle(text: str) -> bool:
     t = text.strip()
-    return t == "" or t == "-1" or all(tok.isdigit() for tok in t.split())
+    return t == "" or t == "-1" or all(tok.isascii() and tok.isdigit() for tok in t.split())
 
 
 def sniff_rle_csv(path: str | Path) -> str | None:
@@ -284,7 +348,7 @@ def sniff_rle_csv(path: str | Path) -> str | None:
     cols = [c.strip().lower() for c in line.split(",")]
     if cols[:3] == ["subject", "img", "pixels"]:
         return "kaggle"
-    if cols[:2] in (["imageid", "encodedpixels"],):
+    if len(cols) >= 2 and cols[0] in _SIIM_ID_HEADERS and cols[1] in _SIIM_RLE_HEADERS:
         return "siim"
     if len(cols) == 2 and "." in cols[0] and _looks_like_rle(cols[1]):
         return "siim"

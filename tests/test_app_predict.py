@@ -304,7 +304,9 @@ def test_mask_and_overlay_png_bytes_and_zip():
     mask[2:5, 3:9] = 1
     mask[7, :] = 2
     im = Image.open(io.BytesIO(pv.mask_png_bytes(mask)))
-    assert im.mode == "L" and (np.asarray(im) == mask).all()
+    assert im.mode == "P" and (np.asarray(im) == mask).all()  # palette PNG: values kept
+    pal = im.getpalette()
+    assert pal[3:6] != [0, 0, 0] and pal[3:6] != pal[6:9]  # class 1 and 2 visible and distinct
     with pytest.raises(MaskError):
         pv.mask_png_bytes(np.zeros((2, 2, 2), np.uint8))
     img = np.full((1, 10, 12), 0.5, np.float32)

@@ -281,3 +281,25 @@ def test_start_refuses_bad_requests_without_launching(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="already holds"):
         jobs.start_training(config(data, "x", out=str(used)), ws)
     assert not (ws.root / "runs").exists() or not any((ws.root / "runs").iterdir())
+
+
+def test_a_cancelled_child_is_reaped_without_a_later_status(tmp_path: Path) -> None:
+    """No <defunct> process stays under the server after a cancel, even if nobody polls again."""
+    run = tmp_path / "reap"
+    run.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    jobs._track_child(proc)
+    try:
+        atomic_write_json(run / jobs.JOB_FILE, {"pid": proc.pid, "launched": time.time(), "name": "reap"})
+        atomic_write_json(run / "status.json", {"state": "running", "pid": proc.pid, "started": jobs._now_iso()})
+        os.killpg(proc.pid, signal.SIGTERM)  # stopped from outside; nobody polls its status afterwards
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and Path(f"/proc/{proc.pid}").exists():
+            time.sleep(0.05)
+        assert not Path(f"/proc/{proc.pid}").exists(), "the cancelled child is still a zombie"
+        assert proc.returncode == -signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        jobs._CHILDREN.pop(proc.pid, None)

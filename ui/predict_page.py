@@ -145,13 +145,17 @@ def detail(item, card, predictor):
         d = pairwise_dice(item.mask, gt)["foreground"]
         mcols[i + 3].metric("Dice vs ground truth", f"{d:.3f}", help="foreground; two empty masks count as 1")
     d1, d2, d3, d4 = st.columns(4)
-    d1.download_button("Mask PNG", lambda: pv.mask_png_bytes(item.mask), f"{stem}_mask.png", "image/png",
-                       key="predict_dl_mask", on_click="ignore", help="8-bit PNG, pixel value = class id")
+    # The mask PNG and the RLE texts are small: computed in this run (not deferred), so a click right
+    # after the threshold moved serves this run's file instead of a deferred one the rerun dropped.
+    rles = pv.rle_strings(item.mask)
+    d1.download_button("Mask PNG", pv.mask_png_bytes(item.mask), f"{stem}_mask.png", "image/png",
+                       key="predict_dl_mask", on_click="ignore",
+                       help="8-bit palette PNG: pixel value = class id, shown in class colours")
     d2.download_button("Overlay PNG", lambda: pv.overlay_png_bytes(item.img, item.mask, alpha, hidden, contour),
                        f"{stem}_overlay.png", "image/png", key="predict_dl_overlay", on_click="ignore")
-    d3.download_button("RLE (Kaggle UNS)", lambda: pv.rle_strings(item.mask)["kaggle"], f"{stem}_rle_kaggle.txt",
+    d3.download_button("RLE (Kaggle UNS)", rles["kaggle"], f"{stem}_rle_kaggle.txt",
                        "text/plain", key="predict_dl_rle_kaggle", on_click="ignore")
-    d4.download_button("RLE (SIIM)", lambda: pv.rle_strings(item.mask)["siim"], f"{stem}_rle_siim.txt",
+    d4.download_button("RLE (SIIM)", rles["siim"], f"{stem}_rle_siim.txt",
                        "text/plain", key="predict_dl_rle_siim", on_click="ignore")
     # Lazy expanders (on_change="rerun"): their content is computed and drawn only while open, so a
     # new upload is not held up by code blocks and tables nobody has asked to see.

@@ -426,12 +426,12 @@ def is_dicom(meta: Mapping[str, Any]) -> bool:
 
 
 def mask_png_bytes(mask: np.ndarray) -> bytes:
-    """The label map as an 8-bit grayscale PNG (pixel = class id), exactly as
-    :func:`engine.io.write_mask_png` writes it (same checks, same encoder)."""
+    """The label map as an 8-bit palette PNG (index = class id, drawn in class colours so it is not
+    black in a viewer), exactly as :func:`engine.io.write_mask_png` writes it (same checks, same encoder)."""
     from engine.io import write_mask_png
 
     with tempfile.TemporaryDirectory(prefix="segwb-mask-") as tmp:
-        path = write_mask_png(Path(tmp) / "mask.png", mask)
+        path = write_mask_png(Path(tmp) / "mask.png", mask, palette=True)
         return path.read_bytes()
 
 

@@ -41,8 +41,18 @@ def write_json(path: str | Path | None, data: Any) -> None:
         atomic_write_json(path, data)
 
 
+def add_pixel_limit(p) -> None:
+    """``--max-pixels N``: the pixel limit every image reader checks from the header (see engine.io.limits)."""
+    from engine.io.limits import DEFAULT_MAX_PIXELS, ENV_VAR
+
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help=f"refuse images whose header claims more than N pixel values (H×W×frames×channels) "
+                   f"before decoding them (default: ${ENV_VAR} or {DEFAULT_MAX_PIXELS:,})")
+
+
 def add_dataset_options(p) -> None:
     """Flags every dataset-reading command shares."""
+    add_pixel_limit(p)
     p.add_argument("--layout", choices=["kaggle_uns", "siim", "paired"], help="force a layout (default: detect)")
     p.add_argument("--labels", help="comma-separated class names for ids 1..K-1, e.g. nerve,vessel")
     p.add_argument("--mask-threshold", type=int, default=None,

@@ -15,7 +15,7 @@ def register(sub) -> None:
     add_dataset_options(p)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("masks", help="write every case's ground-truth mask as OUT/<case_id>.png (uint8 labels)")
+    p = sub.add_parser("masks", help="write every case's ground-truth mask as OUT/<case_id>.png (uint8 labels; ids made file-name safe)")
     p.add_argument("dataset")
     p.add_argument("--out", required=True, help="output folder")
     add_dataset_options(p)
@@ -59,6 +59,7 @@ def cmd_info(args) -> int:
 
 def cmd_masks(args) -> int:
     from engine.errors import WorkbenchError
+    from engine.fsutil import safe_child
     from engine.io import write_mask_png
 
     ds = open_dataset_from_args(args)
@@ -69,7 +70,8 @@ def cmd_masks(args) -> int:
     with tqdm_progress("writing masks") as progress:
         for i, c in enumerate(cases):
             try:
-                write_mask_png(out / f"{c.case_id}.png", ds.load_mask(c))
+                # case ids come from files (a SIIM id is the DICOM's SOPInstanceUID): never a raw path
+                write_mask_png(safe_child(out, c.case_id, ".png"), ds.load_mask(c))
             except WorkbenchError as exc:
                 failed.append(str(exc))
             progress(i + 1, len(cases), "writing masks")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.cli.common import add_dataset_options, open_dataset_from_args, print_json, tqdm_progress, write_json
+from engine.cli.common import add_pixel_limit, add_dataset_options, open_dataset_from_args, print_json, tqdm_progress, write_json
 from engine.errors import ConfigError
 
 
@@ -37,6 +37,7 @@ def _post_from_args(args, card):
 def register(sub) -> None:
     p = sub.add_parser("predict", help="segment files or folders; writes OUT/<stem>.png (uint8 class labels)")
     p.add_argument("inputs", nargs="+", help="image files or folders (PNG/JPEG/BMP/TIFF/DICOM)")
+    add_pixel_limit(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--rle", help="also write a submission CSV with the RLE of each mask")
     p.add_argument("--rle-format", choices=["kaggle", "siim"], default="kaggle")
@@ -118,17 +119,62 @@ def _expand_inputs(inputs: list[str]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
+            from engine.datasets.scan import walk_files
+
+            files += sorted(f for f in walk_files(p) if not f.name.startswith(".")
                             and (f.suffix.lower() in IMAGE_SUFFIXES or (not f.suffix and is_dicom_file(f)))
                             and not is_ground_truth(f, p))
         elif p.exists():
             files.append(p)
         else:
             raise ReadError("input not found", path=p, hint="pass existing files or folders")
+    seen: set[Path] = set()
+    unique: list[Path] = []
+    for f in files:  # a file given twice (directly and inside a folder) is predicted once
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    files = unique
     if not files:
         raise ReadError("no image files found in the inputs", path=", ".join(inputs),
                         hint="supported: PNG, JPEG, BMP, TIFF, DICOM")
     return files
+
+
+def output_names(files: list[Path]) -> dict[Path, str]:
+    """One distinct, file-name-safe output stem per input file.
+
+    The stem is the file's own stem when no other input shares it; inputs that share a stem
+    (``a.jpg a.png a.bmp sub/a.png``) are named by their path relative to the inputs' common
+    folder, suffix included (``a_jpg``, ``a_png``, ``a_bmp``, ``sub_a_png-<hash>``), so every input
+    gets its own mask and RLE row. Every stem goes through :func:`engine.fsutil.safe_name`.
+    """
+    import os
+    from collections import Counter
+
+    from engine.fsutil import safe_name
+
+    files = list(dict.fromkeys(files))
+    counts = Counter(f.stem for f in files)
+    try:
+        common = Path(os.path.commonpath([str(f.resolve().parent) for f in files])) if files else Path(".")
+    except ValueError:  # different drives
+        common = None
+    out: dict[Path, str] = {}
+    used: set[str] = set()
+    for f in files:
+        if counts[f.stem] == 1:
+            name = safe_name(f.stem)
+        else:
+            rel = f.resolve().relative_to(common) if common is not None else f
+            name = safe_name("_".join(rel.parts[:-1] + (f.stem, f.suffix.lstrip(".").lower())))
+        base, k = name, 2
+        while name.lower() in used:  # case-insensitive file systems too
+            name, k = f"{base}-{k}", k + 1
+        used.add(name.lower())
+        out[f] = name
+    return out
 
 
 def cmd_predict(args) -> int:
@@ -137,6 +183,7 @@ def cmd_predict(args) -> int:
     import numpy as np
 
     from engine.errors import WorkbenchError
+    from engine.fsutil import safe_child
     from engine.io import write_mask_png
 
     pred = _predictor(args)
@@ -146,18 +193,15 @@ def cmd_predict(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rle_rows: list[tuple[str, np.ndarray]] = []
     failed: list[str] = []
-    used: set[str] = set()
+    names = output_names(files)
     t0 = time.perf_counter()
     with tqdm_progress("predicting") as progress:
         for path, result in pred.predict_files(files, post=post, progress=progress):
             if isinstance(result, WorkbenchError):
                 failed.append(str(result))
                 continue
-            stem = path.stem
-            if stem in used:  # same stem in two folders: keep both
-                stem = f"{path.parent.name}_{stem}"
-            used.add(stem)
-            write_mask_png(out / f"{stem}.png", result.mask)
+            stem = names[path]
+            write_mask_png(safe_child(out, stem, ".png"), result.mask)
             if args.rle:
                 rle_rows.append((stem, result.mask > 0))
     if args.rle:

@@ -59,7 +59,8 @@ def open_dataset(path: str | Path, layout: str | None = None, *, options: dict[s
     root = root.resolve()
     options = dict(options or {})
     t0 = time.perf_counter()
-    files = list_files(root)
+    skipped_links: list[str] = []
+    files = list_files(root, skipped=skipped_links)
     if layout is None:
         found = detect_all(root, files)
         if not found:
@@ -77,7 +78,11 @@ def open_dataset(path: str | Path, layout: str | None = None, *, options: dict[s
     cache = ScanCache(cache_path, layout_cls.name, options)
     result = layout_cls.scan(root, files, options, cache, progress, verify)
     cache.save()
-    ds = Dataset(root, layout_cls.name, result.cases, result.labels, result.bad_files, result.notes,
+    notes = list(result.notes)
+    if skipped_links:
+        notes.append(f"{len(skipped_links)} symbolic link(s) pointing outside the dataset folder were not "
+                     f"followed, e.g. {skipped_links[0]}")
+    ds = Dataset(root, layout_cls.name, result.cases, result.labels, result.bad_files, notes,
                  {**options, **result.options}, result.label_lut, workdir)
     ds.scan_stats = {"seconds": round(time.perf_counter() - t0, 4), "cache_hits": cache.hits,
                      "cache_misses": cache.misses, "n_files": len(files)}

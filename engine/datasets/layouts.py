@@ -172,9 +172,14 @@ class KaggleUNSLayout:
         bad: list[BadFile] = []
         csv_path = cls._csv(root, files)
         rle_rows: dict[str, str] = {}
+        csv_bad_rows: dict[str, str] = {}
         if csv_path is not None:
             try:
-                rle_rows, stats = read_kaggle_uns_csv(csv_path)
+                rle_rows, stats = read_kaggle_uns_csv(csv_path, strict=False)
+                csv_bad_rows = stats.bad_rows
+                notes.extend(stats.problems[:5])
+                if len(stats.problems) > 5:
+                    notes.append(f"{csv_path.name}: {len(stats.problems) - 5} more unusable rows")
                 if stats.n_duplicates:
                     notes.append(f"{csv_path.name}: {stats.n_duplicates} duplicate rows ignored")
                 missing = len(set(rle_rows) - set(images))
@@ -192,11 +197,15 @@ class KaggleUNSLayout:
             cid, img, split = job
             mpath = masks.get(cid) if split == "train" else None
             rle = rle_rows.get(cid) if split == "train" and mpath is None else None
-            stamps = [files[img], files.get(mpath) if mpath else None, csv_stamp if rle is not None else None]
+            row_error = csv_bad_rows.get(cid) if split == "train" and mpath is None else None
+            stamps = [files[img], files.get(mpath) if mpath else None,
+                      csv_stamp if rle is not None or row_error else None]
             hit = cache.get(str(img), stamps, need_verified=verify)
             if hit is not None:
                 return hit
             try:
+                if row_error:  # only this image's row is bad: the image is listed as bad, the rest indexed
+                    raise WorkbenchError(row_error.rstrip(". "))
                 hw = _verify_image(img) if verify else image_size(img)
                 subject = cid.split("_")[0] if split == "train" else "test"
                 meta: dict[str, Any] = {}
@@ -273,18 +282,35 @@ class SIIMLayout:
         csvs = [Path(options["rle_csv"])] if options.get("rle_csv") else cls._csvs(root, files)
         sop_ids = {p.stem for p in dicoms}
         best: tuple[int, Path | None, dict[str, list[str]]] = (-1, None, {})
+        best_stats = None
         for csv in csvs:
             try:
-                rows, stats = read_siim_csv(csv)
+                rows, stats = read_siim_csv(csv, strict=False)
             except WorkbenchError as exc:
                 bad.append(_bad(csv, exc))
                 continue
-            matched = len(sop_ids & set(rows))
+            matched = len(sop_ids & (set(rows) | set(stats.bad_rows)))
             if stats.n_duplicates:
                 notes.append(f"{csv.name}: {stats.n_duplicates} exact duplicate rows ignored")
             if matched > best[0]:
                 best = (matched, csv, rows)
+                best_stats = stats
         matched, csv_path, rle_rows = best
+        csv_bad_rows = best_stats.bad_rows if best_stats is not None else {}
+        if best_stats is not None:
+            if best_stats.header_note:
+                notes.append(best_stats.header_note)
+            notes.extend(best_stats.problems[:5])
+            if len(best_stats.problems) > 5:
+                notes.append(f"{csv_path.name}: {len(best_stats.problems) - 5} more unusable rows")
+        if not options.get("rle_csv"):
+            ignored = [p for p in files if p.suffix.lower() == ".csv" and p not in csvs
+                       and len(p.relative_to(root).parts) <= 2]
+            for p in ignored[:5]:
+                notes.append(f"{p.relative_to(root)} was not used: " + (
+                    "it is empty" if files[p][0] == 0 else "it is not a SIIM RLE CSV (expected the header "
+                    "'ImageId,EncodedPixels' or rows '<SOPInstanceUID>,<RLE or -1>')")
+                    + "; images without rows are unlabelled")
         if csv_path is not None:
             notes.append(f"masks from {csv_path.name} ({matched} of {len(sop_ids)} DICOMs have rows)")
             others = [c.name for c in csvs if c != csv_path]
@@ -297,11 +323,14 @@ class SIIMLayout:
 
         def work(p: Path) -> dict[str, Any]:
             rles = rle_rows.get(p.stem)
-            stamps = [files[p], csv_stamp if rles is not None else None]
+            row_error = csv_bad_rows.get(p.stem)
+            stamps = [files[p], csv_stamp if rles is not None or row_error else None]
             hit = cache.get(str(p), stamps, need_verified=verify)
             if hit is not None:
                 return hit
             try:
+                if row_error:  # only this image's row is bad
+                    raise WorkbenchError(row_error.rstrip(". "))
                 rec = read_header(p)
                 if verify:
                     _verify_image(p)
@@ -309,6 +338,9 @@ class SIIMLayout:
                 if hw[0] <= 0 or hw[1] <= 0:
                     raise WorkbenchError("DICOM header has no Rows/Columns", path=p,
                                          hint="it is probably not an image; remove it from the folder")
+                from engine.io.limits import check_pixels
+
+                check_pixels(p, hw[0], hw[1])  # header facts against the pixel limit (decoding checks frames too)
                 cid = rec.get("sop_instance_uid") or p.stem
                 rec.pop("path", None)
                 parts = p.relative_to(root).parts
@@ -334,6 +366,7 @@ class SIIMLayout:
         results = parallel_map(work, dicoms, progress, "indexing DICOM files")
         cases = [Case.from_dict(r["case"]) for r in results if "case" in r]
         bad += [BadFile(**r["bad"]) for r in results if "bad" in r]
+        cases = _drop_duplicate_ids(cases, bad, "SOPInstanceUID")
         return ScanResult(cases, {0: "background", 1: str(options.get("label_name", "pneumothorax"))}, bad, notes,
                           {"rle_csv": str(csv_path) if csv_path else None})
 
@@ -492,7 +525,12 @@ class PairedLayout:
             if stem_count[c.case_id] > 1 and c.split:
                 c.case_id = f"{c.split}/{c.case_id}"
                 c.group_id = f"{c.split}/{c.group_id}"
+        stem_count = Counter(c.case_id for c in cases)
+        for c in cases:  # a.png and a.jpg side by side → "a.png", "a.jpg"
+            if stem_count[c.case_id] > 1:
+                c.case_id = f"{c.case_id}{Path(c.image_path).suffix.lower()}"
         bad += [BadFile(**r["bad"]) for r in results if "bad" in r]
+        cases = _drop_duplicate_ids(cases, bad)
         out_options: dict[str, Any] = {"threshold": threshold}
         # RGB masks: one colour map for the whole dataset (black = background, others sorted)
         colours = sorted({c for case in cases for c in case.meta.get("colours", [])} - {0})
@@ -517,7 +555,31 @@ class PairedLayout:
         encodings = Counter(c.meta.get("mask_encoding") for c in cases if c.labelled)
         if encodings.get("antialiased"):
             notes.append(f"{encodings['antialiased']} anti-aliased mask(s) binarised at > {threshold}")
+        if encodings.get("binary"):
+            notes.append(f"{encodings['binary']} mask(s) hold 0 and one other value (not 1 or 255): read as binary")
+        if encodings.get("labels_mapped"):
+            notes.append(f"{encodings['labels_mapped']} 16-bit label mask(s) mapped to consecutive ids per mask")
         return ScanResult(cases, labels, bad, notes, out_options, lut)
+
+
+def _drop_duplicate_ids(cases: list[Case], bad: list[BadFile], what: str = "case id") -> list[Case]:
+    """Cases whose id is shared by several files become bad files (each naming all of them);
+    the rest of the dataset is kept. Which file an RLE row or a review decision belongs to is
+    ambiguous for such ids, so none of them is used."""
+    by_id: dict[str, list[Case]] = defaultdict(list)
+    for c in cases:
+        by_id[c.case_id].append(c)
+    dup = {cid: cs for cid, cs in by_id.items() if len(cs) > 1}
+    if not dup:
+        return cases
+    for cid, cs in dup.items():
+        paths = [c.image_path for c in cs]
+        for c in cs:
+            others = ", ".join(p for p in paths if p != c.image_path)
+            bad.append(BadFile(c.image_path, f"{c.image_path}: {what} {cid} is also used by {others}; "
+                               f"none of these {len(cs)} files is used. Fix: keep one copy (delete or move "
+                               "the duplicate) — a copy of the same DICOM, or a file with a forged UID"))
+    return [c for c in cases if c.case_id not in dup]
 
 
 def _group_ids(stems: Sequence[str], group_regex: str | None) -> dict[str, str]:

@@ -24,20 +24,44 @@ R = TypeVar("R")
 Stamp = tuple[int, int]
 
 
-def list_files(root: Path, max_depth: int = 6, suffixes: Sequence[str] | None = None) -> dict[Path, Stamp]:
-    """All files under ``root`` (hidden entries skipped) with their (size, mtime_ns) stamps."""
+def list_files(root: Path, max_depth: int = 6, suffixes: Sequence[str] | None = None,
+               skipped: list[str] | None = None) -> dict[Path, Stamp]:
+    """All files under ``root`` (hidden entries skipped) with their (size, mtime_ns) stamps.
+
+    Symbolic links are followed only when their target lies inside ``root`` (a link to ``/`` or to
+    another patient folder is not walked); each folder is visited once (no link loops). The links
+    left out are appended to ``skipped`` as ``"path -> target"`` when a list is given.
+    """
     out: dict[Path, Stamp] = {}
     wanted = tuple(s.lower() for s in suffixes) if suffixes else None
+    try:
+        real_root = Path(os.path.realpath(root))
+    except OSError:
+        return out
+    visited: set[str] = set()
+
+    def inside(target: str) -> bool:
+        return target == str(real_root) or target.startswith(str(real_root).rstrip(os.sep) + os.sep)
 
     def walk(folder: Path, depth: int) -> None:
+        real = os.path.realpath(folder)
+        if real in visited:
+            return
+        visited.add(real)
         try:
             entries = list(os.scandir(folder))
-        except (PermissionError, FileNotFoundError, NotADirectoryError):
+        except (PermissionError, FileNotFoundError, NotADirectoryError, OSError):
             return
         for e in entries:
             if e.name.startswith("."):
                 continue
             try:
+                if e.is_symlink():
+                    target = os.path.realpath(e.path)
+                    if not inside(target):
+                        if skipped is not None:
+                            skipped.append(f"{e.path} -> {target}")
+                        continue
                 if e.is_dir(follow_symlinks=True):
                     if depth < max_depth:
                         walk(Path(e.path), depth + 1)
@@ -48,8 +72,13 @@ def list_files(root: Path, max_depth: int = 6, suffixes: Sequence[str] | None = 
             except OSError:
                 continue
 
-    walk(root, 0)
+    walk(Path(root), 0)
     return out
+
+
+def walk_files(root: Path, max_depth: int = 16) -> list[Path]:
+    """The files of :func:`list_files` (links out of ``root`` not followed), sorted."""
+    return sorted(list_files(Path(root), max_depth=max_depth))
 
 
 def parallel_map(fn: Callable[[T], R], items: Sequence[T], progress: ProgressFn | None = None,

@@ -24,11 +24,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from engine.errors import ReadError, unknown_name
+from engine.errors import ReadError
+from engine.io.limits import DEFAULT_MAX_PIXELS, check_pixels, max_pixels, set_max_pixels
 
 Reader = Callable[..., tuple[np.ndarray, dict[str, Any]]]
 
-RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 TIFF_SUFFIXES = (".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 IMAGE_SUFFIXES = RASTER_SUFFIXES + TIFF_SUFFIXES + DICOM_SUFFIXES
@@ -42,18 +43,49 @@ for _s in DICOM_SUFFIXES:
     _READERS[_s] = "dicom"
 
 
+#: Leading bytes of the formats the readers handle, for files without a (known) suffix.
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "raster"), (b"\xff\xd8\xff", "raster"), (b"BM", "raster"), (b"GIF8", "raster"),
+    (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"), (b"II+\x00", "tiff"), (b"MM\x00+", "tiff"),
+)
+
+
+def sniff_kind(path: str | Path) -> str | None:
+    """The reader for a file judged by its first bytes (PNG/JPEG/BMP/GIF/TIFF magic, DICOM preamble),
+    or None."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return None
+    if len(head) == 132 and head[128:132] == b"DICM":
+        return "dicom"
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    return None
+
+
 def reader_kind(path: str | Path) -> str:
     """Which reader handles ``path``: ``raster``, ``tiff`` or ``dicom``.
 
-    Files without a suffix are sniffed for the DICOM ``DICM`` preamble.
+    Chosen by suffix; files without a suffix are sniffed by their first bytes.
+
+    Raises:
+        ReadError: an unsupported suffix, or no suffix and no known signature (names the file).
     """
     path = Path(path)
     kind = _READERS.get(path.suffix.lower())
     if kind:
         return kind
-    if not path.suffix and is_dicom_file(path):
-        return "dicom"
-    raise unknown_name("image format", path.suffix or "(no suffix)", list(_READERS))
+    if not path.suffix:
+        kind = sniff_kind(path)
+        if kind:
+            return kind
+        raise ReadError("file has no suffix and is not a PNG, JPEG, BMP, GIF, TIFF or DICOM file", path=path,
+                        hint="give it the right suffix, or remove it from the folder")
+    raise ReadError(f"unsupported file type '{path.suffix}'", path=path,
+                    hint="supported: " + ", ".join(sorted(_READERS)) + "; convert the file to PNG")
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -140,6 +172,10 @@ def to_chw_float(arr: np.ndarray, meta: dict[str, Any] | None = None) -> np.ndar
             out = _minmax(a)
     else:
         a = a.astype(np.float32, copy=False)
+        if a.size and not np.isfinite(a).all():
+            from engine.io.raster import finite_or_error
+
+            a, _ = finite_or_error(a, meta.get("path"))
         out = a if (a.size == 0 or (a.min() >= 0.0 and a.max() <= 1.0)) else _minmax(a)
     out = np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
     if out.ndim == 2:
@@ -164,6 +200,8 @@ def load_image(path: str | Path, **kwargs: Any) -> tuple[np.ndarray, dict[str, A
 def image_size(path: str | Path) -> tuple[int, int]:
     """(height, width) read from the header only (no pixel decoding)."""
     path = Path(path)
+    if not path.exists():
+        raise ReadError("file not found", path=path, hint="check the path and that the file was not moved")
     kind = reader_kind(path)
     if kind == "raster":
         from engine.io.raster import raster_size
@@ -182,5 +220,6 @@ from engine.io.masks import read_mask, write_mask_png, mask_to_rgb, decode_mask_
 
 __all__ = [
     "IMAGE_SUFFIXES", "read_image", "to_chw_float", "load_image", "image_size", "reader_kind",
-    "is_image_file", "is_dicom_file", "read_mask", "write_mask_png", "mask_to_rgb", "decode_mask_array",
+    "is_image_file", "is_dicom_file", "sniff_kind", "DEFAULT_MAX_PIXELS", "check_pixels", "max_pixels",
+    "set_max_pixels", "read_mask", "write_mask_png", "mask_to_rgb", "decode_mask_array",
 ]

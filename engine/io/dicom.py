@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import MissingPluginError, ReadError
+from engine.io.limits import check_pixels
 
 # Transfer syntax UID → (name, pip package that decodes it)
 _PLUGINS: dict[str, tuple[str, str]] = {
@@ -47,21 +48,44 @@ def open_dicom(path: Path, stop_before_pixels: bool = False):
                         hint="the file may be truncated; re-export it") from None
 
 
+def _decoder_available(ts: str) -> bool:
+    """True when pydicom has a working decoder plugin for transfer syntax ``ts``."""
+    try:
+        from pydicom.pixels import get_decoder
+
+        return bool(get_decoder(ts).is_available)
+    except Exception:  # noqa: BLE001 - unknown/unsupported syntax: no decoder
+        return False
+
+
 def _decode(ds: Any, path: Path) -> np.ndarray:
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
     try:
         return ds.pixel_array
     except Exception as exc:
-        text = str(exc)
-        if ts in _PLUGINS and ("handler" in text.lower() or "plugin" in text.lower()
-                               or "decoder" in text.lower() or "unable to decode" in text.lower()
-                               or isinstance(exc, (NotImplementedError, RuntimeError))):
+        if ts in _PLUGINS:
             name, package = _PLUGINS[ts]
-            raise MissingPluginError(
-                f"pixel data uses {name} compression (transfer syntax {ts}) and no installed decoder handles it",
-                path=path, hint=f"pip install {package} (and pylibjpeg)") from None
-        raise ReadError(f"cannot decode DICOM pixel data ({type(exc).__name__}: {exc})", path=path,
+            if not _decoder_available(ts):
+                raise MissingPluginError(
+                    f"pixel data uses {name} compression (transfer syntax {ts}) and no installed decoder handles it",
+                    path=path, hint=f"pip install {package} (and pylibjpeg)") from None
+            raise ReadError(f"{name} pixel data could not be decoded although a decoder is installed: the "
+                            f"compressed data is damaged or truncated ({type(exc).__name__}: {str(exc)[:200]})",
+                            path=path, hint="re-export or re-download the file") from None
+        raise ReadError(f"cannot decode DICOM pixel data ({type(exc).__name__}: {str(exc)[:200]})", path=path,
                         hint="the pixel data may be truncated or corrupt; re-export the file") from None
+
+
+def _check_header_size(ds: Any, path: Path) -> None:
+    """Rows × Columns × NumberOfFrames × SamplesPerPixel against the pixel limit, before decoding."""
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        raise ReadError("DICOM pixel data has no valid Rows/Columns/NumberOfFrames in its header", path=path,
+                        hint="the header is damaged; re-export the file") from None
+    check_pixels(path, rows, cols, frames=frames, channels=spp)
 
 
 def _first(value: Any) -> float | None:
@@ -93,14 +117,20 @@ def read_dicom(path: Path, *, frame: int | None = None, raw: bool = False,
     path = Path(path)
     ds = open_dicom(path)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise ReadError("DICOM has no pixel data", path=path,
-                        hint="it is probably a report or presentation state; remove it from the image folder")
+        if "Rows" in ds and "Columns" in ds:  # an image header whose pixel data is gone: cut off
+            raise ReadError(f"DICOM header describes a {ds.Rows}x{ds.Columns} image but the file ends before its "
+                            f"pixel data ({path.stat().st_size} bytes): the file is truncated", path=path,
+                            hint="re-export or re-download the file")
+        raise ReadError("DICOM has no pixel data and no image size: it is not an image (a report, structured "
+                        "report or presentation state)", path=path, hint="remove it from the image folder")
+    _check_header_size(ds, path)
     arr = _decode(ds, path)
     n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if n_frames > 1:
         if frame is None:
-            raise ReadError(f"multi-frame DICOM ({n_frames} frames)", path=path,
-                            hint="pass frame=N (CLI: --frame N) to read one frame")
+            raise ReadError(f"multi-frame DICOM ({n_frames} frames); the workbench reads single-frame images",
+                            path=path, hint="export the frame you need as its own file, or read it from Python "
+                            "with engine.io.read_image(path, frame=N)")
         if not 0 <= frame < n_frames:
             raise ReadError(f"frame {frame} does not exist (the file has {n_frames})", path=path,
                             hint=f"use a frame between 0 and {n_frames - 1}")
@@ -109,6 +139,22 @@ def read_dicom(path: Path, *, frame: int | None = None, raw: bool = False,
     spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
     meta: dict[str, Any] = header_record(ds, include_phi=include_phi)
     meta.update({"format": "dicom", "path": str(path), "n_frames": n_frames})
+    warnings_: list[str] = []
+    if photometric == "PALETTE COLOR":  # indices → RGB through the file's palette
+        from pydicom.pixels import apply_color_lut
+
+        try:
+            rgb = apply_color_lut(arr, ds)
+        except Exception as exc:  # noqa: BLE001 - missing/damaged LUT descriptors
+            raise ReadError(f"PALETTE COLOR DICOM whose colour palette cannot be applied ({type(exc).__name__}: "
+                            f"{str(exc)[:150]})", path=path, hint="re-export the image as RGB or MONOCHROME2") from None
+        lut_bits = 16 if rgb.dtype.itemsize > 1 else 8
+        if lut_bits == 16 and rgb.size and rgb.max() < 256:
+            lut_bits = 8  # 16-bit LUT entries holding 8-bit values
+        out = rgb.astype(np.float32) / float(2**lut_bits - 1)
+        meta.update(height=int(out.shape[0]), width=int(out.shape[1]), channels=3, dtype="float32",
+                    bit_depth=lut_bits, voi="palette colour LUT")
+        return np.clip(out, 0.0, 1.0).astype(np.float32), meta
     if spp > 1:  # colour: pydicom already converted YBR → RGB
         out = arr.astype(np.float32)
         hi = float(2 ** int(getattr(ds, "BitsStored", 8)) - 1)
@@ -117,8 +163,21 @@ def read_dicom(path: Path, *, frame: int | None = None, raw: bool = False,
                     dtype="float32", bit_depth=int(getattr(ds, "BitsStored", 8)))
         return out.astype(np.float32), meta
 
+    slope = _first(getattr(ds, "RescaleSlope", None))
+    if "RescaleSlope" in ds and (slope is None or slope == 0 or not np.isfinite(slope)):
+        # a zero (or unreadable) slope maps every pixel to the intercept: a blank image. DICOM requires
+        # a non-zero slope, so the value is invalid; read the stored values with slope 1 and say so.
+        warnings_.append(f"RescaleSlope {ds.RescaleSlope!r} is invalid (must be non-zero); slope 1 was used")
+        ds.RescaleSlope = 1
     values = apply_modality_lut(arr, ds).astype(np.float32)
     meta["rescale"] = [_first(getattr(ds, "RescaleSlope", 1)) or 1.0, _first(getattr(ds, "RescaleIntercept", 0)) or 0.0]
+    if warnings_:
+        meta["warnings"] = warnings_
+    if not np.isfinite(values).all():
+        from engine.io.raster import finite_or_error
+
+        values, more = finite_or_error(values, path)
+        meta["warnings"] = warnings_ + more
     if raw:
         meta.update(height=int(values.shape[0]), width=int(values.shape[1]), channels=1,
                     dtype="float32", bit_depth=int(getattr(ds, "BitsStored", 16)), voi="raw")
@@ -154,9 +213,10 @@ def read_dicom(path: Path, *, frame: int | None = None, raw: bool = False,
 
 
 def dicom_size(path: Path) -> tuple[int, int]:
+    """(Rows, Columns) from the header; :class:`ReadError` when over the pixel limit."""
     ds = open_dicom(Path(path), stop_before_pixels=True)
-    try:
-        return int(ds.Rows), int(ds.Columns)
-    except AttributeError:
+    if "Rows" not in ds or "Columns" not in ds:
         raise ReadError("DICOM header has no Rows/Columns", path=path,
-                        hint="it is probably not an image; remove it from the image folder") from None
+                        hint="it is probably not an image; remove it from the image folder")
+    _check_header_size(ds, Path(path))
+    return int(ds.Rows), int(ds.Columns)

@@ -5,8 +5,15 @@ All masks become ``uint8 (H,W)`` label maps: 0 = background, 1..K-1 = classes.
 Decoding rules for single-channel masks (:func:`decode_mask_array`):
 - values ⊆ {0, 255} → binary (255 → 1)            ``encoding = "binary255"``
 - values ⊆ {0, 1}   → binary                       ``"binary01"``
-- at most 32 distinct values, all ≤ 31 → labels as-is  ``"labels"``
-- otherwise (anti-aliased by a resize) → ``> threshold`` → 1  ``"antialiased"``
+- values {0, v}     → binary (v → 1)              ``"binary"`` (with a ``note``)
+- a blur of two levels (in-between values only on the boundary between the lowest and the
+  highest level, as a resize leaves them) → ``> threshold`` (0/255) or the midpoint → 1
+  ``"antialiased"``
+- otherwise up to 128 distinct values ≤ 255 → a label map kept as-is ``"labels"``; ids need not
+  be consecutive ({0, 127, 255} is three classes): the dataset maps them to 0..K-1 and notes it
+- 16-bit label values above 255 → mapped to 0..K-1 here ``"labels_mapped"``
+- anything else (a photo in the mask folder, > 128 levels that are no blur) → :class:`MaskError`
+- JPEG masks (lossy) → ``> threshold`` → 1
 Palette PNGs keep their palette indices (``"palette"``). RGB masks whose channels are
 equal are treated as grayscale; true colour masks are mapped through a colour map
 (``"rgb"``), built from the colours present when none is given.
@@ -27,6 +34,26 @@ import numpy as np
 from engine.errors import MaskError, ReadError
 
 MAX_RGB_COLOURS = 16
+#: Most distinct values a single-channel mask may hold and still be read as a label map.
+MAX_LABEL_VALUES = 128
+#: A grey mask is "anti-aliased" when at least this share of its in-between pixels lies on an edge
+#: (its 3×3 neighbourhood is not flat), as a resize leaves them; a label map's classes are regions.
+_BLUR_SHARE = 0.95
+
+
+def _is_two_level_blur(a: np.ndarray, lo: int, hi: int) -> bool:
+    """True when ``a`` looks like a two-level mask (``lo``/``hi``) blurred by resizing: the two levels
+    hold most pixels and the in-between values lie on edges (no flat in-between regions)."""
+    from scipy import ndimage
+
+    mid = (a > lo) & (a < hi)
+    n_mid = int(np.count_nonzero(mid))
+    n_lo, n_hi = int(np.count_nonzero(a == lo)), int(np.count_nonzero(a == hi))
+    if n_mid == 0 or n_hi == 0 or n_lo == 0 or n_mid > n_lo + n_hi:
+        return False
+    edge = ndimage.maximum_filter(a, size=3, mode="nearest") != ndimage.minimum_filter(a, size=3, mode="nearest")
+    return np.count_nonzero(mid & edge) >= _BLUR_SHARE * n_mid
+
 
 #: Distinct, colour-blind-friendly class colours (RGB), index = class id.
 CLASS_COLOURS: tuple[tuple[int, int, int], ...] = (
@@ -37,7 +64,7 @@ CLASS_COLOURS: tuple[tuple[int, int, int], ...] = (
 
 def decode_mask_array(arr: np.ndarray, *, threshold: int = 127,
                       colour_map: dict[tuple[int, int, int], int] | None = None,
-                      path: str | Path | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                      path: str | Path | None = None, lossy: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
     """Turn a raw mask array (H,W) or (H,W,C) into a uint8 label map (H,W).
 
     Returns:
@@ -61,19 +88,50 @@ def decode_mask_array(arr: np.ndarray, *, threshold: int = 127,
         labels, enc = a.astype(np.uint8), "binary01"
     else:
         if np.issubdtype(a.dtype, np.floating):
+            if a.size and not np.isfinite(a).all():
+                raise MaskError("float mask holds NaN or infinite values", path=path,
+                                hint="masks hold class ids; re-export the mask as an 8-bit PNG")
             if a.size and a.max() <= 1.0:
                 a = np.rint(a * 255.0)
             a = a.astype(np.int64)
         if a.size and a.min() < 0:
             raise MaskError("mask has negative values", path=path, hint="masks must hold class ids ≥ 0")
+        if a.size and a.max() > 65535:
+            raise MaskError(f"mask holds values up to {int(a.max())}", path=path,
+                            hint="masks hold class ids 0..255 (or 0/255 for binary)")
         values = _unique_small(a)
         if set(values) <= {0, 255}:
             return (a > 0).astype(np.uint8), {"encoding": "binary255", "classes": [int(v > 0) for v in values]}
         if set(values) <= {0, 1}:
             return a.astype(np.uint8), {"encoding": "binary01", "classes": values}
-        if len(values) <= 32 and max(values) <= 31:
-            return a.astype(np.uint8), {"encoding": "labels", "classes": values}
-        labels, enc = (a > threshold).astype(np.uint8), "antialiased"
+        if lossy:  # JPEG: compression noise everywhere, the levels cannot be told apart: threshold
+            labels, enc = (a > threshold).astype(np.uint8), "antialiased"
+        elif len(values) == 2 and values[0] == 0:  # {0, v}: binary with another foreground value
+            return (a > 0).astype(np.uint8), {"encoding": "binary", "classes": [0, 1],
+                                              "note": f"binary mask with foreground value {values[1]} (read as 1)"}
+        elif len(values) > 2 and _is_two_level_blur(a, values[0], values[-1]):
+            lo, hi = values[0], values[-1]
+            cut = threshold if (lo, hi) == (0, 255) else (lo + hi) / 2.0
+            labels, enc = (a > cut).astype(np.uint8), "antialiased"
+        elif len(values) <= MAX_LABEL_VALUES and max(values) <= 255:
+            # a label map; ids need not be consecutive ({0,127,255} = 3 classes): the dataset maps
+            # every id it finds to consecutive classes and says so (see Dataset.label_lut)
+            info = {"encoding": "labels", "classes": values}
+            if values != list(range(len(values))):
+                info["note"] = f"label values {values} are not consecutive; the dataset maps them to 0..{len(values) - 1}"
+            return a.astype(np.uint8), info
+        elif len(values) <= MAX_LABEL_VALUES:  # 16-bit ids above 255: map to consecutive ids here
+            lut = {v: i for i, v in enumerate(values)}
+            mapped = np.vectorize(lut.__getitem__, otypes=[np.uint8])(a) if a.size else a.astype(np.uint8)
+            return mapped, {"encoding": "labels_mapped", "classes": list(range(len(values))),
+                            "value_map": {str(v): i for v, i in lut.items()},
+                            "note": f"16-bit label values {values[:8]}{'…' if len(values) > 8 else ''} mapped to "
+                                    f"0..{len(values) - 1}"}
+        else:
+            raise MaskError(f"mask has {len(values)} distinct values (from {values[0]} to {values[-1]}) that are "
+                            "neither a label map nor a two-level mask blurred by resizing", path=path,
+                            hint="masks hold class ids (0, 1, 2...) or 0/255; is this an image in the mask "
+                            "folder? Re-export the mask without smoothing")
     classes = [int(c) for c in _unique_small(labels)]
     return labels, {"encoding": enc, "classes": classes}
 
@@ -144,7 +202,7 @@ def read_mask(path: str | Path, *, threshold: int = 127, page: int | None = None
     if kind == "raster":
         if path.suffix.lower() in (".jpg", ".jpeg"):
             arr, meta = read_raster(path)
-            labels, info = decode_mask_array(arr, threshold=threshold, colour_map=colour_map, path=path)
+            labels, info = decode_mask_array(arr, threshold=threshold, colour_map=colour_map, path=path, lossy=True)
             info["warning"] = "JPEG masks are lossy; values were thresholded"
             return labels, {**info, "height": meta["height"], "width": meta["width"]}
         arr, meta = read_raster(path, keep_palette=True)
@@ -154,7 +212,7 @@ def read_mask(path: str | Path, *, threshold: int = 127, page: int | None = None
             return labels, {"encoding": "palette", "classes": classes,
                             "height": meta["height"], "width": meta["width"]}
     elif kind == "tiff":
-        arr, meta = read_tiff(path, page=page)
+        arr, meta = read_tiff(path, page=page, fix_nonfinite=False)
     else:
         raise ReadError("DICOM files are not supported as masks", path=path,
                         hint="export the mask as PNG, or provide an RLE CSV")
@@ -163,12 +221,16 @@ def read_mask(path: str | Path, *, threshold: int = 127, page: int | None = None
     return labels, info
 
 
-def write_mask_png(path: str | Path, mask: np.ndarray) -> Path:
-    """Write a label map as a lossless 8-bit grayscale PNG (pixel value = class id), atomically.
+def write_mask_png(path: str | Path, mask: np.ndarray, palette: bool = False) -> Path:
+    """Write a label map as a lossless 8-bit PNG (pixel value = class id), atomically.
 
     Args:
         path: destination ``.png`` path (folders are created).
         mask: integer or bool array (H,W) with values in 0..255.
+        palette: write a palette PNG whose indices are the class ids and whose colours are
+            :data:`CLASS_COLOURS` (class 1 orange, 2 sky blue...), so the file keeps its values
+            for programs and is visible in any image viewer (a grey 0/1 PNG looks black);
+            False = 8-bit grayscale.
     """
     from PIL import Image
 
@@ -188,7 +250,11 @@ def write_mask_png(path: str | Path, mask: np.ndarray) -> Path:
     if m.size and (m.min() < 0 or m.max() > 255):
         raise MaskError("mask values must be in 0..255", path=path, hint="use at most 255 classes")
     with atomic_path(path) as tmp:
-        Image.fromarray(m.astype(np.uint8), mode="L").save(tmp, format="PNG", optimize=False, compress_level=6)
+        im = Image.fromarray(m.astype(np.uint8), mode="L")
+        if palette:
+            im = Image.frombytes("P", im.size, im.tobytes())  # indices = class ids, unchanged
+            im.putpalette([v for i in range(256) for v in CLASS_COLOURS[i % len(CLASS_COLOURS)]])
+        im.save(tmp, format="PNG", optimize=False, compress_level=6)
     return path
 
 

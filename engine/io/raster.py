@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import MissingPluginError, ReadError
+from engine.io.limits import check_pixels
 
 _REEXPORT = "re-export or re-download the file, or remove it from the folder"
 
@@ -30,6 +31,8 @@ def read_raster(path: Path, keep_palette: bool = False) -> tuple[np.ndarray, dic
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
+                bands = 3 if im.mode == "P" and not keep_palette else len(im.getbands())
+                check_pixels(path, im.size[1], im.size[0], channels=bands)  # header facts, before decoding
                 im.load()
                 mode = im.mode
                 n_frames = getattr(im, "n_frames", 1)
@@ -47,12 +50,14 @@ def read_raster(path: Path, keep_palette: bool = False) -> tuple[np.ndarray, dic
                     pass
                 if mode not in ("I;16", "I;16B", "I;16L", "I"):
                     arr = np.array(im)
+    except ReadError:
+        raise
     except FileNotFoundError:
         raise ReadError("file not found", path=path, hint="check the path") from None
     except Exception as exc:  # PIL raises many types for corrupt data
         raise ReadError(f"cannot decode image ({type(exc).__name__}: {exc})", path=path, hint=_REEXPORT) from None
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8)
+    if arr.dtype == bool:  # 1-bit image: black/white, stored as 0/255 so 8-bit scaling gives {0, 1}
+        arr = arr.astype(np.uint8) * np.uint8(255)
     meta: dict[str, Any] = {
         "format": path.suffix.lower().lstrip(".").replace("jpeg", "jpg"),
         "path": str(path),
@@ -71,17 +76,28 @@ def read_raster(path: Path, keep_palette: bool = False) -> tuple[np.ndarray, dic
 
 
 def raster_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the header; :class:`ReadError` when over the pixel limit."""
     Image = _pil()
     try:
         with Image.open(path) as im:
             w, h = im.size
+            bands = 3 if im.mode == "P" else len(im.getbands())
+        check_pixels(path, h, w, channels=bands)
+    except ReadError:
+        raise
     except Exception as exc:
         raise ReadError(f"cannot read image header ({type(exc).__name__}: {exc})", path=path, hint=_REEXPORT) from None
     return int(h), int(w)
 
 
-def read_tiff(path: Path, page: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Read an 8/16-bit TIFF. Multi-page files need an explicit ``page`` (else ReadError)."""
+def read_tiff(path: Path, page: int | None = None, fix_nonfinite: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read an 8/16-bit (or float) TIFF. Multi-page files need an explicit ``page`` (else ReadError).
+
+    Float pixels that are NaN/±Inf go through :func:`finite_or_error` unless ``fix_nonfinite`` is
+    False (masks: the mask decoder refuses them instead)."""
+    info = classic_tiff_info(Path(path))
+    if info is not None and not page:
+        check_pixels(path, info["height"], info["width"], channels=info["samples"])
     if not page:
         arr = read_plain_tiff(path)
         if arr is not None:
@@ -93,15 +109,23 @@ def read_tiff(path: Path, page: int | None = None) -> tuple[np.ndarray, dict[str
         with tifffile.TiffFile(path) as tf:
             n_pages = len(tf.pages)
             if n_pages == 0:
-                raise ReadError("TIFF has no pages", path=path, hint=_REEXPORT)
+                raise ReadError(f"TIFF is truncated or damaged: no readable image directory in its "
+                                f"{Path(path).stat().st_size} bytes", path=path, hint=_REEXPORT)
             if n_pages > 1 and page is None:
-                raise ReadError(f"multi-page TIFF ({n_pages} pages)", path=path,
-                                hint="pass page=N (CLI: --page N) to read one page, or split the stack into files")
+                raise ReadError(f"multi-page TIFF ({n_pages} pages); the workbench reads single-page images",
+                                path=path, hint="split the stack into one file per page (e.g. tifffile or "
+                                "ImageJ), or read one page from Python with engine.io.read_image(path, page=N)")
             index = page or 0
             if not 0 <= index < n_pages:
                 raise ReadError(f"page {index} does not exist (the file has {n_pages})", path=path,
                                 hint=f"use a page between 0 and {n_pages - 1}")
             p = tf.pages[index]
+            shape = tuple(int(v) for v in getattr(p, "shape", ()) or ())
+            if len(shape) < 2:
+                raise ReadError(f"TIFF page {index} has no image size (shape {shape})", path=path, hint=_REEXPORT)
+            planar = len(shape) == 3 and shape[0] in (3, 4) and shape[2] not in (3, 4)
+            hw = shape[1:3] if planar else shape[:2]
+            check_pixels(path, hw[0], hw[1], channels=int(np.prod(shape)) // max(1, hw[0] * hw[1]))
             arr = p.asarray()
             bits = int(getattr(p, "bitspersample", arr.dtype.itemsize * 8))
             photometric = getattr(p, "photometric", None)
@@ -121,8 +145,11 @@ def read_tiff(path: Path, page: int | None = None) -> tuple[np.ndarray, dict[str
     if arr.ndim not in (2, 3):
         raise ReadError(f"unsupported TIFF array shape {arr.shape}", path=path,
                         hint="save as a single 2-D grayscale or RGB image")
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8)
+    if arr.dtype == bool:  # 1-bit TIFF: 0/255 as for PNG
+        arr = arr.astype(np.uint8) * np.uint8(255)
+    warnings_: list[str] = []
+    if np.issubdtype(arr.dtype, np.floating) and fix_nonfinite:
+        arr, warnings_ = finite_or_error(arr, path)
     if photometric is not None and int(photometric) == 0:  # MINISWHITE (str() of the enum is "0" on 3.11)
         arr = (np.iinfo(arr.dtype).max - arr) if np.issubdtype(arr.dtype, np.integer) else arr.max() - arr
     meta: dict[str, Any] = {
@@ -135,7 +162,30 @@ def read_tiff(path: Path, page: int | None = None) -> tuple[np.ndarray, dict[str
         "bit_depth": bits,
         "n_pages": n_pages,
     }
+    if warnings_:
+        meta["warnings"] = warnings_
     return arr, meta
+
+
+def finite_or_error(arr: np.ndarray, path: str | Path | None) -> tuple[np.ndarray, list[str]]:
+    """A float image with NaN/±Inf made explicit: all non-finite → :class:`ReadError`; some →
+    NaN and -Inf set to the smallest finite value, +Inf to the largest, and a warning saying how
+    many (instead of min–max scaling turning the whole image into NaN).
+
+    Returns:
+        ``(array, warnings)`` with the same shape and dtype.
+    """
+    finite = np.isfinite(arr)
+    if finite.all():
+        return arr, []
+    n_bad = int(arr.size - np.count_nonzero(finite))
+    if not finite.any():
+        raise ReadError(f"float image holds no finite values (all {n_bad} pixels are NaN or infinite)", path=path,
+                        hint="re-export the image; NaN usually marks missing data")
+    lo, hi = float(arr[finite].min()), float(arr[finite].max())
+    out = np.where(np.isnan(arr) | np.isneginf(arr), lo, arr)
+    out = np.where(np.isposinf(out), hi, out).astype(arr.dtype, copy=False)
+    return out, [f"{n_bad} NaN/infinite pixel(s) replaced by the finite minimum/maximum ({lo:g}/{hi:g})"]
 
 
 def classic_tiff_info(path: Path) -> dict[str, int] | None:
@@ -211,18 +261,27 @@ def read_plain_tiff(path: str | Path) -> np.ndarray | None:
 
 
 def tiff_size(path: Path) -> tuple[int, int]:
+    """(height, width) of the first page from the header; :class:`ReadError` when over the pixel limit."""
     info = classic_tiff_info(path)
     if info is not None:
+        check_pixels(path, info["height"], info["width"], channels=info["samples"])
         return info["height"], info["width"]
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tf:
+            if len(tf.pages) == 0:
+                raise ReadError("TIFF is truncated or damaged: no readable image directory", path=path, hint=_REEXPORT)
             shape = tf.pages[0].shape
+    except ReadError:
+        raise
     except Exception as exc:
         raise ReadError(f"cannot read TIFF header ({type(exc).__name__}: {exc})", path=path, hint=_REEXPORT) from None
     if len(shape) < 2:
         raise ReadError(f"TIFF first page has no image size (shape {shape})", path=path, hint=_REEXPORT)
     if len(shape) == 3 and shape[0] in (3, 4) and shape[2] not in (3, 4):
-        return int(shape[1]), int(shape[2])
-    return int(shape[0]), int(shape[1])
+        h, w = int(shape[1]), int(shape[2])
+    else:
+        h, w = int(shape[0]), int(shape[1])
+    check_pixels(path, h, w, channels=int(np.prod(shape)) // max(1, h * w))
+    return h, w
