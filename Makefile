@@ -16,12 +16,12 @@ export PYTHONUNBUFFERED := 1
 PORT ?= 8501
 PYTEST_ARGS ?=
 
-.PHONY: run test install install-dev browser demo demo-full clean bench
+.PHONY: run test install install-dev browser dicomtools demo demo-full clean bench
 
 run: install demo
 	$(BIN)/streamlit run app.py --server.port $(PORT)
 
-test: install-dev browser demo
+test: install-dev browser dicomtools demo
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 $(BIN)/python:
@@ -48,6 +48,14 @@ browser:
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PKGS) >/dev/null; \
 	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PKGS) >/dev/null; \
 	else echo "warning: chromium/fonts missing and no root: the browser suite will be skipped if chromium is absent"; fi
+
+# dicom3tools' dciodvfy validates the exported DICOM-SEG objects against the IOD in tests/test_interop.py
+# (the test skips when it is absent).
+dicomtools:
+	@if command -v dciodvfy >/dev/null; then echo "dciodvfy: $$(command -v dciodvfy)"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null; \
+	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null; \
+	else echo "warning: dicom3tools missing and no root: the DICOM-SEG IOD check will be skipped"; fi
 
 demo: install
 	$(BIN)/python -m engine demo --out demo_data --if-missing

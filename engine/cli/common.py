@@ -53,13 +53,15 @@ def add_pixel_limit(p) -> None:
 def add_dataset_options(p) -> None:
     """Flags every dataset-reading command shares."""
     add_pixel_limit(p)
-    p.add_argument("--layout", choices=["kaggle_uns", "siim", "paired"], help="force a layout (default: detect)")
+    p.add_argument("--layout", choices=["kaggle_uns", "siim", "paired", "coco", "dicom_seg", "nifti"], help="force a layout (default: detect)")
     p.add_argument("--labels", help="comma-separated class names for ids 1..K-1, e.g. nerve,vessel")
     p.add_argument("--mask-threshold", type=int, default=None,
                    help="binarise anti-aliased grey masks at > T (default 127)")
     p.add_argument("--rle-csv", help="SIIM: which RLE CSV to use (default: the one matching most images)")
     p.add_argument("--mask-suffix", action="append", help="mask file suffix such as _mask (repeatable)")
     p.add_argument("--group-regex", help="regex whose first group is the subject/patient id in file stems")
+    p.add_argument("--image-root", help="COCO / DICOM-SEG / NIfTI imports: a folder holding the images the "
+                                        "annotations refer to (default: next to them)")
 
 
 def dataset_options(args) -> dict[str, Any]:
@@ -74,6 +76,8 @@ def dataset_options(args) -> dict[str, Any]:
         opts["mask_suffixes"] = args.mask_suffix
     if getattr(args, "group_regex", None):
         opts["group_regex"] = args.group_regex
+    if getattr(args, "image_root", None):
+        opts["image_root"] = str(Path(args.image_root).expanduser().resolve())
     return opts
 
 

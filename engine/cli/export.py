@@ -1,4 +1,5 @@
-"""``export-corrected``: write a reviewed dataset's current masks (PNG + RLE CSV + manifest) elsewhere."""
+"""``export-corrected``: write a reviewed dataset's current masks elsewhere, as PNG (+ RLE CSV + manifest),
+DICOM-SEG, COCO or NIfTI (``--format``; see :func:`engine.interop.export.export_dataset`)."""
 
 from __future__ import annotations
 
@@ -15,22 +16,43 @@ def register(sub) -> None:
     p.add_argument("--no-decisions", action="store_true",
                    help="only corrected mask versions; ignore conflict-review decisions (drops, unions)")
     p.add_argument("--copy-images", action="store_true", help="copy the images too (default: list their paths)")
+    p.add_argument("--format", dest="fmt", choices=["png", "dicom-seg", "coco", "nifti"], default="png",
+                   help="png (default): label PNGs + RLE CSV + manifest; dicom-seg: one DICOM Segmentation per "
+                        "DICOM case; coco: one COCO JSON with RLE masks; nifti: one .nii.gz label map per case")
+    p.add_argument("--user", default=None,
+                   help="acting user recorded in export.json and as the DICOM-SEG content creator (default: login name)")
     p.add_argument("--json", action="store_true", help="print the export summary as JSON")
     add_dataset_options(p)
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args) -> int:
-    from engine.curation import export_corrected
+    import getpass
+
+    from engine.interop.export import export_dataset
     from engine.store import ReviewStore
 
     ds = open_dataset_from_args(args)
     store = ReviewStore(args.store, dataset=ds) if args.store else ReviewStore.for_dataset(ds)
+    try:
+        user = args.user or getpass.getuser()
+    except (KeyError, OSError):  # no login name (some containers)
+        user = None
     with tqdm_progress("exporting") as progress:
-        info = export_corrected(ds, store, args.out, progress=progress, apply_decisions=not args.no_decisions,
-                                copy_images=args.copy_images)
+        info = export_dataset(ds, store, args.out, args.fmt, progress=progress,
+                              apply_decisions=not args.no_decisions, copy_images=args.copy_images, author=user)
     if args.json:
         print_json(info)
+        return 0
+    if args.fmt != "png":
+        print(f"exported {info['n_written']} file(s) as {args.fmt} ({info['n_corrected']} corrected cases, "
+              f"{info['n_dropped']} dropped, {len(info['skipped'])} skipped) to {info['out_dir']}")
+        for s in info["skipped"][:10]:
+            print(f"  skipped {s['case_id']}: {s['reason']}")
+        if len(info["skipped"]) > 10:
+            print(f"  ... {len(info['skipped']) - 10} more skipped (see export.json)")
+        for n in info.get("notes", []):
+            print(f"  note: {n}")
         return 0
     print(f"exported {info['n_exported']} masks ({info['n_corrected']} corrected, {info['n_dropped']} dropped) "
           f"to {info['out_dir']}\n  manifest: {info['manifest']}"

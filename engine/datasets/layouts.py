@@ -608,6 +608,9 @@ LAYOUTS: dict[str, Any] = {
     SIIMLayout.name: SIIMLayout,
     PairedLayout.name: PairedLayout,
 }
+from engine.datasets.interop_layouts import INTEROP_LAYOUTS  # noqa: E402 - COCO, DICOM-SEG, NIfTI imports
+
+LAYOUTS.update(INTEROP_LAYOUTS)
 
 
 def detect_all(root: Path, files: dict[Path, Stamp]) -> list[Detection]:
