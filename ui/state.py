@@ -34,9 +34,23 @@ REVIEWER = "segwb_reviewer"        # reviewer / author name remembered for decis
 MAX_RECENT = 8
 
 
+_UPLOADS_CLEANED: set[Path] = set()
+
+
 def workspace() -> Workspace:
-    """The engine workspace ($SEGWB_WORKSPACE, set by `make run`, or ~/.cache/segwb)."""
-    return Workspace()
+    """The engine workspace ($SEGWB_WORKSPACE, set by `make run`, or ~/.cache/segwb). The first use
+    in a server process (app start) deletes expired uploads (:func:`engine.phi.cleanup_uploads`)."""
+    ws = Workspace()
+    if ws.root not in _UPLOADS_CLEANED:
+        _UPLOADS_CLEANED.add(ws.root)
+        from engine.errors import WorkbenchError
+        from engine.phi import cleanup_uploads
+
+        try:
+            cleanup_uploads(ws.root)
+        except (OSError, WorkbenchError):
+            pass  # a bad TTL setting is reported on the next upload
+    return ws
 
 
 def demo_root() -> Path:
