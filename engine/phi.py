@@ -41,7 +41,7 @@ SECRET_NAME = "secret.key"
 SECRET_BYTES = 32
 #: PS3.16 CID 7050 code of the profile applied by :func:`deidentify_dicom`.
 BASIC_PROFILE_CODE = ("113100", "DCM", "Basic Application Confidentiality Profile")
-DEID_METHOD = "PS3.15 E.1 Basic Application Level Confidentiality Profile (dicom-anonymizer 2.1.0, table 2026c)"
+DEID_METHOD = "PS3.15 Basic Profile (dicom-anonymizer 2.1.0, 2026c)"  # LO: at most 64 characters
 #: Table E.1-1 edition used by dicom-anonymizer.
 DEID_TABLE = "dicomfields_2026c"
 
@@ -111,12 +111,14 @@ def patient_key(patient_id: str | None, secret: bytes | None = None) -> str | No
 
 
 def deid_uid(uid: str, secret: bytes | None = None) -> str:
-    """The de-identified replacement of a DICOM UID: ``2.25.<decimal>`` (pydicom's
-    ``generate_uid`` from the install secret and ``uid``), the same every time on this install."""
-    from pydicom.uid import generate_uid
-
+    """The de-identified replacement of a DICOM UID, the same every time on this install:
+    ``2.25.<UUID as integer>`` (PS3.5 B.2), the UUID being an RFC 9562 version-8 UUID made of
+    HMAC-SHA256(install secret, uid). Without the secret it reveals nothing about ``uid``."""
     key = install_secret() if secret is None else secret
-    return str(generate_uid(None, entropy_srcs=[key.hex(), "segwb-deid-uid", str(uid)]))
+    b = bytearray(hmac.new(key, b"uid:" + str(uid).strip().encode("ascii", "replace"), hashlib.sha256).digest()[:16])
+    b[6] = (b[6] & 0x0F) | 0x80  # version 8 (custom)
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122/9562 variant
+    return f"2.25.{int.from_bytes(b, 'big')}"
 
 
 class _DerivedUIDs(dict):

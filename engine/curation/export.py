@@ -275,6 +275,9 @@ def _build_export(ds: Any, store: Any, out: Path, tmp: Path, report: Any, apply_
 
 #: header fields of a case's ``meta`` that are DICOM UIDs (remapped in de-identified exports)
 _UID_META = ("sop_instance_uid", "study_uid", "series_uid")
+#: header fields the basic profile removes or empties (PatientAge X, PatientSex Z): dropped from the
+#: meta of de-identified cases, so the manifest does not say what the DICOMs no longer do
+_PROFILE_REMOVED_META = ("age_years", "age_raw", "age_flag", "sex", "path")
 
 
 class _Deidentifier:
@@ -353,7 +356,8 @@ class _Deidentifier:
             for k in _UID_META:
                 if meta.get(k):
                     meta[k] = deid_uid(str(meta[k]), self.secret)
-            meta.pop("path", None)
+            for k in _PROFILE_REMOVED_META:
+                meta.pop(k, None)
         group = c.group_id
         if cid != c.case_id and (group == c.case_id or group in {str(c.meta[k]) for k in _UID_META if c.meta.get(k)}):
             group = deid_uid(str(group), self.secret)  # a group named by a UID (no PatientID)
