@@ -155,3 +155,25 @@ def test_manifest_never_replaces_a_foreign_file(nerve: Path, tmp_path: Path, wor
     assert rc != 0 and card.read_bytes() == before
     assert main(["manifest", str(nerve), "--out", str(tmp_path / "new.json")]) == 0
     assert is_product_manifest(tmp_path / "new.json")
+
+
+def test_convert_refuses_a_foreign_folder_and_replaces_its_own(nerve: Path, tmp_path: Path, workspace: Path) -> None:
+    from engine.convert import convert_dataset
+    from engine.errors import WorkbenchError
+
+    ds = open_dataset(nerve, workspace=Workspace(workspace))
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "convert.json").write_text("{}")  # a marker-named file is not enough
+    (user / "notes.txt").write_text("mine")
+    before = _tree(user)
+    with pytest.raises(WorkbenchError, match="not made by `convert`"):
+        convert_dataset(ds, user, 32)
+    assert _tree(user) == before
+    out = tmp_path / "conv"
+    first = convert_dataset(ds, out, 32)
+    (out / "images" / "stale.png").write_bytes(b"x")
+    second = convert_dataset(ds, out, 48)
+    assert not (out / "images" / "stale.png").exists() and second["size"] == [48, 48]
+    assert first["n_images"] == second["n_images"] == len(list((out / "images").iterdir()))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".conv.")]
