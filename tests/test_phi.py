@@ -222,3 +222,14 @@ def test_uploads_private_and_expire(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("SEGWB_UPLOAD_TTL_HOURS", "soon")
     with pytest.raises(ConfigError, match="SEGWB_UPLOAD_TTL_HOURS"):
         phi.upload_ttl_hours()
+
+
+def test_app_start_cleans_expired_uploads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ui import state
+
+    ws = tmp_path / "ws"
+    p = phi.save_upload("scan.dcm", b"DICM", ws)
+    os.utime(p, (time.time() - 30 * 3600,) * 2)
+    monkeypatch.setenv("SEGWB_WORKSPACE", str(ws))
+    state._UPLOADS_CLEANED.discard(ws.resolve())
+    assert state.workspace().root == ws.resolve() and not p.exists()  # first use in the process
