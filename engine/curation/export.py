@@ -15,14 +15,18 @@
   and manifests → none (their masks are files). RLE is binary: multi-class masks get no CSV.
 - ``images.csv`` — ``case_id,image_path`` with the *original* image paths. Images are not
   copied by default (datasets are large and DICOMs carry headers that must not be duplicated
-  casually); pass ``copy_images=True`` for a self-contained folder (``images/`` mirrors the
-  dataset's relative paths).
+  casually); pass ``copy_images=True`` for a self-contained folder: non-DICOM images keep the
+  dataset's relative paths under ``images/``; DICOMs are de-identified (:mod:`engine.phi`, DICOM
+  PS3.15 basic profile) into ``images/<new SOPInstanceUID>.dcm`` and their cases renamed to that UID.
 - ``manifest.json`` — a :mod:`engine.datasets.manifest` whose cases point at the original
   images and the exported masks: ``open_dataset(out_dir / "manifest.json")`` is what training
   and evaluation take. Dropped cases are listed with their reasons.
 - ``export.json`` — counts and provenance (store, decisions, versions per case).
 
-Nothing is written inside the dataset folder (refused), and the dataset's files are only read.
+Nothing is written inside the dataset folder (refused), and the dataset's files are only read. The
+export is built in a hidden folder beside ``out_dir`` and renamed into place (:func:`engine.fsutil.install_dir`):
+a crash leaves the previous export whole; a non-empty folder without this program's ``export.json``
+is refused, never deleted.
 
 Example:
     >>> with ReviewStore.for_dataset(ds) as store:                                  # doctest: +SKIP
