@@ -233,3 +233,23 @@ def test_app_start_cleans_expired_uploads(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("SEGWB_WORKSPACE", str(ws))
     state._UPLOADS_CLEANED.discard(ws.resolve())
     assert state.workspace().root == ws.resolve() and not p.exists()  # first use in the process
+
+
+def test_real_siim_dicoms_deidentify_with_identical_pixels(shared_data: Path, tmp_path: Path, workspace: Path) -> None:
+    """The five real SIIM sample DICOMs (already anonymised by the competition, but with names, IDs,
+    ages and UIDs in place) come out with the profile applied and byte-identical pixel data."""
+    files = sorted((shared_data / "siim-sample").rglob("*.dcm"))
+    if not files:
+        pytest.skip("no SIIM sample DICOMs")
+    for f in files:
+        o = pydicom.dcmread(f)
+        r = phi.deidentify_dicom(f, tmp_path / "out")
+        c = pydicom.dcmread(r["path"])
+        assert c.PixelData == o.PixelData and c.SOPInstanceUID == phi.deid_uid(str(o.SOPInstanceUID))
+        assert r["path"].name == f"{c.SOPInstanceUID}.dcm"
+        for kw in ("PatientName", "PatientID", "PatientAge", "PatientBirthDate"):
+            if str(o.get(kw, "") or "").strip():
+                assert str(c.get(kw, "") or "") != str(o.get(kw)), kw
+        assert c.PatientIdentityRemoved == "YES"
+        arr_o, arr_c = o.pixel_array, c.pixel_array
+        assert np.array_equal(arr_o, arr_c)
