@@ -27,8 +27,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import io
 import os
 import secrets
 import threading
@@ -157,7 +159,9 @@ def deidentify_dataset(ds: Any, secret: bytes | None = None) -> None:
         saved = sda.dictionary
         sda.dictionary = _DerivedUIDs(key)
         try:
-            sda.anonymize_dataset(ds, None, True, lambda: sda.initialize_actions(DEID_TABLE))
+            # the library prints a line for tags it cannot read; the engine never prints
+            with contextlib.redirect_stdout(io.StringIO()):
+                sda.anonymize_dataset(ds, None, True, lambda: sda.initialize_actions(DEID_TABLE))
         finally:
             sda.dictionary = saved
     meta = getattr(ds, "file_meta", None)
