@@ -12,6 +12,8 @@ DEV_HASH := $(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c
 export SEGWB_WORKSPACE ?= $(CURDIR)/.workspace
 # Largest image (H x W x frames x channels) any reader decodes; checked from the header (engine/io/limits.py).
 export SEGWB_MAX_PIXELS ?= 100000000
+# Hours an uploaded file (Predict/Compare pages) is kept in $(SEGWB_WORKSPACE)/uploads (0600) before deletion (engine/phi.py).
+export SEGWB_UPLOAD_TTL_HOURS ?= 24
 export PYTHONUNBUFFERED := 1
 PORT ?= 8501
 PYTEST_ARGS ?=

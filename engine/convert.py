@@ -109,20 +109,25 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
 
 
+def _is_conversion(out: Path) -> bool:
+    """True when ``out/convert.json`` is the summary an earlier :func:`convert_dataset` wrote."""
+    import json
+
+    try:
+        data = json.loads((out / CONVERT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"source_layout", "names", "n_images"} <= set(data)
+
+
 def _prepare_out(out: Path) -> None:
-    if out.exists():
-        if not out.is_dir():
+    """Refuse an output that is a file, or a non-empty folder an earlier conversion did not make."""
+    if out.exists() or out.is_symlink():
+        if out.is_symlink() or not out.is_dir():
             raise WorkbenchError("output exists and is not a folder", path=out, hint="choose another --out")
-        entries = [p for p in out.iterdir()]
-        if entries and not (out / CONVERT_MARKER).exists():
+        if any(out.iterdir()) and not _is_conversion(out):
             raise WorkbenchError("output folder is not empty and was not made by `convert`", path=out,
                                  hint="choose a new or empty folder; existing data is never overwritten")
-        for sub in ("images", "masks"):  # an earlier conversion: replace it entirely
-            shutil.rmtree(out / sub, ignore_errors=True)
-        for name in (CONVERT_MARKER, "cases.csv"):
-            (out / name).unlink(missing_ok=True)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
 
 
 def convert_dataset(ds: Any, out: str | Path, size: str | int | tuple[int, int] = 256,
@@ -140,19 +145,38 @@ def convert_dataset(ds: Any, out: str | Path, size: str | int | tuple[int, int] 
         summary: ``n_cases``, ``n_images``, ``n_masks``, ``n_skipped``, ``skipped`` (case id, path,
         reason), ``size``, ``out``, ``labels``, ``names`` (case id → file stem).
 
-    Bad cases (unreadable image or mask) are skipped and reported, never fatal.
+    Bad cases (unreadable image or mask) are skipped and reported, never fatal. The folder is built
+    beside ``out`` and renamed into place; a non-empty ``out`` not made by ``convert`` is refused.
     """
+    if image_format not in ("png", "jpg"):
+        raise ConfigError(f"unknown image format {image_format!r}", hint="use png or jpg")
+    hw = parse_size(size)
+    from engine.fsutil import cleanup_staging, install_dir, staging_dir
+
+    out = Path(out).expanduser().resolve()
+    cleanup_staging(out)
+    _prepare_out(out)
+    # built beside OUT and renamed into place: an earlier conversion stays whole until the new one is
+    final, out = out, staging_dir(out)
+    (out / "images").mkdir()
+    (out / "masks").mkdir()
+    try:
+        summary = _convert_into(ds, final, out, hw, image_format, progress)
+        install_dir(out, final)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return summary
+
+
+def _convert_into(ds: Any, final: Path, out: Path, hw: tuple[int, int], image_format: str,
+                  progress: Any) -> dict[str, Any]:
     from PIL import Image
 
     from engine.datasets.scan import parallel_map
     from engine.fsutil import atomic_path, atomic_write_json, atomic_write_text
     from engine.io import to_chw_float, write_mask_png
 
-    if image_format not in ("png", "jpg"):
-        raise ConfigError(f"unknown image format {image_format!r}", hint="use png or jpg")
-    hw = parse_size(size)
-    out = Path(out)
-    _prepare_out(out)
     names: dict[str, str] = {}
     for c in ds.cases:
         name = safe_case_name(c.case_id)
@@ -190,7 +214,7 @@ def convert_dataset(ds: Any, out: str | Path, size: str | int | tuple[int, int] 
         w.writerow([r["case_id"], r["file"], r["group_id"], r["split"], int(r["labelled"]), int(r["has_mask"])])
     atomic_write_text(out / "cases.csv", buf.getvalue())
     summary = {
-        "out": str(out), "source": str(ds.root), "source_layout": ds.layout, "size": list(hw),
+        "out": str(final), "source": str(ds.root), "source_layout": ds.layout, "size": list(hw),
         "image_format": image_format, "labels": {str(k): v for k, v in ds.labels.items()},
         "n_cases": len(ds.cases), "n_images": len(done), "n_masks": sum(r["labelled"] for r in done),
         "n_with_mask": sum(r["has_mask"] for r in done), "n_skipped": len(skipped), "skipped": skipped,

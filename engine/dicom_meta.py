@@ -4,8 +4,9 @@
 fields an EDA needs (age, sex, modality, view position, body part, manufacturer,
 pixel spacing, photometric interpretation, size, bit depth). Patient name, ID, birth
 date, institution, physicians, dates and free-text descriptions are **never** included
-unless the caller passes ``include_phi=True``; the patient ID is replaced by a one-way
-hash (``patient_key``) so cases can still be grouped by patient.
+unless the caller passes ``include_phi=True``; the patient ID is replaced by a keyed one-way
+hash (``patient_key``: HMAC-SHA256 with the install secret, :mod:`engine.phi`) so cases can
+still be grouped by patient, but the key cannot be reversed by trying every MRN.
 
 Example:
     >>> rec = header_record(pydicom.dcmread(path, stop_before_pixels=True))   # doctest: +SKIP
@@ -15,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -74,10 +74,11 @@ def parse_age(value: Any) -> tuple[float | None, str]:
 
 
 def patient_key(patient_id: str | None) -> str | None:
-    """A one-way, stable key for grouping by patient without exposing the ID."""
-    if not patient_id:
-        return None
-    return "pt-" + hashlib.sha1(str(patient_id).strip().encode()).hexdigest()[:12]
+    """A keyed one-way, stable key for grouping by patient without exposing the ID
+    (:func:`engine.phi.patient_key`: HMAC-SHA256 with the install secret)."""
+    from engine.phi import patient_key as _key
+
+    return _key(patient_id)
 
 
 def _get(ds: Any, keyword: str) -> Any:

@@ -134,7 +134,7 @@ def eval_dir(dataset: Any, card: Any, key: str) -> Path:
     from engine.workspace import Workspace
 
     base = dataset.workdir or Workspace().dataset_dir(dataset.root)
-    return Path(base) / "evals" / f"{card.name}-{key}"
+    return Path(base) / "evals" / f"{safe_name(str(card.name))}-{key}"  # a card name is text from a file
 
 
 def evaluate(predictor: Any, dataset: Any, config: EvalConfig | None = None, case_ids: Sequence[str] | None = None,

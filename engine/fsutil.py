@@ -26,12 +26,19 @@ from engine.errors import ReadError
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(path: str | Path, suffix: str | None = None, *, mode: int | None = None,
+                exclusive: bool = False) -> Iterator[Path]:
     """Yield a temp path next to ``path``; on success rename it over ``path``.
 
     The temp file keeps ``path``'s suffix (or ``suffix``) so libraries that pick a
     format from the extension (PIL, tifffile) still work. On error the temp file is
     removed and ``path`` is untouched.
+
+    Args:
+        mode: file permissions (e.g. ``0o600`` for uploads and secrets); default ``0o666 & ~umask``.
+        exclusive: never replace an existing file: the temp file is hard-linked to ``path``,
+            which fails atomically with :class:`FileExistsError` when ``path`` exists (also
+            when another process created it in the meantime).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,10 +48,14 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     try:
         yield tmp_path
         # mkstemp makes 0600 (and some writers recreate the file): give it normal permissions
-        os.chmod(tmp_path, 0o666 & ~_umask())
+        os.chmod(tmp_path, (0o666 & ~_umask()) if mode is None else mode)
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
+        if exclusive:
+            os.link(tmp_path, path)  # FileExistsError when path exists: nothing replaced
+            tmp_path.unlink()
+        else:
+            os.replace(tmp_path, path)
         _fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -67,9 +78,9 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
+def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int | None = None, exclusive: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically (``mode``/``exclusive``: see :func:`atomic_path`)."""
+    with atomic_path(path, mode=mode, exclusive=exclusive) as tmp:
         tmp.write_bytes(data)
 
 
@@ -153,6 +164,8 @@ def safe_name(name: str, max_len: int = MAX_NAME_LEN) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", text)
     stem = re.sub(r"\.{2,}", ".", stem).strip("._-")
     stem = stem[: max(1, max_len - len(digest) - 1)].rstrip("._-") or "name"
+    if stem.split(".")[0].upper() in _WINDOWS_RESERVED:  # "nul.txt" → Windows still reads the device NUL
+        stem = f"_{stem}"
     return f"{stem}-{digest}"
 
 
@@ -170,6 +183,123 @@ def safe_child(folder: str | Path, name: str, suffix: str = "") -> Path:
         raise WorkbenchError(f"refusing to write {path}: outside {folder}", path=folder,
                              hint="report this as a bug")
     return path
+
+
+_SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
+
+
+def safe_filename(name: str, max_len: int = MAX_NAME_LEN) -> str:
+    """A user-supplied file name (an upload's name) made safe to create in a folder, keeping its
+    extension so readers chosen by suffix still work: ``safe_name(stem) + suffix``.
+
+    Only the last path component counts (``C:\\x\\scan.dcm`` and ``../../scan.dcm`` → ``scan.dcm``);
+    a suffix that is not 1–10 ASCII letters/digits (``.tar.gz`` keeps ``.gz``) is folded into the stem.
+
+    Example:
+        >>> safe_filename("../../scan.DCM"), safe_filename("C:\\tmp\\a b.png")[-4:]
+        ('scan.DCM', '.png')
+    """
+    base = re.split(r"[\\/]", str(name))[-1]
+    stem, dot, ext = base.rpartition(".")
+    suffix = f".{ext}" if dot and stem and _SAFE_SUFFIX.match(f".{ext}") else ""
+    stem = stem if suffix else base
+    return safe_name(stem, max_len) + suffix
+
+
+def is_inside(path: str | Path, folder: str | Path) -> bool:
+    """True when ``path`` (resolved, symlinks followed) is ``folder`` or lies below it."""
+    p = Path(path).expanduser().resolve()
+    f = Path(folder).expanduser().resolve()
+    return p == f or f in p.parents
+
+
+# --- folders built beside their destination and renamed into place -------------------------------
+
+#: Hidden sibling names used while a folder is being built (``.OUT.tmp-PID-RAND``) and while an
+#: earlier one is being replaced (``.OUT.old-PID-RAND``).
+_STAGE_KINDS = ("tmp", "staging", "old")
+
+
+def staging_dir(out: str | Path, kind: str = "tmp") -> Path:
+    """Create a hidden, empty folder beside ``out`` (same file system, so a rename is atomic):
+    ``<parent>/.<name>.<kind>-<pid>-<random>``. The pid lets :func:`cleanup_staging` tell a
+    crashed run's leftovers from a running one's."""
+    if kind not in _STAGE_KINDS:
+        raise ValueError(kind)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-{os.getpid()}-", dir=out.parent))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cleanup_staging(out: str | Path) -> list[str]:
+    """Tidy what a crashed build of ``out`` left beside it; returns what was done, one line each.
+
+    - ``.OUT.tmp-*`` / ``.OUT.staging-*`` of a process that no longer runs: removed (a half-built
+      folder; the previous ``out`` was never touched).
+    - ``.OUT.old-*`` (the previous folder, moved aside just before the new one was renamed in):
+      renamed back to ``out`` when ``out`` is missing (the crash fell between the two renames),
+      else removed.
+    Folders of a process that is still running are left alone.
+    """
+    import shutil
+
+    out = Path(out)
+    done: list[str] = []
+    if not out.parent.is_dir():
+        return done
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.({'|'.join(_STAGE_KINDS)})-(\d+)-")
+    found = []
+    for p in out.parent.iterdir():
+        m = pattern.match(p.name)
+        if m and p.is_dir() and not p.is_symlink() and not _pid_alive(int(m.group(2))):
+            found.append((m.group(1), p))
+    for kind, p in sorted(found, key=lambda kp: -kp[1].stat().st_mtime):
+        if kind == "old" and not out.exists():
+            p.rename(out)
+            done.append(f"restored {out} from an interrupted replacement ({p.name})")
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+            done.append(f"removed {p.name} left by an interrupted export")
+    return done
+
+
+def install_dir(tmp: str | Path, out: str | Path) -> None:
+    """Rename the finished folder ``tmp`` to ``out``; an existing ``out`` (which the caller has
+    checked is its own) is moved aside first and removed after, so at every instant ``out`` is
+    either the complete old folder or the complete new one (a crash in between is repaired by
+    :func:`cleanup_staging`). An empty ``out`` is simply replaced."""
+    import shutil
+
+    tmp, out = Path(tmp), Path(out)
+    old: Path | None = None
+    if out.exists():
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        else:
+            old = staging_dir(out, "old")
+            os.replace(out, old)  # replaces the empty placeholder folder
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        if old is not None and not out.exists():
+            os.rename(old, out)
+        raise
+    _fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    os.chmod(out, 0o777 & ~_umask())
 
 
 def stamp_text(path: str | Path | None) -> str:

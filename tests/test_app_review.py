@@ -380,6 +380,21 @@ def test_manifest_export_follows_the_decisions(env: SimpleNamespace, report, tmp
     assert metric(at, "Dropped") == "4"
 
 
+def test_manifest_path_never_overwrites_a_foreign_file(env: SimpleNamespace, report, tmp_path: Path) -> None:
+    """A model's card.json typed as the manifest path is kept; the manifest goes to card-1.json, said so."""
+    card = tmp_path / "model" / "card.json"
+    card.parent.mkdir()
+    card.write_text('{"name": "my-model"}')
+    at = ok(app(env).run())
+    at.text_input(key=PATH_KEY).input(str(card))
+    ok(at.run())
+    click(at, "review_export_btn")
+    assert card.read_text() == '{"name": "my-model"}'
+    written = Path(at.session_state[EXPORT_KEY]["path"])
+    assert written == (card.parent / "card-1.json").resolve() and json.loads(written.read_text())["cases"]
+    assert any("card.json" in w.value and "kept" in w.value for w in at.warning)
+
+
 def test_ceiling_and_leakage_are_shown(env: SimpleNamespace, report) -> None:
     at = ok(app(env).run())
     c, lk = report.ceiling, report.leakage

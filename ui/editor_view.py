@@ -655,7 +655,10 @@ def export_panel(ds: Any, store: Any) -> None:
         c = st.columns(2)
         dec = c[0].checkbox("Apply conflict-review decisions (drops, unions, emptied masks)", value=True,
                             key=state.EDITOR_EXPORT_DECISIONS)
-        copy = c[1].checkbox("Copy the images too", value=False, key=state.EDITOR_EXPORT_COPY)
+        copy = c[1].checkbox("Copy the images too", value=False, key=state.EDITOR_EXPORT_COPY,
+                             help="DICOMs are de-identified (DICOM PS3.15 basic profile: names, IDs, dates, "
+                                  "institution removed or replaced, UIDs replaced consistently, pixels unchanged) "
+                                  "and their cases renamed to the new UIDs; other images are copied as they are")
         if st.button("Export", key=state.EDITOR_EXPORT, icon=":material/ios_share:", disabled=not out):
             report, bar = streamlit_progress("Exporting")
             info = export_corrected(ds, store, out, progress=report, apply_decisions=dec, copy_images=copy)

@@ -151,16 +151,9 @@ def generate_demo(progress=None) -> Path:
 
 
 def save_upload(uploaded) -> Path:
-    """Store an ``st.file_uploader`` file under the workspace (content-addressed) and return its path."""
-    import hashlib
+    """Store an ``st.file_uploader`` file under the workspace and return its path: content-addressed,
+    a sanitised name, permissions 0600, deleted after ``$SEGWB_UPLOAD_TTL_HOURS`` (default 24 h;
+    expired uploads are removed on each upload) — see :func:`engine.phi.save_upload`."""
+    from engine.phi import save_upload as _save
 
-    data = uploaded.getvalue()
-    digest = hashlib.sha1(data).hexdigest()[:16]
-    name = Path(uploaded.name).name
-    folder = state.workspace().subdir("uploads", digest)
-    path = folder / name
-    if not path.exists():
-        from engine.fsutil import atomic_write_bytes
-
-        atomic_write_bytes(path, data)
-    return path
+    return _save(str(uploaded.name), uploaded.getvalue(), state.workspace().root)

@@ -511,7 +511,9 @@ def masks_zip_bytes(items: Sequence[tuple[str, np.ndarray]]) -> bytes:
     used: set[str] = set()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, mask in items:
-            base = f"{Path(name).stem}_mask"
+            from engine.fsutil import safe_name
+
+            base = f"{safe_name(Path(str(name).replace(chr(92), '/')).stem)}_mask"  # a zip entry never climbs out
             arc, n = f"{base}.png", 1
             while arc in used:
                 n += 1

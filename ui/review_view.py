@@ -587,8 +587,7 @@ def ceiling_panel(report: Any) -> None:
 
 def export_panel(ds: Any, store: Any, report: Any) -> None:
     """Write a cleaned manifest (decisions applied) and offer it for download."""
-    from engine.curation import MANIFEST_POLICIES, build_manifest
-    from engine.datasets import write_manifest
+    from engine.curation import MANIFEST_POLICIES, build_manifest, save_manifest
     from engine.curation import default_manifest_path, export_summary, train_command
     from ui.widgets import guard
 
@@ -611,14 +610,10 @@ def export_panel(ds: Any, store: Any, report: Any) -> None:
                 elif path.suffix.lower() != ".json":
                     path = path.with_suffix(".json")
                 cases, dropped, info = build_manifest(ds, store, report, policy)
-                try:
-                    write_manifest(path, ds, cases, dropped, info)
-                except OSError as exc:
-                    from engine.errors import WorkbenchError
-
-                    raise WorkbenchError(f"cannot write the manifest ({exc.strerror or exc})", path=path,
-                                         hint="choose a folder you can write to") from None
+                # never replaces a file this program did not write: another name is chosen (and said)
+                path, renamed = save_manifest(path, ds, cases, dropped, info, on_exists="rename")
                 last = {"path": str(path.resolve()), "summary": export_summary(info), "policy": policy,
+                        "renamed": renamed,
                         "dropped": [{"case_id": c, "reason": r} for c, r in dropped],
                         "written": _dt.datetime.now().strftime("%H:%M:%S")}
                 st.session_state[EXPORT_KEY] = last
@@ -626,6 +621,8 @@ def export_panel(ds: Any, store: Any, report: Any) -> None:
             s = last["summary"]
             st.success(f"Wrote `{last['path']}` at {last['written']} (policy **{last['policy']}**).",
                        icon=":material/save:")
+            if last.get("renamed"):
+                st.warning(last["renamed"], icon=":material/warning:")
             m = st.columns(5)
             m[0].metric("Kept", f"{s['kept']:,}")
             m[1].metric("Dropped", f"{s['dropped']:,}",

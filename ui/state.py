@@ -34,9 +34,29 @@ REVIEWER = "segwb_reviewer"        # reviewer / author name remembered for decis
 MAX_RECENT = 8
 
 
+_UPLOADS_CLEANED: dict[Path, float] = {}
+#: seconds between two clean-ups of expired uploads triggered by page loads
+UPLOAD_CLEANUP_EVERY_S = 3600.0
+
+
 def workspace() -> Workspace:
-    """The engine workspace ($SEGWB_WORKSPACE, set by `make run`, or ~/.cache/segwb)."""
-    return Workspace()
+    """The engine workspace ($SEGWB_WORKSPACE, set by `make run`, or ~/.cache/segwb). The first use
+    in a server process (app start), and then at most hourly, deletes expired uploads
+    (:func:`engine.phi.cleanup_uploads`; each upload also does)."""
+    import time
+
+    ws = Workspace()
+    now = time.monotonic()
+    if now - _UPLOADS_CLEANED.get(ws.root, -UPLOAD_CLEANUP_EVERY_S) >= UPLOAD_CLEANUP_EVERY_S:
+        _UPLOADS_CLEANED[ws.root] = now
+        from engine.errors import WorkbenchError
+        from engine.phi import cleanup_uploads
+
+        try:
+            cleanup_uploads(ws.root)
+        except (OSError, WorkbenchError):
+            pass  # a bad TTL setting is reported on the next upload
+    return ws
 
 
 def demo_root() -> Path:

@@ -50,7 +50,8 @@ def register(sub) -> None:
     p = sub.add_parser("manifest", help="write a cleaned manifest: apply review decisions (and optionally "
                        "the drop-empty rule) without touching the dataset")
     p.add_argument("dataset", help="dataset folder or manifest JSON")
-    p.add_argument("--out", required=True, help="output manifest .json")
+    p.add_argument("--out", required=True, help="output manifest .json (an existing file is replaced only "
+                   "when it is a manifest this program wrote; anything else is refused)")
     p.add_argument("--policy", choices=["none", "drop-empty"], default="none",
                    help="none: decisions only; drop-empty: also propose dropping the empty image of every "
                         "conflicting pair (explicit decisions override it)")
@@ -93,8 +94,7 @@ def cmd_conflicts(args) -> int:
 
 
 def cmd_manifest(args) -> int:
-    from engine.datasets import write_manifest
-    from engine.curation import build_manifest
+    from engine.curation import build_manifest, save_manifest
     from engine.dedup import ConflictReport, find_conflicts, load_latest_report
     from engine.store import STORE_NAME, ReviewStore
 
@@ -121,7 +121,7 @@ def cmd_manifest(args) -> int:
     finally:
         if store is not None:
             store.close()
-    out = write_manifest(args.out, ds, cases, dropped, info)
+    out, note = save_manifest(args.out, ds, cases, dropped, info, on_exists="refuse")
     print(f"wrote {out}: {info['n_kept']} of {info['n_input']} cases kept, {info['n_dropped']} dropped "
           f"({info['dropped_by']['decision']} by review decisions, {info['dropped_by']['policy']} by policy "
           f"{info['policy']}), mask changes {info['mask_overrides'] or 'none'}")

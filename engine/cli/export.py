@@ -11,11 +11,15 @@ def register(sub) -> None:
                        help="export the corrected dataset (latest mask versions, review decisions applied) "
                             "as PNG masks + an RLE CSV in the dataset's convention + a manifest; originals untouched")
     p.add_argument("dataset", help="the reviewed dataset folder")
-    p.add_argument("out", help="a new or empty folder outside the dataset (or an earlier export)")
+    p.add_argument("out", help="a new or empty folder outside the dataset (or an earlier export of this program, "
+                               "replaced whole; any other non-empty folder is refused)")
     p.add_argument("--store", help="review store (default: the dataset's workspace review.sqlite)")
     p.add_argument("--no-decisions", action="store_true",
                    help="only corrected mask versions; ignore conflict-review decisions (drops, unions)")
-    p.add_argument("--copy-images", action="store_true", help="copy the images too (default: list their paths)")
+    p.add_argument("--copy-images", action="store_true",
+                   help="copy the images too (default: list their paths); DICOMs are de-identified (DICOM PS3.15 "
+                        "Basic Application Level Confidentiality Profile, UIDs replaced consistently, pixel data "
+                        "unchanged; burned-in annotation refused) and their cases renamed to the new UIDs")
     p.add_argument("--format", dest="fmt", choices=["png", "dicom-seg", "coco", "nifti"], default="png",
                    help="png (default): label PNGs + RLE CSV + manifest; dicom-seg: one DICOM Segmentation per "
                         "DICOM case; coco: one COCO JSON with RLE masks; nifti: one .nii.gz label map per case")

@@ -39,7 +39,7 @@ from engine.curation.canvas import (ALPHA_THRESHOLD, ERASE, ERASER_COLOUR, UNTOU
                                     polygon_mask, rasterise_objects, render_view, resample_to_crop, stroke_mask,
                                     window_outline)
 from engine.curation.export import CSV_NAMES, EXPORT_FORMAT, EXPORT_VERSION, export_corrected
-from engine.curation.manifest import MANIFEST_POLICIES, build_manifest
+from engine.curation.manifest import MANIFEST_POLICIES, build_manifest, is_product_manifest, save_manifest
 from engine.curation.masks import DIFF_COLOURS, diff_image, fill_holes, flood_fill, mask_diff
 from engine.curation.queue import (BULK_NOTE, DECISION_HELP, DECISION_LABELS, OPEN_STATES, QUEUE_WEIGHTS,
                                    REVIEW_STATES, Proposal, QueueFilter, ReviewItem, apply_proposals, build_queue,

@@ -225,3 +225,81 @@ def _write_union(mask: np.ndarray, store: Any, masks_dir: str | Path | None, ds:
     if not path.exists():
         write_mask_png(path, mask.astype(np.uint8))
     return path.resolve()
+
+
+def is_product_manifest(path: str | Path) -> bool:
+    """True when ``path`` is a JSON document whose ``format`` is this program's manifest format
+    (parsed fully: a file that merely mentions the format string is not enough)."""
+    import json
+
+    from engine.datasets.manifest import MANIFEST_FORMAT
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT
+
+
+def save_manifest(path: str | Path, ds: Any, cases: Any, dropped: Any, info: dict[str, Any] | None = None, *,
+                  on_exists: str = "refuse") -> tuple[Path, str | None]:
+    """Write a manifest without ever replacing a file this program did not write.
+
+    An existing file at ``path`` is replaced only when it is a manifest of this program
+    (:func:`is_product_manifest`). Anything else (a model's ``card.json``, a config, a folder) is
+    kept: ``on_exists="refuse"`` raises, ``"rename"`` writes ``<stem>-1.json``, ``-2``... instead
+    (created exclusively, so a file appearing meanwhile is not replaced either).
+
+    Args:
+        path: the ``.json`` to write.
+        ds, cases, dropped, info: as :func:`engine.datasets.write_manifest`.
+        on_exists: ``refuse`` (CLI) or ``rename`` (review page).
+
+    Returns:
+        ``(path written, note or None)``; the note says when another name was chosen, and why.
+
+    Raises:
+        ConfigError: ``path`` holds a foreign file and ``on_exists="refuse"``; not writable.
+    """
+    import os
+    import tempfile
+
+    from engine.datasets import write_manifest
+
+    if on_exists not in ("refuse", "rename"):
+        raise unknown_name("on_exists", on_exists, ("refuse", "rename"))
+    path = Path(path).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".json", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        write_manifest(tmp, ds, cases, dropped, info)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the manifest ({exc.strerror or exc})", path=path,
+                          hint="choose a folder you can write to") from None
+    note = None
+    try:
+        for n in range(0, 1000):
+            target = path if n == 0 else path.with_name(f"{path.stem}-{n}{path.suffix or '.json'}")
+            exists = target.exists() or target.is_symlink()
+            if exists and not target.is_symlink() and target.is_file() and is_product_manifest(target):
+                os.replace(tmp, target)  # an earlier manifest of ours: replaced atomically
+                return target, note
+            if not exists:
+                try:
+                    os.link(tmp, target)  # fails if the name appeared meanwhile: nothing replaced
+                except FileExistsError:
+                    continue
+                return target, note
+            if on_exists == "refuse":
+                raise ConfigError("the file exists and is not a manifest written by this program: it was "
+                                  "not overwritten", path=target,
+                                  hint="choose another output path (a new .json, or an earlier manifest to replace)")
+            if note is None:
+                note = (f"{path} exists and is not a manifest written by this program, so it was kept; "
+                        f"the manifest was written under another name")
+        raise ConfigError("no free file name next to the manifest path", path=path,
+                          hint="choose another output path")
+    finally:
+        tmp.unlink(missing_ok=True)

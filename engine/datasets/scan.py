@@ -108,6 +108,18 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], progress: ProgressFn 
     return results
 
 
+def _patient_key_id() -> str:
+    """Fingerprint of the install secret behind cached ``patient_key`` values (engine.phi): a
+    new secret invalidates the cache instead of mixing keys of two secrets."""
+    from engine.errors import WorkbenchError
+    from engine.phi import secret_id
+
+    try:
+        return secret_id()
+    except WorkbenchError:
+        return "none"
+
+
 class ScanCache:
     """Per-file scan results keyed by path and validated by file stamps.
 
@@ -118,8 +130,8 @@ class ScanCache:
 
     def __init__(self, path: Path | None, layout: str, options: dict[str, Any]):
         self.path = path
-        self.key = json.dumps({"v": CACHE_VERSION, "layout": layout, "options": options}, sort_keys=True,
-                              default=str)
+        self.key = json.dumps({"v": CACHE_VERSION, "layout": layout, "options": options,
+                               "pk": _patient_key_id()}, sort_keys=True, default=str)
         self.old: dict[str, Any] = {}
         self.new: dict[str, Any] = {}
         self.hits = 0

@@ -8,6 +8,9 @@ staging folder, then write the format:
 
 - ``dicom-seg``: ``seg/<case>.dcm``, one DICOM Segmentation per labelled case whose image is a
   DICOM (:mod:`engine.interop.dicom_seg`); other cases are skipped and listed with the reason.
+  Without ``copy_images`` each SEG references the original DICOM (and copies its patient module,
+  as the SEG IOD requires: for the source's own PACS); with it, ``images/`` holds de-identified
+  copies and each SEG is derived from its copy, so the SEG references the new UIDs.
 - ``coco``: ``annotations.json`` (:mod:`engine.interop.coco`), images copied to ``images/``
   with ``copy_images``.
 - ``nifti``: ``labels/<case>.nii.gz`` + ``labels.json`` + ``labels.ctbl`` + ``images.csv``
@@ -32,7 +35,6 @@ import datetime as _dt
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -72,7 +74,9 @@ def export_dataset(ds: Any, store: Any, out_dir: str | Path, fmt: str = "png", p
         fmt: ``png`` (default), ``dicom-seg``, ``coco`` or ``nifti``.
         progress: ``(done, total, message)`` callback.
         apply_decisions: apply conflict-review decisions (drops, unions, emptied masks).
-        copy_images: copy the images into ``out_dir/images`` (png, coco, nifti).
+        copy_images: copy the images into ``out_dir/images``, DICOMs de-identified (PS3.15 basic
+            profile, :mod:`engine.phi`) and their cases renamed to the new SOPInstanceUIDs; DICOM-SEGs
+            are then derived from (and reference) the de-identified copies.
         overwrite: allow replacing an earlier export in ``out_dir``.
         author: the acting user (recorded in ``export.json``; DICOM-SEG Content Creator's Name).
 
@@ -98,29 +102,42 @@ def export_dataset(ds: Any, store: Any, out_dir: str | Path, fmt: str = "png", p
         return info
     report = as_progress(progress)
     out = Path(out_dir).expanduser().resolve()
+    from engine.fsutil import cleanup_staging, install_dir, staging_dir
+
+    cleaned = cleanup_staging(out)
     mod._check_out_dir(ds, out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    tmp = staging_dir(out, "tmp")
+    staging = staging_dir(out, "staging")
     try:
         def stage_progress(done: int, total: int, message: str = "") -> None:
             report(done, 2 * max(total, 1), f"Selecting masks: {message}")
 
+        # with copy_images the staging export de-identifies the DICOMs (and renames their cases to the
+        # new UIDs); the writers below then copy those files, so nothing identifying reaches ``out``
         base = mod.export_corrected(ds, store, staging, stage_progress, apply_decisions=apply_decisions,
-                                    copy_images=False, overwrite=True)
+                                    copy_images=copy_images, overwrite=True)
         doc = json.loads((staging / mod.MANIFEST_NAME).read_text(encoding="utf-8"))
         from engine.datasets import Case
 
         cases = [Case.from_dict(d) for d in doc.get("cases", [])]
         labels = {int(k): str(v) for k, v in doc.get("labels", {}).items()} or dict(ds.labels)
         writer = _WRITERS[fmt]
+        staged_images = staging / "images"
+
+        def copy_staged(_ds: Any, image_path: str, dest_root: Path) -> Path:
+            src = Path(image_path)
+            dest = dest_root / src.relative_to(staged_images)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest)
+            return dest
+
         extra, files, skipped, notes = writer(ds, cases, labels, tmp, report, copy_images=copy_images,
-                                              author=author, copy_image=mod._copy_image)
-        info = _info(fmt, base, out, files, skipped, notes, author, extra)
+                                              author=author, copy_image=copy_staged)
+        info = _info(fmt, base, out, files, skipped, cleaned + notes, author, extra)
         from engine.fsutil import atomic_write_json
 
         atomic_write_json(tmp / mod.INFO_NAME, info, indent=1)
-        _install(tmp, out)
+        install_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -128,47 +145,6 @@ def export_dataset(ds: Any, store: Any, out_dir: str | Path, fmt: str = "png", p
         shutil.rmtree(staging, ignore_errors=True)
     report(1, 1, "Export written")
     return info
-
-
-def _check_ours(out: Path) -> None:
-    """Refuse a non-empty ``out`` unless its ``export.json`` is one this program wrote."""
-    mod = _export_module()
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    info_path = out / mod.INFO_NAME
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        info = None
-    if not isinstance(info, dict) or info.get("format") != mod.EXPORT_FORMAT:
-        raise ConfigError("the export folder is not empty and holds no earlier export of this program", path=out,
-                          hint="pick an empty or new folder")
-
-
-def _install(tmp: Path, out: Path) -> None:
-    """Rename the finished ``tmp`` folder to ``out`` (an earlier export there is replaced as a whole)."""
-    old: Path | None = None
-    if out.exists():
-        if any(out.iterdir()):
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{_dt.datetime.now().strftime('%H%M%S%f')}"
-            out.rename(old)
-        else:
-            out.rmdir()
-    try:
-        tmp.rename(out)
-    except BaseException:
-        if old is not None and not out.exists():
-            old.rename(out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    os.chmod(out, 0o777 & ~_umask())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _info(fmt: str, base: dict[str, Any], out: Path, files: list[str], skipped: list[dict[str, str]],
@@ -254,6 +230,8 @@ def _write_dicom_seg(ds: Any, cases: list[Any], labels: dict[int, str], dest: Pa
         files.append(name)
         refs[c.case_id] = {"file": name, "sop_instance_uid": r["sop_instance_uid"],
                            "referenced_sop_instance_uid": r["referenced_sop_instance_uid"]}
+        if copy_images:  # the de-identified source the SEG was derived from and references
+            refs[c.case_id]["image"] = copy_image(ds, c.image_path, dest / "images").relative_to(dest).as_posix()
         report(len(todo) + i + 1, 2 * len(todo), "Writing DICOM-SEG")
     n_not_dicom = sum(1 for s in skipped if s["reason"].startswith("image is not a DICOM"))
     if todo and n_not_dicom == len(todo):
@@ -263,9 +241,12 @@ def _write_dicom_seg(ds: Any, cases: list[Any], labels: dict[int, str], dest: Pa
         notes.append(f"{n_not_dicom} case(s) skipped: their images are not DICOM files; export them as "
                      "png, coco or nifti instead")
     if copy_images:
-        notes.append("images are not copied for DICOM-SEG: the SEGs reference the source DICOMs by UID")
-    notes.append("each SEG copies the source's patient and study modules (required by the DICOM "
-                 "Segmentation IOD): keep these files inside the source's own PACS workflow")
+        notes.append("images/ holds the de-identified source DICOMs (PS3.15 basic profile); each SEG was derived "
+                     "from its de-identified copy, so it references the new UIDs and carries no patient data")
+    else:
+        notes.append("each SEG references the original source DICOM by UID and copies its patient and study "
+                     "modules (required by the DICOM Segmentation IOD): keep these files inside the source's own "
+                     "PACS workflow, or export with --copy-images for a de-identified set")
     return {"segmentations": refs}, files, skipped, notes
 
 
