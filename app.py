@@ -7,7 +7,8 @@ run. No heavy work at import: engine modules load inside the functions that need
 import streamlit as st
 
 from ui import state
-from ui.loaders import demo_ready, generate_demo, load_dataset, open_new_dataset, refresh_datasets, weights_table
+from ui.loaders import (demo_ready, generate_demo, load_dataset, open_new_dataset, pixel_limit_note, refresh_datasets,
+                        weights_table)
 from ui.widgets import guard, page_setup, streamlit_progress
 
 page_setup("Medical image segmentation workbench", intro=(
@@ -81,11 +82,7 @@ with left:
                        + (" · **synthetic demo data**" if "demo_data" in str(ds.root) else ""))
             if s["bad_files"]:
                 with st.expander(f"{len(s['bad_files'])} file(s) could not be used"):
-                    from engine.io.limits import ENV_VAR, max_pixels
-
-                    st.caption(f"Images whose header claims more than {max_pixels():,} pixel values are refused "
-                               f"before decoding (setting: environment variable `{ENV_VAR}`, e.g. "
-                               f"`make run {ENV_VAR}=200000000`).")
+                    st.caption(pixel_limit_note())
                     for b in s["bad_files"][:200]:
                         st.write(f"- `{b['path']}`: {b['reason']}")
             for n in s["notes"]:

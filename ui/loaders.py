@@ -92,6 +92,14 @@ def predict_case(model: str, ds: Any, case_id: str):
     return cache[key]
 
 
+def pixel_limit_note() -> str:
+    """One line on the pixel limit images are checked against before decoding (and how to change it)."""
+    from engine.io.limits import ENV_VAR, max_pixels
+
+    return (f"Images whose header claims more than {max_pixels():,} pixel values are refused before decoding "
+            f"(setting: environment variable `{ENV_VAR}`, e.g. `make run {ENV_VAR}=200000000`).")
+
+
 def refresh_datasets() -> None:
     """Force the next :func:`load_dataset` to rescan (the disk cache keeps it cheap)."""
     state.set(state.REFRESH, int(state.get(state.REFRESH, 0)) + 1)
