@@ -146,7 +146,7 @@ def _append_only(conn: Connection, table: str) -> None:
                f"BEGIN SELECT RAISE(ABORT, '{msg}'); END").execute_if(dialect="sqlite")(
             target=None, bind=conn)
     sa.DDL("CREATE OR REPLACE FUNCTION segwb_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ "
-           "BEGIN RAISE EXCEPTION '% is append-only: record a new event (e.g. an undo) instead', TG_TABLE_NAME; "
+           "BEGIN RAISE EXCEPTION '%% is append-only: record a new event (e.g. an undo) instead', TG_TABLE_NAME; "
            "END $$").execute_if(dialect="postgresql")(target=None, bind=conn)
     sa.DDL(f"CREATE TRIGGER {table}_no_change BEFORE UPDATE OR DELETE ON {table} "
            "FOR EACH ROW EXECUTE FUNCTION segwb_append_only()").execute_if(dialect="postgresql")(
