@@ -869,7 +869,8 @@ class ReviewStore:
         where = f"pair ({d.a}, {d.b})" if d.target_kind == "pair" else f"group of {len(d.members)}"
         seen = "without having seen a decision" if base_event is None else f"based on event {base_event}"
         return StaleDecision(
-            f"{where} was already decided: {d.given} by {d.reviewer} at {d.ts.replace('T', ' ')[:19]} UTC "
+            f"{where} was already decided: {d.given} (keep {', '.join(d.kept) or 'none'}"
+            f"{'; drop ' + ', '.join(d.dropped) if d.dropped else ''}) by {d.reviewer} at {d.ts.replace('T', ' ')[:19]} UTC "
             f"(event {d.event_id}); your {what} was made {seen}, so nothing was written",
             target_kind=d.target_kind, members=d.members, current_event=d.event_id, decision=d.decision,
             decision_as_given=d.given, decided_by=d.reviewer, decided_at=d.ts, base_event=base_event,
