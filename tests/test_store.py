@@ -577,12 +577,13 @@ def test_writer_killed_mid_write_leaves_a_consistent_store(tmp_path: Path) -> No
         s.record_decision("after", "crash", "keep_both", "alice")
 
 
-def test_two_processes_creating_a_new_store_at_once_share_it(tmp_path: Path) -> None:
-    path = tmp_path / "fresh" / "segwb.sqlite"
-    procs = [_spawn(tmp_path, _WRITER, str(path), who, "3", str(tmp_path / "m")) for who in ("n1", "n2")]
+def test_two_processes_creating_a_new_store_at_once_share_it(store_url: str, tmp_path: Path) -> None:
+    """Two app servers starting on a brand-new store (file or database) at the same moment."""
+    procs = [_spawn(tmp_path, _WRITER, store_url, who, "3", str(tmp_path / "m")) for who in ("n1", "n2")]
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
-    with ReviewStore(path) as s:
-        assert len(s.events(kinds=["decision"])) == 6
-    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]  # no temporary files left
+    with ReviewStore(store_url, masks_dir=tmp_path / "m") as s:
+        assert len(s.events(kinds=["decision"])) == 6 and s.schema_version == SCHEMA_VERSION
+        if s.is_sqlite:
+            assert not [p for p in s.path.parent.iterdir() if p.name.endswith(".tmp")]  # no temporary files left

@@ -176,7 +176,7 @@ class Transactor:
         self.where = where
         self.sqlite = is_sqlite(eng)
 
-    def _run(self, fn: Callable[[Connection], T], write: bool) -> T:
+    def _run(self, fn: Callable[[Connection], T], write: bool, isolation: str | None = None) -> T:
         deadline = time.monotonic() + self.timeout
         delay = 0.01
         while True:
@@ -184,7 +184,7 @@ class Transactor:
                 with self.engine.connect() as conn:
                     opts: dict[str, Any] = {"segwb_write": write}
                     if not self.sqlite:  # reads: one snapshot; writes: serializable (stale writes abort)
-                        opts["isolation_level"] = "SERIALIZABLE" if write else "REPEATABLE READ"
+                        opts["isolation_level"] = isolation or ("SERIALIZABLE" if write else "REPEATABLE READ")
                     conn = conn.execution_options(**opts)
                     with conn.begin():
                         return fn(conn)
@@ -201,9 +201,13 @@ class Transactor:
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 0.3)
 
-    def write(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn(conn)`` in one write transaction (all or nothing), retried on transient conflicts."""
-        return self._run(fn, True)
+    def write(self, fn: Callable[[Connection], T], isolation: str | None = None) -> T:
+        """Run ``fn(conn)`` in one write transaction (all or nothing), retried on transient conflicts.
+
+        ``isolation`` overrides PostgreSQL's SERIALIZABLE (migrations use READ COMMITTED so that,
+        after waiting for the migration lock, they see what the previous holder committed).
+        """
+        return self._run(fn, True, isolation)
 
     def read(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(conn)`` in one read transaction (a consistent snapshot)."""

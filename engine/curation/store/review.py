@@ -323,6 +323,15 @@ def _decision_from_row(r: Any) -> Decision:
     return Decision(r.target_kind, members, canon, r.author, r.ts, r.note or "", int(r.id), a, b, given, kept, dropped)
 
 
+def _decision_from_current(r: Any) -> Decision:
+    """A Decision from a ``current_decisions`` row (no JSON to parse)."""
+    members = tuple(r.target.split("\t"))
+    a, b, given = r.a, r.b, r.given
+    kept, dropped = _kept_dropped(given, a, b, members)
+    return Decision(r.target_kind, members, r.decision, r.author, r.ts, r.note, int(r.event_id), a, b, given,
+                    kept, dropped)
+
+
 def _undone_among(conn: Connection, ids: Iterable[int]) -> set[int]:
     """Which of ``ids`` are cancelled by an effective undo (following undo-of-undo chains)."""
     ev = S.events
@@ -355,6 +364,17 @@ def _all_undone(conn: Connection, dataset: str | None) -> set[int]:
     return undone
 
 
+def _current_row(r: Any) -> dict[str, Any]:
+    """The ``current_decisions`` / ``current_case_states`` values for an events row."""
+    if r.kind == "decision":
+        d = _decision_from_row(r)
+        return {"dataset": r.dataset, "target_kind": r.target_kind, "target": r.target, "event_id": int(r.id),
+                "decision": d.decision, "a": d.a, "b": d.b, "given": d.given, "author": r.author, "ts": r.ts,
+                "note": r.note or ""}
+    return {"dataset": r.dataset, "case_id": r.target, "event_id": int(r.id), "state": str(r.value),
+            "author": r.author, "ts": r.ts, "note": r.note or ""}
+
+
 def rebuild_current(conn: Connection, dataset: str | None) -> None:
     """Recompute ``current_decisions`` and ``current_case_states`` from the log (one dataset, or all)."""
     ev, cd, cs = S.events, S.current_decisions, S.current_case_states
@@ -363,22 +383,21 @@ def rebuild_current(conn: Connection, dataset: str | None) -> None:
         ev.c.kind.in_(("decision", "case_state"))).order_by(ev.c.id)
     if dataset is not None:
         q = q.where(ev.c.dataset == dataset)
-    dec: dict[tuple[str, str, str], int] = {}
-    st: dict[tuple[str, str], int] = {}
+    latest: dict[tuple[str, str, str, str], int] = {}
     for eid, ds, kind, tk, target in conn.execute(q):
-        if eid in undone:
-            continue
-        if kind == "decision":
-            dec[(ds, tk, target)] = int(eid)
-        else:
-            st[(ds, target)] = int(eid)
+        if eid not in undone:
+            latest[(ds, kind, tk, target)] = int(eid)
     for t in (cd, cs):
         conn.execute(t.delete() if dataset is None else t.delete().where(t.c.dataset == dataset))
-    if dec:
-        conn.execute(cd.insert(), [{"dataset": k[0], "target_kind": k[1], "target": k[2], "event_id": v}
-                                   for k, v in dec.items()])
-    if st:
-        conn.execute(cs.insert(), [{"dataset": k[0], "case_id": k[1], "event_id": v} for k, v in st.items()])
+    ids = sorted(latest.values())
+    for i in range(0, len(ids), 5000):
+        rows = conn.execute(sa.select(ev).where(ev.c.id.in_(ids[i:i + 5000]))).all()
+        dec = [_current_row(r) for r in rows if r.kind == "decision"]
+        st = [_current_row(r) for r in rows if r.kind == "case_state"]
+        if dec:
+            conn.execute(cd.insert(), dec)
+        if st:
+            conn.execute(cs.insert(), st)
 
 
 def dataset_key(ds: Any) -> str:
@@ -539,7 +558,7 @@ class ReviewStore:
             if conn.execute(sa.select(S.meta.c.key).where(S.meta.c.key == "created")).first() is None:
                 conn.execute(S.meta.insert().values(key="created", value=_now()))
 
-        tx.write(run)
+        tx.write(run, isolation="READ COMMITTED")
 
     @property
     def schema_version(self) -> int:
@@ -837,23 +856,23 @@ class ReviewStore:
         return self.tx.read(lambda c: _all_undone(c, self.dataset_key))
 
     # -- current-state maintenance ----------------------------------------------------------
-    def _current_decision_event(self, conn: Connection, target_kind: str, target: str) -> Any:
-        cd, ev = S.current_decisions, S.events
-        return conn.execute(sa.select(ev).join(cd, cd.c.event_id == ev.c.id).where(
-            cd.c.dataset == self.dataset_key, cd.c.target_kind == target_kind, cd.c.target == target)).first()
+    def _current_decision(self, conn: Connection, target_kind: str, target: str) -> "Decision | None":
+        cd = S.current_decisions
+        r = conn.execute(sa.select(cd).where(cd.c.dataset == self.dataset_key, cd.c.target_kind == target_kind,
+                                             cd.c.target == target)).first()
+        return None if r is None else _decision_from_current(r)
 
     def _set_current(self, conn: Connection, kind: str, target_kind: str, target: str, event_id: int | None) -> None:
         if kind == "decision":
             t = S.current_decisions
             where = (t.c.dataset == self.dataset_key, t.c.target_kind == target_kind, t.c.target == target)
-            values = {"dataset": self.dataset_key, "target_kind": target_kind, "target": target}
         else:
             t = S.current_case_states
             where = (t.c.dataset == self.dataset_key, t.c.case_id == target)
-            values = {"dataset": self.dataset_key, "case_id": target}
         conn.execute(t.delete().where(*where))
         if event_id is not None:
-            conn.execute(t.insert().values(event_id=int(event_id), **values))
+            row = conn.execute(sa.select(S.events).where(S.events.c.id == int(event_id))).one()
+            conn.execute(t.insert().values(**_current_row(row)))
 
     def _recompute(self, conn: Connection, kind: str, target_kind: str, target: str) -> None:
         ev = S.events
@@ -864,8 +883,7 @@ class ReviewStore:
         live = [i for i in ids if i not in undone]
         self._set_current(conn, kind, target_kind, target, max(live) if live else None)
 
-    def _stale(self, cur: Any, base_event: int | None, what: str) -> StaleDecision:
-        d = _decision_from_row(cur)
+    def _stale(self, d: "Decision", base_event: int | None, what: str) -> StaleDecision:
         where = f"pair ({d.a}, {d.b})" if d.target_kind == "pair" else f"group of {len(d.members)}"
         seen = "without having seen a decision" if base_event is None else f"based on event {base_event}"
         return StaleDecision(
@@ -880,8 +898,8 @@ class ReviewStore:
 
     def _decide(self, conn: Connection, who: str, target_kind: str, target: str, decision: str, note: str,
                 base_event: int | None, force: bool, payload: dict[str, Any]) -> int:
-        cur = self._current_decision_event(conn, target_kind, target)
-        if cur is not None and not force and (base_event is None or int(base_event) != int(cur.id)):
+        cur = self._current_decision(conn, target_kind, target)
+        if cur is not None and not force and (base_event is None or int(base_event) != cur.event_id):
             raise self._stale(cur, base_event, "decision")
         if cur is None and base_event is not None and not force:
             ev = S.events  # the decision it was based on was undone meanwhile: the writer has not seen that
@@ -994,33 +1012,43 @@ class ReviewStore:
 
         def run(conn: Connection) -> int:
             who = self._acting(conn, reviewer, "reviewer")
-            cur = self._current_decision_event(conn, "pair", target)
+            cur = self._current_decision(conn, "pair", target)
             if cur is None:
                 raise StoreError(f"pair ({a}, {b}) has no decision to undo", path=self.path,
                                  hint="someone may have undone it already; reload")
-            if base_event is not None and int(base_event) != int(cur.id):
+            if base_event is not None and int(base_event) != cur.event_id:
                 raise self._stale(cur, base_event, "undo")
-            return self._undo_in(conn, who, int(cur.id), note)
+            return self._undo_in(conn, who, cur.event_id, note)
 
         return self.tx.write(run)
 
     def decisions(self) -> dict[tuple[str, tuple[str, ...]], Decision]:
-        """Current decisions: ``{(target_kind, sorted members): Decision}`` (O(decided targets))."""
-        cd, ev = S.current_decisions, S.events
-        q = sa.select(ev.c.id, ev.c.ts, ev.c.author, ev.c.target_kind, ev.c.target, ev.c.value, ev.c.note,
-                      ev.c.payload).join(cd, cd.c.event_id == ev.c.id).where(cd.c.dataset == self.dataset_key)
+        """Current decisions: ``{(target_kind, sorted members): Decision}`` in event order.
+
+        One indexed scan of ``current_decisions`` (O(decided targets), independent of the log length).
+        """
+        cd = S.current_decisions
+        q = sa.select(cd.c.event_id, cd.c.target_kind, cd.c.target, cd.c.decision, cd.c.a, cd.c.b, cd.c.given,
+                      cd.c.author, cd.c.ts, cd.c.note).where(cd.c.dataset == self.dataset_key).order_by(cd.c.event_id)
         rows = self.tx.read(lambda c: c.execute(q).all())
         out = {}
-        for r in sorted(rows, key=lambda r: r.id):
-            d = _decision_from_row(r)
-            out[(d.target_kind, d.members)] = d
+        for eid, tk, target, decision, a, b, given, author, ts, note in rows:  # plain tuples: fast
+            members = tuple(target.split("\t"))
+            if given == "keep_a":
+                kept, dropped = (a,), (b,)
+            elif given == "keep_b":
+                kept, dropped = (b,), (a,)
+            elif given == "drop_both":
+                kept, dropped = (), members
+            else:
+                kept, dropped = members, ()
+            out[(tk, members)] = Decision(tk, members, decision, author, ts, note, eid, a, b, given, kept, dropped)
         return out
 
     def decision_for(self, a: str, b: str) -> Decision | None:
         """The current decision on the pair (a, b) (``decision`` relative to a < b; see ``relative_to``)."""
         target = "\t".join(sorted((str(a), str(b))))
-        row = self.tx.read(lambda c: self._current_decision_event(c, "pair", target))
-        return None if row is None else _decision_from_row(row)
+        return self.tx.read(lambda c: self._current_decision(c, "pair", target))
 
     # -- case review state ------------------------------------------------------------------
     def set_case_state(self, case_id: str, state: str, reviewer: str, note: str = "", *,
@@ -1037,13 +1065,13 @@ class ReviewStore:
         def run(conn: Connection) -> int:
             who = self._acting(conn, reviewer, "reviewer")
             if base_event is not None:
-                cur = self._current_state_event(conn, case_id)
-                if int(base_event or 0) != (int(cur.id) if cur is not None else 0):
+                cur = self._current_state(conn, case_id)
+                if int(base_event or 0) != (cur.event_id if cur is not None else 0):
                     raise StaleDecision(
                         f"case {case_id}'s review state was changed meanwhile"
-                        + (f" to {cur.value} by {cur.author} at {cur.ts[:19]} UTC" if cur is not None else ""),
-                        target_kind="case", members=(case_id,), current_event=None if cur is None else int(cur.id),
-                        decision=None if cur is None else cur.value, decided_by=None if cur is None else cur.author,
+                        + (f" to {cur.state} by {cur.reviewer} at {cur.ts[:19]} UTC" if cur is not None else ""),
+                        target_kind="case", members=(case_id,), current_event=None if cur is None else cur.event_id,
+                        decision=None if cur is None else cur.state, decided_by=None if cur is None else cur.reviewer,
                         decided_at=None if cur is None else cur.ts, base_event=base_event, path=self.path,
                         hint="reload the case and set the state again")
             eid = self._insert_event(conn, who, "case_state", "case", case_id, state, note)
@@ -1052,24 +1080,23 @@ class ReviewStore:
 
         return self.tx.write(run)
 
-    def _current_state_event(self, conn: Connection, case_id: str) -> Any:
-        cs, ev = S.current_case_states, S.events
-        return conn.execute(sa.select(ev).join(cs, cs.c.event_id == ev.c.id).where(
-            cs.c.dataset == self.dataset_key, cs.c.case_id == case_id)).first()
+    def _current_state(self, conn: Connection, case_id: str) -> CaseState | None:
+        cs = S.current_case_states
+        r = conn.execute(sa.select(cs).where(cs.c.dataset == self.dataset_key, cs.c.case_id == case_id)).first()
+        return None if r is None else CaseState(r.case_id, r.state, r.author, r.ts, r.note, int(r.event_id))
 
     def case_states(self) -> dict[str, CaseState]:
         """Current state of every case that has one (cases absent here are ``unreviewed``)."""
-        cs, ev = S.current_case_states, S.events
-        q = sa.select(ev.c.id, ev.c.ts, ev.c.author, ev.c.target, ev.c.value, ev.c.note).join(
-            cs, cs.c.event_id == ev.c.id).where(cs.c.dataset == self.dataset_key)
+        cs = S.current_case_states
+        q = sa.select(cs.c.case_id, cs.c.state, cs.c.author, cs.c.ts, cs.c.note, cs.c.event_id).where(
+            cs.c.dataset == self.dataset_key).order_by(cs.c.event_id)
         rows = self.tx.read(lambda c: c.execute(q).all())
-        return {r.target: CaseState(r.target, str(r.value), r.author, r.ts, r.note or "", int(r.id))
-                for r in sorted(rows, key=lambda r: r.id)}
+        return {r[0]: CaseState(r[0], r[1], r[2], r[3], r[4], int(r[5])) for r in rows}
 
     def case_state(self, case_id: str) -> str:
         """The current review state of one case (``unreviewed`` when never set)."""
-        row = self.tx.read(lambda c: self._current_state_event(c, str(case_id)))
-        return str(row.value) if row is not None else "unreviewed"
+        st = self.tx.read(lambda c: self._current_state(c, str(case_id)))
+        return st.state if st is not None else "unreviewed"
 
     # -- claims -----------------------------------------------------------------------------
     def claim(self, case_id: str, user: str, ttl: float = DEFAULT_CLAIM_TTL) -> Claim:

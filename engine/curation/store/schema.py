@@ -18,9 +18,10 @@ Tables (schema version 3):
     ``file`` (content-addressed PNG in the shared masks folder; NULL = revert to the original),
     ``height``, ``width``, ``area``, ``author``, ``note``, ``created``, ``base_version``,
     ``reverted_from``, ``event_id``.
-``current_decisions(dataset, target_kind, target, event_id)`` and
-``current_case_states(dataset, case_id, event_id)`` — the effective event per target, maintained
-    in the same transaction as the log (reads are O(targets), not O(events)).
+``current_decisions(dataset, target_kind, target, event_id, decision, a, b, given, author, ts, note)``
+    and ``current_case_states(dataset, case_id, event_id, state, author, ts, note)`` — a copy of the
+    effective event per target, maintained in the same transaction as the log (reads are one
+    indexed single-table scan, O(targets), not O(events)).
 ``users(name, role, pw_hash, active, created, updated)``; ``settings(key, value JSON, updated,
     author)``; ``admin_log`` (append-only: who changed which user or setting, when).
 ``claims(dataset, case_id, user_name, claimed, expires)`` — case leases (mutable).
@@ -80,12 +81,19 @@ mask_versions = sa.Table(
     sa.CheckConstraint("version >= 1", name="mask_versions_version_positive"),
 )
 
-current_decisions = sa.Table(
+current_decisions = sa.Table(  # a copy of the effective decision event per target (one-table reads)
     "current_decisions", metadata,
     sa.Column("dataset", sa.Text, nullable=False),
     sa.Column("target_kind", sa.Text, nullable=False),
     sa.Column("target", sa.Text, nullable=False),
     sa.Column("event_id", sa.Integer, nullable=False),
+    sa.Column("decision", sa.Text, nullable=False),  # canonical (relative to the sorted ids)
+    sa.Column("a", sa.Text, nullable=False),  # the pair as the reviewer gave it
+    sa.Column("b", sa.Text, nullable=False),
+    sa.Column("given", sa.Text, nullable=False),  # the decision relative to a, b
+    sa.Column("author", sa.Text, nullable=False),
+    sa.Column("ts", sa.Text, nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
     sa.PrimaryKeyConstraint("dataset", "target_kind", "target"),
 )
 
@@ -94,6 +102,10 @@ current_case_states = sa.Table(
     sa.Column("dataset", sa.Text, nullable=False),
     sa.Column("case_id", sa.Text, nullable=False),
     sa.Column("event_id", sa.Integer, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("author", sa.Text, nullable=False),
+    sa.Column("ts", sa.Text, nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
     sa.PrimaryKeyConstraint("dataset", "case_id"),
 )
 
