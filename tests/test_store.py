@@ -187,6 +187,22 @@ def test_current_tables_match_a_full_rebuild_from_the_log(store: ReviewStore) ->
     assert {k: d.event_id for k, d in dec.items()} == latest
 
 
+def test_cached_reads_see_writes_from_other_processes(store_url: str, tmp_path: Path) -> None:
+    s = ReviewStore(store_url, masks_dir=tmp_path / "m")
+    s.record_decision("a", "b", "keep_a", "alice")
+    first = s.decisions()
+    assert s.decisions() == first and s.decisions() is not s.decisions()  # callers get their own dict
+    code = ("import sys; sys.path.insert(0, %r); from engine.curation.store import ReviewStore; "
+            "s = ReviewStore(%r, masks_dir=%r); s.record_decision('c', 'd', 'drop_both', 'bob'); "
+            "s.set_case_state('c', 'accepted', 'bob')") % (str(REPO), store_url, str(tmp_path / "m"))
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    assert set(s.decisions()) == {("pair", ("a", "b")), ("pair", ("c", "d"))}
+    assert s.case_states()["c"].state == "accepted"
+    s.undo_decision("c", "d", "alice")
+    assert set(s.decisions()) == {("pair", ("a", "b"))}
+    s.close()
+
+
 def test_bulk_decisions_are_all_or_nothing(store: ReviewStore) -> None:
     ids = store.record_decisions([("2_5", "2_1", "keep_a"), ("3_1", "3_2", "keep_b")], "bulk", "rule")
     assert len(ids) == 2 and ids[1] > ids[0]

@@ -375,6 +375,28 @@ def _current_row(r: Any) -> dict[str, Any]:
             "author": r.author, "ts": r.ts, "note": r.note or ""}
 
 
+def _bump(conn: Connection, dataset: str) -> None:
+    """Advance the dataset's revision (same transaction as the state change it announces)."""
+    r = S.revisions
+    if conn.execute(r.update().where(r.c.dataset == dataset).values(rev=r.c.rev + 1)).rowcount == 0:
+        conn.execute(r.insert().values(dataset=dataset, rev=1))
+
+
+def _revision(conn: Connection, dataset: str) -> int:
+    return int(conn.execute(sa.select(S.revisions.c.rev).where(S.revisions.c.dataset == dataset)).scalar() or 0)
+
+
+#: Last read per (store URL, dataset, what): (revision, value); reused while the revision is unchanged.
+_READ_CACHE: dict[tuple[str, str, str], tuple[int, Any]] = {}
+_READ_CACHE_LOCK = threading.Lock()
+
+
+def clear_read_cache() -> None:
+    """Forget cached reads (benchmarks of the uncached path; tests)."""
+    with _READ_CACHE_LOCK:
+        _READ_CACHE.clear()
+
+
 def rebuild_current(conn: Connection, dataset: str | None) -> None:
     """Recompute ``current_decisions`` and ``current_case_states`` from the log (one dataset, or all)."""
     ev, cd, cs = S.events, S.current_decisions, S.current_case_states
@@ -398,6 +420,11 @@ def rebuild_current(conn: Connection, dataset: str | None) -> None:
             conn.execute(cd.insert(), dec)
         if st:
             conn.execute(cs.insert(), st)
+    touched = {k[0] for k in latest} | ({dataset} if dataset is not None else set())
+    if dataset is None:
+        touched |= set(conn.execute(sa.select(S.revisions.c.dataset)).scalars())
+    for ds in touched:
+        _bump(conn, ds)
 
 
 def dataset_key(ds: Any) -> str:
@@ -468,6 +495,8 @@ class ReviewStore:
         self.tx = _db.Transactor(self.engine, self.timeout, str(self.path))
         try:
             self._migrate_engine(self.engine, target)
+            self._identity = self.tx.read(lambda c: c.execute(
+                sa.select(S.meta.c.value).where(S.meta.c.key == "created")).scalar()) or ""
         except BaseException:
             self.engine.dispose()
             raise
@@ -873,6 +902,24 @@ class ReviewStore:
         if event_id is not None:
             row = conn.execute(sa.select(S.events).where(S.events.c.id == int(event_id))).one()
             conn.execute(t.insert().values(**_current_row(row)))
+        _bump(conn, self.dataset_key)
+
+    def _cached_read(self, what: str, build: Any) -> Any:
+        """``build(conn)`` in one snapshot, reused while the dataset's revision is unchanged."""
+        key = (f"{self.url}#{self._identity}", self.dataset_key, what)  # a re-created store is another store
+
+        def run(conn: Connection) -> Any:
+            rev = _revision(conn, self.dataset_key)
+            with _READ_CACHE_LOCK:
+                hit = _READ_CACHE.get(key)
+            if hit is not None and hit[0] == rev:
+                return hit[1]
+            value = build(conn)
+            with _READ_CACHE_LOCK:
+                _READ_CACHE[key] = (rev, value)
+            return value
+
+        return self.tx.read(run)
 
     def _recompute(self, conn: Connection, kind: str, target_kind: str, target: str) -> None:
         ev = S.events
@@ -1025,13 +1072,20 @@ class ReviewStore:
     def decisions(self) -> dict[tuple[str, tuple[str, ...]], Decision]:
         """Current decisions: ``{(target_kind, sorted members): Decision}`` in event order.
 
-        One indexed scan of ``current_decisions`` (O(decided targets), independent of the log length).
+        One indexed scan of ``current_decisions`` (O(decided targets), independent of the log length);
+        while the dataset's revision has not moved (no write by anyone, any process) the previous
+        result is reused, so a repeated read costs one primary-key lookup.
         """
         cd = S.current_decisions
         q = sa.select(cd.c.event_id, cd.c.target_kind, cd.c.target, cd.c.decision, cd.c.a, cd.c.b, cd.c.given,
                       cd.c.author, cd.c.ts, cd.c.note).where(cd.c.dataset == self.dataset_key).order_by(cd.c.event_id)
-        rows = self.tx.read(lambda c: c.execute(q).all())
+        return dict(self._cached_read("decisions", lambda c: self._build_decisions(c, q)))
+
+    @staticmethod
+    def _build_decisions(conn: Connection, q: Any) -> dict[tuple[str, tuple[str, ...]], Decision]:
+        rows = conn.execute(q).all()
         out = {}
+        new = object.__new__
         for eid, tk, target, decision, a, b, given, author, ts, note in rows:  # plain tuples: fast
             members = tuple(target.split("\t"))
             if given == "keep_a":
@@ -1042,7 +1096,10 @@ class ReviewStore:
                 kept, dropped = (), members
             else:
                 kept, dropped = members, ()
-            out[(tk, members)] = Decision(tk, members, decision, author, ts, note, eid, a, b, given, kept, dropped)
+            d = new(Decision)  # frozen-dataclass __init__ costs ~3x more; same fields, same object
+            d.__dict__.update(target_kind=tk, members=members, decision=decision, reviewer=author, ts=ts, note=note,
+                              event_id=eid, a=a, b=b, given=given, kept=kept, dropped=dropped)
+            out[(tk, members)] = d
         return out
 
     def decision_for(self, a: str, b: str) -> Decision | None:
@@ -1090,8 +1147,8 @@ class ReviewStore:
         cs = S.current_case_states
         q = sa.select(cs.c.case_id, cs.c.state, cs.c.author, cs.c.ts, cs.c.note, cs.c.event_id).where(
             cs.c.dataset == self.dataset_key).order_by(cs.c.event_id)
-        rows = self.tx.read(lambda c: c.execute(q).all())
-        return {r[0]: CaseState(r[0], r[1], r[2], r[3], r[4], int(r[5])) for r in rows}
+        return dict(self._cached_read("case_states", lambda c: {
+            r[0]: CaseState(r[0], r[1], r[2], r[3], r[4], int(r[5])) for r in c.execute(q).all()}))
 
     def case_state(self, case_id: str) -> str:
         """The current review state of one case (``unreviewed`` when never set)."""

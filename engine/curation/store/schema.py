@@ -22,6 +22,8 @@ Tables (schema version 3):
     and ``current_case_states(dataset, case_id, event_id, state, author, ts, note)`` — a copy of the
     effective event per target, maintained in the same transaction as the log (reads are one
     indexed single-table scan, O(targets), not O(events)).
+``revisions(dataset, rev)`` — a counter bumped in every transaction that changes a dataset's current
+    state; readers keep the last result per (store, dataset) and re-read only when it moved.
 ``users(name, role, pw_hash, active, created, updated)``; ``settings(key, value JSON, updated,
     author)``; ``admin_log`` (append-only: who changed which user or setting, when).
 ``claims(dataset, case_id, user_name, claimed, expires)`` — case leases (mutable).
@@ -107,6 +109,12 @@ current_case_states = sa.Table(
     sa.Column("ts", sa.Text, nullable=False),
     sa.Column("note", sa.Text, nullable=False),
     sa.PrimaryKeyConstraint("dataset", "case_id"),
+)
+
+revisions = sa.Table(  # bumped in every transaction that changes a dataset's current state (read caches)
+    "revisions", metadata,
+    sa.Column("dataset", sa.Text, primary_key=True),
+    sa.Column("rev", sa.Integer, nullable=False),
 )
 
 users = sa.Table(
@@ -230,7 +238,7 @@ def _v3(conn: Connection) -> None:
     conn.execute(sa.text("DROP TABLE mask_versions_v2"))
     _append_only(conn, "mask_versions")
     # 3. current-state tables, users, settings, admin log, claims
-    for t in (current_decisions, current_case_states, users, settings, admin_log, claims):
+    for t in (current_decisions, current_case_states, revisions, users, settings, admin_log, claims):
         conn.execute(CreateTable(t))
     _append_only(conn, "admin_log")
     # 4. back-fill the current state from the log
