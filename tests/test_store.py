@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 from engine.curation.store import LOCAL_OPERATOR, SCHEMA_VERSION, ReviewStore, mask_digest
-from engine.curation.store.review import rebuild_current
+from engine.curation.store.review import clear_read_cache, rebuild_current
 from engine.errors import (ClaimHeld, ConfigError, ConflictError, PermissionDenied, StaleDecision, StoreError)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,8 +174,12 @@ def test_current_tables_match_a_full_rebuild_from_the_log(store: ReviewStore) ->
         else:
             store.record_decision(a, b, ["keep_a", "keep_b", "union"][i % 3], "u",
                                   base_event=None if cur is None else cur.event_id)
+        if i % 7 == 0:
+            store.decisions()  # keep a cached copy that later reads refresh incrementally
     dec, states = store.decisions(), store.case_states()
     assert dec and states
+    clear_read_cache()  # the incrementally refreshed copies equal a full read
+    assert store.decisions() == dec and store.case_states() == states
     with store.engine.begin() as c:
         rebuild_current(c, store.dataset_key)
     assert store.decisions() == dec and store.case_states() == states

@@ -364,29 +364,32 @@ def _all_undone(conn: Connection, dataset: str | None) -> set[int]:
     return undone
 
 
-def _current_row(r: Any) -> dict[str, Any]:
+def _current_row(r: Any, rev: int) -> dict[str, Any]:
     """The ``current_decisions`` / ``current_case_states`` values for an events row."""
     if r.kind == "decision":
         d = _decision_from_row(r)
         return {"dataset": r.dataset, "target_kind": r.target_kind, "target": r.target, "event_id": int(r.id),
                 "decision": d.decision, "a": d.a, "b": d.b, "given": d.given, "author": r.author, "ts": r.ts,
-                "note": r.note or ""}
+                "note": r.note or "", "rev": rev}
     return {"dataset": r.dataset, "case_id": r.target, "event_id": int(r.id), "state": str(r.value),
-            "author": r.author, "ts": r.ts, "note": r.note or ""}
+            "author": r.author, "ts": r.ts, "note": r.note or "", "rev": rev}
 
 
-def _bump(conn: Connection, dataset: str) -> None:
-    """Advance the dataset's revision (same transaction as the state change it announces)."""
+def _bump(conn: Connection, dataset: str) -> int:
+    """Advance the dataset's revision (same transaction as the state change it announces); returns it."""
     r = S.revisions
     if conn.execute(r.update().where(r.c.dataset == dataset).values(rev=r.c.rev + 1)).rowcount == 0:
-        conn.execute(r.insert().values(dataset=dataset, rev=1))
+        conn.execute(r.insert().values(dataset=dataset, rev=1, reset=0))
+    return int(conn.execute(sa.select(r.c.rev).where(r.c.dataset == dataset)).scalar())
 
 
-def _revision(conn: Connection, dataset: str) -> int:
-    return int(conn.execute(sa.select(S.revisions.c.rev).where(S.revisions.c.dataset == dataset)).scalar() or 0)
+def _revision(conn: Connection, dataset: str) -> tuple[int, int]:
+    r = S.revisions
+    row = conn.execute(sa.select(r.c.rev, r.c.reset).where(r.c.dataset == dataset)).first()
+    return (0, 0) if row is None else (int(row[0]), int(row[1]))
 
 
-#: Last read per (store URL, dataset, what): (revision, value); reused while the revision is unchanged.
+#: Last read per (store, dataset, what): (revision, value); refreshed with only the rows written since.
 _READ_CACHE: dict[tuple[str, str, str], tuple[int, Any]] = {}
 _READ_CACHE_LOCK = threading.Lock()
 
@@ -411,20 +414,22 @@ def rebuild_current(conn: Connection, dataset: str | None) -> None:
             latest[(ds, kind, tk, target)] = int(eid)
     for t in (cd, cs):
         conn.execute(t.delete() if dataset is None else t.delete().where(t.c.dataset == dataset))
+    touched = {k[0] for k in latest} | ({dataset} if dataset is not None else set())
+    if dataset is None:
+        touched |= set(conn.execute(sa.select(S.revisions.c.dataset)).scalars())
+    revs = {}
+    for ds in touched:  # every cache of these datasets must re-read everything
+        revs[ds] = _bump(conn, ds)
+        conn.execute(S.revisions.update().where(S.revisions.c.dataset == ds).values(reset=revs[ds]))
     ids = sorted(latest.values())
     for i in range(0, len(ids), 5000):
         rows = conn.execute(sa.select(ev).where(ev.c.id.in_(ids[i:i + 5000]))).all()
-        dec = [_current_row(r) for r in rows if r.kind == "decision"]
-        st = [_current_row(r) for r in rows if r.kind == "case_state"]
+        dec = [_current_row(r, revs[r.dataset]) for r in rows if r.kind == "decision"]
+        st = [_current_row(r, revs[r.dataset]) for r in rows if r.kind == "case_state"]
         if dec:
             conn.execute(cd.insert(), dec)
         if st:
             conn.execute(cs.insert(), st)
-    touched = {k[0] for k in latest} | ({dataset} if dataset is not None else set())
-    if dataset is None:
-        touched |= set(conn.execute(sa.select(S.revisions.c.dataset)).scalars())
-    for ds in touched:
-        _bump(conn, ds)
 
 
 def dataset_key(ds: Any) -> str:
@@ -888,33 +893,51 @@ class ReviewStore:
     def _current_decision(self, conn: Connection, target_kind: str, target: str) -> "Decision | None":
         cd = S.current_decisions
         r = conn.execute(sa.select(cd).where(cd.c.dataset == self.dataset_key, cd.c.target_kind == target_kind,
-                                             cd.c.target == target)).first()
+                                             cd.c.target == target, cd.c.event_id > 0)).first()
         return None if r is None else _decision_from_current(r)
 
     def _set_current(self, conn: Connection, kind: str, target_kind: str, target: str, event_id: int | None) -> None:
+        """Point a target's current row at ``event_id`` (None: nothing in force — kept as a tombstone
+        row with ``event_id = 0`` so incremental readers learn about it)."""
+        rev = _bump(conn, self.dataset_key)
         if kind == "decision":
             t = S.current_decisions
             where = (t.c.dataset == self.dataset_key, t.c.target_kind == target_kind, t.c.target == target)
+            tomb = {"dataset": self.dataset_key, "target_kind": target_kind, "target": target, "event_id": 0,
+                    "decision": "", "a": "", "b": "", "given": "", "author": "", "ts": "", "note": "", "rev": rev}
         else:
             t = S.current_case_states
             where = (t.c.dataset == self.dataset_key, t.c.case_id == target)
+            tomb = {"dataset": self.dataset_key, "case_id": target, "event_id": 0, "state": "", "author": "",
+                    "ts": "", "note": "", "rev": rev}
         conn.execute(t.delete().where(*where))
         if event_id is not None:
             row = conn.execute(sa.select(S.events).where(S.events.c.id == int(event_id))).one()
-            conn.execute(t.insert().values(**_current_row(row)))
-        _bump(conn, self.dataset_key)
+            conn.execute(t.insert().values(**_current_row(row, rev)))
+        else:
+            conn.execute(t.insert().values(**tomb))
 
-    def _cached_read(self, what: str, build: Any) -> Any:
-        """``build(conn)`` in one snapshot, reused while the dataset's revision is unchanged."""
+    def _cached_read(self, what: str, full: Any, changes: Any) -> Any:
+        """A dict read in one snapshot, kept per (store, dataset): unchanged revision → the kept dict;
+        moved → the kept dict updated with ``changes(conn, since_rev)`` (rows written since: O(changes));
+        no usable copy → ``full(conn)``. Returns the kept dict (callers copy it)."""
         key = (f"{self.url}#{self._identity}", self.dataset_key, what)  # a re-created store is another store
 
         def run(conn: Connection) -> Any:
-            rev = _revision(conn, self.dataset_key)
+            rev, reset = _revision(conn, self.dataset_key)
             with _READ_CACHE_LOCK:
                 hit = _READ_CACHE.get(key)
             if hit is not None and hit[0] == rev:
                 return hit[1]
-            value = build(conn)
+            if hit is not None and reset <= hit[0] < rev:
+                value = dict(hit[1])
+                for k, v in changes(conn, hit[0]):
+                    if v is None:
+                        value.pop(k, None)
+                    else:
+                        value[k] = v
+            else:
+                value = full(conn)
             with _READ_CACHE_LOCK:
                 _READ_CACHE[key] = (rev, value)
             return value
@@ -1070,19 +1093,26 @@ class ReviewStore:
         return self.tx.write(run)
 
     def decisions(self) -> dict[tuple[str, tuple[str, ...]], Decision]:
-        """Current decisions: ``{(target_kind, sorted members): Decision}`` in event order.
+        """Current decisions: ``{(target_kind, sorted members): Decision}``.
 
-        One indexed scan of ``current_decisions`` (O(decided targets), independent of the log length);
-        while the dataset's revision has not moved (no write by anyone, any process) the previous
-        result is reused, so a repeated read costs one primary-key lookup.
+        One indexed scan of ``current_decisions`` (O(decided targets), independent of the log length).
+        The result is kept per (store, dataset) with the dataset's revision: while no one (any
+        process, any server) has written, a read costs one primary-key lookup; after writes, only
+        the rows written since are fetched (O(changes)).
         """
         cd = S.current_decisions
-        q = sa.select(cd.c.event_id, cd.c.target_kind, cd.c.target, cd.c.decision, cd.c.a, cd.c.b, cd.c.given,
-                      cd.c.author, cd.c.ts, cd.c.note).where(cd.c.dataset == self.dataset_key).order_by(cd.c.event_id)
-        return dict(self._cached_read("decisions", lambda c: self._build_decisions(c, q)))
+        cols = (cd.c.event_id, cd.c.target_kind, cd.c.target, cd.c.decision, cd.c.a, cd.c.b, cd.c.given, cd.c.author,
+                cd.c.ts, cd.c.note)
+        full = sa.select(*cols).where(cd.c.dataset == self.dataset_key, cd.c.event_id > 0).order_by(cd.c.event_id)
+
+        def changes(conn: Connection, since: int) -> list:
+            q = sa.select(*cols).where(cd.c.dataset == self.dataset_key, cd.c.rev > since)
+            return [(k, d if d.event_id > 0 else None) for k, d in self._build_decisions(conn, q, True).items()]
+
+        return dict(self._cached_read("decisions", lambda c: self._build_decisions(c, full), changes))
 
     @staticmethod
-    def _build_decisions(conn: Connection, q: Any) -> dict[tuple[str, tuple[str, ...]], Decision]:
+    def _build_decisions(conn: Connection, q: Any, tombstones: bool = False) -> dict[tuple[str, tuple[str, ...]], Decision]:
         rows = conn.execute(q).all()
         out = {}
         new = object.__new__
@@ -1139,16 +1169,24 @@ class ReviewStore:
 
     def _current_state(self, conn: Connection, case_id: str) -> CaseState | None:
         cs = S.current_case_states
-        r = conn.execute(sa.select(cs).where(cs.c.dataset == self.dataset_key, cs.c.case_id == case_id)).first()
+        r = conn.execute(sa.select(cs).where(cs.c.dataset == self.dataset_key, cs.c.case_id == case_id,
+                                             cs.c.event_id > 0)).first()
         return None if r is None else CaseState(r.case_id, r.state, r.author, r.ts, r.note, int(r.event_id))
 
     def case_states(self) -> dict[str, CaseState]:
         """Current state of every case that has one (cases absent here are ``unreviewed``)."""
         cs = S.current_case_states
         q = sa.select(cs.c.case_id, cs.c.state, cs.c.author, cs.c.ts, cs.c.note, cs.c.event_id).where(
-            cs.c.dataset == self.dataset_key).order_by(cs.c.event_id)
-        return dict(self._cached_read("case_states", lambda c: {
-            r[0]: CaseState(r[0], r[1], r[2], r[3], r[4], int(r[5])) for r in c.execute(q).all()}))
+            cs.c.dataset == self.dataset_key, cs.c.event_id > 0).order_by(cs.c.event_id)
+        def build(conn: Connection, query: Any) -> dict[str, CaseState]:
+            return {r[0]: CaseState(r[0], r[1], r[2], r[3], r[4], int(r[5])) for r in conn.execute(query).all()}
+
+        def changes(conn: Connection, since: int) -> list:
+            got = build(conn, sa.select(cs.c.case_id, cs.c.state, cs.c.author, cs.c.ts, cs.c.note, cs.c.event_id)
+                        .where(cs.c.dataset == self.dataset_key, cs.c.rev > since))
+            return [(k, v if v.event_id > 0 else None) for k, v in got.items()]
+
+        return dict(self._cached_read("case_states", lambda c: build(c, q), changes))
 
     def case_state(self, case_id: str) -> str:
         """The current review state of one case (``unreviewed`` when never set)."""

@@ -22,8 +22,10 @@ Tables (schema version 3):
     and ``current_case_states(dataset, case_id, event_id, state, author, ts, note)`` — a copy of the
     effective event per target, maintained in the same transaction as the log (reads are one
     indexed single-table scan, O(targets), not O(events)).
-``revisions(dataset, rev)`` — a counter bumped in every transaction that changes a dataset's current
-    state; readers keep the last result per (store, dataset) and re-read only when it moved.
+``revisions(dataset, rev, reset)`` — a counter bumped in every transaction that changes a dataset's
+    current state; each current-state row carries the revision that wrote it (an undone-to-nothing
+    target stays as a tombstone with ``event_id = 0``), so a reader holding the result of revision R
+    fetches only the rows with ``rev > R`` (a full re-read when R < ``reset``, set by rebuilds).
 ``users(name, role, pw_hash, active, created, updated)``; ``settings(key, value JSON, updated,
     author)``; ``admin_log`` (append-only: who changed which user or setting, when).
 ``claims(dataset, case_id, user_name, claimed, expires)`` — case leases (mutable).
@@ -96,7 +98,9 @@ current_decisions = sa.Table(  # a copy of the effective decision event per targ
     sa.Column("author", sa.Text, nullable=False),
     sa.Column("ts", sa.Text, nullable=False),
     sa.Column("note", sa.Text, nullable=False),
+    sa.Column("rev", sa.Integer, nullable=False),  # dataset revision that wrote the row (incremental reads)
     sa.PrimaryKeyConstraint("dataset", "target_kind", "target"),
+    sa.Index("current_decisions_rev", "dataset", "rev"),
 )
 
 current_case_states = sa.Table(
@@ -108,13 +112,16 @@ current_case_states = sa.Table(
     sa.Column("author", sa.Text, nullable=False),
     sa.Column("ts", sa.Text, nullable=False),
     sa.Column("note", sa.Text, nullable=False),
+    sa.Column("rev", sa.Integer, nullable=False),
     sa.PrimaryKeyConstraint("dataset", "case_id"),
+    sa.Index("current_case_states_rev", "dataset", "rev"),
 )
 
 revisions = sa.Table(  # bumped in every transaction that changes a dataset's current state (read caches)
     "revisions", metadata,
     sa.Column("dataset", sa.Text, primary_key=True),
     sa.Column("rev", sa.Integer, nullable=False),
+    sa.Column("reset", sa.Integer, nullable=False, server_default="0"),  # caches older than this re-read all
 )
 
 users = sa.Table(
@@ -240,6 +247,8 @@ def _v3(conn: Connection) -> None:
     # 3. current-state tables, users, settings, admin log, claims
     for t in (current_decisions, current_case_states, revisions, users, settings, admin_log, claims):
         conn.execute(CreateTable(t))
+        for ix in t.indexes:
+            conn.execute(CreateIndex(ix))
     _append_only(conn, "admin_log")
     # 4. back-fill the current state from the log
     from engine.curation.store.review import rebuild_current
