@@ -253,7 +253,8 @@ def main() -> int:
         print(f"{be:<11} {rd['events']:,} events, {rd['n_decided_pairs']:,} decided pairs: decisions() "
               f"{rd['decisions_uncached_ms']} ms full read / {rd['decisions_ms']} ms unchanged (goal < 20); "
               f"decide + decisions() {rd['decide_then_decisions_ms']} ms; case_states() "
-              f"{rd['case_states_uncached_ms']} / {rd['case_states_ms']} ms; decision_for() {rd['decision_for_ms']} ms; "
+              f"{rd['case_states_uncached_ms']} / {rd['case_states_ms']} ms; "
+              f"decision_for() {rd['decision_for_ms']} ms; "
               f"old full-log scan {rd['full_log_scan_ms']} ms")
         for mode in ("distinct", "same_pair"):
             w = r[mode]

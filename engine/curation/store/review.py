@@ -958,7 +958,8 @@ class ReviewStore:
         seen = "without having seen a decision" if base_event is None else f"based on event {base_event}"
         return StaleDecision(
             f"{where} was already decided: {d.given} (keep {', '.join(d.kept) or 'none'}"
-            f"{'; drop ' + ', '.join(d.dropped) if d.dropped else ''}) by {d.reviewer} at {d.ts.replace('T', ' ')[:19]} UTC "
+            f"{'; drop ' + ', '.join(d.dropped) if d.dropped else ''}) by {d.reviewer} at "
+            f"{d.ts.replace('T', ' ')[:19]} UTC "
             f"(event {d.event_id}); your {what} was made {seen}, so nothing was written",
             target_kind=d.target_kind, members=d.members, current_event=d.event_id, decision=d.decision,
             decision_as_given=d.given, decided_by=d.reviewer, decided_at=d.ts, base_event=base_event,
@@ -1107,12 +1108,12 @@ class ReviewStore:
 
         def changes(conn: Connection, since: int) -> list:
             q = sa.select(*cols).where(cd.c.dataset == self.dataset_key, cd.c.rev > since)
-            return [(k, d if d.event_id > 0 else None) for k, d in self._build_decisions(conn, q, True).items()]
+            return [(k, d if d.event_id > 0 else None) for k, d in self._build_decisions(conn, q).items()]
 
         return dict(self._cached_read("decisions", lambda c: self._build_decisions(c, full), changes))
 
     @staticmethod
-    def _build_decisions(conn: Connection, q: Any, tombstones: bool = False) -> dict[tuple[str, tuple[str, ...]], Decision]:
+    def _build_decisions(conn: Connection, q: Any) -> dict[tuple[str, tuple[str, ...]], Decision]:
         rows = conn.execute(q).all()
         out = {}
         new = object.__new__
