@@ -18,12 +18,12 @@ export PYTHONUNBUFFERED := 1
 PORT ?= 8501
 PYTEST_ARGS ?=
 
-.PHONY: run test install install-dev browser dicomtools demo demo-full clean bench
+.PHONY: run test install install-dev browser dicomtools postgresql demo demo-full clean bench
 
 run: install demo
 	$(BIN)/streamlit run app.py --server.port $(PORT)
 
-test: install-dev browser dicomtools demo
+test: install-dev browser dicomtools postgresql demo
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 $(BIN)/python:
@@ -58,6 +58,14 @@ dicomtools:
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null; \
 	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null; \
 	else echo "warning: dicom3tools missing and no root: the DICOM-SEG IOD check will be skipped"; fi
+
+# Debian's PostgreSQL server binaries: the store tests start a throwaway server from them (initdb in a
+# temp folder, unprivileged, 127.0.0.1 only); without them those tests skip with a message.
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then echo "postgresql: $$(ls -d /usr/lib/postgresql/*/bin | tail -1)"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else echo "warning: postgresql binaries missing and no root: the PostgreSQL store tests will be skipped"; fi
 
 demo: install
 	$(BIN)/python -m engine demo --out demo_data --if-missing

@@ -3,6 +3,7 @@ DICOM-SEG, COCO or NIfTI (``--format``; see :func:`engine.interop.export.export_
 
 from __future__ import annotations
 
+from engine.cli._store import add_store_option, open_store
 from engine.cli.common import add_dataset_options, open_dataset_from_args, print_json, tqdm_progress
 
 
@@ -13,7 +14,7 @@ def register(sub) -> None:
     p.add_argument("dataset", help="the reviewed dataset folder")
     p.add_argument("out", help="a new or empty folder outside the dataset (or an earlier export of this program, "
                                "replaced whole; any other non-empty folder is refused)")
-    p.add_argument("--store", help="review store (default: the dataset's workspace review.sqlite)")
+    add_store_option(p)
     p.add_argument("--no-decisions", action="store_true",
                    help="only corrected mask versions; ignore conflict-review decisions (drops, unions)")
     p.add_argument("--copy-images", action="store_true",
@@ -34,17 +35,19 @@ def cmd_export(args) -> int:
     import getpass
 
     from engine.interop.export import export_dataset
-    from engine.store import ReviewStore
 
     ds = open_dataset_from_args(args)
-    store = ReviewStore(args.store, dataset=ds) if args.store else ReviewStore.for_dataset(ds)
+    store = open_store(args, ds, must_exist=True)
     try:
         user = args.user or getpass.getuser()
     except (KeyError, OSError):  # no login name (some containers)
         user = None
-    with tqdm_progress("exporting") as progress:
-        info = export_dataset(ds, store, args.out, args.fmt, progress=progress,
-                              apply_decisions=not args.no_decisions, copy_images=args.copy_images, author=user)
+    try:
+        with tqdm_progress("exporting") as progress:
+            info = export_dataset(ds, store, args.out, args.fmt, progress=progress,
+                                  apply_decisions=not args.no_decisions, copy_images=args.copy_images, author=user)
+    finally:
+        store.close()
     if args.json:
         print_json(info)
         return 0
