@@ -95,9 +95,12 @@ class ClassifierPredictor:
 
     def predict_proba_many(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """float64 ``(N,)`` probabilities that the structure is present, for float32 (C,H,W) images."""
+        return self.predict_proba_inputs([self._prep(im) for im in images])
+
+    def predict_proba_inputs(self, xs: Sequence[np.ndarray]) -> np.ndarray:
+        """float64 ``(N,)`` probabilities for inputs already preprocessed by ``card.preprocess``."""
         import torch
 
-        xs = [self._prep(im) for im in images]
         out = np.zeros(len(xs), np.float64)
         order = sorted(range(len(xs)), key=lambda i: xs[i].shape)
         with torch.inference_mode():

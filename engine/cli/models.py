@@ -19,6 +19,11 @@ def _add_predictor_flags(p) -> None:
     p.add_argument("--min-area", type=int, help="remove components smaller than this (pixels; default: card)")
     p.add_argument("--keep-largest", type=int, help="keep the k largest components per class")
     p.add_argument("--fill-holes", action="store_true", default=None)
+    p.add_argument("--gate", metavar="CLS",
+                   help="presence classifier weights that gate the masks (two-stage pipeline); default: the card's")
+    p.add_argument("--gate-threshold", type=float,
+                   help="P(present) below this empties the mask (default: the card's gate / classifier threshold)")
+    p.add_argument("--no-gate", action="store_true", help="ignore the gate the card names")
 
 
 def _post_from_args(args, card):
@@ -53,6 +58,8 @@ def register(sub) -> None:
     p.add_argument("--cases", help="file with one case id per line to evaluate")
     p.add_argument("--surface", action="store_true", help="also HD95 and mean surface distance")
     p.add_argument("--no-cache", action="store_true", help="recompute even if an identical evaluation is cached")
+    p.add_argument("--rand", action="store_true", help="also the per-image Rand error (ISBI 2012)")
+    p.add_argument("--warping", action="store_true", help="also the per-image warping error (U-Net paper; slower)")
     _add_predictor_flags(p)
     add_dataset_options(p)
     p.set_defaults(func=cmd_evaluate)
@@ -97,7 +104,11 @@ def register(sub) -> None:
 def _predictor(args):
     from engine.inference import Predictor
 
-    return Predictor.from_weights(args.weights, device=args.device, tta=args.tta, batch_size=args.batch_size)
+    if args.gate and args.no_gate:
+        raise ConfigError("--gate and --no-gate contradict each other", hint="pass one of them")
+    gate = None if args.no_gate else (args.gate or "card")
+    return Predictor.from_weights(args.weights, device=args.device, tta=args.tta, batch_size=args.batch_size,
+                                  gate=gate, gate_threshold=args.gate_threshold)
 
 
 def _expand_inputs(inputs: list[str]) -> list[Path]:
@@ -204,7 +215,7 @@ def cmd_evaluate(args) -> int:
     ds = open_dataset_from_args(args)
     post = _post_from_args(args, pred.card)
     cfg = EvalConfig(empty_policy=args.empty_policy, tta=args.tta, post=post, surface=args.surface,
-                     batch_size=args.batch_size, device=args.device)
+                     batch_size=args.batch_size, device=args.device, rand=args.rand, warping=args.warping)
     cases = _holdout_cases(pred.card, ds, args.holdout, args.cases)
     with tqdm_progress("evaluating") as progress:
         res = evaluate(pred, ds, cfg, case_ids=cases, progress=progress, use_cache=not args.no_cache)
@@ -214,17 +225,37 @@ def cmd_evaluate(args) -> int:
         "n_cases": s["n_cases"], "empty_policy": s["empty_policy"], "empty_policy_rule": s["empty_policy_rule"],
         "dice_gt_empty": s["dice_gt_empty"], "dice_gt_nonempty": s["dice_gt_nonempty"],
         "presence": {k: v for k, v in s["presence"].items() if k not in ("roc_curve", "pr_curve")},
+        "training_overlap": {"n_cases": s["training_overlap"]["n_cases"], "case_ids": s["training_overlap"]["case_ids"],
+                             "basis": s["training_overlap"]["basis"]},
         "model": pred.card.name, "dataset": str(ds.root), "cases": "holdout" if args.holdout else
         ("file " + args.cases if args.cases else "all labelled"),
         "settings": s["settings"], "timing": s["timing"], "n_failed": s["n_failed"], "failed": s["failed"],
         "results_folder": str(res.folder),
     }
+    if s.get("gate"):
+        pm = s["presence"]
+        out["gate"] = {"weights": s["gate"]["weights"], "threshold": float(s["gate"]["threshold"])}
+        out["gate_presence"] = {"auc": pm.get("roc_auc"), "ap": pm.get("average_precision"),
+                                "sensitivity": pm.get("sensitivity"), "specificity": pm.get("specificity"),
+                                "ppv": pm.get("ppv"), "npv": pm.get("npv"), "n_positive": pm.get("n_positive"),
+                                "n_negative": pm.get("n_negative")}
+        out["ungated"] = s["ungated"]
+    for k in ("mean_rand_error", "mean_warping_error"):
+        if k in s:
+            out[k] = s[k]
     write_json(args.json_out, out)
     csv_path = Path(args.json_out).with_suffix(".csv")
     res.per_image.to_csv(csv_path, index=False)
     pc = ", ".join(f"{k} {v:.4f}" for k, v in s["per_class"].items())
     print(f"{pred.card.name} on {ds.root.name}: mean Dice {s['mean_dice']:.4f} ({pc}) over {s['n_cases']} cases, "
           f"empty policy {s['empty_policy']}; JSON {args.json_out}, per-image CSV {csv_path}")
+    if s.get("gate"):
+        print(f"  gated by {s['gate']['weights']} at {s['gate']['threshold']:.2f}: without the gate mean Dice "
+              f"{s['ungated']['mean_dice']:.4f}; presence AUC {s['presence'].get('roc_auc', float('nan')):.3f}")
+    n_train = s["training_overlap"]["n_cases"]
+    if n_train:
+        print(f"  WARNING: {n_train} of {s['n_cases']} evaluated cases were TRAINING cases of {pred.card.name}; "
+              f"this is not a held-out figure (use --holdout)")
     return 0
 
 
@@ -284,18 +315,33 @@ def cmd_tune_post(args) -> int:
                 continue
             probs.append(_map_probs(result.probs, lut, ds.num_classes).astype(np.float16))
             gts.append(ds.load_mask(case))
-            pres.append(result.presence)
+            pres.append(result.gate if pred.gate is not None else result.presence)
+    gated = pred.gate is not None
+    grid = TuneGrid()
+    if gated:  # the gate's threshold is searched together with the segmenter's threshold and min area
+        grid = grid.replace(presence_thresholds=tuple(sorted({*grid.presence_thresholds, 0.1, 0.2, 0.8, 0.9,
+                                                               round(float(pred.gate_threshold), 3)})))
     with tqdm_progress("searching") as progress:
-        res = tune_postprocess(probs, gts, pres if pred.card.spec.presence_head else None, TuneGrid(),
+        res = tune_postprocess(probs, gts, pres if (pred.card.spec.presence_head or gated) else None, grid,
                                empty_policy=args.empty_policy, progress=progress)
     out = {"best": res.best.to_dict(), "best_score": res.best_score, "baseline_score": res.baseline_score,
            "n_images": res.n_images, "empty_policy": args.empty_policy, "table": res.table}
+    if gated:
+        out["gate"] = {"weights": pred.gate.card.name, "threshold": res.best.presence_threshold,
+                       "note": "presence_threshold in this search is the gate classifier's threshold "
+                               "(None = no gate wins)"}
     write_json(args.json_out, out)
     print(f"best mean Dice {res.best_score:.4f} (default settings {res.baseline_score:.4f}) on {res.n_images} images:")
     print("  " + json.dumps(res.best.to_dict()))
     if args.write_card:
+        from engine.checkpoint import GateConfig
+
         folder = resolve_weights(args.weights)
         card = pred.card.replace(postprocess=res.best)
+        if gated:  # the searched presence threshold belongs to the gate, not to a presence head
+            t = res.best.presence_threshold
+            card = card.replace(postprocess=res.best.replace(presence_threshold=pred.card.postprocess.presence_threshold),
+                                gate=GateConfig(pred.gate.card.name, t) if t is not None else None)
         atomic_write_json(folder / CARD_FILE, card.to_dict())
         print(f"  written as the default post-processing of {folder / CARD_FILE}")
     return 0
