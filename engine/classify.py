@@ -30,6 +30,7 @@ from engine.checkpoint import (CLASSIFIER_CARD, ClassifierCard, list_weights, lo
                                save_checkpoint)
 from engine.errors import ConfigError
 from engine.progress import ProgressFn
+from engine.training.prepare import is_synthetic
 
 __all__ = ["ClassifierCard", "ClassifyTask", "ClassifierPredictor", "save_classifier", "load_classifier",
            "resolve_classifier", "list_classifier_weights", "CLASSIFIER_CARD"]
@@ -138,6 +139,9 @@ class ClassifyTask:
         from engine.training.data import SegTrainSet, build_cache
         from engine.training.prepare import cache_dir_for, open_training_data, split_cases
 
+        if config.positive_only:
+            raise ConfigError("positive_only is for the segmenter; a presence classifier needs empty images too",
+                              hint="leave --positive-only off for --task classify")
         if config.patch_size is not None:
             raise ConfigError("patch_size is for segmentation; a classifier sees whole images",
                               hint="leave patch_size empty for --task classify")
@@ -145,6 +149,9 @@ class ClassifyTask:
         self.dataset, cases = open_training_data(config)
         self.labels = dict(sorted(self.dataset.labels.items()))
         self.train_cases, self.val_cases, self.split = split_cases(config, cases)
+        from engine.fingerprint import fingerprint_dataset
+
+        self.fingerprint = fingerprint_dataset(self.dataset, [c.case_id for c in self.train_cases]) if main else {}
         disk = cache_dir_for(self.dataset) if config.cache_preprocessed else None
         self.train_items, skipped = build_cache(self.dataset, self.train_cases, config.preprocess,
                                                 dtype=config.cache_dtype, disk_dir=disk,
@@ -239,6 +246,5 @@ class ClassifyTask:
         card = ClassifierCard(name=cfg.name, classifier=cfg.classifier, preprocess=cfg.preprocess,
                               threshold=cfg.classifier_threshold, labels={0: "absent", 1: " or ".join(fg) or "present"},
                               description=cfg.description, training=training, metrics=metrics, license=license_info,
-                              synthetic=bool(getattr(self.dataset, "synthetic", False)),
-                              fingerprint=getattr(self, "fingerprint", {}) or {})
+                              synthetic=is_synthetic(self.dataset), fingerprint=self.fingerprint)
         return save_checkpoint(folder, model, card)

@@ -594,8 +594,8 @@ def rand_scores(pred: npt.ArrayLike, gt: npt.ArrayLike, *, instances: bool = Fal
     sum_t2 = float(np.sum(t**2))
     s_counts = np.bincount(p_inv[pj != 0], minlength=n_p).astype(np.float64)
     sum_s2 = float(np.sum((s_counts / n) ** 2)) + n_singletons / n**2
-    split = sum_p2 / sum_t2
-    merge = sum_p2 / sum_s2
+    split = min(1.0, sum_p2 / sum_t2)  # ≤ 1 mathematically; clamp float rounding (1 + 2e-16)
+    merge = min(1.0, sum_p2 / sum_s2)
     v_rand = 2.0 * split * merge / (split + merge)
     return RandScores(float(split), float(merge), float(v_rand))
 

@@ -207,3 +207,23 @@ def test_cli_evaluate_json_gate_and_overlap(tmp_path: Path, disks: Path) -> None
     assert set(j["gate_presence"]) >= {"auc", "ap", "sensitivity", "specificity", "ppv", "npv"}
     assert j["gate_presence"]["sensitivity"] == 1.0  # P = 0.73 ≥ 0.6 everywhere
     assert "TRAINING cases" in r.stdout
+
+
+def test_fingerprint_flags_modality_aspect_channels_and_intensity() -> None:
+    from engine.fingerprint import build_fingerprint, check_input
+
+    rng = np.random.default_rng(0)
+    train = [(np.clip(rng.normal(0.3, 0.05, (1, 420, 580)), 0, 1).astype(np.float32), {"format": "tiff", "photometric": 1})
+             for _ in range(10)]
+    fp = build_fingerprint(train)
+    assert fp["modality"] == {} and fp["photometric"] == {}  # a TIFF's integer photometric tag is not DICOM
+    assert fp["aspect"][0] == pytest.approx(580 / 420, abs=1e-3) and fp["channels"] == [1]
+    same = np.clip(rng.normal(0.3, 0.05, (1, 420, 580)), 0, 1).astype(np.float32)
+    assert check_input(fp, same) == {**check_input(fp, same), "far": False, "reasons": []}
+    cxr = np.clip(rng.normal(0.6, 0.2, (1, 1024, 1024)), 0, 1).astype(np.float32)
+    r = check_input(fp, cxr, {"modality": "CR", "photometric": "MONOCHROME1"})
+    text = " ".join(r["reasons"])
+    assert r["far"] and "histogram" in text and "aspect ratio" in text and "modality CR" in text
+    assert "channel" in " ".join(check_input(fp, np.repeat(same, 3, axis=0))["reasons"])
+    assert check_input({}, same) == {"known": False, "far": False, "reasons": [], "hist_distance": None,
+                                     "hist_threshold": None}

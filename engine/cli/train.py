@@ -52,6 +52,8 @@ def register(sub) -> None:
     g.add_argument("--normalize", choices=["none", "minmax", "meanstd"])
     g.add_argument("--patch-size", help="train on random HxW patches (needs --resize-policy pad)")
     g.add_argument("--augment", help="augmentation preset: none, light, ultrasound, xray, em")
+    g.add_argument("--positive-only", action="store_true", default=None,
+                   help="train the segmenter on images with a mask only (pair it with a presence-classifier gate)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--loss", help="bce_dice (default), dice, bce, focal, tversky, mse, border_ce")
@@ -207,6 +209,7 @@ def build_config(args) -> Any:
         d["scheduler_params"] = None
     for flag, key, value in (("swa", "swa", True), ("export", "export", True),
                              ("cache_preprocessed", "cache_preprocessed", True),
+                             ("positive_only", "positive_only", True),
                              ("no_channels_last", "channels_last", False)):
         if getattr(args, flag):
             d[key] = value
