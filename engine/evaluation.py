@@ -119,6 +119,29 @@ def class_mapping(model_labels: dict[int, str], dataset_labels: dict[int, str]) 
     return lut
 
 
+def classes_match(model_labels: dict[int, str], dataset_labels: dict[int, str]) -> bool:
+    """Can the model's classes be scored against the dataset's (:func:`class_mapping` finds a match)?
+    A nerve model on a lung dataset is False; on an unnamed single-class dataset True."""
+    try:
+        class_mapping({int(k): v for k, v in model_labels.items()}, {int(k): v for k, v in dataset_labels.items()})
+    except ConfigError:
+        return False
+    return True
+
+
+def rank_models_for(weights: Sequence[dict[str, Any]], dataset_labels: dict[int, str] | None) -> list[str]:
+    """Model names from :func:`engine.checkpoint.list_weights` entries, those whose classes match
+    ``dataset_labels`` first (then the others), each group in listing order; None = no dataset."""
+    names = [w for w in weights if "error" not in w]
+    if not dataset_labels:
+        return [w["name"] for w in names]
+
+    def ok(w: dict[str, Any]) -> bool:
+        return classes_match(dict(enumerate(w.get("classes") or [])), dataset_labels)
+
+    return [w["name"] for w in names if ok(w)] + [w["name"] for w in names if not ok(w)]
+
+
 def _generic_name(name: str) -> bool:
     """Class names a layout invents when the data does not name its classes."""
     n = name.lower()

@@ -7,11 +7,17 @@ A fingerprint (stored in the model card, a few hundred bytes) summarises the *ra
   normalised to sum 1;
 * ``hist_dist_p95``: the 95th percentile of the training images' own L1 distances to ``hist``
   (how much the training data itself varies);
+* ``feat_mean``/``feat_sd``/``feat_z_p95``: per-feature mean and spread of [histogram, 8×8 grey
+  thumbnail (the layout: bright mediastinum vs dark lungs, skin line on top of an ultrasound)],
+  and the 95th percentile of the training images' own mean |z| over those features;
 * ``height``/``width``/``aspect``: min, median, max over the sampled images; ``channels`` seen;
-* ``modality``/``photometric``: counts of the DICOM values where known (``{}`` for PNG data).
+* ``modality``/``photometric``: counts of the DICOM values where known (``{}`` for PNG data);
+  for non-DICOM training data a ``modality`` hint (``US``, ``CR``…) can be given, so a DICOM of
+  another modality is still flagged.
 
 :func:`check_input` compares one image with a fingerprint and returns the reasons it is unlike
-the training data: a histogram distance above ``max(1.5 × hist_dist_p95, 0.25)``, an aspect ratio
+the training data: a histogram distance above ``max(1.5 × hist_dist_p95, 0.25)``, a feature
+mean |z| above ``1.5 × feat_z_p95``, an aspect ratio
 outside the training range ±25 %, a channel count never seen, a DICOM modality or photometric
 interpretation the training data did not have. It is a warning, never a refusal: the user decides.
 
@@ -38,6 +44,20 @@ HIST_FACTOR = 1.5
 ASPECT_SLACK = 1.25
 
 
+Z_FACTOR = 1.5
+Z_EPS = 0.005
+THUMB = 8
+
+
+def _features(img: np.ndarray) -> np.ndarray:
+    """float64 (BINS + THUMB², ) = [histogram, THUMB×THUMB box-averaged grey thumbnail]."""
+    from PIL import Image
+
+    g = np.clip(_grey(img), 0.0, 1.0).astype(np.float32)
+    t = np.asarray(Image.fromarray(g).resize((THUMB, THUMB), Image.BOX), np.float64).ravel()
+    return np.concatenate([image_histogram(img), t])
+
+
 def _grey(img: np.ndarray) -> np.ndarray:
     a = np.asarray(img, np.float32)
     return a.mean(axis=0) if a.ndim == 3 else a
@@ -57,12 +77,14 @@ def _dicom_value(meta: dict[str, Any] | None, key: str) -> str | None:
     return v.strip().upper() if isinstance(v, str) and v.strip() else None
 
 
-def build_fingerprint(samples: Iterable[tuple[np.ndarray, dict[str, Any] | None]]) -> dict[str, Any]:
+def build_fingerprint(samples: Iterable[tuple[np.ndarray, dict[str, Any] | None]],
+                      modality_hint: Iterable[str] | None = None) -> dict[str, Any]:
     """Fingerprint of ``(image float (C,H,W) in [0,1], reader meta)`` samples (see module docstring).
 
+    ``modality_hint``: DICOM modality codes of non-DICOM training data (e.g. ``["US"]``).
     Returns ``{}`` when there is no sample.
     """
-    hists, hs, ws, chans = [], [], [], set()
+    hists, feats, hs, ws, chans = [], [], [], [], set()
     modality: Counter[str] = Counter()
     photometric: Counter[str] = Counter()
     for img, meta in samples:
@@ -70,6 +92,7 @@ def build_fingerprint(samples: Iterable[tuple[np.ndarray, dict[str, Any] | None]
         if a.ndim == 2:
             a = a[None]
         hists.append(image_histogram(a))
+        feats.append(_features(a))
         hs.append(int(a.shape[1]))
         ws.append(int(a.shape[2]))
         chans.add(int(a.shape[0]))
@@ -84,10 +107,17 @@ def build_fingerprint(samples: Iterable[tuple[np.ndarray, dict[str, Any] | None]
     mean = H.mean(axis=0)
     own = np.abs(H - mean).sum(axis=1)
     aspect = np.asarray(ws, float) / np.asarray(hs, float)
+    F = np.stack(feats)
+    f_mean, f_sd = F.mean(axis=0), F.std(axis=0)
+    own_z = (np.abs(F - f_mean) / (f_sd + Z_EPS)).mean(axis=1)
+    if not modality and modality_hint:
+        modality = Counter({str(m).strip().upper(): 0 for m in modality_hint if str(m).strip()})
     return {
         "version": FINGERPRINT_VERSION, "n_images": len(hists), "bins": BINS,
         "hist": [round(float(v), 5) for v in mean],
         "hist_dist_p95": round(float(np.percentile(own, 95)), 4),
+        "feat_mean": [round(float(v), 5) for v in f_mean], "feat_sd": [round(float(v), 5) for v in f_sd],
+        "feat_z_p95": round(float(np.percentile(own_z, 95)), 4),
         "height": [int(min(hs)), int(np.median(hs)), int(max(hs))],
         "width": [int(min(ws)), int(np.median(ws)), int(max(ws))],
         "aspect": [round(float(aspect.min()), 4), round(float(np.median(aspect)), 4), round(float(aspect.max()), 4)],
@@ -107,10 +137,11 @@ def check_input(fingerprint: dict[str, Any] | None, img: np.ndarray,
 
     Returns:
         ``{"known": bool, "far": bool, "reasons": [str], "hist_distance": float | None,
-        "hist_threshold": float | None}``; ``known`` is False without a fingerprint.
+        "hist_threshold": float | None, "feature_z": float | None}``; ``known`` is False without a fingerprint.
     """
     if not fingerprint or "hist" not in fingerprint:
-        return {"known": False, "far": False, "reasons": [], "hist_distance": None, "hist_threshold": None}
+        return {"known": False, "far": False, "reasons": [], "hist_distance": None, "hist_threshold": None,
+                "feature_z": None}
     a = np.asarray(img)
     if a.ndim == 2:
         a = a[None]
@@ -122,6 +153,15 @@ def check_input(fingerprint: dict[str, Any] | None, img: np.ndarray,
     if d > thr:
         reasons.append(f"intensity histogram distance {d:.2f} from the training images' (their own spread "
                        f"reaches {float(fingerprint.get('hist_dist_p95', 0.0)):.2f}; warning above {thr:.2f})")
+    z = None
+    if fingerprint.get("feat_mean"):
+        mu, sd = np.asarray(fingerprint["feat_mean"], float), np.asarray(fingerprint["feat_sd"], float)
+        z = float((np.abs(_features(a) - mu) / (sd + Z_EPS)).mean())
+        z_thr = Z_FACTOR * float(fingerprint.get("feat_z_p95", 1.0))
+        if z > z_thr:
+            reasons.append(f"intensity and layout (histogram + 8×8 thumbnail) {z:.2f} standard deviations from the "
+                           f"training images' mean (95 % of them within {float(fingerprint.get('feat_z_p95', 0)):.2f}; "
+                           f"warning above {z_thr:.2f})")
     lo, _, hi = fingerprint.get("aspect", [0, 0, float("inf")])
     asp = a.shape[2] / a.shape[1]
     if not (lo / ASPECT_SLACK <= asp <= hi * ASPECT_SLACK):
@@ -134,13 +174,12 @@ def check_input(fingerprint: dict[str, Any] | None, img: np.ndarray,
         v = _dicom_value(meta, key)
         if seen and v and v not in seen:
             reasons.append(f"DICOM {label} {v}; the training images were {', '.join(sorted(seen))}")
-        elif not seen and v and key == "modality" and fingerprint.get("n_images"):
-            reasons.append(f"DICOM {label} {v}; the training images were not DICOM")
     return {"known": True, "far": bool(reasons), "reasons": reasons, "hist_distance": round(d, 4),
-            "hist_threshold": round(thr, 4)}
+            "hist_threshold": round(thr, 4), "feature_z": None if z is None else round(z, 4)}
 
 
-def fingerprint_dataset(dataset: Any, case_ids: Iterable[str] | None = None, max_images: int = 200) -> dict[str, Any]:
+def fingerprint_dataset(dataset: Any, case_ids: Iterable[str] | None = None, max_images: int = 200,
+                        modality_hint: Iterable[str] | None = None) -> dict[str, Any]:
     """Fingerprint of (up to ``max_images``, spread evenly) cases of an :class:`engine.datasets.Dataset`;
     unreadable cases are skipped."""
     from engine.errors import WorkbenchError
@@ -160,4 +199,4 @@ def fingerprint_dataset(dataset: Any, case_ids: Iterable[str] | None = None, max
                 continue
             yield to_chw_float(arr, meta), {**(case.meta or {}), **(meta or {})}
 
-    return build_fingerprint(samples())
+    return build_fingerprint(samples(), modality_hint)

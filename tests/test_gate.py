@@ -223,7 +223,11 @@ def test_fingerprint_flags_modality_aspect_channels_and_intensity() -> None:
     cxr = np.clip(rng.normal(0.6, 0.2, (1, 1024, 1024)), 0, 1).astype(np.float32)
     r = check_input(fp, cxr, {"modality": "CR", "photometric": "MONOCHROME1"})
     text = " ".join(r["reasons"])
-    assert r["far"] and "histogram" in text and "aspect ratio" in text and "modality CR" in text
+    assert r["far"] and "histogram distance" in text and "aspect ratio" in text and "thumbnail" in text
+    assert "modality" not in text  # the training data had no modality: nothing to compare
     assert "channel" in " ".join(check_input(fp, np.repeat(same, 3, axis=0))["reasons"])
     assert check_input({}, same) == {"known": False, "far": False, "reasons": [], "hist_distance": None,
-                                     "hist_threshold": None}
+                                     "hist_threshold": None, "feature_z": None}
+    fp_us = build_fingerprint(train, modality_hint=["US"])
+    assert "modality CR" in " ".join(check_input(fp_us, same, {"modality": "CR"})["reasons"])
+    assert not check_input(fp_us, same, {"modality": "US"})["far"]

@@ -83,6 +83,20 @@ def register(sub) -> None:
     pp.add_argument("--eval-labels", help="class names for the --eval datasets (comma-separated)")
     pp.add_argument("--group-regex", help="group regex for the --eval datasets")
     pp.set_defaults(func=cmd_weights_publish)
+    pf = wsub.add_parser("fingerprint", help="store a fingerprint of the training inputs in a card (out-of-domain "
+                                             "warnings), computed from the card's training cases of DATASET")
+    pf.add_argument("name", help="weights name or folder (segmenter or classifier)")
+    pf.add_argument("--data", required=True, help="the model's training dataset")
+    pf.add_argument("--max-images", type=int, default=200)
+    pf.add_argument("--modality", help="DICOM modality codes of non-DICOM training data, e.g. US or CR,DX "
+                                       "(so DICOMs of another modality are flagged)")
+    add_dataset_options(pf)
+    pf.set_defaults(func=cmd_weights_fingerprint)
+    pg = wsub.add_parser("set-gate", help="name the presence classifier that gates a segmenter by default")
+    pg.add_argument("name", help="segmentation weights name or folder")
+    pg.add_argument("--gate", help="classifier weights name (omit to remove the gate)")
+    pg.add_argument("--threshold", type=float, help="gate threshold (default: the classifier's)")
+    pg.set_defaults(func=cmd_weights_set_gate)
     ps = wsub.add_parser("show", help="print one model card")
     ps.add_argument("name")
     ps.add_argument("--markdown", action="store_true",
@@ -289,6 +303,43 @@ def cmd_weights_show(args) -> int:
         print(card_markdown(read_card(folder), (folder / WEIGHTS_FILE).stat().st_size))
     else:
         print_json(read_card(folder).to_dict())
+    return 0
+
+
+def cmd_weights_fingerprint(args) -> int:
+    from engine.checkpoint import folder_kind, read_card, resolve_weights, write_card
+    from engine.evaluation import training_cases
+    from engine.fingerprint import fingerprint_dataset
+
+    kind = folder_kind(args.name)
+    folder = resolve_weights(args.name, kind=kind)
+    card = read_card(folder, kind=kind)
+    args.dataset = args.data
+    ds = open_dataset_from_args(args)
+    train = training_cases(card, ds)
+    if train is None:
+        raise ConfigError(f"{ds.root} is not the training data recorded in the card of {card.name}",
+                          hint=f"pass the dataset the card names: {(card.training or {}).get('data')}")
+    ids = [c.case_id for c in ds.cases if c.case_id in train]
+    hint = [m for m in (args.modality or "").split(",") if m.strip()]
+    fp = fingerprint_dataset(ds, ids, max_images=args.max_images, modality_hint=hint or None)
+    write_card(folder, card.replace(fingerprint=fp))
+    print(f"fingerprint of {fp.get('n_images', 0)} training images written to the card of {card.name}")
+    return 0
+
+
+def cmd_weights_set_gate(args) -> int:
+    from engine.checkpoint import GateConfig, load_checkpoint, read_card, resolve_weights, write_card
+
+    folder = resolve_weights(args.name)
+    card = read_card(folder)
+    gate = None
+    if args.gate:
+        _, ccard = load_checkpoint(args.gate, kind="classify")  # must exist and load
+        gate = GateConfig(ccard.name, args.threshold)
+    write_card(folder, card.replace(gate=gate))
+    print(f"{card.name}: " + (f"gated by {gate.weights} (threshold {gate.threshold if gate.threshold is not None else 'of the classifier'})"
+                              if gate else "no gate"))
     return 0
 
 
