@@ -492,7 +492,10 @@ def card_markdown(card: ModelCard, size_bytes: int | None = None) -> str:
             ("Classes", ", ".join(f"{k} = {v}" for k, v in sorted(card.labels.items()))),
             ("Input", f"{card.preprocess.in_channels} channel(s), resized to {card.preprocess.size[0]}×"
                       f"{card.preprocess.size[1]} ({card.preprocess.resize_policy})"
-                      + (f", median filter {card.preprocess.median_filter}" if card.preprocess.median_filter else "")),
+                      + (f", median filter {card.preprocess.median_filter}" if card.preprocess.median_filter else "")
+                      + (f", CLAHE clip {card.preprocess.clahe:g} ({card.preprocess.clahe_tiles}×"
+                         f"{card.preprocess.clahe_tiles} tiles)" if card.preprocess.clahe else "")
+                      + (f", normalisation {card.preprocess.normalize}" if card.preprocess.normalize != "none" else "")),
             ("File", f"model.safetensors, {card.dtype}" + (f", {size_bytes / 1e6:.2f} MB" if size_bytes else "")),
             ("Training data", f"`{tr.get('data', '?')}` ({tr.get('layout', '?')}, {tr.get('n_labelled_cases', '?')} "
                               f"labelled cases)" + (" — synthetic" if card.synthetic else "")),
@@ -509,6 +512,9 @@ def card_markdown(card: ModelCard, size_bytes: int | None = None) -> str:
                      f"mean Dice {m['val_dice']:.4f} ({per}), empty policy {m.get('empty_policy', '?')}, "
                      f"{m.get('n_val_cases', '?')} cases, at {m.get('resolution', 'model input')}"
                      + (f"; presence ROC AUC {m['presence_auc']:.3f}" if m.get("presence_auc") is not None else "")))
+    if card.gate:
+        rows.append(("Gate", f"presence classifier `{card.gate.weights}` (threshold "
+                             f"{card.gate.threshold if card.gate.threshold is not None else 'of its card'})"))
     lic = card.license or {}
     rows.append(("License / attribution", f"{lic.get('license', '?')}; {lic.get('attribution', '?')}"))
     rows.append(("Reproduce", f"`{tr.get('command', '?')}`"))
