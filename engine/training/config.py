@@ -171,6 +171,8 @@ class TrainConfig(JsonConfig):
     cache_preprocessed: bool = False
     cache_dtype: str = "uint8"
     status_interval: float = 2.0
+    init_weights: str | None = None
+    lineage: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, str):  # a preset name given in Python

@@ -495,7 +495,10 @@ class _Run:
         import torch
 
         _seed_all(self.config.seed)
-        model = self.task.build_model().to(self.device)
+        model = self.task.build_model()
+        if self.config.init_weights and self.state is None:
+            _init_from(model, self.config)
+        model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         module = model
@@ -558,6 +561,8 @@ class _Run:
         return _plain({
             **self.data_info, "split": self.task.split, "config": config.to_dict(), "epochs_planned": config.epochs,
             "epochs_run": epochs_run, "best_epoch": self.best_epoch, "seed": config.seed,
+            **({"init_weights": config.init_weights, "lineage": dict(config.lineage or {})}
+               if config.init_weights or config.lineage else {}),
             "command": f"python -m engine train --config {self.run_dir / 'config.json'}",
             "argv": self.command, "world_size": self.dist.world, "device": str(self.device),
             "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_on else "off", "swa": swa_used,
@@ -761,6 +766,25 @@ class _Run:
                 log.clear_cancel()
         return TrainResult(run_dir, float(self.best_score), int(self.best_epoch), self.history, exported,
                            self.state_name, task.metric_name, self.swa_record)
+
+
+def _init_from(model: Any, config: TrainConfig) -> None:
+    """Load ``config.init_weights`` (a segmenter's folder or name) into ``model`` (fine-tuning).
+
+    Raises:
+        ConfigError: the weights are another architecture (spec, channels or classes differ).
+    """
+    from engine.checkpoint import load_checkpoint
+
+    if config.task != "segment":
+        raise ConfigError("init_weights is supported for segmentation training only",
+                          hint="leave init_weights empty for the presence classifier")
+    parent, card = load_checkpoint(config.init_weights, device="cpu")
+    if card.spec.to_dict() != config.model.to_dict():
+        raise ConfigError(f"init_weights {config.init_weights} is a {card.spec.arch} model that differs from the "
+                          f"config's model ({config.model.arch})",
+                          hint="fine-tune with the parent's own model spec (see engine.retrain.finetune_config)")
+    model.load_state_dict(parent.state_dict(), strict=True)
 
 
 def _tmp_then_replace(path: Path) -> Path:
