@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
-from typing import Any, Sequence
+from types import SimpleNamespace
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -119,7 +119,8 @@ def _predictor(model: str, device: str, workspace: Any):
 
 def impact_report(ds: Any, before: str, after: str, store: Any = None, report: Any = None, *,
                   cases: Sequence[str] | None = None, mover_threshold: float = 0.05, empty_policy: str = "kaggle",
-                  device: str = "auto", workspace: Any = None, progress: ProgressFn | None = None) -> dict[str, Any]:
+                  device: str = "auto", workspace: Any = None, progress: ProgressFn | None = None,
+                  predictions: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> dict[str, Any]:
     """Before/after metrics of two models on the same held-out cases, on the original and the corrected GT.
 
     Args:
@@ -131,6 +132,8 @@ def impact_report(ds: Any, before: str, after: str, store: Any = None, report: A
         mover_threshold: |Dice change| that makes a case a mover.
         empty_policy: ``kaggle`` (both empty = 1) or ``exclude``.
         device: for prediction. workspace: a :class:`engine.workspace.Workspace` to find models in.
+        predictions: ``{"before": {case_id: mask}, "after": {...}}`` already predicted (dataset class
+            ids); no model is loaded then, ``before``/``after`` are only labels and ``cases`` is required.
 
     Returns:
         JSON-ready dict: ``format``, ``dataset``, ``models`` (before/after names, weights hash,
@@ -148,8 +151,15 @@ def impact_report(ds: Any, before: str, after: str, store: Any = None, report: A
 
     t0 = time.perf_counter()
     rep_progress = as_progress(progress)
-    card_a = read_card(resolve_weights(before, workspace))
-    card_b = read_card(resolve_weights(after, workspace))
+    if predictions is None:
+        card_a = read_card(resolve_weights(before, workspace))
+        card_b = read_card(resolve_weights(after, workspace))
+    else:
+        if cases is None:
+            raise ConfigError("impact_report with given predictions needs the cases to score",
+                              hint="pass cases=[...]")
+        card_a = SimpleNamespace(name=str(before), tensors_sha256="", training={})
+        card_b = SimpleNamespace(name=str(after), tensors_sha256="", training={})
     if report is None:
         from engine.dedup.conflicts import load_latest_report
 
@@ -177,8 +187,13 @@ def impact_report(ds: Any, before: str, after: str, store: Any = None, report: A
     kept = {c.case_id for c in cds.cases if c.labelled}
     ids_corr = [c for c in ids if c in kept]
 
-    preds_a, _, eval_a = _predict(before, ds, ids, device, scaled(rep_progress, 0.0, 0.45), workspace)
-    preds_b, _, eval_b = _predict(after, ds, ids, device, scaled(rep_progress, 0.45, 0.9), workspace)
+    if predictions is None:
+        preds_a, _, eval_a = _predict(before, ds, ids, device, scaled(rep_progress, 0.0, 0.45), workspace)
+        preds_b, _, eval_b = _predict(after, ds, ids, device, scaled(rep_progress, 0.45, 0.9), workspace)
+    else:
+        preds_a = {c: np.asarray(m) for c, m in predictions["before"].items() if c in ids}
+        preds_b = {c: np.asarray(m) for c, m in predictions["after"].items() if c in ids}
+        eval_a = eval_b = {"folder": None, "n_failed": 0, "given": True}
     rep_progress(9, 10, "scoring against both yardsticks")
     gt_orig = {c: ds.load_mask(c) for c in ids}
     gt_corr = {c: cds.load_mask(c) for c in ids_corr}

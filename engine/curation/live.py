@@ -62,10 +62,16 @@ def touched_cases(store: Any) -> dict[str, list[str]]:
     if store is None:
         return out
     for (kind, members), d in sorted(store.decisions().items(), key=lambda kv: kv[1].event_id):
-        where = (f"pair with {', '.join(m for m in members)}" if kind == "pair"
-                 else f"group of {len(members)}")
+        dropped = set(getattr(d, "dropped", ()) or ())
         for m in members:
-            out.setdefault(str(m), []).append(f"{d.decision} by {d.reviewer} ({where})")
+            if kind == "pair":
+                other = next((x for x in members if x != m), m)
+                what = d.relative_to(m, other) if hasattr(d, "relative_to") else d.decision
+                where = f"pair with {other}"
+            else:
+                what, where = d.decision, f"group of {len(members)}"
+            fate = ", dropped" if m in dropped else ""
+            out.setdefault(str(m), []).append(f"{what} by {d.reviewer} ({where}{fate})")
     for cid, mv in store.corrected_masks().items():
         out.setdefault(str(cid), []).append(f"mask v{mv.version} by {mv.author}")
     return out
