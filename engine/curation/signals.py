@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -30,7 +31,8 @@ import numpy as np
 from engine.errors import WorkbenchError
 from engine.progress import ProgressFn, as_progress
 
-__all__ = ["model_disagreement", "tta_uncertainty", "flip_views_uncertainty", "FLIP_VIEWS"]
+__all__ = ["model_disagreement", "tta_uncertainty", "flip_views_uncertainty", "FLIP_VIEWS", "save_signals",
+           "load_signals", "SIGNALS_FILE"]
 
 #: Flip views (numpy axes of a (C,H,W) image) whose predictions are compared.
 FLIP_VIEWS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
@@ -90,3 +92,37 @@ def tta_uncertainty(predictor: Any, dataset: Any, case_ids: Sequence[str] | None
         out[cid] = round(flip_views_uncertainty(np.stack(fg)), 6)
     report(len(ids), len(ids), "flip-TTA uncertainty done")
     return out
+
+
+SIGNALS_FILE = "queue_signals.json"
+
+
+def save_signals(ds: Any, signals: Mapping[str, Any]) -> Path:
+    """Keep computed queue signals (``disagreement``, ``uncertainty`` maps plus ``models``) in the
+    dataset's workspace folder (``queue_signals.json``, atomic), so the queue uses them after a reload."""
+    from engine.fsutil import atomic_write_json
+
+    if getattr(ds, "workdir", None) is None:
+        from engine.errors import ConfigError
+
+        raise ConfigError("the dataset has no workspace folder for queue signals",
+                          hint="open the dataset with a workspace")
+    path = Path(ds.workdir) / SIGNALS_FILE
+    atomic_write_json(path, dict(signals))
+    return path
+
+
+def load_signals(ds: Any) -> dict[str, Any]:
+    """The signals saved by :func:`save_signals` (``{}`` when none or unreadable)."""
+    from engine.fsutil import read_json
+
+    if getattr(ds, "workdir", None) is None:
+        return {}
+    path = Path(ds.workdir) / SIGNALS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = read_json(path)
+    except WorkbenchError:
+        return {}
+    return data if isinstance(data, dict) else {}
