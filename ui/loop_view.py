@@ -178,6 +178,16 @@ def impact_view(rep: dict[str, Any]) -> None:
                 help="the same predictions scored on corrected − original labels: the yardstick moved")
     m[2].metric("Ceiling before", _fmt(rep["ceiling"].get("before")))
     m[3].metric("Ceiling after", _fmt(rep["ceiling"].get("after")))
+    fixed = [r for r in rep["per_case"] if r["touched"] or r["gt_changed"] or r["dropped"]]
+    st.markdown(f"**Fixes among the held-out cases**: {len(fixed)} corrected or decided case(s) and what each "
+                "did to the metric.")
+    if fixed:
+        st.dataframe(pd.DataFrame([{
+            "case": r["case_id"], "fix": "; ".join(r["touched"]) or "ground truth changed",
+            f"Dice {a} (orig GT)": r["dice_before_original"], f"Dice {b} (orig GT)": r["dice_after_original"],
+            f"Dice {a} (corr. GT)": r["dice_before_corrected"], f"Dice {b} (corr. GT)": r["dice_after_corrected"],
+            "GT changed": r["gt_changed"], "dropped": r["dropped"]} for r in fixed]),
+            hide_index=True, width="stretch")
     movers = set(rep["movers"])
     per = [r for r in rep["per_case"] if r["case_id"] in movers]
     per.sort(key=lambda r: -r["moved"])
