@@ -226,9 +226,10 @@ def loop_section(ds: Any, store: Any, report: Any, where: str = "review") -> Non
             st.info("No model for this dataset's classes yet: train one on the Train page first.")
             return
         c1, c2, c3 = st.columns([3, 1, 2], vertical_alignment="bottom")
-        parent = c1.selectbox("Model to fine-tune", names, key=_k("model", where),
+        parent = c1.selectbox("Model to fine-tune", names, key=_k("model", where), on_change=_keep_open,
                               help="fine-tuned from its weights with its own training settings and held-out cases")
-        epochs = c2.number_input("Epochs", min_value=1, max_value=200, value=2, step=1, key=_k("epochs", where))
+        epochs = c2.number_input("Epochs", min_value=1, max_value=200, value=2, step=1, key=_k("epochs", where),
+                                 on_change=_keep_open)
         busy = bool(job) and _active(job)
         if c3.button("Retrain with corrections", key=_k("start", where), type="primary", disabled=busy,
                      icon=":material/model_training:"):
@@ -248,16 +249,20 @@ def loop_section(ds: Any, store: Any, report: Any, where: str = "review") -> Non
             st.session_state[marker] = job["run_dir"]
         c1, c2, c3 = st.columns([2, 2, 1], vertical_alignment="bottom")
         dflt_b = names.index(job["parent"]) if job and job.get("parent") in names else 0
-        before = c1.selectbox("Before", names, index=dflt_b, key=_k("before", where))
+        before = c1.selectbox("Before", names, index=dflt_b, key=_k("before", where), on_change=_keep_open)
         after_names = [n for n in names if n != before] or names
         dflt_a = after_names.index(child) if child in after_names else 0
-        after = c2.selectbox("After", after_names, index=dflt_a, key=_k("after", where))
+        after = c2.selectbox("After", after_names, index=dflt_a, key=_k("after", where), on_change=_keep_open)
         if c3.button("Show what moved", key=_k("impact", where), icon=":material/compare_arrows:"):
             with guard("Computing the impact report"):
                 _impact(ds, store, report, before, after)
         rep = st.session_state.get(IMPACT_KEY)
         if rep and rep.get("dataset") == str(ds.root):
             impact_view(rep)
+
+
+def _keep_open() -> None:
+    st.session_state[OPEN_KEY] = True
 
 
 def _active(job: dict[str, Any]) -> bool:

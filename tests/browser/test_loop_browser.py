@@ -91,10 +91,9 @@ def test_decide_retrain_and_read_what_moved(page, browser_env) -> None:
     assert metrics(page)["Conflicts still open"] == "0"
 
     try:
-        sec = expand(page, SECTION)
-        select_option(page, "Model to fine-tune", MODEL_A, scope=sec)
-        set_number(page, "Epochs", 1, scope=sec)
-        click_button(page, "Retrain with corrections", scope=sec)
+        select_option(page, "Model to fine-tune", MODEL_A, scope=expand(page, SECTION))
+        set_number(page, "Epochs", 1, scope=expand(page, SECTION))
+        click_button(page, "Retrain with corrections", scope=expand(page, SECTION))
         assert_healthy(page)
         done = wait_until(lambda: [t for t in alerts(page, "success") if "every model picker" in t]
                           or [t for t in alerts(page, "error") if "Retraining" in t], timeout=420, interval=1.0)
@@ -108,12 +107,12 @@ def test_decide_retrain_and_read_what_moved(page, browser_env) -> None:
 
         sec = expand(page, SECTION)
         assert selected(page, "Before", scope=sec) == MODEL_A and selected(page, "After", scope=sec) == child
-        click_button(page, "Show what moved", scope=sec)
+        click_button(page, "Show what moved", scope=expand(page, SECTION))
         assert_healthy(page)
         wait_until(lambda: "Fixes among the held-out cases" in app_text(page), timeout=240)
         text = app_text(page)
         assert "Original ground truth" in text and "Corrected ground truth" in text
-        m = metrics(page, scope=sec)
+        m = metrics(page, scope=expand(page, SECTION))
         assert m["Ceiling before"] == f"{report.ceiling['dataset']:.4f}" and m["Ceiling after"] == ceilings[-1]
         union_pair = next(p for p in decided if set(p) & held_out)
         for cid in set(union_pair) & held_out:  # the fix on a held-out case is listed with what it did
