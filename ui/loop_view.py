@@ -219,6 +219,11 @@ def loop_section(ds: Any, store: Any, report: Any, where: str = "review") -> Non
     from ui.widgets import guard
 
     job = st.session_state.get(JOB_KEY)
+    if job and st.session_state.get("loop_refreshed_for") != job["run_dir"] and not _active(job):
+        from ui.loaders import refresh_weights
+
+        refresh_weights()  # the retrained model was just exported: list it in the pickers now, once
+        st.session_state["loop_refreshed_for"] = job["run_dir"]
     with st.expander("Retrain with corrections · what moved", expanded=bool(st.session_state.get(OPEN_KEY))):
         _corrected_summary(ds, store)
         names = _models_with_split(ds)
