@@ -127,3 +127,31 @@ def test_editor_queue_uses_saved_model_signals(demo, tmp_path, monkeypatch):
     at = app_test(EDITOR, {state.DATASET: str(demo / "nerve")})
     ok(at.run())
     assert any("Model signals for the queue" in e.label for e in at.expander)
+
+
+def test_editor_scores_the_queue_with_two_models(demo, tmp_path, monkeypatch):
+    """The editor's "Score the queue" runs both models (evaluation + flip-TTA) and the queue shows why."""
+    from engine.curation.signals import load_signals
+    from engine.datasets import open_dataset
+    from engine.workspace import Workspace
+    from helpers import save_tiny_unet
+    from ui import loop_view, state
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    point_app_at(monkeypatch, demo, ws)
+    ds = open_dataset(demo / "nerve", workspace=Workspace(ws))
+    img = ds.load_image_float(ds.cases[0].case_id)
+    for i, name in enumerate(("sig-a", "sig-b")):
+        save_tiny_unet(ws / "models" / name, seed=i, centre_on=img)
+    at = app_test(EDITOR, {state.DATASET: str(demo / "nerve")})
+    ok(at.run())
+    at.multiselect(key=loop_view.K["sig_models"]).set_value(["sig-a", "sig-b"])
+    at.number_input(key=loop_view.K["sig_max"]).set_value(8)
+    ok(at.button(key=loop_view.K["sig_btn"]).click().run())
+    sig = load_signals(ds)
+    labelled = {c.case_id for c in ds.cases if c.labelled}
+    assert sig["models"] == ["sig-a", "sig-b"] and set(sig["disagreement"]) == labelled
+    assert len(sig["uncertainty"]) == 8 and all(0 <= v <= 1 for v in sig["uncertainty"].values())
+    assert any(v > 0 for v in sig["disagreement"].values())
+    assert any("case(s) with model disagreement" in c.value for c in at.caption)

@@ -321,3 +321,39 @@ def test_tta_uncertainty_on_a_real_model(trained):
     ids = [c.case_id for c in ds.cases[:6]]
     unc = tta_uncertainty(pred, ds, ids)
     assert set(unc) == set(ids) and all(0.0 <= v <= 1.0 for v in unc.values())
+
+
+@pytest.mark.slow
+def test_retrain_cli_foreground(trained, capsys):
+    from engine.__main__ import main
+    from engine.checkpoint import read_card
+
+    ds, ws, _, _ = trained
+    rc = main(["retrain", str(ds.root), "--from", "parent", "--epochs", "1", "--name", "parent-cli-ft", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["state"] == "finished" and out["name"] == "parent-cli-ft"
+    card = read_card(out["exported"])
+    assert card.training["lineage"]["parent_model"] == "parent" and card.training["init_weights"]
+
+
+@pytest.mark.slow
+def test_retrain_job_runs_in_the_job_system_and_cancels(trained):
+    import time
+
+    from engine.jobs import cancel, job_status, list_jobs
+    from engine.retrain import start_retrain
+    from engine.store import ReviewStore
+
+    ds, ws, report, _ = trained
+    with ReviewStore.for_dataset(ds) as store:
+        job, plan = start_retrain(ds, store, "parent", report, epochs=500, workspace=ws, name="parent-cancelled")
+    assert any(j["run_dir"] == str(job.run_dir) for j in list_jobs(ws))
+    t0 = time.monotonic()
+    while job_status(job.run_dir)["state"] != "running" or not job_status(job.run_dir)["step"]:
+        assert time.monotonic() - t0 < 240, job_status(job.run_dir, log_lines=30)
+        assert job_status(job.run_dir)["state"] in ("starting", "running"), job_status(job.run_dir, log_lines=30)
+        time.sleep(0.3)
+    info = cancel(job.run_dir, grace=60)
+    assert info["state"] == "cancelled"
+    assert job_status(job.run_dir)["epoch"] < 500  # stopped long before the planned epochs
