@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from engine.errors import ConfigError, WorkbenchError
+from engine.errors import ConfigError
 from engine.progress import ProgressFn, as_progress, scaled
 
 __all__ = ["impact_report", "score_masks", "IMPACT_FORMAT", "impact_markdown"]
@@ -256,6 +256,7 @@ def impact_report(ds: Any, before: str, after: str, store: Any = None, report: A
                   "n_corrected_yardstick": len(ids_corr), "n_dropped_by_review": len(ids) - len(ids_corr),
                   "ids": ids},
         "empty_policy": empty_policy,
+        "gate": "none: both segmenters are scored without a presence-classifier gate",
         "yardsticks": yard,
         "yardstick_shift": shift,
         "mover_threshold": mover_threshold,

@@ -114,7 +114,8 @@ def held_out_ids(card: Any) -> list[str]:
     return [str(c) for c in (split.get("val_case_ids") or tr.get("val_case_ids") or [])]
 
 
-def _folds_keeping(card: Any, manifest_path: Path, workspace: Workspace | None = None) -> tuple[dict[str, int], dict[str, Any]]:
+def _folds_keeping(card: Any, manifest_path: Path,
+                   workspace: Workspace | None = None) -> tuple[dict[str, int], dict[str, Any]]:
     """Folds (0 = train, 1 = held out) for the manifest's labelled cases keeping ``card``'s split."""
     from engine.datasets import open_dataset
 

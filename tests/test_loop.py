@@ -240,7 +240,7 @@ def test_model_disagreement_from_two_evaluations(paired, tmp_path):
     assert d == {"s0_1": 0.0, "s0_2": 1.0}
 
 
-# ------------------------------------------------------------------------------------------ retrain + impact, real models
+# ------------------------------------------------------------------------------------ retrain + impact, real models
 
 @pytest.mark.slow
 def test_finetune_keeps_the_split_and_records_lineage(trained):

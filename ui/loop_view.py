@@ -120,7 +120,8 @@ def job_panel(job: dict[str, Any], where: str) -> None:
     s = info["state"]
     spe = info["steps_per_epoch"]
     text = (f"{job['name']}: epoch {info['epoch']}/{info['epochs']} · step {info['step']}/{spe}"
-            if spe and info["epochs"] else f"{job['name']}: preparing") + (f" · {info['message']}" if info["message"] else "")
+            if spe and info["epochs"] else f"{job['name']}: preparing")
+    text += f" · {info['message']}" if info["message"] else ""
     st.progress(float(info["fraction"]), text=text)
     if info["active"]:
         c1, c2 = st.columns([1, 3], vertical_alignment="center")

@@ -96,6 +96,7 @@ def cmd_retrain(args) -> int:
         print_json(out)
     else:
         print(f"{plan.config.name}: {res.state}, best {res.metric} {res.best_metric:.4f}; exported to "
-              f"{out['exported']}\n  parent {plan.lineage['parent_model']}, manifest {plan.lineage['manifest_digest'][:12]} "
+              f"{out['exported']}\n  parent {plan.lineage['parent_model']}, "
+              f"manifest {plan.lineage['manifest_digest'][:12]} "
               f"({plan.lineage['n_decisions']} decisions, {plan.lineage['n_mask_versions']} corrected masks)")
     return 0

@@ -24,8 +24,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
-
 from engine.errors import WorkbenchError
 
 __all__ = ["corrected_dataset", "live_ceiling", "touched_cases"]

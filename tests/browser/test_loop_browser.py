@@ -8,7 +8,6 @@ tests of the session expect an undecided queue); the fine-tuned model stays in t
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
