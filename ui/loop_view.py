@@ -48,13 +48,31 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 # ------------------------------------------------------------------------------------------ live ceiling
 
-def live_panel(ds: Any, store: Any, report: Any) -> dict[str, Any] | None:
-    """Ceiling now vs at the search, unresolved conflicts: recomputed from the store on every rerun."""
+@st.cache_data(show_spinner=False, max_entries=16)
+def _live(ds_key: str, report_key: str, review_key: str, _ds: Any, _store: Any, _report: Any) -> dict[str, Any]:
     from engine.curation import live_ceiling
+
+    return live_ceiling(_ds, _store, _report)
+
+
+def review_state_key(store: Any) -> str:
+    """Changes whenever a decision or a corrected mask version is added, superseded or undone."""
+    import hashlib
+
+    dec = sorted(int(d.event_id) for d in store.decisions().values())
+    masks = sorted((str(c), int(mv.version)) for c, mv in store.corrected_masks().items())
+    return hashlib.sha1(repr((dec, masks)).encode()).hexdigest()
+
+
+def live_panel(ds: Any, store: Any, report: Any) -> dict[str, Any] | None:
+    """Ceiling now vs at the search, unresolved conflicts: recomputed from the store whenever the
+    review changed (cached per review state, so moving through the queue costs nothing)."""
+    from ui.loaders import dataset_key
 
     if report is None or not report.pairs:
         return None
-    live = live_ceiling(ds, store, report)
+    report_key = f"{getattr(report, 'path', '')}|{report.created}|{len(report.pairs)}"
+    live = _live(f"{dataset_key(ds)}|{ds.workdir}", report_key, review_state_key(store), ds, store, report)
     m = st.columns(4)
     before = live.get("before")
     now = live.get("dataset")
