@@ -4,7 +4,14 @@ Canonical order, identical for training and inference, so a model sees the same 
 
     channels (:func:`adapt_channels`) → median de-speckling (``Preprocess.median_filter``)
     → geometry (``Preprocess.resize_policy``) → [training only: :func:`apply_transform`]
-    → intensity normalisation (:func:`normalize_image`)
+    → intensity normalisation (:func:`normalize_image`: optional CLAHE, then ``normalize``)
+
+**Cross-site normalisation.** Two options stored in the card make a model less sensitive to how
+another hospital's scanner and software render intensities: ``clahe`` (contrast-limited adaptive
+histogram equalisation on the [0, 1] model-size image, clip limit ``clahe``, ``clahe_tiles`` ×
+``clahe_tiles`` tiles) and ``normalize="standardize"`` (each image and channel to zero mean and
+unit standard deviation). Both run *after* augmentation, at training and inference alike, so
+the contrast/gamma/blur augmentations simulate other sites and the normalisation absorbs them.
 
 Augmentation runs *before* normalisation because brightness/contrast/gamma/noise assume images in
 [0, 1]; :func:`preprocess_pair` takes ``normalize=False`` for that. Predictions are brought back to
@@ -86,8 +93,8 @@ __all__ = [
 ]
 
 RESIZE_POLICIES = ("resize", "pad", "letterbox")
-NORMALIZATIONS = ("none", "minmax", "meanstd")
-AUGMENT_PRESETS = ("none", "light", "ultrasound", "xray", "em")
+NORMALIZATIONS = ("none", "minmax", "meanstd", "standardize")
+AUGMENT_PRESETS = ("none", "light", "ultrasound", "xray", "xray-strong", "em")
 BORDERS = ("constant", "reflect")
 
 #: ITU-R BT.601 luma weights (R, G, B), as used by PIL "L" and OpenCV's RGB2GRAY.
@@ -122,6 +129,8 @@ class AugmentConfig(JsonConfig):
         gauss_noise: probability; ``noise_std`` = std range as a fraction of the intensity range.
         speckle: probability of multiplicative per-pixel noise ``x * U(1 - l, 1 + l)``
             (``speckle_limit`` = l), a cheap stand-in for ultrasound speckle.
+        blur: probability of a Gaussian blur with sigma drawn from ``blur_sigma`` (px): another
+            detector's sharpness / a softer reconstruction kernel.
         border: "constant" (fill 0 = background) or "reflect" for geometric transforms.
 
     Example:
@@ -153,11 +162,13 @@ class AugmentConfig(JsonConfig):
     noise_std: tuple[float, float] = (0.01, 0.05)
     speckle: float = 0.0
     speckle_limit: float = 0.15
+    blur: float = 0.0
+    blur_sigma: tuple[float, float] = (0.3, 1.5)
     border: str = "constant"
 
     # Probability fields (a plain class attribute, not a dataclass field: it has no annotation).
     _PROBS = ("hflip", "vflip", "rotate90", "shift_scale_rotate", "elastic", "grid_distortion",
-              "optical_distortion", "brightness_contrast", "gamma", "gauss_noise", "speckle")
+              "optical_distortion", "brightness_contrast", "gamma", "gauss_noise", "speckle", "blur")
 
     def __post_init__(self) -> None:
         for name in self._PROBS:
@@ -175,6 +186,9 @@ class AugmentConfig(JsonConfig):
         lo, hi = self.gamma_limit
         if not 0 < lo <= hi:
             raise ConfigError(f"gamma_limit must be (low, high) with 0 < low <= high, got {self.gamma_limit}")
+        lo, hi = self.blur_sigma
+        if not 0 < lo <= hi <= 20:
+            raise ConfigError(f"blur_sigma must be (low, high) with 0 < low <= high <= 20 px, got {self.blur_sigma}")
         lo, hi = self.noise_std
         if not 0 <= lo <= hi <= 1:
             raise ConfigError(f"noise_std must be (low, high) within [0, 1], got {self.noise_std}")
@@ -194,6 +208,8 @@ class AugmentConfig(JsonConfig):
           mild elastic, speckle + Gaussian noise, brightness/contrast/gamma.
         - ``xray``: small affine (±7°), brightness/contrast/gamma, horizontal flip; no vertical
           flip (SIIM winners used horizontal flips only).
+        - ``xray-strong``: ``xray`` with wider contrast (±0.35) and gamma (0.6–1.6) ranges, Gaussian
+          blur and mild noise: other hospitals' exposure, processing and sharpness (cross-site).
         - ``em``: flips, 90° turns and elastic deformation as in the U-Net paper (Ronneberger et
           al. 2015: shift/rotation invariance + elastic deformations), mild brightness.
         """
@@ -206,6 +222,10 @@ class AugmentConfig(JsonConfig):
                                brightness_contrast=0.5, gamma=0.3),
             "xray": dict(hflip=0.5, shift_scale_rotate=0.5, shift_limit=0.05, scale_limit=0.1,
                          rotate_limit=7.0, brightness_contrast=0.5, gamma=0.5),
+            "xray-strong": dict(hflip=0.5, shift_scale_rotate=0.6, shift_limit=0.06, scale_limit=0.15,
+                                rotate_limit=10.0, brightness_contrast=0.7, brightness_limit=0.25,
+                                contrast_limit=0.35, gamma=0.6, gamma_limit=(60.0, 160.0), blur=0.3,
+                                blur_sigma=(0.3, 1.5), gauss_noise=0.2, noise_std=(0.005, 0.03)),
             "em": dict(hflip=0.5, vflip=0.5, rotate90=0.5, elastic=0.5, elastic_alpha=300.0,
                        elastic_sigma=10.0, brightness_contrast=0.2),
         }
@@ -264,6 +284,8 @@ def build_train_transform(aug: AugmentConfig, seed: int | None = None):
                                             contrast_limit=aug.contrast_limit, p=aug.brightness_contrast))
     if aug.gamma:
         t.append(A.RandomGamma(gamma_limit=tuple(aug.gamma_limit), p=aug.gamma))
+    if aug.blur:
+        t.append(A.GaussianBlur(blur_limit=0, sigma_limit=tuple(aug.blur_sigma), p=aug.blur))
     if aug.speckle:
         t.append(A.MultiplicativeNoise(multiplier=(1 - aug.speckle_limit, 1 + aug.speckle_limit),
                                        elementwise=True, p=aug.speckle))
@@ -344,7 +366,10 @@ class Preprocess(JsonConfig):
         size: model input ``(H, W)`` for "resize" and "letterbox" (unused by "pad").
         resize_policy: "resize" | "letterbox" | "pad" (see the module docstring for the inverses).
         median_filter: median de-speckling kernel (odd, >= 3) applied before resizing; 0 = off.
-        normalize: "none" | "minmax" (per image and channel to [0, 1]) | "meanstd" ((x - mean) / std).
+        normalize: "none" | "minmax" (per image and channel to [0, 1]) | "meanstd" ((x - mean) / std)
+            | "standardize" (per image and channel to zero mean, unit std: cross-site).
+        clahe: CLAHE clip limit (0 = off; 2.0 is a common value), applied before ``normalize``.
+        clahe_tiles: CLAHE tile grid (``clahe_tiles`` × ``clahe_tiles``).
         mean, std: per-channel statistics for "meanstd" (one value, or one per input channel).
         in_channels: channels the model expects; inputs are adapted by :func:`adapt_channels`.
         pad_multiple: "pad" pads height and width up to a multiple of this.
@@ -363,8 +388,14 @@ class Preprocess(JsonConfig):
     std: tuple[float, ...] = (0.25,)
     in_channels: int = 1
     pad_multiple: int = 32
+    clahe: float = 0.0
+    clahe_tiles: int = 8
 
     def __post_init__(self) -> None:
+        if not 0 <= float(self.clahe) <= 100:
+            raise ConfigError(f"clahe is a clip limit in [0, 100] (0 = off), got {self.clahe!r}", hint="e.g. clahe=2.0")
+        if int(self.clahe_tiles) != self.clahe_tiles or not 1 <= self.clahe_tiles <= 64:
+            raise ConfigError(f"clahe_tiles must be a whole number in 1..64, got {self.clahe_tiles!r}")
         if (len(self.size) != 2 or any(isinstance(s, bool) or int(s) != s or s < 1 for s in self.size)):
             raise ConfigError(f"size must be (height, width) in whole pixels, got {self.size!r}",
                               hint="e.g. size=(256, 256)")
@@ -558,13 +589,41 @@ def median_despeckle(img: np.ndarray, k: int) -> np.ndarray:
     return out[0] if x.ndim == 2 else out
 
 
+def clahe(img: np.ndarray, clip_limit: float = 2.0, tiles: int = 8) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation of a float32 ``(C, H, W)`` image in [0, 1],
+    per channel, on 16-bit levels (OpenCV); returns float32 in [0, 1] of the same shape.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.linspace(0.4, 0.6, 64 * 64, dtype=np.float32).reshape(1, 64, 64)
+        >>> y = clahe(x, 2.0, 4)
+        >>> y.shape, float(y.max() - y.min()) > float(x.max() - x.min())   # contrast stretched
+        ((1, 64, 64), True)
+    """
+    import cv2
+
+    x = _as_chw(img)
+    op = cv2.createCLAHE(clipLimit=float(clip_limit), tileGridSize=(int(tiles), int(tiles)))
+    planes = [op.apply(np.ascontiguousarray((np.clip(p, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)))
+              for p in x]
+    return (np.stack(planes).astype(np.float32) / 65535.0).astype(np.float32)
+
+
 def normalize_image(img: np.ndarray, pre: Preprocess) -> np.ndarray:
     """Intensity normalisation of a (preprocessed, possibly augmented) float32 ``(C, H, W)`` image.
 
-    "minmax" maps each channel's min..max to 0..1 (a flat channel becomes 0); "meanstd" computes
-    ``(x - mean) / std`` per channel.
+    First CLAHE when ``pre.clahe`` > 0 (see :func:`clahe`), then: "minmax" maps each channel's
+    min..max to 0..1 (a flat channel becomes 0); "meanstd" computes ``(x - mean) / std`` per
+    channel with the card's statistics; "standardize" uses the image's own per-channel mean and
+    std (a flat channel becomes 0).
     """
     x = _as_chw(img)
+    if pre.clahe > 0:
+        x = clahe(x, pre.clahe, pre.clahe_tiles)
+    if pre.normalize == "standardize":
+        mu = x.mean(axis=(1, 2), keepdims=True)
+        sd = x.std(axis=(1, 2), keepdims=True)
+        return np.where(sd > 1e-6, (x - mu) / np.where(sd > 1e-6, sd, 1), 0).astype(np.float32)
     if pre.normalize == "none":
         return x
     if pre.normalize == "minmax":

@@ -10,6 +10,14 @@ the two writes) raises :class:`~engine.errors.CheckpointError`.
 Weights are found by name in the search path: ``./weights`` of the repository, then
 ``<workspace>/models`` (where training exports), or given as a folder path.
 
+Two kinds of model share this code (``kind``): ``segment`` (a :class:`ModelCard` in ``card.json``)
+and ``classify`` (a presence classifier's :class:`ClassifierCard` in ``classifier.json``, so a
+classifier never appears in the segmentation pickers). Saving, resolving, reading, loading and
+listing are the same functions for both.
+
+A segmentation card may name a presence classifier that gates it (:class:`GateConfig`, the
+two-stage pipeline) and may store a :mod:`~engine.fingerprint` of its training inputs.
+
 Example:
     >>> save_checkpoint("weights/my-model", net, ModelCard(name="my-model", spec=net.spec,
     ...                 labels={0: "background", 1: "lung"}, preprocess=Preprocess(size=(256, 256))))  # doctest: +SKIP
@@ -30,7 +38,7 @@ from engine.augment import Preprocess
 from engine.config import JsonConfig
 from engine.errors import CheckpointError, ConfigError, WorkbenchError
 from engine.fsutil import atomic_path, atomic_write_json, read_json
-from engine.models import ModelSpec
+from engine.models import ClassifierSpec, ModelSpec
 from engine.postprocess import PostProcessConfig
 from engine.workspace import Workspace
 
@@ -38,6 +46,29 @@ FORMAT = "segwb-model"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
+CLASSIFIER_CARD = "classifier.json"
+CLASSIFIER_FORMAT = "segwb-classifier"
+CLASSIFIER_VERSION = 1
+KINDS = ("segment", "classify")
+
+
+@dataclass(frozen=True)
+class GateConfig(JsonConfig):
+    """The presence classifier that gates a segmenter (classifier → segmenter).
+
+    Attributes:
+        weights: classifier weights name or folder (``demo-nerve-presence``).
+        threshold: ``P(present) < threshold`` → the mask is emptied; None = the classifier card's.
+    """
+
+    weights: str
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if not str(self.weights).strip():
+            raise ConfigError("gate.weights is empty", hint="name a presence classifier (see `weights list`)")
+        if self.threshold is not None and not 0.0 <= float(self.threshold) <= 1.0:
+            raise ConfigError(f"gate threshold must be in [0, 1], got {self.threshold}")
 REPO_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
 
@@ -59,6 +90,9 @@ class ModelCard(JsonConfig):
         license: data license and the attribution text to show.
         dtype: tensor dtype on disk (``float32`` or ``float16``); weights load as float32.
         synthetic: trained on synthetic phantoms only (demo models).
+        gate: the presence classifier that gates this segmenter by default (None = no gate).
+        fingerprint: compact description of the training inputs (:mod:`engine.fingerprint`),
+            used to warn when an input is unlike them; empty for older cards.
     """
 
     name: str
@@ -73,6 +107,8 @@ class ModelCard(JsonConfig):
     license: dict[str, Any] = field(default_factory=dict)
     dtype: str = "float32"
     synthetic: bool = False
+    gate: GateConfig | None = None
+    fingerprint: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     created: str = ""
@@ -98,6 +134,78 @@ class ModelCard(JsonConfig):
         return {k: v for k, v in self.labels.items() if k != 0}
 
 
+@dataclass(frozen=True)
+class ClassifierCard(JsonConfig):
+    """Everything about a trained presence classifier except its tensors (``classifier.json``).
+
+    Attributes:
+        name: short id (folder name).
+        classifier: :class:`~engine.models.ClassifierSpec` to rebuild the network.
+        preprocess: how images become input (same :class:`~engine.augment.Preprocess` as segmenters).
+        threshold: ``P(present) >= threshold`` → "present".
+        labels: ``{0: "absent", 1: <structure>}`` — what "present" means (the segmenter's class).
+        description, training, metrics, license, dtype, synthetic, fingerprint: as in :class:`ModelCard`.
+    """
+
+    name: str
+    classifier: ClassifierSpec
+    preprocess: Preprocess = Preprocess()
+    threshold: float = 0.5
+    labels: dict[int, str] = field(default_factory=dict)
+    description: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    license: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "float32"
+    synthetic: bool = False
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    format: str = CLASSIFIER_FORMAT
+    format_version: int = CLASSIFIER_VERSION
+    created: str = ""
+    tensors_sha256: str = ""
+    n_parameters: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", {int(k): str(v) for k, v in self.labels.items()})
+        if self.preprocess.in_channels != self.classifier.in_channels:
+            raise ConfigError(f"classifier card '{self.name}': preprocess.in_channels="
+                              f"{self.preprocess.in_channels} but the classifier takes {self.classifier.in_channels}",
+                              hint="make them equal")
+        if not 0 <= float(self.threshold) <= 1:
+            raise ConfigError(f"classifier threshold must be in [0, 1], got {self.threshold}")
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """How one model family is stored: card class and file, format tag, what to tell people."""
+
+    card_cls: type
+    card_file: str
+    format: str
+    version: int
+    what: str
+    train_hint: str
+
+
+_KINDS = {
+    "segment": _Kind(ModelCard, CARD_FILE, FORMAT, FORMAT_VERSION, "model",
+                     "train a model (`python -m engine train`) or give a folder with model.safetensors + card.json"),
+    "classify": _Kind(ClassifierCard, CLASSIFIER_CARD, CLASSIFIER_FORMAT, CLASSIFIER_VERSION, "classifier",
+                      "train one with `python -m engine train --task classify`"),
+}
+
+
+def _kind(kind: str) -> _Kind:
+    if kind not in _KINDS:
+        raise ConfigError(f"unknown model kind {kind!r}", hint="use " + " or ".join(KINDS))
+    return _KINDS[kind]
+
+
+def card_kind(card: Any) -> str:
+    """``segment`` for a :class:`ModelCard`, ``classify`` for a :class:`ClassifierCard`."""
+    return "classify" if isinstance(card, ClassifierCard) else "segment"
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -106,12 +214,13 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(folder: str | Path, model: Any, card: ModelCard, dtype: str | None = None) -> Path:
-    """Write ``model.safetensors`` then ``card.json`` atomically into ``folder``.
+def save_checkpoint(folder: str | Path, model: Any, card: ModelCard | ClassifierCard, dtype: str | None = None) -> Path:
+    """Write ``model.safetensors`` then the card (``card.json`` / ``classifier.json``) atomically into ``folder``.
 
     Args:
         folder: destination folder (created).
-        model: a :class:`~engine.models.SegmentationNet` (or any module whose state dict matches ``card.spec``).
+        model: a :class:`~engine.models.SegmentationNet` (or any module whose state dict matches ``card.spec``),
+            or a :class:`~engine.models.PresenceClassifier` for a :class:`ClassifierCard`.
         card: the model card; ``created``, ``tensors_sha256``, ``n_parameters`` and ``dtype`` are filled in.
         dtype: ``float32`` (default: the card's) or ``float16`` to halve the file size.
 
@@ -135,12 +244,13 @@ def save_checkpoint(folder: str | Path, model: Any, card: ModelCard, dtype: str 
             t = t.to(target)
         state[k] = t.contiguous()
     n_params = int(sum(p.numel() for p in module.parameters()))
+    kind = _kind(card_kind(card))
     with atomic_path(folder / WEIGHTS_FILE) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT, "name": card.name})
+        save_file(state, str(tmp), metadata={"format": kind.format, "name": card.name})
     sha = _sha256(folder / WEIGHTS_FILE)
     final = card.replace(created=card.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                          tensors_sha256=sha, n_parameters=n_params, dtype=dtype)
-    atomic_write_json(folder / CARD_FILE, final.to_dict())
+    atomic_write_json(folder / kind.card_file, final.to_dict())
     return folder
 
 
@@ -150,44 +260,61 @@ def search_dirs(workspace: Workspace | None = None) -> list[Path]:
     return [REPO_WEIGHTS, ws.root / "models"]
 
 
-def resolve_weights(name_or_dir: str | Path, workspace: Workspace | None = None) -> Path:
-    """Folder of a weights name (``lung-cxr``) or path. Raises CheckpointError listing what exists."""
+def resolve_weights(name_or_dir: str | Path, workspace: Workspace | None = None, kind: str = "segment") -> Path:
+    """Folder of a weights name (``lung-cxr``) or path. Raises CheckpointError listing what exists.
+
+    ``kind="classify"`` resolves presence classifiers (folders with ``classifier.json``)."""
+    k = _kind(kind)
     p = Path(name_or_dir).expanduser()
-    if (p / CARD_FILE).exists() or (p / WEIGHTS_FILE).exists():
+    if (p / k.card_file).exists() or (kind == "segment" and (p / WEIGHTS_FILE).exists()
+                                       and not (p / CLASSIFIER_CARD).exists()):
         return p
-    if p.name == CARD_FILE or p.name == WEIGHTS_FILE:
+    if p.name in (k.card_file, WEIGHTS_FILE) and (p.parent / k.card_file).exists():
         return p.parent
     for d in search_dirs(workspace):
         cand = d / str(name_or_dir)
-        if (cand / CARD_FILE).exists():
+        if (cand / k.card_file).exists():
             return cand
-    names = [w["name"] for w in list_weights(workspace)]
-    raise CheckpointError(f"no weights named {str(name_or_dir)!r}",
-                          hint=("available: " + ", ".join(names)) if names else
-                          "train a model (`python -m engine train`) or give a folder with model.safetensors + card.json")
+    names = [w["name"] for w in list_weights(workspace, kind=kind)]
+    raise CheckpointError(f"no {'weights' if kind == 'segment' else 'classifier'} named {str(name_or_dir)!r}",
+                          hint=("available: " + ", ".join(names)) if names else k.train_hint)
 
 
-def read_card(folder: str | Path) -> ModelCard:
-    """Read and validate ``card.json`` in ``folder``."""
+def read_card(folder: str | Path, kind: str = "segment") -> Any:
+    """Read and validate the card (``card.json``; ``classifier.json`` for ``kind="classify"``) in ``folder``.
+
+    Returns:
+        :class:`ModelCard` or :class:`ClassifierCard`.
+    """
+    k = _kind(kind)
     folder = Path(folder)
-    path = folder / CARD_FILE
+    path = folder / k.card_file
     if not path.exists():
-        raise CheckpointError("card.json is missing", path=folder,
-                              hint="a weights folder needs model.safetensors and card.json; re-export the model")
+        raise CheckpointError(f"{k.card_file} is missing", path=folder,
+                              hint=f"a weights folder needs model.safetensors and {k.card_file}; re-export the {k.what}")
     try:
         data = read_json(path)
     except WorkbenchError as exc:
-        raise CheckpointError(exc.message, path=path, hint="the card is corrupt; re-export the model") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError("not a segwb model card", path=path, hint="re-export the model with this workbench")
-    if int(data.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(exc.message, path=path, hint=f"the card is corrupt; re-export the {k.what}") from None
+    if not isinstance(data, dict) or data.get("format") != k.format:
+        raise CheckpointError(f"not a segwb {k.what} card", path=path,
+                              hint=f"re-export the {k.what} with this workbench")
+    if int(data.get("format_version", 0)) > k.version:
         raise CheckpointError(f"card format version {data.get('format_version')} is newer than this program "
-                              f"supports ({FORMAT_VERSION})", path=path, hint="upgrade the workbench")
+                              f"supports ({k.version})", path=path, hint="upgrade the workbench")
     check_card_sizes(data, path)
     try:
-        return ModelCard.from_dict(data)
+        return k.card_cls.from_dict(data)
     except ConfigError as exc:
-        raise CheckpointError(f"invalid model card: {exc.message}", path=path, hint=exc.hint) from None
+        raise CheckpointError(f"invalid {k.what} card: {exc.message}", path=path, hint=exc.hint) from None
+
+
+def _build(card: Any):
+    from engine.models import build_classifier, build_model
+
+    if isinstance(card, ClassifierCard):
+        return build_classifier(card.classifier, load_pretrained=False)
+    return build_model(card.spec, load_pretrained=False)
 
 
 #: Upper bounds a model card's sizes must respect before anything is built or allocated. Far above
@@ -248,11 +375,11 @@ def check_card_sizes(data: Any, path: str | Path | None = None) -> None:
 
 
 def load_checkpoint(name_or_dir: str | Path, device: str = "cpu", verify_hash: bool = True,
-                    workspace: Workspace | None = None):
+                    workspace: Workspace | None = None, kind: str = "segment"):
     """Rebuild the model from its card and load the tensors (float32, eval mode).
 
     Returns:
-        ``(SegmentationNet, ModelCard)``.
+        ``(SegmentationNet, ModelCard)``; with ``kind="classify"`` ``(PresenceClassifier, ClassifierCard)``.
 
     Raises:
         CheckpointError: missing files, corrupt tensors, or a card that does not match them.
@@ -261,24 +388,23 @@ def load_checkpoint(name_or_dir: str | Path, device: str = "cpu", verify_hash: b
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from engine.models import build_model
-
-    folder = resolve_weights(name_or_dir, workspace)
-    card = read_card(folder)
+    k = _kind(kind)
+    folder = resolve_weights(name_or_dir, workspace, kind=kind)
+    card = read_card(folder, kind=kind)
     wpath = folder / WEIGHTS_FILE
     if not wpath.exists():
-        raise CheckpointError("model.safetensors is missing", path=folder, hint="re-export the model")
+        raise CheckpointError("model.safetensors is missing", path=folder, hint=f"re-export the {k.what}")
     if verify_hash and card.tensors_sha256 and _sha256(wpath) != card.tensors_sha256:
-        raise CheckpointError("model.safetensors does not match the hash in card.json", path=wpath,
-                              hint="the folder was modified or a save was interrupted; re-export the model")
+        raise CheckpointError(f"model.safetensors does not match the hash in {k.card_file}", path=wpath,
+                              hint=f"the folder was modified or a save was interrupted; re-export the {k.what}")
     try:
         state = load_file(str(wpath), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read tensors ({exc})", path=wpath, hint="the file is corrupt; re-export it") from None
     try:
-        model = build_model(card.spec, load_pretrained=False)
+        model = _build(card)
     except WorkbenchError as exc:
-        raise CheckpointError(f"card describes a model that cannot be built: {exc.message}", path=folder / CARD_FILE,
+        raise CheckpointError(f"card describes a model that cannot be built: {exc.message}", path=folder / k.card_file,
                               hint=exc.hint) from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -291,12 +417,12 @@ def load_checkpoint(name_or_dir: str | Path, device: str = "cpu", verify_hash: b
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected tensor(s) e.g. {unexpected[:3]}")
         if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} shape mismatch(es) e.g. {k}: card {tuple(expected[k].shape)} "
-                         f"vs file {tuple(state[k].shape)}")
-        raise CheckpointError("card.json does not match model.safetensors: " + "; ".join(parts), path=folder,
+            w = wrong[0]
+            parts.append(f"{len(wrong)} shape mismatch(es) e.g. {w}: card {tuple(expected[w].shape)} "
+                         f"vs file {tuple(state[w].shape)}")
+        raise CheckpointError(f"{k.card_file} does not match model.safetensors: " + "; ".join(parts), path=folder,
                               hint="the card's spec (architecture, encoder, channels, classes) must be the one "
-                                   "the tensors were trained with; re-export the model")
+                                   f"the tensors were trained with; re-export the {k.what}")
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
     model.load_state_dict(state, strict=True)
     model.eval()
@@ -304,26 +430,33 @@ def load_checkpoint(name_or_dir: str | Path, device: str = "cpu", verify_hash: b
     return model, card
 
 
-def list_weights(workspace: Workspace | None = None) -> list[dict[str, Any]]:
-    """Every weights folder in the search path: name, folder, classes, size, metrics, origin."""
+def list_weights(workspace: Workspace | None = None, kind: str = "segment") -> list[dict[str, Any]]:
+    """Every weights folder of one kind in the search path: name, folder, classes, size, metrics, origin
+    (segmenters also arch/encoder/gate; classifiers backbone/threshold)."""
+    k = _kind(kind)
     out = []
     seen: set[str] = set()
     for d in search_dirs(workspace):
         if not d.is_dir():
             continue
-        for folder in sorted(p for p in d.iterdir() if (p / CARD_FILE).exists()):
+        for folder in sorted(p for p in d.iterdir() if (p / k.card_file).exists()):
             if folder.name in seen:
                 continue
             seen.add(folder.name)
             entry: dict[str, Any] = {"name": folder.name, "folder": str(folder),
                                      "origin": "shipped" if d == REPO_WEIGHTS else "trained here"}
             try:
-                card = read_card(folder)
+                card = read_card(folder, kind=kind)
                 size = (folder / WEIGHTS_FILE).stat().st_size if (folder / WEIGHTS_FILE).exists() else 0
-                entry.update(classes=[card.labels[k] for k in sorted(card.labels)], arch=card.spec.arch,
-                             encoder=card.spec.encoder, size_mb=round(size / 1e6, 2), metrics=card.metrics,
-                             presence_head=card.spec.presence_head, synthetic=card.synthetic,
-                             description=card.description, in_channels=card.spec.in_channels)
+                entry.update(classes=[card.labels[i] for i in sorted(card.labels)], size_mb=round(size / 1e6, 2),
+                             metrics=card.metrics, synthetic=card.synthetic, description=card.description)
+                if isinstance(card, ClassifierCard):
+                    entry.update(backbone=card.classifier.name, threshold=card.threshold,
+                                 in_channels=card.classifier.in_channels)
+                else:
+                    entry.update(arch=card.spec.arch, encoder=card.spec.encoder,
+                                 presence_head=card.spec.presence_head, in_channels=card.spec.in_channels,
+                                 gate=card.gate.to_dict() if card.gate else None)
             except WorkbenchError as exc:
                 entry["error"] = str(exc)
             out.append(entry)
@@ -340,7 +473,7 @@ def publish(run_best: str | Path, dest: str | Path, *, name: str | None = None, 
     Returns:
         ``dest``.
     """
-    model, card = load_checkpoint(run_best)
+    model, card = load_checkpoint(run_best, kind=folder_kind(run_best))
     training = dict(card.training)
     if command:
         training["command"] = command
@@ -370,13 +503,36 @@ def portable_paths(obj: Any, root: str | Path | None = None) -> Any:
 def add_evaluation(folder: str | Path, entry: dict[str, Any]) -> ModelCard:
     """Append an evaluation record to ``card.metrics["evaluations"]`` (replacing one with the same ``id``)."""
     folder = Path(folder)
-    card = read_card(folder)
+    kind = folder_kind(folder)
+    card = read_card(folder, kind=kind)
     metrics = dict(card.metrics)
     evals = [e for e in metrics.get("evaluations", []) if e.get("id") != entry.get("id")]
     metrics["evaluations"] = evals + [portable_paths(entry)]
     new = card.replace(metrics=metrics)
-    atomic_write_json(folder / CARD_FILE, new.to_dict())
+    write_card(folder, new)
     return new
+
+
+def write_card(folder: str | Path, card: ModelCard | ClassifierCard) -> Path:
+    """Replace the card of an existing weights folder atomically (tensors and their hash unchanged)."""
+    path = Path(folder) / _kind(card_kind(card)).card_file
+    atomic_write_json(path, card.to_dict())
+    return path
+
+
+def folder_kind(name_or_dir: str | Path, workspace: Workspace | None = None) -> str:
+    """``classify`` when the weights folder (path or name) holds ``classifier.json``, else ``segment``."""
+    p = Path(name_or_dir).expanduser()
+    if (p / CLASSIFIER_CARD).exists():
+        return "classify"
+    if (p / CARD_FILE).exists():
+        return "segment"
+    for d in search_dirs(workspace):
+        if (d / str(name_or_dir) / CARD_FILE).exists():
+            return "segment"
+        if (d / str(name_or_dir) / CLASSIFIER_CARD).exists():
+            return "classify"
+    return "segment"
 
 
 def card_markdown(card: ModelCard, size_bytes: int | None = None) -> str:
@@ -394,7 +550,10 @@ def card_markdown(card: ModelCard, size_bytes: int | None = None) -> str:
             ("Classes", ", ".join(f"{k} = {v}" for k, v in sorted(card.labels.items()))),
             ("Input", f"{card.preprocess.in_channels} channel(s), resized to {card.preprocess.size[0]}×"
                       f"{card.preprocess.size[1]} ({card.preprocess.resize_policy})"
-                      + (f", median filter {card.preprocess.median_filter}" if card.preprocess.median_filter else "")),
+                      + (f", median filter {card.preprocess.median_filter}" if card.preprocess.median_filter else "")
+                      + (f", CLAHE clip {card.preprocess.clahe:g} ({card.preprocess.clahe_tiles}×"
+                         f"{card.preprocess.clahe_tiles} tiles)" if card.preprocess.clahe else "")
+                      + (f", normalisation {card.preprocess.normalize}" if card.preprocess.normalize != "none" else "")),
             ("File", f"model.safetensors, {card.dtype}" + (f", {size_bytes / 1e6:.2f} MB" if size_bytes else "")),
             ("Training data", f"`{tr.get('data', '?')}` ({tr.get('layout', '?')}, {tr.get('n_labelled_cases', '?')} "
                               f"labelled cases)" + (" — synthetic" if card.synthetic else "")),
@@ -411,6 +570,9 @@ def card_markdown(card: ModelCard, size_bytes: int | None = None) -> str:
                      f"mean Dice {m['val_dice']:.4f} ({per}), empty policy {m.get('empty_policy', '?')}, "
                      f"{m.get('n_val_cases', '?')} cases, at {m.get('resolution', 'model input')}"
                      + (f"; presence ROC AUC {m['presence_auc']:.3f}" if m.get("presence_auc") is not None else "")))
+    if card.gate:
+        rows.append(("Gate", f"presence classifier `{card.gate.weights}` (threshold "
+                             f"{card.gate.threshold if card.gate.threshold is not None else 'of its card'})"))
     lic = card.license or {}
     rows.append(("License / attribution", f"{lic.get('license', '?')}; {lic.get('attribution', '?')}"))
     rows.append(("Reproduce", f"`{tr.get('command', '?')}`"))

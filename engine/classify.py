@@ -7,11 +7,11 @@ pipeline, with target = "mask non-empty", :class:`engine.losses.PresenceLoss` (B
 the pneumothorax study) and validation ROC AUC / AP / sensitivity / specificity from
 :func:`engine.metrics.presence_metrics`; the best epoch is chosen by ROC AUC.
 
-Saved as ``model.safetensors`` + ``classifier.json`` (a :class:`ClassifierCard`: name, classifier
-spec, preprocessing, threshold, metrics, training). Loading searches the same places as
-:mod:`engine.checkpoint`: a folder path, the repository's ``weights/<name>``, then
-``<workspace>/models/<name>``. Classifier folders have no ``card.json``, so they never appear in
-the segmentation model pickers.
+Saved as ``model.safetensors`` + ``classifier.json`` (a :class:`~engine.checkpoint.ClassifierCard`:
+name, classifier spec, preprocessing, threshold, metrics, training) by the same checkpoint code as
+the segmenters (:mod:`engine.checkpoint`, ``kind="classify"``): same search path, hashing, strict
+loading and listing. Classifier folders have no ``card.json``, so they never appear in the
+segmentation model pickers.
 
 Example:
     >>> clf = ClassifierPredictor.from_weights("nerve-presence")       # doctest: +SKIP
@@ -20,149 +20,39 @@ Example:
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from engine.augment import Preprocess, normalize_image
-from engine.config import JsonConfig
-from engine.errors import CheckpointError, ConfigError, WorkbenchError
-from engine.fsutil import atomic_path, atomic_write_json, read_json
-from engine.models import ClassifierSpec
+from engine.augment import normalize_image
+from engine.checkpoint import (CLASSIFIER_CARD, ClassifierCard, list_weights, load_checkpoint, resolve_weights,
+                               save_checkpoint)
+from engine.errors import ConfigError
 from engine.progress import ProgressFn
+from engine.training.prepare import is_synthetic
 
 __all__ = ["ClassifierCard", "ClassifyTask", "ClassifierPredictor", "save_classifier", "load_classifier",
            "resolve_classifier", "list_classifier_weights", "CLASSIFIER_CARD"]
 
-CLASSIFIER_CARD = "classifier.json"
-CLASSIFIER_FORMAT = "segwb-classifier"
-CLASSIFIER_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-
-
-@dataclass(frozen=True)
-class ClassifierCard(JsonConfig):
-    """Everything about a trained presence classifier except its tensors.
-
-    Attributes:
-        name: short id (folder name).
-        classifier: :class:`~engine.models.ClassifierSpec` to rebuild the network.
-        preprocess: how images become input (same :class:`~engine.augment.Preprocess` as segmenters).
-        threshold: ``P(present) >= threshold`` → "present".
-        description, training, metrics, license: as in :class:`engine.checkpoint.ModelCard`.
-    """
-
-    name: str
-    classifier: ClassifierSpec
-    preprocess: Preprocess = Preprocess()
-    threshold: float = 0.5
-    description: str = ""
-    training: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    license: dict[str, Any] = field(default_factory=dict)
-    format: str = CLASSIFIER_FORMAT
-    format_version: int = CLASSIFIER_VERSION
-    created: str = ""
-    tensors_sha256: str = ""
-    n_parameters: int = 0
-
-    def __post_init__(self) -> None:
-        if self.preprocess.in_channels != self.classifier.in_channels:
-            raise ConfigError(f"classifier card '{self.name}': preprocess.in_channels="
-                              f"{self.preprocess.in_channels} but the classifier takes {self.classifier.in_channels}",
-                              hint="make them equal")
-        if not 0 <= float(self.threshold) <= 1:
-            raise ConfigError(f"classifier threshold must be in [0, 1], got {self.threshold}")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_classifier(folder: str | Path, model: Any, card: ClassifierCard) -> Path:
-    """Write ``model.safetensors`` then ``classifier.json`` atomically into ``folder``."""
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    module = getattr(model, "module", model)
-    state = {k: v.detach().cpu().float().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
-             for k, v in module.state_dict().items()}
-    with atomic_path(folder / WEIGHTS_FILE) as tmp:
-        save_file(state, str(tmp), metadata={"format": CLASSIFIER_FORMAT, "name": card.name})
-    final = card.replace(created=card.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                         tensors_sha256=_sha256(folder / WEIGHTS_FILE),
-                         n_parameters=int(sum(p.numel() for p in module.parameters())))
-    atomic_write_json(folder / CLASSIFIER_CARD, final.to_dict())
-    return folder
+    """:func:`engine.checkpoint.save_checkpoint` for a classifier (``classifier.json``)."""
+    return save_checkpoint(folder, model, card)
 
 
 def resolve_classifier(name_or_dir: str | Path, workspace: Any = None) -> Path:
-    """Folder of a classifier name or path (search: path, repo ``weights/``, ``<workspace>/models``)."""
-    from engine.checkpoint import search_dirs
-
-    p = Path(name_or_dir).expanduser()
-    if (p / CLASSIFIER_CARD).exists():
-        return p
-    if p.name in (CLASSIFIER_CARD, WEIGHTS_FILE) and (p.parent / CLASSIFIER_CARD).exists():
-        return p.parent
-    for d in search_dirs(workspace):
-        if (d / str(name_or_dir) / CLASSIFIER_CARD).exists():
-            return d / str(name_or_dir)
-    names = [w["name"] for w in list_classifier_weights(workspace)]
-    raise CheckpointError(f"no classifier named {str(name_or_dir)!r}",
-                          hint=("available: " + ", ".join(names)) if names else
-                          "train one with `python -m engine train --task classify`")
+    """Folder of a classifier name or path (:func:`engine.checkpoint.resolve_weights`, kind ``classify``)."""
+    return resolve_weights(name_or_dir, workspace, kind="classify")
 
 
 def list_classifier_weights(workspace: Any = None) -> list[dict[str, Any]]:
-    """Every classifier folder in the search path: name, folder, backbone, metrics."""
-    from engine.checkpoint import search_dirs
-
-    out, seen = [], set()
-    for d in search_dirs(workspace):
-        if not d.is_dir():
-            continue
-        for folder in sorted(p for p in d.iterdir() if (p / CLASSIFIER_CARD).exists()):
-            if folder.name in seen:
-                continue
-            seen.add(folder.name)
-            entry: dict[str, Any] = {"name": folder.name, "folder": str(folder)}
-            try:
-                card = _read_card(folder)
-                entry.update(backbone=card.classifier.name, threshold=card.threshold, metrics=card.metrics)
-            except WorkbenchError as exc:
-                entry["error"] = str(exc)
-            out.append(entry)
-    return out
-
-
-def _read_card(folder: Path) -> ClassifierCard:
-    path = folder / CLASSIFIER_CARD
-    try:
-        data = read_json(path)
-    except WorkbenchError as exc:
-        raise CheckpointError(exc.message, path=path, hint="the card is corrupt; re-export the classifier") from None
-    if not isinstance(data, dict) or data.get("format") != CLASSIFIER_FORMAT:
-        raise CheckpointError("not a segwb classifier card", path=path, hint="re-export the classifier")
-    if int(data.get("format_version", 0)) > CLASSIFIER_VERSION:
-        raise CheckpointError("classifier card is from a newer version", path=path, hint="upgrade the workbench")
-    try:
-        return ClassifierCard.from_dict(data)
-    except ConfigError as exc:
-        raise CheckpointError(f"invalid classifier card: {exc.message}", path=path, hint=exc.hint) from None
+    """Every classifier folder in the search path (:func:`engine.checkpoint.list_weights`, kind ``classify``)."""
+    return list_weights(workspace, kind="classify")
 
 
 def load_classifier(name_or_dir: str | Path, device: str = "cpu", workspace: Any = None):
-    """Rebuild a classifier from its card and load its tensors (eval mode).
+    """Rebuild a classifier from its card and load its tensors (eval mode):
+    :func:`engine.checkpoint.load_checkpoint` with kind ``classify``.
 
     Returns:
         ``(PresenceClassifier, ClassifierCard)``.
@@ -173,32 +63,7 @@ def load_classifier(name_or_dir: str | Path, device: str = "cpu", workspace: Any
     Example:
         >>> model, card = load_classifier("nerve-presence")      # doctest: +SKIP
     """
-    import torch
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from engine.models import build_classifier
-
-    folder = resolve_classifier(name_or_dir, workspace)
-    card = _read_card(folder)
-    wpath = folder / WEIGHTS_FILE
-    if not wpath.exists():
-        raise CheckpointError("model.safetensors is missing", path=folder, hint="re-export the classifier")
-    if card.tensors_sha256 and _sha256(wpath) != card.tensors_sha256:
-        raise CheckpointError("model.safetensors does not match the hash in classifier.json", path=wpath,
-                              hint="the folder was modified or a save was interrupted; re-export it")
-    try:
-        state = load_file(str(wpath), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read tensors ({exc})", path=wpath, hint="re-export the classifier") from None
-    model = build_classifier(card.classifier, load_pretrained=False)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"classifier.json does not match model.safetensors ({str(exc)[:300]})", path=folder,
-                              hint="the card's classifier spec must be the one the tensors were trained with") from None
-    model.eval().to(torch.device(device))
-    return model, card
+    return load_checkpoint(name_or_dir, device=device, workspace=workspace, kind="classify")
 
 
 class ClassifierPredictor:
@@ -231,9 +96,12 @@ class ClassifierPredictor:
 
     def predict_proba_many(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """float64 ``(N,)`` probabilities that the structure is present, for float32 (C,H,W) images."""
+        return self.predict_proba_inputs([self._prep(im) for im in images])
+
+    def predict_proba_inputs(self, xs: Sequence[np.ndarray]) -> np.ndarray:
+        """float64 ``(N,)`` probabilities for inputs already preprocessed by ``card.preprocess``."""
         import torch
 
-        xs = [self._prep(im) for im in images]
         out = np.zeros(len(xs), np.float64)
         order = sorted(range(len(xs)), key=lambda i: xs[i].shape)
         with torch.inference_mode():
@@ -271,6 +139,9 @@ class ClassifyTask:
         from engine.training.data import SegTrainSet, build_cache
         from engine.training.prepare import cache_dir_for, open_training_data, split_cases
 
+        if config.positive_only:
+            raise ConfigError("positive_only is for the segmenter; a presence classifier needs empty images too",
+                              hint="leave --positive-only off for --task classify")
         if config.patch_size is not None:
             raise ConfigError("patch_size is for segmentation; a classifier sees whole images",
                               hint="leave patch_size empty for --task classify")
@@ -278,6 +149,9 @@ class ClassifyTask:
         self.dataset, cases = open_training_data(config)
         self.labels = dict(sorted(self.dataset.labels.items()))
         self.train_cases, self.val_cases, self.split = split_cases(config, cases)
+        from engine.fingerprint import fingerprint_dataset
+
+        self.fingerprint = fingerprint_dataset(self.dataset, [c.case_id for c in self.train_cases]) if main else {}
         disk = cache_dir_for(self.dataset) if config.cache_preprocessed else None
         self.train_items, skipped = build_cache(self.dataset, self.train_cases, config.preprocess,
                                                 dtype=config.cache_dtype, disk_dir=disk,
@@ -368,7 +242,9 @@ class ClassifyTask:
     def save(self, folder: Path, model: Any, metrics: dict[str, Any], training: dict[str, Any]) -> Path:
         cfg = self.config
         license_info = {k: v for k, v in (("license", cfg.license), ("attribution", cfg.attribution)) if v}
+        fg = [v for k, v in sorted(self.labels.items()) if k != 0]
         card = ClassifierCard(name=cfg.name, classifier=cfg.classifier, preprocess=cfg.preprocess,
-                              threshold=cfg.classifier_threshold, description=cfg.description,
-                              training=training, metrics=metrics, license=license_info)
-        return save_classifier(folder, model, card)
+                              threshold=cfg.classifier_threshold, labels={0: "absent", 1: " or ".join(fg) or "present"},
+                              description=cfg.description, training=training, metrics=metrics, license=license_info,
+                              synthetic=is_synthetic(self.dataset), fingerprint=self.fingerprint)
+        return save_checkpoint(folder, model, card)

@@ -77,9 +77,14 @@ def find_evaluations(ds: Any) -> list[dict[str, Any]]:
              "tta": settings.get("tta", "none"), "sweep": (f / "sweep.csv").is_file(), "mtime": mtime}
         when = _dt.datetime.fromtimestamp(mtime).strftime("%Y-%m-%d %H:%M")
         md = e["mean_dice"]
+        ov = s.get("training_overlap") or {}
+        e["n_training_cases"] = int(ov.get("n_cases") or 0)
+        e["gate"] = (s.get("gate") or {}).get("weights")
+        tags = ((f" · INCLUDES {e['n_training_cases']} TRAINING CASES" if e["n_training_cases"] else
+                 (" · held-out" if ov else "")) + (f" · gate {e['gate']}" if e["gate"] else ""))
         e["label"] = (f"{e['model']} · {e['empty_policy']} · TTA {e['tta']} · {e['n_cases']} cases · "
-                      f"Dice {md:.3f} · {when}" if isinstance(md, (int, float)) else
-                      f"{e['model']} · {e['empty_policy']} · TTA {e['tta']} · {when}")
+                      f"Dice {md:.3f}{tags} · {when}" if isinstance(md, (int, float)) else
+                      f"{e['model']} · {e['empty_policy']} · TTA {e['tta']}{tags} · {when}")
         out.append(e)
     return sorted(out, key=lambda d: -d["mtime"])
 

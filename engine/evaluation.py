@@ -13,6 +13,14 @@ classes have no real names (``foreground``, ``class_2`` — unnamed masks) they 
 if both have the same number of classes. A nerve model is never scored against "pneumothorax".
 Model classes the dataset does not have count as background.
 
+Honesty: every evaluation states which evaluated cases were in the model's training split
+(:func:`training_cases`, from the card: ``split.train_case_ids`` or, for older cards, the
+training dataset's labelled cases minus ``split.val_case_ids``) as ``training_overlap``. With a
+gate (two-stage pipeline) the summary has the gated figures, the same cases scored without the
+gate (``ungated``) and the classifier's presence metrics. ``rand=True`` adds the ISBI Rand error,
+``warping=True`` the U-Net paper's warping error, and areas are reported in mm² where the case
+has a DICOM pixel spacing.
+
 Example:
     >>> pred = Predictor.from_weights("lung-cxr")                                  # doctest: +SKIP
     >>> res = evaluate(pred, open_dataset("montgomery-lung"), EvalConfig())       # doctest: +SKIP
@@ -37,7 +45,7 @@ from engine.fsutil import atomic_write_json, atomic_write_text, read_json, safe_
 from engine.postprocess import PostProcessConfig, TuneGrid
 from engine.progress import ProgressFn, as_progress, scaled
 
-EVAL_VERSION = 2
+EVAL_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,8 @@ class EvalConfig(JsonConfig):
         sweep_max_images: bound on the cases kept for the sweep (memory: K·H·W float16 each).
         save_predictions: write ``pred/<case_id>.png`` for the browser and dashboard.
         batch_size, device: passed to the predictor.
+        rand: also per-image Rand error (``engine.metrics.rand_error``, foreground vs background).
+        warping: also per-image warping error (``engine.metrics.warping_error``; slower).
     """
 
     empty_policy: str = "kaggle"
@@ -64,6 +74,8 @@ class EvalConfig(JsonConfig):
     save_predictions: bool = True
     batch_size: int = 8
     device: str = "auto"
+    rand: bool = False
+    warping: bool = False
 
     def __post_init__(self) -> None:
         if self.empty_policy not in ("kaggle", "exclude"):
@@ -107,17 +119,86 @@ def class_mapping(model_labels: dict[int, str], dataset_labels: dict[int, str]) 
     return lut
 
 
+def classes_match(model_labels: dict[int, str], dataset_labels: dict[int, str]) -> bool:
+    """Can the model's classes be scored against the dataset's (:func:`class_mapping` finds a match)?
+    A nerve model on a lung dataset is False; on an unnamed single-class dataset True."""
+    try:
+        class_mapping({int(k): v for k, v in model_labels.items()}, {int(k): v for k, v in dataset_labels.items()})
+    except ConfigError:
+        return False
+    return True
+
+
+def rank_models_for(weights: Sequence[dict[str, Any]], dataset_labels: dict[int, str] | None) -> list[str]:
+    """Model names from :func:`engine.checkpoint.list_weights` entries, those whose classes match
+    ``dataset_labels`` first (then the others), each group in listing order; None = no dataset."""
+    names = [w for w in weights if "error" not in w]
+    if not dataset_labels:
+        return [w["name"] for w in names]
+
+    def ok(w: dict[str, Any]) -> bool:
+        return classes_match(dict(enumerate(w.get("classes") or [])), dataset_labels)
+
+    return [w["name"] for w in names if ok(w)] + [w["name"] for w in names if not ok(w)]
+
+
 def _generic_name(name: str) -> bool:
     """Class names a layout invents when the data does not name its classes."""
     n = name.lower()
     return n == "foreground" or (n.startswith("class_") and n[6:].isdigit())
 
 
-def eval_key(card: Any, dataset: Any, config: EvalConfig, case_ids: Sequence[str]) -> str:
+def training_cases(card: Any, dataset: Any) -> set[str] | None:
+    """Case ids of ``dataset`` that were in the model's training split, or None when ``dataset`` is not
+    the model's training data (so no evaluated case can be a training case).
+
+    The dataset counts as the model's own when its folder is the card's ``training.data`` (relative
+    paths are resolved against the checkout), has the same folder name, or holds the card's
+    validation cases. Training cases are ``split.train_case_ids`` when the card records them, else
+    the dataset's labelled cases that are not validation cases (cards written before the field).
+    """
+    from engine.checkpoint import REPO_WEIGHTS
+
+    tr = getattr(card, "training", None) or {}
+    split = tr.get("split") or {}
+    data = tr.get("data")
+    if not data:
+        return None
+    root = Path(getattr(dataset, "root", "")).resolve()
+    src = Path(str(data)).expanduser()
+    src = (src if src.is_absolute() else (REPO_WEIGHTS.parent / src)).resolve()
+    val = set(split.get("val_case_ids") or tr.get("val_case_ids") or [])
+    ids = {c.case_id for c in dataset.cases}
+    own = src == root or (src.name == root.name and (not val or val <= ids)) or (len(val) >= 5 and val <= ids)
+    if not own:
+        return None
+    if split.get("train_case_ids") is not None:
+        return set(split["train_case_ids"]) & ids
+    if not val:  # no split recorded: every labelled case may have been seen
+        return {c.case_id for c in dataset.cases if c.labelled}
+    return {c.case_id for c in dataset.cases if c.labelled and c.case_id not in val}
+
+
+def training_overlap(card: Any, dataset: Any, case_ids: Sequence[str]) -> dict[str, Any]:
+    """``{"n_cases", "case_ids", "basis"}``: which of ``case_ids`` were training cases of ``card``."""
+    train = training_cases(card, dataset)
+    if train is None:
+        return {"n_cases": 0, "case_ids": [], "basis": "dataset is not the model's training data"}
+    hit = [c for c in case_ids if c in train]
+    split = ((card.training or {}).get("split") or {})
+    basis = ("card split.train_case_ids" if split.get("train_case_ids") is not None else
+             "labelled cases of the training dataset minus the card's validation cases")
+    return {"n_cases": len(hit), "case_ids": hit, "basis": basis}
+
+
+def eval_key(card: Any, dataset: Any, config: EvalConfig, case_ids: Sequence[str],
+             gate: dict[str, Any] | None = None, gate_sha: str = "") -> str:
     """Cache key of an evaluation: weights hash, the dataset's classes and options, each case's image
-    and mask source with the files' size and mtime (an in-place edit invalidates), settings."""
+    and mask source with the files' size and mtime (an in-place edit invalidates), settings, gate."""
     h = hashlib.sha1()
     h.update((card.tensors_sha256 or card.name).encode())
+    if gate:
+        h.update(json.dumps({**gate, "sha": gate_sha}, sort_keys=True).encode())
     h.update(json.dumps(card.postprocess.to_dict(), sort_keys=True).encode())
     h.update(json.dumps(config.to_dict(), sort_keys=True).encode())
     h.update(json.dumps({str(k): v for k, v in dataset.labels.items()}, sort_keys=True).encode())
@@ -175,7 +256,9 @@ def evaluate(predictor: Any, dataset: Any, config: EvalConfig | None = None, cas
     if not case_ids:
         raise ConfigError(f"dataset {dataset.root} has no labelled cases to evaluate",
                           hint="add masks, or pick another dataset")
-    key = eval_key(card, dataset, config, case_ids)
+    gate = getattr(predictor, "gate_info", None)
+    gate_clf = getattr(predictor, "gate", None)
+    key = eval_key(card, dataset, config, case_ids, gate, gate_clf.card.tensors_sha256 if gate_clf else "")
     folder = Path(out_dir) if out_dir else eval_dir(dataset, card, key)
     if use_cache:
         cached = load_eval(folder, expect_key=key)
@@ -185,6 +268,8 @@ def evaluate(predictor: Any, dataset: Any, config: EvalConfig | None = None, cas
     post = config.post or card.postprocess
     acc = MetricAccumulator(dataset.num_classes, dataset.labels, empty_policy=config.empty_policy,
                             surface=config.surface)
+    acc_ungated = (MetricAccumulator(dataset.num_classes, dataset.labels, empty_policy=config.empty_policy)
+                   if gate else None)
     rows: list[dict[str, Any]] = []
     sweep_probs: list[np.ndarray] = []
     sweep_gts: list[np.ndarray] = []
@@ -207,14 +292,29 @@ def evaluate(predictor: Any, dataset: Any, config: EvalConfig | None = None, cas
             bad.append({"case_id": case.case_id, "error": str(exc)})
             continue
         pred = lut[result.mask]
-        spacing = case.meta.get("pixel_spacing_mm") if config.surface else None
-        acc.add(case.case_id, pred, gt, spacing=spacing)
+        px_spacing = _spacing(case.meta.get("pixel_spacing_mm"))
+        acc.add(case.case_id, pred, gt, spacing=px_spacing if config.surface else None)
         fg_probs = result.probs[1:]
         row = {"case_id": case.case_id, "group_id": case.group_id, "split": case.split,
                "gt_area": int(np.count_nonzero(gt)), "pred_area": int(np.count_nonzero(pred)),
                "gt_present": bool(np.any(gt)), "pred_present": bool(np.any(pred)),
                "presence_prob": result.presence,
                "max_prob": float(fg_probs.max()) if fg_probs.size else 0.0}
+        if px_spacing is not None:
+            mm2 = float(px_spacing[0]) * float(px_spacing[1])
+            row["gt_area_mm2"], row["pred_area_mm2"] = row["gt_area"] * mm2, row["pred_area"] * mm2
+        if gate:
+            ungated = lut[predictor.ungated_mask(result, post)]
+            acc_ungated.add(case.case_id, ungated, gt)
+            row.update(gate_prob=result.gate, gated=bool(result.gated),
+                       pred_present_ungated=bool(np.any(ungated)))
+        if config.rand or config.warping:
+            from engine.metrics import rand_error, warping_error
+
+            if config.rand:
+                row["rand_error"] = rand_error(pred > 0, gt > 0)
+            if config.warping:
+                row["warping_error"] = warping_error(pred > 0, gt > 0)
         rows.append(row)
         if config.save_predictions:
             write_mask_png(pred_dir / f"{safe_name(case.case_id)}.png", pred)
@@ -222,7 +322,7 @@ def evaluate(predictor: Any, dataset: Any, config: EvalConfig | None = None, cas
             mapped = _map_probs(result.probs, lut, dataset.num_classes)
             sweep_probs.append(mapped.astype(np.float16))
             sweep_gts.append(gt)
-            sweep_pres.append(result.presence)
+            sweep_pres.append(result.gate if gate else result.presence)
     t_pred = time.perf_counter() - t0
     if not rows:
         raise WorkbenchError(f"no case of {dataset.root} could be evaluated ({len(bad)} failed)",
@@ -242,14 +342,38 @@ def evaluate(predictor: Any, dataset: Any, config: EvalConfig | None = None, cas
     df = df.reset_index()
     summ = acc.summary()
     classes = summ["classes"]
-    scores = df["presence_prob"].where(df["presence_prob"].notna(), df["max_prob"]).astype(float)
-    presence = presence_metrics(df["gt_present"].astype(int).to_numpy(), scores.to_numpy(),
-                                threshold=post.presence_threshold or 0.5)
-    presence["score"] = "presence head" if card.spec.presence_head else "max foreground probability"
+    if gate:
+        scores = df["gate_prob"].astype(float)
+        presence = presence_metrics(df["gt_present"].astype(int).to_numpy(), scores.to_numpy(),
+                                    threshold=float(gate["threshold"]))
+        presence["score"] = f"presence classifier {gate['weights']}"
+    else:
+        scores = df["presence_prob"].where(df["presence_prob"].notna(), df["max_prob"]).astype(float)
+        presence = presence_metrics(df["gt_present"].astype(int).to_numpy(), scores.to_numpy(),
+                                    threshold=post.presence_threshold or 0.5)
+        presence["score"] = "presence head" if card.spec.presence_head else "max foreground probability"
+    ungated_summary = None
+    if acc_ungated is not None:
+        us = acc_ungated.summary()
+        ungated_summary = {"mean_dice": us["mean_foreground"]["dice"], "mean_iou": us["mean_foreground"]["iou"],
+                           "per_class": {n: v["dice"] for n, v in us["classes"].items()},
+                           "dice_gt_empty": {n: v["dice_gt_empty"] for n, v in us["classes"].items()},
+                           "dice_gt_nonempty": {n: v["dice_gt_nonempty"] for n, v in us["classes"].items()},
+                           "n_gated": int(df["gated"].sum())}
+    overlap = training_overlap(card, dataset, list(df["case_id"]))
+    train_ids = set(overlap["case_ids"])
+    df["in_training"] = df["case_id"].isin(train_ids)
+    extra: dict[str, Any] = {}
+    for col in ("rand_error", "warping_error"):
+        if col in df:
+            extra[f"mean_{col}"] = float(df[col].astype(float).mean(skipna=True))
+    if "gt_area_mm2" in df:
+        extra["area_units"] = "mm² where DICOM PixelSpacing is known (gt_area_mm2, pred_area_mm2), else pixels"
+        extra["n_cases_with_spacing"] = int(df["gt_area_mm2"].notna().sum())
     sweep_df = None
     t1 = time.perf_counter()
     if sweep_probs:
-        res = tune_postprocess(sweep_probs, sweep_gts, sweep_pres if card.spec.presence_head else None,
+        res = tune_postprocess(sweep_probs, sweep_gts, sweep_pres if (card.spec.presence_head or gate) else None,
                                TuneGrid(), empty_policy=config.empty_policy,
                                progress=scaled(report, 0.9, 1.0))
         sweep_df = pd.DataFrame(res.table)
@@ -280,6 +404,10 @@ def evaluate(predictor: Any, dataset: Any, config: EvalConfig | None = None, cas
         "n_gt_nonempty": {name: v["n_gt_nonempty"] for name, v in classes.items()},
         "metrics": summ,
         "presence": presence,
+        "gate": gate,
+        "ungated": ungated_summary,
+        "training_overlap": overlap,
+        **extra,
         "sweep_best": sweep_best,
         "settings": {**config.to_dict(), "post": post.to_dict(), "weights_sha256": card.tensors_sha256,
                      "class_map": {card.labels[m]: dataset.labels.get(int(lut[m]), "background")
@@ -293,6 +421,19 @@ def evaluate(predictor: Any, dataset: Any, config: EvalConfig | None = None, cas
         atomic_write_text(folder / "sweep.csv", sweep_df.to_csv(index=False))
     atomic_write_json(folder / "summary.json", summary)
     return EvalResult(summary, df, sweep_df, folder)
+
+
+def _spacing(value: Any) -> tuple[float, float] | None:
+    """(row, column) pixel spacing in mm from a case's ``pixel_spacing_mm`` (one or two numbers), or None."""
+    if value is None:
+        return None
+    try:
+        vals = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+    except (TypeError, ValueError):
+        return None
+    if not vals or any(not np.isfinite(v) or v <= 0 for v in vals):
+        return None
+    return (vals[0], vals[-1])
 
 
 def _map_probs(probs: np.ndarray, lut: np.ndarray, k_out: int) -> np.ndarray:

@@ -7,6 +7,13 @@ restores the original size and post-processes.
 
 Device selection: ``auto`` = cuda → mps → cpu.
 
+**Two-stage pipeline (gate).** A predictor may carry a presence classifier
+(:class:`engine.classify.ClassifierPredictor`, from ``gate=`` or the card's ``gate``): each image's
+``P(present)`` is computed from the classifier's own preprocessing of the raw image, stored in
+:attr:`Prediction.gate`, and the mask is emptied when it is below ``gate_threshold`` (the
+post-processing presence gate, fed the classifier's probability). The probabilities are never
+gated, so an ungated mask can always be recomputed (:meth:`Predictor.ungated_mask`).
+
 Example:
     >>> pred = Predictor.from_weights("lung-cxr")                         # doctest: +SKIP
     >>> img, meta = engine.io.load_image("chest.dcm")                     # doctest: +SKIP
@@ -70,12 +77,16 @@ class Prediction:
         probs: float32 (K,H,W) softmax probabilities at the original size.
         presence: presence-head probability, or None when the model has no presence head.
         seconds: wall time per stage (``preprocess``, ``model``, ``restore``, ``postprocess``).
+        gate: the gating classifier's P(present), or None without a gate.
+        gated: the gate emptied a mask that would otherwise have foreground.
     """
 
     mask: np.ndarray
     probs: np.ndarray
     presence: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    gate: float | None = None
+    gated: bool = False
 
 
 def as_chw(img: np.ndarray) -> np.ndarray:
@@ -154,14 +165,28 @@ class Predictor:
         tile_overlap: fraction of overlap between neighbouring tiles (0 ≤ o < 1).
         batch_size: images (or tiles) per forward pass.
         channels_last: memory format on CUDA (None = on for CUDA).
+        gate: a presence classifier (:class:`engine.classify.ClassifierPredictor`) that gates the masks.
+        gate_threshold: P(present) below this empties the mask; None = the card's ``gate.threshold``,
+            else the classifier card's threshold.
     """
 
     def __init__(self, model: Any, card: Any, device: str = "auto", amp: bool | None = None,
                  tta: str | bool = "none", tile: tuple[int, int] | None = None, tile_overlap: float = 0.25,
-                 batch_size: int = 8, channels_last: bool | None = None):
+                 batch_size: int = 8, channels_last: bool | None = None, gate: Any = None,
+                 gate_threshold: float | None = None):
         import torch
 
         self.device = select_device(device)
+        self.gate = gate
+        self.gate_threshold: float | None = None
+        if gate is not None:
+            card_gate = getattr(card, "gate", None)
+            t = gate_threshold if gate_threshold is not None else (
+                card_gate.threshold if card_gate is not None and card_gate.threshold is not None
+                and Path(card_gate.weights).name == gate.card.name else gate.threshold)
+            if not 0.0 <= float(t) <= 1.0:
+                raise ConfigError(f"gate threshold must be in [0, 1], got {t}")
+            self.gate_threshold = float(t)
         self.card = card
         self.pre: Preprocess = card.preprocess
         self.post_default: PostProcessConfig = card.postprocess
@@ -186,12 +211,55 @@ class Predictor:
                                       f"{self.divisor}", hint="fix preprocess.size in card.json")
 
     @classmethod
-    def from_weights(cls, name_or_dir: str | Path, device: str = "auto", **kwargs: Any) -> "Predictor":
-        """Load weights by name (``weights/<name>``, ``<workspace>/models/<name>``) or folder."""
+    def from_weights(cls, name_or_dir: str | Path, device: str = "auto", gate: str | None = "card",
+                     **kwargs: Any) -> "Predictor":
+        """Load weights by name (``weights/<name>``, ``<workspace>/models/<name>``) or folder.
+
+        ``gate``: ``"card"`` = the presence classifier the card names (if any), None = no gate,
+        or a classifier weights name/folder (``demo-nerve-presence``).
+        """
         from engine.checkpoint import load_checkpoint
 
         model, card = load_checkpoint(name_or_dir, device="cpu")
-        return cls(model, card, device=device, **kwargs)
+        clf = None
+        name = (card.gate.weights if card.gate else None) if gate == "card" else gate
+        if name:
+            from engine.classify import ClassifierPredictor
+
+            clf = ClassifierPredictor.from_weights(name, device=device)
+        return cls(model, card, device=device, gate=clf, **kwargs)
+
+    @property
+    def gate_info(self) -> dict[str, Any] | None:
+        """``{"weights": name, "threshold": t}`` of the gate, or None."""
+        if self.gate is None:
+            return None
+        return {"weights": self.gate.card.name, "threshold": self.gate_threshold}
+
+    def _gate_post(self, post: PostProcessConfig) -> PostProcessConfig:
+        """The post-processing with the gate as its presence gate (the classifier replaces a head's gate)."""
+        return post.replace(presence_threshold=self.gate_threshold) if self.gate is not None else post
+
+    def _post_mask(self, probs: np.ndarray, post: PostProcessConfig | None, presence: float | None,
+                   gate: float | None) -> tuple[np.ndarray, bool]:
+        """(mask, gated) for restored probabilities; the gate uses the classifier's probability."""
+        cfg = post or self.post_default
+        if self.gate is None or gate is None:
+            return postprocess(probs, cfg, presence), False
+        mask = postprocess(probs, self._gate_post(cfg), gate)
+        gated = bool(gate < float(self.gate_threshold)) and bool(postprocess(probs, cfg.replace(
+            presence_threshold=None), None).any())
+        return mask, gated
+
+    def ungated_mask(self, pred: "Prediction", post: PostProcessConfig | None = None) -> np.ndarray:
+        """The mask ``pred`` would have without the classifier gate (uint8 (H,W))."""
+        return postprocess(pred.probs, post or self.post_default, pred.presence)
+
+    def gate_probs(self, images: Sequence[np.ndarray]) -> list[float | None]:
+        """The gate's P(present) for float32 (C,H,W) images (None each without a gate)."""
+        if self.gate is None:
+            return [None] * len(images)
+        return [float(v) for v in self.gate.predict_proba_many(images)]
 
     # -- core -------------------------------------------------------------------------------
     @property
@@ -325,6 +393,7 @@ class Predictor:
         t0 = time.perf_counter()
         chw = [as_chw(im) for im in images]
         prepped = [(i, preprocess_image(x, self.pre), x.shape[1:]) for i, x in enumerate(chw)]
+        gates = self.gate_probs(chw)
         t_pre = (time.perf_counter() - t0) / max(1, len(images))
         results: list[Prediction | None] = [None] * len(images)
         done = 0
@@ -352,11 +421,12 @@ class Predictor:
                     probs = restore_size(probs_np[k], (int(hw[0]), int(hw[1])), self.pre)
                     t3 = time.perf_counter()
                     presence = float(pres_np[k]) if pres_np is not None else None
-                    mask = (np.zeros(probs.shape[1:], np.uint8) if _probs_only
-                            else postprocess(probs, post or self.post_default, presence))
+                    mask, gated = ((np.zeros(probs.shape[1:], np.uint8), False) if _probs_only
+                                   else self._post_mask(probs, post, presence, gates[idx]))
                     t4 = time.perf_counter()
                     results[idx] = Prediction(mask, probs, presence, {
-                        "preprocess": t_pre, "model": t_model, "restore": t3 - t2, "postprocess": t4 - t3})
+                        "preprocess": t_pre, "model": t_model, "restore": t3 - t2, "postprocess": t4 - t3},
+                        gates[idx], gated)
                     done += 1
                     report(done, len(images), "predicting")
         return [r for r in results if r is not None]
@@ -375,7 +445,7 @@ class Predictor:
 
         report = as_progress(progress)
         paths = [Path(p) for p in paths]
-        ds = _FileDataset(paths, self.pre)
+        ds = _FileDataset(paths, self.pre, self.gate.card.preprocess if self.gate is not None else None)
         workers = _default_workers() if num_workers is None else num_workers
         loader = DataLoader(ds, batch_size=self.batch_size, num_workers=workers, collate_fn=_collate_list,
                             pin_memory=self.device.type == "cuda", persistent_workers=False)
@@ -384,6 +454,9 @@ class Predictor:
             good = [b for b in batch if b["error"] is None]
             outputs: dict[int, Prediction] = {}
             by_shape: dict[tuple[int, ...], list[dict[str, Any]]] = {}
+            if self.gate is not None and good:
+                for b, g in zip(good, self.gate.predict_proba_inputs([b["g"] for b in good])):
+                    b["gate"] = float(g)
             for b in good:
                 by_shape.setdefault(tuple(b["x"].shape), []).append(b)
             for shape, items in by_shape.items():
@@ -405,7 +478,9 @@ class Predictor:
     def _finish(self, probs_small: np.ndarray, presence: float | None, item: dict[str, Any],
                 post: PostProcessConfig | None) -> Prediction:
         probs = restore_size(probs_small, item["hw"], self.pre)
-        return Prediction(postprocess(probs, post or self.post_default, presence), probs, presence, {})
+        gate = item.get("gate")
+        mask, gated = self._post_mask(probs, post, presence, gate)
+        return Prediction(mask, probs, presence, {}, gate, gated)
 
     def predict_cases(self, dataset: Any, cases: Iterable[Any] | None = None, post: PostProcessConfig | None = None,
                       num_workers: int | None = None, progress: ProgressFn | None = None,
@@ -426,9 +501,10 @@ def _default_workers() -> int:
 class _FileDataset:
     """torch Dataset: path → {"x": model input, "hw": original size, "index", "error"}."""
 
-    def __init__(self, paths: Sequence[Path], pre: Preprocess):
+    def __init__(self, paths: Sequence[Path], pre: Preprocess, gate_pre: Preprocess | None = None):
         self.paths = list(paths)
         self.pre = pre
+        self.gate_pre = gate_pre
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -438,7 +514,10 @@ class _FileDataset:
 
         try:
             img, _ = load_image(self.paths[i])
-            return {"x": preprocess_image(img, self.pre), "hw": tuple(img.shape[1:]), "index": i, "error": None}
+            item = {"x": preprocess_image(img, self.pre), "hw": tuple(img.shape[1:]), "index": i, "error": None}
+            if self.gate_pre is not None:
+                item["g"] = preprocess_image(img, self.gate_pre)
+            return item
         except WorkbenchError as exc:
             return {"x": None, "hw": None, "index": i, "error": exc}
 

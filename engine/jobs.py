@@ -393,6 +393,7 @@ def job_status(run_dir: str | Path, log_lines: int = 20) -> dict[str, Any]:
         "started": status.get("started") or job.get("started"), "updated": status.get("updated"),
         "launched": job.get("launched"),
         "exported": exported, "exported_name": Path(exported).name if exported else None,
+        "task": status.get("task") or "segment",
         "cancel_requested": requested is not None or (run / "CANCEL").exists(),
         "returncode": _returncode(pid),
     }

@@ -315,3 +315,48 @@ def test_restore_size_many_classes_and_pipeline_end_to_end():
     x = normalize_image(x, pre)
     assert x.shape == (1, 64, 64) and m.shape == (64, 64)
     assert iou(x[0] > (0.55 - 0.3) / 0.2, m) > 0.85
+
+
+# ----------------------------------------------------------------------- cross-site normalisation
+
+def test_standardize_and_clahe_are_stored_and_applied_identically_in_training_and_inference() -> None:
+    from engine.augment import clahe, normalize_image, preprocess_image
+
+    rng = np.random.default_rng(0)
+    img = np.clip(rng.normal(0.5, 0.05, (1, 96, 80)), 0, 1).astype(np.float32)
+    img[:, 20:60, 10:40] += 0.2
+    pre = Preprocess(size=(64, 64), normalize="standardize", clahe=2.0, clahe_tiles=4)
+    assert Preprocess.from_json(pre.to_json()) == pre
+    x = preprocess_image(img, pre)
+    assert x.shape == (1, 64, 64)
+    assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1.0) < 1e-3
+    raw = preprocess_image(img, pre, normalize=False)  # what the training cache holds
+    np.testing.assert_allclose(normalize_image(raw, pre), x, atol=1e-6)  # training path == inference path
+    # standardisation removes a site's gain and offset (up to the quantisation of 8-bit-like data)
+    site_b = np.clip(img * 0.6 + 0.1, 0, 1)
+    std_only = Preprocess(size=(64, 64), normalize="standardize")
+    np.testing.assert_allclose(preprocess_image(site_b, std_only), preprocess_image(img, std_only), atol=1e-4)
+    # CLAHE stretches a low-contrast image and keeps [0, 1]
+    low = (0.45 + 0.1 * img).astype(np.float32)
+    eq = clahe(low, 2.0, 4)
+    assert eq.min() >= 0 and eq.max() <= 1 and float(eq.std()) > 2 * float(low.std())
+    with pytest.raises(ConfigError):
+        Preprocess(clahe=-1)
+    with pytest.raises(ConfigError):
+        Preprocess(normalize="zscore")
+
+
+def test_blur_augmentation_softens_edges_and_xray_strong_preset_uses_it() -> None:
+    from engine.augment import AugmentConfig, apply_transform, build_train_transform
+
+    img = np.zeros((1, 64, 64), np.float32)
+    img[:, :, 32:] = 1.0
+    mask = (img[0] > 0).astype(np.uint8)
+    t = build_train_transform(AugmentConfig(blur=1.0, blur_sigma=(2.0, 2.0)), seed=0)
+    out, m = apply_transform(t, img, mask)
+    assert np.array_equal(m, mask)  # image-only transform
+    assert 0.05 < float(out[0, 32, 31]) < 0.95  # the step edge is now a ramp
+    strong = AugmentConfig.preset("xray-strong")
+    assert strong.blur > 0 and strong.gamma_limit[0] < AugmentConfig.preset("xray").gamma_limit[0]
+    with pytest.raises(ConfigError):
+        AugmentConfig(blur=0.5, blur_sigma=(0.0, 1.0))

@@ -401,3 +401,26 @@ def test_split_is_grouped_and_folds_file_is_honoured(data: Path, tmp_path: Path)
     assert desc_f["source"] == str((tmp_path / "folds.json").resolve()) and desc_f["k"] == 2
     with pytest.raises(ConfigError, match="val_fold"):
         split_cases(c.replace(folds_file=str(tmp_path / "folds.json"), split=SplitSpec(k=3, val_fold=2)), cases)
+
+
+def test_positive_only_trains_on_masked_cases_and_card_records_split_and_fingerprint(data: Path, tmp_path: Path) -> None:
+    from engine.datasets import open_dataset
+    from engine.fingerprint import check_input
+
+    res = train(cfg(data, tmp_path / "pos", epochs=1, positive_only=True, max_train_batches=1, preview_count=0))
+    card = json.loads((res.run_dir / "best" / "card.json").read_text())
+    split = card["training"]["split"]
+    ds = open_dataset(data)
+    train_ids, val_ids = split["train_case_ids"], split["val_case_ids"]
+    assert split["positive_only"] is True and train_ids and not set(train_ids) & set(val_ids)
+    assert all(ds.case(c).has_mask for c in train_ids)  # only masked cases trained
+    assert split["n_train_before_positive_only"] > len(train_ids) == split["n_train"]
+    assert any(not ds.case(c).has_mask for c in val_ids)  # validation keeps the empty ones
+    fp = card["fingerprint"]
+    assert fp["n_images"] == len(train_ids) and fp["height"] == [SIZE, SIZE, SIZE] and len(fp["hist"]) == 32
+    img = ds.load_image_float(ds.case(val_ids[0]))
+    assert not check_input(fp, img)["far"]  # a held-out image of the same data is in domain
+    assert check_input(fp, 1.0 - img)["far"]  # an inverted one is not
+    with pytest.raises(ConfigError, match="positive_only"):
+        train(cfg(data, tmp_path / "clfpos", task="classify", positive_only=True,
+                  classifier=ClassifierSpec(name="cnn_small"), epochs=1))

@@ -6,8 +6,8 @@ import streamlit as st
 
 from ui import predict_view as pv
 from ui import state
-from ui.loaders import load_dataset, load_predictor, model_names
-from ui.widgets import guard, model_picker, streamlit_progress
+from ui.loaders import load_dataset, load_predictor
+from ui.widgets import domain_warning, guard, model_picker, streamlit_progress
 
 
 def current_dataset():
@@ -63,13 +63,16 @@ def one_image(names):
         st.error(pv.error_text(exc, inp.name), icon="⚠️")
         return
     masks, labels = {}, {}
+    ds_labels = dict(load_dataset().labels) if src == "Current dataset" else None
     with st.spinner("Predicting…"):
         for name in names:
             pred = load_predictor(name)
+            domain_warning(pred.card, img, meta, ds_labels)
             res = pv.predict_probs(pred, inp, img, tta)
             masks[name] = pv.apply_post(res, pred.post_default)
             labels[name] = pred.card.labels
-    st.caption("Each model uses its card's default post-processing.")
+    st.caption("Each model uses its card's default post-processing (and its card's presence-classifier gate, "
+               "if it names one).")
     pv.render_side_by_side(img, masks, labels, gt, gt_labels, key="cmp_one")
 
 
@@ -160,12 +163,34 @@ def table(df, ds, results):
     pv.render_side_by_side(img, masks, {n: ds.labels for n in masks}, gt, gt_labels, key="cmp_ds")
 
 
+def _dataset_labels():
+    """The current dataset's label map, or None (no dataset / it cannot be opened)."""
+    if not state.current_dataset_path():
+        return None
+    try:
+        return dict(load_dataset().labels)
+    except Exception:  # noqa: BLE001 - the tabs report dataset problems themselves
+        return None
+
+
 def main():
-    names_all = model_names()
+    from engine.evaluation import rank_models_for
+    from ui.loaders import weights_table
+
+    labels = _dataset_labels()
+    table_ = weights_table()
+    ranked = rank_models_for(table_, labels)
+    classes = {w["name"]: dict(enumerate(w.get("classes") or [])) for w in table_ if "error" not in w}
+    from engine.evaluation import classes_match
+
+    matching = [n for n in ranked if not labels or classes_match(classes.get(n, {}), labels)]
     cur = state.current_model()
-    default = ([cur] if cur in names_all else []) + [n for n in names_all if n != cur]
-    names = model_picker("Models (two or three)", key="compare_models", multi=True, default=default[:2],
-                         max_selections=3)
+    default = ([cur] if cur in matching else []) + [n for n in matching if n != cur]
+    names = model_picker("Models (two or three)", key="compare_models", multi=True, default=default[:2] or ranked[:1],
+                         max_selections=3, dataset_labels=labels)
+    if labels and len(matching) < 2:
+        st.caption(f"Only {len(matching)} model(s) segment this dataset's classes "
+                   f"({', '.join(v for k, v in sorted(labels.items()) if k)}); others are listed after them.")
     if not names:
         return
     if len(names) < 2:

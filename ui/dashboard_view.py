@@ -31,11 +31,66 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 # ----------------------------------------------------------------------------- evaluation controls
 
-def run_evaluation(predictor: Any, ds: Any, config: Any, progress: Any = None, use_cache: bool = True) -> Any:
+def run_evaluation(predictor: Any, ds: Any, config: Any, progress: Any = None, use_cache: bool = True,
+                   case_ids: Any = None) -> Any:
     """:func:`engine.evaluation.evaluate` (cached on disk by the engine)."""
     from engine.evaluation import evaluate
 
-    return evaluate(predictor, ds, config, progress=progress, use_cache=use_cache)
+    return evaluate(predictor, ds, config, case_ids=case_ids, progress=progress, use_cache=use_cache)
+
+
+HELD_OUT = "Held-out cases only (not in the model's training split)"
+ALL_CASES = "All labelled cases"
+NO_GATE = "(no gate)"
+
+
+def case_and_gate_controls(ds: Any, model: str) -> tuple[list[str] | None, str | None]:
+    """Which cases (held out by default when the dataset is the model's own) and which presence-classifier
+    gate (default: the card's). Returns ``(case ids or None = all labelled, gate name or None)``."""
+    from engine.checkpoint import read_card, resolve_weights
+    from engine.evaluation import training_cases
+    from ui.loaders import classifier_names
+
+    card = read_card(resolve_weights(model))
+    train = training_cases(card, ds)
+    labelled = [c.case_id for c in ds.cases if c.labelled]
+    case_ids = None
+    c = st.columns(2)
+    if train:
+        held = [cid for cid in labelled if cid not in train]
+        choice = c[0].radio("Cases", [HELD_OUT, ALL_CASES], key=f"dash_cases_{model}",
+                            help=f"{len(train & set(labelled))} of the {len(labelled)} labelled cases were in "
+                                 f"{model}'s training split (its card); scoring them overstates the model")
+        if choice == HELD_OUT:
+            case_ids = held
+            c[0].caption(f"{len(held)} held-out cases (the card's validation split).")
+        else:
+            c[0].caption(f"⚠️ includes {len(train & set(labelled))} training cases: not a held-out figure.")
+    names = classifier_names()
+    card_gate = card.gate.weights if card.gate else None
+    options = [NO_GATE] + names + ([card_gate] if card_gate and card_gate not in names else [])
+    gate = None
+    if len(options) > 1:
+        pick = c[1].selectbox("Presence classifier gate", options, index=options.index(card_gate) if card_gate else 0,
+                              key=f"dash_gate_{model}", help="two-stage pipeline: the evaluation then shows the "
+                              "gated and ungated figures side by side and the classifier's ROC/PR")
+        gate = None if pick == NO_GATE else pick
+    return case_ids, gate
+
+
+def honesty_banner(summary: dict[str, Any]) -> None:
+    """Say whether the figures include training cases of the model (every figure below inherits this)."""
+    ov = summary.get("training_overlap") or {}
+    n, total = int(ov.get("n_cases") or 0), int(summary.get("n_cases") or 0)
+    if n:
+        st.error(f"**Includes {n} of {total} training cases of {summary.get('model')}** — every figure on this "
+                 "evaluation is optimistic, not a held-out result. Evaluate the held-out cases for an honest figure.",
+                 icon="⚠️")
+    elif ov.get("basis") == "dataset is not the model's training data":
+        st.caption(f"Held out by construction: {summary.get('model')} was not trained on this dataset.")
+    elif ov:
+        st.success(f"Held-out: none of the {total} evaluated cases were in {summary.get('model')}'s training split.",
+                   icon="✅")
 
 
 def eval_controls(ds: Any) -> str | None:
@@ -59,14 +114,18 @@ def eval_controls(ds: Any) -> str | None:
         tta = c[2].selectbox("Test-time augmentation", ["none", "flip", "flip4"], key="dash_tta")
         recompute = c[3].checkbox("Recompute (ignore the cache)", key="dash_recompute")
         st.caption(f"**{policy}**: {EMPTY_POLICY_RULES[policy]}.")
+        case_ids, gate = (None, None)
+        if model:
+            case_ids, gate = case_and_gate_controls(ds, model)
         if model and st.button(f"Evaluate {model}", type="primary", key="dash_evaluate"):
             from engine.evaluation import EvalConfig
             from ui.loaders import load_predictor
             from ui.widgets import streamlit_progress
 
-            report, bar = streamlit_progress(f"Evaluating {model} on {len(ds):,} cases")
-            res = run_evaluation(load_predictor(model), ds, EvalConfig(empty_policy=policy, tta=tta),
-                                 progress=report, use_cache=not recompute)
+            n = len(case_ids) if case_ids is not None else sum(c.labelled for c in ds.cases)
+            report, bar = streamlit_progress(f"Evaluating {model} on {n:,} cases")
+            res = run_evaluation(load_predictor(model, gate=gate), ds, EvalConfig(empty_policy=policy, tta=tta),
+                                 progress=report, use_cache=not recompute, case_ids=case_ids)
             bar.empty()
             st.session_state[PENDING_KEY] = str(res.folder)
             st.rerun()
@@ -97,6 +156,16 @@ def summary_section(summary: dict[str, Any]) -> None:
                 f"{h['n_gt_empty']} empty")
     c[5].metric("Failed", f"{h['n_failed']:,}")
     st.info(f"**Empty-mask policy: {h['policy']}** — {h['rule']}.", icon="📏")
+    ung, gate = summary.get("ungated"), summary.get("gate")
+    if gate and ung:
+        st.subheader("Gate vs no gate (same cases)")
+        g = st.columns(4)
+        g[0].metric(f"Mean Dice with gate ({gate['weights']} ≥ {_fmt(gate['threshold'], 2)})", _fmt(h["mean_dice"]))
+        g[1].metric("Mean Dice without gate", _fmt(ung.get("mean_dice")))
+        ne = [v for v in (ung.get("dice_gt_empty") or {}).values() if v is not None]
+        g[2].metric("Dice · GT empty without gate", _fmt(ne[0] if len(ne) == 1 else None),
+                    help="the images a false-positive mask hurts most")
+        g[3].metric("Masks emptied by the gate", f"{ung.get('n_gated', 0):,}")
     st.subheader("Per class")
     table = per_class_table(summary)
     st.dataframe(table, hide_index=True, width="stretch",
@@ -363,6 +432,7 @@ def render_dashboard() -> None:
         if folder and res is None:
             st.warning("That evaluation folder is incomplete or from another version; evaluate again.")
         if res is not None:
+            honesty_banner(res.summary)
             t = st.tabs(["Summary", "Per image", "Worst cases", "Post-processing sweep", "Presence", "Slices"])
             with t[0], guard("Summary"):
                 summary_section(res.summary)

@@ -34,7 +34,7 @@ import numpy as np
 import streamlit as st
 
 from engine.curation import EditSession, version_mask
-from ui import state
+from ui import loop_view, state
 from ui.loaders import case_image, dataset_key
 
 PAGE = "pages/7_Mask_editor.py"
@@ -143,7 +143,7 @@ def review_queue_for(ds: Any, store: Any) -> tuple[list, dict[str, Any]]:
 
     ev, ev_label = _evaluation_for_queue(ds)
     pairs = conflict_pairs(ds)
-    q = case_queue(ds, store, pairs, ev)
+    q = case_queue(ds, store, pairs, ev, **loop_view.queue_signals(ds))  # + model signals (issue 12)
     return q, {"evaluation": ev_label, "conflicts": pairs is not None}
 
 
@@ -723,3 +723,5 @@ def render_editor() -> None:
         history_panel(ds, store, sess, img, who)
         queue_panel(queue, qinfo)
         export_panel(ds, store)
+        loop_view.signals_panel(ds)  # issue 12: model signals for the queue
+        loop_view.loop_section(ds, store, None, "editor")  # issue 12: retrain with corrections, what moved

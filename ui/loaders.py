@@ -106,19 +106,41 @@ def refresh_datasets() -> None:
 
 
 @st.cache_resource(show_spinner=False, max_entries=6)
-def _predictor(name: str, device: str, mtime: float):
+def _predictor(name: str, device: str, mtime: float, gate: str | None = "card", gate_threshold: float | None = None):
     from engine.inference import Predictor
 
-    return Predictor.from_weights(name, device=device)
+    return Predictor.from_weights(name, device=device, gate=gate, gate_threshold=gate_threshold)
 
 
-def load_predictor(name: str, device: str | None = None):
-    """A cached :class:`engine.inference.Predictor` (reloaded when its card changes)."""
+def load_predictor(name: str, device: str | None = None, gate: str | None = "card"):
+    """A cached :class:`engine.inference.Predictor` (reloaded when its card changes).
+
+    ``gate``: ``"card"`` = the presence classifier the card names, None = no gate, or a classifier name."""
     from engine.checkpoint import CARD_FILE, resolve_weights
 
     folder = resolve_weights(name)
     mtime = (folder / CARD_FILE).stat().st_mtime
-    return _predictor(str(folder), device or state.current_device(), mtime)
+    return _predictor(str(folder), device or state.current_device(), mtime, gate)
+
+
+@st.cache_data(show_spinner=False, ttl=10)
+def _classifier_table(workspace_root: str) -> list[dict[str, Any]]:
+    from engine.checkpoint import list_weights
+    from engine.workspace import Workspace
+
+    return list_weights(Workspace(workspace_root), kind="classify")
+
+
+def classifier_names() -> list[str]:
+    """Presence classifiers (gates for the two-stage pipeline) in the search path."""
+    return [w["name"] for w in _classifier_table(str(state.workspace().root)) if "error" not in w]
+
+
+def ranked_model_names(dataset_labels: dict[int, str] | None) -> list[str]:
+    """Model names, those whose classes match ``dataset_labels`` first (engine.evaluation.rank_models_for)."""
+    from engine.evaluation import rank_models_for
+
+    return rank_models_for(weights_table(), dataset_labels)
 
 
 @st.cache_data(show_spinner=False, ttl=10)

@@ -6,8 +6,8 @@ import streamlit as st
 
 from ui import predict_view as pv
 from ui import state
-from ui.loaders import load_dataset, load_predictor
-from ui.widgets import guard, legend, model_picker
+from ui.loaders import classifier_names, load_dataset, load_predictor
+from ui.widgets import domain_warning, guard, legend, model_picker
 
 
 RLE_EXPANDER = "predict_rle_open"  # session-state keys of the lazy expanders (True = open)
@@ -103,6 +103,30 @@ def batch_section(items, card):
                        "application/zip", key="predict_zip", on_click="ignore")
 
 
+GATE_NONE = "(no gate)"
+
+
+def gate_controls(model: str, card):
+    """Presence-classifier gate picker (default: the card's) and its threshold; returns
+    ``(predictor, gate threshold or None)``."""
+    names = classifier_names()
+    card_gate = card.gate.weights if card.gate else None
+    if not names and not card_gate:
+        return load_predictor(model, gate=None), None
+    options = [GATE_NONE] + names + ([card_gate] if card_gate and card_gate not in names else [])
+    c1, c2 = st.columns([2, 3])
+    choice = c1.selectbox("Presence classifier gate", options, index=options.index(card_gate) if card_gate else 0,
+                          key=f"predict_gate_{model}",
+                          help="two-stage pipeline: the classifier decides whether the structure is in the "
+                               "image at all; below the threshold the mask is emptied")
+    if choice == GATE_NONE:
+        return load_predictor(model, gate=None), None
+    predictor = load_predictor(model, gate=choice)
+    t = c2.slider("Gate threshold (P(present) below this → empty mask)", 0.0, 1.0,
+                  float(predictor.gate_threshold), 0.01, key=f"predict_gate_thr_{model}_{choice}")
+    return predictor, t
+
+
 def detail(item, card, predictor):
     labels = card.labels
     fg = {k: v for k, v in labels.items() if k != 0}
@@ -115,6 +139,7 @@ def detail(item, card, predictor):
     hidden = pv.class_toggles(labels, "predict")
     legend({k: v for k, v in labels.items() if k not in hidden})
     gt, gt_labels = pv.ground_truth(item.inp)
+    domain_warning(card, item.img, item.meta, gt_labels)
     show_gt = gt is not None and st.toggle("Show ground truth", value=False, key="predict_show_gt")
     panels = st.columns(3 if show_gt else 2)
     with panels[0]:
@@ -132,8 +157,14 @@ def detail(item, card, predictor):
     for col, (name, px) in zip(mcols, areas.items()):
         col.metric(f"{name} area", f"{px:,} px", f"{100 * px / (h * w):.2f} % of the image", delta_color="off", delta_arrow="off")
     i = len(areas)
-    mcols[i].metric("Presence probability", f"{item.res.presence:.3f}" if item.res.presence is not None else "—",
-                    help=None if predictor.has_presence else "this model has no presence head")
+    if item.res.gate is not None:
+        mcols[i].metric("Presence probability (classifier)", f"{item.res.gate:.3f}",
+                        "gated: mask emptied" if not item.mask.any() and item.res.gate < (item.gate_threshold or 0)
+                        else "passed the gate", delta_color="off", delta_arrow="off",
+                        help=f"P(present) from the gating classifier {predictor.gate.card.name}")
+    else:
+        mcols[i].metric("Presence probability", f"{item.res.presence:.3f}" if item.res.presence is not None else "—",
+                        help=None if predictor.has_presence else "this model has no presence head")
     mcols[i + 1].metric("Model time", pv.fmt_seconds(item.res.model_s),
                         help="network forward pass (incl. TTA) when the model ran")
     mcols[i + 2].metric("Total time", pv.fmt_seconds(item.total_s),
@@ -181,11 +212,17 @@ def detail(item, card, predictor):
 
 def main():
     c1, c2, c3 = st.columns([2, 2, 3])
+    ds_labels = None
+    if state.current_dataset_path():
+        try:
+            ds_labels = dict(load_dataset().labels)
+        except Exception:  # noqa: BLE001 - the demo buttons report dataset problems
+            ds_labels = None
     with c1:
-        model = model_picker("Model", key="predict_model")
+        model = model_picker("Model", key="predict_model", dataset_labels=ds_labels)
     if not model:
         return
-    predictor = load_predictor(model)
+    predictor, gate_threshold = gate_controls(model, load_predictor(model, gate=None).card)
     card = predictor.card
     from engine.inference import TTA_MODES
 
@@ -212,7 +249,8 @@ def main():
         inputs = inputs[: pv.MAX_BATCH]
     bar = st.progress(0.0, text="Predicting…") if len(inputs) > 1 else None
     items, errors = pv.run_batch(predictor, inputs, tta, post,
-                                 progress=(lambda d, t, m: bar.progress(d / t, text=m)) if bar else None)
+                                 progress=(lambda d, t, m: bar.progress(d / t, text=m)) if bar else None,
+                                 gate_threshold=gate_threshold)
     if bar:
         bar.empty()
     for e in errors:

@@ -189,6 +189,7 @@ class ProbResult:
     Attributes:
         probs: float32 (K,H,W) softmax probabilities at the image's size.
         presence: presence-head probability or None.
+        gate: P(present) from the presence classifier that gates the model, or None.
         seconds: the engine's per-stage wall times when the model ran.
         wall_s: wall time of the prediction call.
         cached: True when this call was served from the cache.
@@ -199,6 +200,7 @@ class ProbResult:
     seconds: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
     cached: bool = False
+    gate: float | None = None  # the gating presence classifier's P(present), None without a gate
 
     @property
     def model_s(self) -> float:
@@ -209,7 +211,9 @@ class ProbResult:
 def model_key(predictor: Any) -> str:
     """Identity of a loaded model for caching: name, weights hash, device."""
     card = predictor.card
-    return f"{card.name}|{card.tensors_sha256 or card.created}|{predictor.device}"
+    gate = getattr(predictor, "gate", None)
+    g = f"|gate:{gate.card.name}:{gate.card.tensors_sha256}" if gate is not None else ""
+    return f"{card.name}|{card.tensors_sha256 or card.created}|{predictor.device}{g}"
 
 
 def _prob_cache() -> "OrderedDict[tuple[str, str, str], ProbResult]":
@@ -240,14 +244,14 @@ def predict_probs(predictor: Any, inp: InputImage, img: np.ndarray, tta: str = "
     hit = cache.get(key)
     if hit is not None:
         cache.move_to_end(key)
-        return ProbResult(hit.probs, hit.presence, hit.seconds, hit.wall_s, cached=True)
+        return ProbResult(hit.probs, hit.presence, hit.seconds, hit.wall_s, cached=True, gate=hit.gate)
     t0 = time.perf_counter()
     pred = predictor.predict(img, tta=tta)
     wall = time.perf_counter() - t0
     st.session_state[MODEL_RUNS] = model_runs() + 1
     probs = np.ascontiguousarray(pred.probs, dtype=np.float32)
     probs.setflags(write=False)
-    res = ProbResult(probs, pred.presence, dict(pred.seconds), wall, cached=False)
+    res = ProbResult(probs, pred.presence, dict(pred.seconds), wall, cached=False, gate=pred.gate)
     cache[key] = res
     total = sum(r.probs.nbytes for r in cache.values())
     while len(cache) > 1 and (len(cache) > PROB_CACHE_ENTRIES or total > PROB_CACHE_BYTES):
@@ -286,10 +290,15 @@ def post_config(card_post: Any, threshold: float | None = None, min_area: int | 
     return card_post.replace(**changes) if changes else card_post
 
 
-def apply_post(res: ProbResult, cfg: Any) -> np.ndarray:
-    """Post-process cached probabilities into a uint8 (H,W) label map (no model run)."""
+def apply_post(res: ProbResult, cfg: Any, gate_threshold: float | None = None) -> np.ndarray:
+    """Post-process cached probabilities into a uint8 (H,W) label map (no model run).
+
+    With a gate probability and ``gate_threshold``, the mask is empty when P(present) is below it
+    (the classifier's probability feeds the presence gate; ``gate_threshold`` None = ungated)."""
     from engine.postprocess import postprocess
 
+    if res.gate is not None and gate_threshold is not None:
+        return postprocess(res.probs, cfg.replace(presence_threshold=float(gate_threshold)), res.gate)
     return postprocess(res.probs, cfg, res.presence)
 
 
@@ -314,6 +323,7 @@ class PredictedImage:
     mask: np.ndarray
     decode_s: float = 0.0
     post_s: float = 0.0
+    gate_threshold: float | None = None  # the gate threshold the mask was made with (None = ungated)
 
     @property
     def total_s(self) -> float:
@@ -321,7 +331,7 @@ class PredictedImage:
 
 
 def run_batch(predictor: Any, inputs: Sequence[InputImage], tta: str, post: Any,
-              progress: Any = None) -> tuple[list[PredictedImage], list[str]]:
+              progress: Any = None, gate_threshold: float | None = None) -> tuple[list[PredictedImage], list[str]]:
     """Decode, predict (cached) and post-process every input; a bad file never stops the batch.
 
     Returns:
@@ -336,9 +346,10 @@ def run_batch(predictor: Any, inputs: Sequence[InputImage], tta: str, post: Any,
             t1 = time.perf_counter()
             res = predict_probs(predictor, inp, img, tta)
             t2 = time.perf_counter()
-            mask = apply_post(res, post)
+            mask = apply_post(res, post, gate_threshold)
             t3 = time.perf_counter()
-            done.append(PredictedImage(inp, img, meta, res, mask, decode_s=t1 - t0, post_s=t3 - t2))
+            done.append(PredictedImage(inp, img, meta, res, mask, decode_s=t1 - t0, post_s=t3 - t2,
+                                       gate_threshold=gate_threshold if res.gate is not None else None))
         except Exception as exc:  # noqa: BLE001 - reported per file, the others go on
             errors.append(error_text(exc, inp.name))
         if progress:
@@ -381,6 +392,8 @@ def summary_frame(items: Sequence[PredictedImage], labels: Mapping[int, str]):
         for name, px in class_areas(it.mask, labels).items():
             row[f"{name} (px)"] = px
         row["presence"] = it.res.presence
+        if it.res.gate is not None:
+            row["P(present), classifier"] = round(float(it.res.gate), 4)
         row["model s"] = round(it.res.model_s, 3)
         row["total s"] = round(it.total_s, 3)
         row["cached"] = it.res.cached

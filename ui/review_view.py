@@ -25,7 +25,7 @@ from typing import Any
 
 import streamlit as st
 
-from ui import state
+from ui import loop_view, state
 from ui.loaders import case_image
 from ui.widgets import fmt_num
 
@@ -680,6 +680,7 @@ def render_review() -> None:
         flt = filter_controls(queue)
         shown = filter_queue(queue, flt)
         progress_panel(queue, shown, flt, decisions)
+        loop_view.live_panel(ds, store, report)  # issue 12: live ceiling
         reviewer, note = reviewer_controls()
         cur = current_item(queue, shown)
         if cur is None:
@@ -695,4 +696,5 @@ def render_review() -> None:
         bulk_panel(store, queue, decisions, reviewer)
         ceiling_panel(report)
         export_panel(ds, store, report)
+        loop_view.loop_section(ds, store, report, "review")  # issue 12: retrain with corrections, what moved
         queue_table(shown)

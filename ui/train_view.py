@@ -40,8 +40,11 @@ K = {  # widget keys of the form
     "batch": "train_batch", "lr": "train_lr", "scheduler": "train_scheduler", "patience": "train_patience",
     "folds": "train_folds", "val_fold": "train_val_fold", "device": "train_device", "name": "train_name",
     "seed": "train_seed", "amp": "train_amp", "start": "train_start", "cancel": "train_cancel",
-    "use_model": "train_use_model", "refresh": "train_refresh",
+    "use_model": "train_use_model", "refresh": "train_refresh", "task": "train_task",
+    "classifier": "train_classifier", "positive_only": "train_positive_only",
 }
+TASKS = {"Segmentation model": "segment", "Presence classifier (gates a segmenter)": "classify"}
+DEFAULT_CLASSIFIER = "cnn_small"
 OTHER = "Another folder or manifest…"
 REFRESH_SECONDS = 2.0
 LOG_LINES = 40
@@ -146,12 +149,20 @@ def build_config(v: dict[str, Any]):
     from engine.splits import SplitSpec
     from engine.training import TrainConfig
 
-    custom = is_custom(v["arch"])
-    spec = ModelSpec(arch=v["arch"], encoder=None if custom else v.get("encoder"),
+    from engine.models import ClassifierSpec
+
+    task = v.get("task", "segment")
+    arch = v.get("arch") or DEFAULT_ARCH
+    custom = is_custom(arch)
+    spec = ModelSpec(arch=arch, encoder=None if custom else v.get("encoder"),
                      base_channels=int(v["base_channels"]) if custom and v.get("base_channels") else None,
-                     presence_head=bool(v["presence_head"]),
+                     presence_head=bool(v.get("presence_head")),
                      num_classes=2 if v["auto_classes"] else int(v["num_classes"]))
+    extra: dict[str, Any] = {}
+    if task == "classify":
+        extra["classifier"] = ClassifierSpec(name=v.get("classifier") or DEFAULT_CLASSIFIER)
     return TrainConfig(
+        task=task, positive_only=bool(v.get("positive_only")) and task == "segment", **extra,
         data=v["data"], dataset_options=v.get("dataset_options") or None, model=spec,
         auto_classes=bool(v["auto_classes"]),
         preprocess=Preprocess(size=(int(v["size"][0]), int(v["size"][1])), resize_policy=v["resize_policy"],
@@ -190,13 +201,30 @@ def form_values() -> dict[str, Any]:
     v["data"], v["dataset_options"] = path, opts
 
     st.markdown("**Model**")
+    task_label = st.radio("Task", list(TASKS), horizontal=True, key=K["task"],
+                          help="a presence classifier answers 'is the structure in this image?' and gates a "
+                               "segmenter (two-stage pipeline); train the segmenter on positive images only to match")
+    v["task"] = TASKS[task_label]
     info = architecture_info()
     archs = list(info)
     c1, c2, c3 = st.columns([2, 2, 1])
-    arch = c1.selectbox("Architecture", archs, index=archs.index(DEFAULT_ARCH) if DEFAULT_ARCH in archs else 0,
-                        key=K["arch"])
-    v["arch"] = arch
-    if is_custom(arch):
+    if v["task"] == "classify":
+        from engine.models.classifier import CLASSIFIERS
+
+        names = sorted(CLASSIFIERS)
+        v["classifier"] = c1.selectbox("Classifier backbone", names, index=names.index(DEFAULT_CLASSIFIER),
+                                       key=K["classifier"], format_func=lambda n: n,
+                                       help="all build offline with random weights")
+        c2.caption(CLASSIFIERS[v["classifier"]])
+        arch = v["classifier"]
+        v["arch"], v["encoder"], v["base_channels"], v["presence_head"] = DEFAULT_ARCH, None, None, False
+    else:
+        arch = c1.selectbox("Architecture", archs, index=archs.index(DEFAULT_ARCH) if DEFAULT_ARCH in archs else 0,
+                            key=K["arch"])
+        v["arch"] = arch
+    if v["task"] == "classify":
+        pass
+    elif is_custom(arch):
         v["encoder"] = None
         v["base_channels"] = c2.number_input("Base channels", 2, 256, 16, step=2, key=K["base"],
                                              help="width of the first level; the paper's width is 64 "
@@ -206,10 +234,14 @@ def form_values() -> dict[str, Any]:
         v["encoder"] = c2.selectbox("Encoder", encoders, key=K["encoder"],
                                     index=encoders.index(DEFAULT_ENCODER) if DEFAULT_ENCODER in encoders else 0)
         v["base_channels"] = None
-    v["presence_head"] = c3.checkbox("Presence head", key=K["presence"],
-                                     help="an image-level 'structure present' output (gates empty predictions)")
-    st.caption(f"`{arch}`: {info.get(arch, '')}." + ("" if is_custom(arch) else
-               " The encoder starts from random weights: no pretrained weights are downloaded."))
+    if v["task"] == "segment":
+        v["presence_head"] = c3.checkbox("Presence head", key=K["presence"],
+                                         help="an image-level 'structure present' output (gates empty predictions)")
+        v["positive_only"] = c3.checkbox("Positive images only", key=K["positive_only"],
+                                         help="train on images with a mask only (validation keeps all); pair the "
+                                              "model with a presence-classifier gate, as the nerve case study does")
+        st.caption(f"`{arch}`: {info.get(arch, '')}." + ("" if is_custom(arch) else
+                   " The encoder starts from random weights: no pretrained weights are downloaded."))
     c1, c2 = st.columns(2)
     v["auto_classes"] = c1.checkbox("Classes from the dataset's labels (auto)", True, key=K["auto_classes"])
     v["num_classes"] = None if v["auto_classes"] else c2.number_input(
@@ -356,6 +388,10 @@ def _finished_notes(info: dict[str, Any]) -> None:
     from ui.nav import page_link
 
     name = info.get("exported_name")
+    if name and info.get("task") == "classify":
+        st.success(f"The presence classifier **{name}** now appears in the gate pickers (Predict, Metrics "
+                   "dashboard) and as `--gate` on the command line.", icon=":material/inventory_2:")
+        return
     if name:
         st.success(f"The model **{name}** now appears in the model picker (Home and every page).", icon=":material/inventory_2:")
         c1, c2 = st.columns([1, 2], vertical_alignment="center")

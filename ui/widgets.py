@@ -130,20 +130,30 @@ def colour_legend(items: dict[str, tuple[int, int, int]], counts: dict[str, int]
 
 
 def model_picker(label: str = "Model", key: str = "model_picker", multi: bool = False,
-                 default: Sequence[str] | None = None, max_selections: int | None = None) -> Any:
-    """Select one (or several) weights by name; shows nothing but a hint when there are none."""
-    from ui.loaders import model_names
+                 default: Sequence[str] | None = None, max_selections: int | None = None,
+                 dataset_labels: dict[int, str] | None = None) -> Any:
+    """Select one (or several) weights by name; shows nothing but a hint when there are none.
 
-    names = model_names()
+    With ``dataset_labels`` the models whose classes match the dataset come first and are the
+    default (a nerve model is never paired with a pneumothorax model by default)."""
+    from engine.evaluation import classes_match
+    from ui.loaders import ranked_model_names, weights_table
+
+    names = ranked_model_names(dataset_labels)
     if not names:
         st.info("No model weights found. Ship them in `weights/` or train one on the Train page.")
         return [] if multi else None
+    matching = names
+    if dataset_labels:
+        classes = {w["name"]: dict(enumerate(w.get("classes") or [])) for w in weights_table() if "error" not in w}
+        matching = [n for n in names if classes_match(classes.get(n, {}), dataset_labels)]
     if multi:
-        dflt = [n for n in (default or []) if n in names] or names[: min(2, len(names))]
+        dflt = [n for n in (default or []) if n in names] or (matching or names)[: min(2, len(matching or names))]
         return st.multiselect(label, names, default=dflt, key=key, max_selections=max_selections)
     cur = state.current_model()
-    index = names.index(cur) if cur in names else 0
-    return st.selectbox(label, names, index=index, key=key)
+    if cur not in names or (dataset_labels and matching and cur not in matching):
+        cur = (matching or names)[0]
+    return st.selectbox(label, names, index=names.index(cur), key=key)
 
 
 def dataset_required():
@@ -191,3 +201,25 @@ def history_charts(hist: Any, panels: Sequence[str] = ("loss", "metrics", "lr"),
         if panel == "lr":
             fig.update_yaxes(type="log", exponentformat="e")
         col.plotly_chart(fig, key=f"{key}_{panel}")
+
+
+def domain_warning(card: Any, img: Any, meta: dict[str, Any] | None = None,
+                   dataset_labels: dict[int, str] | None = None) -> bool:
+    """Warn when an input is unlike the model's training data (the card's fingerprint,
+    :func:`engine.fingerprint.check_input`) or the dataset's classes do not match the model's.
+    Returns True when a warning was shown."""
+    from engine.evaluation import classes_match
+    from engine.fingerprint import check_input
+
+    shown = False
+    if dataset_labels and not classes_match(card.labels, dataset_labels):
+        st.warning(f"**{card.name}** segments {', '.join(card.foreground.values())}, but this dataset's classes are "
+                   f"{', '.join(v for k, v in sorted(dataset_labels.items()) if k)}: the model was not made for "
+                   "these images.", icon="⚠️")
+        shown = True
+    res = check_input(getattr(card, "fingerprint", None), img, meta)
+    if res["far"]:
+        st.warning(f"This image is unlike **{card.name}**'s training images — treat the result with care: "
+                   + "; ".join(res["reasons"]) + ".", icon="⚠️")
+        shown = True
+    return shown

@@ -19,6 +19,11 @@ def _add_predictor_flags(p) -> None:
     p.add_argument("--min-area", type=int, help="remove components smaller than this (pixels; default: card)")
     p.add_argument("--keep-largest", type=int, help="keep the k largest components per class")
     p.add_argument("--fill-holes", action="store_true", default=None)
+    p.add_argument("--gate", metavar="CLS",
+                   help="presence classifier weights that gate the masks (two-stage pipeline); default: the card's")
+    p.add_argument("--gate-threshold", type=float,
+                   help="P(present) below this empties the mask (default: the card's gate / classifier threshold)")
+    p.add_argument("--no-gate", action="store_true", help="ignore the gate the card names")
 
 
 def _post_from_args(args, card):
@@ -54,6 +59,8 @@ def register(sub) -> None:
     p.add_argument("--cases", help="file with one case id per line to evaluate")
     p.add_argument("--surface", action="store_true", help="also HD95 and mean surface distance")
     p.add_argument("--no-cache", action="store_true", help="recompute even if an identical evaluation is cached")
+    p.add_argument("--rand", action="store_true", help="also the per-image Rand error (ISBI 2012)")
+    p.add_argument("--warping", action="store_true", help="also the per-image warping error (U-Net paper; slower)")
     _add_predictor_flags(p)
     add_dataset_options(p)
     p.set_defaults(func=cmd_evaluate)
@@ -77,6 +84,20 @@ def register(sub) -> None:
     pp.add_argument("--eval-labels", help="class names for the --eval datasets (comma-separated)")
     pp.add_argument("--group-regex", help="group regex for the --eval datasets")
     pp.set_defaults(func=cmd_weights_publish)
+    pf = wsub.add_parser("fingerprint", help="store a fingerprint of the training inputs in a card (out-of-domain "
+                                             "warnings), computed from the card's training cases of DATASET")
+    pf.add_argument("name", help="weights name or folder (segmenter or classifier)")
+    pf.add_argument("--data", required=True, help="the model's training dataset")
+    pf.add_argument("--max-images", type=int, default=200)
+    pf.add_argument("--modality", help="DICOM modality codes of non-DICOM training data, e.g. US or CR,DX "
+                                       "(so DICOMs of another modality are flagged)")
+    add_dataset_options(pf)
+    pf.set_defaults(func=cmd_weights_fingerprint)
+    pg = wsub.add_parser("set-gate", help="name the presence classifier that gates a segmenter by default")
+    pg.add_argument("name", help="segmentation weights name or folder")
+    pg.add_argument("--gate", help="classifier weights name (omit to remove the gate)")
+    pg.add_argument("--threshold", type=float, help="gate threshold (default: the classifier's)")
+    pg.set_defaults(func=cmd_weights_set_gate)
     ps = wsub.add_parser("show", help="print one model card")
     ps.add_argument("name")
     ps.add_argument("--markdown", action="store_true",
@@ -98,7 +119,11 @@ def register(sub) -> None:
 def _predictor(args):
     from engine.inference import Predictor
 
-    return Predictor.from_weights(args.weights, device=args.device, tta=args.tta, batch_size=args.batch_size)
+    if args.gate and args.no_gate:
+        raise ConfigError("--gate and --no-gate contradict each other", hint="pass one of them")
+    gate = None if args.no_gate else (args.gate or "card")
+    return Predictor.from_weights(args.weights, device=args.device, tta=args.tta, batch_size=args.batch_size,
+                                  gate=gate, gate_threshold=args.gate_threshold)
 
 
 def _expand_inputs(inputs: list[str]) -> list[Path]:
@@ -250,7 +275,7 @@ def cmd_evaluate(args) -> int:
     ds = open_dataset_from_args(args)
     post = _post_from_args(args, pred.card)
     cfg = EvalConfig(empty_policy=args.empty_policy, tta=args.tta, post=post, surface=args.surface,
-                     batch_size=args.batch_size, device=args.device)
+                     batch_size=args.batch_size, device=args.device, rand=args.rand, warping=args.warping)
     cases = _holdout_cases(pred.card, ds, args.holdout, args.cases)
     with tqdm_progress("evaluating") as progress:
         res = evaluate(pred, ds, cfg, case_ids=cases, progress=progress, use_cache=not args.no_cache)
@@ -260,17 +285,37 @@ def cmd_evaluate(args) -> int:
         "n_cases": s["n_cases"], "empty_policy": s["empty_policy"], "empty_policy_rule": s["empty_policy_rule"],
         "dice_gt_empty": s["dice_gt_empty"], "dice_gt_nonempty": s["dice_gt_nonempty"],
         "presence": {k: v for k, v in s["presence"].items() if k not in ("roc_curve", "pr_curve")},
+        "training_overlap": {"n_cases": s["training_overlap"]["n_cases"], "case_ids": s["training_overlap"]["case_ids"],
+                             "basis": s["training_overlap"]["basis"]},
         "model": pred.card.name, "dataset": str(ds.root), "cases": "holdout" if args.holdout else
         ("file " + args.cases if args.cases else "all labelled"),
         "settings": s["settings"], "timing": s["timing"], "n_failed": s["n_failed"], "failed": s["failed"],
         "results_folder": str(res.folder),
     }
+    if s.get("gate"):
+        pm = s["presence"]
+        out["gate"] = {"weights": s["gate"]["weights"], "threshold": float(s["gate"]["threshold"])}
+        out["gate_presence"] = {"auc": pm.get("roc_auc"), "ap": pm.get("average_precision"),
+                                "sensitivity": pm.get("sensitivity"), "specificity": pm.get("specificity"),
+                                "ppv": pm.get("ppv"), "npv": pm.get("npv"), "n_positive": pm.get("n_positive"),
+                                "n_negative": pm.get("n_negative")}
+        out["ungated"] = s["ungated"]
+    for k in ("mean_rand_error", "mean_warping_error"):
+        if k in s:
+            out[k] = s[k]
     write_json(args.json_out, out)
     csv_path = Path(args.json_out).with_suffix(".csv")
     res.per_image.to_csv(csv_path, index=False)
     pc = ", ".join(f"{k} {v:.4f}" for k, v in s["per_class"].items())
     print(f"{pred.card.name} on {ds.root.name}: mean Dice {s['mean_dice']:.4f} ({pc}) over {s['n_cases']} cases, "
           f"empty policy {s['empty_policy']}; JSON {args.json_out}, per-image CSV {csv_path}")
+    if s.get("gate"):
+        print(f"  gated by {s['gate']['weights']} at {s['gate']['threshold']:.2f}: without the gate mean Dice "
+              f"{s['ungated']['mean_dice']:.4f}; presence AUC {s['presence'].get('roc_auc', float('nan')):.3f}")
+    n_train = s["training_overlap"]["n_cases"]
+    if n_train:
+        print(f"  WARNING: {n_train} of {s['n_cases']} evaluated cases were TRAINING cases of {pred.card.name}; "
+              f"this is not a held-out figure (use --holdout)")
     return 0
 
 
@@ -307,6 +352,43 @@ def cmd_weights_show(args) -> int:
     return 0
 
 
+def cmd_weights_fingerprint(args) -> int:
+    from engine.checkpoint import folder_kind, read_card, resolve_weights, write_card
+    from engine.evaluation import training_cases
+    from engine.fingerprint import fingerprint_dataset
+
+    kind = folder_kind(args.name)
+    folder = resolve_weights(args.name, kind=kind)
+    card = read_card(folder, kind=kind)
+    args.dataset = args.data
+    ds = open_dataset_from_args(args)
+    train = training_cases(card, ds)
+    if train is None:
+        raise ConfigError(f"{ds.root} is not the training data recorded in the card of {card.name}",
+                          hint=f"pass the dataset the card names: {(card.training or {}).get('data')}")
+    ids = [c.case_id for c in ds.cases if c.case_id in train]
+    hint = [m for m in (args.modality or "").split(",") if m.strip()]
+    fp = fingerprint_dataset(ds, ids, max_images=args.max_images, modality_hint=hint or None)
+    write_card(folder, card.replace(fingerprint=fp))
+    print(f"fingerprint of {fp.get('n_images', 0)} training images written to the card of {card.name}")
+    return 0
+
+
+def cmd_weights_set_gate(args) -> int:
+    from engine.checkpoint import GateConfig, load_checkpoint, read_card, resolve_weights, write_card
+
+    folder = resolve_weights(args.name)
+    card = read_card(folder)
+    gate = None
+    if args.gate:
+        _, ccard = load_checkpoint(args.gate, kind="classify")  # must exist and load
+        gate = GateConfig(ccard.name, args.threshold)
+    write_card(folder, card.replace(gate=gate))
+    print(f"{card.name}: " + (f"gated by {gate.weights} (threshold {gate.threshold if gate.threshold is not None else 'of the classifier'})"
+                              if gate else "no gate"))
+    return 0
+
+
 def cmd_tune_post(args) -> int:
     import numpy as np
 
@@ -330,18 +412,33 @@ def cmd_tune_post(args) -> int:
                 continue
             probs.append(_map_probs(result.probs, lut, ds.num_classes).astype(np.float16))
             gts.append(ds.load_mask(case))
-            pres.append(result.presence)
+            pres.append(result.gate if pred.gate is not None else result.presence)
+    gated = pred.gate is not None
+    grid = TuneGrid()
+    if gated:  # the gate's threshold is searched together with the segmenter's threshold and min area
+        grid = grid.replace(presence_thresholds=tuple(sorted({*grid.presence_thresholds, 0.1, 0.2, 0.8, 0.9,
+                                                               round(float(pred.gate_threshold), 3)})))
     with tqdm_progress("searching") as progress:
-        res = tune_postprocess(probs, gts, pres if pred.card.spec.presence_head else None, TuneGrid(),
+        res = tune_postprocess(probs, gts, pres if (pred.card.spec.presence_head or gated) else None, grid,
                                empty_policy=args.empty_policy, progress=progress)
     out = {"best": res.best.to_dict(), "best_score": res.best_score, "baseline_score": res.baseline_score,
            "n_images": res.n_images, "empty_policy": args.empty_policy, "table": res.table}
+    if gated:
+        out["gate"] = {"weights": pred.gate.card.name, "threshold": res.best.presence_threshold,
+                       "note": "presence_threshold in this search is the gate classifier's threshold "
+                               "(None = no gate wins)"}
     write_json(args.json_out, out)
     print(f"best mean Dice {res.best_score:.4f} (default settings {res.baseline_score:.4f}) on {res.n_images} images:")
     print("  " + json.dumps(res.best.to_dict()))
     if args.write_card:
+        from engine.checkpoint import GateConfig
+
         folder = resolve_weights(args.weights)
         card = pred.card.replace(postprocess=res.best)
+        if gated:  # the searched presence threshold belongs to the gate, not to a presence head
+            t = res.best.presence_threshold
+            card = card.replace(postprocess=res.best.replace(presence_threshold=pred.card.postprocess.presence_threshold),
+                                gate=GateConfig(pred.gate.card.name, t) if t is not None else None)
         atomic_write_json(folder / CARD_FILE, card.to_dict())
         print(f"  written as the default post-processing of {folder / CARD_FILE}")
     return 0

@@ -49,9 +49,13 @@ def register(sub) -> None:
     g.add_argument("--size", help="model input size: N or HxW (default 256)")
     g.add_argument("--resize-policy", choices=["resize", "letterbox", "pad"])
     g.add_argument("--median-filter", type=int, help="median de-speckling kernel (odd, 0 = off)")
-    g.add_argument("--normalize", choices=["none", "minmax", "meanstd"])
+    g.add_argument("--normalize", choices=["none", "minmax", "meanstd", "standardize"],
+                   help="intensity normalisation stored in the card; standardize = per image zero mean, unit std")
+    g.add_argument("--clahe", type=float, help="CLAHE clip limit applied before --normalize (0 = off, e.g. 2.0)")
     g.add_argument("--patch-size", help="train on random HxW patches (needs --resize-policy pad)")
-    g.add_argument("--augment", help="augmentation preset: none, light, ultrasound, xray, em")
+    g.add_argument("--augment", help="augmentation preset: none, light, ultrasound, xray, xray-strong, em")
+    g.add_argument("--positive-only", action="store_true", default=None,
+                   help="train the segmenter on images with a mask only (pair it with a presence-classifier gate)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--loss", help="bce_dice (default), dice, bce, focal, tversky, mse, border_ce")
@@ -179,7 +183,8 @@ def build_config(args) -> Any:
     pre = d["preprocess"]
     if args.size:
         pre["size"] = list(_size(args.size, "--size"))
-    for flag, key in (("resize_policy", "resize_policy"), ("median_filter", "median_filter"), ("normalize", "normalize")):
+    for flag, key in (("resize_policy", "resize_policy"), ("median_filter", "median_filter"), ("normalize", "normalize"),
+                      ("clahe", "clahe")):
         if getattr(args, flag) is not None:
             pre[key] = getattr(args, flag)
     if args.patch_size:
@@ -207,6 +212,7 @@ def build_config(args) -> Any:
         d["scheduler_params"] = None
     for flag, key, value in (("swa", "swa", True), ("export", "export", True),
                              ("cache_preprocessed", "cache_preprocessed", True),
+                             ("positive_only", "positive_only", True),
                              ("no_channels_last", "channels_last", False)):
         if getattr(args, flag):
             d[key] = value

@@ -16,6 +16,10 @@ near-duplicate conflicts; :mod:`engine.evaluation` finds poor predictions) lives
 :mod:`.masks`               **mask ops**: flood fill, hole filling, version diffs
 :mod:`.manifest`            cleaned **manifests** from review decisions (:func:`build_manifest`)
 :mod:`.export`              **export** of the corrected dataset (:func:`export_corrected`)
+:mod:`.live`                the **corrected dataset** in memory and the **live label-noise
+                            ceiling** (:func:`live_ceiling`, no rescan)
+:mod:`.signals`             model signals for the case queue: model-vs-model disagreement,
+                            flip-TTA uncertainty
 ==========================  ================================================================
 
 The review store (decisions, mask versions, review states, audit log) is
@@ -49,6 +53,8 @@ from engine.curation.queue import (BULK_NOTE, DECISION_HELP, DECISION_LABELS, OP
                                    pair_for_case, pair_history, pair_key, parse_key, progress_counts,
                                    proposals_in_force, severity_order, subjects_of, train_command, undo_proposals)
 from engine.curation.session import EditSession, EditStack, version_history, version_mask
+from engine.curation.live import corrected_dataset, live_ceiling, touched_cases
+from engine.curation.signals import model_disagreement, tta_uncertainty
 
 __all__ = [
     # queue: pairs
@@ -71,4 +77,6 @@ __all__ = [
     "DIFF_COLOURS", "flood_fill", "fill_holes", "mask_diff", "diff_image",
     # manifest, export
     "MANIFEST_POLICIES", "build_manifest", "export_corrected", "EXPORT_FORMAT", "EXPORT_VERSION", "CSV_NAMES",
+    # live state, model signals
+    "corrected_dataset", "live_ceiling", "touched_cases", "model_disagreement", "tta_uncertainty",
 ]

@@ -464,18 +464,23 @@ def export_summary(info: Mapping[str, Any]) -> dict[str, int]:
 # ----------------------------------------------------------------------------------- case queue
 
 #: Weights of the suspicion score in :func:`case_queue`.
-QUEUE_WEIGHTS: dict[str, float] = {"needs_fix": 2.0, "conflict": 1.0, "disagree": 0.5, "model": 1.0}
+QUEUE_WEIGHTS: dict[str, float] = {"needs_fix": 2.0, "conflict": 1.0, "disagree": 0.5, "model": 1.0,
+                                     "models": 0.75, "uncertainty": 0.75}
 
 
 def case_queue(ds: Any, store: Any = None, report: Any = None, eval_result: Any = None, *,
                  weights: Mapping[str, float] | None = None,
-                 include_unscored: bool = False) -> list[tuple[str, float, list[str]]]:
+                 include_unscored: bool = False, disagreement: Mapping[str, float] | None = None,
+                 uncertainty: Mapping[str, float] | None = None) -> list[tuple[str, float, list[str]]]:
     """Cases that most need a reviewer's look, most suspicious first.
 
     Score = ``needs_fix`` weight if a reviewer marked the case *needs_fix*
     + ``model`` × (1 − Dice of the model's prediction vs the ground truth, from an evaluation)
     + ``conflict`` if the case is in a near-duplicate pair with contradictory masks (one
-    empty), or ``disagree`` if only in a pair whose masks disagree (latest conflicts report).
+    empty), or ``disagree`` if only in a pair whose masks disagree (latest conflicts report)
+    + ``models`` × model-vs-model disagreement (1 − mean pairwise Dice of several models'
+    predictions) + ``uncertainty`` × the model's flip-TTA uncertainty (both in [0, 1], see
+    :mod:`engine.curation.signals`).
     Cases already ``accepted`` or ``corrected`` are left out.
 
     Args:
@@ -486,6 +491,10 @@ def case_queue(ds: Any, store: Any = None, report: Any = None, eval_result: Any 
             ``case_id`` and ``dice``, a ``{case_id: dice}`` dict, or None.
         weights: override :data:`QUEUE_WEIGHTS` entries.
         include_unscored: also list unreviewed cases with score 0 (after the others).
+        disagreement: ``{case_id: 1 − mean pairwise Dice}`` of several models
+            (:func:`engine.curation.signals.model_disagreement`), or None.
+        uncertainty: ``{case_id: flip-TTA uncertainty}`` (:func:`engine.curation.signals.tta_uncertainty`),
+            or None.
 
     Returns:
         ``[(case_id, score, reasons)]`` sorted by score (descending), then case id (natural order).
@@ -515,6 +524,15 @@ def case_queue(ds: Any, store: Any = None, report: Any = None, eval_result: Any 
             if bad > 0:
                 scores[cid] += w["model"] * bad
                 reasons[cid].append(f"model Dice {float(dice):.2f}")
+
+    for signal, values, text in (("models", disagreement, "models disagree {:.2f}"),
+                                 ("uncertainty", uncertainty, "flip-TTA uncertainty {:.2f}")):
+        for cid, v in (values or {}).items():
+            cid = str(cid)
+            if cid in known and v is not None and math.isfinite(float(v)) and float(v) > 0:
+                v = min(max(float(v), 0.0), 1.0)
+                scores[cid] += w[signal] * v
+                reasons[cid].append(text.format(v))
 
     pairs = getattr(report, "pairs", report) or []
     best: dict[str, tuple[int, str]] = {}

@@ -32,7 +32,40 @@ CLASSIFIERS: dict[str, str] = {
     "resnet34": "ResNet-34, 21.3 M parameters",
     "efficientnet_b0": "EfficientNet-B0, 4.0 M parameters",
     "mobilenetv3_small_100": "MobileNetV3-Small, 1.5 M parameters (fast on CPU)",
+    "cnn_small": "plain CNN (5 × conv-BN-ReLU blocks, global max + mean pooling), 0.4 M parameters; "
+                 "trains from scratch on CPU (the demo presence classifier)",
 }
+
+
+class SmallCNN(nn.Module):
+    """Five conv-BN-ReLU blocks (16→128 channels, stride-2 pooling) then global max + mean pooling
+    and one linear logit. Max pooling keeps a small bright structure visible to the logit, which
+    a mean-pooled ImageNet backbone trained from scratch on a few hundred images struggles with.
+
+    ``forward(x (N,C,H,W)) -> (N,1)`` logits; any H, W >= 32.
+    """
+
+    def __init__(self, in_channels: int = 1, drop_rate: float = 0.0, width: int = 16):
+        super().__init__()
+        chans = [in_channels] + [width * m for m in (1, 2, 4, 8, 8)]
+        layers: list[nn.Module] = []
+        for i in range(5):
+            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=False), nn.BatchNorm2d(chans[i + 1]),
+                       nn.ReLU(inplace=True), nn.Conv2d(chans[i + 1], chans[i + 1], 3, padding=1, bias=False),
+                       nn.BatchNorm2d(chans[i + 1]), nn.ReLU(inplace=True)]
+            if i < 4:
+                layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(2 * chans[-1], 1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        pooled = torch.cat([f.amax(dim=(2, 3)), f.mean(dim=(2, 3))], dim=1)
+        return self.fc(self.drop(pooled))
 
 
 def list_classifiers() -> list[str]:
@@ -99,10 +132,13 @@ def build_classifier(name: str | ClassifierSpec = "densenet121", in_channels: in
     if spec.name not in CLASSIFIERS:
         raise unknown_name("classifier", spec.name, list_classifiers())
     weights = resolve_pretrained_path(spec.pretrained) if load_pretrained else None
-    import timm
+    if spec.name == "cnn_small":
+        backbone: nn.Module = SmallCNN(spec.in_channels, spec.drop_rate)
+    else:
+        import timm
 
-    backbone = timm.create_model(spec.name, pretrained=False, in_chans=spec.in_channels, num_classes=1,
-                                 drop_rate=spec.drop_rate)
+        backbone = timm.create_model(spec.name, pretrained=False, in_chans=spec.in_channels, num_classes=1,
+                                     drop_rate=spec.drop_rate)
     clf = PresenceClassifier(spec, backbone)
     if weights is not None:
         clf.pretrained_report = load_local_weights(backbone, weights)

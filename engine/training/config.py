@@ -88,6 +88,8 @@ class TrainConfig(JsonConfig):
         patch_size: train on random ``(H, W)`` crops (``resize_policy="pad"`` only) and validate
             whole images with the overlap-tile sliding window; stored as the card's ``tile``.
         foreground_oversample: fraction of patches centred on a foreground pixel (nnU-Net uses 1/3).
+        positive_only: train the segmenter on cases with a non-empty mask only (validation keeps
+            every case); pair it with a presence classifier gate (the nerve case study's pipeline).
 
     Optimisation:
         loss, loss_kwargs: a name of :func:`engine.losses.build_loss` and its options.
@@ -132,6 +134,7 @@ class TrainConfig(JsonConfig):
     augment: AugmentConfig = AugmentConfig.preset("light")
     patch_size: tuple[int, int] | None = None
     foreground_oversample: float = 0.33
+    positive_only: bool = False
     loss: str = "bce_dice"
     loss_kwargs: dict[str, Any] | None = None
     presence_loss_weight: float = 0.5
@@ -168,6 +171,8 @@ class TrainConfig(JsonConfig):
     cache_preprocessed: bool = False
     cache_dtype: str = "uint8"
     status_interval: float = 2.0
+    init_weights: str | None = None
+    lineage: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, str):  # a preset name given in Python

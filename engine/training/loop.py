@@ -345,330 +345,446 @@ def _broadcast(obj: Any, dist_info: _Dist) -> Any:
 
 def _train(config: TrainConfig, progress: ProgressFn | None, on_epoch: Any, resume: str | Path | None,
            command: str | None, dist_info: _Dist) -> TrainResult:
-    import torch
-    import torch.distributed as dist
-
-    from engine.inference import select_device
-
-    main = dist_info.main
-    report = as_progress(progress if main else None)
-    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-    # -- device, seeds -------------------------------------------------------------------------
-    if dist_info.active and torch.cuda.is_available() and not config.device.startswith("cpu"):
-        device = torch.device("cuda", dist_info.local_rank)
-    else:
-        device = select_device(config.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not config.deterministic
-        torch.backends.cudnn.deterministic = bool(config.deterministic)
-    amp_on, amp_dtype, use_scaler = _amp_settings(config.amp, device)
-    channels_last = device.type == "cuda" and (config.channels_last is None or bool(config.channels_last))
-    _seed_all(config.seed)
-
-    # -- run folder ----------------------------------------------------------------------------
-    state = None
-    if resume is not None:
-        run_dir = Path(resume).expanduser().resolve()
-        state = load_resume_state(run_dir)
-        # checked before status.json is touched: a refused resume must not mark the run failed
-        if int(state["epoch"]) >= config.epochs:
-            raise ConfigError(f"the run already trained {state['epoch']} epoch(s) of {config.epochs}",
-                              path=run_dir, hint=f"pass --epochs larger than {state['epoch']} to continue")
-        saved_model = dict(state.get("config", {}).get("model") or {})
-        given_model = config.model.to_dict()
-        if config.auto_classes:
-            saved_model.pop("num_classes", None)
-            given_model.pop("num_classes", None)
-        if saved_model and saved_model != given_model:
-            raise ConfigError("the run's model differs from the config given with --resume", path=run_dir,
-                              hint="resume with the run's own config.json (only epochs may change)")
-    else:
-        run_dir = Path(config.out).expanduser().resolve() if config.out else None
-        if main and run_dir is None:
-            run_dir = _default_run_dir(config.name)
-        run_dir = Path(_broadcast(str(run_dir) if run_dir else None, dist_info))
-        if main and run_dir.exists() and ((run_dir / "status.json").exists() or (run_dir / RESUME_FILE).exists()):
-            raise ConfigError("the output folder already holds a training run", path=run_dir,
-                              hint="continue it with --resume, or choose another --out")
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-
-    log = RunLog(run_dir, config.epochs, 0, interval=config.status_interval, enabled=main,
-                 base={"name": config.name, "task": config.task, "world_size": dist_info.world,
-                       "device": str(device)})
-    if main:
-        log.clear_cancel()  # a stale CANCEL file from an earlier cancelled run must not stop this one
-    log.update(force=True, state="starting", message="reading and preprocessing the data")
+    """The run, step by step: build → (epoch → validate → checkpoint → stop?)… → SWA → finish."""
+    run = _Run(config, progress, on_epoch, command, dist_info)
+    run.open(resume)
     try:
-        # -- data + task ---------------------------------------------------------------------------
-        task = _build_task(config, main, report)
-        config = task.config  # classes resolved from the dataset
-        if state is not None and state.get("config", {}).get("model") not in (None, config.to_dict()["model"]):
-            raise ConfigError("the run's model differs from the config given with --resume", path=run_dir,
-                              hint="resume with the run's own config.json (only epochs may change)")
-        if main:
-            config.save(run_dir / "config.json")
-        workers = config.num_workers
-        if workers is None:
-            from engine.training.data import default_num_workers
+        run.build()
+        for epoch in range(run.start_epoch, run.config.epochs):
+            t0 = time.perf_counter()
+            train_loss = run.epoch(epoch)
+            if train_loss is None:  # cancelled mid-epoch
+                break
+            record, improved = run.validate(epoch, train_loss, t0)
+            run.checkpoint(epoch, record, improved)
+            if run.stop():
+                break
+        run.average_weights()
+        return run.finish()
+    except KeyboardInterrupt:
+        run.log.update(force=True, state="cancelled", message="interrupted")
+        raise
+    except BaseException as exc:
+        run.log.update(force=True, state="failed", message=str(exc)[:2000])
+        raise
 
-            workers = default_num_workers(device.type, int(os.environ.get("LOCAL_WORLD_SIZE", dist_info.world)))
-        from engine.training.data import make_train_loader
 
-        loader = make_train_loader(task.train_set, config.batch_size, seed=config.seed, num_workers=workers,
-                                   rank=dist_info.rank, world=dist_info.world, pin_memory=device.type == "cuda")
-        steps_per_epoch = len(loader) if config.max_train_batches is None else min(len(loader), config.max_train_batches)
-        if steps_per_epoch < 1:
-            raise ConfigError(f"{len(task.train_set)} training case(s) make no batch of {config.batch_size}",
-                              hint="lower --batch-size")
-        log.update(force=True, steps_per_epoch=steps_per_epoch, metric=task.metric_name)
+class _Run:
+    """One training run's state, advanced by the named steps :func:`_train` calls.
 
-        # -- model, optimizer, scheduler ------------------------------------------------------------
+    ``open`` (run folder, resume state, status log) → ``build`` (task and data, loader, model,
+    optimizer, scheduler, SWA, resumed state) → per epoch ``epoch`` (optimizer steps, cancellation)
+    → ``validate`` (rank 0, decisions broadcast) → ``checkpoint`` (best/, last/, resume.pt, history)
+    → ``stop`` (early stopping) → ``average_weights`` (SWA) → ``finish`` (card, export, status).
+    """
+
+    def __init__(self, config: TrainConfig, progress: ProgressFn | None, on_epoch: Any, command: str | None,
+                 dist_info: _Dist):
+        import torch
+
+        from engine.inference import select_device
+
+        self.config = config
+        self.on_epoch = on_epoch
+        self.command = command
+        self.dist = dist_info
+        self.main = dist_info.main
+        self.report = as_progress(progress if self.main else None)
+        self.started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        if dist_info.active and torch.cuda.is_available() and not config.device.startswith("cpu"):
+            self.device = torch.device("cuda", dist_info.local_rank)
+        else:
+            self.device = select_device(config.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not config.deterministic
+            torch.backends.cudnn.deterministic = bool(config.deterministic)
+        self.amp_on, self.amp_dtype, self.use_scaler = _amp_settings(config.amp, self.device)
+        self.channels_last = self.device.type == "cuda" and (config.channels_last is None or bool(config.channels_last))
         _seed_all(config.seed)
-        model = task.build_model().to(device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        module = model
-        if dist_info.active:
-            from torch.nn.parallel import DistributedDataParallel as DDP
+        self.state: dict[str, Any] | None = None
+        self.history: list[dict[str, Any]] = []
+        self.best_score, self.best_loss, self.best_epoch, self.bad_epochs, self.start_epoch = -math.inf, math.inf, 0, 0, 0
+        self.state_name = "finished"
+        self.last_epoch = 0
+        self.swa_record: dict[str, Any] | None = None
 
-            unused = bool(getattr(task, "find_unused_parameters", False))
-            if device.type == "cuda":
-                module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
-                model = DDP(module, device_ids=[device.index], find_unused_parameters=unused)
-            else:
-                model = DDP(module, find_unused_parameters=unused)
-        opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-        optimizer = opt_cls(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        scheduler = _make_scheduler(config, optimizer, steps_per_epoch)
-        scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-        swa_model = swa_sched = None
-        swa_epoch0 = min(config.epochs - 1, int(math.floor(config.swa_start * config.epochs))) if config.swa else None
-        if config.swa:  # on every rank: SyncBatchNorm needs all ranks in update_bn
-            from torch.optim.swa_utils import AveragedModel
+    # -- open: run folder, resume state, status log ----------------------------------------------
+    def open(self, resume: str | Path | None) -> None:
+        config, main = self.config, self.main
+        if resume is not None:
+            run_dir = Path(resume).expanduser().resolve()
+            self.state = state = load_resume_state(run_dir)
+            # checked before status.json is touched: a refused resume must not mark the run failed
+            if int(state["epoch"]) >= config.epochs:
+                raise ConfigError(f"the run already trained {state['epoch']} epoch(s) of {config.epochs}",
+                                  path=run_dir, hint=f"pass --epochs larger than {state['epoch']} to continue")
+            saved_model = dict(state.get("config", {}).get("model") or {})
+            given_model = config.model.to_dict()
+            if config.auto_classes:
+                saved_model.pop("num_classes", None)
+                given_model.pop("num_classes", None)
+            if saved_model and saved_model != given_model:
+                raise ConfigError("the run's model differs from the config given with --resume", path=run_dir,
+                                  hint="resume with the run's own config.json (only epochs may change)")
+        else:
+            run_dir = Path(config.out).expanduser().resolve() if config.out else None
+            if main and run_dir is None:
+                run_dir = _default_run_dir(config.name)
+            run_dir = Path(_broadcast(str(run_dir) if run_dir else None, self.dist))
+            if main and run_dir.exists() and ((run_dir / "status.json").exists() or (run_dir / RESUME_FILE).exists()):
+                raise ConfigError("the output folder already holds a training run", path=run_dir,
+                                  hint="continue it with --resume, or choose another --out")
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = run_dir
+        self.log = RunLog(run_dir, config.epochs, 0, interval=config.status_interval, enabled=main,
+                          base={"name": config.name, "task": config.task, "world_size": self.dist.world,
+                                "device": str(self.device)})
+        if main:
+            self.log.clear_cancel()  # a stale CANCEL file from an earlier cancelled run must not stop this one
+        self.log.update(force=True, state="starting", message="reading and preprocessing the data")
 
-            swa_model = AveragedModel(module)
-        if config.swa:
-            from torch.optim.swa_utils import SWALR
-
-            swa_sched = SWALR(optimizer, swa_lr=config.swa_lr or config.lr / 10, anneal_epochs=1)
-
-        history: list[dict[str, Any]] = []
-        best_score, best_loss, best_epoch, bad_epochs, start_epoch = -math.inf, math.inf, 0, 0, 0
+    # -- build: task and data, loader, model, optimizer, scheduler, SWA, resumed state -----------
+    def build(self) -> None:
+        self.task = task = _build_task(self.config, self.main, self.report)
+        self.config = config = task.config  # classes resolved from the dataset
+        state = self.state
+        if state is not None and state.get("config", {}).get("model") not in (None, config.to_dict()["model"]):
+            raise ConfigError("the run's model differs from the config given with --resume", path=self.run_dir,
+                              hint="resume with the run's own config.json (only epochs may change)")
+        if self.main:
+            config.save(self.run_dir / "config.json")
+        self._build_loader()
+        self._build_model()
+        self._build_optimizer()
         if state is not None:
-            module.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None and state.get("scheduler") is not None:
-                if config.scheduler == "onecycle" and state.get("epochs") != config.epochs:
-                    scheduler.last_epoch = int(state["steps_done"])  # re-planned over the new total
-                else:
-                    scheduler.load_state_dict(state["scheduler"])
-                    if config.scheduler == "cosine":
-                        scheduler.T_max = config.epochs
-            if state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            if swa_model is not None and state.get("swa_model") is not None:
-                swa_model.load_state_dict(state["swa_model"])
-            if swa_sched is not None and state.get("swa_sched") is not None:
-                swa_sched.load_state_dict(state["swa_sched"])
-            history = list(state["history"])
-            best_score, best_loss = float(state["best_score"]), float(state["best_loss"])
-            best_epoch, bad_epochs, start_epoch = int(state["best_epoch"]), int(state["bad_epochs"]), int(state["epoch"])
-            _set_rng_state(state["rng"])
-
-        total_steps = config.epochs * steps_per_epoch
-        steps_done = start_epoch * steps_per_epoch
-        data_info = {
+            self._restore(state)
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.steps_done = self.start_epoch * self.steps_per_epoch
+        self.data_info = {
             "data": str(Path(config.data).expanduser().resolve()), "layout": task.dataset.layout,
-            "dataset_options": task.dataset.options, "n_labelled_cases": len(task.train_cases) + len(task.val_cases),
+            "dataset_options": task.dataset.options,
+            "n_labelled_cases": len(task.train_cases) + len(task.val_cases),
             "labels": {str(k): v for k, v in getattr(task, "labels", {}).items()},
             "manifest": str(getattr(task.dataset, "manifest_path", "")) or None,
         }
         if getattr(task, "skipped", None):
-            data_info["skipped"] = [{"case_id": c, "reason": r} for c, r in task.skipped[:50]]
+            self.data_info["skipped"] = [{"case_id": c, "reason": r} for c, r in task.skipped[:50]]
+        self.log.update(force=True, state="running", epoch=self.start_epoch, message="training",
+                        best_metric=None if self.best_epoch == 0 else self.best_score,
+                        best_epoch=self.best_epoch or None)
 
-        def training_info(epochs_run: int, swa_used: bool = False) -> dict[str, Any]:
-            return _plain({
-                **data_info, "split": task.split, "config": config.to_dict(), "epochs_planned": config.epochs,
-                "epochs_run": epochs_run, "best_epoch": best_epoch, "seed": config.seed,
-                "command": f"python -m engine train --config {run_dir / 'config.json'}",
-                "argv": command, "world_size": dist_info.world, "device": str(device),
-                "amp": str(amp_dtype).replace("torch.", "") if amp_on else "off", "swa": swa_used,
-                "steps_per_epoch": steps_per_epoch, "started": started, "run_dir": str(run_dir),
-                "torch": torch.__version__,
-            })
+    def _build_loader(self) -> None:
+        from engine.training.data import default_num_workers, make_train_loader
 
-        def autocast():
-            return torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_on)
+        config, dist_info = self.config, self.dist
+        workers = config.num_workers
+        if workers is None:
+            workers = default_num_workers(self.device.type, int(os.environ.get("LOCAL_WORLD_SIZE", dist_info.world)))
+        self.loader = make_train_loader(self.task.train_set, config.batch_size, seed=config.seed, num_workers=workers,
+                                        rank=dist_info.rank, world=dist_info.world,
+                                        pin_memory=self.device.type == "cuda")
+        n = len(self.loader)
+        self.steps_per_epoch = n if config.max_train_batches is None else min(n, config.max_train_batches)
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"{len(self.task.train_set)} training case(s) make no batch of {config.batch_size}",
+                              hint="lower --batch-size")
+        self.log.update(force=True, steps_per_epoch=self.steps_per_epoch, metric=self.task.metric_name)
 
-        state_name = "finished"
-        epoch = start_epoch
-        log.update(force=True, state="running", epoch=start_epoch, message="training",
-                   best_metric=None if best_epoch == 0 else best_score, best_epoch=best_epoch or None)
-        for epoch in range(start_epoch, config.epochs):
-            t0 = time.perf_counter()
-            model.train()
-            loader.sampler.set_epoch(epoch)
-            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-            n_steps = 0
-            cancelled = False
-            for step, batch in enumerate(loader):
-                if step >= steps_per_epoch:
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                loss = task.loss(model, batch, device, autocast, channels_last)
-                scaler.scale(loss).backward()
-                if config.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                if config.scheduler == "onecycle" and scheduler is not None and (swa_epoch0 is None or epoch < swa_epoch0):
-                    scheduler.step()
-                loss_sum += loss.detach().double()
-                n_steps += 1
-                steps_done += 1
-                report(steps_done, total_steps, f"epoch {epoch + 1}/{config.epochs}")
-                flag = (run_dir / "CANCEL").exists()
-                if dist_info.active:
-                    t = torch.tensor([1.0 if flag else 0.0], device=device)
-                    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-                    flag = bool(t.item() > 0)
-                if main and (log.due() or flag):  # float(loss_sum) syncs the GPU: only when writing
-                    log.update(force=True, state="running", epoch=epoch + 1, step=step + 1,
-                               train_loss=float(loss_sum) / max(1, n_steps),
-                               message=f"epoch {epoch + 1}/{config.epochs}")
-                if flag:
-                    cancelled = True
-                    break
-            if cancelled:
-                state_name = "cancelled"
-                if main:
-                    task.save(run_dir / "last", module, {}, training_info(epoch))
-                break
-            if dist_info.active:
-                packed = torch.stack([loss_sum, torch.tensor(float(n_steps), device=device, dtype=torch.float64)])
-                dist.all_reduce(packed)
-                loss_sum, n_total = packed[0], float(packed[1])
+    def _build_model(self) -> None:
+        import torch
+
+        _seed_all(self.config.seed)
+        model = self.task.build_model()
+        if self.config.init_weights and self.state is None:
+            _init_from(model, self.config)
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        module = model
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            unused = bool(getattr(self.task, "find_unused_parameters", False))
+            if self.device.type == "cuda":
+                module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+                model = DDP(module, device_ids=[self.device.index], find_unused_parameters=unused)
             else:
-                n_total = float(n_steps)
-            train_loss = float(loss_sum) / max(1.0, n_total)
-            if not math.isfinite(train_loss):
-                raise WorkbenchError(f"the training loss became {train_loss} in epoch {epoch + 1}",
-                                     hint="lower --lr, keep --grad-clip on, or use --amp off")
-            in_swa = swa_epoch0 is not None and epoch >= swa_epoch0
-            if swa_model is not None and in_swa:
-                swa_model.update_parameters(module)
+                model = DDP(module, find_unused_parameters=unused)
+        self.model, self.module = model, module
 
-            # -- validation (rank 0) + decisions ---------------------------------------------------
-            record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss}
-            decision: dict[str, Any] | None = None
-            if main:
-                log.update(force=True, message=f"validating epoch {epoch + 1}")
-                val = task.validate(module, device, amp=amp_on, channels_last=channels_last,
-                                    max_batches=config.max_val_batches)
-                record.update(val)
-                record["lr"] = float(optimizer.param_groups[0]["lr"])
-                score = float(record.get(task.metric_name, float("nan")))
-                improved = _better(score, float(record.get("val_loss", float("nan"))), best_score, best_loss)
-                decision = {"score": score, "improved": improved}
-            if dist_info.active:
-                dist.barrier()
-            decision = _broadcast(decision, dist_info)
-            score, improved = float(decision["score"]), bool(decision["improved"])
-            if improved:
-                best_score, best_epoch, bad_epochs = score, epoch + 1, 0
-                best_loss = float(record.get("val_loss", math.inf)) if main else best_loss
+    def _build_optimizer(self) -> None:
+        import torch
+
+        config = self.config
+        opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(self.module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = _make_scheduler(config, self.optimizer, self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
+        self.swa_model = self.swa_sched = None
+        self.swa_epoch0 = (min(config.epochs - 1, int(math.floor(config.swa_start * config.epochs)))
+                           if config.swa else None)
+        if config.swa:  # on every rank: SyncBatchNorm needs all ranks in update_bn
+            from torch.optim.swa_utils import SWALR, AveragedModel
+
+            self.swa_model = AveragedModel(self.module)
+            self.swa_sched = SWALR(self.optimizer, swa_lr=config.swa_lr or config.lr / 10, anneal_epochs=1)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        config, scheduler = self.config, self.scheduler
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            if config.scheduler == "onecycle" and state.get("epochs") != config.epochs:
+                scheduler.last_epoch = int(state["steps_done"])  # re-planned over the new total
             else:
-                bad_epochs += 1
-            if in_swa and swa_sched is not None:
-                swa_sched.step()
-            elif scheduler is not None and config.scheduler == "plateau":
-                scheduler.step(score if score == score else -math.inf)
-            elif scheduler is not None and config.scheduler == "cosine":
-                scheduler.step()
-            record["seconds"] = round(time.perf_counter() - t0, 3)
-            record["best"] = bool(improved)
-            stop = config.early_stopping_patience > 0 and bad_epochs >= config.early_stopping_patience
-            if main:
-                history.append(_plain(record))
-                if improved:
-                    task.save(run_dir / "best", module, task.card_metrics(record), training_info(epoch + 1))
-                task.save(run_dir / "last", module, task.card_metrics(record), training_info(epoch + 1))
-                if hasattr(task, "write_preview") and config.preview_count > 0:
-                    task.write_preview(run_dir / "preview", epoch + 1, record)
-                torch.save({
-                    "format": RESUME_FORMAT, "version": RESUME_VERSION, "epoch": epoch + 1, "epochs": config.epochs,
-                    "steps_done": steps_done, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "scaler": scaler.state_dict() if use_scaler else None,
-                    "swa_model": swa_model.state_dict() if swa_model is not None else None,
-                    "swa_sched": swa_sched.state_dict() if swa_sched is not None else None,
-                    "history": history, "best_score": best_score, "best_loss": best_loss,
-                    "best_epoch": best_epoch, "bad_epochs": bad_epochs, "rng": _rng_state(),
-                    "config": _plain(config.to_dict()),
-                }, _tmp_then_replace(run_dir / RESUME_FILE))
-                _commit(run_dir / RESUME_FILE)
-                log.write_history(history)
-                log.update(force=True, epoch=epoch + 1, step=steps_per_epoch, train_loss=train_loss,
-                           best_metric=best_score if best_epoch else None, best_epoch=best_epoch or None,
-                           message=f"epoch {epoch + 1}/{config.epochs} done: {task.metric_name} {score:.4f}")
-                if on_epoch is not None:
-                    on_epoch(dict(record))
-            if stop:
-                if main:
-                    log.update(force=True, message=f"early stop: no better {task.metric_name} for "
-                                                   f"{bad_epochs} epoch(s)")
-                break
-        epochs_run = len(history) if main else epoch + 1
+                scheduler.load_state_dict(state["scheduler"])
+                if config.scheduler == "cosine":
+                    scheduler.T_max = config.epochs
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.swa_model is not None and state.get("swa_model") is not None:
+            self.swa_model.load_state_dict(state["swa_model"])
+        if self.swa_sched is not None and state.get("swa_sched") is not None:
+            self.swa_sched.load_state_dict(state["swa_sched"])
+        self.history = list(state["history"])
+        self.best_score, self.best_loss = float(state["best_score"]), float(state["best_loss"])
+        self.best_epoch, self.bad_epochs = int(state["best_epoch"]), int(state["bad_epochs"])
+        self.start_epoch = int(state["epoch"])
+        _set_rng_state(state["rng"])
 
-        # -- SWA -------------------------------------------------------------------------------------
-        swa_record = None
-        if swa_model is not None and int(swa_model.n_averaged) > 0 and state_name == "finished":
+    def training_info(self, epochs_run: int, swa_used: bool = False) -> dict[str, Any]:
+        """The card's ``training`` entry: data, split, config, epochs, device, versions."""
+        import torch
+
+        config = self.config
+        return _plain({
+            **self.data_info, "split": self.task.split, "config": config.to_dict(), "epochs_planned": config.epochs,
+            "epochs_run": epochs_run, "best_epoch": self.best_epoch, "seed": config.seed,
+            **({"init_weights": config.init_weights, "lineage": dict(config.lineage or {})}
+               if config.init_weights or config.lineage else {}),
+            "command": f"python -m engine train --config {self.run_dir / 'config.json'}",
+            "argv": self.command, "world_size": self.dist.world, "device": str(self.device),
+            "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_on else "off", "swa": swa_used,
+            "steps_per_epoch": self.steps_per_epoch, "started": self.started, "run_dir": str(self.run_dir),
+            "torch": torch.__version__,
+        })
+
+    def autocast(self):
+        import torch
+
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp_on)
+
+    # -- epoch: optimizer steps, cancellation ---------------------------------------------------
+    def epoch(self, epoch: int) -> float | None:
+        """Train one epoch; the mean training loss over all processes, or None when cancelled."""
+        import torch
+        import torch.distributed as dist
+
+        config, device, task, optimizer = self.config, self.device, self.task, self.optimizer
+        self.last_epoch = epoch
+        self.model.train()
+        self.loader.sampler.set_epoch(epoch)
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        n_steps = 0
+        for step, batch in enumerate(self.loader):
+            if step >= self.steps_per_epoch:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss = task.loss(self.model, batch, device, self.autocast, self.channels_last)
+            self.scaler.scale(loss).backward()
+            if config.grad_clip > 0:
+                self.scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(self.module.parameters(), config.grad_clip)
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            if (config.scheduler == "onecycle" and self.scheduler is not None
+                    and (self.swa_epoch0 is None or epoch < self.swa_epoch0)):
+                self.scheduler.step()
+            loss_sum += loss.detach().double()
+            n_steps += 1
+            self.steps_done += 1
+            self.report(self.steps_done, self.total_steps, f"epoch {epoch + 1}/{config.epochs}")
+            flag = (self.run_dir / "CANCEL").exists()
+            if self.dist.active:
+                t = torch.tensor([1.0 if flag else 0.0], device=device)
+                dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                flag = bool(t.item() > 0)
+            if self.main and (self.log.due() or flag):  # float(loss_sum) syncs the GPU: only when writing
+                self.log.update(force=True, state="running", epoch=epoch + 1, step=step + 1,
+                                train_loss=float(loss_sum) / max(1, n_steps),
+                                message=f"epoch {epoch + 1}/{config.epochs}")
+            if flag:
+                self.state_name = "cancelled"
+                if self.main:
+                    task.save(self.run_dir / "last", self.module, {}, self.training_info(epoch))
+                return None
+        if self.dist.active:
+            packed = torch.stack([loss_sum, torch.tensor(float(n_steps), device=device, dtype=torch.float64)])
+            dist.all_reduce(packed)
+            loss_sum, n_total = packed[0], float(packed[1])
+        else:
+            n_total = float(n_steps)
+        train_loss = float(loss_sum) / max(1.0, n_total)
+        if not math.isfinite(train_loss):
+            raise WorkbenchError(f"the training loss became {train_loss} in epoch {epoch + 1}",
+                                 hint="lower --lr, keep --grad-clip on, or use --amp off")
+        if self.swa_model is not None and self._in_swa(epoch):
+            self.swa_model.update_parameters(self.module)
+        return train_loss
+
+    def _in_swa(self, epoch: int) -> bool:
+        return self.swa_epoch0 is not None and epoch >= self.swa_epoch0
+
+    # -- validate: rank 0 scores, every rank gets the decision, schedulers step ----------------
+    def validate(self, epoch: int, train_loss: float, t0: float) -> tuple[dict[str, Any], bool]:
+        """Validate (rank 0), decide whether the epoch improved (broadcast), step the schedulers."""
+        import torch.distributed as dist
+
+        config, task = self.config, self.task
+        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss}
+        decision: dict[str, Any] | None = None
+        if self.main:
+            self.log.update(force=True, message=f"validating epoch {epoch + 1}")
+            val = task.validate(self.module, self.device, amp=self.amp_on, channels_last=self.channels_last,
+                                max_batches=config.max_val_batches)
+            record.update(val)
+            record["lr"] = float(self.optimizer.param_groups[0]["lr"])
+            score = float(record.get(task.metric_name, float("nan")))
+            improved = _better(score, float(record.get("val_loss", float("nan"))), self.best_score, self.best_loss)
+            decision = {"score": score, "improved": improved}
+        if self.dist.active:
+            dist.barrier()
+        decision = _broadcast(decision, self.dist)
+        score, improved = float(decision["score"]), bool(decision["improved"])
+        if improved:
+            self.best_score, self.best_epoch, self.bad_epochs = score, epoch + 1, 0
+            self.best_loss = float(record.get("val_loss", math.inf)) if self.main else self.best_loss
+        else:
+            self.bad_epochs += 1
+        if self._in_swa(epoch) and self.swa_sched is not None:
+            self.swa_sched.step()
+        elif self.scheduler is not None and config.scheduler == "plateau":
+            self.scheduler.step(score if score == score else -math.inf)
+        elif self.scheduler is not None and config.scheduler == "cosine":
+            self.scheduler.step()
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+        record["best"] = bool(improved)
+        self.score = score
+        return record, improved
+
+    # -- checkpoint: best/, last/, preview, resume.pt, history, status --------------------------
+    def checkpoint(self, epoch: int, record: dict[str, Any], improved: bool) -> None:
+        import torch
+
+        if not self.main:
+            return
+        task, run_dir = self.task, self.run_dir
+        self.history.append(_plain(record))
+        info = self.training_info(epoch + 1)
+        if improved:
+            task.save(run_dir / "best", self.module, task.card_metrics(record), info)
+        task.save(run_dir / "last", self.module, task.card_metrics(record), info)
+        if hasattr(task, "write_preview") and self.config.preview_count > 0:
+            task.write_preview(run_dir / "preview", epoch + 1, record)
+        torch.save({
+            "format": RESUME_FORMAT, "version": RESUME_VERSION, "epoch": epoch + 1, "epochs": self.config.epochs,
+            "steps_done": self.steps_done, "model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.use_scaler else None,
+            "swa_model": self.swa_model.state_dict() if self.swa_model is not None else None,
+            "swa_sched": self.swa_sched.state_dict() if self.swa_sched is not None else None,
+            "history": self.history, "best_score": self.best_score, "best_loss": self.best_loss,
+            "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "rng": _rng_state(),
+            "config": _plain(self.config.to_dict()),
+        }, _tmp_then_replace(run_dir / RESUME_FILE))
+        _commit(run_dir / RESUME_FILE)
+        self.log.write_history(self.history)
+        self.log.update(force=True, epoch=epoch + 1, step=self.steps_per_epoch, train_loss=record["train_loss"],
+                        best_metric=self.best_score if self.best_epoch else None, best_epoch=self.best_epoch or None,
+                        message=f"epoch {epoch + 1}/{self.config.epochs} done: {task.metric_name} {self.score:.4f}")
+        if self.on_epoch is not None:
+            self.on_epoch(dict(record))
+
+    # -- stop: early stopping ------------------------------------------------------------------
+    def stop(self) -> bool:
+        cfg = self.config
+        stop = cfg.early_stopping_patience > 0 and self.bad_epochs >= cfg.early_stopping_patience
+        if stop and self.main:
+            self.log.update(force=True, message=f"early stop: no better {self.task.metric_name} for "
+                                                f"{self.bad_epochs} epoch(s)")
+        return stop
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history) if self.main else self.last_epoch + 1
+
+    # -- SWA: BatchNorm statistics, validation, keep if better -----------------------------------
+    def average_weights(self) -> None:
+        swa_model, task = self.swa_model, self.task
+        usable = swa_model is not None and int(swa_model.n_averaged) > 0 and self.state_name == "finished"
+        if usable:
             from torch.optim.swa_utils import update_bn
 
-            log.update(force=True, message="SWA: recomputing BatchNorm statistics")
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_on):
-                update_bn(task.bn_inputs(loader, device), swa_model, device=device)
-        if main and swa_model is not None and int(swa_model.n_averaged) > 0 and state_name == "finished":
-            swa_record = task.validate(swa_model.module, device, amp=amp_on, channels_last=channels_last,
-                                       max_batches=config.max_val_batches)
-            swa_record["n_averaged"] = int(swa_model.n_averaged)
-            swa_score = float(swa_record.get(task.metric_name, float("nan")))
-            swa_record["kept"] = _better(swa_score, float(swa_record.get("val_loss", float("nan"))),
-                                         best_score, best_loss)
-            if swa_record["kept"]:
-                best_score = swa_score
-                swa_record["epoch"] = epochs_run
-                task.save(run_dir / "best", swa_model.module, task.card_metrics(swa_record),
-                          training_info(epochs_run, swa_used=True))
-            atomic_write_json(run_dir / "swa.json", _plain(swa_record))
-        if dist_info.active:
+            self.log.update(force=True, message="SWA: recomputing BatchNorm statistics")
+            with self.autocast():
+                update_bn(task.bn_inputs(self.loader, self.device), swa_model, device=self.device)
+        if self.main and usable:
+            rec = task.validate(swa_model.module, self.device, amp=self.amp_on, channels_last=self.channels_last,
+                                max_batches=self.config.max_val_batches)
+            rec["n_averaged"] = int(swa_model.n_averaged)
+            swa_score = float(rec.get(task.metric_name, float("nan")))
+            rec["kept"] = _better(swa_score, float(rec.get("val_loss", float("nan"))), self.best_score, self.best_loss)
+            if rec["kept"]:
+                self.best_score = swa_score
+                rec["epoch"] = self.epochs_run
+                task.save(self.run_dir / "best", swa_model.module, task.card_metrics(rec),
+                          self.training_info(self.epochs_run, swa_used=True))
+            atomic_write_json(self.run_dir / "swa.json", _plain(rec))
+            self.swa_record = rec
+        if self.dist.active:
+            import torch.distributed as dist
+
             dist.barrier()
 
-        # -- finish ----------------------------------------------------------------------------------
+    # -- finish: final card, export, status ------------------------------------------------------
+    def finish(self) -> TrainResult:
+        task, run_dir, log = self.task, self.run_dir, self.log
         exported = None
-        if main:
+        epochs_run = self.epochs_run
+        if self.main:
             if (run_dir / "best").exists():
-                _finalize_card(task, run_dir / "best", epochs_run, state_name)
-            if config.export and (run_dir / "best").exists():
+                _finalize_card(task, run_dir / "best", epochs_run, self.state_name)
+            if self.config.export and (run_dir / "best").exists():
                 log.update(force=True, message="exporting the best model")
-                exported = _export(run_dir / "best", config.name)
-            msg = (f"cancelled after {epochs_run} epoch(s)" if state_name == "cancelled"
-                   else f"finished: best {task.metric_name} {best_score:.4f} at epoch {best_epoch}")
-            log.update(force=True, state=state_name, message=msg, exported=str(exported) if exported else None,
-                       best_metric=best_score if best_epoch else None, best_epoch=best_epoch or None)
-            if state_name == "cancelled":
+                exported = _export(run_dir / "best", self.config.name)
+            msg = (f"cancelled after {epochs_run} epoch(s)" if self.state_name == "cancelled"
+                   else f"finished: best {task.metric_name} {self.best_score:.4f} at epoch {self.best_epoch}")
+            log.update(force=True, state=self.state_name, message=msg, exported=str(exported) if exported else None,
+                       best_metric=self.best_score if self.best_epoch else None, best_epoch=self.best_epoch or None)
+            if self.state_name == "cancelled":
                 log.clear_cancel()
-        return TrainResult(run_dir, float(best_score), int(best_epoch), history, exported, state_name,
-                           task.metric_name, swa_record)
-    except KeyboardInterrupt:
-        log.update(force=True, state="cancelled", message="interrupted")
-        raise
-    except BaseException as exc:
-        log.update(force=True, state="failed", message=str(exc)[:2000])
-        raise
+        return TrainResult(run_dir, float(self.best_score), int(self.best_epoch), self.history, exported,
+                           self.state_name, task.metric_name, self.swa_record)
+
+
+def _init_from(model: Any, config: TrainConfig) -> None:
+    """Load ``config.init_weights`` (a segmenter's folder or name) into ``model`` (fine-tuning).
+
+    Raises:
+        ConfigError: the weights are another architecture (spec, channels or classes differ).
+    """
+    from engine.checkpoint import load_checkpoint
+
+    if config.task != "segment":
+        raise ConfigError("init_weights is supported for segmentation training only",
+                          hint="leave init_weights empty for the presence classifier")
+    parent, card = load_checkpoint(config.init_weights, device="cpu")
+    if card.spec.to_dict() != config.model.to_dict():
+        raise ConfigError(f"init_weights {config.init_weights} is a {card.spec.arch} model that differs from the "
+                          f"config's model ({config.model.arch})",
+                          hint="fine-tune with the parent's own model spec (see engine.retrain.finetune_config)")
+    model.load_state_dict(parent.state_dict(), strict=True)
 
 
 def _tmp_then_replace(path: Path) -> Path:

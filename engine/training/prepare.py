@@ -13,7 +13,7 @@ from engine.errors import ConfigError
 from engine.progress import ProgressFn
 from engine.splits import SplitSpec, fold_summary, grouped_kfold, load_folds
 
-__all__ = ["open_training_data", "split_cases", "cache_dir_for", "resolve_data_path"]
+__all__ = ["open_training_data", "split_cases", "cache_dir_for", "resolve_data_path", "positive_only", "is_synthetic"]
 
 
 def resolve_data_path(data: str) -> str:
@@ -74,8 +74,35 @@ def split_cases(config: Any, cases: Sequence[Any]) -> tuple[list[Any], list[Any]
         "n_train_positive": sum(c.has_mask for c in train), "n_val_positive": sum(c.has_mask for c in val),
         "fold_sizes": [f["n_cases"] for f in summary],
         "val_case_ids": [c.case_id for c in val],  # `engine evaluate --holdout` scores exactly these
+        "train_case_ids": [c.case_id for c in train],  # evaluations report overlap with these
     }
     return train, val, desc
+
+
+def positive_only(train: Sequence[Any], split: dict[str, Any]) -> list[Any]:
+    """The training cases with a non-empty mask (the nerve case study trains its segmenter on
+    positive images only and lets the presence classifier handle empty ones); validation keeps
+    every case so the figures stay comparable. Updates ``split`` (``positive_only``, counts, ids).
+
+    Raises:
+        ConfigError: no training case has a mask.
+    """
+    kept = [c for c in train if c.has_mask]
+    if not kept:
+        raise ConfigError("positive_only: no training case has a non-empty mask",
+                          hint="train on all cases, or check the masks are found")
+    split.update(positive_only=True, n_train_before_positive_only=len(train), n_train=len(kept),
+                 n_train_groups=len({c.group_id for c in kept}), train_case_ids=[c.case_id for c in kept])
+    return kept
+
+
+def is_synthetic(dataset: Any) -> bool:
+    """Is the dataset one of our phantoms (its folder, or its parent, carries the phantom README)?"""
+    from engine.phantoms import README_NAME
+
+    root = Path(getattr(dataset, "root", "") or ".")
+    root = root.parent if root.is_file() else root  # a manifest file → its folder
+    return (root / README_NAME).is_file() or (root.parent / README_NAME).is_file()
 
 
 def cache_dir_for(dataset: Any) -> Path:

@@ -26,7 +26,7 @@ import numpy as np
 from engine.errors import ConfigError
 from engine.progress import ProgressFn
 from engine.training.data import CachedCase, SegTrainSet, build_cache, weight_cache_for
-from engine.training.prepare import cache_dir_for, open_training_data, split_cases
+from engine.training.prepare import cache_dir_for, is_synthetic, open_training_data, positive_only, split_cases
 
 __all__ = ["SegTask"]
 
@@ -56,6 +56,9 @@ class SegTask:
         self.config = config.replace(model=spec)
         self.labels = labels
         self.train_cases, self.val_cases, self.split = split_cases(self.config, cases)
+        if config.positive_only:
+            self.train_cases = positive_only(self.train_cases, self.split)
+        self.fingerprint = _fingerprint(self.dataset, self.train_cases) if main else {}
         wcache = weight_cache_for(config.loss, config.loss_kwargs)
         disk = cache_dir_for(self.dataset) if config.cache_preprocessed else None
         self.train_items, skipped = build_cache(self.dataset, self.train_cases, config.preprocess,
@@ -115,15 +118,7 @@ class SegTask:
         return ModelCard(name=cfg.name, spec=cfg.model, labels=self.labels, preprocess=cfg.preprocess,
                          postprocess=cfg.postprocess, tile=cfg.patch_size, description=cfg.description,
                          training=training or {}, metrics=metrics or {}, license=license_info,
-                         synthetic=self._synthetic_data())
-
-    def _synthetic_data(self) -> bool:
-        """Is the training data one of our phantoms (its folder carries the phantom README)?"""
-        from engine.phantoms import README_NAME
-
-        root = Path(getattr(self.dataset, "root", "") or ".")
-        root = root.parent if root.is_file() else root  # a manifest file → its folder
-        return (root / README_NAME).is_file() or (root.parent / README_NAME).is_file()
+                         synthetic=is_synthetic(self.dataset), fingerprint=self.fingerprint)
 
     def save(self, folder: Path, model: Any, metrics: dict[str, Any], training: dict[str, Any]) -> Path:
         from engine.checkpoint import save_checkpoint
@@ -260,6 +255,13 @@ class SegTask:
         title = f"epoch {epoch}" + (f"   val Dice {dice:.3f}" if isinstance(dice, float) and dice == dice else "")
         render_preview(samples, folder / f"epoch_{epoch:03d}.png", title=title)
         write_evolution_gif(folder)
+
+
+def _fingerprint(dataset: Any, cases: Sequence[Any]) -> dict[str, Any]:
+    """The card's fingerprint of the training inputs (:mod:`engine.fingerprint`, ≤ 200 cases)."""
+    from engine.fingerprint import fingerprint_dataset
+
+    return fingerprint_dataset(dataset, [c.case_id for c in cases])
 
 
 def _f(v: Any) -> float:
