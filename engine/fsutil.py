@@ -164,8 +164,9 @@ def safe_name(name: str, max_len: int = MAX_NAME_LEN) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", text)
     stem = re.sub(r"\.{2,}", ".", stem).strip("._-")
     stem = stem[: max(1, max_len - len(digest) - 1)].rstrip("._-") or "name"
-    if stem.split(".")[0].upper() in _WINDOWS_RESERVED:  # "nul.txt" → Windows still reads the device NUL
-        stem = f"_{stem}"
+    head, dot, rest = stem.partition(".")
+    if head.upper() in _WINDOWS_RESERVED:  # "nul.txt" → Windows still reads the device NUL: "nul_.txt"
+        stem = f"{head}_{dot}{rest}"
     return f"{stem}-{digest}"
 
 

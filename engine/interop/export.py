@@ -93,7 +93,6 @@ def export_dataset(ds: Any, store: Any, out_dir: str | Path, fmt: str = "png", p
     if fmt not in FORMATS:
         raise unknown_name("export format", fmt, FORMATS)
     mod = _export_module()
-    _check_ours(Path(out_dir).expanduser().resolve())
     if fmt == "png":
         info = mod.export_corrected(ds, store, out_dir, progress, apply_decisions=apply_decisions,
                                     copy_images=copy_images, overwrite=overwrite)
