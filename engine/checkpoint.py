@@ -573,7 +573,10 @@ def card_markdown(card: ModelCard, size_bytes: int | None = None) -> str:
             per = ", ".join(f"{k} {v:.4f}" for k, v in (e.get("per_class") or {}).items())
             ne = ", ".join(f"{k} {v:.4f}" for k, v in (e.get("dice_gt_nonempty") or {}).items() if v is not None)
             auc = f"{e['presence_auc']:.3f}" if e.get("presence_auc") is not None else "—"
-            lines.append(f"| `{e.get('dataset')}` ({e.get('cases')}) | {e.get('n_cases')} | {e.get('empty_policy')} | "
+            tags = (f"; **includes {e['n_training_cases']} training cases**" if e.get("n_training_cases") else "") + \
+                (f"; gated by `{e['gate']['weights']}` at {e['gate']['threshold']:.2f} (ungated "
+                 f"{e['ungated_mean_dice']:.4f})" if e.get("gate") and e.get("ungated_mean_dice") is not None else "")
+            lines.append(f"| `{e.get('dataset')}` ({e.get('cases')}{tags}) | {e.get('n_cases')} | {e.get('empty_policy')} | "
                          f"{e.get('mean_dice', float('nan')):.4f} | {per} | {ne or '—'} | {auc} |")
         cmds = list(dict.fromkeys(re.sub(r"--empty-policy (kaggle|exclude)\b", "--empty-policy kaggle|exclude",
                                          str(e["command"])) for e in evals if e.get("command")))

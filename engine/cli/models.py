@@ -471,6 +471,8 @@ def cmd_weights_publish(args) -> int:
                      "resolution": "original image size", "mean_dice": s["mean_dice"], "per_class": s["per_class"],
                      "mean_iou": s["mean_iou"], "dice_gt_nonempty": s["dice_gt_nonempty"],
                      "presence_auc": s["presence"].get("roc_auc"),
+                     "n_training_cases": s["training_overlap"]["n_cases"],
+                     "gate": s.get("gate"), "ungated_mean_dice": (s.get("ungated") or {}).get("mean_dice"),
                      "command": f"python -m engine evaluate {data} --weights {dest.name} --json OUT.json "
                                 f"--empty-policy {policy}" + (" --holdout" if mode == "holdout" else "")
                                 + (f" --labels {args.eval_labels}" if args.eval_labels else "")
