@@ -9,9 +9,13 @@ positive on an empty image scores 0), split by empty / non-empty ground truth, p
 presence metrics (ROC AUC, AP, sensitivity, specificity, PPV, NPV) and the number of masks the
 gate emptied. Also the ``exclude`` convention (both-empty images left out) for reference.
 
-The gate threshold is the card's / classifier's (``--gate-threshold`` overrides). Run::
+The gate threshold is the card's / classifier's (``--gate-threshold`` overrides). Besides the
+shipped segmenter (trained on all frames, with a presence head), the case study's configuration —
+a segmenter trained on *positive frames only* (``train --positive-only``), which has never seen an
+empty frame — is benchmarked when ``<workspace>/models/demo-nerve-positive-only`` exists (its
+command is in its card). Run::
 
-    python bench/gate.py [--data demo_data/nerve] [--segmenter demo-nerve-phantom]
+    python bench/gate.py [--data demo_data/nerve] [--segmenter NAME ...]
                          [--gate demo-nerve-presence] [--out bench/results/gate.json]
 
 Prints a table and writes ``bench/results/gate.json``.
@@ -37,24 +41,21 @@ def run(data: Path, segmenter: str, gate: str, gate_threshold: float | None, pol
 
     ds = open_dataset(data)
     cfg = EvalConfig(empty_policy=policy, sweep=False, save_predictions=False, device="cpu")
-    plain = Predictor.from_weights(segmenter, device="cpu", gate=None)
     gated = Predictor.from_weights(segmenter, device="cpu", gate=gate, gate_threshold=gate_threshold)
-    with Timer() as t_plain:
-        r0 = evaluate(plain, ds, cfg, out_dir=out_dir / f"plain-{policy}", use_cache=False)
+    # one pass: the gated masks and, from the same probabilities, the ungated ones (evaluate's "ungated")
     with Timer() as t_gated:
         r1 = evaluate(gated, ds, cfg, out_dir=out_dir / f"gated-{policy}", use_cache=False)
-    s0, s1 = r0.summary, r1.summary
-    cls = next(iter(s0["per_class"]))
+    s1 = r1.summary
+    u = s1["ungated"]
+    cls = next(iter(s1["per_class"]))
     pm = s1["presence"]
     return {
         "policy": policy, "n_cases": s1["n_cases"], "n_gt_empty": s1["n_gt_empty"][cls],
-        "n_gt_nonempty": s1["n_gt_nonempty"][cls],
-        "ungated": {"mean_dice": s0["mean_dice"], "dice_gt_empty": s0["dice_gt_empty"][cls],
-                    "dice_gt_nonempty": s0["dice_gt_nonempty"][cls], "seconds": round(t_plain.seconds, 2)},
+        "n_gt_nonempty": s1["n_gt_nonempty"][cls], "seconds": round(t_gated.seconds, 2),
+        "ungated": {"mean_dice": u["mean_dice"], "dice_gt_empty": u["dice_gt_empty"][cls],
+                    "dice_gt_nonempty": u["dice_gt_nonempty"][cls]},
         "gated": {"mean_dice": s1["mean_dice"], "dice_gt_empty": s1["dice_gt_empty"][cls],
-                  "dice_gt_nonempty": s1["dice_gt_nonempty"][cls], "seconds": round(t_gated.seconds, 2),
-                  "n_masks_emptied": s1["ungated"]["n_gated"]},
-        "ungated_check": s1["ungated"]["mean_dice"],  # the gated run's own no-gate figure (same cases)
+                  "dice_gt_nonempty": s1["dice_gt_nonempty"][cls], "n_masks_emptied": u["n_gated"]},
         "gate": s1["gate"],
         "presence": {k: pm.get(k) for k in ("roc_auc", "average_precision", "sensitivity", "specificity", "ppv",
                                             "npv", "n_positive", "n_negative", "threshold")},
@@ -65,10 +66,13 @@ def run(data: Path, segmenter: str, gate: str, gate_threshold: float | None, pol
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(REPO / "demo_data" / "nerve"))
-    ap.add_argument("--segmenter", default="demo-nerve-phantom")
+    ap.add_argument("--segmenter", action="append",
+                    help="segmentation weights (repeatable; default: demo-nerve-phantom and, when trained, "
+                         "demo-nerve-positive-only)")
     ap.add_argument("--gate", default="demo-nerve-presence")
     ap.add_argument("--gate-threshold", type=float)
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    ap.add_argument("--exclude", action="store_true", help="also the exclude convention (one more pass per model)")
     ap.add_argument("--out")
     args = ap.parse_args()
     import torch
@@ -79,28 +83,34 @@ def main() -> int:
     if not data.exists():
         print(f"{data} does not exist: generate it with `python -m engine demo --out {data.parent}`", file=sys.stderr)
         return 2
-    results = {"data": os.path.relpath(data, REPO), "segmenter": args.segmenter, "gate_weights": args.gate,
-               "torch_threads": torch.get_num_threads(), "load_before": list(os.getloadavg())}
+    from engine.checkpoint import list_weights
+
+    segmenters = args.segmenter or ["demo-nerve-phantom"] + [
+        w["name"] for w in list_weights() if w["name"] == "demo-nerve-positive-only"]
+    results = {"data": os.path.relpath(data, REPO), "gate_weights": args.gate,
+               "torch_threads": torch.get_num_threads(), "load_before": list(os.getloadavg()), "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        results["kaggle"] = run(data, args.segmenter, args.gate, args.gate_threshold, "kaggle", Path(tmp))
-        results["exclude"] = run(data, args.segmenter, args.gate, args.gate_threshold, "exclude", Path(tmp))
+        for seg in segmenters:
+            pols = ("kaggle", "exclude") if args.exclude else ("kaggle",)
+            results["runs"][seg] = {pol: run(data, seg, args.gate, args.gate_threshold, pol, Path(tmp) / seg)
+                                    for pol in pols}
     results["load_after"] = list(os.getloadavg())
     out = save_result("gate", results, path=Path(args.out) if args.out else None)
-    k = results["kaggle"]
-    print(f"{args.segmenter} on {results['data']} ({k['n_cases']} cases: {k['n_gt_nonempty']} with a nerve, "
-          f"{k['n_gt_empty']} empty); gate {k['gate']['weights']} at {k['gate']['threshold']:.2f}")
-    print(f"{'policy':<9}{'':>10}{'mean Dice':>11}{'GT empty':>10}{'GT nerve':>10}")
-    for pol in ("kaggle", "exclude"):
-        r = results[pol]
-        for name in ("ungated", "gated"):
-            v = r[name]
-            fmt = lambda x: f"{x:.4f}" if isinstance(x, (int, float)) and x == x else "n/a"  # noqa: E731
-            print(f"{pol:<9}{name:>10}{fmt(v['mean_dice']):>11}{fmt(v['dice_gt_empty']):>10}"
-                  f"{fmt(v['dice_gt_nonempty']):>10}")
-    p = k["presence"]
-    print(f"gate: ROC AUC {p['roc_auc']:.3f}, AP {p['average_precision']:.3f}, sensitivity {p['sensitivity']:.3f}, "
-          f"specificity {p['specificity']:.3f}, PPV {p['ppv']:.3f}, NPV {p['npv']:.3f}; "
-          f"{k['gated']['n_masks_emptied']} masks emptied")
+    fmt = lambda x: f"{x:.4f}" if isinstance(x, (int, float)) and x == x else "n/a"  # noqa: E731
+    for seg, res in results["runs"].items():
+        k = res["kaggle"]
+        print(f"{seg} on {results['data']} ({k['n_cases']} cases: {k['n_gt_nonempty']} with a nerve, "
+              f"{k['n_gt_empty']} empty); gate {k['gate']['weights']} at {k['gate']['threshold']:.2f}")
+        print(f"  {'policy':<9}{'':>10}{'mean Dice':>11}{'GT empty':>10}{'GT nerve':>10}")
+        for pol in res:
+            for name in ("ungated", "gated"):
+                v = res[pol][name]
+                print(f"  {pol:<9}{name:>10}{fmt(v['mean_dice']):>11}{fmt(v['dice_gt_empty']):>10}"
+                      f"{fmt(v['dice_gt_nonempty']):>10}")
+        p = k["presence"]
+        print(f"  gate: ROC AUC {p['roc_auc']:.3f}, AP {p['average_precision']:.3f}, sensitivity "
+              f"{p['sensitivity']:.3f}, specificity {p['specificity']:.3f}, PPV {p['ppv']:.3f}, NPV {p['npv']:.3f}; "
+              f"{k['gated']['n_masks_emptied']} masks emptied")
     print(f"wrote {out}")
     return 0
 

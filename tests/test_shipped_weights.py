@@ -53,6 +53,8 @@ def test_classifier_card_size_license_reproduce_and_held_out_metrics(folder: Pat
     assert not str(card.training["data"]).startswith("/")
     assert card.synthetic == folder.name.startswith("demo-")
     assert card.fingerprint.get("n_images", 0) > 0
+    text = (folder / "classifier.json").read_text()
+    assert "/work/" not in text and "/home/" not in text
     evals = card.metrics.get("evaluations") or []
     assert evals and all(0.0 <= e["roc_auc"] <= 1.0 and e["n_cases"] > 0 for e in evals)
     load_checkpoint(folder, kind="classify")
