@@ -535,6 +535,51 @@ def folder_kind(name_or_dir: str | Path, workspace: Workspace | None = None) -> 
     return "segment"
 
 
+def classifier_markdown(card: ClassifierCard, size_bytes: int | None = None) -> str:
+    """A presence classifier's card as a Markdown section (for ``weights/README.md``): what it gates,
+    backbone, input, training data and split, validation and held-out presence metrics, license and
+    the reproduce command. Every figure is read from the card."""
+    tr, m = card.training or {}, card.metrics or {}
+    split = tr.get("split") or {}
+    pre = card.preprocess
+    rows = [("Task", f"presence classifier: P({card.labels.get(1, 'present')} is in the image); gates a segmenter "
+                     f"(masks emptied below the threshold {card.threshold:g})"),
+            ("Backbone", f"{card.classifier.name}; {card.n_parameters:,} parameters" if card.n_parameters
+             else card.classifier.name),
+            ("Input", f"{pre.in_channels} channel(s), resized to {pre.size[0]}×{pre.size[1]} ({pre.resize_policy})"
+                      + (f", median filter {pre.median_filter}" if pre.median_filter else "")),
+            ("File", f"model.safetensors, {card.dtype}" + (f", {size_bytes / 1e6:.2f} MB" if size_bytes else "")),
+            ("Training data", f"`{tr.get('data', '?')}` ({tr.get('layout', '?')}, {tr.get('n_labelled_cases', '?')} "
+                              f"labelled cases)" + (" — synthetic" if card.synthetic else "")),
+            ("Split", f"{split.get('source', '?')}, k = {split.get('k', '?')}, validation fold "
+                      f"{split.get('val_fold', '?')}, grouped by {split.get('grouped_by', 'group')}: "
+                      f"{split.get('n_train', '?')} train / {split.get('n_val', '?')} validation cases "
+                      f"({split.get('n_train_positive', '?')} / {split.get('n_val_positive', '?')} positive)"),
+            ("Training", f"{tr.get('epochs_run', '?')} of {tr.get('epochs_planned', '?')} epochs, best epoch "
+                         f"{tr.get('best_epoch', '?')}, device {tr.get('device', '?')}, torch {tr.get('torch', '?')}")]
+    if m.get("val_auc") is not None:
+        rows.append(("Validation (during training)", f"ROC AUC {m['val_auc']:.4f}, AP {m.get('val_ap', float('nan')):.4f}, "
+                     f"sensitivity {m.get('val_sensitivity', float('nan')):.3f}, specificity "
+                     f"{m.get('val_specificity', float('nan')):.3f} at {card.threshold:g} ({m.get('n_val', '?')} cases)"))
+    lic = card.license or {}
+    rows.append(("License / attribution", f"{lic.get('license', '?')}; {lic.get('attribution', '?')}"))
+    rows.append(("Reproduce", f"`{tr.get('command', '?')}`"))
+    lines = [f"### `{card.name}`", "", card.description or "", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows] + [""]
+    evals = m.get("evaluations") or []
+    if evals:
+        lines += ["Held-out presence metrics:", "",
+                  "| evaluation | cases | positive / negative | ROC AUC | AP | sensitivity | specificity | PPV | NPV |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        f = lambda v: f"{v:.3f}" if isinstance(v, (int, float)) and v == v else "—"  # noqa: E731
+        for e in evals:
+            lines.append(f"| `{e.get('dataset')}` ({e.get('cases')}) | {e.get('n_cases')} | {e.get('n_positive')} / "
+                         f"{e.get('n_negative')} | {f(e.get('roc_auc'))} | {f(e.get('average_precision'))} | "
+                         f"{f(e.get('sensitivity'))} | {f(e.get('specificity'))} | {f(e.get('ppv'))} | {f(e.get('npv'))} |")
+        lines += ["", "Reproduce each row with:", ""] + [f"- `{e['command']}`" for e in evals if e.get("command")] + [""]
+    return "\n".join(lines)
+
+
 def card_markdown(card: ModelCard, size_bytes: int | None = None) -> str:
     """A model card as a Markdown section (for ``weights/README.md``): description, architecture,
     labels, preprocessing, training data and split, validation and held-out figures, license and
@@ -586,7 +631,10 @@ def card_markdown(card: ModelCard, size_bytes: int | None = None) -> str:
             per = ", ".join(f"{k} {v:.4f}" for k, v in (e.get("per_class") or {}).items())
             ne = ", ".join(f"{k} {v:.4f}" for k, v in (e.get("dice_gt_nonempty") or {}).items() if v is not None)
             auc = f"{e['presence_auc']:.3f}" if e.get("presence_auc") is not None else "—"
-            lines.append(f"| `{e.get('dataset')}` ({e.get('cases')}) | {e.get('n_cases')} | {e.get('empty_policy')} | "
+            tags = (f"; **includes {e['n_training_cases']} training cases**" if e.get("n_training_cases") else "") + \
+                (f"; gated by `{e['gate']['weights']}` at {e['gate']['threshold']:.2f} (ungated "
+                 f"{e['ungated_mean_dice']:.4f})" if e.get("gate") and e.get("ungated_mean_dice") is not None else "")
+            lines.append(f"| `{e.get('dataset')}` ({e.get('cases')}{tags}) | {e.get('n_cases')} | {e.get('empty_policy')} | "
                          f"{e.get('mean_dice', float('nan')):.4f} | {per} | {ne or '—'} | {auc} |")
         cmds = list(dict.fromkeys(re.sub(r"--empty-policy (kaggle|exclude)\b", "--empty-policy kaggle|exclude",
                                          str(e["command"])) for e in evals if e.get("command")))

@@ -124,6 +124,41 @@ class ClassifierPredictor:
         return self.predict_proba(img) >= self.threshold
 
 
+def evaluate_classifier(clf: ClassifierPredictor, dataset: Any, case_ids: Sequence[str] | None = None,
+                        threshold: float | None = None, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Presence metrics of a classifier on labelled cases (truth = "the mask is non-empty").
+
+    Returns :func:`engine.metrics.presence_metrics` (ROC AUC, AP, sensitivity, specificity, PPV,
+    NPV, confusion matrix, curves) plus ``n_failed``/``failed`` (unreadable cases are skipped) and
+    ``scores``: ``{case_id: P(present)}``.
+    """
+    from engine.errors import WorkbenchError
+    from engine.metrics import presence_metrics
+    from engine.progress import as_progress
+
+    report = as_progress(progress)
+    ids = list(case_ids) if case_ids is not None else [c.case_id for c in dataset.cases if c.labelled]
+    scores: dict[str, float] = {}
+    truth: list[bool] = []
+    failed: list[dict[str, str]] = []
+    for i, cid in enumerate(ids):
+        case = dataset.case(cid)
+        try:
+            p = clf.predict_proba(dataset.load_image_float(case))
+        except WorkbenchError as exc:
+            failed.append({"case_id": cid, "error": str(exc)})
+            continue
+        scores[cid] = p
+        truth.append(bool(case.has_mask))
+        report(i + 1, len(ids), "classifying")
+    if not scores:
+        raise ConfigError("no case could be classified", path=getattr(dataset, "root", None),
+                          hint=failed[0]["error"] if failed else "pick labelled cases")
+    m = presence_metrics(truth, list(scores.values()), threshold=clf.threshold if threshold is None else threshold)
+    m.update(n_failed=len(failed), failed=failed[:50], scores=scores)
+    return m
+
+
 # ----------------------------------------------------------------------------------- training task
 
 class ClassifyTask:

@@ -268,3 +268,36 @@ def test_no_evaluation_and_no_runs_yet(env, tmp_path: Path, monkeypatch: pytest.
     assert any("No evaluation of a model on this dataset yet" in i.value for i in at.info)
     assert any("No training runs" in i.value for i in at.info)
     assert not at.get("plotly_chart")
+
+
+def test_own_training_data_defaults_to_held_out_and_a_training_figure_is_labelled(env) -> None:
+    """A model whose card says it was trained on this dataset: the dashboard evaluates the held-out
+    cases by default (banner: held-out), and an evaluation over all cases is labelled as including
+    training cases, in the picker and above every figure."""
+    from engine.evaluation import load_eval
+
+    ds = env["nerve"]
+    labelled = [c.case_id for c in ds.cases if c.labelled]
+    val = labelled[: max(2, len(labelled) // 4)]
+    name = "dash-own-data"
+    save_tiny_unet(env["ws"] / "models" / name, seed=2, training={"data": str(ds.root), "split": {"val_case_ids": val}})
+    from helpers import clear_streamlit_caches
+
+    clear_streamlit_caches()
+    at = ok(app(ds.root).run())
+    at.selectbox(key="dash_model").set_value(name)
+    ok(at.run())
+    assert at.radio(key=f"dash_cases_{name}").value.startswith("Held-out")
+    ok(at.button(key="dash_evaluate").click().run())
+    s = load_eval(at.selectbox(key=EVAL_KEY).value).summary
+    assert s["model"] == name and s["n_cases"] == len(val) and s["training_overlap"]["n_cases"] == 0
+    assert any("Held-out" in x.value for x in at.success)
+    at.radio(key=f"dash_cases_{name}").set_value("All labelled cases")
+    ok(at.run())
+    ok(at.button(key="dash_evaluate").click().run())
+    sel = at.selectbox(key=EVAL_KEY)
+    s = load_eval(sel.value).summary
+    n_train = len(labelled) - len(val)
+    assert s["n_cases"] == len(labelled) and s["training_overlap"]["n_cases"] == n_train
+    assert any(f"Includes {n_train} of {len(labelled)} training cases" in e.value for e in at.warning)
+    assert f"INCLUDES {n_train} TRAINING CASES" in sel.format_func(sel.value)

@@ -371,3 +371,46 @@ def test_inputs_unsupported_and_unique_names(tmp_path: Path):
     f.write_bytes(b"12345")
     assert pv.file_key(f) != k1
     assert pv.fmt_seconds(0.0423) == "42 ms" and pv.fmt_seconds(1.5) == "1.50 s"
+
+
+def test_gated_model_shows_classifier_probability_and_threshold_needs_no_model_run(env):
+    """A card naming a presence classifier: Predict gates the mask, shows P(present), and moving the
+    gate threshold re-gates the cached probabilities without running either model again."""
+    import torch
+
+    from engine.augment import Preprocess
+    from engine.checkpoint import ClassifierCard, GateConfig, save_checkpoint
+    from engine.models import ClassifierSpec, build_classifier
+    from engine.postprocess import PostProcessConfig, postprocess
+
+    net = build_classifier(ClassifierSpec("cnn_small"), load_pretrained=False)
+    with torch.no_grad():
+        net.backbone.fc.weight.zero_()
+        net.backbone.fc.bias.fill_(-3.0)  # P(present) = sigmoid(-3) ≈ 0.047 for every image
+    save_checkpoint(env.ws / "models" / "const-gate", net,
+                    ClassifierCard(name="const-gate", classifier=ClassifierSpec("cnn_small"),
+                                   preprocess=Preprocess(size=(64, 64)), labels={0: "absent", 1: "nerve"}))
+    from engine.datasets import open_dataset
+    from ui import predict_view as pv
+
+    ds = open_dataset(env.nerve)
+    case = pv.demo_cases(ds, 3)[0]
+    save_tiny_unet(env.ws / "models" / "tiny-gated", seed=0, gate=GateConfig("const-gate", 0.2),
+                   centre_on=ds.load_image_float(case))  # predicts about half of the image when ungated
+    clear_streamlit_caches()
+    ref = reference("tiny-gated", case.image_path)  # ungated reference (gate=None)
+    at = page(env, model="tiny-gated")
+    at.run()
+    at.button(key="predict_demo_0").click().run()
+    assert not at.exception and not at.error
+    m = metrics(at)
+    assert m["Presence probability (classifier)"] == f"{1 / (1 + np.exp(3.0)):.3f}"
+    assert m["nerve area"] == "0 px"  # gated: P(present) 0.047 < 0.2
+    assert at.selectbox(key="predict_gate_tiny-gated").value == "const-gate"
+    n = runs(at)
+    at.slider(key="predict_gate_thr_tiny-gated_const-gate").set_value(0.01).run()
+    expected = int(np.count_nonzero(postprocess(ref.probs, PostProcessConfig())))
+    assert metrics(at)["nerve area"] == f"{expected:,} px" and expected > 0
+    assert runs(at) == n  # re-gating used the cached probabilities
+    at.selectbox(key="predict_gate_tiny-gated").set_value("(no gate)").run()
+    assert metrics(at)["Presence probability"] == "—" and metrics(at)["nerve area"] == f"{expected:,} px"

@@ -72,7 +72,7 @@ def test_classifier_uses_the_checkpoint_code(tmp_path: Path, workspace: Path) ->
     assert card.labels == {0: "absent", 1: "disk"} and card.tensors_sha256 and card.n_parameters > 0
     model, card2 = load_classifier("const-clf")  # by name, through engine.checkpoint
     assert card2 == card and not model.training
-    assert [w["name"] for w in list_classifier_weights()] == ["const-clf"]
+    assert "const-clf" in [w["name"] for w in list_classifier_weights()]  # besides any shipped classifier
     assert "const-clf" not in [w["name"] for w in list_weights()]
     p = ClassifierPredictor(model, card, device="cpu").predict_proba(np.zeros((1, SIZE, SIZE), np.float32))
     assert p == pytest.approx(1 / (1 + math.exp(-2.0)), abs=1e-6)

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "weights"
 SHARED = ROOT.parent / "shared" / "data"
 SHIPPED = sorted(p.parent for p in WEIGHTS.glob("*/card.json"))
+CLASSIFIERS = sorted(p.parent for p in WEIGHTS.glob("*/classifier.json"))
 EXPECTED = {"demo-nerve-phantom", "demo-ptx-phantom", "lung-cxr", "nerve-vessel-us"}
 
 
@@ -29,6 +30,45 @@ def test_the_four_models_are_shipped() -> None:
     readme = (WEIGHTS / "README.md").read_text()
     for p in SHIPPED:
         assert f"`{p.name}`" in readme, f"weights/README.md has no model card for {p.name}"
+
+
+def test_the_demo_pipeline_ships_its_presence_classifier() -> None:
+    assert "demo-nerve-presence" in {p.name for p in CLASSIFIERS}
+    readme = (WEIGHTS / "README.md").read_text()
+    for p in CLASSIFIERS:
+        assert f"`{p.name}`" in readme, f"weights/README.md has no model card for {p.name}"
+    gate = read_card(WEIGHTS / "demo-nerve-phantom").gate
+    assert gate is not None and gate.weights == "demo-nerve-presence"  # the demo shows classifier → segmenter
+
+
+@pytest.mark.parametrize("folder", CLASSIFIERS, ids=[p.name for p in CLASSIFIERS])
+def test_classifier_card_size_license_reproduce_and_held_out_metrics(folder: Path) -> None:
+    files = sorted(f.name for f in folder.iterdir())
+    assert files == ["classifier.json", "model.safetensors"]
+    assert (folder / "model.safetensors").stat().st_size <= 25 * 1024 * 1024
+    card = read_card(folder, kind="classify")
+    assert card.name == folder.name and card.license.get("license") and card.license.get("attribution")
+    assert card.training["command"] == f"weights/reproduce.sh {folder.name}"
+    assert f"{folder.name})" in (WEIGHTS / "reproduce.sh").read_text()
+    assert not str(card.training["data"]).startswith("/")
+    assert card.synthetic == folder.name.startswith("demo-")
+    assert card.fingerprint.get("n_images", 0) > 0
+    text = (folder / "classifier.json").read_text()
+    assert "/work/" not in text and "/home/" not in text
+    evals = card.metrics.get("evaluations") or []
+    assert evals and all(0.0 <= e["roc_auc"] <= 1.0 and e["n_cases"] > 0 for e in evals)
+    load_checkpoint(folder, kind="classify")
+
+
+@pytest.mark.skipif(not (ROOT / "demo_data" / "nerve").is_dir(), reason="demo data not generated")
+def test_demo_presence_classifier_separates_phantom_frames() -> None:
+    from engine.classify import ClassifierPredictor, evaluate_classifier
+
+    ds = open_dataset(ROOT / "demo_data" / "nerve")  # seed 0: never seen in training (seed 1)
+    pos = [c.case_id for c in ds.cases if c.has_mask][:10]
+    neg = [c.case_id for c in ds.cases if c.labelled and not c.has_mask][:10]
+    m = evaluate_classifier(ClassifierPredictor.from_weights(WEIGHTS / "demo-nerve-presence", device="cpu"), ds, pos + neg)
+    assert m["roc_auc"] >= 0.8, m["roc_auc"]
 
 
 @pytest.mark.parametrize("folder", SHIPPED, ids=[p.name for p in SHIPPED])
@@ -48,6 +88,7 @@ def test_card_size_license_and_reproduce_command(folder: Path) -> None:
     assert card.synthetic == folder.name.startswith("demo-")
     text = (folder / "card.json").read_text()
     assert "/work/" not in text and "/home/" not in text
+    assert card.fingerprint.get("n_images", 0) > 0  # out-of-domain warnings have something to compare with
     evals = card.metrics.get("evaluations") or []
     assert {e["empty_policy"] for e in evals} >= {"kaggle", "exclude"}
     assert all(0.0 <= e["mean_dice"] <= 1.0 and e["n_cases"] > 0 for e in evals)

@@ -69,7 +69,10 @@ def one_image(names):
             pred = load_predictor(name)
             domain_warning(pred.card, img, meta, ds_labels)
             res = pv.predict_probs(pred, inp, img, tta)
-            masks[name] = pv.apply_post(res, pred.post_default)
+            masks[name] = pv.apply_post(res, pred.post_default, pred.gate_threshold)
+            if res.gate is not None:
+                st.caption(f"**{name}**: gated by {pred.gate.card.name}, P(present) = {res.gate:.3f} "
+                           f"(threshold {pred.gate_threshold:.2f})")
             labels[name] = pred.card.labels
     st.caption("Each model uses its card's default post-processing (and its card's presence-classifier gate, "
                "if it names one).")

@@ -83,7 +83,7 @@ def honesty_banner(summary: dict[str, Any]) -> None:
     ov = summary.get("training_overlap") or {}
     n, total = int(ov.get("n_cases") or 0), int(summary.get("n_cases") or 0)
     if n:
-        st.error(f"**Includes {n} of {total} training cases of {summary.get('model')}** — every figure on this "
+        st.warning(f"**Includes {n} of {total} training cases of {summary.get('model')}** — every figure on this "
                  "evaluation is optimistic, not a held-out result. Evaluate the held-out cases for an honest figure.",
                  icon="⚠️")
     elif ov.get("basis") == "dataset is not the model's training data":

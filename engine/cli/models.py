@@ -268,9 +268,38 @@ def _holdout_cases(card, ds, use: bool, cases_file: str | None) -> list[str] | N
     return present
 
 
+def cmd_evaluate_classifier(args) -> int:
+    """``evaluate DATASET --weights CLS`` for a presence classifier: presence metrics only."""
+    from engine.classify import ClassifierPredictor, evaluate_classifier
+
+    clf = ClassifierPredictor.from_weights(args.weights, device=args.device)
+    ds = open_dataset_from_args(args)
+    cases = _holdout_cases(clf.card, ds, args.holdout, args.cases)
+    with tqdm_progress("classifying") as progress:
+        m = evaluate_classifier(clf, ds, cases, threshold=args.gate_threshold, progress=progress)
+    from engine.evaluation import training_overlap
+
+    ov = training_overlap(clf.card, ds, list(m["scores"]))
+    out = {"model": clf.card.name, "task": "classify", "dataset": str(ds.root),
+           "cases": "holdout" if args.holdout else ("file " + args.cases if args.cases else "all labelled"),
+           "n_cases": m["n"], "presence": {k: v for k, v in m.items() if k not in ("roc_curve", "pr_curve", "scores")},
+           "training_overlap": {"n_cases": ov["n_cases"], "case_ids": ov["case_ids"], "basis": ov["basis"]},
+           "scores": m["scores"]}
+    write_json(args.json_out, out)
+    print(f"{clf.card.name} on {ds.root.name}: ROC AUC {m['roc_auc']:.4f}, AP {m['average_precision']:.4f}, "
+          f"sensitivity {m['sensitivity']:.3f}, specificity {m['specificity']:.3f} at {m['threshold']:.2f} "
+          f"over {m['n']} cases; JSON {args.json_out}")
+    if ov["n_cases"]:
+        print(f"  WARNING: {ov['n_cases']} of {m['n']} cases were TRAINING cases of {clf.card.name} (use --holdout)")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
+    from engine.checkpoint import folder_kind
     from engine.evaluation import EvalConfig, evaluate
 
+    if folder_kind(args.weights) == "classify":
+        return cmd_evaluate_classifier(args)
     pred = _predictor(args)
     ds = open_dataset_from_args(args)
     post = _post_from_args(args, pred.card)
@@ -342,13 +371,16 @@ def cmd_weights_list(args) -> int:
 
 
 def cmd_weights_show(args) -> int:
-    from engine.checkpoint import WEIGHTS_FILE, card_markdown, read_card, resolve_weights
+    from engine.checkpoint import WEIGHTS_FILE, card_markdown, classifier_markdown, folder_kind, read_card, resolve_weights
 
-    folder = resolve_weights(args.name)
+    kind = folder_kind(args.name)
+    folder = resolve_weights(args.name, kind=kind)
+    card = read_card(folder, kind=kind)
     if args.markdown:
-        print(card_markdown(read_card(folder), (folder / WEIGHTS_FILE).stat().st_size))
+        render = classifier_markdown if kind == "classify" else card_markdown
+        print(render(card, (folder / WEIGHTS_FILE).stat().st_size))
     else:
-        print_json(read_card(folder).to_dict())
+        print_json(card.to_dict())
     return 0
 
 
@@ -452,9 +484,13 @@ def cmd_weights_publish(args) -> int:
     from engine.evaluation import EvalConfig, evaluate
     from engine.inference import Predictor
 
+    from engine.checkpoint import CLASSIFIER_CARD, folder_kind
+
     specs = [_eval_spec(spec) for spec in args.eval]  # checked before anything is written
     src = Path(args.run)
-    best = src / "best" if (src / "best" / "card.json").exists() else src
+    best = src / "best" if ((src / "best" / "card.json").exists() or (src / "best" / CLASSIFIER_CARD).exists()) else src
+    if folder_kind(best) == "classify":
+        return _publish_classifier(args, best, specs)
     extra = {}
     card0 = read_card(best)
     split = (card0.training or {}).get("split") or {}
@@ -481,6 +517,8 @@ def cmd_weights_publish(args) -> int:
                      "resolution": "original image size", "mean_dice": s["mean_dice"], "per_class": s["per_class"],
                      "mean_iou": s["mean_iou"], "dice_gt_nonempty": s["dice_gt_nonempty"],
                      "presence_auc": s["presence"].get("roc_auc"),
+                     "n_training_cases": s["training_overlap"]["n_cases"],
+                     "gate": s.get("gate"), "ungated_mean_dice": (s.get("ungated") or {}).get("mean_dice"),
                      "command": f"python -m engine evaluate {data} --weights {dest.name} --json OUT.json "
                                 f"--empty-policy {policy}" + (" --holdout" if mode == "holdout" else "")
                                 + (f" --labels {args.eval_labels}" if args.eval_labels else "")
@@ -489,6 +527,41 @@ def cmd_weights_publish(args) -> int:
             add_evaluation(dest, entry)
             print(f"{eid} [{policy}]: mean Dice {s['mean_dice']:.4f} "
                   f"({', '.join(f'{k} {v:.4f}' for k, v in s['per_class'].items())}) over {s['n_cases']} cases")
+    print(f"published {dest} ({(dest / WEIGHTS_FILE).stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def _publish_classifier(args, best: Path, specs: list[tuple[str, str, str]]) -> int:
+    """``weights publish`` of a presence classifier: copy, then record presence metrics per ``--eval``."""
+    from datetime import datetime, timezone
+
+    from engine.checkpoint import WEIGHTS_FILE, add_evaluation, publish
+    from engine.classify import ClassifierPredictor, evaluate_classifier
+    from engine.datasets import open_dataset
+
+    dest = publish(best, args.dest, name=args.name, command=args.command,
+                   dtype="float16" if args.float16 else None)
+    opts = {}
+    if args.eval_labels:
+        opts["label_names"] = [s.strip() for s in args.eval_labels.split(",") if s.strip()]
+    if args.group_regex:
+        opts["group_regex"] = args.group_regex
+    clf = ClassifierPredictor.from_weights(dest, device="cpu") if specs else None
+    for eid, data, mode in specs:
+        ds = open_dataset(data, options=opts or None)
+        cases = _holdout_cases(clf.card, ds, mode == "holdout", None)
+        with tqdm_progress(f"evaluating {eid}") as progress:
+            m = evaluate_classifier(clf, ds, cases, progress=progress)
+        entry = {"id": eid, "dataset": str(ds.root), "cases": "holdout (validation fold)" if mode == "holdout"
+                 else "all labelled", "n_cases": m["n"], "n_positive": m["n_positive"], "n_negative": m["n_negative"],
+                 "threshold": m["threshold"], **{k: m[k] for k in ("roc_auc", "average_precision", "sensitivity",
+                                                                   "specificity", "ppv", "npv", "accuracy")},
+                 "command": f"python -m engine evaluate {data} --weights {dest.name} --json OUT.json"
+                            + (" --holdout" if mode == "holdout" else ""),
+                 "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
+        add_evaluation(dest, entry)
+        print(f"{eid}: ROC AUC {m['roc_auc']:.4f}, AP {m['average_precision']:.4f}, sensitivity "
+              f"{m['sensitivity']:.3f}, specificity {m['specificity']:.3f} over {m['n']} cases")
     print(f"published {dest} ({(dest / WEIGHTS_FILE).stat().st_size / 1e6:.2f} MB)")
     return 0
 
