@@ -14,12 +14,12 @@ export PYTHONUNBUFFERED := 1
 PORT ?= 8501
 PYTEST_ARGS ?=
 
-.PHONY: run test install install-dev browser demo demo-full clean bench
+.PHONY: run test install install-dev browser postgresql demo demo-full clean bench
 
 run: install demo
 	$(BIN)/streamlit run app.py --server.port $(PORT)
 
-test: install-dev browser demo
+test: install-dev browser postgresql demo
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 $(BIN)/python:
@@ -46,6 +46,14 @@ browser:
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PKGS) >/dev/null; \
 	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PKGS) >/dev/null; \
 	else echo "warning: chromium/fonts missing and no root: the browser suite will be skipped if chromium is absent"; fi
+
+# Debian's PostgreSQL server binaries: the store tests start a throwaway server from them (initdb in a
+# temp folder, unprivileged, 127.0.0.1 only); without them those tests skip with a message.
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then echo "postgresql: $$(ls -d /usr/lib/postgresql/*/bin | tail -1)"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else echo "warning: postgresql binaries missing and no root: the PostgreSQL store tests will be skipped"; fi
 
 demo: install
 	$(BIN)/python -m engine demo --out demo_data --if-missing

@@ -2,7 +2,8 @@
 
 Each module in :mod:`engine.cli` exposes ``register(subparsers)`` and adds its commands;
 this file discovers them, so new commands need no edit here. Errors meant for users
-(:class:`engine.errors.WorkbenchError`) print as one readable line and exit with code 2.
+(:class:`engine.errors.WorkbenchError`) print as one readable line and exit with the error's
+``exit_code`` (2 by default; 3 = stale review decision or held claim, 4 = permission denied).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except WorkbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return int(getattr(exc, "exit_code", 2) or 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -22,7 +22,11 @@ class WorkbenchError(Exception):
         message: what is wrong, one sentence, no trailing period needed.
         path: the file or folder concerned, if any.
         hint: what the user should do about it.
+
+    ``exit_code`` is the CLI's exit status for this error type (2 unless a subclass says otherwise).
     """
+
+    exit_code: int = 2
 
     def __init__(self, message: str, *, path: str | Path | None = None, hint: str | None = None):
         self.message = message.rstrip(". ")
@@ -80,6 +84,50 @@ class ConflictError(StoreError):
     def __init__(self, message: str, *, current_version: int | None = None, **kw):
         self.current_version = current_version
         super().__init__(message, **kw)
+
+
+class StaleDecision(ConflictError):
+    """A review decision (or undo) was based on an event that is no longer the target's current one.
+
+    Nothing was written. Attributes name what the writer had not seen: ``target_kind``, ``members``
+    (case ids, sorted), ``current_event`` (event id), ``decision`` (canonical, relative to the sorted
+    ids), ``decision_as_given`` (relative to the a/b of whoever decided), ``decided_by``, ``decided_at``
+    (UTC ISO-8601) and ``base_event`` (what the refused write was based on).
+    """
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, target_kind: str = "pair", members: tuple[str, ...] = (),
+                 current_event: int | None = None, decision: str | None = None,
+                 decision_as_given: str | None = None, decided_by: str | None = None,
+                 decided_at: str | None = None, base_event: int | None = None, **kw):
+        self.target_kind = target_kind
+        self.members = tuple(members)
+        self.current_event = current_event
+        self.decision = decision
+        self.decision_as_given = decision_as_given
+        self.decided_by = decided_by
+        self.decided_at = decided_at
+        self.base_event = base_event
+        super().__init__(message, **kw)
+
+
+class ClaimHeld(StoreError):
+    """A case is claimed (being edited) by someone else whose lease has not expired."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, case_id: str = "", holder: str = "", expires: float = 0.0, **kw):
+        self.case_id = case_id
+        self.holder = holder
+        self.expires = expires
+        super().__init__(message, **kw)
+
+
+class PermissionDenied(StoreError):
+    """The acting user is unknown, disabled, not signed in, or their role does not allow the action."""
+
+    exit_code = 4
 
 
 def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> ConfigError:

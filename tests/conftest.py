@@ -60,3 +60,25 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[object]:
+    """A throwaway PostgreSQL server for the whole session (tests/pgserver.py); skips with the reason
+    when the Debian binaries are absent (``make test`` installs them)."""
+    from pgserver import PostgresServer, Unavailable
+
+    try:
+        srv = PostgresServer.start()
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty review-store URL on each backend (SQLite file; PostgreSQL database)."""
+    if request.param == "sqlite":
+        return "sqlite:///" + str(tmp_path / "store" / "segwb.sqlite")
+    return request.getfixturevalue("pg_server").new_database()

@@ -471,7 +471,7 @@ def test_manifest_policies_and_decisions(mixed_dataset: Path, workspace: Path, t
     cases, dropped, info = build_manifest(ds, store, rep, "drop-empty")
     by_id = {c.case_id: c for c in cases}
     assert "s1_2" in by_id and by_id["s1_2"].mask_area == 144 and info["mask_overrides"]["corrected"] == 1
-    store.record_decision("s1_1", "s1_2", "both_empty", "alice")
+    store.record_decision("s1_1", "s1_2", "both_empty", "alice", force=True)
     cases, _, info = build_manifest(ds, store, rep, "none")
     by_id = {c.case_id: c for c in cases}
     assert by_id["s1_1"].mask.kind == "empty" and by_id["s1_2"].mask.kind == "empty"

@@ -1,12 +1,14 @@
 """Near-duplicate commands: ``conflicts`` (find conflicting pairs) and ``manifest`` (apply review).
 
-Argument parsing only; the work is in :mod:`engine.dedup` and :mod:`engine.store`.
+Argument parsing only; the work is in :mod:`engine.dedup` and :mod:`engine.curation.store`.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from engine.cli._store import add_store_option, open_store
 from engine.cli.common import add_dataset_options, open_dataset_from_args, tqdm_progress, write_json
 
 
@@ -53,7 +55,7 @@ def register(sub) -> None:
     p.add_argument("--policy", choices=["none", "drop-empty"], default="none",
                    help="none: decisions only; drop-empty: also propose dropping the empty image of every "
                         "conflicting pair (explicit decisions override it)")
-    p.add_argument("--store", help="review store (default: review.sqlite in the dataset's workspace folder)")
+    add_store_option(p)
     p.add_argument("--conflicts", help="conflicts report JSON (default: the latest one of the dataset)")
     add_dataset_options(p)
     p.set_defaults(func=cmd_manifest)
@@ -90,17 +92,9 @@ def cmd_manifest(args) -> int:
     from engine.datasets import write_manifest
     from engine.curation import build_manifest
     from engine.dedup import ConflictReport, find_conflicts, load_latest_report
-    from engine.store import STORE_NAME, ReviewStore
-
     ds = open_dataset_from_args(args)
-    store = None
-    store_path = Path(args.store) if args.store else (Path(ds.workdir) / STORE_NAME if ds.workdir else None)
-    if store_path is not None and store_path.exists():
-        store = ReviewStore(store_path, dataset=ds)
-    elif args.store:
-        from engine.errors import StoreError
-
-        raise StoreError("review store not found", path=args.store, hint="check the path, or omit --store")
+    store = open_store(args, ds, must_exist=True) if (args.store or ds.workdir is not None
+                                                      or os.environ.get("SEGWB_STORE_URL")) else None
     conflicts = None
     if args.conflicts:
         conflicts = ConflictReport.load(args.conflicts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from engine.cli._store import add_store_option, open_store
 from engine.cli.common import add_dataset_options, open_dataset_from_args, print_json, tqdm_progress
 
 
@@ -11,7 +12,7 @@ def register(sub) -> None:
                             "as PNG masks + an RLE CSV in the dataset's convention + a manifest; originals untouched")
     p.add_argument("dataset", help="the reviewed dataset folder")
     p.add_argument("out", help="a new or empty folder outside the dataset (or an earlier export)")
-    p.add_argument("--store", help="review store (default: the dataset's workspace review.sqlite)")
+    add_store_option(p)
     p.add_argument("--no-decisions", action="store_true",
                    help="only corrected mask versions; ignore conflict-review decisions (drops, unions)")
     p.add_argument("--copy-images", action="store_true", help="copy the images too (default: list their paths)")
@@ -22,13 +23,15 @@ def register(sub) -> None:
 
 def cmd_export(args) -> int:
     from engine.curation import export_corrected
-    from engine.store import ReviewStore
 
     ds = open_dataset_from_args(args)
-    store = ReviewStore(args.store, dataset=ds) if args.store else ReviewStore.for_dataset(ds)
-    with tqdm_progress("exporting") as progress:
-        info = export_corrected(ds, store, args.out, progress=progress, apply_decisions=not args.no_decisions,
-                                copy_images=args.copy_images)
+    store = open_store(args, ds, must_exist=True)
+    try:
+        with tqdm_progress("exporting") as progress:
+            info = export_corrected(ds, store, args.out, progress=progress, apply_decisions=not args.no_decisions,
+                                    copy_images=args.copy_images)
+    finally:
+        store.close()
     if args.json:
         print_json(info)
         return 0
