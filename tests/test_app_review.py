@@ -494,7 +494,8 @@ def test_queue_logic_on_a_real_store(tmp_path: Path) -> None:
         assert progress_counts(q) == {"undecided": 1, "proposed": 2, "decided": 1, "needs_expert": 0, "total": 4,
                                       "fraction_decided": 0.25}
         assert bulk_proposals(q)[0] == []
-        s.record_decision("1_1", "1_2", "keep_b", "rev")  # a reviewer overrides one proposal
+        s.record_decision("1_1", "1_2", "keep_b", "rev",  # a reviewer overrides one proposal (having seen it)
+                          base_event=s.decision_for("1_1", "1_2").event_id)
         assert undo_proposals(s, "bulk-user") == 1
         q = build_queue(pairs, s.decisions())
         assert [it.state for it in q] == ["undecided", "decided", "decided", "undecided"]

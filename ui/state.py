@@ -64,6 +64,7 @@ REVIEW_STALE = "review_stale"      # a refused (stale) decision waiting for relo
 REVIEW_OVERRIDE = "review_override"
 REVIEW_RELOAD = "review_reload"
 EDITOR_CONFLICT_UNION = "editor_conflict_union"
+EDITOR_RELEASED = "editor_released"  # case id whose claim was released by a save (until edited again)
 
 
 def workspace() -> Workspace:
