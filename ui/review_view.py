@@ -370,8 +370,12 @@ def decision_panel(store: Any, queue: list, shown: list, cur: Any, reviewer: str
             st.success(f"Current decision: {text}", icon=":material/check_circle:")
     if not reviewer and not _signed_in():
         st.caption("Enter your name as **Reviewer** above to record decisions.")
-    # the decision on screen: a new decision replaces exactly this event, or is refused as stale
-    base = d.event_id if d is not None and d.target_kind == "pair" else None
+    # The decision ON SCREEN (rendered by the previous run, which the click comes from) — not the
+    # store's current one, which this run already reads fresh: a new decision replaces exactly the
+    # event the reviewer saw, or is refused as stale.
+    fresh = d.event_id if d is not None and d.target_kind == "pair" else None
+    seen = st.session_state.get(state.REVIEW_SHOWN)
+    base = seen[1] if seen and seen[0] == key_text(cur.key) else fresh
     stale_panel(store, cur, reviewer, note)
 
     def advance_after() -> tuple[str, str] | None:
@@ -431,6 +435,7 @@ def decision_panel(store: Any, queue: list, shown: list, cur: Any, reviewer: str
                             + (" — on to the next pair waiting for a decision." if nxt else
                                " — no pair is waiting for a decision any more."))
                     st.rerun()
+    st.session_state[state.REVIEW_SHOWN] = (key_text(cur.key), fresh)  # what this run shows
 
 
 def _signed_in() -> bool:

@@ -62,6 +62,7 @@ ADMIN_EXPORT_ROOTS = "admin_export_roots"
 ADMIN_SAVE_EXPORT_ROOTS = "admin_save_export_roots"
 REVIEW_STALE = "review_stale"      # a refused (stale) decision waiting for reload / override
 REVIEW_OVERRIDE = "review_override"
+REVIEW_SHOWN = "review_shown"      # ("a\tb", decision event id or None) as rendered by the last run
 REVIEW_RELOAD = "review_reload"
 EDITOR_CONFLICT_UNION = "editor_conflict_union"
 EDITOR_RELEASED = "editor_released"  # case id whose claim was released by a save (until edited again)

@@ -11,6 +11,7 @@ is read back from the store.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -21,8 +22,8 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
-from conftest import (_INIT_SCRIPT, CHROMIUM, CHROMIUM_ARGS, LOAD_TIMEOUT, VIEWPORT, alerts, expect_rerun, headings,
-                      start_server, wait_idle, widget)
+from conftest import (_INIT_SCRIPT, ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, LOAD_TIMEOUT, VIEWPORT, alerts, expect_rerun,
+                      headings, screenshot, start_server, wait_idle, widget)
 
 pytestmark = pytest.mark.browser
 
@@ -103,8 +104,9 @@ def chromium(team):
 
 
 @pytest.fixture()
-def person(chromium, team):
-    """``person()`` → a new page in its own browser context (own cookies/session: another person)."""
+def person(chromium, team, request):
+    """``person()`` → a new page in its own browser context (own cookies/session: another person);
+    on failure each page's screenshot and the server log go to tests/artifacts/."""
     made = []
 
     def make():
@@ -116,6 +118,16 @@ def person(chromium, team):
         return ctx.new_page()
 
     yield make
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+        for i, ctx in enumerate(made):
+            for pg in ctx.pages:
+                with contextlib.suppress(Exception):
+                    screenshot(pg, f"{name}_{i}", ARTIFACTS)
+        with contextlib.suppress(Exception):
+            (ARTIFACTS / f"{name}.server.log").write_text(team.server.log_tail(20000))
     for ctx in made:
         ctx.close()
 
