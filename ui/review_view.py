@@ -276,7 +276,9 @@ def _go(key_text: str) -> None:
 
 
 def _jumped() -> None:
-    st.session_state[CURRENT_KEY] = st.session_state[JUMP_KEY]
+    value = str(st.session_state.get(JUMP_KEY) or "")
+    if "\t" in value:  # a pair key; anything else (a stale label echoed by the browser) is ignored
+        st.session_state[CURRENT_KEY] = value
 
 
 def current_item(queue: list, shown: list):
@@ -299,7 +301,10 @@ def current_item(queue: list, shown: list):
 
 
 def _label(it: Any) -> str:
-    return f"#{it.rank} · {it.a} ↔ {it.b} · {it.category} · severity {it.severity:.3f} · {STATE_LABELS[it.state]}"
+    # Nothing here may change while the pair is on screen (its decision state does, when a colleague
+    # decides): the browser identifies the chosen option by its label, and a label that changed
+    # between runs came back as an unknown value that moved the page to another pair.
+    return f"#{it.rank} · {it.a} ↔ {it.b} · {it.category} · severity {it.severity:.3f}"
 
 
 def navigation(shown: list, cur: Any) -> None:
@@ -484,7 +489,9 @@ def stale_panel(store: Any, cur: Any, reviewer: str, note: str) -> None:
         with guard("Overriding"):
             try:
                 store.record_decision(cur.a, cur.b, sd["decision"], reviewer,
-                                      (sd.get("note") or note or "") + " [override]", force=True)
+                                      "; ".join(x for x in (sd.get("note") or note or "",
+                                                            f"override of {sd.get('by')}'s decision "
+                                                            f"(event {sd.get('current_event')})") if x), force=True)
             except StaleDecision as exc:  # only with force=False; kept for safety
                 _remember_stale(cur, exc, sd["decision"], note)
             else:

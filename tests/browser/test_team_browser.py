@@ -23,7 +23,7 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 from conftest import (_INIT_SCRIPT, ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, LOAD_TIMEOUT, VIEWPORT, alerts, expect_rerun,
-                      headings, screenshot, start_server, wait_idle, widget)
+                      headings, screenshot, select_option, selected, start_server, wait_idle, widget)
 
 pytestmark = pytest.mark.browser
 
@@ -265,14 +265,15 @@ def test_reload_restores_dataset_page_and_case(person, team):
     page = person()
     open_url(page, "/Mask_editor", dataset=str(team.nerve), case=case)
     sign_in(page, "rob")
-    until(page, lambda: widget(page, "stSelectbox", f"Case ({len(team.ds)})").count(), "the editor")
-    sel = widget(page, "stSelectbox", f"Case ({len(team.ds)})").first
-    assert case in sel.inner_text()
-    page.reload(wait_until="domcontentloaded")
+    label = f"Case ({len(team.ds)})"
+    until(page, lambda: selected(page, label) == case, "the case from the link")
+    other = team.ds.case_ids[5]
+    select_option(page, label, other)  # the URL follows the choice...
+    until(page, lambda: f"case={other}" in page.url, "the URL updated")
+    page.reload(wait_until="domcontentloaded")  # ...so a reload (a new session: sign in again) restores it
     wait_idle(page)
     sign_in(page, "rob")
-    until(page, lambda: case in widget(page, "stSelectbox", f"Case ({len(team.ds)})").first.inner_text(),
-          "the case restored after a reload")
+    until(page, lambda: selected(page, label) == other, "the case restored after a reload")
     assert "case=" in page.url and "dataset=" in page.url
 
 
