@@ -296,10 +296,17 @@ def dataset_allowed(path: str | Path) -> bool:
 
 
 def check_output_path(path: str | Path) -> None:
-    """Team mode: refuse an export/manifest path outside the workspace and the export roots."""
+    """Team mode: exports and manifests need the reviewer role and a path under the workspace or an
+    export root (PermissionDenied otherwise)."""
     if not team_mode():
         return
+    from engine.errors import PermissionDenied
     from engine.serving import check_write_path
+
+    if not can("reviewer"):
+        ident = identity()
+        raise PermissionDenied(f"{ident.name} is a {ident.role}; writing exports and manifests needs the reviewer "
+                               "role or higher", hint="ask an admin to change your role")
 
     check_write_path(path, state.workspace().root, users_store().export_roots())
 

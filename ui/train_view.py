@@ -457,9 +457,14 @@ def render_train() -> None:
     if notice:
         st.success(notice, icon=":material/rocket_launch:")
     rows = _jobs()
-    with st.expander("New training run", expanded=not any(r["active"] for r in rows)), \
-            guard("Training configuration"):
-        form_section(rows)
+    from ui import auth
+
+    if not auth.can("annotator"):  # team mode: viewers look at runs but start nothing on the server
+        auth.role_note("annotator", "Starting or cancelling a training run")
+    else:
+        with st.expander("New training run", expanded=not any(r["active"] for r in rows)), \
+                guard("Training configuration"):
+            form_section(rows)
     st.subheader("Runs")
     with guard("Training runs"):
         runs_section(rows)
