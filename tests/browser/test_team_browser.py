@@ -256,8 +256,18 @@ def test_undo_acts_on_the_pair_shown_and_reload_restores_it(person, team):
     click(page, "Undo")
     until(page, lambda: decision(team, p2.a, p2.b) is None, "pair 2's decision undone")
     assert decision(team, p1.a, p1.b) == ("keep_both", "rita")  # pair 1 untouched
+    # back/forward: deciding moved on (the URL followed with a new history entry); Back shows the pair again
+    click(page, "Keep both")
+    until(page, lambda: decision(team, p2.a, p2.b) == ("keep_both", "rita") and pair_heading(page) != (p2.a, p2.b),
+          "decided and moved on")
+    moved_to = pair_heading(page)
+    page.go_back()
+    until(page, lambda: pair_heading(page) == (p2.a, p2.b), "Back restores the pair")
+    page.go_forward()
+    until(page, lambda: pair_heading(page) == moved_to, "Forward restores the next pair")
     with store(team) as s:
         s.undo_decision(p1.a, p1.b, "ada")
+        s.undo_decision(p2.a, p2.b, "ada")
 
 
 def test_reload_restores_dataset_page_and_case(person, team):
