@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (_INIT_SCRIPT, CHROMIUM, CHROMIUM_ARGS, LOAD_TIMEOUT, VIEWPORT, _free_port, alerts, headings,
-                      wait_idle)
+                      wait_idle, wait_until)
 
 pytestmark = pytest.mark.browser
 
@@ -90,6 +90,7 @@ cookie_secret = "test-cookie-secret-0123456789abcdef"
 client_id = "segwb"
 client_secret = "segwb-test-secret"
 server_metadata_url = "{idp_url}/.well-known/openid-configuration"
+client_kwargs = {{ prompt = "login" }}
 ''')
     idp_log = root / "idp.log"
     # ESM imports ignore NODE_PATH: a node_modules link beside a copy of the script resolves the package
@@ -138,7 +139,10 @@ def _through_provider(page, app_url: str, login: str) -> None:
     wait_idle(page)
     assert headings(page) == ["Sign in"]
     page.get_by_role("button", name="Sign in with the identity provider").click()
-    page.wait_for_selector('input[name="login"]', timeout=60_000)  # the provider's own login page
+    try:
+        page.wait_for_selector('input[name="login"]', timeout=60_000)  # the provider's own login page
+    except Exception as exc:  # noqa: BLE001 - say where the browser ended up
+        raise AssertionError(f"no provider login page: at {page.url}: {page.inner_text('body')[:1500]}") from exc
     page.fill('input[name="login"]', login)
     page.fill('input[name="password"]', "anything")
     page.locator('button[type="submit"]').first.click()
@@ -153,13 +157,27 @@ def _through_provider(page, app_url: str, login: str) -> None:
 def test_oidc_sign_in_maps_to_the_account(page, oidc_app):
     app_url, _ = oidc_app
     _through_provider(page, app_url, "rita")
-    side = page.locator('[data-testid="stSidebar"]').inner_text()
-    assert "rita@hospital.test" in side and "reviewer" in side, side
+
+    def signed() -> bool:
+        side = page.locator('[data-testid="stSidebar"]')
+        return side.count() > 0 and "rita@hospital.test" in side.first.inner_text()
+
+    try:
+        wait_until(signed, timeout=60)
+    except AssertionError as exc:
+        raise AssertionError(f"not signed in: at {page.url}: {page.inner_text('body')[:1500]}") from exc
+    side = page.locator('[data-testid="stSidebar"]').first.inner_text()
+    assert "reviewer" in side, side
     assert headings(page)[0] != "Sign in"
 
 
 def test_oidc_unknown_identity_refused(page, oidc_app):
     app_url, _ = oidc_app
     _through_provider(page, app_url, "mallory")
-    errs = alerts(page, "error")
-    assert any("mallory@hospital.test" in e and "no account here" in e for e in errs), errs
+    try:
+        errs = wait_until(lambda: [e for e in alerts(page, "error") if "mallory@hospital.test" in e], timeout=60)
+    except AssertionError as exc:
+        raise AssertionError(f"not refused: at {page.url}: {page.inner_text('body')[:1500]}") from exc
+    assert "no account here" in errs[0], errs
+    assert page.locator('[data-testid="stSidebar"]').count() == 0 or \
+        "mallory" not in page.locator('[data-testid="stSidebar"]').first.inner_text()

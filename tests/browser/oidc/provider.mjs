@@ -19,5 +19,6 @@ const provider = new Provider(issuer, {
   },
   features: { devInteractions: { enabled: true } },
   pkce: { required: () => false },
+  conformIdTokenClaims: false,  // put the email in the ID token (what st.user reads), as most IdPs do
 });
 provider.listen(port, '127.0.0.1', () => console.log(`oidc-provider listening on ${issuer}`));
