@@ -102,14 +102,6 @@ def _conflict_pairs(path: str, mtime: float) -> list[dict[str, Any]]:
         return []
 
 
-@st.cache_data(show_spinner=False, max_entries=8, ttl=30)
-def _review_states(path: str, mtime: float, wal_mtime: float) -> dict[str, str]:
-    from engine.store import ReviewStore
-
-    with ReviewStore(path) as store:
-        return {cid: s.state for cid, s in store.case_states().items()}
-
-
 def conflict_pairs(ds: Any) -> list[dict[str, Any]] | None:
     """Pairs of the latest conflicts report of ``ds`` (None when no report exists)."""
     from engine.dedup import latest_report_path
@@ -121,12 +113,18 @@ def conflict_pairs(ds: Any) -> list[dict[str, Any]] | None:
 
 
 def review_states(ds: Any) -> dict[str, str] | None:
-    """Current review state per case from the dataset's review store (None when there is no store)."""
-    from engine.store import STORE_NAME
+    """Current review state per case from the review store (the workspace store or $SEGWB_STORE_URL,
+    read fresh: O(cases with a state)); None when no case has a state yet."""
+    from engine.store import ReviewStore
 
-    workdir = getattr(ds, "workdir", None)
-    if workdir is None or not (Path(workdir) / STORE_NAME).is_file():
+    if getattr(ds, "workdir", None) is None:
         return None
+    try:
+        with ReviewStore.for_dataset(ds) as store:
+            states = {cid: s.state for cid, s in store.case_states().items()}
+    except Exception:  # noqa: BLE001 - a damaged store must not break browsing; the review page reports it
+        return None
+    return states or None
     path = Path(workdir) / STORE_NAME
     try:
         return _review_states(str(path), _mtime(path), _mtime(path.with_name(path.name + "-wal")))
