@@ -16,12 +16,24 @@ export SEGWB_MAX_PIXELS ?= 100000000
 export SEGWB_UPLOAD_TTL_HOURS ?= 24
 export PYTHONUNBUFFERED := 1
 PORT ?= 8501
+# Team mode (make serve): upload cap in MB and the address to listen on (all interfaces by default).
+UPLOAD_MB ?= 200
+SERVE_ADDRESS ?= 0.0.0.0
 PYTEST_ARGS ?=
 
-.PHONY: run test install install-dev browser dicomtools postgresql demo demo-full clean bench
+.PHONY: run serve test install install-dev browser dicomtools postgresql demo demo-full clean bench
 
+# Single-user demo: this machine only (127.0.0.1), no sign-in.
 run: install demo
-	$(BIN)/streamlit run app.py --server.port $(PORT)
+	SEGWB_MODE=demo $(BIN)/streamlit run app.py --server.port $(PORT) --server.address 127.0.0.1
+
+# Team mode: all interfaces, sign-in required, uploads capped at UPLOAD_MB; refuses to start while the
+# review store ($$SEGWB_STORE_URL or the workspace store) has no active admin (serve-check says how to add one).
+serve: install
+	SEGWB_MODE=team $(BIN)/python -m engine serve-check
+	SEGWB_MODE=team $(BIN)/streamlit run app.py --server.port $(PORT) --server.address $(SERVE_ADDRESS) \
+		--server.maxUploadSize $(UPLOAD_MB) --server.enableXsrfProtection true --server.enableCORS true \
+		--server.headless true --browser.gatherUsageStats false
 
 test: install-dev browser dicomtools postgresql demo
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

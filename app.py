@@ -33,6 +33,11 @@ with left:
     for p in state.recent_datasets():
         if p not in choices.values():
             choices[f"Recent: {p}"] = p
+    from ui.auth import dataset_allowed, team_mode
+
+    if team_mode():  # only folders under the admin's data roots
+        choices = {k: v for k, v in choices.items() if dataset_allowed(v)}
+        st.caption("Team mode: folders open only under the data roots an admin set (Admin page).")
     choices["Another folder or manifest…"] = ""
     current = state.current_dataset_path()
     labels = list(choices)

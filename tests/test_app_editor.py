@@ -190,21 +190,50 @@ def test_save_conflict_offers_the_choice(env) -> None:
     ok(at.button(key="editor_save").click().run())
     warn = texts(at.warning)
     assert "Version 1 was saved by dora at " + created[:10] in warn and "while you were editing" in warn
-    assert {"editor_conflict_view", "editor_conflict_mine", "editor_conflict_discard"} <= {b.key for b in at.button}
+    keys = {"editor_conflict_union", "editor_conflict_mine", "editor_conflict_discard"}
+    assert keys <= {b.key for b in at.button}
+    labels = {b.key: b.label for b in at.button if b.key in keys}  # full, honest labels
+    assert labels["editor_conflict_mine"] == "Save mine as version 2, replacing dora's mask"
+    assert labels["editor_conflict_union"].startswith("Save the union of both as version 2")
+    assert labels["editor_conflict_discard"] == "Keep theirs (version 1) and discard my edits"
     with ReviewStore.for_dataset(ds) as store:
         assert store.latest_mask_version(cid) == 1  # nothing overwritten
 
-    ok(at.button(key="editor_conflict_view").click().run())
-    caps = [c for img in at.image for c in img.captions]
+    caps = [c for img in at.image for c in img.captions]  # their mask and the diff are shown at once
     assert any(c.startswith("theirs: version 1 by dora · 1,500 px") for c in caps)
     assert any(c.startswith("yours compared with theirs") for c in caps)
 
     ok(at.button(key="editor_conflict_mine").click().run())
-    assert "Saved version 2 on top of version 1 by dora" in texts(at.success)
+    assert "Saved version 2, replacing version 1 by dora" in texts(at.success)
     with ReviewStore.for_dataset(ds) as store:
         v2 = store.mask_version(cid, 2)
         assert (v2.author, v2.base_version, v2.area) == ("tester", 1, 0)
+        assert "replaces version 1 by dora" in v2.note
         assert np.array_equal(store.load_mask_version(cid, 1), theirs)  # theirs is kept in the history
+
+
+def test_save_conflict_union_keeps_both(env) -> None:
+    ds = dataset(env)
+    cid = positive_case(ds)
+    shape = (ds.case(cid).height, ds.case(cid).width)
+    at = ok(app(env, cid).run())
+    mine = np.zeros(shape, np.uint8)
+    mine[50:60, 70:90] = 1
+    session(at, ds, cid).stack.push(mine)  # my edit, based on version 0
+    theirs = np.zeros(shape, np.uint8)
+    theirs[10:40, 10:60] = 1
+    with ReviewStore.for_dataset(ds) as store:
+        store.save_mask_version(cid, theirs, "dora", "theirs", base_version=0)
+    ok(at.run())
+    ok(at.button(key="editor_save").click().run())
+    ok(at.button(key="editor_conflict_union").click().run())
+    assert "the union of your mask and version 1 by dora" in texts(at.success)
+    with ReviewStore.for_dataset(ds) as store:
+        v2 = store.mask_version(cid, 2)
+        got = store.load_mask_version(cid, 2)
+    assert v2.author == "tester" and v2.base_version == 1 and "union with version 1 by dora" in v2.note
+    assert np.array_equal(got, np.maximum(mine, theirs))  # their blob AND mine
+    assert int(np.count_nonzero(got)) == 1500 + 200
 
 
 def test_conflict_discard_mine_and_silent_follow(env) -> None:

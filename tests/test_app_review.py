@@ -223,11 +223,17 @@ def test_two_sessions_at_once_lose_no_decision(env: SimpleNamespace, report) -> 
     k = keys(queue(one))
     assert current(one) == current(two) == k[0]
     click(one, "review_d_keep_a")
-    click(two, "review_d_keep_b")  # bob's page was drawn before alice decided
+    two.button(key="review_d_keep_b").click().run()  # bob's page was drawn before alice decided
+    with store_of(env) as s:  # refused as stale: nothing of bob's written, alice's decision stands
+        assert [(e.author, e.value) for e in s.events(kinds=["decision"])] == [("alice", "keep_a")]
+    err = " ".join(e.value for e in two.error)
+    assert "Not recorded" in err and "alice" in err and "Keep A, drop B" in err, err
+    assert current(two) == k[0]  # bob stays on the pair, now showing alice's decision
+    click(two, state.REVIEW_OVERRIDE)  # bob overrides on purpose (a forced decision)
     with store_of(env) as s:
         evs = s.events(kinds=["decision"])
         assert [(e.author, e.value) for e in evs] == [("alice", "keep_a"), ("bob", "keep_b")]
-        assert s.decision_for(*k[0]).reviewer == "bob"  # the latest decision is in force
+        assert s.decision_for(*k[0]).reviewer == "bob"
     ok(one.selectbox(key=JUMP_KEY).set_value(key_text(k[0])).run())
     assert any("bob" in x.value and "Keep B, drop A" in x.value for x in one.success)  # re-read, not cached
     hist = [df.value for df in one.dataframe if "status" in df.value.columns][0]
@@ -509,7 +515,7 @@ def test_queue_logic_on_a_real_store(tmp_path: Path) -> None:
         assert progress_counts(q) == {"undecided": 1, "proposed": 2, "decided": 1, "needs_expert": 0, "total": 4,
                                       "fraction_decided": 0.25}
         assert bulk_proposals(q)[0] == []
-        s.record_decision("1_1", "1_2", "keep_b", "rev",  # a reviewer overrides one proposal they saw
+        s.record_decision("1_1", "1_2", "keep_b", "rev",  # a reviewer overrides one proposal (having seen it)
                           base_event=s.decision_for("1_1", "1_2").event_id)
         assert undo_proposals(s, "bulk-user") == 1
         q = build_queue(pairs, s.decisions())

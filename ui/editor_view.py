@@ -100,7 +100,10 @@ def fmt_time(ts: str | None) -> str:
 
 
 def author() -> str:
-    return str(st.session_state.get(REVIEWER_KEY, "") or "").strip()
+    """Who saves: the signed-in user (team mode), else the name typed in the sidebar (demo)."""
+    from ui import auth
+
+    return auth.author()
 
 
 def session_for(ds: Any, store: Any, case_id: str) -> EditSession:
@@ -187,10 +190,21 @@ def case_picker(ds: Any, store: Any, queue: list, queue_info: dict[str, Any]) ->
             st.caption("The review queue is empty: every suspicious case is accepted or corrected.")
     state.set(state.BROWSER_CASE, st.session_state[CASE_KEY])
     st.session_state[LINK_KEY] = st.session_state[CASE_KEY]
+    from ui import context
+
+    context.publish(case=st.session_state[CASE_KEY])
     return st.session_state[CASE_KEY]
 
 
 def author_input() -> str:
+    """The author of saves (signed-in user; in the demo a typed name); "" when the role may not save."""
+    from ui import auth
+
+    if auth.signed_in():
+        if not auth.can("annotator"):
+            st.sidebar.caption("Viewers can look but not save: saving masks needs the annotator role.")
+            return ""
+        return author()
     if AUTHOR_INPUT not in st.session_state:
         st.session_state[AUTHOR_INPUT] = st.session_state.get(REVIEWER_KEY, "")
     who = st.sidebar.text_input("Your name", key=AUTHOR_INPUT, placeholder="saved with every version and state",
@@ -319,6 +333,61 @@ def canvas_panel(ds: Any, sess: EditSession, img: np.ndarray, settings: dict[str
     c[1].caption(f"Canvas {view.canvas_w}×{view.canvas_h}: {zoom_note}.")
 
 
+def _signed_in() -> bool:
+    from ui import auth
+
+    return auth.signed_in()
+
+
+def _may(role: str) -> bool:
+    from ui import auth
+
+    return auth.can(role)
+
+
+def claim_panel(ds: Any, store: Any, sess: EditSession) -> None:
+    """Claim the case for this user while it is open here (who is editing it now), shown to everyone.
+
+    Claimed on open and renewed on every rerun (and every minute while the page is open); released
+    on save (until you edit again), on switching case, on leaving the editor and on sign-out."""
+    from engine.errors import ClaimHeld
+    from ui import auth
+
+    released = st.session_state.get(state.EDITOR_RELEASED)
+    if released is not None and (released != sess.case_id or sess.has_changes):
+        st.session_state.pop(state.EDITOR_RELEASED, None)
+        released = None
+    if released == sess.case_id:
+        other = store.claim_for(sess.case_id)
+        if other is not None and other.user != author():
+            st.warning(f"**{other.user} is editing this case now** (lease ends in {int(other.seconds_left)} s).",
+                       icon=":material/edit_note:")
+        return
+    got = auth.claim_case(store, sess.case_id)
+    if isinstance(got, ClaimHeld):
+        st.warning(f"**{got.holder} is editing this case now** (lease ends in "
+                   f"{max(0, int(got.expires - time.time()))} s). You can look and edit, but if they save first "
+                   "your save will ask you to merge.", icon=":material/edit_note:")
+    elif got is not None:
+        st.caption(f":material/lock: You are editing this case: others see that you hold it "
+                   f"(lease renewed while the editor is open).")
+        _renew_claim(store.url.render_as_string(hide_password=False), store.dataset_key, sess.case_id, got.user)
+
+
+@st.fragment(run_every=60)
+def _renew_claim(url: str, ds_key: str, case_id: str, who: str) -> None:
+    """Renew the lease every minute while the editor shows the case (the lease is 5 minutes)."""
+    from engine.curation.store import ReviewStore
+
+    if tuple(state.get(state.CLAIMED) or ()) != (url, ds_key, case_id):
+        return
+    try:
+        with ReviewStore(url, dataset_key=ds_key) as s:
+            s.claim(case_id, who)
+    except Exception:  # noqa: BLE001 - someone else took it after a lapse, or the store is away: shown next run
+        pass
+
+
 def history_buttons(sess: EditSession) -> None:
     def undo() -> None:
         _clear_flash()
@@ -394,48 +463,64 @@ def preview_panel(ds: Any, sess: EditSession, img: np.ndarray, view: Any) -> Non
 
 
 def conflict_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who: str, note: str) -> None:
-    """The choice after a save found a newer version: view theirs / save mine on top / discard mine."""
-    from engine.curation import DIFF_COLOURS, diff_image
+    """A save found a newer version by a colleague: show theirs, the diff, and three honest choices —
+    keep theirs (drop my edits), save the union (both kept), or save mine replacing theirs."""
+    from engine.curation import DIFF_COLOURS, diff_image, union_masks
     from engine.visualize import overlay
     from ui.widgets import colour_legend
 
     cf = sess.conflict
     assert cf is not None
     st.warning(f"**Version {cf['current']} was saved by {cf['author']} at {fmt_time(cf['created'])} while you were "
-               f"editing** (you started from version {sess.base_version}). Your edits are not saved yet — choose:",
-               icon="⚠️")
-    c = st.columns(3)
-    view = c[0].button("Hide theirs" if sess.show_theirs else "View theirs", key=state.EDITOR_CONFLICT_VIEW,
-                       icon=":material/visibility:")
-    mine = c[1].button(f"Save mine on top (version {cf['current'] + 1})", key=state.EDITOR_CONFLICT_MINE,
-                       icon=":material/save:", type="primary", disabled=not who)
-    drop = c[2].button("Discard mine", key=state.EDITOR_CONFLICT_DISCARD, icon=":material/delete:")
-    if view:
-        sess.show_theirs = not sess.show_theirs
-        st.rerun()
-    if mine:
-        v = sess.save(store, who, note, on_top=True)
+               f"editing** (you started from version {sess.base_version}). Nothing of yours is saved yet. Compare "
+               "and choose:", icon="⚠️")
+    theirs = version_mask(ds, store, sess.case_id, cf["current"])
+    mine = sess.stack.current
+    merged, clash = union_masks(theirs, mine)
+    a, b = st.columns(2)
+    a.image(overlay(img, theirs), caption=f"theirs: version {cf['current']} by {cf['author']} · "
+            f"{int(np.count_nonzero(theirs)):,} px" + (f" · “{cf['note']}”" if cf.get("note") else ""),
+            width="stretch")
+    d_rgb, counts = diff_image(theirs, mine, img)
+    b.image(d_rgb, caption="yours compared with theirs (added: only yours, removed: only theirs)", width="stretch")
+    colour_legend(DIFF_COLOURS, {k: v for k, v in counts.items() if k in DIFF_COLOURS and v})
+    n_new = cf["current"] + 1
+    # full labels, one per row: never cut to "Vie… Sav… Disc…"
+    union = st.button(f"Save the union of both as version {n_new} (keeps their and your regions)",
+                      key=state.EDITOR_CONFLICT_UNION, icon=":material/join:", type="primary", disabled=not who,
+                      width="stretch", help="every pixel either of you labelled stays labelled"
+                      + (f"; {clash:,} px labelled with different classes take yours" if clash else ""))
+    mine_btn = st.button(f"Save mine as version {n_new}, replacing {cf['author']}'s mask",
+                         key=state.EDITOR_CONFLICT_MINE, icon=":material/save:", disabled=not who, width="stretch",
+                         help=f"their regions that you do not have are removed from the current mask "
+                              f"({counts.get('removed', 0):,} px); version {cf['current']} stays in the history")
+    drop = st.button(f"Keep theirs (version {cf['current']}) and discard my edits", key=state.EDITOR_CONFLICT_DISCARD,
+                     icon=":material/delete:", width="stretch")
+    st.caption(f"Union: {int(np.count_nonzero(merged)):,} px labelled"
+               + (f" ({clash:,} px where you chose different classes: yours kept)" if clash else "") + ".")
+    if union or mine_btn:
+        how = "union" if union else "mine"
+        v = sess.resolve_conflict(ds, store, who, note, how)
         if v is not None:
-            _after_save(sess, v, on_top_of=cf)
+            _after_save(sess, v, on_top_of=cf, how=how)
         st.rerun()
     if drop:
         replace_session(ds, store, sess)
         _flash("info", f"Your edits were discarded; now editing version {cf['current']} by {cf['author']}.")
         st.rerun()
-    if sess.show_theirs:
-        theirs = version_mask(ds, store, sess.case_id, cf["current"])
-        a, b = st.columns(2)
-        a.image(overlay(img, theirs), caption=f"theirs: version {cf['current']} by {cf['author']} · "
-                f"{int(np.count_nonzero(theirs)):,} px" + (f" · “{cf['note']}”" if cf.get("note") else ""),
-                width="stretch")
-        d_rgb, counts = diff_image(theirs, sess.stack.current, img)
-        b.image(d_rgb, caption="yours compared with theirs (green: only yours, red: only theirs)", width="stretch")
-        colour_legend(DIFF_COLOURS, {k: v for k, v in counts.items() if k in DIFF_COLOURS and v})
 
 
-def _after_save(sess: EditSession, version: int, on_top_of: dict | None = None) -> None:
+def _after_save(sess: EditSession, version: int, on_top_of: dict | None = None, how: str = "") -> None:
+    from ui import auth
+
     st.session_state[NOTE_PREFIX + "clear"] = True
-    extra = f" on top of version {on_top_of['current']} by {on_top_of['author']}" if on_top_of else ""
+    auth.release_claim()  # saved: the case is free again until you edit it anew
+    st.session_state[state.EDITOR_RELEASED] = sess.case_id
+    extra = ""
+    if on_top_of:
+        extra = (f" — the union of your mask and version {on_top_of['current']} by {on_top_of['author']}"
+                 if how == "union" else f", replacing version {on_top_of['current']} by {on_top_of['author']} "
+                 "(still in the history)")
     _flash("success", f"Saved version {version}{extra}; the case is now marked corrected.")
 
 
@@ -460,7 +545,7 @@ def save_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who: str
         return
     changed = sess.has_changes
     if not who:
-        st.caption("Enter your name in the sidebar to save.")
+        st.caption("Saving needs the annotator role." if _signed_in() else "Enter your name in the sidebar to save.")
     if st.button(f"Save as version {sess.base_version + 1}", key=state.EDITOR_SAVE, icon=":material/save:",
                  type="primary", disabled=not (changed and who),
                  help="creates a new version (the original and older versions stay)"
@@ -620,24 +705,29 @@ def source_panel(ds: Any, store: Any, sess: EditSession) -> None:
 
 # ------------------------------------------------------------------------------------------ queue, export
 
-def queue_panel(queue: list, info: dict[str, Any]) -> None:
+def queue_panel(queue: list, info: dict[str, Any], claims: dict | None = None) -> None:
     import pandas as pd
 
+    claims = claims or {}
     with st.expander(f"Review queue ({len(queue)} cases)", expanded=False):
         st.caption("Score = 2 if marked *needs fix* + (1 − model Dice) + 1 for a conflicting near-duplicate pair "
                    "(0.5 for a disagreeing one). Accepted and corrected cases are left out. "
                    f"Evaluation: {info.get('evaluation') or 'none'} · conflicts report: "
                    f"{'yes' if info.get('conflicts') else 'none'}.")
         if queue:
-            df = pd.DataFrame([{"case": c, "score": s, "why": "; ".join(r)} for c, s, r in queue[:200]])
+            df = pd.DataFrame([{"case": c, "score": s, "why": "; ".join(r),
+                                "being edited by": claims[c].user if c in claims else ""} for c, s, r in queue[:200]])
             st.dataframe(df, hide_index=True, width="stretch", key=state.EDITOR_QUEUE_TABLE,
                          column_config={"score": st.column_config.NumberColumn(format="%.2f")})
 
 
 def _default_export_dir(ds: Any) -> str:
+    from ui.auth import default_export_root
+
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M")
     name = Path(str(ds.root)).name or "dataset"
-    return str(state.workspace().root / "exports" / f"{name}-corrected-{stamp}")
+    root = default_export_root() or state.workspace().root / "exports"
+    return str(root / f"{name}-corrected-{stamp}")
 
 
 def export_panel(ds: Any, store: Any) -> None:
@@ -660,6 +750,9 @@ def export_panel(ds: Any, store: Any) -> None:
                                   "institution removed or replaced, UIDs replaced consistently, pixels unchanged) "
                                   "and their cases renamed to the new UIDs; other images are copied as they are")
         if st.button("Export", key=state.EDITOR_EXPORT, icon=":material/ios_share:", disabled=not out):
+            from ui.auth import check_output_path
+
+            check_output_path(out)  # team mode: only under the workspace or an export root
             report, bar = streamlit_progress("Exporting")
             info = export_corrected(ds, store, out, progress=report, apply_decisions=dec, copy_images=copy)
             bar.empty()
@@ -696,6 +789,7 @@ def render_editor() -> None:
         queue, qinfo = review_queue_for(ds, store)
         case_id = case_picker(ds, store, queue, qinfo)
         sess = session_for(ds, store, case_id)
+        claim_panel(ds, store, sess)
         case = ds.case(case_id)
         img = case_image(ds, case_id)
         hw = (int(img.shape[-2]), int(img.shape[-1]))
@@ -716,12 +810,12 @@ def render_editor() -> None:
             preview_panel(ds, sess, img, settings["view"])
             save_panel(ds, store, sess, img, who)
             st.divider()
-            state_panel(store, case_id, who)
+            state_panel(store, case_id, who if _may("reviewer") else "")
         st.divider()
         with st.expander("Start from another version or a model's prediction", expanded=False):
             source_panel(ds, store, sess)
         history_panel(ds, store, sess, img, who)
-        queue_panel(queue, qinfo)
+        queue_panel(queue, qinfo, store.claims())
         export_panel(ds, store)
         loop_view.signals_panel(ds)  # issue 12: model signals for the queue
         loop_view.loop_section(ds, store, None, "editor")  # issue 12: retrain with corrections, what moved

@@ -29,6 +29,9 @@ def load_dataset(path: str | None = None, options: dict[str, Any] | None = None)
         from engine.errors import LayoutError
 
         raise LayoutError("no dataset chosen", hint="pick one on the home page (or generate the demo data)")
+    from ui.auth import check_dataset_path
+
+    check_dataset_path(path)  # team mode: only under the admin's data roots (symlinks resolved)
     opts = options if options is not None else state.get(state.DATASET_OPTIONS, {}) or {}
     return _open_dataset(str(path), json.dumps(opts, sort_keys=True), int(state.get(state.REFRESH, 0)))
 

@@ -228,7 +228,19 @@ def filter_controls(queue: list):
 
 
 def reviewer_controls() -> tuple[str, str]:
-    """Reviewer name (remembered for the session) and an optional note for the next decision."""
+    """Reviewer (the signed-in user; in the single-user demo a typed name remembered for the session)
+    and an optional note for the next decision. Returns ``("", note)`` when the user may not decide."""
+    from ui import auth
+
+    if auth.signed_in():
+        if st.session_state.pop(NOTE_CLEAR, False):
+            st.session_state[NOTE_KEY] = ""
+        ident = auth.identity()
+        if not auth.can("reviewer"):
+            auth.role_note("reviewer", "Deciding pairs")
+            return "", ""
+        note = st.text_input(f"Note (optional, saved with {ident.name}'s next decision)", key=NOTE_KEY)
+        return str(ident.name), (note or "").strip()
     if REVIEWER_INPUT not in st.session_state:
         st.session_state[REVIEWER_INPUT] = st.session_state.get(REVIEWER_KEY, "")
     if st.session_state.pop(NOTE_CLEAR, False):
@@ -264,13 +276,17 @@ def _go(key_text: str) -> None:
 
 
 def _jumped() -> None:
-    st.session_state[CURRENT_KEY] = st.session_state[JUMP_KEY]
+    value = str(st.session_state.get(JUMP_KEY) or "")
+    if "\t" in value:  # a pair key; anything else (a stale label echoed by the browser) is ignored
+        st.session_state[CURRENT_KEY] = value
 
 
 def current_item(queue: list, shown: list):
     """The pair on screen: the session's current pair if it is in the filtered queue, else the
     most severe one still waiting for a reviewer."""
     from engine.curation import first_open, index_of, key_text, parse_key
+
+    from ui import context
 
     key = parse_key(st.session_state.get(CURRENT_KEY, ""))
     i = index_of(shown, key)
@@ -279,11 +295,16 @@ def current_item(queue: list, shown: list):
         i = index_of(shown, key)
         if key is not None:
             st.session_state[CURRENT_KEY] = key_text(key)
-    return None if i is None else shown[i]
+    item = None if i is None else shown[i]
+    context.publish(pair=None if item is None else context.pair_param(item.a, item.b))
+    return item
 
 
 def _label(it: Any) -> str:
-    return f"#{it.rank} · {it.a} ↔ {it.b} · {it.category} · severity {it.severity:.3f} · {STATE_LABELS[it.state]}"
+    # Nothing here may change while the pair is on screen (its decision state does, when a colleague
+    # decides): the browser identifies the chosen option by its label, and a label that changed
+    # between runs came back as an unknown value that moved the page to another pair.
+    return f"#{it.rank} · {it.a} ↔ {it.b} · {it.category} · severity {it.severity:.3f}"
 
 
 def navigation(shown: list, cur: Any) -> None:
@@ -333,6 +354,7 @@ def _current_mask(ds: Any, store: Any, corrected: dict, case_id: str):
 def decision_panel(store: Any, queue: list, shown: list, cur: Any, reviewer: str, note: str) -> None:
     """Current decision, undo/confirm, and the decision buttons (auto-advance after each)."""
     from engine.curation import BULK_NOTE, DECISION_HELP, DECISION_LABELS, key_text, next_open
+    from engine.errors import StaleDecision
     from engine.store import PAIR_DECISIONS
     from ui.widgets import guard
 
@@ -340,7 +362,7 @@ def decision_panel(store: Any, queue: list, shown: list, cur: Any, reviewer: str
     if d is None:
         st.info("No decision on this pair yet.", icon=":material/pending:")
     else:
-        label = DECISION_LABELS.get(d.decision, d.decision)
+        label = DECISION_LABELS.get(d.relative_to(cur.a, cur.b), d.decision)  # A/B as on screen
         where = "" if d.target_kind == "pair" else f" (on its near-duplicate group of {len(d.members)})"
         text = f"**{label}**{where} — {d.reviewer}, {d.ts.replace('T', ' ')[:19]} UTC" + \
                (f" · _{d.note}_" if d.note else "")
@@ -351,32 +373,52 @@ def decision_panel(store: Any, queue: list, shown: list, cur: Any, reviewer: str
             st.warning(f"Current decision: {text}", icon=":material/help:")
         else:
             st.success(f"Current decision: {text}", icon=":material/check_circle:")
-    if not reviewer:
+    if not reviewer and not _signed_in():
         st.caption("Enter your name as **Reviewer** above to record decisions.")
+    # The decision ON SCREEN (rendered by the previous run, which the click comes from) — not the
+    # store's current one, which this run already reads fresh: a new decision replaces exactly the
+    # event the reviewer saw, or is refused as stale.
+    fresh = d.event_id if d is not None and d.target_kind == "pair" else None
+    seen = st.session_state.get(state.REVIEW_SHOWN)
+    base = seen[1] if seen and seen[0] == key_text(cur.key) else fresh
+    stale_panel(store, cur, reviewer, note)
 
     def advance_after() -> tuple[str, str] | None:
         return next_open(shown, cur.key) or next_open(queue, cur.key)
 
     c = st.columns([1, 1, 4])
     if c[0].button("Undo", icon=":material/undo:", key=state.REVIEW_UNDO, disabled=d is None or not reviewer,
-                   shortcut="U", help="cancel the current decision on this pair (recorded as a new event; U)"):
+                   shortcut="U", help=f"cancel the current decision on THIS pair ({cur.a} ↔ {cur.b}; recorded as a "
+                                      "new event; U)"):
         with guard("Undoing"):
-            store.undo(d.event_id, reviewer, note or "undo on the review page")
+            try:
+                if d.target_kind == "pair":  # the pair on screen, as shown: refused if it changed meanwhile
+                    store.undo_decision(cur.a, cur.b, reviewer, note or "undo on the review page", base_event=base)
+                else:
+                    store.undo(d.event_id, reviewer, note or "undo on the review page")
+            except StaleDecision as exc:
+                _remember_stale(cur, exc, None, "undo")
+                st.rerun()
             st.session_state[NOTE_CLEAR] = True
-            _notice(f"Undid **{DECISION_LABELS.get(d.decision, d.decision)}** on {cur.a} ↔ {cur.b}.")
+            _notice(f"Undid **{DECISION_LABELS.get(d.relative_to(cur.a, cur.b), d.decision)}** on {cur.a} ↔ {cur.b}.")
             st.rerun()
     if cur.state == "proposed" and c[1].button("Confirm", icon=":material/check:", key=state.REVIEW_CONFIRM,
                                                disabled=not reviewer, shortcut="Y",
                                                help="record the proposed decision as your own (Y)"):
         with guard("Recording the decision"):
             nxt = advance_after()
-            store.record_decision(cur.a, cur.b, d.decision, reviewer, note if note and note != BULK_NOTE else "")
+            try:
+                store.record_decision(cur.a, cur.b, d.relative_to(cur.a, cur.b), reviewer,
+                                      note if note and note != BULK_NOTE else "", base_event=base)
+            except StaleDecision as exc:
+                _remember_stale(cur, exc, d.relative_to(cur.a, cur.b), note)
+                st.rerun()
             st.session_state[CURRENT_KEY] = key_text(nxt or cur.key)
             st.session_state[NOTE_CLEAR] = True
             _notice(f"Confirmed **{DECISION_LABELS.get(d.decision, d.decision)}** on {cur.a} ↔ {cur.b}.")
             st.rerun()
 
-    current = cur.decision_value if cur.state in ("decided", "needs_expert") else None
+    current = d.relative_to(cur.a, cur.b) if d is not None and cur.state in ("decided", "needs_expert") else None
     rows = [PAIR_DECISIONS[:4], PAIR_DECISIONS[4:]]
     for row in rows:
         cols = st.columns(len(row))
@@ -387,13 +429,76 @@ def decision_panel(store: Any, queue: list, shown: list, cur: Any, reviewer: str
                           help=f"{DECISION_HELP.get(dec, '')} ({key})"):
                 with guard("Recording the decision"):
                     nxt = advance_after()
-                    store.record_decision(cur.a, cur.b, dec, reviewer, note)
+                    try:
+                        store.record_decision(cur.a, cur.b, dec, reviewer, note, base_event=base)
+                    except StaleDecision as exc:
+                        _remember_stale(cur, exc, dec, note)
+                        st.rerun()
                     st.session_state[CURRENT_KEY] = key_text(nxt or cur.key)
                     st.session_state[NOTE_CLEAR] = True
                     _notice(f"Recorded **{DECISION_LABELS.get(dec, dec)}** on {cur.a} ↔ {cur.b}"
                             + (" — on to the next pair waiting for a decision." if nxt else
                                " — no pair is waiting for a decision any more."))
                     st.rerun()
+    st.session_state[state.REVIEW_SHOWN] = (key_text(cur.key), fresh)  # what this run shows
+
+
+def _signed_in() -> bool:
+    from ui import auth
+
+    return auth.signed_in()
+
+
+def _remember_stale(cur: Any, exc: Any, decision: str | None, note: str) -> None:
+    """Keep a refused decision (someone decided the pair meanwhile) for :func:`stale_panel`."""
+    st.session_state[state.REVIEW_STALE] = {
+        "pair": [cur.a, cur.b], "decision": decision, "note": note, "message": str(exc.message),
+        "by": exc.decided_by, "at": exc.decided_at, "current_event": exc.current_event,
+        "theirs": exc.decision_as_given or exc.decision}
+
+
+def stale_panel(store: Any, cur: Any, reviewer: str, note: str) -> None:
+    """A refused (stale) decision on this pair: who decided what, when; reload, or override (reviewer+)."""
+    from engine.curation import DECISION_LABELS
+    from engine.errors import StaleDecision
+    from ui.widgets import guard
+
+    sd = st.session_state.get(state.REVIEW_STALE)
+    if not sd:
+        return
+    if list(sd["pair"]) != [cur.a, cur.b]:
+        st.session_state.pop(state.REVIEW_STALE, None)
+        return
+    now = store.decision_for(cur.a, cur.b)
+    theirs = DECISION_LABELS.get(now.relative_to(cur.a, cur.b), now.decision) if now is not None else "no decision"
+    mine = DECISION_LABELS.get(sd["decision"], sd["decision"]) if sd["decision"] else "undo"
+    when = str(sd.get("at") or "").replace("T", " ")[:19]
+    st.error(f"**Not recorded — someone decided this pair while you were looking.** "
+             f"{sd.get('by') or 'someone'} decided **{theirs}** at {when} UTC (event {sd.get('current_event')}); "
+             f"your **{mine}** was based on what you saw before, so nothing was written.",
+             icon=":material/sync_problem:")
+    c = st.columns([2, 3, 3])
+    if c[0].button("Reload the pair", key=state.REVIEW_RELOAD, icon=":material/refresh:",
+                   help="drop your refused choice and show the current decision"):
+        st.session_state.pop(state.REVIEW_STALE, None)
+        st.rerun()
+    if sd["decision"] and c[1].button(f"Override with my decision ({mine})", key=state.REVIEW_OVERRIDE,
+                                      icon=":material/gavel:", disabled=not reviewer, type="primary",
+                                      help="record your decision on top of theirs (a forced decision in the log; "
+                                           "their decision stays in the history)"):
+        with guard("Overriding"):
+            try:
+                store.record_decision(cur.a, cur.b, sd["decision"], reviewer,
+                                      "; ".join(x for x in (sd.get("note") or note or "",
+                                                            f"override of {sd.get('by')}'s decision "
+                                                            f"(event {sd.get('current_event')})") if x), force=True)
+            except StaleDecision as exc:  # only with force=False; kept for safety
+                _remember_stale(cur, exc, sd["decision"], note)
+            else:
+                st.session_state.pop(state.REVIEW_STALE, None)
+                _notice(f"Recorded **{mine}** on {cur.a} ↔ {cur.b}, overriding {sd.get('by')}'s **{theirs}**.")
+            st.rerun()
+    c[2].caption("Override needs the reviewer role; both decisions stay in the pair's history.")
 
 
 def pair_panel(ds: Any, store: Any, cur: Any) -> None:
@@ -609,6 +714,9 @@ def export_panel(ds: Any, store: Any, report: Any) -> None:
                     path = path / default_manifest_path(ds).name
                 elif path.suffix.lower() != ".json":
                     path = path.with_suffix(".json")
+                from ui.auth import check_output_path
+
+                check_output_path(path)  # team mode: only under the workspace or an export root
                 cases, dropped, info = build_manifest(ds, store, report, policy)
                 # never replaces a file this program did not write: another name is chosen (and said)
                 path, renamed = save_manifest(path, ds, cases, dropped, info, on_exists="rename")
@@ -640,11 +748,25 @@ def export_panel(ds: Any, store: Any, report: Any) -> None:
             st.code(train_command(p), language="bash")
 
 
-def queue_table(shown: list) -> None:
+def claims_caption(claims: dict, cur: Any) -> None:
+    """Who is editing A or B in the Mask editor right now (case claims with a lease)."""
+    held = [(tag, cid, claims[cid]) for tag, cid in (("A", cur.a), ("B", cur.b)) if cid in claims]
+    for tag, cid, cl in held:
+        st.caption(f":material/edit_note: **{cl.user}** is editing {tag} ({cid}) in the Mask editor now "
+                   f"(lease ends in {int(cl.seconds_left)} s).")
+
+
+def queue_table(shown: list, claims: dict | None = None) -> None:
     import pandas as pd
 
+    claims = claims or {}
     with st.expander(f"Queue table ({len(shown):,} pair{'' if len(shown) == 1 else 's'})"):
-        df = pd.DataFrame([it.row() for it in shown])
+        rows = []
+        for it in shown:
+            r = it.row()
+            r["being edited by"] = ", ".join(sorted({claims[c].user for c in (it.a, it.b) if c in claims}))
+            rows.append(r)
+        df = pd.DataFrame(rows)
         st.dataframe(df, hide_index=True, width="stretch", key=state.REVIEW_QUEUE_TABLE,
                      column_config={c: st.column_config.NumberColumn(format="%.4f")
                                     for c in ("severity", "ssim", "mask_dice") if c in df.columns})
@@ -688,6 +810,8 @@ def render_review() -> None:
         else:
             navigation(shown, cur)
             st.subheader(f"{cur.a} ↔ {cur.b} · {cur.category}")
+            claims = store.claims()
+            claims_caption(claims, cur)
             decision_panel(store, queue, shown, cur, reviewer, note)
             pair_panel(ds, store, cur)
             history_panel(store, cur)
@@ -697,4 +821,4 @@ def render_review() -> None:
         ceiling_panel(report)
         export_panel(ds, store, report)
         loop_view.loop_section(ds, store, report, "review")  # issue 12: retrain with corrections, what moved
-        queue_table(shown)
+        queue_table(shown, store.claims())

@@ -33,6 +33,40 @@ REVIEWER = "segwb_reviewer"        # reviewer / author name remembered for decis
 
 MAX_RECENT = 8
 
+# Sign-in, roles and the URL (ui/auth.py, ui/context.py, the Admin page).
+AUTH_USER = "segwb_auth_user"      # name of the signed-in account (team mode / a store with accounts)
+AUTH_VIA = "segwb_auth_via"        # "password" | "oidc"
+AUTH_FORM = "auth_form"
+AUTH_NAME = "auth_name"
+AUTH_PASSWORD = "auth_password"
+AUTH_SUBMIT = "auth_submit"
+AUTH_OIDC = "auth_oidc"
+AUTH_SIGN_OUT = "auth_sign_out"
+URL_SYNCED = "segwb_url_synced"    # {param: value} last written to / adopted from the URL
+CLAIMED = "segwb_claimed"          # (store path, dataset key, case id) this session holds a claim on
+ADMIN_NEW_NAME = "admin_new_name"
+ADMIN_NEW_ROLE = "admin_new_role"
+ADMIN_NEW_PASSWORD = "admin_new_password"
+ADMIN_ADD = "admin_add"
+ADMIN_ADD_FORM = "admin_add_form"
+ADMIN_FLASH = "admin_flash"
+ADMIN_USER = "admin_user"
+ADMIN_ROLE = "admin_role"
+ADMIN_SET_ROLE = "admin_set_role"
+ADMIN_TOGGLE = "admin_toggle"
+ADMIN_RESET_PASSWORD = "admin_reset_password"
+ADMIN_RESET = "admin_reset"
+ADMIN_DATA_ROOTS = "admin_data_roots"
+ADMIN_SAVE_DATA_ROOTS = "admin_save_data_roots"
+ADMIN_EXPORT_ROOTS = "admin_export_roots"
+ADMIN_SAVE_EXPORT_ROOTS = "admin_save_export_roots"
+REVIEW_STALE = "review_stale"      # a refused (stale) decision waiting for reload / override
+REVIEW_OVERRIDE = "review_override"
+REVIEW_SHOWN = "review_shown"      # ("a\tb", decision event id or None) as rendered by the last run
+REVIEW_RELOAD = "review_reload"
+EDITOR_CONFLICT_UNION = "editor_conflict_union"
+EDITOR_RELEASED = "editor_released"  # case id whose claim was released by a save (until edited again)
+
 
 _UPLOADS_CLEANED: dict[Path, float] = {}
 #: seconds between two clean-ups of expired uploads triggered by page loads
@@ -106,6 +140,10 @@ def current_dataset_path() -> str | None:
     path = st.session_state.get(DATASET)
     if path:
         return str(path)
+    from engine.serving import is_team_mode
+
+    if is_team_mode():  # team mode opens only what an admin allowed: no implicit default
+        return None
     demo = demo_root() / "nerve"
     return str(demo) if demo.is_dir() else None
 

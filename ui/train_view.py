@@ -438,7 +438,8 @@ def panel_body(run_dir: str, was_active: bool) -> None:
         c1, c2, c3 = st.columns([1, 1, 3], vertical_alignment="center")
         if info["cancel_requested"]:
             c1.caption(":material/stop_circle: Cancel requested: stopping after the current step…")
-        elif c1.button("Cancel run", key=K["cancel"]):
+        elif c1.button("Cancel run", key=K["cancel"], disabled=not _may_train(),
+                       help=None if _may_train() else "cancelling a run needs the annotator role"):
             cancel(run, wait=False)  # the run stops after its current step; forced after a grace period
             c1.caption(":material/stop_circle: Cancel requested: stopping after the current step…")
         c2.button("Refresh", key=K["refresh"], help="the click itself refreshes the panel")
@@ -485,6 +486,12 @@ def runs_section(rows: list[dict[str, Any]]) -> None:
 
 # ----------------------------------------------------------------------------- page
 
+def _may_train() -> bool:
+    from ui import auth
+
+    return auth.can("annotator")
+
+
 def render_train() -> None:
     """The whole Train page body (call inside ``ui.widgets.guard``)."""
     from ui.widgets import guard
@@ -493,9 +500,14 @@ def render_train() -> None:
     if notice:
         st.success(notice, icon=":material/rocket_launch:")
     rows = _jobs()
-    with st.expander("New training run", expanded=not any(r["active"] for r in rows)), \
-            guard("Training configuration"):
-        form_section(rows)
+    from ui import auth
+
+    if not auth.can("annotator"):  # team mode: viewers look at runs but start nothing on the server
+        auth.role_note("annotator", "Starting or cancelling a training run")
+    else:
+        with st.expander("New training run", expanded=not any(r["active"] for r in rows)), \
+                guard("Training configuration"):
+            form_section(rows)
     st.subheader("Runs")
     with guard("Training runs"):
         runs_section(rows)

@@ -11,12 +11,26 @@ import streamlit as st
 from ui import state
 
 
+EDITOR_TITLE = "Mask editor"  # the one page that keeps a case claim while open
+
+
 def page_setup(title: str, icon: str = "🩻", intro: str | None = None) -> None:
-    """``set_page_config`` + title + a sidebar status block (dataset, model, device)."""
+    """``set_page_config``, the sign-in gate (:func:`ui.auth.gate`: a browser that is not signed in
+    sees only the sign-in form), the URL context (:mod:`ui.context`), title and a sidebar status
+    block (user, dataset, model, device)."""
+    from ui import auth, context
+
     st.set_page_config(page_title=f"{title} · Segmentation workbench", page_icon=icon, layout="wide")
+    ident = auth.gate()
+    context.restore()
+    if title != EDITOR_TITLE:
+        auth.release_claim()  # leaving the editor ends this session's claim on its case
     st.title(title)
     if intro:
         st.caption(intro)
+    auth.identity_sidebar(ident)
+    if state.current_dataset_path():
+        context.publish(dataset=state.current_dataset_path())
     with st.sidebar:
         ds = state.current_dataset_path()
         st.markdown("**Dataset**  \n" + (f"`{_short(ds)}`" if ds else "_none — choose one on Home_"))

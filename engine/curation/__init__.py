@@ -44,7 +44,7 @@ from engine.curation.canvas import (ALPHA_THRESHOLD, ERASE, ERASER_COLOUR, UNTOU
                                     window_outline)
 from engine.curation.export import CSV_NAMES, EXPORT_FORMAT, EXPORT_VERSION, export_corrected
 from engine.curation.manifest import MANIFEST_POLICIES, build_manifest, is_product_manifest, save_manifest
-from engine.curation.masks import DIFF_COLOURS, diff_image, fill_holes, flood_fill, mask_diff
+from engine.curation.masks import DIFF_COLOURS, diff_image, fill_holes, flood_fill, mask_diff, union_masks
 from engine.curation.queue import (BULK_NOTE, DECISION_HELP, DECISION_LABELS, OPEN_STATES, QUEUE_WEIGHTS,
                                    REVIEW_STATES, Proposal, QueueFilter, ReviewItem, apply_proposals, build_queue,
                                    bulk_proposals, case_queue, categories_of, current_decision, decision_state,
@@ -74,7 +74,7 @@ __all__ = [
     "path_polylines", "polygon_mask", "stroke_mask", "rasterise_objects", "apply_objects", "click_points",
     "render_view", "window_outline",
     # mask ops
-    "DIFF_COLOURS", "flood_fill", "fill_holes", "mask_diff", "diff_image",
+    "DIFF_COLOURS", "flood_fill", "fill_holes", "mask_diff", "diff_image", "union_masks",
     # manifest, export
     "MANIFEST_POLICIES", "build_manifest", "export_corrected", "EXPORT_FORMAT", "EXPORT_VERSION", "CSV_NAMES",
     # live state, model signals

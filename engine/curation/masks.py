@@ -114,3 +114,29 @@ def diff_image(old: np.ndarray, new: np.ndarray, img: np.ndarray | None = None,
         col = np.array(DIFF_COLOURS[name], np.float32)
         out[sel] = (1 - alpha) * base[sel] + alpha * col
     return np.clip(out, 0, 255).astype(np.uint8), counts
+
+
+def union_masks(theirs: np.ndarray, mine: np.ndarray) -> tuple[np.ndarray, int]:
+    """Merge two label maps so that nothing either person labelled is lost.
+
+    Every pixel labelled (non-zero) in either mask stays labelled. Where BOTH labelled a pixel with
+    DIFFERENT classes, ``mine`` wins (the merge is made by the person saving it, who sees the diff);
+    those pixels are counted.
+
+    Args:
+        theirs, mine: integer label maps (H,W) of the same shape.
+
+    Returns:
+        (uint8 (H,W) merged mask, number of pixels where the two disagreed on the class).
+
+    Example:
+        >>> a = np.array([[1, 0], [0, 0]]); b = np.array([[0, 2], [0, 0]])
+        >>> union_masks(a, b)[0].tolist(), union_masks(a, b)[1]
+        ([[1, 2], [0, 0]], 0)
+    """
+    t, m = np.asarray(theirs), np.asarray(mine)
+    if t.shape != m.shape or t.ndim != 2:
+        raise MaskError(f"cannot merge masks of shapes {t.shape} and {m.shape}", hint="merge masks of one case")
+    merged = np.where(m > 0, m, t).astype(np.uint8)
+    clash = int(np.count_nonzero((t > 0) & (m > 0) & (t != m)))
+    return merged, clash

@@ -253,3 +253,33 @@ class EditSession:
             return None
         self.mark_saved(v)
         return v
+
+    def resolve_conflict(self, ds: Any, store: Any, author: str, note: str, how: str) -> int | None:
+        """Resolve :attr:`conflict` by saving on top of the colleague's version.
+
+        Args:
+            how: ``"mine"`` — save my mask as it is, REPLACING theirs (their version stays in the
+                history); ``"union"`` — save the union of theirs and mine
+                (:func:`engine.curation.masks.union_masks`: nothing either labelled is lost; where
+                both labelled a pixel with different classes, mine wins). The note records which.
+
+        Returns:
+            the new version, or None when yet another version was saved meanwhile (:attr:`conflict`
+            then names it; nothing was written).
+        """
+        from engine.curation.masks import union_masks
+
+        if self.conflict is None:
+            raise MaskError("there is no save conflict to resolve", hint="save normally")
+        if how not in ("mine", "union"):
+            raise MaskError(f"unknown merge {how!r}", hint="use 'mine' or 'union'")
+        cf = self.conflict
+        tag = f"version {cf['current']} by {cf['author']}"
+        if how == "union":
+            theirs = version_mask(ds, store, self.case_id, int(cf["current"]))
+            merged, _ = union_masks(theirs, self.stack.current)
+            self.stack.push(merged)
+            extra = f"union with {tag}"
+        else:
+            extra = f"replaces {tag}"
+        return self.save(store, author, f"{note} ({extra})" if note else extra, on_top=True)

@@ -316,11 +316,11 @@ def test_two_sessions_saving_the_same_case(browser_context, browser_env) -> None
         assert "Version 1 was saved by Ada at " in warn, warn
         with store(browser_env) as st_:
             assert st_.latest_mask_version(cid) == 1  # nothing overwritten
-        click_button(b, "View theirs")
+        # their mask and the diff are shown at once, with full, honest labels
         until(b, lambda: any(c.startswith("theirs: version 1 by Ada") for c in image_captions(b)))
         assert current_case(b) == cid
-        click_button(b, "Save mine on top (version 2)")
-        alert_with(b, "Saved version 2 on top of version 1 by Ada")
+        click_button(b, "Save mine as version 2, replacing Ada's mask")
+        alert_with(b, "Saved version 2, replacing version 1 by Ada")
         with store(browser_env) as st_:
             hist = st_.mask_history(cid)
             assert [(h.version, h.author, h.base_version) for h in hist] == [(1, "Ada", 0), (2, "Bob", 1)]

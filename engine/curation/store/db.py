@@ -132,11 +132,20 @@ def check_sqlite_file(path: Path) -> None:
         raise StoreError("is an empty (0-byte) file, not a review store", path=path,
                          hint="a crashed copy or a placeholder? move it away (a new store is then created) or "
                               "restore the real store from a backup")
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-    if head != b"SQLite format 3\x00":
+    # Ask SQLite itself, never open()/close() the file: closing ANY descriptor of a database file drops
+    # every POSIX lock this process holds on it, so other connections of the same process (other app
+    # sessions) would write unlocked and corrupt the store ("database disk image is malformed").
+    probe = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        probe.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.DatabaseError as exc:
+        if "not a database" not in str(exc) and "encrypted" not in str(exc):
+            raise StoreError(f"cannot read the review store ({exc})", path=path,
+                             hint="check that the store is reachable and not damaged") from None
         raise StoreError("is not a review store (not an SQLite database)", path=path,
-                         hint="check the path; move the file away to start a new store there")
+                         hint="check the path; move the file away to start a new store there") from None
+    finally:
+        probe.close()
 
 
 def create_sqlite_store(path: Path, build: Callable[[Engine], None], timeout: float) -> None:

@@ -1,0 +1,120 @@
+"""Streamlit glue of the Admin page (pages/8_Admin.py): accounts, data roots, export roots.
+
+Every change goes through :class:`engine.curation.store.ReviewStore` with the signed-in user as the
+acting admin, so the store checks the role again and writes the admin log. In the single-user demo
+(no accounts) the page explains how team mode starts instead.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ui import auth, state
+
+ROLES = ("viewer", "annotator", "reviewer", "admin")
+
+
+def _roots_text(paths) -> str:
+    return "\n".join(str(p) for p in paths)
+
+
+def _lines(text: str) -> list[str]:
+    return [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+
+
+def render_admin() -> None:
+    """The whole Admin page body (call inside ``ui.widgets.guard``)."""
+    from engine.errors import WorkbenchError
+
+    ident = auth.identity()
+    store = auth.users_store()
+    if not ident.signed_in:
+        st.info("This is the single-user demo (no accounts, this machine only). Team mode starts with an admin "
+                "account: `python -m engine users add NAME --role admin`, then `make serve`. Accounts, data roots "
+                "and export roots are managed here once you are signed in as an admin.", icon=":material/info:")
+        return
+    if not auth.can("admin"):
+        auth.role_note("admin", "Managing accounts and folders")
+        return
+    flash = st.session_state.pop(state.ADMIN_FLASH, None)
+    if flash:
+        st.success(flash, icon=":material/check_circle:")
+
+    def done(text: str) -> None:
+        st.session_state[state.ADMIN_FLASH] = text
+        st.rerun()
+
+    st.subheader("Accounts")
+    users = store.users()
+    st.dataframe([{"name": u.name, "role": u.role, "active": u.active, "created": u.created[:19],
+                   "updated": (u.updated or "")[:19]} for u in users], hide_index=True, width="stretch")
+    with st.form(state.ADMIN_ADD_FORM, clear_on_submit=True):
+        c = st.columns([3, 2, 3])
+        name = c[0].text_input("New user name", key=state.ADMIN_NEW_NAME,
+                               help="letters, digits, . _ @ + - ; for sign-in through the identity provider "
+                                    "use the person's email address")
+        role = c[1].selectbox("Role", ROLES, index=1, key=state.ADMIN_NEW_ROLE)
+        pw = c[2].text_input("Initial password", type="password", key=state.ADMIN_NEW_PASSWORD)
+        if st.form_submit_button("Add user", key=state.ADMIN_ADD, icon=":material/person_add:"):
+            try:
+                u = store.add_user(name, role, pw, actor=ident.name)
+            except WorkbenchError as exc:
+                st.error(f"Not added: {exc}", icon="⚠️")
+            else:
+                done(f"Added {u.role} {u.name}.")
+    if users:
+        names = [u.name for u in users]
+        pick = st.selectbox("Change an account", names, key=state.ADMIN_USER)
+        u = next(x for x in users if x.name == pick)
+        c = st.columns([2, 2, 2, 3, 2], vertical_alignment="bottom")
+        new_role = c[0].selectbox("Role", ROLES, index=ROLES.index(u.role), key=f"{state.ADMIN_ROLE}_{pick}")
+        if c[1].button("Set role", key=state.ADMIN_SET_ROLE, disabled=new_role == u.role):
+            with _report():
+                store.set_role(pick, new_role, actor=ident.name)
+                done(f"{pick} is now {new_role}.")
+        label = "Disable" if u.active else "Enable"
+        if c[2].button(label, key=state.ADMIN_TOGGLE, disabled=pick == ident.name,
+                       help="you cannot disable yourself" if pick == ident.name else "disabled accounts cannot sign "
+                       "in; their history stays"):
+            with _report():
+                (store.disable_user if u.active else store.enable_user)(pick, actor=ident.name)
+                done(f"{pick} {'disabled' if u.active else 'enabled'}.")
+        new_pw = c[3].text_input("New password", type="password", key=f"{state.ADMIN_RESET_PASSWORD}_{pick}")
+        if c[4].button("Reset password", key=state.ADMIN_RESET, disabled=not new_pw):
+            with _report():
+                store.set_password(pick, new_pw, actor=ident.name)
+                done(f"Password of {pick} reset.")
+
+    st.subheader("Data roots")
+    st.caption("In team mode datasets open only from these folders (absolute paths, one per line; symlinks are "
+               "resolved, so a link pointing outside a root is refused).")
+    roots = st.text_area("Data roots", value=_roots_text(store.data_roots()), key=state.ADMIN_DATA_ROOTS)
+    if st.button("Save data roots", key=state.ADMIN_SAVE_DATA_ROOTS, icon=":material/save:"):
+        with _report():
+            got = store.set_data_roots(_lines(roots), actor=ident.name)
+            done(f"Data roots: {', '.join(map(str, got)) or 'none'}.")
+    st.subheader("Export roots")
+    st.caption("Exports and manifests are written under the workspace or these folders (the first is the default "
+               "target of exports).")
+    ex = st.text_area("Export roots", value=_roots_text(store.export_roots()), key=state.ADMIN_EXPORT_ROOTS)
+    if st.button("Save export roots", key=state.ADMIN_SAVE_EXPORT_ROOTS, icon=":material/save:"):
+        with _report():
+            got = store.set_export_roots(_lines(ex), actor=ident.name)
+            done(f"Export roots: {', '.join(map(str, got)) or 'none'}.")
+    with st.expander("Admin log"):
+        st.dataframe(list(reversed(store.admin_log()))[:500], hide_index=True, width="stretch")
+
+
+class _report:
+    """Show a project error from an admin action as a message (the page keeps running)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        from engine.errors import WorkbenchError
+
+        if isinstance(exc, WorkbenchError):
+            st.error(str(exc), icon="⚠️")
+            return True
+        return False

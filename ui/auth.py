@@ -1,0 +1,368 @@
+"""Sign-in, the signed-in user and the team-mode folder rules, for every page.
+
+:func:`gate` runs from :func:`ui.widgets.page_setup`, so EVERY page is guarded:
+
+- **Demo mode** (``make run``, :func:`engine.serving.serve_mode` ``demo``) with a store that has no
+  accounts: nobody signs in; the app refuses to run when it listens beyond 127.0.0.1. The pages keep
+  their local "your name" field (the single user's identity in the audit log).
+- **Team mode** (``make serve``) — or any store that has accounts: a browser that is not signed in
+  sees only the sign-in form. Local accounts are checked by the store (argon2,
+  :meth:`ReviewStore.authenticate`), failed attempts throttled per account name
+  (:class:`engine.serving.LoginThrottle`). When ``.streamlit/secrets.toml`` has an ``[auth]``
+  section, Streamlit's native OIDC sign-in (``st.login``) is offered too; the identity's email (or
+  ``sub``) must be an account name (:func:`engine.serving.oidc_account`). Team mode refuses to run
+  while the store has no active admin.
+
+The signed-in user is the author of every write (:func:`author`); :func:`can` hides controls a role
+cannot use, while the engine checks every write anyway (PermissionDenied).
+
+Example:
+    >>> from ui import auth
+    >>> auth.can("reviewer")          # in a page, after page_setup            # doctest: +SKIP
+    >>> auth.author()                 # "ana"                                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from ui import state
+
+ROLE_RANK = {"viewer": 0, "annotator": 1, "reviewer": 2, "admin": 3}
+_HIDE_NAV = "<style>[data-testid='stSidebarNav']{display:none}</style>"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is using this browser session: ``name`` (None in demo mode until typed), ``role``,
+    ``signed_in`` (an account), ``via`` (``password`` | ``oidc`` | ``demo``)."""
+
+    name: str | None
+    role: str
+    signed_in: bool
+    via: str
+
+
+_IDENTITY_KEY = "_segwb_identity"  # per-run cache of the gate's result (not a widget key)
+
+
+# ------------------------------------------------------------------------------------ store
+
+@st.cache_resource(show_spinner=False)
+def _store(url: str):
+    from engine.curation.store import ReviewStore
+
+    return ReviewStore(url)
+
+
+def users_store():
+    """The store holding accounts and settings: ``$SEGWB_STORE_URL`` or the workspace store (cached)."""
+    from engine.curation.store import default_store_url
+
+    return _store(default_store_url(state.workspace().root))
+
+
+@st.cache_resource(show_spinner=False)
+def _throttle():
+    from engine.serving import LoginThrottle
+
+    return LoginThrottle()
+
+
+def team_mode() -> bool:
+    from engine.serving import is_team_mode
+
+    return is_team_mode()
+
+
+def sign_in_required() -> bool:
+    """True in team mode and whenever the store has accounts."""
+    return team_mode() or users_store().has_users()
+
+
+# ------------------------------------------------------------------------------------ OIDC
+
+def oidc_providers() -> list[str] | None:
+    """Providers configured for ``st.login`` in secrets.toml (``[""]``: the default ``[auth]``), or None."""
+    try:
+        auth = st.secrets.get("auth")
+    except Exception:  # noqa: BLE001 - no secrets file
+        return None
+    if not auth:
+        return None
+    names = [k for k, v in dict(auth).items() if hasattr(v, "keys") and "client_id" in v]
+    if "client_id" in auth:
+        names.insert(0, "")
+    return names or None
+
+
+def _oidc_user() -> dict[str, Any] | None:
+    try:
+        if st.user.is_logged_in:
+            return st.user.to_dict()
+    except Exception:  # noqa: BLE001 - st.user unavailable (no auth configured)
+        return None
+    return None
+
+
+# ------------------------------------------------------------------------------------ the gate
+
+def _refuse(msg: str, hint: str = "") -> None:
+    st.error(msg + (f"\n\n{hint}" if hint else ""), icon=":material/block:")
+    st.stop()
+
+
+def _check_bind_address() -> None:
+    """Demo mode serves this machine only: refuse a non-loopback listening address."""
+    from engine.serving import is_loopback
+
+    addr = st.get_option("server.address")
+    try:
+        served = bool(st.context.headers)  # AppTest has no HTTP request (and no listening socket)
+    except Exception:  # noqa: BLE001
+        served = False
+    if (addr is not None and not is_loopback(addr)) or (addr is None and served):
+        _refuse(f"The single-user demo serves this machine only, but this server listens on "
+                f"`{addr or 'all interfaces'}` without sign-in, so it will not run.",
+                "Start it with `make run` (127.0.0.1), or serve a team with `make serve` (sign-in required).")
+
+
+def gate() -> Identity:
+    """Guard the page: return the identity, or show only the sign-in form and stop the script.
+    Runs once per script run (from ``page_setup``); :func:`identity` reads its result."""
+    ident = _gate()
+    st.session_state[_IDENTITY_KEY] = ident
+    return ident
+
+
+def _gate() -> Identity:
+    from engine.errors import PermissionDenied
+    from engine.serving import ADD_ADMIN_HINT
+
+    store = users_store()
+    if not team_mode():
+        _check_bind_address()
+    if not sign_in_required():
+        return Identity(str(state.get(state.REVIEWER, "") or "").strip() or None, "admin", False, "demo")
+    if team_mode() and not store.has_admin():
+        _refuse("Team mode needs an administrator account and the review store has none, so the app will not "
+                "serve anything.", f"On the server: `python -m engine users add NAME --role admin` ({ADD_ADMIN_HINT}).")
+    name = state.get(state.AUTH_USER)
+    if name:
+        user = store.user(name)
+        if user is not None and user.active:
+            return Identity(user.name, user.role, True, state.get(state.AUTH_VIA, "password"))
+        _forget()
+        st.warning("Your account was disabled or removed: you are signed out.", icon=":material/logout:")
+    claims = _oidc_user() if oidc_providers() else None
+    if claims:
+        from engine.serving import oidc_account
+
+        try:
+            user = oidc_account(store, claims)
+        except PermissionDenied as exc:
+            st.markdown(_HIDE_NAV, unsafe_allow_html=True)
+            st.error(f"Signed in with the identity provider, but: {exc}", icon=":material/block:")
+            if st.button("Sign out", key=state.AUTH_SIGN_OUT):
+                st.logout()
+            st.stop()
+        state.set(state.AUTH_USER, user.name)
+        state.set(state.AUTH_VIA, "oidc")
+        return Identity(user.name, user.role, True, "oidc")
+    sign_in_form(store)
+    st.stop()
+    raise AssertionError("unreachable")  # st.stop raises
+
+
+def sign_in_form(store: Any) -> None:
+    """The only thing a browser that is not signed in sees."""
+    from engine.errors import PermissionDenied
+
+    st.markdown(_HIDE_NAV, unsafe_allow_html=True)
+    st.title("Sign in")
+    st.caption("Segmentation workbench · team mode: every decision and mask version is recorded under your name.")
+    providers = oidc_providers()
+    if providers:
+        for p in providers:
+            label = f"Sign in with {p}" if p else "Sign in with the identity provider"
+            if st.button(label, key=f"{state.AUTH_OIDC}_{p or 'default'}", type="primary",
+                         icon=":material/login:"):
+                if p:
+                    st.login(p)
+                else:
+                    st.login()
+        st.caption("or with a local account:")
+    with st.form(state.AUTH_FORM):
+        name = st.text_input("User name", key=state.AUTH_NAME, autocomplete="username")
+        pw = st.text_input("Password", type="password", key=state.AUTH_PASSWORD, autocomplete="current-password")
+        submitted = st.form_submit_button("Sign in", type="primary", key=state.AUTH_SUBMIT)
+    if not submitted:
+        return
+    name = (name or "").strip()
+    throttle = _throttle()
+    wait = throttle.wait_seconds(name)
+    if wait > 0:
+        st.error(f"Too many failed sign-ins for this name: wait {wait:.0f} s and try again.", icon=":material/timer:")
+        return
+    try:
+        user = store.authenticate(name, pw or "")
+    except PermissionDenied as exc:
+        throttle.failed(name)
+        st.error(f"Not signed in: {exc.message}.", icon=":material/block:")
+        return
+    throttle.succeeded(name)
+    state.set(state.AUTH_USER, user.name)
+    state.set(state.AUTH_VIA, "password")
+    st.session_state.pop(state.AUTH_PASSWORD, None)
+    st.rerun()
+
+
+def _forget() -> None:
+    for k in (state.AUTH_USER, state.AUTH_VIA, _IDENTITY_KEY, state.REVIEWER):
+        st.session_state.pop(k, None)
+
+
+def sign_out() -> None:
+    """Release this session's claim, forget the user (and end the OIDC session)."""
+    via = state.get(state.AUTH_VIA)
+    release_claim()
+    _forget()
+    if via == "oidc":
+        st.logout()
+
+
+def identity_sidebar(ident: Identity) -> None:
+    """Who is signed in, their role, and the sign-out button (sidebar)."""
+    if not ident.signed_in:
+        st.sidebar.caption("Single-user demo on this machine (127.0.0.1): no sign-in.")
+        return
+    st.sidebar.markdown(f"**Signed in**  \n{ident.name} · *{ident.role}*")
+    st.sidebar.button("Sign out", key=state.AUTH_SIGN_OUT, icon=":material/logout:", on_click=sign_out)
+
+
+# ------------------------------------------------------------------------------------ who may do what
+
+def identity() -> Identity:
+    """The current identity (set by :func:`gate` at the top of this run)."""
+    got = st.session_state.get(_IDENTITY_KEY)
+    return got if isinstance(got, Identity) else gate()
+
+
+def author() -> str:
+    """The name written into the audit log: the signed-in user; in demo mode the typed local name."""
+    ident = identity()
+    if ident.signed_in:
+        return str(ident.name)
+    return str(state.get(state.REVIEWER, "") or "").strip()
+
+
+def signed_in() -> bool:
+    return identity().signed_in
+
+
+def can(role: str) -> bool:
+    """True when the current user's role is at least ``role`` (demo mode: always)."""
+    return ROLE_RANK.get(identity().role, -1) >= ROLE_RANK[role]
+
+
+def role_note(role: str, what: str) -> None:
+    """A caption saying which role ``what`` needs (shown where a control is hidden or disabled)."""
+    ident = identity()
+    st.caption(f"{what} needs the **{role}** role; you are signed in as {ident.name} (*{ident.role}*). "
+               "An admin can change your role.")
+
+
+# ------------------------------------------------------------------------------------ folders
+
+def check_dataset_path(path: str | Path) -> None:
+    """Team mode: refuse a dataset folder/manifest outside the admin's data roots (PermissionDenied)."""
+    if not team_mode():
+        return
+    from engine.serving import check_data_path
+
+    check_data_path(path, users_store().data_roots())
+
+
+def dataset_allowed(path: str | Path) -> bool:
+    try:
+        check_dataset_path(path)
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def check_output_path(path: str | Path) -> None:
+    """Team mode: exports and manifests need the reviewer role and a path under the workspace or an
+    export root (PermissionDenied otherwise)."""
+    if not team_mode():
+        return
+    from engine.errors import PermissionDenied
+    from engine.serving import check_write_path
+
+    if not can("reviewer"):
+        ident = identity()
+        raise PermissionDenied(f"{ident.name} is a {ident.role}; writing exports and manifests needs the reviewer "
+                               "role or higher", hint="ask an admin to change your role")
+
+    check_write_path(path, state.workspace().root, users_store().export_roots())
+
+
+def default_export_root() -> Path | None:
+    """The admin's first export root in team mode (None: the workspace)."""
+    if not team_mode():
+        return None
+    return users_store().export_root()
+
+
+# ------------------------------------------------------------------------------------ case claims
+
+def claim_case(store: Any, case_id: str) -> Any:
+    """Claim ``case_id`` for this user (renews the lease; releases this session's previous claim).
+
+    Returns the :class:`Claim`, or the :class:`engine.errors.ClaimHeld` error when someone else holds
+    it (shown by the caller), or None when this user may not edit (viewer) or has no name yet.
+    """
+    from engine.errors import ClaimHeld, PermissionDenied
+
+    who = author()
+    if not who or not can("annotator"):
+        return None
+    key = (store.url.render_as_string(hide_password=False), store.dataset_key, str(case_id))
+    prev = state.get(state.CLAIMED)
+    if prev and tuple(prev) != key:
+        release_claim(store)
+    try:
+        cl = store.claim(case_id, who)
+    except ClaimHeld as exc:
+        return exc
+    except PermissionDenied:
+        return None
+    state.set(state.CLAIMED, key)
+    return cl
+
+
+def release_claim(store: Any = None) -> None:
+    """Release the claim this session holds (on leaving the editor, switching case, saving, signing out)."""
+    prev = state.get(state.CLAIMED)
+    if not prev:
+        return
+    st.session_state.pop(state.CLAIMED, None)
+    url, ds_key, case_id = prev
+    who = author()
+    if not who:
+        return
+    try:
+        if store is not None and store.url.render_as_string(hide_password=False) == url \
+                and store.dataset_key == ds_key:
+            store.release(case_id, who)
+            return
+        from engine.curation.store import ReviewStore
+
+        with ReviewStore(url, dataset_key=ds_key) as s:
+            s.release(case_id, who)
+    except Exception:  # noqa: BLE001 - the lease ends by itself anyway
+        pass
