@@ -47,7 +47,7 @@ class Identity:
     via: str
 
 
-_IDENTITY_KEY = "_segwb_identity"  # per-run cache of the gate's result (not a widget key)
+_IDENTITY_KEY = state.SEGWB_IDENTITY  # per-run cache of the gate's result (not a widget key)
 
 
 # ------------------------------------------------------------------------------------ store

@@ -38,8 +38,8 @@ def one_image(names):
     from engine.inference import TTA_MODES
 
     c1, c2 = st.columns(2)
-    src = c1.radio("Image from", ["Current dataset", "Upload"], horizontal=True, key="compare_src")
-    tta = c2.radio("Test-time augmentation", TTA_MODES, horizontal=True, key="compare_tta")
+    src = c1.radio("Image from", ["Current dataset", "Upload"], horizontal=True, key=state.COMPARE_SRC)
+    tta = c2.radio("Test-time augmentation", TTA_MODES, horizontal=True, key=state.COMPARE_TTA)
     gt = gt_labels = None
     if src == "Current dataset":
         ds = current_dataset()
@@ -52,7 +52,7 @@ def one_image(names):
         inp = pv.dataset_input(ds, ds.case(case_id))
         gt, gt_labels = pv.ground_truth(inp)
     else:
-        up = st.file_uploader("Image (TIFF, DICOM, PNG, JPEG)", type=pv.UPLOAD_TYPES, key="compare_upload")
+        up = st.file_uploader("Image (TIFF, DICOM, PNG, JPEG)", type=pv.UPLOAD_TYPES, key=state.COMPARE_UPLOAD)
         if up is None:
             st.info("Upload an image to compare the models on it.")
             return
@@ -76,7 +76,7 @@ def one_image(names):
             labels[name] = pred.card.labels
     st.caption("Each model uses its card's default post-processing (and its card's presence-classifier gate, "
                "if it names one).")
-    pv.render_side_by_side(img, masks, labels, gt, gt_labels, key="cmp_one")
+    pv.render_side_by_side(img, masks, labels, gt, gt_labels, key=state.CMP_ONE)
 
 
 def over_dataset(names):
@@ -92,10 +92,10 @@ def over_dataset(names):
         return
     modes = {"First N cases": "first", "Random sample of N": "random", "All labelled cases": "all"}
     c1, c2, c3, c4 = st.columns([2, 1, 1, 2])
-    mode = modes[c1.radio("Cases", list(modes), key="compare_mode")]
-    limit = int(c2.number_input("N", 1, max(1, n_lab), min(50, n_lab), key="compare_n", disabled=mode == "all"))
-    seed = int(c3.number_input("Seed", 0, 10_000, 0, key="compare_seed", disabled=mode != "random"))
-    tta = c4.radio("Test-time augmentation", TTA_MODES, horizontal=True, key="compare_ds_tta")
+    mode = modes[c1.radio("Cases", list(modes), key=state.COMPARE_MODE)]
+    limit = int(c2.number_input("N", 1, max(1, n_lab), min(50, n_lab), key=state.COMPARE_N, disabled=mode == "all"))
+    seed = int(c3.number_input("Seed", 0, 10_000, 0, key=state.COMPARE_SEED, disabled=mode != "random"))
+    tta = c4.radio("Test-time augmentation", TTA_MODES, horizontal=True, key=state.COMPARE_DS_TTA)
     case_ids = select_cases(ds, limit, mode, seed)
     st.caption(f"Comparing **{len(case_ids)} of {n_lab}** labelled cases"
                + ("" if len(case_ids) == n_lab else " (a cap keeps big datasets quick; statistics describe "
@@ -103,7 +103,7 @@ def over_dataset(names):
                + ". Predictions are cached on disk per model and reused from the Metrics dashboard when "
                  "an evaluation covers these cases.")
     settings = {"dataset": str(ds.root), "models": list(names), "cases": case_ids, "tta": tta}
-    if st.button("Compare on these cases", type="primary", key="compare_go"):
+    if st.button("Compare on these cases", type="primary", key=state.COMPARE_GO):
         st.session_state[pv.COMPARE_RUN] = settings
     if st.session_state.get(pv.COMPARE_RUN) != settings:
         cached = all(pv.find_evaluation(ds, load_predictor(n).card, case_ids, tta) is not None for n in names)
@@ -141,29 +141,29 @@ def table(df, ds, results):
     fmt = {c: st.column_config.NumberColumn(format="%.3f") for c in show.columns
            if c.startswith("dice") or c == "disagreement"}
     event = st.dataframe(show, hide_index=True, width="stretch", height=320, column_config=fmt,
-                         on_select="rerun", selection_mode="single-row", key="compare_table")
+                         on_select="rerun", selection_mode="single-row", key=state.COMPARE_TABLE)
     rows = list(event.selection.rows) if event is not None else []
-    last = st.session_state.get("compare_table_last")
+    last = st.session_state.get(state.COMPARE_TABLE_LAST)
     if rows and rows != last and rows[0] < len(show):
         st.session_state[pv.COMPARE_CASE] = str(show.iloc[rows[0]]["case_id"])
-    st.session_state["compare_table_last"] = rows
+    st.session_state[state.COMPARE_TABLE_LAST] = rows
     ids = [str(c) for c in show["case_id"]]
     if not ids:
         return
     cur = st.session_state.get(pv.COMPARE_CASE)
-    st.session_state["compare_open_case"] = cur if cur in ids else ids[0]
+    st.session_state[state.COMPARE_OPEN_CASE] = cur if cur in ids else ids[0]
 
     def changed():
-        st.session_state[pv.COMPARE_CASE] = st.session_state["compare_open_case"]
+        st.session_state[pv.COMPARE_CASE] = st.session_state[state.COMPARE_OPEN_CASE]
 
-    cid = st.selectbox("Open case (or click a row)", ids, key="compare_open_case", on_change=changed)
+    cid = st.selectbox("Open case (or click a row)", ids, key=state.COMPARE_OPEN_CASE, on_change=changed)
     st.session_state[pv.COMPARE_CASE] = cid
     st.subheader(f"Case {cid}")
     inp = pv.dataset_input(ds, ds.case(cid))
     img, _ = pv.decode_image(inp)
     gt, gt_labels = pv.ground_truth(inp)
     masks = {n: read_prediction(prediction_path(results[n].folder, cid)) for n in letters.values()}
-    pv.render_side_by_side(img, masks, {n: ds.labels for n in masks}, gt, gt_labels, key="cmp_ds")
+    pv.render_side_by_side(img, masks, {n: ds.labels for n in masks}, gt, gt_labels, key=state.CMP_DS)
 
 
 def _dataset_labels():
@@ -189,7 +189,7 @@ def main():
     matching = [n for n in ranked if not labels or classes_match(classes.get(n, {}), labels)]
     cur = state.current_model()
     default = ([cur] if cur in matching else []) + [n for n in matching if n != cur]
-    names = model_picker("Models (two or three)", key="compare_models", multi=True, default=default[:2] or ranked[:1],
+    names = model_picker("Models (two or three)", key=state.COMPARE_MODELS, multi=True, default=default[:2] or ranked[:1],
                          max_selections=3, dataset_labels=labels)
     if labels and len(matching) < 2:
         st.caption(f"Only {len(matching)} model(s) segment this dataset's classes "

@@ -18,10 +18,10 @@ import streamlit as st
 from ui import state
 from ui.widgets import fmt_num
 
-EVAL_KEY = "dash_eval"
-PENDING_KEY = "dash_eval_pending"
-RUN_KEY = "dash_run"
-NOTICE_KEY = "dash_notice"
+EVAL_KEY = state.DASH_EVAL
+PENDING_KEY = state.DASH_EVAL_PENDING
+RUN_KEY = state.DASH_RUN
+NOTICE_KEY = state.DASH_NOTICE
 NONE_TEXT = "n/a"
 
 
@@ -108,16 +108,16 @@ def eval_controls(ds: Any) -> str | None:
     with st.expander("Evaluate a model on this dataset", expanded=not evaluations(ds)):
         c = st.columns([3, 2, 2, 2], vertical_alignment="bottom")
         with c[0]:
-            model = model_picker("Model", key="dash_model")
-        policy = c[1].radio("Empty-mask policy", list(EMPTY_POLICIES), key="dash_policy", horizontal=True,
+            model = model_picker("Model", key=state.DASH_MODEL)
+        policy = c[1].radio("Empty-mask policy", list(EMPTY_POLICIES), key=state.DASH_POLICY, horizontal=True,
                             help="how an image with an empty ground truth AND an empty prediction is scored")
-        tta = c[2].selectbox("Test-time augmentation", ["none", "flip", "flip4"], key="dash_tta")
-        recompute = c[3].checkbox("Recompute (ignore the cache)", key="dash_recompute")
+        tta = c[2].selectbox("Test-time augmentation", ["none", "flip", "flip4"], key=state.DASH_TTA)
+        recompute = c[3].checkbox("Recompute (ignore the cache)", key=state.DASH_RECOMPUTE)
         st.caption(f"**{policy}**: {EMPTY_POLICY_RULES[policy]}.")
         case_ids, gate = (None, None)
         if model:
             case_ids, gate = case_and_gate_controls(ds, model)
-        if model and st.button(f"Evaluate {model}", type="primary", key="dash_evaluate"):
+        if model and st.button(f"Evaluate {model}", type="primary", key=state.DASH_EVALUATE):
             from engine.evaluation import EvalConfig
             from ui.loaders import load_predictor
             from ui.widgets import streamlit_progress
@@ -186,13 +186,13 @@ def distribution_section(per_image) -> None:
     from engine.dashboard import dice_by_truth
 
     metrics = ["dice"] + [c for c in per_image.columns if c.startswith(("dice_", "iou_", "hd95_"))]
-    metric = st.selectbox("Metric", metrics, key="dash_dist_metric")
+    metric = st.selectbox("Metric", metrics, key=state.DASH_DIST_METRIC)
     d = dice_by_truth(per_image, metric)
     a, b = st.columns([3, 2])
     a.plotly_chart(px.histogram(d, x="value", color="truth", nbins=20, barmode="overlay",
-                                title=f"Per-image {metric}", labels={"value": metric}), key="dash_hist")
+                                title=f"Per-image {metric}", labels={"value": metric}), key=state.DASH_HIST)
     b.plotly_chart(px.box(d, x="truth", y="value", points="all", hover_data=["case_id"],
-                          title=f"{metric} by ground truth", labels={"value": metric}), key="dash_box")
+                          title=f"{metric} by ground truth", labels={"value": metric}), key=state.DASH_BOX)
     with st.expander("Per-image table"):
         st.dataframe(per_image, hide_index=True, width="stretch")
 
@@ -210,8 +210,8 @@ def worst_section(ds: Any, res: Any) -> None:
     from ui.nav import BROWSER_PAGE, page_link, short_id, switch_page
 
     c = st.columns([2, 2, 3], vertical_alignment="bottom")
-    n = int(c[0].selectbox("Cases", [6, 12, 24], index=1, key="dash_worst_n"))
-    only_pos = c[1].checkbox("Only non-empty ground truth", key="dash_worst_pos")
+    n = int(c[0].selectbox("Cases", [6, 12, 24], index=1, key=state.DASH_WORST_N))
+    only_pos = c[1].checkbox("Only non-empty ground truth", key=state.DASH_WORST_POS)
     c[2].caption("Prediction filled in class colours, ground truth outlined in white.")
     worst = worst_cases(res.per_image, n, only_gt_nonempty=only_pos)
     if worst.empty:
@@ -248,7 +248,7 @@ def sweep_section(res: Any) -> None:
         st.info("This evaluation has no post-processing sweep (it was run with the sweep off).")
         return
     gates = sweep_gates(res.sweep)
-    gate = st.selectbox("Gate", gates, key="dash_sweep_gate",
+    gate = st.selectbox("Gate", gates, key=state.DASH_SWEEP_GATE,
                         help="no gate: threshold + minimum area only; presence: drop images whose presence "
                              "probability is below the value; triplet: keep a mask only if its top probability "
                              "and area pass")
@@ -271,7 +271,7 @@ def sweep_section(res: Any) -> None:
     fig.update_layout(title=f"Mean Dice over threshold × minimum area ({gate})", xaxis_title="minimum area (px)",
                       yaxis_title="probability threshold", legend={"orientation": "h", "y": -0.2},
                       xaxis={"type": "category"}, yaxis={"type": "category"})
-    st.plotly_chart(fig, key="dash_sweep")
+    st.plotly_chart(fig, key=state.DASH_SWEEP)
     sb = res.summary.get("sweep_best") or {}
     c = st.columns(3)
     c[0].metric("Best in this grid", _fmt(b["score"]), help=f"threshold {b['threshold']:g}, min area {b['min_area']}")
@@ -327,7 +327,7 @@ def presence_section(summary: dict[str, Any]) -> None:
         fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dash", "color": "grey"}, name="chance")
         fig.update_layout(title=f"ROC (AUC {_fmt(p.get('roc_auc'))})", xaxis_title="false positive rate",
                           yaxis_title="true positive rate", showlegend=False)
-        a.plotly_chart(fig, key="dash_roc")
+        a.plotly_chart(fig, key=state.DASH_ROC)
     else:
         a.info("ROC curve undefined (needs positive and negative images).")
     pr = p.get("pr_curve") or {}
@@ -335,7 +335,7 @@ def presence_section(summary: dict[str, Any]) -> None:
         fig = go.Figure(go.Scatter(x=pr["recall"], y=pr["precision"], mode="lines", name="PR"))
         fig.update_layout(title=f"Precision–recall (AP {_fmt(p.get('average_precision'))})", xaxis_title="recall",
                           yaxis_title="precision", showlegend=False)
-        b.plotly_chart(fig, key="dash_pr")
+        b.plotly_chart(fig, key=state.DASH_PR)
     else:
         b.info("PR curve undefined (needs positive images).")
     cm = p.get("confusion_matrix")
@@ -343,7 +343,7 @@ def presence_section(summary: dict[str, Any]) -> None:
         fig = go.Figure(go.Heatmap(z=cm, x=["predicted empty", "predicted present"], y=["GT empty", "GT present"],
                                    text=cm, texttemplate="%{text}", colorscale="Blues", showscale=False))
         fig.update_layout(title="Confusion matrix (images)", yaxis={"autorange": "reversed"})
-        c2.plotly_chart(fig, key="dash_cm")
+        c2.plotly_chart(fig, key=state.DASH_CM)
 
 
 def slices_section(ds: Any, per_image) -> None:
@@ -358,14 +358,14 @@ def slices_section(ds: Any, per_image) -> None:
         st.info("Nothing to slice by (no DICOM sex/age/view, split or groups).")
         return
     c = st.columns(2)
-    by = c[0].selectbox("Slice by", list(cols), format_func=cols.get, key="dash_slice_by")
+    by = c[0].selectbox("Slice by", list(cols), format_func=cols.get, key=state.DASH_SLICE_BY)
     metrics = ["dice"] + [m for m in per_image.columns if m.startswith(("dice_", "iou_"))]
-    metric = c[1].selectbox("Metric", metrics, key="dash_slice_metric")
+    metric = c[1].selectbox("Metric", metrics, key=state.DASH_SLICE_METRIC)
     table = slice_metrics(joined, by, metric)
     fig = px.bar(table, x=by, y="mean", text="n", title=f"Mean {metric} by {cols[by]} (bar label = images)",
                  labels={"mean": f"mean {metric}"})
     fig.update_xaxes(type="category")
-    st.plotly_chart(fig, key="dash_slice")
+    st.plotly_chart(fig, key=state.DASH_SLICE)
     st.dataframe(table, hide_index=True, width="stretch")
 
 
@@ -391,7 +391,7 @@ def training_section() -> None:
     if hist.empty or len(hist.columns) <= 1:
         st.info("This run has no finished epoch yet.")
     else:
-        history_charts(hist, ("loss", "metrics", "lr"), key="dash_hist")
+        history_charts(hist, ("loss", "metrics", "lr"), key=state.DASH_HIST)
         if "best" in hist.columns and hist["best"].astype(bool).any():
             best = hist[hist["best"].astype(bool)].iloc[-1]
             st.caption(f"Best epoch {int(best['epoch'])}" + (f": val Dice {_fmt(best.get('val_dice'))}"
@@ -408,7 +408,7 @@ def training_section() -> None:
         if frames:
             epochs = [e for e, _ in frames]
             with s:
-                ep = st.select_slider("Epoch", epochs, value=epochs[-1], key="dash_epoch") if len(epochs) > 1 \
+                ep = st.select_slider("Epoch", epochs, value=epochs[-1], key=state.DASH_EPOCH) if len(epochs) > 1 \
                     else epochs[0]
                 st.image(str(dict(frames)[ep]), caption=f"epoch {ep}", width="stretch")
     card = run_card(run_dir)

@@ -33,9 +33,9 @@ K = {
     "impact": "loop_impact_btn_{where}", "sig_models": "loop_sig_models", "sig_btn": "loop_sig_btn",
     "sig_max": "loop_sig_max",
 }
-JOB_KEY = "loop_job"            # {"run_dir", "name", "parent", "dataset"} of the last retrain started here
-IMPACT_KEY = "loop_impact"      # the last impact report dict (with "dataset")
-OPEN_KEY = "loop_open"          # keep the expander open after an action
+JOB_KEY = state.LOOP_JOB            # {"run_dir", "name", "parent", "dataset"} of the last retrain started here
+IMPACT_KEY = state.LOOP_IMPACT      # the last impact report dict (with "dataset")
+OPEN_KEY = state.LOOP_OPEN          # keep the expander open after an action
 
 
 def _k(name: str, where: str) -> str:
@@ -238,11 +238,11 @@ def loop_section(ds: Any, store: Any, report: Any, where: str = "review") -> Non
     from ui.widgets import guard
 
     job = st.session_state.get(JOB_KEY)
-    if job and st.session_state.get("loop_refreshed_for") != job["run_dir"] and not _active(job):
+    if job and st.session_state.get(state.LOOP_REFRESHED_FOR) != job["run_dir"] and not _active(job):
         from ui.loaders import refresh_weights
 
         refresh_weights()  # the retrained model was just exported: list it in the pickers now, once
-        st.session_state["loop_refreshed_for"] = job["run_dir"]
+        st.session_state[state.LOOP_REFRESHED_FOR] = job["run_dir"]
     with st.expander("Retrain with corrections · what moved", expanded=bool(st.session_state.get(OPEN_KEY))):
         _corrected_summary(ds, store)
         names = _models_with_split(ds)

@@ -10,8 +10,8 @@ from ui.loaders import classifier_names, load_dataset, load_predictor
 from ui.widgets import domain_warning, guard, legend, model_picker
 
 
-RLE_EXPANDER = "predict_rle_open"  # session-state keys of the lazy expanders (True = open)
-META_EXPANDER = "predict_meta_open"
+RLE_EXPANDER = state.PREDICT_RLE_OPEN  # session-state keys of the lazy expanders (True = open)
+META_EXPANDER = state.PREDICT_META_OPEN
 RLE_CAPTIONS = {
     "kaggle": "Kaggle UNS: 1-based `start length` pairs, column-major, empty = blank",
     "siim": "SIIM-ACR: first offset 0-based, later offsets relative to the previous run's end, empty = -1",
@@ -66,12 +66,12 @@ def demo_buttons():
             if item not in demo:
                 demo.append(item)
             st.session_state[pv.PREDICT_SELECTED] = case.case_id
-    if cols[len(cases)].button("Try all three", key="predict_demo_all"):
+    if cols[len(cases)].button("Try all three", key=state.PREDICT_DEMO_ALL):
         for case in cases:
             item = {"dataset": str(ds.root), "case_id": case.case_id}
             if item not in demo:
                 demo.append(item)
-    if demo and cols[len(cases) + 1].button("Clear demo images", key="predict_demo_clear"):
+    if demo and cols[len(cases) + 1].button("Clear demo images", key=state.PREDICT_DEMO_CLEAR):
         demo.clear()
 
 
@@ -94,13 +94,13 @@ def batch_section(items, card):
     masks = [(it.inp.name, it.mask) for it in items]
     c1, c2, c3 = st.columns(3)
     c1.download_button("All: Kaggle UNS RLE CSV", lambda: pv.rle_csv_bytes(kaggle, "kaggle"),
-                       "predictions_kaggle_uns.csv", "text/csv", key="predict_csv_kaggle", on_click="ignore",
+                       "predictions_kaggle_uns.csv", "text/csv", key=state.PREDICT_CSV_KAGGLE, on_click="ignore",
                        help="img,pixels — 1-based 'start length' pairs, column-major (foreground = any class)")
     c2.download_button("All: SIIM RLE CSV", lambda: pv.rle_csv_bytes(siim, "siim"),
-                       "predictions_siim.csv", "text/csv", key="predict_csv_siim", on_click="ignore",
+                       "predictions_siim.csv", "text/csv", key=state.PREDICT_CSV_SIIM, on_click="ignore",
                        help="ImageId,EncodedPixels — relative offsets, -1 when empty (ImageId = SOPInstanceUID for DICOM)")
     c3.download_button("All: masks (ZIP of PNG)", lambda: pv.masks_zip_bytes(masks), "masks.zip",
-                       "application/zip", key="predict_zip", on_click="ignore")
+                       "application/zip", key=state.PREDICT_ZIP, on_click="ignore")
 
 
 GATE_NONE = "(no gate)"
@@ -132,15 +132,15 @@ def detail(item, card, predictor):
     fg = {k: v for k, v in labels.items() if k != 0}
     stem = item.inp.name.rsplit(".", 1)[0]
     c1, c2, c3 = st.columns([2, 1, 2])
-    alpha = c1.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key="predict_alpha")
-    contour = c2.toggle("Outline", value=True, key="predict_contour")
-    heat_cls = c3.selectbox("Heat-map class", list(fg), format_func=lambda k: fg[k], key="predict_heat_cls") \
+    alpha = c1.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key=state.PREDICT_ALPHA)
+    contour = c2.toggle("Outline", value=True, key=state.PREDICT_CONTOUR)
+    heat_cls = c3.selectbox("Heat-map class", list(fg), format_func=lambda k: fg[k], key=state.PREDICT_HEAT_CLS) \
         if len(fg) > 1 else next(iter(fg))
     hidden = pv.class_toggles(labels, "predict")
     legend({k: v for k, v in labels.items() if k not in hidden})
     gt, gt_labels = pv.ground_truth(item.inp)
     domain_warning(card, item.img, item.meta, gt_labels)
-    show_gt = gt is not None and st.toggle("Show ground truth", value=False, key="predict_show_gt")
+    show_gt = gt is not None and st.toggle("Show ground truth", value=False, key=state.PREDICT_SHOW_GT)
     panels = st.columns(3 if show_gt else 2)
     with panels[0]:
         pv.show_image(pv.overlay_rgb(item.img, item.mask, alpha, hidden, contour), f"{item.inp.name}: prediction")
@@ -180,14 +180,14 @@ def detail(item, card, predictor):
     # after the threshold moved serves this run's file instead of a deferred one the rerun dropped.
     rles = pv.rle_strings(item.mask)
     d1.download_button("Mask PNG", pv.mask_png_bytes(item.mask), f"{stem}_mask.png", "image/png",
-                       key="predict_dl_mask", on_click="ignore",
+                       key=state.PREDICT_DL_MASK, on_click="ignore",
                        help="8-bit palette PNG: pixel value = class id, shown in class colours")
     d2.download_button("Overlay PNG", lambda: pv.overlay_png_bytes(item.img, item.mask, alpha, hidden, contour),
-                       f"{stem}_overlay.png", "image/png", key="predict_dl_overlay", on_click="ignore")
+                       f"{stem}_overlay.png", "image/png", key=state.PREDICT_DL_OVERLAY, on_click="ignore")
     d3.download_button("RLE (Kaggle UNS)", rles["kaggle"], f"{stem}_rle_kaggle.txt",
-                       "text/plain", key="predict_dl_rle_kaggle", on_click="ignore")
+                       "text/plain", key=state.PREDICT_DL_RLE_KAGGLE, on_click="ignore")
     d4.download_button("RLE (SIIM)", rles["siim"], f"{stem}_rle_siim.txt",
-                       "text/plain", key="predict_dl_rle_siim", on_click="ignore")
+                       "text/plain", key=state.PREDICT_DL_RLE_SIIM, on_click="ignore")
     # Lazy expanders (on_change="rerun"): their content is computed and drawn only while open, so a
     # new upload is not held up by code blocks and tables nobody has asked to see.
     rle_box = st.expander("Run-length encodings (foreground = any class)", key=RLE_EXPANDER, on_change="rerun")
@@ -219,7 +219,7 @@ def main():
         except Exception:  # noqa: BLE001 - the demo buttons report dataset problems
             ds_labels = None
     with c1:
-        model = model_picker("Model", key="predict_model", dataset_labels=ds_labels)
+        model = model_picker("Model", key=state.PREDICT_MODEL, dataset_labels=ds_labels)
     if not model:
         return
     predictor, gate_threshold = gate_controls(model, load_predictor(model, gate=None).card)
@@ -227,7 +227,7 @@ def main():
     from engine.inference import TTA_MODES
 
     with c2:
-        tta = st.radio("Test-time augmentation", TTA_MODES, horizontal=True, key="predict_tta",
+        tta = st.radio("Test-time augmentation", TTA_MODES, horizontal=True, key=state.PREDICT_TTA,
                        help="flip: average with the mirrored image; flip4: also vertical and both (4× slower)")
     with c3:
         st.caption(f"**{card.name}** · classes: {', '.join(card.foreground.values())}"
@@ -237,7 +237,7 @@ def main():
             st.caption(card.description[:300])
     post = controls(card, predictor)
     uploads = st.file_uploader("Images (TIFF, DICOM, PNG, JPEG) — one or many", type=pv.UPLOAD_TYPES,
-                               accept_multiple_files=True, key="predict_upload")
+                               accept_multiple_files=True, key=state.PREDICT_UPLOAD)
     demo_buttons()
     inputs = pv.unique_inputs(pv.upload_inputs(uploads) + demo_inputs())
     if not inputs:
@@ -269,10 +269,10 @@ def main():
             st.image(thumbs, caption=[short_id(n) for n in names[:24]], width=150)
     request = st.session_state.pop(pv.PREDICT_SELECTED, None)
     if request in names:
-        st.session_state["predict_pick"] = request
-    elif st.session_state.get("predict_pick") not in names:
-        st.session_state["predict_pick"] = names[0]
-    pick = st.selectbox("Image", names, key="predict_pick") if len(items) > 1 else names[0]
+        st.session_state[state.PREDICT_PICK] = request
+    elif st.session_state.get(state.PREDICT_PICK) not in names:
+        st.session_state[state.PREDICT_PICK] = names[0]
+    pick = st.selectbox("Image", names, key=state.PREDICT_PICK) if len(items) > 1 else names[0]
     st.subheader(pick)
     detail(items[names.index(pick)], card, predictor)
 

@@ -30,14 +30,15 @@ import numpy as np
 import streamlit as st
 
 from engine.errors import ConfigError, ReadError, WorkbenchError
+from ui import state
 
 DEMO_INPUTS = "segwb_predict_demo_inputs"   # list[dict]: dataset images added with "try a demo image"
-PROB_CACHE = "segwb_predict_prob_cache"     # OrderedDict[key, ProbResult] (LRU, bounded)
-MODEL_RUNS = "segwb_predict_model_runs"     # int: forward passes run by this session
+PROB_CACHE = state.SEGWB_PREDICT_PROB_CACHE     # OrderedDict[key, ProbResult] (LRU, bounded)
+MODEL_RUNS = state.SEGWB_PREDICT_MODEL_RUNS     # int: forward passes run by this session
 PREDICT_SELECTED = "segwb_predict_selected"  # image name to open in the detail view (set by demo buttons)
 COMPARE_CASE = "segwb_compare_case"         # case id opened in the Compare page's dataset view
 COMPARE_RUN = "segwb_compare_run"           # settings of the last dataset comparison the user started
-COMPARE_TABLES = "segwb_compare_tables"     # {settings key: DataFrame} of computed comparisons
+COMPARE_TABLES = state.SEGWB_COMPARE_TABLES     # {settings key: DataFrame} of computed comparisons
 
 #: Bounds of the per-session probability cache (entries, and bytes of float32 probabilities).
 PROB_CACHE_ENTRIES = 48

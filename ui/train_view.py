@@ -27,11 +27,11 @@ from ui.widgets import fmt_num
 PAGE = "pages/5_Train.py"
 DASHBOARD_PAGE = "pages/4_Metrics_dashboard.py"
 
-RUN_KEY = "train_run"                  # selected run folder name
-PENDING_RUN_KEY = "train_run_pending"  # run to select on the next rerun (set by Start)
-NOTICE_KEY = "train_notice"
-AUTO_KEY = "train_auto_refresh"
-SHOW_JSON_KEY = "train_show_json"
+RUN_KEY = state.TRAIN_RUN                  # selected run folder name
+PENDING_RUN_KEY = state.TRAIN_RUN_PENDING  # run to select on the next rerun (set by Start)
+NOTICE_KEY = state.TRAIN_NOTICE
+AUTO_KEY = state.TRAIN_AUTO_REFRESH
+SHOW_JSON_KEY = state.TRAIN_SHOW_JSON
 K = {  # widget keys of the form
     "source": "train_source", "path": "train_path", "arch": "train_arch", "encoder": "train_encoder",
     "base": "train_base_channels", "presence": "train_presence", "auto_classes": "train_auto_classes",
@@ -366,7 +366,7 @@ def _charts(run_dir: Path) -> None:
     if hist.empty or len(hist.columns) <= 1:
         st.caption("The loss and Dice curves appear after the first epoch.")
         return
-    history_charts(hist, ("loss", "metrics"), key="train_chart", height=320)
+    history_charts(hist, ("loss", "metrics"), key=state.TRAIN_CHART, height=320)
 
 
 def _previews(run_dir: Path) -> None:
