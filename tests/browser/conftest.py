@@ -370,9 +370,18 @@ def set_multiselect(page: Any, label: str, options: Sequence[str], scope: Any = 
         with expect_rerun(page, timeout):
             clear.first.click()
     for opt in options:
-        box.locator('[role="combobox"], input').first.click()
+        option = page.get_by_role("option", name=opt, exact=True).first
+        for attempt in range(4):  # a rerun landing between the click and the menu closes the menu: reopen it
+            box.locator('[role="combobox"], input').first.click()
+            try:
+                option.wait_for(state="visible", timeout=10_000)
+                break
+            except Exception:  # noqa: BLE001 - playwright TimeoutError
+                if attempt == 3:
+                    raise
+                page.keyboard.press("Escape")
         with expect_rerun(page, timeout):
-            page.get_by_role("option", name=opt, exact=True).first.click()
+            option.click()
         page.keyboard.press("Escape")
 
 
