@@ -684,17 +684,25 @@ def launch_chromium(playwright: Any, user_data_dir: Path, base_url: str | None =
 
 
 @pytest.fixture(scope="session")
-def browser_context(app_server: StreamlitServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One Chromium (fresh profile) for the session, with the app as ``base_url``."""
+def playwright_session() -> Iterator[Any]:
+    """The one Playwright driver of the test session: the sync API allows only one running instance
+    per process, so every browser test module launches its browsers from this one."""
     from playwright.sync_api import sync_playwright
 
-    profile = tmp_path_factory.mktemp("chromium-profile")
     with sync_playwright() as pw:
-        ctx = launch_chromium(pw, profile, base_url=app_server.url)
-        try:
-            yield ctx
-        finally:
-            ctx.close()
+        yield pw
+
+
+@pytest.fixture(scope="session")
+def browser_context(app_server: StreamlitServer, playwright_session: Any,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One Chromium (fresh profile) for the session, with the app as ``base_url``."""
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    ctx = launch_chromium(playwright_session, profile, base_url=app_server.url)
+    try:
+        yield ctx
+    finally:
+        ctx.close()
     shutil.rmtree(profile, ignore_errors=True)
 
 

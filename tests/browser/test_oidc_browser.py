@@ -118,19 +118,16 @@ client_kwargs = {{ prompt = "login" }}
 
 
 @pytest.fixture()
-def page(oidc_app):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        ctx = browser.new_context(viewport=VIEWPORT)
-        ctx.add_init_script(_INIT_SCRIPT)
-        ctx.set_default_timeout(60_000)
-        try:
-            yield ctx.new_page()
-        finally:
-            ctx.close()
-            browser.close()
+def page(oidc_app, playwright_session):
+    browser = playwright_session.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+    ctx = browser.new_context(viewport=VIEWPORT)
+    ctx.add_init_script(_INIT_SCRIPT)
+    ctx.set_default_timeout(60_000)
+    try:
+        yield ctx.new_page()
+    finally:
+        ctx.close()
+        browser.close()
 
 
 def _through_provider(page, app_url: str, login: str) -> None:
