@@ -110,6 +110,21 @@ def read_json(path: str | Path) -> Any:
                         hint="fix or delete the file; caches are rebuilt automatically") from None
 
 
+def read_json_dict(path: str | Path) -> dict[str, Any]:
+    """A JSON object from ``path``, or ``{}`` when the file is missing, unreadable or not an object
+    (for optional side files: job status, saved queue signals)."""
+    from engine.errors import WorkbenchError
+
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        data = read_json(path)
+    except (WorkbenchError, OSError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _nan_to_none(obj: Any) -> Any:
     if isinstance(obj, float) and obj != obj:  # NaN
         return None

@@ -47,8 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ConfigError, WorkbenchError
-from engine.fsutil import atomic_write_json, read_json
+from engine.errors import ConfigError
+from engine.fsutil import atomic_write_json, read_json_dict
 from engine.workspace import Workspace
 
 __all__ = ["Job", "start_training", "check_config", "job_status", "cancel", "list_jobs", "tail_log",
@@ -284,13 +284,7 @@ def _iso_to_epoch(text: Any) -> float | None:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = read_json(path)
-    except WorkbenchError:
-        return {}
-    return data if isinstance(data, dict) else {}
+    return read_json_dict(path)
 
 
 def _int(v: Any) -> int:

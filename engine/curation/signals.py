@@ -114,15 +114,8 @@ def save_signals(ds: Any, signals: Mapping[str, Any]) -> Path:
 
 def load_signals(ds: Any) -> dict[str, Any]:
     """The signals saved by :func:`save_signals` (``{}`` when none or unreadable)."""
-    from engine.fsutil import read_json
+    from engine.fsutil import read_json_dict
 
     if getattr(ds, "workdir", None) is None:
         return {}
-    path = Path(ds.workdir) / SIGNALS_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = read_json(path)
-    except WorkbenchError:
-        return {}
-    return data if isinstance(data, dict) else {}
+    return read_json_dict(Path(ds.workdir) / SIGNALS_FILE)
