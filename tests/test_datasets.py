@@ -173,6 +173,37 @@ def test_cache_kaggle_phantom_touch(demo: Path, tmp_path: Path) -> None:
     assert ds.scan_stats["cache_misses"] == 1 and ds.scan_stats["cache_hits"] == 35
 
 
+@pytest.mark.parametrize("layout", ["nerve", "ptx", "paired"])
+def test_forked_workers_index_like_threads(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           layout: str) -> None:
+    """Large cold scans index in forked worker processes: the same cases, bad files and cache
+    entries as the thread path (the records are computed there and cached here)."""
+    import engine.datasets.scan as scan
+
+    root = demo / layout
+    if layout == "paired":  # with a bad file: its record comes back from a worker too
+        root = _paired(tmp_path / "paired", 7)
+        (root / "images" / "broken.png").write_bytes(b"not a png")
+    threads = open_dataset(root, workspace=tmp_path / "ws-threads")
+    used: list[int] = []
+    real = scan._process_map
+
+    def spy(fn, items, report, message):  # the fork path must really run
+        out = real(fn, items, report, message)
+        used.append(len(items) if out is not None else -1)
+        return out
+
+    monkeypatch.setattr(scan, "PROCESS_MIN_ITEMS", 1)
+    monkeypatch.setattr(scan, "can_fork_workers", lambda: True)
+    monkeypatch.setattr(scan, "_process_map", spy)
+    forked = open_dataset(root, workspace=tmp_path / "ws-forked")
+    assert used and used[0] == forked.scan_stats["cache_misses"] > 0
+    assert [c.to_dict() for c in forked.cases] == [c.to_dict() for c in threads.cases]
+    assert forked.bad_files == threads.bad_files
+    again = open_dataset(root, workspace=tmp_path / "ws-forked")  # what the workers computed was cached
+    assert again.scan_stats["cache_hits"] == len(forked.cases) + len(forked.bad_files) and len(used) == 1
+
+
 def test_cache_siim_csv_change_rereads_labelled(demo: Path, tmp_path: Path) -> None:
     root = tmp_path / "ptx"
     shutil.copytree(demo / "ptx", root)

@@ -114,6 +114,18 @@ def test_ssim_pairs_equals_skimage_default() -> None:
     assert np.max(np.abs(ssim_pairs(f32, i, j) - ref32)) < 1e-6
 
 
+def test_threaded_ssim_equals_one_thread_exactly() -> None:
+    """The conflict scan's SSIM over several threads gives bit-identical values, in the caller's order."""
+    from engine.dedup.ssim import ssim_pairs_threaded
+
+    rng = np.random.default_rng(3)
+    imgs = rng.random((300, 20, 24)).astype(np.float32)
+    i, j = rng.integers(0, 300, 1500), rng.integers(0, 300, 1500)
+    one = ssim_pairs(imgs, i, j)
+    assert np.array_equal(ssim_pairs_threaded(imgs, i, j, workers=3), one)
+    assert np.array_equal(ssim_pairs_threaded(imgs, i[:10], j[:10], workers=4), one[:10])  # too few to split
+
+
 def test_resize_matches_pil_bilinear() -> None:
     rng = np.random.default_rng(1)
     img = rng.random((420, 580)).astype(np.float32)

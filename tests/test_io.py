@@ -140,8 +140,8 @@ def test_fast_tiff_path_gives_tifffiles_pixels(tmp_path: Path, monkeypatch: pyte
     calls: list[str] = []
     real = raster.read_plain_tiff
 
-    def spy(path):
-        out = real(path)
+    def spy(path, **kw):
+        out = real(path, **kw)
         calls.append("fast" if out is not None else "tifffile")
         return out
 
@@ -157,7 +157,7 @@ def test_fast_tiff_path_gives_tifffiles_pixels(tmp_path: Path, monkeypatch: pyte
             fast[p.name] = meta
     with tifffile.TiffFile(tmp_path / "gFalselzwNone.tif") as tf:
         np.testing.assert_array_equal(tf.asarray(), grey)
-    monkeypatch.setattr(raster, "read_plain_tiff", lambda path: None)  # the tifffile path's meta
+    monkeypatch.setattr(raster, "read_plain_tiff", lambda path, **kw: None)  # the tifffile path's meta
     for name, meta in fast.items():
         assert raster.read_tiff(tmp_path / name)[1] == meta
     monkeypatch.setattr(raster, "read_plain_tiff", spy)
@@ -453,3 +453,37 @@ def test_two_valued_masks_small_value_is_a_class_id_large_is_binary() -> None:
     a[a == 2] = 100
     labels, info = decode_mask_array(a)
     assert info["encoding"] == "binary" and labels.max() == 1 and "100" in info["note"]
+
+
+@pytest.mark.parametrize("values", [(0, 255), (0, 1), (0,), (255,), (1,), (0, 2), (0, 100), (1, 255), (0, 1, 2),
+                                    (0, 7, 255)])
+@pytest.mark.parametrize("compression", [None, "lzw", "deflate"])
+def test_mask_summary_equals_read_mask(tmp_path: Path, values: tuple[int, ...], compression: str | None) -> None:
+    """The index's fast mask summary (plain 8-bit TIFF: min/max and counts, no label map) gives what
+    read_mask + a pixel count gives, for binary masks and every mask that falls back."""
+    import tifffile
+
+    from engine.io import mask_summary
+
+    rng = np.random.default_rng(len(values))
+    a = np.asarray(values, np.uint8)[rng.integers(0, len(values), (37, 53))]
+    p = tmp_path / f"m{'-'.join(map(str, values))}.tif"
+    tifffile.imwrite(p, a, compression=compression)
+    labels, info = read_mask(p)
+    want = {"area": int(np.count_nonzero(labels)), "classes": info["classes"], "encoding": info["encoding"],
+            "hw": [37, 53]}
+    assert mask_summary(p) == want
+    png = B.png(tmp_path / "m.png", a)  # the fallback path (not a TIFF) agrees too
+    assert mask_summary(png) == want
+
+
+def test_mask_summary_checks_the_pixel_limit_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tifffile
+
+    from engine.io import mask_summary
+
+    p = tmp_path / "big.tif"
+    tifffile.imwrite(p, np.zeros((64, 64), np.uint8), compression="lzw")
+    monkeypatch.setenv("SEGWB_MAX_PIXELS", "1000")
+    with pytest.raises(ReadError, match="pixel"):
+        mask_summary(p)

@@ -166,3 +166,26 @@ def test_hostile_case_id_never_climbs_out_of_cli_masks_with_symlinked_out(hostil
     main(["--workspace", str(tmp_path / "ws"), "masks", str(hostile_manifest), "--out", str(link)])
     assert len(list(real.glob("*.png"))) == len(HOSTILE)
     assert {p.parent for p in real.rglob("*")} == {real}
+
+
+def test_atomic_writes_fsync_only_when_durable(tmp_path: Path, monkeypatch) -> None:
+    """Derived files (reports, index caches) skip the fsyncs but stay atomic: a failed write leaves
+    the old file whole; user work (the default) is fsynced, file and folder."""
+    import os
+
+    from engine import fsutil
+
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    p = tmp_path / "r.json"
+    fsutil.atomic_write_json(p, {"v": 1})
+    assert len(synced) == 2 and fsutil.read_json(p) == {"v": 1}
+    synced.clear()
+    fsutil.atomic_write_json(p, {"v": 2}, durable=False)
+    assert synced == [] and fsutil.read_json(p) == {"v": 2}
+    with pytest.raises(RuntimeError):
+        with fsutil.atomic_path(p, durable=False) as tmp:
+            tmp.write_text('{"v": 3, "torn')
+            raise RuntimeError("crash mid-write")
+    assert fsutil.read_json(p) == {"v": 2} and [q.name for q in tmp_path.iterdir()] == ["r.json"]

@@ -50,11 +50,12 @@ def tqdm_progress(desc: str = "", disable: bool | None = None, delay: float = 0.
 
 
 def write_json(path: str | Path | None, data: Any) -> None:
-    """Write ``data`` atomically to ``path`` ('-' or None prints nothing)."""
+    """Write ``data`` atomically to ``path`` ('-' or None prints nothing). Not fsynced: these are
+    reports of a command, which a rerun recreates (atomic against crashes, not power loss)."""
     if path and str(path) != "-":
         from engine.fsutil import atomic_write_json
 
-        atomic_write_json(path, data)
+        atomic_write_json(path, data, durable=False)
 
 
 def add_pixel_limit(p) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from engine.datasets.base import LABELS_CONVENTION, BadFile, Case, MaskSource
-from engine.datasets.layouts import (DEFAULT_MASK_SUFFIXES, Detection, ScanResult, SIIMLayout, _bad,
+from engine.datasets.layouts import (DEFAULT_MASK_SUFFIXES, Detection, ScanResult, SIIMLayout, _bad, with_suffix,
                                      _default_label_names, _group_ids, _verify_image)
 from engine.datasets.scan import ScanCache, Stamp, list_files, parallel_map
 from engine.errors import MaskError, WorkbenchError
@@ -138,8 +138,8 @@ class COCOLayout:
     @staticmethod
     def _jsons(root: Path, files: dict[Path, Stamp]) -> list[Path]:
         out = []
-        for p in sorted(files):
-            if p.suffix.lower() != ".json" or p.name in _SKIP_JSON or p.name.startswith("index-"):
+        for p in with_suffix(files, ".json"):
+            if p.name in _SKIP_JSON or p.name.startswith("index-"):
                 continue
             if len(p.relative_to(root).parts) > 2:
                 continue
@@ -296,7 +296,7 @@ class DicomSegLayout:
     def detect(cls, root: Path, files: dict[Path, Stamp]) -> Detection | None:
         from engine.interop.dicom_seg import is_dicom_seg
 
-        dicoms = sorted(p for p in files if p.suffix.lower() in (".dcm", ".dicom"))
+        dicoms = with_suffix(files, ".dcm", ".dicom")
         if not dicoms:
             return None
         found = [p for p in cls._likely_segs(dicoms) if is_dicom_seg(p)]
@@ -466,7 +466,7 @@ class NiftiLayout:
     def _niftis(files: dict[Path, Stamp]) -> dict[Path, str]:
         from engine.interop.nifti import nifti_stem
 
-        return {p: s for p in sorted(files) if (s := nifti_stem(p)) is not None}
+        return {p: s for p in with_suffix(files, ".nii", ".gz") if (s := nifti_stem(p)) is not None}
 
     @classmethod
     def _pairs_by_stem(cls, root: Path, files: dict[Path, Stamp]) -> list[tuple[str, Path, Path]]:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from engine.datasets.base import BadFile, Case, MaskSource
-from engine.datasets.scan import ScanCache, Stamp, parallel_map
+from engine.datasets.scan import ScanCache, Stamp, cached_map
 from engine.errors import MaskError, WorkbenchError
 from engine.io import IMAGE_SUFFIXES, image_size, is_dicom_file
 from engine.progress import ProgressFn
@@ -63,6 +63,29 @@ def by_folder(files: dict[Path, Stamp]) -> dict[Path, list[Path]]:
     return _FOLDER_CACHE[0][1]
 
 
+_SUFFIX_CACHE: list[tuple[dict, dict]] = []
+
+
+def by_suffix(files: dict[Path, Stamp]) -> dict[str, list[Path]]:
+    """Files grouped by lower-case suffix (``""`` for none; ``.gz`` for ``x.nii.gz``), memoised like
+    :func:`by_folder`: each layout's detection looks at its own suffixes instead of every file."""
+    for ref, index in _SUFFIX_CACHE:
+        if ref is files:
+            return index
+    index: dict[str, list[Path]] = defaultdict(list)
+    for p in files:
+        index[p.suffix.lower()].append(p)
+    _SUFFIX_CACHE.insert(0, (files, dict(index)))
+    del _SUFFIX_CACHE[2:]
+    return _SUFFIX_CACHE[0][1]
+
+
+def with_suffix(files: dict[Path, Stamp], *suffixes: str) -> list[Path]:
+    """The files whose lower-case suffix is one of ``suffixes``, sorted."""
+    index = by_suffix(files)
+    return sorted(p for sfx in suffixes for p in index.get(sfx, ()))
+
+
 def _in(files: dict[Path, Stamp], folder: Path) -> list[Path]:
     return by_folder(files).get(folder, [])
 
@@ -73,13 +96,11 @@ def _bad(path: Path | str, exc: BaseException | str) -> BadFile:
 
 def _mask_record(mask_path: Path, image_hw: tuple[int, int] | None, threshold: int) -> dict[str, Any]:
     """Read a mask file once: area, classes, encoding, colours (RGB), size check."""
-    from engine.io import read_mask
+    from engine.io import mask_summary
     from engine.io.raster import read_raster
 
-    labels, info = read_mask(mask_path, threshold=threshold)
-    rec: dict[str, Any] = {"area": int(np.count_nonzero(labels)), "classes": info["classes"],
-                           "encoding": info["encoding"], "hw": [int(labels.shape[0]), int(labels.shape[1])]}
-    if info["encoding"] == "rgb":
+    rec: dict[str, Any] = mask_summary(mask_path, threshold=threshold)
+    if rec["encoding"] == "rgb":
         arr, _ = read_raster(mask_path)
         a = arr[..., :3].astype(np.uint32)
         packed = np.unique((a[..., 0] << 16) | (a[..., 1] << 8) | a[..., 2])
@@ -145,8 +166,8 @@ class KaggleUNSLayout:
         for cand in (root / "train_masks.csv", root / "train" / "train_masks.csv"):
             if cand in files:
                 return cand
-        for p in sorted(files):
-            if p.suffix.lower() == ".csv" and p.parent in (root, root / "train") and sniff_rle_csv(p) == "kaggle":
+        for p in with_suffix(files, ".csv"):
+            if p.parent in (root, root / "train") and sniff_rle_csv(p) == "kaggle":
                 return p
         return None
 
@@ -193,16 +214,17 @@ class KaggleUNSLayout:
         csv_stamp = files.get(csv_path) if csv_path else None
         jobs = [(cid, p, "train") for cid, p in images.items()] + [(f"test_{i}", p, "test") for i, p in tests.items()]
 
+        def key_of(job: tuple[str, Path, str]) -> tuple[str, list[Stamp | None]]:
+            cid, img, split = job
+            mpath = masks.get(cid) if split == "train" else None
+            listed = split == "train" and mpath is None and (cid in rle_rows or cid in csv_bad_rows)
+            return str(img), [files[img], files.get(mpath) if mpath else None, csv_stamp if listed else None]
+
         def work(job: tuple[str, Path, str]) -> dict[str, Any]:
             cid, img, split = job
             mpath = masks.get(cid) if split == "train" else None
             rle = rle_rows.get(cid) if split == "train" and mpath is None else None
             row_error = csv_bad_rows.get(cid) if split == "train" and mpath is None else None
-            stamps = [files[img], files.get(mpath) if mpath else None,
-                      csv_stamp if rle is not None or row_error else None]
-            hit = cache.get(str(img), stamps, need_verified=verify)
-            if hit is not None:
-                return hit
             try:
                 if row_error:  # only this image's row is bad: the image is listed as bad, the rest indexed
                     raise WorkbenchError(row_error.rstrip(". "))
@@ -225,10 +247,9 @@ class KaggleUNSLayout:
             except WorkbenchError as exc:
                 bad_path = mpath if (mpath and "mask" in str(exc).lower() and str(img) not in str(exc)) else img
                 value = {"bad": _bad(bad_path, exc).to_dict()}
-            cache.put(str(img), stamps, value, verified=verify)
             return value
 
-        results = parallel_map(work, jobs, progress, "indexing Kaggle UNS images")
+        results = cached_map(cache, jobs, key_of, work, progress, "indexing Kaggle UNS images", verify)
         cases = [Case.from_dict(r["case"]) for r in results if "case" in r]
         bad += [BadFile(**r["bad"]) for r in results if "bad" in r]
         return ScanResult(cases, {0: "background", 1: str(options.get("label_name", "nerve"))}, bad, notes,
@@ -246,23 +267,23 @@ class SIIMLayout:
 
     @staticmethod
     def _dicoms(files: dict[Path, Stamp]) -> list[Path]:
-        return sorted(p for p in files if p.suffix.lower() in (".dcm", ".dicom")
-                      or (not p.suffix and is_dicom_file(p)))
+        return sorted(with_suffix(files, ".dcm", ".dicom") + [p for p in by_suffix(files).get("", ()) if is_dicom_file(p)])
 
     @staticmethod
     def _csvs(root: Path, files: dict[Path, Stamp]) -> list[Path]:
         from engine.rle import sniff_rle_csv
 
-        return sorted(p for p in files if p.suffix.lower() == ".csv" and len(p.relative_to(root).parts) <= 2
-                      and sniff_rle_csv(p) == "siim")
+        return [p for p in with_suffix(files, ".csv") if len(p.relative_to(root).parts) <= 2
+                and sniff_rle_csv(p) == "siim"]
 
     @classmethod
     def detect(cls, root: Path, files: dict[Path, Stamp]) -> Detection | None:
-        dcm = [p for p in files if p.suffix.lower() in (".dcm", ".dicom")]
+        index = by_suffix(files)
+        dcm = with_suffix(files, ".dcm", ".dicom")
         if not dcm:
             return None
         csvs = cls._csvs(root, files)
-        others = sum(1 for p in files if p.suffix.lower() in IMAGE_SUFFIXES and p.suffix.lower() not in (".dcm", ".dicom"))
+        others = sum(len(v) for sfx, v in index.items() if sfx in IMAGE_SUFFIXES and sfx not in (".dcm", ".dicom"))
         if not csvs and others > len(dcm):
             # a folder of PNG/TIFF images with a stray DICOM is not a SIIM dataset
             return Detection(cls.name, 0.1, f"{len(dcm)} DICOM file(s) among {others} other images, no SIIM RLE CSV")
@@ -304,7 +325,7 @@ class SIIMLayout:
             if len(best_stats.problems) > 5:
                 notes.append(f"{csv_path.name}: {len(best_stats.problems) - 5} more unusable rows")
         if not options.get("rle_csv"):
-            ignored = [p for p in files if p.suffix.lower() == ".csv" and p not in csvs
+            ignored = [p for p in with_suffix(files, ".csv") if p not in csvs
                        and len(p.relative_to(root).parts) <= 2]
             for p in ignored[:5]:
                 notes.append(f"{p.relative_to(root)} was not used: " + (
@@ -321,13 +342,13 @@ class SIIMLayout:
                 notes.append(f"{csv_path.name}: {no_image} image ids have no DICOM file (ignored)")
         csv_stamp = files.get(csv_path) if csv_path else None
 
+        def key_of(p: Path) -> tuple[str, list[Stamp | None]]:
+            listed = p.stem in rle_rows or p.stem in csv_bad_rows
+            return str(p), [files[p], csv_stamp if listed else None]
+
         def work(p: Path) -> dict[str, Any]:
             rles = rle_rows.get(p.stem)
             row_error = csv_bad_rows.get(p.stem)
-            stamps = [files[p], csv_stamp if rles is not None or row_error else None]
-            hit = cache.get(str(p), stamps, need_verified=verify)
-            if hit is not None:
-                return hit
             try:
                 if row_error:  # only this image's row is bad
                     raise WorkbenchError(row_error.rstrip(". "))
@@ -360,10 +381,9 @@ class SIIMLayout:
                 value = {"case": case.to_dict()}
             except WorkbenchError as exc:
                 value = {"bad": _bad(p, exc).to_dict()}
-            cache.put(str(p), stamps, value, verified=verify)
             return value
 
-        results = parallel_map(work, dicoms, progress, "indexing DICOM files")
+        results = cached_map(cache, dicoms, key_of, work, progress, "indexing DICOM files", verify)
         cases = [Case.from_dict(r["case"]) for r in results if "case" in r]
         bad += [BadFile(**r["bad"]) for r in results if "bad" in r]
         cases = _drop_duplicate_ids(cases, bad, "SOPInstanceUID")
@@ -491,12 +511,12 @@ class PairedLayout:
                     notes.append(f"{unl} image(s) in {pr.image_dir.relative_to(root)} have no mask (unlabelled)")
         group_of = _group_ids([p.stem for p, _, _ in jobs], options.get("group_regex"))
 
+        def key_of(job: tuple[Path, Path | None, str]) -> tuple[str, list[Stamp | None]]:
+            img, mpath, _ = job
+            return str(img), [files[img], files.get(mpath) if mpath else None]
+
         def work(job: tuple[Path, Path | None, str]) -> dict[str, Any]:
             img, mpath, split = job
-            stamps = [files[img], files.get(mpath) if mpath else None]
-            hit = cache.get(str(img), stamps, need_verified=verify)
-            if hit is not None:
-                return hit
             try:
                 hw = _verify_image(img) if verify else image_size(img)
                 cid = img.stem  # made unique across splits below
@@ -515,10 +535,9 @@ class PairedLayout:
                 msg = str(exc)
                 value = {"bad": _bad(mpath if (mpath and ("mask" in msg.lower() or str(mpath) in msg)) else img,
                                      exc).to_dict()}
-            cache.put(str(img), stamps, value, verified=verify)
             return value
 
-        results = parallel_map(work, jobs, progress, "indexing image/mask pairs")
+        results = cached_map(cache, jobs, key_of, work, progress, "indexing image/mask pairs", verify)
         cases = [Case.from_dict(r["case"]) for r in results if "case" in r]
         stem_count = Counter(c.case_id for c in cases)
         for c in cases:  # the same stem in two splits (train/0.png, test/0.png) → "split/stem"

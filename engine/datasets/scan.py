@@ -81,14 +81,81 @@ def walk_files(root: Path, max_depth: int = 16) -> list[Path]:
     return sorted(list_files(Path(root), max_depth=max_depth))
 
 
+#: a process pool pays for itself from about this many items (forking 2 workers costs ~20 ms)
+PROCESS_MIN_ITEMS = 1000
+_FORK_JOB: tuple[Callable[[Any], Any], Sequence[Any]] | None = None
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+def can_fork_workers() -> bool:
+    """True when forked worker processes are safe here: Linux, several usable cores, no other
+    Python thread running (a fork copies locks another thread may hold, e.g. inside the app's
+    server) and torch not loaded (its OpenMP pool does not survive a fork)."""
+    import sys
+    import threading
+
+    return (sys.platform.startswith("linux") and _usable_cores() > 1 and threading.active_count() == 1
+            and "torch" not in sys.modules)
+
+
+def _fork_chunk(bounds: tuple[int, int]) -> list[Any]:
+    assert _FORK_JOB is not None
+    fn, items = _FORK_JOB
+    return [fn(items[k]) for k in range(*bounds)]
+
+
+def _process_map(fn: Callable[[T], R], items: Sequence[T], report: Callable[[int, int, str], None],
+                 message: str) -> list[R] | None:
+    """``[fn(x) for x in items]`` in forked worker processes (``fn`` and ``items`` reach them
+    through the fork, only results are pickled back), in order; None when the pool broke (a
+    worker killed, e.g. for memory): the caller then computes the items in threads."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    global _FORK_JOB
+    n = len(items)
+    workers = _usable_cores()
+    size = max(16, min(256, n // (4 * workers)))
+    bounds = [(s, min(n, s + size)) for s in range(0, n, size)]
+    results: list[R] = []
+    _FORK_JOB = (fn, items)
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
+            for part in pool.map(_fork_chunk, bounds):
+                results.extend(part)
+                report(len(results), n, message)
+    except BrokenProcessPool:
+        return None
+    finally:
+        _FORK_JOB = None
+    return results
+
+
 def parallel_map(fn: Callable[[T], R], items: Sequence[T], progress: ProgressFn | None = None,
-                 message: str = "", workers: int | None = None) -> list[R]:
-    """``[fn(x) for x in items]`` on a thread pool (image decoders release the GIL), in order."""
+                 message: str = "", workers: int | None = None, *, processes: bool = False) -> list[R]:
+    """``[fn(x) for x in items]`` on a thread pool (image decoders release the GIL), in order.
+
+    ``processes=True``: work that is mostly Python (header parsing, small decodes) runs in forked
+    worker processes instead when there are at least :data:`PROCESS_MIN_ITEMS` items and
+    :func:`can_fork_workers` (threads would only take turns holding the GIL); ``fn`` must not
+    rely on side effects in this process (its results are what comes back).
+    """
     report = as_progress(progress)
     n = len(items)
     if n == 0:
         return []
-    workers = workers or min(8, max(2, (os.cpu_count() or 2) * 2))
+    if processes and n >= PROCESS_MIN_ITEMS and can_fork_workers():
+        done = _process_map(fn, items, report, message)
+        if done is not None:
+            return done
+    workers = workers or min(8, max(2, _usable_cores() * 2))
     results: list[R] = []
     step = max(1, n // 200)
     if workers <= 1 or n < 16:
@@ -106,6 +173,29 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], progress: ProgressFn 
             results.extend(part)
             report(len(results), n, message)
     return results
+
+
+def cached_map(cache: "ScanCache", jobs: Sequence[T], key_of: Callable[[T], tuple[str, list[Stamp | None]]],
+               compute: Callable[[T], dict[str, Any]], progress: ProgressFn | None, message: str,
+               verify: bool = False) -> list[dict[str, Any]]:
+    """Per-file index records: cached ones from ``cache`` (stamps checked), the rest computed by
+    ``compute`` (in worker processes for large cold scans, see :func:`parallel_map`) and put in
+    the cache here, in the order of ``jobs``.
+
+    Args:
+        key_of: job → (cache key, stamps of every file the record is derived from).
+        compute: job → JSON-safe record (errors recorded in it, not raised).
+    """
+    keys = [key_of(j) for j in jobs]
+    out: list[dict[str, Any] | None] = [cache.get(k, st, need_verified=verify) for k, st in keys]
+    todo = [i for i, v in enumerate(out) if v is None]
+    fresh = parallel_map(compute, [jobs[i] for i in todo], progress, message, processes=True)
+    for i, value in zip(todo, fresh):
+        cache.put(keys[i][0], keys[i][1], value, verified=verify)
+        out[i] = value
+    if not todo:
+        as_progress(progress)(len(jobs), len(jobs), message)
+    return out  # type: ignore[return-value]
 
 
 def _patient_key_id() -> str:
@@ -164,6 +254,7 @@ class ScanCache:
         if self.misses == 0 and set(self.new) == set(self.old):
             return  # nothing changed
         try:
-            atomic_write_json(self.path, {"key": self.key, "entries": self.new}, indent=None)
+            # not fsynced: a damaged cache is not loaded (rebuilt by the next scan)
+            atomic_write_json(self.path, {"key": self.key, "entries": self.new}, indent=None, durable=False)
         except OSError:
             pass  # a read-only workspace only costs speed

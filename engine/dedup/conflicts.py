@@ -175,8 +175,9 @@ class ConflictReport:
                    bad_files=list(data.get("bad_files", [])), created=str(data.get("created", "")))
 
     def save(self, path: str | Path, indent: int | None = 1) -> Path:
-        """Write the report as JSON atomically."""
-        atomic_write_json(path, self.to_dict(), indent=indent)
+        """Write the report as JSON atomically (not fsynced: a rescan recreates it, and a damaged
+        copy is not loaded)."""
+        atomic_write_json(path, self.to_dict(), indent=indent, durable=False)
         return Path(path)
 
     @classmethod
@@ -261,7 +262,7 @@ def find_conflicts(ds: Any, config: ConflictConfig | None = None, progress: Prog
     from engine.dedup.maskcache import CandidateCache, MaskCache, PairCache
     from engine.dedup.scoring import CATEGORIES
     from engine.dedup.search import search_candidates
-    from engine.dedup.ssim import ssim_pairs
+    from engine.dedup.ssim import ssim_pairs_threaded
 
     cfg = config or ConflictConfig()
     timing: dict[str, float] = {}
@@ -307,7 +308,7 @@ def find_conflicts(ds: Any, config: ConflictConfig | None = None, progress: Prog
     miss = np.flatnonzero(np.isnan(ssim))
     i_cached = cand.i.size - miss.size
     if miss.size:
-        ssim[miss] = ssim_pairs(fps.thumbs, cand.i[miss], cand.j[miss], data_range=1.0)
+        ssim[miss] = ssim_pairs_threaded(fps.thumbs, cand.i[miss], cand.j[miss], data_range=1.0, workers=cfg.workers)
         pcache.add(fps.keys[cand.i[miss]], fps.keys[cand.j[miss]], ssim[miss])
     pcache.save(live_keys=set((fps.cache_keys if fps.cache_keys is not None else fps.keys).tolist()))
     ok = ssim >= cfg.ssim_threshold

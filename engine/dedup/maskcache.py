@@ -123,7 +123,7 @@ class MaskCache:
             return
         try:
             atomic_write_json(self.path, {"version": MASK_CACHE_VERSION, "options": self.options_key,
-                                          "entries": self.entries}, indent=None)
+                                          "entries": self.entries}, indent=None, durable=False)
         except OSError:
             pass
 

@@ -74,7 +74,7 @@ def reader_kind(path: str | Path) -> str:
     Raises:
         ReadError: an unsupported suffix, or no suffix and no known signature (names the file).
     """
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)
     kind = _READERS.get(path.suffix.lower())
     if kind:
         return kind
@@ -122,7 +122,7 @@ def read_image(path: str | Path, *, page: int | None = None, frame: int | None =
     Raises:
         ReadError: missing/corrupt/unsupported file; message names the file and the fix.
     """
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)
     if not path.exists():
         raise ReadError("file not found", path=path, hint="check the path and that the file was not moved")
     if path.is_dir():
@@ -199,7 +199,7 @@ def load_image(path: str | Path, **kwargs: Any) -> tuple[np.ndarray, dict[str, A
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(height, width) read from the header only (no pixel decoding)."""
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)
     if not path.exists():
         raise ReadError("file not found", path=path, hint="check the path and that the file was not moved")
     kind = reader_kind(path)
@@ -216,10 +216,10 @@ def image_size(path: str | Path) -> tuple[int, int]:
     return dicom_size(path)
 
 
-from engine.io.masks import read_mask, write_mask_png, mask_to_rgb, decode_mask_array  # noqa: E402
+from engine.io.masks import read_mask, write_mask_png, mask_to_rgb, decode_mask_array, mask_summary  # noqa: E402
 
 __all__ = [
     "IMAGE_SUFFIXES", "read_image", "to_chw_float", "load_image", "image_size", "reader_kind",
     "is_image_file", "is_dicom_file", "sniff_kind", "DEFAULT_MAX_PIXELS", "check_pixels", "max_pixels",
-    "set_max_pixels", "read_mask", "write_mask_png", "mask_to_rgb", "decode_mask_array",
+    "set_max_pixels", "read_mask", "write_mask_png", "mask_to_rgb", "decode_mask_array", "mask_summary",
 ]

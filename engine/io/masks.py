@@ -200,7 +200,7 @@ def read_mask(path: str | Path, *, threshold: int = 127, page: int | None = None
     from engine.io import reader_kind
     from engine.io.raster import read_raster, read_tiff
 
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)
     if not path.exists():
         raise ReadError("mask file not found", path=path, hint="check the mask folder and file names")
     kind = reader_kind(path)
@@ -226,6 +226,42 @@ def read_mask(path: str | Path, *, threshold: int = 127, page: int | None = None
     return labels, info
 
 
+def mask_summary(path: str | Path, *, threshold: int = 127) -> dict[str, Any]:
+    """What a dataset index needs of a mask file: ``area`` (foreground pixels), ``classes``,
+    ``encoding`` and ``hw`` = [H, W], equal to :func:`read_mask` followed by a pixel count.
+
+    A binary mask in a plain 8-bit TIFF (the Kaggle UNS masks) is summarised from its decoded
+    pixels with min/max and two counts, without building the label map (one file read, no
+    copies); anything else goes through :func:`decode_mask_array` / :func:`read_mask`.
+
+    Raises:
+        ReadError: unreadable file or over the pixel limit; MaskError: undecodable content.
+    """
+    path = path if isinstance(path, Path) else Path(path)
+    a = None
+    if path.suffix.lower() in (".tif", ".tiff"):
+        from engine.io.raster import read_plain_tiff
+
+        a = read_plain_tiff(path, check_limit=True)
+    if a is not None:
+        lo, hi = int(a.min()), int(a.max())
+        n_lo = int(np.count_nonzero(a == lo))
+        if (lo == hi or n_lo + int(np.count_nonzero(a == hi)) == a.size) and {lo, hi} <= {0, 1, 255} \
+                and not (lo == 1 and hi == 255):
+            values = sorted({lo, hi})
+            area = a.size - n_lo if lo == 0 else a.size
+            if set(values) <= {0, 255}:
+                enc, classes = "binary255", [int(v > 0) for v in values]
+            else:
+                enc, classes = "binary01", values
+            return {"area": int(area), "classes": classes, "encoding": enc, "hw": [int(a.shape[0]), int(a.shape[1])]}
+        labels, info = decode_mask_array(a, threshold=threshold, path=path)
+    else:
+        labels, info = read_mask(path, threshold=threshold)
+    return {"area": int(np.count_nonzero(labels)), "classes": info["classes"], "encoding": info["encoding"],
+            "hw": [int(labels.shape[0]), int(labels.shape[1])]}
+
+
 def write_mask_png(path: str | Path, mask: np.ndarray, palette: bool = False) -> Path:
     """Write a label map as a lossless 8-bit PNG (pixel value = class id), atomically.
 
@@ -241,7 +277,7 @@ def write_mask_png(path: str | Path, mask: np.ndarray, palette: bool = False) ->
 
     from engine.fsutil import atomic_path
 
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)
     if path.suffix.lower() != ".png":
         raise MaskError("masks are stored as PNG only", path=path, hint="use a .png file name")
     m = np.asarray(mask)

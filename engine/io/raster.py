@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -95,11 +96,8 @@ def read_tiff(path: Path, page: int | None = None, fix_nonfinite: bool = True) -
 
     Float pixels that are NaN/±Inf go through :func:`finite_or_error` unless ``fix_nonfinite`` is
     False (masks: the mask decoder refuses them instead)."""
-    info = classic_tiff_info(Path(path))
-    if info is not None and not page:
-        check_pixels(path, info["height"], info["width"], channels=info["samples"])
     if not page:
-        arr = read_plain_tiff(path)
+        arr = read_plain_tiff(path, check_limit=True)
         if arr is not None:
             return arr, {"format": "tiff", "path": str(path), "height": int(arr.shape[0]), "width": int(arr.shape[1]),
                          "channels": 1, "dtype": "uint8", "bit_depth": 8, "n_pages": 1}
@@ -188,8 +186,9 @@ def finite_or_error(arr: np.ndarray, path: str | Path | None) -> tuple[np.ndarra
     return out, [f"{n_bad} NaN/infinite pixel(s) replaced by the finite minimum/maximum ({lo:g}/{hi:g})"]
 
 
-def classic_tiff_info(path: Path) -> dict[str, int] | None:
-    """Basic facts of a classic TIFF's first page from its first IFD, with three small reads:
+def classic_tiff_info(path: Path, data: bytes | memoryview | None = None) -> dict[str, int] | None:
+    """Basic facts of a classic TIFF's first page from its first IFD, with three small reads
+    (or from ``data``, the file's bytes when the caller has read them already):
     ``height``, ``width``, ``photometric``, ``samples``, ``bits`` (0 when per-sample values differ
     or the tag is missing) and ``single_page`` (1 when no second IFD follows).
 
@@ -199,20 +198,30 @@ def classic_tiff_info(path: Path) -> dict[str, int] | None:
     import struct
 
     try:
-        with open(path, "rb") as f:
+        if data is not None:  # bytes or a memoryview of them
+            head = bytes(data[:8])
+        else:
+            f = open(path, "rb")
             head = f.read(8)
+        try:
             if len(head) < 8 or head[:2] not in (b"II", b"MM"):
                 return None
             e = "<" if head[:2] == b"II" else ">"
             version, offset = struct.unpack(e + "HI", head[2:8])
             if version != 42 or offset < 8:
                 return None
-            f.seek(offset)
-            raw = f.read(2)
+            if data is not None:
+                raw = bytes(data[offset:offset + 2])
+            else:
+                f.seek(offset)
+                raw = f.read(2)
             if len(raw) < 2:
                 return None
             (n,) = struct.unpack(e + "H", raw)
-            entries = f.read(12 * n + 4)
+            entries = bytes(data[offset + 2:offset + 2 + 12 * n + 4]) if data is not None else f.read(12 * n + 4)
+        finally:
+            if data is None:
+                f.close()
     except OSError:
         return None
     if n == 0 or len(entries) < 12 * n + 4:
@@ -237,12 +246,14 @@ def classic_tiff_info(path: Path) -> dict[str, int] | None:
 #: so this path and tifffile agree on every file: none, LZW, Adobe deflate, deflate. (PackBits is left
 #: to tifffile: libtiff only warns about corrupt PackBits runs.)
 _PLAIN_TIFF_COMPRESSIONS = (1, 5, 8, 32946)
+#: files up to this size are read whole before their header is parsed (one read instead of four)
+_READ_WHOLE_MAX = 8 << 20
 
 
-def plain_tiff_info(path: str | Path) -> dict[str, int] | None:
+def plain_tiff_info(path: str | Path, data: bytes | memoryview | None = None) -> dict[str, int] | None:
     """:func:`classic_tiff_info` of a file that :func:`read_plain_tiff` can decode (single page,
     8-bit, one channel, BlackIsZero, lossless compression, normal orientation), else None."""
-    info = classic_tiff_info(Path(path))
+    info = classic_tiff_info(path if isinstance(path, Path) else Path(path), data)
     if info is None or not (info["single_page"] and info["samples"] == 1 and info["bits"] == 8
                             and info["photometric"] == 1 and info["compression"] in _PLAIN_TIFF_COMPRESSIONS
                             and info["orientation"] == 1):
@@ -250,20 +261,33 @@ def plain_tiff_info(path: str | Path) -> dict[str, int] | None:
     return info
 
 
-def read_plain_tiff(path: str | Path) -> np.ndarray | None:
+def read_plain_tiff(path: str | Path, *, check_limit: bool = False) -> np.ndarray | None:
     """Pixels of a single-page, 8-bit, one-channel BlackIsZero TIFF with a lossless compression,
     decoded by libtiff through ``imagecodecs.tiff_decode`` (no Python-level tag parsing, the GIL
     released while decoding: ~8× faster than tifffile on a 420×580 mask and parallel in threads).
     Returns None for any other file or on any decoding problem; the caller then uses tifffile,
     which produces the proper error. (OpenCV was tried first: it returns garbage pixels for corrupt
-    LZW/deflate strips instead of failing.)"""
-    info = plain_tiff_info(path)
+    LZW/deflate strips instead of failing.) The file is opened and read once.
+
+    ``check_limit``: raise :class:`ReadError` when the header's size is over the pixel limit
+    (before decoding anything)."""
+    path = path if isinstance(path, Path) else Path(path)
+    try:  # small files (every mask, most images) in one read; a big one's header first
+        with open(path, "rb") as fh:
+            data = fh.read() if os.fstat(fh.fileno()).st_size <= _READ_WHOLE_MAX else None
+    except OSError:
+        return None
+    info = plain_tiff_info(path, data)
     if info is None:
         return None
+    if check_limit:
+        check_pixels(path, info["height"], info["width"])
     try:
+        if data is None:
+            data = path.read_bytes()
         import imagecodecs
 
-        a = imagecodecs.tiff_decode(Path(path).read_bytes())
+        a = imagecodecs.tiff_decode(data)
     except Exception:  # noqa: BLE001 - corrupt data or no codec: tifffile reports it properly
         return None
     return a if a.dtype == np.uint8 and a.shape == (info["height"], info["width"]) else None
