@@ -56,6 +56,7 @@ KNOWN: dict[str, BenchInfo] = {
     "indexing": BenchInfo(slow=False, quick_args=("--repeat", "1"), data_args=("--data", "{data}")),
     "inference": BenchInfo(slow=True, quick_args=("--quick",)),
     "training": BenchInfo(slow=True, quick_args=("--steps", "2", "--rounds", "1", "--workers", "0")),
+    "lung_shift": BenchInfo(slow=True, quick_args=("--shifts", "gamma-1.6,blur-4px")),
     "app_pages": BenchInfo(slow=True, quick_args=("--parts", "pages", "--runs", "1"),
                            data_args=("--full-data", "{data}")),
 }
