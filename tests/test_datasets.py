@@ -186,7 +186,7 @@ def test_forked_workers_index_like_threads(demo: Path, tmp_path: Path, monkeypat
         (root / "images" / "broken.png").write_bytes(b"not a png")
     threads = open_dataset(root, workspace=tmp_path / "ws-threads")
     used: list[int] = []
-    real = scan._process_map
+    real = scan.fork_map
 
     def spy(fn, items, report, message):  # the fork path must really run
         out = real(fn, items, report, message)
@@ -195,7 +195,7 @@ def test_forked_workers_index_like_threads(demo: Path, tmp_path: Path, monkeypat
 
     monkeypatch.setattr(scan, "PROCESS_MIN_ITEMS", 1)
     monkeypatch.setattr(scan, "can_fork_workers", lambda: True)
-    monkeypatch.setattr(scan, "_process_map", spy)
+    monkeypatch.setattr(scan, "fork_map", spy)
     forked = open_dataset(root, workspace=tmp_path / "ws-forked")
     assert used and used[0] == forked.scan_stats["cache_misses"] > 0
     assert [c.to_dict() for c in forked.cases] == [c.to_dict() for c in threads.cases]

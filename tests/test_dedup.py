@@ -238,6 +238,25 @@ def test_textureless_images_are_paired_by_brightness() -> None:
     assert sk_ssim(imgs[0], imgs[2]) > 0.99  # SSIM agrees they are duplicates
 
 
+def test_forked_fingerprint_workers_equal_threads(mixed_dataset: Path, workspace: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large cold runs decode in forked workers writing into shared memory: the same thumbs,
+    descriptors as the thread path, to the bit."""
+    import engine.datasets.scan as scan
+
+    ds = open_dataset(mixed_dataset)
+    threads = compute_fingerprints(ds, use_cache=False)
+    calls: list[int] = []
+    real = scan.fork_map
+    monkeypatch.setattr(scan, "PROCESS_MIN_ITEMS", 1)
+    monkeypatch.setattr(scan, "can_fork_workers", lambda: True)
+    monkeypatch.setattr(scan, "fork_map", lambda *a, **k: calls.append(1) or real(*a, **k))
+    forked = compute_fingerprints(ds, use_cache=False)
+    assert calls == [1] and forked.case_ids == threads.case_ids and forked.bad == threads.bad
+    for name in ("thumbs", "fp", "mean", "texture", "phash"):
+        assert np.array_equal(np.asarray(getattr(forked, name)), np.asarray(getattr(threads, name))), name
+
+
 def test_fingerprint_cache_reuses_and_recomputes_only_changed_files(mixed_dataset: Path, workspace: Path) -> None:
     ds = open_dataset(mixed_dataset)
     n = len(ds)

@@ -110,11 +110,24 @@ def _fork_chunk(bounds: tuple[int, int]) -> list[Any]:
     return [fn(items[k]) for k in range(*bounds)]
 
 
-def _process_map(fn: Callable[[T], R], items: Sequence[T], report: Callable[[int, int, str], None],
-                 message: str) -> list[R] | None:
+def shared_empty(shape: tuple[int, ...], dtype: Any) -> Any:
+    """A zero-filled numpy array in anonymous shared memory: what forked workers
+    (:func:`parallel_map` with ``processes=True``) write into it, this process sees."""
+    import mmap
+
+    import numpy as np
+
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return np.frombuffer(mmap.mmap(-1, max(nbytes, 1)), dtype, count=int(np.prod(shape))).reshape(shape)
+
+
+def fork_map(fn: Callable[[T], R], items: Sequence[T], report: Callable[[int, int, str], None],
+                 message: str, size: int | None = None) -> list[R] | None:
     """``[fn(x) for x in items]`` in forked worker processes (``fn`` and ``items`` reach them
-    through the fork, only results are pickled back), in order; None when the pool broke (a
-    worker killed, e.g. for memory): the caller then computes the items in threads."""
+    through the fork, only results are pickled back; writes into :func:`shared_empty` arrays are
+    seen here), in order, ``size`` items per task (default: a few per worker). Call only when
+    :func:`can_fork_workers`. Returns None when the pool broke (a worker killed, e.g. for memory):
+    the caller then computes the items in threads."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
@@ -122,7 +135,7 @@ def _process_map(fn: Callable[[T], R], items: Sequence[T], report: Callable[[int
     global _FORK_JOB
     n = len(items)
     workers = _usable_cores()
-    size = max(16, min(256, n // (4 * workers)))
+    size = size or max(16, min(256, n // (4 * workers)))
     bounds = [(s, min(n, s + size)) for s in range(0, n, size)]
     results: list[R] = []
     _FORK_JOB = (fn, items)
@@ -143,16 +156,16 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], progress: ProgressFn 
     """``[fn(x) for x in items]`` on a thread pool (image decoders release the GIL), in order.
 
     ``processes=True``: work that is mostly Python (header parsing, small decodes) runs in forked
-    worker processes instead when there are at least :data:`PROCESS_MIN_ITEMS` items and
-    :func:`can_fork_workers` (threads would only take turns holding the GIL); ``fn`` must not
-    rely on side effects in this process (its results are what comes back).
+    worker processes instead (:func:`fork_map`) when there are at least :data:`PROCESS_MIN_ITEMS`
+    items and :func:`can_fork_workers` (threads would only take turns holding the GIL); ``fn`` must
+    not rely on side effects in this process (its results are what comes back).
     """
     report = as_progress(progress)
     n = len(items)
     if n == 0:
         return []
     if processes and n >= PROCESS_MIN_ITEMS and can_fork_workers():
-        done = _process_map(fn, items, report, message)
+        done = fork_map(fn, items, report, message)
         if done is not None:
             return done
     workers = workers or min(8, max(2, _usable_cores() * 2))

@@ -517,11 +517,16 @@ def compute_fingerprints(ds: Any, size: tuple[int, int] = (64, 80), fp_dim: int 
     if todo:
         # new rows: thumbs and descriptors computed by the workers, chunk by chunk (decoding,
         # resizing and the descriptor products all release the GIL, so both cores stay busy)
-        stack_new = np.empty((len(todo), *size), np.float32)
-        fp_new = np.zeros((len(todo), d), np.float32)
-        mean_new = np.zeros(len(todo), np.float32)
-        tex_new = np.zeros(len(todo), np.float32)
-        ph_new = np.zeros(len(todo), np.uint64)
+        from engine.datasets.scan import PROCESS_MIN_ITEMS, can_fork_workers, fork_map, shared_empty
+
+        # large cold runs: forked workers write into shared arrays (no GIL to share; ~2 cores)
+        forking = len(todo) >= PROCESS_MIN_ITEMS and can_fork_workers()
+        alloc = shared_empty if forking else np.zeros
+        stack_new = alloc((len(todo), *size), np.float32)
+        fp_new = alloc((len(todo), d), np.float32)
+        mean_new = alloc((len(todo),), np.float32)
+        tex_new = alloc((len(todo),), np.float32)
+        ph_new = alloc((len(todo),), np.uint64)
 
         def work(k: int) -> tuple[int, str]:
             i = todo[k]
@@ -546,16 +551,25 @@ def compute_fingerprints(ds: Any, size: tuple[int, int] = (64, 80), fp_dim: int 
         n_workers = workers or default_workers()
         step = max(8, min(64, len(todo) // (8 * n_workers) or 8))
         tasks = [(s, min(len(todo), s + step)) for s in range(0, len(todo), step)]
-        done = 0
-        with _single_thread_blas(), ThreadPoolExecutor(max_workers=n_workers) as pool:
-            for results in pool.map(chunk, tasks):
-                for k, err in results:
-                    if err:
-                        bad.append((cases[todo[k]].case_id, err))
-                    else:
-                        new_thumbs[todo[k]] = k  # row in the *_new arrays
-                done += len(results)
-                report(done, len(todo), "reading images for fingerprints")
+        message = "reading images for fingerprints"
+
+        def task_progress(done: int, total: int, msg: str) -> None:
+            report(min(len(todo), done * step), len(todo), msg)
+
+        with _single_thread_blas():
+            parts = fork_map(chunk, tasks, task_progress, message, 1) if forking else None
+            if parts is None:  # threads: decoding, resizing and the descriptor products release the GIL
+                parts = []
+                with ThreadPoolExecutor(max_workers=n_workers) as pool:
+                    for results in pool.map(chunk, tasks):
+                        parts.append(results)
+                        task_progress(len(parts), len(tasks), message)
+        for results in parts:
+            for k, err in results:
+                if err:
+                    bad.append((cases[todo[k]].case_id, err))
+                else:
+                    new_thumbs[todo[k]] = k  # row in the *_new arrays
     read_seconds = time.perf_counter() - t0
 
     keep = [i for i in range(n) if src_rows[i] >= 0 or i in new_thumbs]
