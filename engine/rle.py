@@ -217,6 +217,39 @@ def _row_problem(strict: bool, stats: CSVStats, path: Path, key: str | None, mes
         stats.problems.append(text)
 
 
+_KAGGLE_HEADER = ["subject", "img", "pixels"]
+
+
+def _check_kaggle_header(path: Path, first_row: list[str] | None) -> list[str]:
+    if not first_row:
+        raise CSVFormatError("CSV is empty", path=path, hint="expected header 'subject,img,pixels'")
+    header = [h.strip().lower() for h in first_row]
+    if header[:3] != _KAGGLE_HEADER:
+        raise CSVFormatError(f"unexpected header {first_row}", path=path,
+                             hint="a Kaggle UNS mask CSV has the header 'subject,img,pixels'")
+    return header
+
+
+def check_kaggle_uns_csv_header(path: str | Path) -> None:
+    """Check only the header of a ``train_masks.csv`` (reads its first line): for a CSV that mask
+    files make unnecessary, so a wrong file is still reported without parsing every row.
+
+    Raises:
+        CSVFormatError: missing, not UTF-8, empty, or a wrong header.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.readline(65536)
+    except FileNotFoundError:
+        raise CSVFormatError("file not found", path=path, hint="check the path") from None
+    try:
+        text = head.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise CSVFormatError("not UTF-8 text", path=path, hint="save the CSV as UTF-8") from None
+    _check_kaggle_header(path, next(csv.reader(io.StringIO(text)), None))
+
+
 def read_kaggle_uns_csv(path: str | Path, strict: bool = True) -> tuple[dict[str, str], CSVStats]:
     """Read ``train_masks.csv`` (``subject,img,pixels``) into ``{"{subject}_{img}": rle}``.
 
@@ -229,12 +262,7 @@ def read_kaggle_uns_csv(path: str | Path, strict: bool = True) -> tuple[dict[str
     """
     path = Path(path)
     rows = list(csv.reader(io.StringIO(_read_text(path))))
-    if not rows:
-        raise CSVFormatError("CSV is empty", path=path, hint="expected header 'subject,img,pixels'")
-    header = [h.strip().lower() for h in rows[0]]
-    if header[:3] != ["subject", "img", "pixels"]:
-        raise CSVFormatError(f"unexpected header {rows[0]}", path=path,
-                             hint="a Kaggle UNS mask CSV has the header 'subject,img,pixels'")
+    header = _check_kaggle_header(path, rows[0] if rows else None)
     out: dict[str, str] = {}
     stats = CSVStats(header=header)
     for i, row in enumerate(rows[1:], start=2):

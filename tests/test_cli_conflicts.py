@@ -124,3 +124,16 @@ def test_only_the_commands_module_is_imported_and_no_heavy_libraries(nerve_tiny:
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout, proc.stdout[-500:]
+
+
+def test_cli_progress_bar_starts_no_thread() -> None:
+    """tqdm's monitor thread would keep scans from forking worker processes (can_fork_workers)."""
+    import threading
+
+    from engine.cli.common import tqdm_progress
+
+    before = threading.active_count()
+    with tqdm_progress("scan", delay=0) as report:
+        report(1, 10, "reading")
+        report(5, 10, "reading")
+        assert threading.active_count() == before

@@ -117,6 +117,9 @@ def test_isbi_sample(shared_data: Path, ws: Path) -> None:
 def test_phantoms_index(demo: Path, ws: Path) -> None:
     nerve = open_dataset(demo / "nerve", workspace=ws)
     assert nerve.layout == "kaggle_uns" and len(nerve) == 36
+    # every image has a mask file: the CSV's header is checked, its rows are not needed (nor "unused")
+    assert any(n.startswith("train_masks.csv: rows not read") for n in nerve.notes), nerve.notes
+    assert not any("not used" in n and "train_masks.csv" in n for n in nerve.notes), nerve.notes
     assert nerve.case("2_7").group_id == "2"
     ptx = open_dataset(demo / "ptx", workspace=ws)
     assert ptx.layout == "siim" and len(ptx) == 8

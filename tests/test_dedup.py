@@ -257,6 +257,27 @@ def test_forked_fingerprint_workers_equal_threads(mixed_dataset: Path, workspace
         assert np.array_equal(np.asarray(getattr(forked, name)), np.asarray(getattr(threads, name))), name
 
 
+def test_forked_mask_workers_give_the_same_report(mixed_dataset: Path, workspace: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cold scan reads the masks of verified pairs in forked workers: same pairs, categories,
+    groups and ceiling as with threads, and the mask cache filled from the workers' entries."""
+    import engine.datasets.scan as scan
+    import engine.dedup.conflicts as C
+
+    ds = open_dataset(mixed_dataset)
+    threads = find_conflicts(ds, ConflictConfig(use_cache=False))
+    used: list[int] = []
+    real = scan.fork_map
+    monkeypatch.setattr(C, "MASK_PROCESS_MIN", 1)
+    monkeypatch.setattr(scan, "can_fork_workers", lambda: True)
+    monkeypatch.setattr(scan, "fork_map", lambda fn, items, *a, **k: used.append(len(items)) or real(fn, items, *a, **k))
+    forked = find_conflicts(ds, ConflictConfig())
+    assert used, "the fork path did not run"
+    assert forked.pairs == threads.pairs and forked.groups == threads.groups and forked.ceiling == threads.ceiling
+    again = find_conflicts(ds, ConflictConfig())  # every mask now comes from the cache the workers filled
+    assert again.stats["masks_cached"] == len({m for p in forked.pairs for m in (p["a"], p["b"])})
+
+
 def test_fingerprint_cache_reuses_and_recomputes_only_changed_files(mixed_dataset: Path, workspace: Path) -> None:
     ds = open_dataset(mixed_dataset)
     n = len(ds)

@@ -34,6 +34,9 @@ def tqdm_progress(desc: str = "", disable: bool | None = None, delay: float = 0.
                     return
                 from tqdm import tqdm
 
+                # no monitor thread: a running thread would keep scans from forking worker
+                # processes (engine.datasets.scan.can_fork_workers); bars are refreshed by hand
+                tqdm.monitor_interval = 0
                 bar = state["bar"] = tqdm(total=0, desc=state["message"], file=sys.stderr, disable=disable,
                                           dynamic_ncols=True, leave=True, mininterval=0.2)
             if total and bar.total != total:

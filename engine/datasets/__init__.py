@@ -83,7 +83,7 @@ def open_dataset(path: str | Path, layout: str | None = None, *, options: dict[s
     cache.save()
     notes = list(result.notes)
     used = {str(c.image_path) for c in result.cases} | {str(c.mask.path) for c in result.cases if c.mask.path}
-    used |= {str(b.path) for b in result.bad_files}
+    used |= {str(b.path) for b in result.bad_files} | set(result.used)
     used |= {str(v) for v in (result.options or {}).values() if isinstance(v, str)}
     bad_stems = {Path(b.path).stem for b in result.bad_files}  # a bad image's mask is not "unrelated"
     ignored = sorted(str(p.relative_to(root)) for p in files if str(p) not in used

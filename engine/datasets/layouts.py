@@ -45,6 +45,9 @@ class ScanResult:
     notes: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
     label_lut: list[int] | None = None
+    #: files the layout recognised and looked at besides images and masks (e.g. an RLE CSV that
+    #: mask files made unnecessary): not reported as "not used"
+    used: list[str] = field(default_factory=list)
 
 
 _FOLDER_CACHE: list[tuple[dict, dict]] = []
@@ -174,7 +177,7 @@ class KaggleUNSLayout:
     @classmethod
     def scan(cls, root: Path, files: dict[Path, Stamp], options: dict[str, Any], cache: ScanCache,
              progress: ProgressFn | None, verify: bool) -> ScanResult:
-        from engine.rle import parse_runs, read_kaggle_uns_csv
+        from engine.rle import check_kaggle_uns_csv_header, parse_runs, read_kaggle_uns_csv
 
         train = cls._train_dir(root)
         threshold = int(options.get("threshold", 127))
@@ -194,7 +197,14 @@ class KaggleUNSLayout:
         csv_path = cls._csv(root, files)
         rle_rows: dict[str, str] = {}
         csv_bad_rows: dict[str, str] = {}
-        if csv_path is not None:
+        if csv_path is not None and images.keys() <= masks.keys():
+            # mask files take precedence over CSV rows: with one for every image, only the header is checked
+            try:
+                check_kaggle_uns_csv_header(csv_path)
+                notes.append(f"{csv_path.name}: rows not read, every image has a mask file (mask files take precedence)")
+            except WorkbenchError as exc:
+                bad.append(_bad(csv_path, exc))
+        elif csv_path is not None:
             try:
                 rle_rows, stats = read_kaggle_uns_csv(csv_path, strict=False)
                 csv_bad_rows = stats.bad_rows
@@ -253,7 +263,7 @@ class KaggleUNSLayout:
         cases = [Case.from_dict(r["case"]) for r in results if "case" in r]
         bad += [BadFile(**r["bad"]) for r in results if "bad" in r]
         return ScanResult(cases, {0: "background", 1: str(options.get("label_name", "nerve"))}, bad, notes,
-                          {"threshold": threshold})
+                          {"threshold": threshold}, used=[str(csv_path)] if csv_path else [])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -152,19 +152,21 @@ def fork_map(fn: Callable[[T], R], items: Sequence[T], report: Callable[[int, in
 
 
 def parallel_map(fn: Callable[[T], R], items: Sequence[T], progress: ProgressFn | None = None,
-                 message: str = "", workers: int | None = None, *, processes: bool = False) -> list[R]:
+                 message: str = "", workers: int | None = None, *, processes: bool | int = False) -> list[R]:
     """``[fn(x) for x in items]`` on a thread pool (image decoders release the GIL), in order.
 
     ``processes=True``: work that is mostly Python (header parsing, small decodes) runs in forked
     worker processes instead (:func:`fork_map`) when there are at least :data:`PROCESS_MIN_ITEMS`
-    items and :func:`can_fork_workers` (threads would only take turns holding the GIL); ``fn`` must
-    not rely on side effects in this process (its results are what comes back).
+    items (or ``processes`` items when it is a number) and :func:`can_fork_workers` (threads would
+    only take turns holding the GIL); ``fn`` must not rely on side effects in this process (its
+    results are what comes back).
     """
     report = as_progress(progress)
     n = len(items)
     if n == 0:
         return []
-    if processes and n >= PROCESS_MIN_ITEMS and can_fork_workers():
+    least = PROCESS_MIN_ITEMS if processes is True else int(processes)
+    if processes and n >= least and can_fork_workers():
         done = fork_map(fn, items, report, message)
         if done is not None:
             return done

@@ -34,7 +34,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -42,6 +41,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from engine.config import JsonConfig
+from engine.datasets.scan import parallel_map
 from engine.errors import ConfigError, ReadError, WorkbenchError, unknown_name
 from engine.fsutil import atomic_write_json, read_json
 from engine.progress import ProgressFn, scaled
@@ -485,6 +485,10 @@ def _options_key(ds: Any) -> str:
     return json.dumps({"options": ds.options, "lut": lut, "root": str(ds.root)}, sort_keys=True, default=str)
 
 
+#: masks to read before forked workers pay (each is ~0.4 ms of mostly Python work)
+MASK_PROCESS_MIN = 256
+
+
 def _load_masks(ds: Any, cases: list[Any], workers: int, cache: Any) -> dict[str, np.ndarray | None]:
     """Masks of ``cases`` as :class:`CroppedMask` (None when unlabelled or unreadable); cached first."""
 
@@ -496,12 +500,20 @@ def _load_masks(ds: Any, cases: list[Any], workers: int, cache: Any) -> dict[str
         except WorkbenchError:
             return c.case_id, None
 
+    def fresh(c: Any) -> tuple[str, Any, dict[str, Any] | None]:
+        if not c.labelled:
+            return c.case_id, None, None
+        try:
+            return (c.case_id, *cache.load_entry(ds, c))
+        except WorkbenchError:
+            return c.case_id, None, None
+
     hits = [c for c in cases if cache.has(c)]
     out = dict(one(c) for c in hits)
     rest = [c for c in cases if c.case_id not in out]
-    if len(rest) < 8:
-        out.update(one(c) for c in rest)
-    else:
-        with ThreadPoolExecutor(max_workers=workers or 4) as pool:
-            out.update(pool.map(one, rest))
+    # mostly Python per mask: forked workers for a cold scan's hundreds of masks, else threads
+    for case_id, cm, entry in parallel_map(fresh, rest, workers=workers or 4, processes=MASK_PROCESS_MIN):
+        out[case_id] = cm
+        if entry is not None:
+            cache.put(case_id, entry)
     return out

@@ -108,15 +108,35 @@ class MaskCache:
             crop = (_decode_runs((box[1] - box[0], box[3] - box[2]), entry["starts"], entry["values"])
                     if box else np.zeros((0, 0), np.uint8))
             return CroppedMask(tuple(entry["shape"]), box, crop)
-        cm = CroppedMask.from_mask(ds.load_mask(case))
-        if key is not None:
-            starts, values = _encode_runs(cm.crop)
-            with self._lock:
-                self.entries[case.case_id] = {"key": key, "shape": list(cm.shape),
-                                              "box": list(cm.box) if cm.box else None,
-                                              "starts": starts, "values": values}
-                self.dirty = True
+        cm, new = self.load_entry(ds, case)
+        if new is not None:
+            self.put(case.case_id, new)
         return cm
+
+    @staticmethod
+    def load_entry(ds: Any, case: Any) -> tuple[Any, dict[str, Any] | None]:
+        """Read the case's mask, without touching any cache: ``(CroppedMask, cache entry)`` (the
+        entry is None when the mask source has no stable key). For worker processes; the caller
+        stores the entry with :meth:`put`.
+
+        Raises:
+            WorkbenchError: the mask cannot be read.
+        """
+        from engine.dedup.scoring import CroppedMask
+
+        key = mask_source_key(case)
+        cm = CroppedMask.from_mask(ds.load_mask(case))
+        if key is None:
+            return cm, None
+        starts, values = _encode_runs(cm.crop)
+        return cm, {"key": key, "shape": list(cm.shape), "box": list(cm.box) if cm.box else None,
+                    "starts": starts, "values": values}
+
+    def put(self, case_id: str, entry: dict[str, Any]) -> None:
+        """Store an entry made by :meth:`load_entry`."""
+        with self._lock:
+            self.entries[case_id] = entry
+            self.dirty = True
 
     def save(self) -> None:
         if self.path is None or not self.dirty:
