@@ -481,6 +481,10 @@ def publish(run_best: str | Path, dest: str | Path, *, name: str | None = None, 
     for key in ("run_dir", "argv"):
         training.pop(key, None)  # machine-specific
     training = portable_paths(training)
+    config = training.get("config")
+    if isinstance(config, dict) and str(config.get("out") or "").startswith("/"):
+        # a run folder outside the checkout names one machine: the reproduce script's folder instead
+        training["config"] = {**config, "out": f".workspace/runs/{name or card.name}"}
     new = card.replace(name=name or card.name, training=training, created="", tensors_sha256="")
     return save_checkpoint(dest, model, new, dtype=dtype or card.dtype)
 

@@ -403,6 +403,15 @@ def test_publish_copies_model_records_command_and_drops_machine_paths(saved, tmp
     assert read_card(best).training["run_dir"] == "/home/me/runs/x" and read_card(best).name == "tiny"
 
 
+def test_publish_replaces_a_machine_run_folder_in_the_config(saved, tmp_path: Path) -> None:
+    from engine.checkpoint import write_card
+
+    best, _, card = saved
+    write_card(best, card.replace(training={**card.training, "config": {"out": "/scratch/me/runs/x", "epochs": 3}}))
+    _, pub = load_checkpoint(publish(best, tmp_path / "weights" / "lungs", name="lungs"))
+    assert pub.training["config"] == {"out": ".workspace/runs/lungs", "epochs": 3}
+
+
 def test_publish_float16_and_default_name(saved, tmp_path: Path) -> None:
     best, net, _ = saved
     dest = publish(best, tmp_path / "half", dtype="float16")
