@@ -85,24 +85,27 @@ def render_admin() -> None:
                 store.set_password(pick, new_pw, actor=ident.name)
                 done(f"Password of {pick} reset.")
 
-    st.subheader("Data roots")
-    st.caption("In team mode datasets open only from these folders (absolute paths, one per line; symlinks are "
-               "resolved, so a link pointing outside a root is refused).")
-    roots = st.text_area("Data roots", value=_roots_text(store.data_roots()), key=state.ADMIN_DATA_ROOTS)
-    if st.button("Save data roots", key=state.ADMIN_SAVE_DATA_ROOTS, icon=":material/save:"):
-        with _report():
-            got = store.set_data_roots(_lines(roots), actor=ident.name)
-            done(f"Data roots: {', '.join(map(str, got)) or 'none'}.")
-    st.subheader("Export roots")
-    st.caption("Exports and manifests are written under the workspace or these folders (the first is the default "
-               "target of exports).")
-    ex = st.text_area("Export roots", value=_roots_text(store.export_roots()), key=state.ADMIN_EXPORT_ROOTS)
-    if st.button("Save export roots", key=state.ADMIN_SAVE_EXPORT_ROOTS, icon=":material/save:"):
-        with _report():
-            got = store.set_export_roots(_lines(ex), actor=ident.name)
-            done(f"Export roots: {', '.join(map(str, got)) or 'none'}.")
+    _roots_form("Data roots", "In team mode datasets open only from these folders (absolute paths, one per line; "
+                "symlinks are resolved, so a link pointing outside a root is refused).",
+                store.data_roots, store.set_data_roots, state.ADMIN_DATA_ROOTS, state.ADMIN_SAVE_DATA_ROOTS, ident, done)
+    _roots_form("Export roots", "Exports and manifests are written under the workspace or these folders (the first "
+                "is the default target of exports).",
+                store.export_roots, store.set_export_roots, state.ADMIN_EXPORT_ROOTS, state.ADMIN_SAVE_EXPORT_ROOTS,
+                ident, done)
     with st.expander("Admin log"):
         st.dataframe(list(reversed(store.admin_log()))[:500], hide_index=True, width="stretch")
+
+
+def _roots_form(title: str, caption: str, current, save, area_key: str, button_key: str, ident, done) -> None:
+    """One folder-list setting: its current folders in a text area (one per line) and a save button
+    that stores them as ``ident`` (``save(paths, actor=...)`` returns what was stored)."""
+    st.subheader(title)
+    st.caption(caption)
+    text = st.text_area(title, value=_roots_text(current()), key=area_key)
+    if st.button(f"Save {title[0].lower()}{title[1:]}", key=button_key, icon=":material/save:"):
+        with _report():
+            got = save(_lines(text), actor=ident.name)
+            done(f"{title}: {', '.join(map(str, got)) or 'none'}.")
 
 
 class _report:

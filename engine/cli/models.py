@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from engine.cli.common import add_pixel_limit, add_dataset_options, open_dataset_from_args, print_json, tqdm_progress, write_json
 from engine.errors import ConfigError
@@ -498,11 +499,7 @@ def cmd_weights_publish(args) -> int:
         extra["split"] = {**split, "val_case_ids": _recompute_val_ids(card0)}
     dest = publish(best, args.dest, name=args.name, command=args.command, extra_training=extra,
                    dtype="float16" if args.float16 else None)
-    opts = {}
-    if args.eval_labels:
-        opts["label_names"] = [s.strip() for s in args.eval_labels.split(",") if s.strip()]
-    if args.group_regex:
-        opts["group_regex"] = args.group_regex
+    opts = _eval_dataset_options(args)
     pred = Predictor.from_weights(dest, device="cpu") if specs else None
     for eid, data, mode in specs:
         ds = open_dataset(data, options=opts or None)
@@ -531,6 +528,16 @@ def cmd_weights_publish(args) -> int:
     return 0
 
 
+def _eval_dataset_options(args) -> dict[str, Any]:
+    """Dataset options for ``weights publish --eval`` (``--eval-labels``, ``--group-regex``)."""
+    opts: dict[str, Any] = {}
+    if args.eval_labels:
+        opts["label_names"] = [s.strip() for s in args.eval_labels.split(",") if s.strip()]
+    if args.group_regex:
+        opts["group_regex"] = args.group_regex
+    return opts
+
+
 def _publish_classifier(args, best: Path, specs: list[tuple[str, str, str]]) -> int:
     """``weights publish`` of a presence classifier: copy, then record presence metrics per ``--eval``."""
     from datetime import datetime, timezone
@@ -541,11 +548,7 @@ def _publish_classifier(args, best: Path, specs: list[tuple[str, str, str]]) -> 
 
     dest = publish(best, args.dest, name=args.name, command=args.command,
                    dtype="float16" if args.float16 else None)
-    opts = {}
-    if args.eval_labels:
-        opts["label_names"] = [s.strip() for s in args.eval_labels.split(",") if s.strip()]
-    if args.group_regex:
-        opts["group_regex"] = args.group_regex
+    opts = _eval_dataset_options(args)
     clf = ClassifierPredictor.from_weights(dest, device="cpu") if specs else None
     for eid, data, mode in specs:
         ds = open_dataset(data, options=opts or None)

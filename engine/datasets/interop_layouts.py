@@ -37,7 +37,7 @@ import numpy as np
 
 from engine.datasets.base import LABELS_CONVENTION, BadFile, Case, MaskSource
 from engine.datasets.layouts import (DEFAULT_MASK_SUFFIXES, Detection, ScanResult, SIIMLayout, _bad, with_suffix,
-                                     _default_label_names, _group_ids, _verify_image)
+                                     _default_label_names, _group_ids, _verify_image, split_records)
 from engine.datasets.scan import ScanCache, Stamp, list_files, parallel_map
 from engine.errors import MaskError, WorkbenchError
 from engine.fsutil import file_stamp, safe_name
@@ -247,17 +247,25 @@ class COCOLayout:
             cache.put(key, stamps, value, verified=verify)
             return value
 
-        results = parallel_map(work, jobs, progress, "indexing COCO images")
-        cases = [Case.from_dict(r["case"]) for r in results if "case" in r]
-        bad += [BadFile(**r["bad"]) for r in results if "bad" in r]
-        _unique_ids(cases, notes)
-        missing = [c for c in cases if not c.group_id]
-        if missing:
-            groups = _group_ids([c.case_id for c in missing], options.get("group_regex"))
-            for c in missing:
-                c.group_id = groups[c.case_id]
+        cases = _finish_cases(parallel_map(work, jobs, progress, "indexing COCO images"), bad, notes,
+                              options.get("group_regex"))
         labels = {0: "background", **{i: n for n, i in names.items()}} if names else {0: "background", 1: "foreground"}
         return ScanResult(cases, labels, bad, notes, {})
+
+
+def _finish_cases(records: list[dict[str, Any]], bad: list[BadFile], notes: list[str],
+                  group_regex: str | None) -> list[Case]:
+    """The cases of per-image records (bad ones appended to ``bad``), with unique ids and a group
+    for every case whose source named none (from ``group_regex`` or the id)."""
+    cases, bad_records = split_records(records)
+    bad += bad_records
+    _unique_ids(cases, notes)
+    missing = [c for c in cases if not c.group_id]
+    if missing:
+        groups = _group_ids([c.case_id for c in missing], group_regex)
+        for c in missing:
+            c.group_id = groups[c.case_id]
+    return cases
 
 
 def _unique_ids(cases: list[Case], notes: list[str]) -> None:
@@ -570,15 +578,8 @@ class NiftiLayout:
             cache.put(key, stamps, value, verified=verify)
             return value
 
-        results = parallel_map(work, jobs, progress, "indexing NIfTI label maps")
-        cases = [Case.from_dict(r["case"]) for r in results if "case" in r]
-        bad += [BadFile(**r["bad"]) for r in results if "bad" in r]
-        _unique_ids(cases, notes)
-        missing = [c for c in cases if not c.group_id]
-        if missing:
-            g = _group_ids([c.case_id for c in missing], options.get("group_regex"))
-            for c in missing:
-                c.group_id = g[c.case_id]
+        cases = _finish_cases(parallel_map(work, jobs, progress, "indexing NIfTI label maps"), bad, notes,
+                              options.get("group_regex"))
         classes = sorted({int(k) for c in cases for k in c.meta.get("classes", [])} | {0} | set(given))
         lut = None
         if classes != list(range(len(classes))):

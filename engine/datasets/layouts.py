@@ -93,6 +93,12 @@ def _in(files: dict[Path, Stamp], folder: Path) -> list[Path]:
     return by_folder(files).get(folder, [])
 
 
+def split_records(records: Sequence[dict[str, Any]]) -> tuple[list[Case], list[BadFile]]:
+    """Per-file index records (``{"case": ...}`` or ``{"bad": ...}``) as cases and bad files, in order."""
+    return ([Case.from_dict(r["case"]) for r in records if "case" in r],
+            [BadFile(**r["bad"]) for r in records if "bad" in r])
+
+
 def _bad(path: Path | str, exc: BaseException | str) -> BadFile:
     return BadFile(str(path), str(exc))
 
@@ -260,8 +266,8 @@ class KaggleUNSLayout:
             return value
 
         results = cached_map(cache, jobs, key_of, work, progress, "indexing Kaggle UNS images", verify)
-        cases = [Case.from_dict(r["case"]) for r in results if "case" in r]
-        bad += [BadFile(**r["bad"]) for r in results if "bad" in r]
+        cases, bad_records = split_records(results)
+        bad += bad_records
         return ScanResult(cases, {0: "background", 1: str(options.get("label_name", "nerve"))}, bad, notes,
                           {"threshold": threshold}, used=[str(csv_path)] if csv_path else [])
 
@@ -394,8 +400,8 @@ class SIIMLayout:
             return value
 
         results = cached_map(cache, dicoms, key_of, work, progress, "indexing DICOM files", verify)
-        cases = [Case.from_dict(r["case"]) for r in results if "case" in r]
-        bad += [BadFile(**r["bad"]) for r in results if "bad" in r]
+        cases, bad_records = split_records(results)
+        bad += bad_records
         cases = _drop_duplicate_ids(cases, bad, "SOPInstanceUID")
         return ScanResult(cases, {0: "background", 1: str(options.get("label_name", "pneumothorax"))}, bad, notes,
                           {"rle_csv": str(csv_path) if csv_path else None})
@@ -548,7 +554,7 @@ class PairedLayout:
             return value
 
         results = cached_map(cache, jobs, key_of, work, progress, "indexing image/mask pairs", verify)
-        cases = [Case.from_dict(r["case"]) for r in results if "case" in r]
+        cases, bad_records = split_records(results)
         stem_count = Counter(c.case_id for c in cases)
         for c in cases:  # the same stem in two splits (train/0.png, test/0.png) → "split/stem"
             if stem_count[c.case_id] > 1 and c.split:
@@ -558,7 +564,7 @@ class PairedLayout:
         for c in cases:  # a.png and a.jpg side by side → "a.png", "a.jpg"
             if stem_count[c.case_id] > 1:
                 c.case_id = f"{c.case_id}{Path(c.image_path).suffix.lower()}"
-        bad += [BadFile(**r["bad"]) for r in results if "bad" in r]
+        bad += bad_records
         cases = _drop_duplicate_ids(cases, bad)
         out_options: dict[str, Any] = {"threshold": threshold}
         # RGB masks: one colour map for the whole dataset (black = background, others sorted)

@@ -86,7 +86,8 @@ PROCESS_MIN_ITEMS = 1000
 _FORK_JOB: tuple[Callable[[Any], Any], Sequence[Any]] | None = None
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; the CPU count where there is none)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
@@ -100,7 +101,7 @@ def can_fork_workers() -> bool:
     import sys
     import threading
 
-    return (sys.platform.startswith("linux") and _usable_cores() > 1 and threading.active_count() == 1
+    return (sys.platform.startswith("linux") and usable_cores() > 1 and threading.active_count() == 1
             and "torch" not in sys.modules)
 
 
@@ -134,7 +135,7 @@ def fork_map(fn: Callable[[T], R], items: Sequence[T], report: Callable[[int, in
 
     global _FORK_JOB
     n = len(items)
-    workers = _usable_cores()
+    workers = usable_cores()
     size = size or max(16, min(256, n // (4 * workers)))
     bounds = [(s, min(n, s + size)) for s in range(0, n, size)]
     results: list[R] = []
@@ -170,7 +171,7 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], progress: ProgressFn 
         done = fork_map(fn, items, report, message)
         if done is not None:
             return done
-    workers = workers or min(8, max(2, _usable_cores() * 2))
+    workers = workers or min(8, max(2, usable_cores() * 2))
     results: list[R] = []
     step = max(1, n // 200)
     if workers <= 1 or n < 16:

@@ -663,11 +663,9 @@ def default_workers() -> int:
     """Decoding threads: twice the usable CPU cores (libtiff, Pillow and BLAS release the GIL
     while they work; a second thread per core fills the gaps of Python work and file reads, and
     keeps the scan's share of a machine shared with other processes), between 2 and 8."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        cores = os.cpu_count() or 2
-    return max(2, min(8, 2 * cores))
+    from engine.datasets.scan import usable_cores
+
+    return max(2, min(8, 2 * usable_cores()))
 
 
 _CONTROLLER: list[Any] = []

@@ -22,8 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 WIN = 7
@@ -159,10 +157,9 @@ def ssim_pairs_threaded(images: np.ndarray, i: np.ndarray, j: np.ndarray, *, dat
     """
     i = np.asarray(i, np.int64)
     j = np.asarray(j, np.int64)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        cores = os.cpu_count() or 1
+    from engine.datasets.scan import usable_cores
+
+    cores = usable_cores()
     workers = cores if workers <= 0 else min(workers, cores)
     workers = max(1, min(workers, i.size // 256))  # a few hundred pairs per thread at least
     if workers <= 1:

@@ -103,10 +103,10 @@ def decode_mask_array(arr: np.ndarray, *, threshold: int = 127,
             raise MaskError(f"mask holds values up to {int(a.max())}", path=path,
                             hint="masks hold class ids 0..255 (or 0/255 for binary)")
         values = _unique_small(a)
-        if set(values) <= {0, 255}:
-            return (a > 0).astype(np.uint8), {"encoding": "binary255", "classes": [int(v > 0) for v in values]}
-        if set(values) <= {0, 1}:
-            return a.astype(np.uint8), {"encoding": "binary01", "classes": values}
+        binary = _binary_encoding(values)
+        if binary is not None:
+            labels = (a > 0).astype(np.uint8) if binary[0] == "binary255" else a.astype(np.uint8)
+            return labels, {"encoding": binary[0], "classes": binary[1]}
         if lossy:  # JPEG: compression noise everywhere, the levels cannot be told apart: threshold
             labels, enc = (a > threshold).astype(np.uint8), "antialiased"
         elif len(values) == 2 and values[0] == 0 and values[1] > MAX_CLASS_ID_ALONE:
@@ -139,6 +139,16 @@ def decode_mask_array(arr: np.ndarray, *, threshold: int = 127,
                             "folder? Re-export the mask without smoothing")
     classes = [int(c) for c in _unique_small(labels)]
     return labels, {"encoding": enc, "classes": classes}
+
+
+def _binary_encoding(values: list[int]) -> tuple[str, list[int]] | None:
+    """``(encoding, classes)`` of a mask whose distinct values are ``values`` when it is binary
+    (⊆ {0, 255}: ``binary255``; ⊆ {0, 1}: ``binary01``), else None."""
+    if set(values) <= {0, 255}:
+        return "binary255", [int(v > 0) for v in values]
+    if set(values) <= {0, 1}:
+        return "binary01", list(values)
+    return None
 
 
 def _unique_small(a: np.ndarray) -> list[int]:
@@ -231,7 +241,7 @@ def mask_summary(path: str | Path, *, threshold: int = 127) -> dict[str, Any]:
     ``encoding`` and ``hw`` = [H, W], equal to :func:`read_mask` followed by a pixel count.
 
     A binary mask in a plain 8-bit TIFF (the Kaggle UNS masks) is summarised from its decoded
-    pixels with min/max and two counts, without building the label map (one file read, no
+    pixels (its distinct values and a count), without building the label map (one file read, no
     copies); anything else goes through :func:`decode_mask_array` / :func:`read_mask`.
 
     Raises:
@@ -244,17 +254,10 @@ def mask_summary(path: str | Path, *, threshold: int = 127) -> dict[str, Any]:
 
         a = read_plain_tiff(path, check_limit=True)
     if a is not None:
-        lo, hi = int(a.min()), int(a.max())
-        n_lo = int(np.count_nonzero(a == lo))
-        if (lo == hi or n_lo + int(np.count_nonzero(a == hi)) == a.size) and {lo, hi} <= {0, 1, 255} \
-                and not (lo == 1 and hi == 255):
-            values = sorted({lo, hi})
-            area = a.size - n_lo if lo == 0 else a.size
-            if set(values) <= {0, 255}:
-                enc, classes = "binary255", [int(v > 0) for v in values]
-            else:
-                enc, classes = "binary01", values
-            return {"area": int(area), "classes": classes, "encoding": enc, "hw": [int(a.shape[0]), int(a.shape[1])]}
+        binary = _binary_encoding(_unique_small(a))
+        if binary is not None:  # the label map would be a > 0: its area is the nonzero count
+            return {"area": int(np.count_nonzero(a)), "classes": binary[1], "encoding": binary[0],
+                    "hw": [int(a.shape[0]), int(a.shape[1])]}
         labels, info = decode_mask_array(a, threshold=threshold, path=path)
     else:
         labels, info = read_mask(path, threshold=threshold)

@@ -195,35 +195,31 @@ def classic_tiff_info(path: Path, data: bytes | memoryview | None = None) -> dic
     Returns None for BigTIFF or anything unusual; callers then fall back to tifffile (~10× slower
     per file), which also produces the proper error for broken files.
     """
-    import struct
-
+    if data is not None:  # bytes or a memoryview of them
+        return _ifd_info(lambda offset, n: bytes(data[offset:offset + n]))
     try:
-        if data is not None:  # bytes or a memoryview of them
-            head = bytes(data[:8])
-        else:
-            f = open(path, "rb")
-            head = f.read(8)
-        try:
-            if len(head) < 8 or head[:2] not in (b"II", b"MM"):
-                return None
-            e = "<" if head[:2] == b"II" else ">"
-            version, offset = struct.unpack(e + "HI", head[2:8])
-            if version != 42 or offset < 8:
-                return None
-            if data is not None:
-                raw = bytes(data[offset:offset + 2])
-            else:
-                f.seek(offset)
-                raw = f.read(2)
-            if len(raw) < 2:
-                return None
-            (n,) = struct.unpack(e + "H", raw)
-            entries = bytes(data[offset + 2:offset + 2 + 12 * n + 4]) if data is not None else f.read(12 * n + 4)
-        finally:
-            if data is None:
-                f.close()
+        with open(path, "rb") as f:
+            return _ifd_info(lambda offset, n: (f.seek(offset), f.read(n))[1])
     except OSError:
         return None
+
+
+def _ifd_info(read: Any) -> dict[str, int] | None:
+    """:func:`classic_tiff_info` over ``read(offset, n) -> bytes``."""
+    import struct
+
+    head = read(0, 8)
+    if len(head) < 8 or head[:2] not in (b"II", b"MM"):
+        return None
+    e = "<" if head[:2] == b"II" else ">"
+    version, offset = struct.unpack(e + "HI", head[2:8])
+    if version != 42 or offset < 8:
+        return None
+    raw = read(offset, 2)
+    if len(raw) < 2:
+        return None
+    (n,) = struct.unpack(e + "H", raw)
+    entries = read(offset + 2, 12 * n + 4)
     if n == 0 or len(entries) < 12 * n + 4:
         return None
     found: dict[int, int] = {}
