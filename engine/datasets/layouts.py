@@ -50,37 +50,33 @@ class ScanResult:
     used: list[str] = field(default_factory=list)
 
 
-_FOLDER_CACHE: list[tuple[dict, dict]] = []
+_INDEX_CACHES: dict[str, list[tuple[dict, dict]]] = {"folder": [], "suffix": []}
+
+
+def _grouped(files: dict[Path, Stamp], kind: str, key: Any) -> dict[Any, list[Path]]:
+    """``files`` grouped by ``key(path)``, memoised per ``kind`` for the last two listings
+    (detection and scan share one listing)."""
+    memo = _INDEX_CACHES[kind]
+    for ref, index in memo:
+        if ref is files:
+            return index
+    groups: dict[Any, list[Path]] = defaultdict(list)
+    for p in files:
+        groups[key(p)].append(p)
+    memo.insert(0, (files, dict(groups)))
+    del memo[2:]
+    return memo[0][1]
 
 
 def by_folder(files: dict[Path, Stamp]) -> dict[Path, list[Path]]:
-    """Files grouped by parent folder (memoised for the last listings: detection and scan share it)."""
-    for ref, index in _FOLDER_CACHE:
-        if ref is files:
-            return index
-    index: dict[Path, list[Path]] = defaultdict(list)
-    for p in files:
-        index[p.parent].append(p)
-    _FOLDER_CACHE.insert(0, (files, dict(index)))
-    del _FOLDER_CACHE[2:]
-    return _FOLDER_CACHE[0][1]
-
-
-_SUFFIX_CACHE: list[tuple[dict, dict]] = []
+    """Files grouped by parent folder (memoised: detection and scan share it)."""
+    return _grouped(files, "folder", lambda p: p.parent)
 
 
 def by_suffix(files: dict[Path, Stamp]) -> dict[str, list[Path]]:
     """Files grouped by lower-case suffix (``""`` for none; ``.gz`` for ``x.nii.gz``), memoised like
     :func:`by_folder`: each layout's detection looks at its own suffixes instead of every file."""
-    for ref, index in _SUFFIX_CACHE:
-        if ref is files:
-            return index
-    index: dict[str, list[Path]] = defaultdict(list)
-    for p in files:
-        index[p.suffix.lower()].append(p)
-    _SUFFIX_CACHE.insert(0, (files, dict(index)))
-    del _SUFFIX_CACHE[2:]
-    return _SUFFIX_CACHE[0][1]
+    return _grouped(files, "suffix", lambda p: p.suffix.lower())
 
 
 def with_suffix(files: dict[Path, Stamp], *suffixes: str) -> list[Path]:

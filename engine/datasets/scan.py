@@ -123,7 +123,7 @@ def shared_empty(shape: tuple[int, ...], dtype: Any) -> Any:
 
 
 def fork_map(fn: Callable[[T], R], items: Sequence[T], report: Callable[[int, int, str], None],
-                 message: str, size: int | None = None) -> list[R] | None:
+             message: str, size: int | None = None) -> list[R] | None:
     """``[fn(x) for x in items]`` in forked worker processes (``fn`` and ``items`` reach them
     through the fork, only results are pickled back; writes into :func:`shared_empty` arrays are
     seen here), in order, ``size`` items per task (default: a few per worker). Call only when

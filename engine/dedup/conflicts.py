@@ -492,14 +492,6 @@ MASK_PROCESS_MIN = 256
 def _load_masks(ds: Any, cases: list[Any], workers: int, cache: Any) -> dict[str, np.ndarray | None]:
     """Masks of ``cases`` as :class:`CroppedMask` (None when unlabelled or unreadable); cached first."""
 
-    def one(c: Any) -> tuple[str, np.ndarray | None]:
-        if not c.labelled:
-            return c.case_id, None
-        try:
-            return c.case_id, cache.get_or_load(ds, c)
-        except WorkbenchError:
-            return c.case_id, None
-
     def fresh(c: Any) -> tuple[str, Any, dict[str, Any] | None]:
         if not c.labelled:
             return c.case_id, None, None
@@ -508,8 +500,8 @@ def _load_masks(ds: Any, cases: list[Any], workers: int, cache: Any) -> dict[str
         except WorkbenchError:
             return c.case_id, None, None
 
-    hits = [c for c in cases if cache.has(c)]
-    out = dict(one(c) for c in hits)
+    # a cached entry decodes from memory (its source unchanged, so labelled and readable)
+    out = {c.case_id: cache.get_or_load(ds, c) for c in cases if cache.has(c)}
     rest = [c for c in cases if c.case_id not in out]
     # mostly Python per mask: forked workers for a cold scan's hundreds of masks, else threads
     for case_id, cm, entry in parallel_map(fresh, rest, workers=workers or 4, processes=MASK_PROCESS_MIN):
