@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run `python -m engine predict` and `evaluate` with every shipped weight on the real folders in
-# ../shared/data (the "done when"), and on the data each model is meant for.
+# ../shared/data, and on the data each model is meant for.
 # Usage: weights/check_shipped.sh [OUT]   (default OUT=bench/results/shipped; JSON + CSV per run)
 # Needs ../shared/data beside the checkout (SEGWB_SHARED_DATA to change); CPU is enough (~10 min on 2 cores).
 set -euo pipefail
