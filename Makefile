@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make run    create .venv, install, generate the demo data if missing, launch the app
-#   make test   create .venv, install (+ test tools, Debian chromium for the browser suite), run the tests
+#   make test   create .venv, install (+ test tools, Debian chromium for the browser suite), run ruff, mypy and the tests
 # Everything lands in .venv/, demo_data/ and .workspace/ inside the checkout.
 
 SHELL := /bin/bash
@@ -21,7 +21,7 @@ UPLOAD_MB ?= 200
 SERVE_ADDRESS ?= 0.0.0.0
 PYTEST_ARGS ?=
 
-.PHONY: run serve test install install-dev browser dicomtools postgresql demo demo-full clean bench
+.PHONY: run serve test lint install install-dev browser dicomtools postgresql demo demo-full clean bench
 
 # Single-user demo: this machine only (127.0.0.1), no sign-in.
 run: install demo
@@ -35,8 +35,13 @@ serve: install
 		--server.maxUploadSize $(UPLOAD_MB) --server.enableXsrfProtection true --server.enableCORS true \
 		--server.headless true --browser.gatherUsageStats false
 
-test: install-dev browser dicomtools postgresql demo
+test: install-dev browser dicomtools postgresql demo lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff over the whole checkout and mypy on engine/ (configuration in pyproject.toml)
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -7,8 +7,15 @@ run. No heavy work at import: engine modules load inside the functions that need
 import streamlit as st
 
 from ui import state
-from ui.loaders import (demo_ready, generate_demo, load_dataset, open_new_dataset, pixel_limit_note, refresh_datasets,
-                        weights_table)
+from ui.loaders import (
+    demo_ready,
+    generate_demo,
+    load_dataset,
+    open_new_dataset,
+    pixel_limit_note,
+    refresh_datasets,
+    weights_table,
+)
 from ui.widgets import guard, page_setup, streamlit_progress
 
 page_setup("Medical image segmentation workbench", intro=(
@@ -22,7 +29,7 @@ with left:
     st.subheader("Dataset")
     if not demo_ready():
         st.info("The built-in demo data (synthetic ultrasound and chest X-ray phantoms) is not generated yet.")
-        if st.button("Generate demo data", type="primary", key=state.GEN_DEMO):
+        if st.button("Generate demo data", type="primary", key=state.Home.GEN_DEMO):
             with guard("Generating the demo data"):
                 report, bar = streamlit_progress("Generating phantoms")
                 generate_demo(progress=report)
@@ -44,32 +51,32 @@ with left:
     index = next((i for i, lab in enumerate(labels) if choices[lab] == current), 0)
 
     def _on_pick() -> None:  # runs before the rerun, so the sidebar shows the new dataset at once
-        chosen = choices.get(st.session_state[state.HOME_DATASET_CHOICE], "")
+        chosen = choices.get(st.session_state[state.Home.DATASET_CHOICE], "")
         if chosen:
-            state.set(state.DATASET_OPTIONS, {})
-            state.set(state.DATASET, chosen)
+            state.put(state.Shared.DATASET_OPTIONS, {})
+            state.put(state.Shared.DATASET, chosen)
 
-    picked = st.selectbox("Open", labels, index=index, key=state.HOME_DATASET_CHOICE, on_change=_on_pick)
+    picked = st.selectbox("Open", labels, index=index, key=state.Home.DATASET_CHOICE, on_change=_on_pick)
     path = choices[picked]
     if not path:
-        path = st.text_input("Folder or manifest path on this machine", key=state.HOME_DATASET_PATH,
+        path = st.text_input("Folder or manifest path on this machine", key=state.Home.DATASET_PATH,
                              placeholder="/data/ultrasound-nerve-segmentation").strip()
         st.caption("Layouts detected automatically: Kaggle UNS (`train/*_mask.tif`, `train_masks.csv`), "
                    "SIIM (DICOM tree + RLE CSV), paired folders (`images/` + `masks/`, or `_mask` suffixes), "
                    "cleaned manifests (`.json`).")
-        label_names = st.text_input("Class names (optional, comma-separated, ids 1..K-1)", key=state.HOME_LABELS)
-        if path and st.button("Open folder", key=state.HOME_OPEN):
+        label_names = st.text_input("Class names (optional, comma-separated, ids 1..K-1)", key=state.Home.LABELS)
+        if path and st.button("Open folder", key=state.Home.OPEN):
             opts = {"label_names": [s.strip() for s in label_names.split(",") if s.strip()]} if label_names else {}
             with guard("Opening the folder"):
                 with st.spinner("Indexing…"):
                     open_new_dataset(path, opts)  # validate before adopting it as the current dataset
-                state.set(state.DATASET_OPTIONS, opts)
-                state.set(state.DATASET, path)
+                state.put(state.Shared.DATASET_OPTIONS, opts)
+                state.put(state.Shared.DATASET, path)
                 state.remember_dataset(path)
                 st.rerun()
     elif path != current:  # first visit: adopt the default choice
-        state.set(state.DATASET_OPTIONS, {})
-        state.set(state.DATASET, path)
+        state.put(state.Shared.DATASET_OPTIONS, {})
+        state.put(state.Shared.DATASET, path)
 
     if state.current_dataset_path():
         with guard("Opening the dataset"):
@@ -92,7 +99,7 @@ with left:
                         st.write(f"- `{b['path']}`: {b['reason']}")
             for n in s["notes"]:
                 st.caption(f"ℹ️ {n}")
-            if st.button("Rescan folder", key=state.HOME_RESCAN):
+            if st.button("Rescan folder", key=state.Home.RESCAN):
                 refresh_datasets()
                 st.rerun()
 
@@ -107,12 +114,13 @@ with right:
             names = [w["name"] for w in good]
             cur = state.current_model()
             name = st.selectbox("Default model for all pages", names,
-                                index=names.index(cur) if cur in names else 0, key=state.HOME_MODEL,
-                                on_change=lambda: state.set(state.MODEL, st.session_state[state.HOME_MODEL]))
-            state.set(state.MODEL, name)
+                                index=names.index(cur) if cur in names else 0, key=state.Home.MODEL,
+                                on_change=lambda: state.put(state.Shared.MODEL, st.session_state[state.Home.MODEL]))
+            state.put(state.Shared.MODEL, name)
             w = next(x for x in good if x["name"] == name)
             st.markdown(f"**{w['name']}** · {w['arch']}{' / ' + w['encoder'] if w.get('encoder') else ''} · "
-                        f"{w['size_mb']} MB · {w['origin']}" + (" · synthetic training data" if w.get("synthetic") else ""))
+                        f"{w['size_mb']} MB · {w['origin']}"
+                        + (" · synthetic training data" if w.get("synthetic") else ""))
             if w.get("description"):
                 st.write(w["description"])
             st.write("Classes: " + ", ".join(w["classes"][1:]) + (" · presence head" if w.get("presence_head") else ""))
@@ -125,9 +133,9 @@ with right:
             st.warning(f"{w['name']}: {w['error']}")
     st.subheader("Device")
     dev = st.selectbox("Run models on", ["auto", "cpu", "cuda", "mps"],
-                       index=["auto", "cpu", "cuda", "mps"].index(state.current_device()), key=state.HOME_DEVICE,
-                       on_change=lambda: state.set(state.DEVICE, st.session_state[state.HOME_DEVICE]))
-    state.set(state.DEVICE, dev)
+                       index=["auto", "cpu", "cuda", "mps"].index(state.current_device()), key=state.Home.DEVICE,
+                       on_change=lambda: state.put(state.Shared.DEVICE, st.session_state[state.Home.DEVICE]))
+    state.put(state.Shared.DEVICE, dev)
     from ui.widgets import device_label
 
     st.caption(f"In use: `{device_label()}`")

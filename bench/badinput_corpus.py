@@ -1,4 +1,4 @@
-"""Counts of the issue-10 hostile-input corpus (tests/hostile.py): fine / clear error / unclear /
+"""Counts of the hostile-input corpus (tests/hostile.py): fine / clear error / unclear /
 traceback / memory / silent wrong, for this checkout and optionally for older code.
 
 Each run is a subprocess under a 3 GB address-space limit (``HOSTILE_AS_GB``), with ``--predict``

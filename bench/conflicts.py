@@ -25,7 +25,7 @@ Then the **exhaustive** comparison (the case study's method): all-pairs SSIM
 first subjects, extrapolated to the full set, and the agreement of our pair set with it at the
 threshold and at lower ones (where far more pairs qualify and the candidate search is stressed).
 
-Targets (issue 12, 2 CPU cores): cold ≤ 8 s, warm ≤ 1 s, planted recall 1.0 and precision 1.0,
+Targets (2 CPU cores): cold ≤ 8 s, warm ≤ 1 s, planted recall 1.0 and precision 1.0,
 agreement with exhaustive SSIM ≥ 0.99. The machine is shared: the load average is recorded
 before and after every run; compare figures only at similar load.
 
@@ -141,7 +141,8 @@ def timed_cli(data: Path, ws: Path, scope: str, report: Path, threshold: float) 
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     res = run_cli(data, ws, scope, report, threshold)
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    res.update(cpu_user_seconds=round(r1.ru_utime - r0.ru_utime, 3), cpu_sys_seconds=round(r1.ru_stime - r0.ru_stime, 3))
+    res.update(cpu_user_seconds=round(r1.ru_utime - r0.ru_utime, 3),
+               cpu_sys_seconds=round(r1.ru_stime - r0.ru_stime, 3))
     return res
 
 
@@ -206,7 +207,8 @@ def run_exhaustive(data: Path, n_subset: int, thresholds: list[float], size: tup
 
     from engine.datasets import open_dataset
     from engine.dedup import ConflictConfig, find_conflicts
-    from engine.dedup.fingerprint import image_thumb, limit_blas
+    from engine.dedup.fingerprint import image_thumb
+    from engine.parallel import limit_blas
 
     ws = Path(tempfile.mkdtemp(prefix="segwb-bench-ex-"))
     try:
@@ -309,10 +311,12 @@ def main(argv: list[str] | None = None) -> int:
               f"(load {c['load_before']} → {c['load_after']})\n    phases: {_fmt_phases(c['phases'])}", flush=True)
         w = r["warm_runs"][len(r["warm_runs"]) // 2]
         runs = ", ".join(f"{x['wall_seconds']:.2f}" for x in r["warm_runs"])
-        print(f"  warm median {r['warm_median_seconds']:.2f} s wall (runs {runs}), CPU {r['warm_median_cpu_seconds']:.2f} s"
+        print(f"  warm median {r['warm_median_seconds']:.2f} s wall (runs {runs}), "
+              f"CPU {r['warm_median_cpu_seconds']:.2f} s"
               f"\n    phases (one run): {_fmt_phases(w.get('phases', {}))}", flush=True)
         pl = r["planted"]
-        print(f"  {c['n_candidates']} candidate pairs, {c['n_verified']} verified; planted pairs: recall {pl['recall']}, "
+        print(f"  {c['n_candidates']} candidate pairs, {c['n_verified']} verified; "
+              f"planted pairs: recall {pl['recall']}, "
               f"precision {pl['precision']} ({pl['n_planted_found']}/{pl['n_planted']}, {pl['n_found']} found); "
               f"warm result identical: {r['same_result_warm']}", flush=True)
     if not args.skip_exhaustive:
@@ -321,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         ex = run_exhaustive(data, args.subset, thresholds, (64, 80))
         result["exhaustive"] = ex
         print(f"  {ex['n_pairs']} pairs in {ex['pairs_seconds']:.1f} s ({ex['ms_per_pair']} ms/pair) + reading "
-              f"{ex['read_seconds']:.1f} s → full set ({ex['n_full']} images) ≈ {ex['extrapolated_full_seconds']:.0f} s "
+              f"{ex['read_seconds']:.1f} s → full set ({ex['n_full']} images) "
+              f"≈ {ex['extrapolated_full_seconds']:.0f} s "
               f"({ex['extrapolated_full_hours']} h)", flush=True)
         for a in ex["agreement"]:
             print(f"  agreement @ {a['threshold']} ({a['scope']}): {a['agreement']:.4f} "

@@ -1,7 +1,7 @@
 """Benchmark: a *proxy* for cross-site shift — lung models on held-out Montgomery cases under simulated
 acquisition changes.
 
-**This is a proxy, not a second hospital.** The issue's goal for ``lung-cxr`` (≥ 0.95 mean Dice on a
+**This is a proxy, not a second hospital.** The goal for ``lung-cxr`` (≥ 0.95 mean Dice on a
 hospital it never saw) can only be checked on another site's data (e.g. Shenzhen), which is not in
 ``../shared/data``. What this benchmark can do honestly is take the models' own held-out fold (the
 card's ``split.val_case_ids``: 28 Montgomery patients the models never trained on) and re-render each
@@ -231,7 +231,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         preds = {label: Predictor.from_weights(_resolve_model(where, Path(tmp)), device="cpu", gate=None)
                  for label, where in specs}
-    val_sets = {label: list((p.card.training or {}).get("split", {}).get("val_case_ids") or []) for label, p in preds.items()}
+    val_sets = {label: list((p.card.training or {}).get("split", {}).get("val_case_ids") or [])
+                for label, p in preds.items()}
     first = next(iter(val_sets.values()))
     if not first or any(sorted(v) != sorted(first) for v in val_sets.values()):
         raise SystemExit("the models do not share one recorded held-out fold (card split.val_case_ids); "
@@ -272,7 +273,8 @@ def main() -> int:
                           "worst_shift": min(shifted_names, key=lambda n: r[n]["mean_dice"]) if means else None,
                           "worst_shift_mean_dice": float(min(means)) if means else None,
                           "predict_seconds": round(seconds[label], 2)}
-    models = {label: {"where": where, "name": preds[label].card.name, "weights_sha256": preds[label].card.tensors_sha256,
+    models = {label: {"where": where, "name": preds[label].card.name,
+                      "weights_sha256": preds[label].card.tensors_sha256,
                       "preprocess": preds[label].card.preprocess.to_dict(),
                       "augment": ((preds[label].card.training or {}).get("config") or {}).get("augment")}
               for label, where in specs}

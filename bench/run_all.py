@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n=== summary" + (" (--quick: smoke figures)" if args.quick else ""))
     print(f"{'benchmark':<12} {'status':<8} {'seconds':>8}  results")
     for rec in records:
-        status = "ok" if rec["exit_code"] == 0 else ("timeout" if rec["exit_code"] is None else f"rc={rec['exit_code']}")
+        status = "ok" if rec["exit_code"] == 0 else (
+            "timeout" if rec["exit_code"] is None else f"rc={rec['exit_code']}")
         print(f"{rec['name']:<12} {status:<8} {rec['seconds']:>8.1f}  {', '.join(rec['results']) or '-'}")
         for res in rec["results"]:
             line = headline(rec["name"], REPO / res)

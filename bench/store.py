@@ -54,8 +54,9 @@ def fill(store, n_events: int, n_pairs: int, progress: bool = True) -> dict:
     import numpy as np
     import sqlalchemy as sa
 
-    from engine.curation.store import schema as S
-    from engine.curation.store.review import _canonical_pair, _now, rebuild_current
+    from engine.store import tables as S
+    from engine.store.projection import rebuild_current
+    from engine.store.records import _canonical_pair, _now
 
     rng = np.random.default_rng(0)
     choices = ["keep_a", "keep_b", "keep_both", "union", "not_duplicate", "drop_both"]
@@ -106,7 +107,7 @@ def fill(store, n_events: int, n_pairs: int, progress: bool = True) -> dict:
 def time_reads(store, repeats: int) -> dict:
     """Median times of the public reads; ``*_uncached_ms`` drop the revision cache before each call
     (the cost right after anyone wrote), ``*_ms`` are repeated reads with nothing changed."""
-    from engine.curation.store.review import clear_read_cache
+    from engine.store.projection import clear_read_cache
 
     def timed(fn, n=repeats, cold: bool = False) -> tuple[float, object]:
         out = fn()  # warm (connection pool)
@@ -148,7 +149,7 @@ def time_reads(store, repeats: int) -> dict:
 _WRITER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {repo!r})
-    from engine.curation.store import ReviewStore
+    from engine.store import ReviewStore
     from engine.errors import StaleDecision
     url, who, n, mode, start_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
     s = ReviewStore(url, timeout=120, masks_dir="/nonexistent-unused")
@@ -190,7 +191,7 @@ def two_writers(url: str, n: int, mode: str, folder: Path) -> dict:
     res = {"mode": mode, "decisions": 2 * n, "wall_s": round(wall, 2), "decisions_per_s": round(2 * n / wall, 1),
            "stale_refusals": stale}
     if mode == "same_pair":
-        from engine.curation.store import ReviewStore
+        from engine.store import ReviewStore
 
         with ReviewStore(url, masks_dir="/nonexistent-unused") as s:
             chain = sorted((e for e in s.events(kinds=["decision"]) if e.target == "x_1\tx_2"), key=lambda e: e.id)
@@ -200,7 +201,7 @@ def two_writers(url: str, n: int, mode: str, folder: Path) -> dict:
 
 
 def run_backend(name: str, url_for, args, folder: Path) -> dict:
-    from engine.curation.store import ReviewStore
+    from engine.store import ReviewStore
 
     url = url_for("read")
     with ReviewStore(url, masks_dir=folder / "masks") as store:

@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             "step_loader_s": round(med_l, 4), "step_preloaded_s": round(med_p, 4),
             "mean_step_loader_s": round(statistics.mean(t_loader), 4),
             "mean_step_preloaded_s": round(statistics.mean(t_pre), 4),
-            "ratio": round(med_p / med_l, 4), "ratio_of_means": round(statistics.mean(t_pre) / statistics.mean(t_loader), 4),
+            "ratio": round(med_p / med_l, 4),
+            "ratio_of_means": round(statistics.mean(t_pre) / statistics.mean(t_loader), 4),
             "images_per_s_loader": round(args.batch_size / med_l, 3),
             "images_per_s_preloaded": round(args.batch_size / med_p, 3),
         }

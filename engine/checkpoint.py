@@ -16,7 +16,7 @@ classifier never appears in the segmentation pickers). Saving, resolving, readin
 listing are the same functions for both.
 
 A segmentation card may name a presence classifier that gates it (:class:`GateConfig`, the
-two-stage pipeline) and may store a :mod:`~engine.fingerprint` of its training inputs.
+two-stage pipeline) and may store a :mod:`~engine.domain_profile` (out-of-domain profile) of its training inputs.
 
 Example:
     >>> save_checkpoint("weights/my-model", net, ModelCard(name="my-model", spec=net.spec,
@@ -91,7 +91,7 @@ class ModelCard(JsonConfig):
         dtype: tensor dtype on disk (``float32`` or ``float16``); weights load as float32.
         synthetic: trained on synthetic phantoms only (demo models).
         gate: the presence classifier that gates this segmenter by default (None = no gate).
-        fingerprint: compact description of the training inputs (:mod:`engine.fingerprint`),
+        fingerprint: compact description of the training inputs (:mod:`engine.domain_profile`),
             used to warn when an input is unlike them; empty for older cards.
     """
 
@@ -119,7 +119,8 @@ class ModelCard(JsonConfig):
         labels = {int(k): str(v) for k, v in self.labels.items()}
         object.__setattr__(self, "labels", labels)
         if sorted(labels) != list(range(self.spec.num_classes)):
-            raise ConfigError(f"model card '{self.name}': labels {labels} do not name classes 0..{self.spec.num_classes - 1}",
+            raise ConfigError(f"model card '{self.name}': labels {labels} "
+                              f"do not name classes 0..{self.spec.num_classes - 1}",
                               hint="give one name per class id, 0 = background")
         if self.preprocess.in_channels != self.spec.in_channels:
             raise ConfigError(f"model card '{self.name}': preprocess.in_channels={self.preprocess.in_channels} "
@@ -179,7 +180,7 @@ class ClassifierCard(JsonConfig):
 class _Kind:
     """How one model family is stored: card class and file, format tag, what to tell people."""
 
-    card_cls: type
+    card_cls: type[JsonConfig]
     card_file: str
     format: str
     version: int
@@ -291,7 +292,8 @@ def read_card(folder: str | Path, kind: str = "segment") -> Any:
     path = folder / k.card_file
     if not path.exists():
         raise CheckpointError(f"{k.card_file} is missing", path=folder,
-                              hint=f"a weights folder needs model.safetensors and {k.card_file}; re-export the {k.what}")
+                              hint=f"a weights folder needs model.safetensors and {k.card_file}; "
+                                   f"re-export the {k.what}")
     try:
         data = read_json(path)
     except WorkbenchError as exc:
@@ -349,7 +351,8 @@ def check_card_sizes(data: Any, path: str | Path | None = None) -> None:
 
     if not isinstance(data, dict):
         return
-    spec = data.get("spec") if isinstance(data.get("spec"), dict) else {}
+    spec_data = data.get("spec")
+    spec = spec_data if isinstance(spec_data, dict) else {}
     for key in ("base_channels", "in_channels", "num_classes", "encoder_depth"):
         if spec.get(key) is not None:
             v = as_int(f"spec.{key}", spec[key])
@@ -359,7 +362,8 @@ def check_card_sizes(data: Any, path: str | Path | None = None) -> None:
     for v in (dec if isinstance(dec, (list, tuple)) else [dec] if dec is not None else []):
         if not 0 < as_int("spec.decoder_channels", v) <= CARD_LIMITS["decoder_channel"]:
             refuse("spec.decoder_channels", dec, CARD_LIMITS["decoder_channel"])
-    pre = data.get("preprocess") if isinstance(data.get("preprocess"), dict) else {}
+    pre_data = data.get("preprocess")
+    pre = pre_data if isinstance(pre_data, dict) else {}
     for what, size in (("preprocess.size", pre.get("size")), ("tile", data.get("tile"))):
         if size is None:
             continue
@@ -400,7 +404,8 @@ def load_checkpoint(name_or_dir: str | Path, device: str = "cpu", verify_hash: b
     try:
         state = load_file(str(wpath), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read tensors ({exc})", path=wpath, hint="the file is corrupt; re-export it") from None
+        raise CheckpointError(f"cannot read tensors ({exc})", path=wpath,
+                              hint="the file is corrupt; re-export it") from None
     try:
         model = _build(card)
     except WorkbenchError as exc:
@@ -562,9 +567,11 @@ def classifier_markdown(card: ClassifierCard, size_bytes: int | None = None) -> 
             ("Training", f"{tr.get('epochs_run', '?')} of {tr.get('epochs_planned', '?')} epochs, best epoch "
                          f"{tr.get('best_epoch', '?')}, device {tr.get('device', '?')}, torch {tr.get('torch', '?')}")]
     if m.get("val_auc") is not None:
-        rows.append(("Validation (during training)", f"ROC AUC {m['val_auc']:.4f}, AP {m.get('val_ap', float('nan')):.4f}, "
+        rows.append(("Validation (during training)",
+                     f"ROC AUC {m['val_auc']:.4f}, AP {m.get('val_ap', float('nan')):.4f}, "
                      f"sensitivity {m.get('val_sensitivity', float('nan')):.3f}, specificity "
-                     f"{m.get('val_specificity', float('nan')):.3f} at {card.threshold:g} ({m.get('n_val', '?')} cases)"))
+                     f"{m.get('val_specificity', float('nan')):.3f} at {card.threshold:g} "
+                     f"({m.get('n_val', '?')} cases)"))
     lic = card.license or {}
     rows.append(("License / attribution", f"{lic.get('license', '?')}; {lic.get('attribution', '?')}"))
     rows.append(("Reproduce", f"`{tr.get('command', '?')}`"))
@@ -579,8 +586,10 @@ def classifier_markdown(card: ClassifierCard, size_bytes: int | None = None) -> 
         for e in evals:
             lines.append(f"| `{e.get('dataset')}` ({e.get('cases')}) | {e.get('n_cases')} | {e.get('n_positive')} / "
                          f"{e.get('n_negative')} | {f(e.get('roc_auc'))} | {f(e.get('average_precision'))} | "
-                         f"{f(e.get('sensitivity'))} | {f(e.get('specificity'))} | {f(e.get('ppv'))} | {f(e.get('npv'))} |")
-        lines += ["", "Reproduce each row with:", ""] + [f"- `{e['command']}`" for e in evals if e.get("command")] + [""]
+                         f"{f(e.get('sensitivity'))} | {f(e.get('specificity'))} | {f(e.get('ppv'))} | "
+                         f"{f(e.get('npv'))} |")
+        lines += (["", "Reproduce each row with:", ""] + [f"- `{e['command']}`" for e in evals if e.get("command")]
+                  + [""])
     return "\n".join(lines)
 
 
@@ -602,7 +611,8 @@ def card_markdown(card: ModelCard, size_bytes: int | None = None) -> str:
                       + (f", median filter {card.preprocess.median_filter}" if card.preprocess.median_filter else "")
                       + (f", CLAHE clip {card.preprocess.clahe:g} ({card.preprocess.clahe_tiles}×"
                          f"{card.preprocess.clahe_tiles} tiles)" if card.preprocess.clahe else "")
-                      + (f", normalisation {card.preprocess.normalize}" if card.preprocess.normalize != "none" else "")),
+                      + (f", normalisation {card.preprocess.normalize}"
+                         if card.preprocess.normalize != "none" else "")),
             ("File", f"model.safetensors, {card.dtype}" + (f", {size_bytes / 1e6:.2f} MB" if size_bytes else "")),
             ("Training data", f"`{tr.get('data', '?')}` ({tr.get('layout', '?')}, {tr.get('n_labelled_cases', '?')} "
                               f"labelled cases)" + (" — synthetic" if card.synthetic else "")),
@@ -638,7 +648,8 @@ def card_markdown(card: ModelCard, size_bytes: int | None = None) -> str:
             tags = (f"; **includes {e['n_training_cases']} training cases**" if e.get("n_training_cases") else "") + \
                 (f"; gated by `{e['gate']['weights']}` at {e['gate']['threshold']:.2f} (ungated "
                  f"{e['ungated_mean_dice']:.4f})" if e.get("gate") and e.get("ungated_mean_dice") is not None else "")
-            lines.append(f"| `{e.get('dataset')}` ({e.get('cases')}{tags}) | {e.get('n_cases')} | {e.get('empty_policy')} | "
+            lines.append(f"| `{e.get('dataset')}` ({e.get('cases')}{tags}) | {e.get('n_cases')} | "
+                         f"{e.get('empty_policy')} | "
                          f"{e.get('mean_dice', float('nan')):.4f} | {per} | {ne or '—'} | {auc} |")
         cmds = list(dict.fromkeys(re.sub(r"--empty-policy (kaggle|exclude)\b", "--empty-policy kaggle|exclude",
                                          str(e["command"])) for e in evals if e.get("command")))

@@ -26,8 +26,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from engine.augment import normalize_image
-from engine.checkpoint import (CLASSIFIER_CARD, ClassifierCard, list_weights, load_checkpoint, resolve_weights,
-                               save_checkpoint)
+from engine.checkpoint import (
+    CLASSIFIER_CARD,
+    ClassifierCard,
+    list_weights,
+    load_checkpoint,
+    resolve_weights,
+    save_checkpoint,
+)
 from engine.errors import ConfigError
 from engine.progress import ProgressFn
 from engine.training.prepare import is_synthetic
@@ -76,7 +82,7 @@ class ClassifierPredictor:
     """
 
     def __init__(self, model: Any, card: ClassifierCard, device: str = "auto", batch_size: int = 16):
-        from engine.inference import select_device
+        from engine.preprocess import select_device
 
         self.device = select_device(device)
         self.model = model.eval().to(self.device)
@@ -90,7 +96,7 @@ class ClassifierPredictor:
         return cls(model, card, device=device, **kwargs)
 
     def _prep(self, img: np.ndarray) -> np.ndarray:
-        from engine.inference import model_input
+        from engine.preprocess import model_input
 
         return model_input(img, self.card.preprocess)
 
@@ -171,7 +177,7 @@ class ClassifyTask:
     def __init__(self, config: Any, *, main: bool, progress: ProgressFn | None = None):
         from engine.losses import PresenceLoss, presence_pos_weight
         from engine.progress import scaled
-        from engine.training.data import SegTrainSet, build_cache
+        from engine.training.data import CachedCase, SegTrainSet, build_cache
         from engine.training.prepare import cache_dir_for, open_training_data, split_cases
 
         if config.positive_only:
@@ -184,14 +190,14 @@ class ClassifyTask:
         self.dataset, cases = open_training_data(config)
         self.labels = dict(sorted(self.dataset.labels.items()))
         self.train_cases, self.val_cases, self.split = split_cases(config, cases)
-        from engine.fingerprint import fingerprint_dataset
+        from engine.domain_profile import profile_dataset
 
-        self.fingerprint = fingerprint_dataset(self.dataset, [c.case_id for c in self.train_cases]) if main else {}
+        self.fingerprint = profile_dataset(self.dataset, [c.case_id for c in self.train_cases]) if main else {}
         disk = cache_dir_for(self.dataset) if config.cache_preprocessed else None
         self.train_items, skipped = build_cache(self.dataset, self.train_cases, config.preprocess,
                                                 dtype=config.cache_dtype, disk_dir=disk,
                                                 progress=scaled(progress, 0.0, 0.8 if main else 1.0, 1000))
-        self.val_items = []
+        self.val_items: list[CachedCase] = []
         if main:
             self.val_items, sv = build_cache(self.dataset, self.val_cases, config.preprocess,
                                              dtype=config.cache_dtype, disk_dir=disk,

@@ -17,11 +17,7 @@ Example:
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Any, Iterable
-
-from engine.errors import ReadError
-from engine.progress import ProgressFn, as_progress
+from typing import Any
 
 MAX_PLAUSIBLE_AGE = 120.0
 
@@ -152,49 +148,6 @@ def header_record(ds: Any, include_phi: bool = False) -> dict[str, Any]:
             if v is not None and str(v).strip():
                 rec[kw] = str(v)
     return rec
-
-
-def read_header(path: str | Path, include_phi: bool = False) -> dict[str, Any]:
-    """Read one DICOM file's header (no pixels) into a :func:`header_record` row.
-
-    Raises:
-        ReadError: not a DICOM file or unreadable header.
-    """
-    from engine.io.dicom import open_dicom
-
-    path = Path(path)
-    ds = open_dicom(path, stop_before_pixels=True)
-    rec = header_record(ds, include_phi=include_phi)
-    rec["path"] = str(path)
-    return rec
-
-
-def header_table(paths: Iterable[str | Path], include_phi: bool = False,
-                 progress: ProgressFn | None = None):
-    """Header table of many DICOMs as a pandas DataFrame, plus the files that failed.
-
-    Returns:
-        ``(DataFrame with SAFE_COLUMNS (+ path, + PHI if asked), list of (path, reason))``.
-        A bad file never stops the scan.
-    """
-    import pandas as pd
-
-    report = as_progress(progress)
-    paths = list(paths)
-    rows, bad = [], []
-    for i, p in enumerate(paths):
-        try:
-            rows.append(read_header(p, include_phi=include_phi))
-        except ReadError as exc:
-            bad.append((str(p), str(exc)))
-        report(i + 1, len(paths), "reading DICOM headers")
-    cols = list(SAFE_COLUMNS) + ["path"]
-    df = pd.DataFrame(rows)
-    for c in cols:
-        if c not in df.columns:
-            df[c] = None
-    extra = [c for c in df.columns if c not in cols]
-    return df[cols + extra], bad
 
 
 def strip_phi(meta: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
-"""Out-of-domain check: a compact fingerprint of a model's training inputs, and how far an input is.
+"""Out-of-domain profile: a compact description of a model's training inputs, and how far an input is.
 
-A fingerprint (stored in the model card, a few hundred bytes) summarises the *raw* training images
+The profile (stored in the model card under ``fingerprint``, a few hundred bytes; unrelated to the
+near-duplicate descriptors of :mod:`engine.dedup.fingerprint`) summarises the *raw* training images
 (float32 (C,H,W) in [0,1] as the readers give them, before the card's preprocessing):
 
 * ``hist``: the mean 32-bin intensity histogram (grey = channel mean), each image's histogram
@@ -22,7 +23,7 @@ outside the training range ±25 %, a channel count never seen, a DICOM modality 
 interpretation the training data did not have. It is a warning, never a refusal: the user decides.
 
 Example:
-    >>> fp = build_fingerprint([(img, meta) for img, meta in samples])          # doctest: +SKIP
+    >>> fp = build_profile([(img, meta) for img, meta in samples])          # doctest: +SKIP
     >>> check_input(fp, chest_xray, {"modality": "CR"})["far"]                  # doctest: +SKIP
     True
 """
@@ -34,8 +35,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-__all__ = ["FINGERPRINT_VERSION", "BINS", "image_histogram", "build_fingerprint", "check_input",
-           "fingerprint_dataset"]
+__all__ = ["FINGERPRINT_VERSION", "BINS", "image_histogram", "build_profile", "check_input",
+           "profile_dataset"]
 
 FINGERPRINT_VERSION = 1
 BINS = 32
@@ -54,7 +55,7 @@ def _features(img: np.ndarray) -> np.ndarray:
     from PIL import Image
 
     g = np.clip(_grey(img), 0.0, 1.0).astype(np.float32)
-    t = np.asarray(Image.fromarray(g).resize((THUMB, THUMB), Image.BOX), np.float64).ravel()
+    t = np.asarray(Image.fromarray(g).resize((THUMB, THUMB), Image.Resampling.BOX), np.float64).ravel()
     return np.concatenate([image_histogram(img), t])
 
 
@@ -77,7 +78,7 @@ def _dicom_value(meta: dict[str, Any] | None, key: str) -> str | None:
     return v.strip().upper() if isinstance(v, str) and v.strip() else None
 
 
-def build_fingerprint(samples: Iterable[tuple[np.ndarray, dict[str, Any] | None]],
+def build_profile(samples: Iterable[tuple[np.ndarray, dict[str, Any] | None]],
                       modality_hint: Iterable[str] | None = None) -> dict[str, Any]:
     """Fingerprint of ``(image float (C,H,W) in [0,1], reader meta)`` samples (see module docstring).
 
@@ -178,7 +179,7 @@ def check_input(fingerprint: dict[str, Any] | None, img: np.ndarray,
             "hist_threshold": round(thr, 4), "feature_z": None if z is None else round(z, 4)}
 
 
-def fingerprint_dataset(dataset: Any, case_ids: Iterable[str] | None = None, max_images: int = 200,
+def profile_dataset(dataset: Any, case_ids: Iterable[str] | None = None, max_images: int = 200,
                         modality_hint: Iterable[str] | None = None) -> dict[str, Any]:
     """Fingerprint of (up to ``max_images``, spread evenly) cases of an :class:`engine.datasets.Dataset`;
     unreadable cases are skipped."""
@@ -199,4 +200,4 @@ def fingerprint_dataset(dataset: Any, case_ids: Iterable[str] | None = None, max
                 continue
             yield to_chw_float(arr, meta), {**(case.meta or {}), **(meta or {})}
 
-    return build_fingerprint(samples(), modality_hint)
+    return build_profile(samples(), modality_hint)

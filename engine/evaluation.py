@@ -42,6 +42,7 @@ import numpy as np
 from engine.config import JsonConfig
 from engine.errors import ConfigError, WorkbenchError
 from engine.fsutil import atomic_write_json, atomic_write_text, read_json, safe_name, stamp_text
+from engine.metrics import EmptyPolicy
 from engine.postprocess import PostProcessConfig, TuneGrid
 from engine.progress import ProgressFn, as_progress, scaled
 
@@ -65,7 +66,7 @@ class EvalConfig(JsonConfig):
         warping: also per-image warping error (``engine.metrics.warping_error``; slower).
     """
 
-    empty_policy: str = "kaggle"
+    empty_policy: EmptyPolicy = "kaggle"
     tta: str = "none"
     post: PostProcessConfig | None = None
     surface: bool = False
@@ -219,7 +220,8 @@ def eval_dir(dataset: Any, card: Any, key: str) -> Path:
 
 
 def evaluate(predictor: Any, dataset: Any, config: EvalConfig | None = None, case_ids: Sequence[str] | None = None,
-             progress: ProgressFn | None = None, out_dir: str | Path | None = None, use_cache: bool = True) -> EvalResult:
+             progress: ProgressFn | None = None, out_dir: str | Path | None = None,
+             use_cache: bool = True) -> EvalResult:
     """Predict and score labelled cases of ``dataset``.
 
     Args:
@@ -304,6 +306,7 @@ def evaluate(predictor: Any, dataset: Any, config: EvalConfig | None = None, cas
             mm2 = float(px_spacing[0]) * float(px_spacing[1])
             row["gt_area_mm2"], row["pred_area_mm2"] = row["gt_area"] * mm2, row["pred_area"] * mm2
         if gate:
+            assert acc_ungated is not None  # built whenever there is a gate
             ungated = lut[predictor.ungated_mask(result, post)]
             acc_ungated.add(case.case_id, ungated, gt)
             row.update(gate_prob=result.gate, gated=bool(result.gated),

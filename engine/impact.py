@@ -32,12 +32,15 @@ from __future__ import annotations
 import math
 import time
 from types import SimpleNamespace
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from engine.errors import ConfigError
 from engine.progress import ProgressFn, as_progress, scaled
+
+if TYPE_CHECKING:
+    from engine.metrics import EmptyPolicy
 
 __all__ = ["impact_report", "score_masks", "IMPACT_FORMAT", "impact_markdown"]
 
@@ -46,7 +49,7 @@ YARDSTICKS = ("original", "corrected")
 
 
 def score_masks(preds: dict[str, np.ndarray], gts: dict[str, np.ndarray], labels: dict[int, str],
-                empty_policy: str = "kaggle") -> dict[str, dict[str, float]]:
+                empty_policy: EmptyPolicy = "kaggle") -> dict[str, dict[str, float]]:
     """Per-case ``{"dice", "iou"}`` (mean over foreground classes counted under ``empty_policy``).
 
     Args:
@@ -102,6 +105,7 @@ def _predict(model: str, ds: Any, case_ids: list[str], device: str, progress: Pr
     pred = _predictor(model, device, workspace)
     res = evaluate(pred, ds, EvalConfig(sweep=False, save_predictions=True, device=device), case_ids=case_ids,
                    progress=progress)
+    assert res.folder is not None  # evaluate() always reports where it wrote
     out = {}
     for cid in case_ids:
         p = prediction_path(res.folder, cid)
@@ -118,7 +122,8 @@ def _predictor(model: str, device: str, workspace: Any):
 
 
 def impact_report(ds: Any, before: str, after: str, store: Any = None, report: Any = None, *,
-                  cases: Sequence[str] | None = None, mover_threshold: float = 0.05, empty_policy: str = "kaggle",
+                  cases: Sequence[str] | None = None, mover_threshold: float = 0.05,
+                  empty_policy: EmptyPolicy = "kaggle",
                   device: str = "auto", workspace: Any = None, progress: ProgressFn | None = None,
                   predictions: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> dict[str, Any]:
     """Before/after metrics of two models on the same held-out cases, on the original and the corrected GT.

@@ -12,7 +12,9 @@ Device selection: ``auto`` = cuda → mps → cpu.
 ``P(present)`` is computed from the classifier's own preprocessing of the raw image, stored in
 :attr:`Prediction.gate`, and the mask is emptied when it is below ``gate_threshold`` (the
 post-processing presence gate, fed the classifier's probability). The probabilities are never
-gated, so an ungated mask can always be recomputed (:meth:`Predictor.ungated_mask`).
+gated, so an ungated mask can always be recomputed (:meth:`Predictor.ungated_mask`). The rule
+(post-processing, then the classifier's or the presence head's gate) is :func:`finish_mask`;
+callers that cache probabilities (:meth:`Predictor.predict_raw`) make their masks with it too.
 
 Example:
     >>> pred = Predictor.from_weights("lung-cxr")                         # doctest: +SKIP
@@ -29,43 +31,20 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, cast
 
 import numpy as np
 
 from engine.augment import Preprocess, plan_geometry, preprocess_image, restore_size
-from engine.errors import CheckpointError, ConfigError, ReadError, WorkbenchError
+from engine.errors import CheckpointError, ConfigError, WorkbenchError
 from engine.postprocess import PostProcessConfig, postprocess
+from engine.preprocess import as_chw, model_input, select_device
 from engine.progress import ProgressFn, as_progress
 
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset as TorchDataset
+
 TTA_MODES = ("none", "flip", "flip4")
-
-
-def select_device(preference: str = "auto"):
-    """``torch.device`` for ``auto`` (cuda → mps → cpu), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-
-    Raises:
-        ConfigError: the requested device is not available here.
-    """
-    import torch
-
-    pref = (preference or "auto").lower()
-    if pref == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if pref.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {preference!r} requested but CUDA is not available on this machine",
-                          hint="use --device cpu or auto")
-    if pref == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("device 'mps' requested but Apple MPS is not available", hint="use --device cpu or auto")
-    try:
-        return torch.device(pref)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {preference!r}", hint="use auto, cpu, cuda, cuda:N or mps") from None
 
 
 @dataclass
@@ -89,44 +68,61 @@ class Prediction:
     gated: bool = False
 
 
-def as_chw(img: np.ndarray) -> np.ndarray:
-    """An image → float32 (C,H,W) in [0,1] (the data contract).
-
-    ``img`` is float (C,H,W) or (H,W) already in [0,1], or a raw integer/bool array (H,W), (H,W,C)
-    or (C,H,W) such as a uint8 PNG, which is scaled to [0,1] (:func:`engine.io.to_chw_float`:
-    uint8 → /255), never fed to a model as 0..255.
+def check_tta(mode: str) -> str:
+    """``mode`` when it is one of :data:`TTA_MODES`.
 
     Raises:
-        ReadError: not an image (a 3-D volume, a 4-D array).
+        ConfigError: an unknown mode (the hint lists the known ones).
     """
-    a = np.asarray(img)
-    if not np.issubdtype(a.dtype, np.floating):
-        from engine.io import to_chw_float
-
-        if a.ndim == 3 and a.shape[2] > 4:
-            if a.shape[0] > 4:
-                raise ReadError(f"expected an image, got an array of shape {a.shape} (a 3-D volume?)",
-                                hint="pass one slice (H,W) at a time")
-            a = np.moveaxis(a, 0, -1)  # integer (C,H,W) → (H,W,C) for the converter
-        a = to_chw_float(a)
-    x = np.asarray(a, dtype=np.float32)
-    if x.ndim == 2:
-        x = x[None]
-    if x.ndim != 3:
-        raise ReadError(f"expected an image (C,H,W) or (H,W), got shape {x.shape}",
-                        hint="load images with engine.io.load_image")
-    return x
-
-
-def model_input(img: np.ndarray, pre: Preprocess) -> np.ndarray:
-    """An image (see :func:`as_chw`) → model input float32 (C',h,w) per ``pre``."""
-    return preprocess_image(as_chw(img), pre)
-
-
-def _check_tta(mode: str) -> str:
     if mode not in TTA_MODES:
         raise ConfigError(f"unknown TTA mode {mode!r}", hint=f"use one of {', '.join(TTA_MODES)}")
     return mode
+
+
+def finish_mask(probs: np.ndarray, post: PostProcessConfig, *, presence: float | None = None,
+                gate: float | None = None, gate_threshold: float | None = None) -> np.ndarray:
+    """The mask of restored probabilities: post-processing, then the presence gate.
+
+    The one rule :meth:`Predictor.predict` applies, for callers that keep probabilities and
+    re-make masks when the settings change (no model run). With a gating classifier's
+    probability ``gate`` and its ``gate_threshold``, the classifier replaces the presence head:
+    the mask is empty when ``gate < gate_threshold``, and ``post.presence_threshold`` is not used.
+    Otherwise ``post`` applies as is, its presence gate fed the model's own ``presence``.
+
+    Args:
+        probs: float32 (K,H,W) softmax probabilities at the image's size (:attr:`Prediction.probs`).
+        post: the post-processing (a card's ``postprocess`` or a variant of it).
+        presence: the presence head's P(present) (:attr:`Prediction.presence`), or None.
+        gate: the gating classifier's P(present) (:attr:`Prediction.gate`), or None.
+        gate_threshold: the gate's threshold (:attr:`Predictor.gate_threshold`); None = ungated.
+
+    Returns:
+        uint8 (H,W) label map, values 0..K-1.
+
+    Example:
+        >>> p1 = np.full((4, 4), 0.8, np.float32)
+        >>> probs = np.stack([1 - p1, p1])
+        >>> int(finish_mask(probs, PostProcessConfig()).sum())
+        16
+        >>> int(finish_mask(probs, PostProcessConfig(), gate=0.2, gate_threshold=0.5).sum())
+        0
+        >>> int(finish_mask(probs, PostProcessConfig(), gate=0.2).sum())  # no threshold: ungated
+        16
+    """
+    if gate is not None and gate_threshold is not None:
+        return postprocess(probs, post.replace(presence_threshold=float(gate_threshold)), float(gate))
+    return postprocess(probs, post, presence)
+
+
+def gate_rejects(gate: float | None, gate_threshold: float | None) -> bool:
+    """True when a gating classifier's P(present) ``gate`` is below its threshold, so
+    :func:`finish_mask` empties the mask (False without a gate or without a threshold).
+
+    Example:
+        >>> gate_rejects(0.2, 0.5), gate_rejects(0.7, 0.5), gate_rejects(0.2, None)
+        (True, False, False)
+    """
+    return gate is not None and gate_threshold is not None and float(gate) < float(gate_threshold)
 
 
 def gaussian_weight(tile: tuple[int, int], sigma_scale: float = 0.125) -> np.ndarray:
@@ -190,7 +186,7 @@ class Predictor:
         self.card = card
         self.pre: Preprocess = card.preprocess
         self.post_default: PostProcessConfig = card.postprocess
-        self.tta = _check_tta(("flip" if tta else "none") if isinstance(tta, bool) else str(tta))
+        self.tta = check_tta(("flip" if tta else "none") if isinstance(tta, bool) else str(tta))
         self.tile = tuple(tile) if tile else (tuple(card.tile) if getattr(card, "tile", None) else None)
         if not 0 <= tile_overlap < 1:
             raise ConfigError(f"tile_overlap must be in [0, 1), got {tile_overlap}")
@@ -236,24 +232,20 @@ class Predictor:
             return None
         return {"weights": self.gate.card.name, "threshold": self.gate_threshold}
 
-    def _gate_post(self, post: PostProcessConfig) -> PostProcessConfig:
-        """The post-processing with the gate as its presence gate (the classifier replaces a head's gate)."""
-        return post.replace(presence_threshold=self.gate_threshold) if self.gate is not None else post
-
     def _post_mask(self, probs: np.ndarray, post: PostProcessConfig | None, presence: float | None,
                    gate: float | None) -> tuple[np.ndarray, bool]:
-        """(mask, gated) for restored probabilities; the gate uses the classifier's probability."""
+        """(mask, gated) for restored probabilities (:func:`finish_mask` with this predictor's gate)."""
         cfg = post or self.post_default
-        if self.gate is None or gate is None:
-            return postprocess(probs, cfg, presence), False
-        mask = postprocess(probs, self._gate_post(cfg), gate)
-        gated = bool(gate < float(self.gate_threshold)) and bool(postprocess(probs, cfg.replace(
+        mask = finish_mask(probs, cfg, presence=presence, gate=gate, gate_threshold=self.gate_threshold)
+        if gate is None or self.gate_threshold is None:
+            return mask, False
+        gated = gate_rejects(gate, self.gate_threshold) and bool(postprocess(probs, cfg.replace(
             presence_threshold=None), None).any())
         return mask, gated
 
     def ungated_mask(self, pred: "Prediction", post: PostProcessConfig | None = None) -> np.ndarray:
         """The mask ``pred`` would have without the classifier gate (uint8 (H,W))."""
-        return postprocess(pred.probs, post or self.post_default, pred.presence)
+        return finish_mask(pred.probs, post or self.post_default, presence=pred.presence)
 
     def gate_probs(self, images: Sequence[np.ndarray]) -> list[float | None]:
         """The gate's P(present) for float32 (C,H,W) images (None each without a gate)."""
@@ -297,7 +289,7 @@ class Predictor:
         x, (h, w) = self._pad_to_divisor(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        mode = _check_tta(self.tta if tta is None else tta)
+        mode = check_tta(self.tta if tta is None else tta)
         flips: list[tuple[int, ...]] = [()]
         if mode in ("flip", "flip4"):
             flips.append((3,))
@@ -365,8 +357,11 @@ class Predictor:
         """
         return self._sliding_window(x, tta)
 
-    def _needs_tiling(self, hw: tuple[int, int]) -> bool:
-        return bool(self.tile) and (hw[0] > self.tile[0] or hw[1] > self.tile[1])
+    def _needs_tiling(self, hw: tuple[int, ...]) -> bool:
+        """True when an (h, w) input is larger than the model's tile (sliding window needed)."""
+        if not self.tile:
+            return False
+        return hw[0] > self.tile[0] or hw[1] > self.tile[1]
 
     def preprocess(self, img: np.ndarray) -> np.ndarray:
         """float32 (C,H,W) in [0,1] → model input float32 (C',h,w) per the card."""
@@ -374,8 +369,18 @@ class Predictor:
 
     def predict_probs(self, img: np.ndarray, tta: str | None = None) -> tuple[np.ndarray, float | None]:
         """Probabilities float32 (K,H,W) at the original size, and the presence probability."""
-        pred = self.predict(img, post=None, tta=tta, _probs_only=True)
+        pred = self.predict_raw(img, tta=tta)
         return pred.probs, pred.presence
+
+    def predict_raw(self, img: np.ndarray, tta: str | None = None) -> Prediction:
+        """One image's probabilities, presence and gate probability, not post-processed.
+
+        For callers that keep the probabilities and make masks with :func:`finish_mask` (a page
+        that re-applies post-processing when a slider moves). The result's ``mask`` is left empty
+        (zeros) and ``gated`` False: ``finish_mask(out.probs, post, presence=out.presence,
+        gate=out.gate, gate_threshold=self.gate_threshold)`` is ``predict(img, post).mask``.
+        """
+        return self.predict_many([img], tta=tta, _probs_only=True)[0]
 
     def predict(self, img: np.ndarray, post: PostProcessConfig | None = None, tta: str | None = None,
                 _probs_only: bool = False) -> Prediction:
@@ -444,10 +449,13 @@ class Predictor:
         from torch.utils.data import DataLoader
 
         report = as_progress(progress)
-        paths = [Path(p) for p in paths]
-        ds = _FileDataset(paths, self.pre, self.gate.card.preprocess if self.gate is not None else None)
+        files = [Path(p) for p in paths]
+        ds = _FileDataset(files, self.pre, self.gate.card.preprocess if self.gate is not None else None)
         workers = _default_workers() if num_workers is None else num_workers
-        loader = DataLoader(ds, batch_size=self.batch_size, num_workers=workers, collate_fn=_collate_list,
+        # a map-style dataset by duck typing (len + getitem): torch is not imported at module level
+        loader: DataLoader[dict[str, Any]] = DataLoader(cast("TorchDataset[dict[str, Any]]", ds),
+                                                        batch_size=self.batch_size, num_workers=workers,
+                                                        collate_fn=_collate_list,
                             pin_memory=self.device.type == "cuda", persistent_workers=False)
         done = 0
         for batch in loader:
@@ -469,11 +477,12 @@ class Predictor:
                 probs_np = probs_b.float().cpu().numpy()
                 pres_np = pres_b.float().cpu().numpy() if pres_b is not None else None
                 for k, b in enumerate(items):
-                    outputs[b["index"]] = self._finish(probs_np[k], None if pres_np is None else float(pres_np[k]), b, post)
+                    outputs[b["index"]] = self._finish(probs_np[k], None if pres_np is None else float(pres_np[k]),
+                                                       b, post)
             for b in batch:
                 done += 1
-                report(done, len(paths), "predicting")
-                yield paths[b["index"]], (outputs[b["index"]] if b["error"] is None else b["error"])
+                report(done, len(files), "predicting")
+                yield files[b["index"]], (outputs[b["index"]] if b["error"] is None else b["error"])
 
     def _finish(self, probs_small: np.ndarray, presence: float | None, item: dict[str, Any],
                 post: PostProcessConfig | None) -> Prediction:
@@ -533,4 +542,4 @@ def sliding_window_plan(hw: tuple[int, int], tile: tuple[int, int], overlap: flo
 
 
 __all__ = ["Predictor", "Prediction", "select_device", "gaussian_weight", "tile_starts", "sliding_window_plan",
-           "plan_geometry", "TTA_MODES"]
+           "plan_geometry", "TTA_MODES", "check_tta", "finish_mask", "gate_rejects"]

@@ -120,6 +120,8 @@ class SegLoss(nn.Module):
 
 
 class _ClassWeighted(SegLoss):
+    class_weights: torch.Tensor | None  # registered buffer (non-persistent)
+
     def __init__(self, class_weights: Sequence[float] | torch.Tensor | None = None):
         super().__init__()
         w = _weights_tensor(class_weights, "class_weights")
@@ -317,6 +319,8 @@ def build_loss(name: str, **kwargs: Any) -> SegLoss:
 
 class PresenceLoss(nn.Module):
     """``BCEWithLogits(pos_weight)`` for image-level presence: ``(logits (N,1)|(N,), present (N,)) -> scalar``."""
+
+    pos_weight: torch.Tensor | None  # registered buffer (non-persistent)
 
     def __init__(self, pos_weight: float | None = None):
         super().__init__()

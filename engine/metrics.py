@@ -228,7 +228,7 @@ def _confusion(p: np.ndarray, g: np.ndarray, k: int) -> np.ndarray:
         return np.array([[p.size - ps - gs + tp, ps - tp], [gs - tp, tp]], dtype=np.int64)
     # Smallest dtype that holds g*k+p keeps the temporary small (K*K <= 256 -> uint8).
     dt = np.uint8 if k * k <= 256 else (np.uint16 if k * k <= 65536 else np.int64)
-    idx = g.astype(dt)
+    idx: np.ndarray = g.astype(dt)
     idx *= dt(k)
     idx += p.astype(dt, copy=False)
     return np.bincount(idx.ravel(), minlength=k * k).astype(np.int64).reshape(k, k)

@@ -48,10 +48,11 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, cast
 
 import numpy as np
 
+from engine.dedup.ssim import ssim_matrix
 from engine.errors import ReadError, WorkbenchError, unknown_name
 from engine.progress import ProgressFn, as_progress
 
@@ -145,7 +146,7 @@ def _aniso_noise(rng: np.random.Generator, shape: tuple[int, int], sy: float, sx
     """Zero-mean, unit-std Gaussian noise blurred with an anisotropic Gaussian (σy, σx), float32."""
     import cv2
 
-    n = rng.standard_normal(shape, dtype=np.float32)
+    n: np.ndarray = rng.standard_normal(shape, dtype=np.float32)
     n = cv2.GaussianBlur(n, (0, 0), sigmaX=sx, sigmaY=sy, borderType=cv2.BORDER_REFLECT)
     sd = float(n.std())
     return n / sd if sd > 0 else n
@@ -155,7 +156,8 @@ def _aniso_noise(rng: np.random.Generator, shape: tuple[int, int], sy: float, sx
 def _text_size(text: str, scale: float, thick: int) -> tuple[tuple[int, int], int]:
     import cv2
 
-    return cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    return (tw, th), base
 
 
 @contextlib.contextmanager
@@ -279,7 +281,7 @@ def _build_nerve_anatomy(seed: int, subject: int, frames: int, size: tuple[int, 
         d = yy[lo:hi] - b[None, :]
         fascia[lo:hi] += strength[None, :] * np.exp(-0.5 * (d / thick) ** 2)
     # short bright streaks (fibrous septa), like the elongated echoes of real scans
-    streak_img = np.zeros((CH, CW), np.float32)
+    streak_img: np.ndarray = np.zeros((CH, CW), np.float32)
     for _ in range(int(rng.integers(25, 45))):
         cx, cy = rng.uniform(0, CW), rng.uniform(pad * 0.5, CH - pad * 0.5)
         length, ang = rng.uniform(20, 90) * sH, rng.normal(0, 0.12)
@@ -376,7 +378,7 @@ def _render_nerve_frame(anat: _NerveAnatomy, seed: int, subject: int, frame: int
     v = (anat.pad + H / 2 + float(P["ty"][i])) + (s * sx) * x0 + ((c * sy) * y0 + dyf)
     u, v = u.astype(np.float32), v.astype(np.float32)
     refl = cv2.remap(anat.base, u, v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    mask = np.zeros((H, W), np.uint8)
+    mask: np.ndarray = np.zeros((H, W), np.uint8)
     if visible:
         alpha = cv2.remap(anat.nerve_alpha, u, v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         ntex = cv2.remap(anat.nerve_tex, u, v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
@@ -402,7 +404,7 @@ def _render_nerve_frame(anat: _NerveAnatomy, seed: int, subject: int, frame: int
         re = cv2.GaussianBlur(rng.standard_normal(half, dtype=np.float32), (0, 0), sigmaX=sp_s, sigmaY=sp_s)
         im = cv2.GaussianBlur(rng.standard_normal(half, dtype=np.float32), (0, 0), sigmaX=sp_s, sigmaY=sp_s)
         amp += np.sqrt(re * re + im * im)
-    amp = cv2.resize(amp, (W, H), interpolation=cv2.INTER_LINEAR)
+    amp = cast(np.ndarray, cv2.resize(amp, (W, H), interpolation=cv2.INTER_LINEAR))  # float32 in, float32 out
     amp /= float(amp.mean())
     # frame-level variation of the scanner: gain drift and a faint low-frequency haze
     haze = cv2.resize(rng.standard_normal((6, 8)).astype(np.float32), (W, H), interpolation=cv2.INTER_CUBIC)
@@ -631,37 +633,6 @@ def ssim_thumbnail(img: np.ndarray, size: tuple[int, int] = SSIM_SIZE) -> np.nda
     return cv2.resize(np.asarray(img), (size[1], size[0]), interpolation=cv2.INTER_AREA).astype(np.float64) / 255.0
 
 
-def ssim_matrix(thumbs: np.ndarray, win: int = 7) -> np.ndarray:
-    """All-pairs mean SSIM of N equally sized float images (N,h,w) in [0,1], (N,N) float64.
-
-    Same definition as ``skimage.metrics.structural_similarity(x, y, data_range=1)``
-    (uniform 7×7 window, sample covariance, K1=0.01, K2=0.03, borders cropped).
-    """
-    from scipy.ndimage import uniform_filter
-
-    X = np.asarray(thumbs, np.float64)
-    n = len(X)
-    np_ = win * win
-    cov_norm = np_ / (np_ - 1.0)
-    C1, C2 = 0.01 ** 2, 0.03 ** 2
-    f = lambda a: uniform_filter(a, size=(1, win, win))  # noqa: E731
-    ux, uxx = f(X), f(X * X)
-    vx = cov_norm * (uxx - ux * ux)
-    pad = (win - 1) // 2
-    crop = (slice(None), slice(pad, -pad), slice(pad, -pad))
-    out = np.ones((n, n))
-    for i in range(n - 1):
-        uy, vy = ux[i + 1:], vx[i + 1:]
-        uxy = f(X[i][None] * X[i + 1:])
-        vxy = cov_norm * (uxy - ux[i][None] * uy)
-        A = (2 * ux[i][None] * uy + C1) * (2 * vxy + C2)
-        B = (ux[i][None] ** 2 + uy ** 2 + C1) * (vx[i][None] + vy + C2)
-        s = (A / B)[crop].mean(axis=(1, 2))
-        out[i, i + 1:] = s
-        out[i + 1:, i] = s
-    return out
-
-
 def verify_planted_pairs(folder: Path, progress: ProgressFn | None = None,
                          cross_subject: bool = True) -> dict[str, Any]:
     """Measure the SSIM guarantee on a nerve phantom: planted pairs vs every other pair.
@@ -818,7 +789,7 @@ def _render_chest(rng: np.random.Generator, S: int, ptx_sides: tuple[str, ...]) 
         + 0.10 * cv2.GaussianBlur(pleural, (0, 0), max(0.5, 0.7 * S / 1024))
 
     # bones: spine, posterior ribs, clavicles (additive, blurred)
-    bone = np.zeros((S, S), np.float32)
+    bone: np.ndarray = np.zeros((S, S), np.float32)
     spine = (np.abs(xx_t - cx) < 0.035) & body
     vert = 0.5 + 0.5 * np.cos(2 * np.pi * yy / 0.045)
     bone += spine * (0.18 + 0.06 * vert)
@@ -854,21 +825,21 @@ def _j2k_available() -> bool:
         from pydicom.pixels.encoders import JPEG2000LosslessEncoder
 
         return bool(JPEG2000LosslessEncoder.is_available)
-    except Exception:  # pragma: no cover - depends on the installed plugins
+    except Exception:  # noqa: BLE001 - depends on the installed plugins  # pragma: no cover
         return False
 
 
-def _write_dicom(path: Path, img: np.ndarray, variant: str, header: dict[str, Any], uids: dict[str, str]) -> str:
+def _write_dicom(path: Path, img: np.ndarray, variant: str, header: dict[str, Any], uids: Mapping[str, str]) -> str:
     """Write one CR DICOM. Returns the variant actually written (``jpeg2000`` may fall back)."""
     from pydicom import config
     from pydicom.dataelem import DataElement
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
+    from pydicom.uid import UID, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
     cr_storage = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = cr_storage
-    meta.MediaStorageSOPInstanceUID = uids["sop"]
+    meta.MediaStorageSOPClassUID = UID(cr_storage)
+    meta.MediaStorageSOPInstanceUID = UID(uids["sop"])
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationVersionName = "SEGWB_PHANTOM"
     ds = Dataset()
@@ -981,7 +952,7 @@ def generate_ptx_phantom(out: Path, *, n_images: int = 40, size: int = 1024, see
     rng.shuffle(views)
     n_patients = max(2, int(math.ceil(0.85 * n_images)))
     patient_of = list(range(n_patients)) + [int(rng.integers(0, n_patients)) for _ in range(n_images - n_patients)]
-    patients = []
+    patients: list[dict[str, Any]] = []
     for p in range(n_patients):
         prng = _rng(seed, "ptx-patient", p)
         patients.append({
@@ -1072,7 +1043,8 @@ def generate_ptx_phantom(out: Path, *, n_images: int = 40, size: int = 1024, see
 # Both
 
 
-def generate_demo(out: Path, scale: str = "default", seed: int = 0, progress: ProgressFn | None = None) -> dict[str, Any]:
+def generate_demo(out: Path, scale: str = "default", seed: int = 0,
+                  progress: ProgressFn | None = None) -> dict[str, Any]:
     """Write ``out/nerve`` (Kaggle UNS phantom) and ``out/ptx`` (SIIM phantom) at a :data:`SCALES` size.
 
     Each folder is built in a temp folder and renamed into place; the marker

@@ -7,7 +7,8 @@
   of one patient share a key (splits and duplicate detection group on it), but without the
   secret the key cannot be turned back into the ID by trying all MRNs, and two installs give
   different keys for the same patient.
-- **De-identification** (:func:`deidentify_dicom`): DICOM PS3.15 Annex E *Basic Application
+- **De-identification** (:func:`deidentify_dataset`; :func:`engine.io.dicom.deidentify_dicom`
+  writes a file's copy): DICOM PS3.15 Annex E *Basic Application
   Level Confidentiality Profile*, Table E.1-1 as implemented by the pinned ``dicom-anonymizer``
   package (KitwareMedical, table of the 2026c standard): D/Z/X/U actions on every listed
   attribute, private tags removed. UIDs (action U) are replaced consistently and reproducibly:
@@ -20,8 +21,8 @@
 
 Example:
     >>> key = patient_key("1234567")                                   # doctest: +SKIP
-    >>> info = deidentify_dicom("in.dcm", "out/")                      # doctest: +SKIP
-    >>> info["sop_instance_uid"].startswith("2.25.")                   # doctest: +SKIP
+    >>> deidentify_dataset(ds)          # a pydicom Dataset, in place        # doctest: +SKIP
+    >>> str(ds.SOPInstanceUID).startswith("2.25.")                     # doctest: +SKIP
     True
 """
 
@@ -37,11 +38,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ConfigError, ReadError
+from engine.errors import ConfigError
 
 SECRET_NAME = "secret.key"
 SECRET_BYTES = 32
-#: PS3.16 CID 7050 code of the profile applied by :func:`deidentify_dicom`.
+#: PS3.16 CID 7050 code of the profile applied by :func:`deidentify_dataset`.
 BASIC_PROFILE_CODE = ("113100", "DCM", "Basic Application Confidentiality Profile")
 DEID_METHOD = "PS3.15 Basic Profile (dicom-anonymizer 2.1.0, 2026c)"  # LO: at most 64 characters
 #: Table E.1-1 edition used by dicom-anonymizer.
@@ -172,39 +173,6 @@ def deidentify_dataset(ds: Any, secret: bytes | None = None) -> None:
     code = Dataset()
     code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = BASIC_PROFILE_CODE
     ds.DeidentificationMethodCodeSequence = Sequence([code])
-
-
-def deidentify_dicom(src: str | Path, dest_dir: str | Path, secret: bytes | None = None) -> dict[str, Any]:
-    """Write a de-identified copy of the DICOM ``src`` into ``dest_dir`` as ``<new SOPInstanceUID>.dcm``.
-
-    The original file is only read. Pixel data are copied byte for byte.
-
-    Returns:
-        ``{"path": Path, "sop_instance_uid": new UID, "original_sop_instance_uid": old UID}``.
-
-    Raises:
-        ReadError: not a readable DICOM. ConfigError: burned-in annotation (see :func:`deidentify_dataset`).
-    """
-    from engine.fsutil import atomic_path, safe_child
-    from engine.io.dicom import open_dicom
-
-    src = Path(src)
-    ds = open_dicom(src)
-    old = str(ds.get("SOPInstanceUID", "") or "")
-    try:
-        deidentify_dataset(ds, secret)
-    except ConfigError as exc:
-        raise ConfigError(str(exc.args[0]) if exc.args else str(exc), path=src,
-                          hint="export without --copy-images (the export then lists the original paths)") from None
-    except (ValueError, NotImplementedError, KeyError, TypeError) as exc:
-        raise ReadError(f"cannot de-identify this DICOM ({exc})", path=src,
-                        hint="export without --copy-images, or fix the file's header") from None
-    new = str(ds.get("SOPInstanceUID", "") or "") or deid_uid(old or str(src), secret)
-    dest = safe_child(Path(dest_dir), new, ".dcm")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dest) as tmp:
-        ds.save_as(tmp, enforce_file_format=True)
-    return {"path": dest, "sop_instance_uid": new, "original_sop_instance_uid": old or None}
 
 
 # --- uploads ---------------------------------------------------------------------------------------

@@ -728,7 +728,7 @@ def tune_postprocess(probs_list: Sequence[np.ndarray], gts: Sequence[np.ndarray]
     best_idx = int(np.argmax(np.where(np.isnan(scores), -np.inf, scores)))
     table = []
     for s, cfg in enumerate(configs):
-        row: dict[str, Any] = {
+        entry: dict[str, Any] = {
             "threshold": cfg.threshold, "min_area": cfg.min_area, "keep_largest": cfg.keep_largest,
             "presence_threshold": cfg.presence_threshold,
             "triplet_top": cfg.triplet.top_score_threshold if cfg.triplet else None,
@@ -737,8 +737,8 @@ def tune_postprocess(probs_list: Sequence[np.ndarray], gts: Sequence[np.ndarray]
         }
         for c in range(n_fg):
             v = per_class[s, c]
-            row[f"dice_{c + 1}"] = None if math.isnan(v) else float(v)
-        table.append(row)
+            entry[f"dice_{c + 1}"] = None if math.isnan(v) else float(v)
+        table.append(entry)
     baseline = evaluate_postprocess(probs_list, gts, PostProcessConfig(connectivity=grid.connectivity),
                                     presences, empty_policy)
     return TuneResult(best=configs[best_idx], best_score=float(scores[best_idx]), baseline_score=baseline,

@@ -41,9 +41,11 @@ def scaled(fn: ProgressFn | None, start: float, stop: float, total: int = 1000) 
         total: resolution of the parent bar.
     """
     parent = as_progress(fn)
+    parent_total = total
 
-    def report(done: int, sub_total: int, message: str = "") -> None:
-        frac = done / sub_total if sub_total else 0.0
-        parent(int(round((start + (stop - start) * frac) * total)), total, message)
+    # The parameter is named ``total`` like ProgressFn's, so keyword calls match the protocol.
+    def report(done: int, total: int, message: str = "") -> None:
+        frac = done / total if total else 0.0
+        parent(int(round((start + (stop - start) * frac) * parent_total)), parent_total, message)
 
     return report

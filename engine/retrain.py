@@ -86,7 +86,7 @@ def corrected_manifest(ds: Any, store: Any, report: Any = None, policy: str = "n
     Returns:
         :class:`CorrectedManifest`; an identical review state reuses the same file.
     """
-    from engine.curation.manifest import build_manifest
+    from engine.curation.cleaning import build_manifest
     from engine.datasets import write_manifest
 
     cases, dropped, info = build_manifest(ds, store, report, policy)

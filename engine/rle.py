@@ -130,7 +130,8 @@ def parse_runs(rle: str | float | None, shape: tuple[int, int], convention: Conv
         raise RLEError(f"{where}: run {i + 1} (start {int(starts[i]) + 1}) overlaps or precedes run {i}",
                        hint="runs must be sorted and must not overlap; for SIIM files use the 'siim' convention")
     if ends[-1] > n:
-        raise RLEError(f"{where}: runs reach pixel {int(ends[-1])}, beyond the {shape[0]}x{shape[1]} image ({n} pixels)",
+        raise RLEError(f"{where}: runs reach pixel {int(ends[-1])}, "
+                       f"beyond the {shape[0]}x{shape[1]} image ({n} pixels)",
                        hint="check the image size and the RLE convention (kaggle vs siim)")
     return starts, lengths
 

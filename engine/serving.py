@@ -64,7 +64,7 @@ def serve_check(store: Any = None, *, store_url: str | None = None) -> dict[str,
     """Preflight of team mode: the store must be reachable and hold at least one active admin.
 
     Args:
-        store: an open :class:`engine.curation.store.ReviewStore` (default: open ``store_url``,
+        store: an open :class:`engine.store.ReviewStore` (default: open ``store_url``,
             ``$SEGWB_STORE_URL`` or the workspace store).
 
     Returns:
@@ -73,7 +73,7 @@ def serve_check(store: Any = None, *, store_url: str | None = None) -> dict[str,
     Raises:
         ConfigError: no active admin (the message says how to create one).
     """
-    from engine.curation.store import ReviewStore, default_store_url
+    from engine.store import ReviewStore, default_store_url
 
     own = store is None
     if own:
@@ -113,14 +113,14 @@ def check_data_path(path: str | Path, roots: Iterable[str | Path]) -> Path:
     Used in team mode for every folder or manifest a browser asks to open (typed, picked from the
     recent list, or pasted in a URL). A symlink pointing out of a root is refused.
     """
-    roots = [str(r) for r in roots]
-    if not roots:
+    root_list = [str(r) for r in roots]
+    if not root_list:
         raise PermissionDenied("no data roots are configured, so no folder can be opened in team mode",
                                path=path, hint="an admin sets them on the Admin page or with "
                                                "python -m engine settings --data-roots DIR ...")
-    if not path_under(path, roots):
+    if not path_under(path, root_list):
         raise PermissionDenied("this folder is outside the data roots an admin allowed for team mode "
-                               f"({', '.join(roots)})", path=path,
+                               f"({', '.join(root_list)})", path=path,
                                hint="open a dataset under a data root, or ask an admin to add one")
     return _resolve(path)
 
@@ -185,14 +185,14 @@ def oidc_account(store: Any, claims: dict[str, Any], *, unknown: str | None = No
     random password (they sign in through the provider only). Disabled accounts are refused.
 
     Returns:
-        the :class:`engine.curation.store.User`.
+        the :class:`engine.store.User`.
 
     Raises:
         PermissionDenied: no usable identity, unknown (refuse policy) or disabled account.
     """
     import secrets
 
-    from engine.curation.store import LOCAL_OPERATOR
+    from engine.store import LOCAL_OPERATOR
 
     policy = (unknown or os.environ.get(OIDC_UNKNOWN_ENV, "") or "refuse").strip().lower()
     if policy not in ("refuse", "viewer"):

@@ -234,7 +234,8 @@ def save_folds(path: str | Path, folds: Mapping[str, int], spec: SplitSpec) -> N
         {'a': 0, 'b': 1}
     """
     clean = _check_fold_values(folds, spec.k, path)
-    sizes = np.bincount(np.array(list(clean.values()), dtype=np.int64), minlength=spec.k).tolist() if clean else [0] * spec.k
+    sizes = (np.bincount(np.array(list(clean.values()), dtype=np.int64), minlength=spec.k).tolist() if clean
+             else [0] * spec.k)
     atomic_write_json(path, {"format": FOLDS_FORMAT, "version": FOLDS_VERSION, "spec": spec.to_dict(),
                              "fold_sizes": sizes, "folds": clean})
 

@@ -40,6 +40,7 @@ import numpy as np
 
 from engine.errors import ConfigError, MaskError, WorkbenchError, unknown_name
 from engine.fsutil import atomic_path, stamp_text
+from engine.parallel import default_workers
 from engine.progress import ProgressFn, as_progress
 
 __all__ = ["OVERLAYS", "THUMB_VERSION", "thumbnail_key", "thumbnail_path", "thumbnail_paths", "render_thumbnail",
@@ -126,7 +127,7 @@ def _shrink(rgb: np.ndarray, size: int) -> np.ndarray:
     if s >= 1:
         return rgb
     out = (max(1, round(w * s)), max(1, round(h * s)))
-    return np.asarray(Image.fromarray(rgb).resize(out, Image.BILINEAR, reducing_gap=2.0))
+    return np.asarray(Image.fromarray(rgb).resize(out, Image.Resampling.BILINEAR, reducing_gap=2.0))
 
 
 def _shrink_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -236,11 +237,6 @@ def thumbnail_path(ds: Any, case: Any, size: int = 192, overlay: str = "gt",
     return path
 
 
-def default_workers() -> int:
-    """Threads for a page of thumbnails: 2 per core, at most 8."""
-    return max(1, min(8, 2 * (os.cpu_count() or 1)))
-
-
 def thumbnail_paths(ds: Any, cases: Sequence[Any], size: int = 192, overlay: str = "gt",
                     pred_folder: str | Path | None = None, *, workers: int | None = None,
                     progress: ProgressFn | None = None,
@@ -249,7 +245,7 @@ def thumbnail_paths(ds: Any, cases: Sequence[Any], size: int = 192, overlay: str
 
     Args:
         cases: case ids or :class:`~engine.datasets.Case` objects (order kept).
-        workers: threads rendering missing thumbnails (default :func:`default_workers`).
+        workers: threads rendering missing thumbnails (default :func:`engine.parallel.default_workers`).
         progress: ``(done, total, message)`` over the thumbnails that had to be rendered.
         render: the per-case function (default :func:`thumbnail_path`; tests may wrap it).
 
@@ -341,7 +337,7 @@ def prefetch_thumbnails(ds: Any, cases: Sequence[Any], size: int = 192, overlay:
                 continue
             fut = _PREFETCH_POOL.submit(_prefetch_one, ds, c, size, overlay, pred_folder)
             _PREFETCH[path] = fut
-            fut.add_done_callback(lambda _f, path=path: _forget(path))
+            fut.add_done_callback(_forget_when_done(path))
             queued += 1
     return queued
 
@@ -356,6 +352,11 @@ def _prefetch_one(ds: Any, case: Any, size: int, overlay: str, pred_folder: str 
 def _forget(path: Path) -> None:
     with _PREFETCH_LOCK:
         _PREFETCH.pop(path, None)
+
+
+def _forget_when_done(path: Path) -> Callable[[Future], None]:
+    """A future's done-callback that forgets ``path`` (bound now, not when the loop variable moves on)."""
+    return lambda _f: _forget(path)
 
 
 def clear_thumbnails(ds: Any) -> int:

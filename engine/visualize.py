@@ -175,7 +175,8 @@ def resize_rgb(rgb: np.ndarray, max_side: int) -> np.ndarray:
     s = max_side / max(h, w)
     if s >= 1:
         return rgb
-    return np.asarray(Image.fromarray(rgb).resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR))
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
 
 
 def fit_square(rgb: np.ndarray, side: int, bg: int = 0) -> np.ndarray:
@@ -188,7 +189,7 @@ def fit_square(rgb: np.ndarray, side: int, bg: int = 0) -> np.ndarray:
     h, w = rgb.shape[:2]
     s = side / max(h, w)
     nh, nw = max(1, round(h * s)), max(1, round(w * s))
-    small = np.asarray(Image.fromarray(to_rgb_uint8(rgb)).resize((nw, nh), Image.BILINEAR))
+    small = np.asarray(Image.fromarray(to_rgb_uint8(rgb)).resize((nw, nh), Image.Resampling.BILINEAR))
     out = np.full((side, side, 3), bg, np.uint8)
     y, x = (side - nh) // 2, (side - nw) // 2
     out[y:y + nh, x:x + nw] = small

@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import app_test, ok, point_app_at, tiny_demo_dir
 
-from engine.curation.store import LOCAL_OPERATOR, ReviewStore, default_store_url
+from engine.store import LOCAL_OPERATOR, ReviewStore, default_store_url
 from ui import state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,9 +48,9 @@ def _texts(at) -> str:
 
 
 def _sign_in(at, name: str, pw: str):
-    at.text_input(key=state.AUTH_NAME).input(name)
-    at.text_input(key=state.AUTH_PASSWORD).input(pw)
-    at.button(key=state.AUTH_SUBMIT).click()
+    at.text_input(key=state.Auth.NAME).input(name)
+    at.text_input(key=state.Auth.PASSWORD).input(pw)
+    at.button(key=state.Auth.SUBMIT).click()
     return at.run()
 
 
@@ -60,7 +60,7 @@ def test_every_page_shows_only_the_sign_in_form(team, page):
     assert not at.exception, [e.value for e in at.exception]
     assert [t.value for t in at.title] == ["Sign in"]
     keys = {w.key for w in at.text_input}
-    assert keys == {state.AUTH_NAME, state.AUTH_PASSWORD}
+    assert keys == {state.Auth.NAME, state.Auth.PASSWORD}
     assert not at.selectbox and not at.dataframe and not at.metric and not at.image
 
 
@@ -68,12 +68,12 @@ def test_wrong_password_refused_then_throttled_and_right_one_signs_in(team):
     at = app_test(REVIEW).run()
     at = _sign_in(at, "ada", "wrong")
     assert any("wrong user name or password" in e.value for e in at.error)
-    assert state.AUTH_USER not in at.session_state
+    assert state.Auth.USER not in at.session_state
     for _ in range(3):  # the throttle allows 3 free failures, then makes the name wait
         at = _sign_in(at, "ada", "wrong")
     assert any("Too many failed sign-ins" in e.value for e in at.error), [e.value for e in at.error]
     at = _sign_in(at, "vic", "vic-secret-1")  # another name is not throttled
-    assert at.session_state[state.AUTH_USER] == "vic"
+    assert at.session_state[state.Auth.USER] == "vic"
     assert [t.value for t in at.title] == ["Conflict review"]
     assert "vic" in _texts(at) and "viewer" in _texts(at)
 
@@ -102,30 +102,30 @@ def test_demo_mode_has_no_sign_in(demo, tmp_path, monkeypatch):
 def test_admin_page_manages_users_and_roots(team, demo):
     at = app_test(ADMIN).run()
     at = ok(_sign_in(at, "ada", "ada-secret-1"))
-    at.text_input(key=state.ADMIN_NEW_NAME).input("rita")
-    at.selectbox(key=state.ADMIN_NEW_ROLE).select("reviewer")
-    at.text_input(key=state.ADMIN_NEW_PASSWORD).input("rita-secret-1")
-    at.button(key=state.ADMIN_ADD).click()
+    at.text_input(key=state.Admin.NEW_NAME).input("rita")
+    at.selectbox(key=state.Admin.NEW_ROLE).select("reviewer")
+    at.text_input(key=state.Admin.NEW_PASSWORD).input("rita-secret-1")
+    at.button(key=state.Admin.ADD).click()
     at = ok(at.run())
     with ReviewStore(default_store_url(team)) as s:
         u = s.user("rita")
         assert u is not None and u.role == "reviewer" and s.authenticate("rita", "rita-secret-1").name == "rita"
         assert s.admin_log()[-1]["actor"] == "ada"
-    at.selectbox(key=state.ADMIN_USER).select("vic")
+    at.selectbox(key=state.Admin.USER).select("vic")
     at = ok(at.run())
-    at.selectbox(key=f"{state.ADMIN_ROLE}_vic").select("annotator")
+    at.selectbox(key=f"{state.Admin.ROLE}_vic").select("annotator")
     at = ok(at.run())
-    at.button(key=state.ADMIN_SET_ROLE).click()
+    at.button(key=state.Admin.SET_ROLE).click()
     at = ok(at.run())
-    at.button(key=state.ADMIN_TOGGLE).click()  # disable vic
+    at.button(key=state.Admin.TOGGLE).click()  # disable vic
     at = ok(at.run())
     with ReviewStore(default_store_url(team)) as s:
         assert s.user("vic").role == "annotator" and not s.user("vic").active
-    at.text_area(key=state.ADMIN_DATA_ROOTS).input(str(demo))
-    at.button(key=state.ADMIN_SAVE_DATA_ROOTS).click()
+    at.text_area(key=state.Admin.DATA_ROOTS).input(str(demo))
+    at.button(key=state.Admin.SAVE_DATA_ROOTS).click()
     at = ok(at.run())
-    at.text_area(key=state.ADMIN_DATA_ROOTS).input("relative/path")
-    at.button(key=state.ADMIN_SAVE_DATA_ROOTS).click()
+    at.text_area(key=state.Admin.DATA_ROOTS).input("relative/path")
+    at.button(key=state.Admin.SAVE_DATA_ROOTS).click()
     at = at.run()
     assert any("absolute" in e.value for e in at.error)
     with ReviewStore(default_store_url(team)) as s:
@@ -151,5 +151,5 @@ def test_dataset_outside_data_roots_refused_even_from_the_url(team, demo, tmp_pa
     at = _sign_in(at, "ada", "ada-secret-1")
     errs = " ".join(e.value for e in at.error)
     assert "cannot be opened" in errs and "outside the data roots" in errs
-    assert at.session_state[state.DATASET] if state.DATASET in at.session_state else True
-    assert state.DATASET not in at.session_state or at.session_state[state.DATASET] != str(link)
+    assert at.session_state[state.Shared.DATASET] if state.Shared.DATASET in at.session_state else True
+    assert state.Shared.DATASET not in at.session_state or at.session_state[state.Shared.DATASET] != str(link)

@@ -24,8 +24,6 @@ from engine.datasets import open_dataset
 from engine.eda import conflict_status_column, count_table, natural_key
 from engine.workspace import Workspace
 from ui import state
-from ui.browser_view import EVAL_KEY, MODEL_KEY, PER_PAGE_KEY, VIEW_KEY
-from ui.nav import REQUEST_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = str(REPO / "pages" / "3_Dataset_browser.py")
@@ -54,7 +52,7 @@ def env(demo: Path, ws: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path
 
 
 def app(dataset: Path, **session) -> AppTest:
-    return app_test(PAGE, {state.DATASET: str(dataset), state.DEVICE: "cpu"}, **session)
+    return app_test(PAGE, {state.Shared.DATASET: str(dataset), state.Shared.DEVICE: "cpu"}, **session)
 
 
 def frame(path: Path, ws: Path) -> pd.DataFrame:
@@ -100,7 +98,7 @@ def test_grid_renders_thumbnails_and_paginates(env) -> None:
     cap = at.image[0].captions[0]
     assert (f"{int(first['mask_area']):,} px" in cap) if first["has_mask"] else ("empty" in cap)
 
-    at.selectbox(key=PER_PAGE_KEY).set_value(24)
+    at.selectbox(key=state.Browser.PER_PAGE).set_value(24)
     ok(at.run())
     assert thumb_ids(at) == order[:24]
     ok(at.button(key="browser_next").click().run())
@@ -157,8 +155,8 @@ def test_detail_view_shows_metrics_of_a_live_prediction(env) -> None:
     case = next(c for c in ds.cases if c.has_mask)
     at = ok(app(env["nerve"]).run())
     ok(at.button(key=f"browser_open_{case.case_id}").click().run())
-    assert at.session_state[state.BROWSER_CASE] == case.case_id
-    assert at.radio(key=VIEW_KEY).value == "Case details"
+    assert at.session_state[state.Shared.BROWSER_CASE] == case.case_id
+    assert at.radio(key=state.Browser.VIEW).value == "Case details"
     caps = [c for img in at.image for c in img.captions]
     assert caps[0] == f"{case.case_id} · image" and caps[1] == f"ground truth · {case.mask_area:,} px"
     info = next(d.value for d in at.dataframe if "field" in d.value.columns)
@@ -166,7 +164,7 @@ def test_detail_view_shows_metrics_of_a_live_prediction(env) -> None:
     assert fields["case id"] == case.case_id and fields["group"] == case.group_id
     assert fields["mask source"] == case.mask.describe()
 
-    at.selectbox(key=MODEL_KEY).set_value(MODEL)
+    at.selectbox(key=state.Browser.MODEL).set_value(MODEL)
     ok(at.run())
     pred = Predictor.from_weights(env["ws"] / "models" / MODEL, device="cpu")
     lut = class_mapping(pred.card.labels, ds.labels)
@@ -182,15 +180,15 @@ def test_detail_view_shows_metrics_of_a_live_prediction(env) -> None:
     # next case button moves through the (filtered) list in natural order
     order = natural(ds.case_ids)
     ok(at.button(key="browser_case_next").click().run())
-    assert at.session_state[state.BROWSER_CASE] == order[order.index(case.case_id) + 1]
+    assert at.session_state[state.Shared.BROWSER_CASE] == order[order.index(case.case_id) + 1]
 
 
 def test_evaluate_then_filter_by_dice_and_show_predictions(env) -> None:
     from engine.evaluation import load_eval
 
-    at = ok(app(env["nerve"], **{MODEL_KEY: MODEL}).run())
+    at = ok(app(env["nerve"], **{state.Browser.MODEL: MODEL}).run())
     ok(at.button(key="browser_evaluate").click().run())
-    folder = at.selectbox(key=EVAL_KEY).value
+    folder = at.selectbox(key=state.Browser.EVAL).value
     res = load_eval(folder)
     assert res is not None and res.summary["model"] == MODEL
     per = res.per_image.set_index("case_id")
@@ -216,10 +214,10 @@ def test_evaluate_then_filter_by_dice_and_show_predictions(env) -> None:
 def test_request_from_another_page_opens_the_case(env) -> None:
     ds = open_dataset(env["nerve"], workspace=Workspace(env["ws"]))
     cid = ds.case_ids[5]
-    at = app(env["nerve"], **{state.BROWSER_CASE: cid, REQUEST_KEY: {"case": cid, "view": "Case details",
-                                                                    "model": None, "eval": None}})
+    request = {"case": cid, "view": "Case details", "model": None, "eval": None}
+    at = app(env["nerve"], **{state.Shared.BROWSER_CASE: cid, state.Browser.REQUEST: request})
     ok(at.run())
-    assert at.radio(key=VIEW_KEY).value == "Case details"
+    assert at.radio(key=state.Browser.VIEW).value == "Case details"
     assert at.selectbox(key="browser_case_select").value == cid
     assert at.image[0].captions[0] == f"{cid} · image"
 
@@ -259,7 +257,7 @@ def test_review_state_filter(env) -> None:
 
 def test_eda_charts_for_the_siim_phantom(env) -> None:
     df = frame(env["ptx"], env["ws"])
-    at = ok(app(env["ptx"], **{VIEW_KEY: "EDA"}).run())
+    at = ok(app(env["ptx"], **{state.Browser.VIEW: "EDA"}).run())
     figs = charts(at)
     assert {"Sex (DICOM)", "View position (DICOM)", "Ground truth"} <= set(figs)
     age_title = next(t for t in figs if t.startswith("Age (DICOM)"))

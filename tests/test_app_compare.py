@@ -59,8 +59,8 @@ def page(env, n: int | None = None):
     from ui import state
 
     at = AppTest.from_file(PAGE, default_timeout=180)
-    at.session_state[state.MODEL] = MODELS[0]
-    at.session_state[state.DATASET] = str(env.nerve)
+    at.session_state[state.Shared.MODEL] = MODELS[0]
+    at.session_state[state.Shared.DATASET] = str(env.nerve)
     at.session_state["compare_models"] = list(MODELS)
     if n is not None:
         at.session_state["compare_n"] = n
@@ -104,9 +104,9 @@ def test_one_image_side_by_side(env):
     other = next(c.case_id for c in ds.cases if c.case_id != cid)
     at.selectbox(key="compare_case_select").set_value(other).run()
     assert not at.exception
-    from ui import predict_view as pv
+    from ui import state
 
-    assert at.session_state[pv.COMPARE_CASE] == other
+    assert at.session_state[state.Compare.CASE] == other
 
 
 def test_one_image_upload_without_ground_truth(env):
@@ -131,8 +131,8 @@ def test_one_image_upload_without_ground_truth(env):
 def test_dataset_table_sorted_and_opens_cases(env):
     from engine.compare import compare_models
     from engine.datasets import open_dataset
-    from engine.evaluation import load_eval, list_evals
-    from ui import predict_view as pv
+    from engine.evaluation import list_evals, load_eval
+    from ui import state
 
     at = page(env, n=8)
     at.run()
@@ -164,7 +164,7 @@ def test_dataset_table_sorted_and_opens_cases(env):
     at.session_state["compare_table"] = {"selection": {"rows": [3], "columns": [], "cells": []}}
     at.run()
     assert at.subheader[-1].value == f"Case {table.iloc[3]['case_id']}"
-    assert at.session_state[pv.COMPARE_CASE] == table.iloc[3]["case_id"]
+    assert at.session_state[state.Compare.CASE] == table.iloc[3]["case_id"]
     at.selectbox(key="compare_open_case").set_value(table.iloc[5]["case_id"]).run()
     assert at.subheader[-1].value == f"Case {table.iloc[5]['case_id']}"
     assert not at.exception and not at.error

@@ -22,8 +22,6 @@ from engine.datasets import open_dataset
 from engine.evaluation import EvalConfig, evaluate
 from engine.workspace import Workspace
 from ui import state
-from ui.nav import REQUEST_KEY
-from ui.dashboard_view import EVAL_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = str(REPO / "pages" / "4_Metrics_dashboard.py")
@@ -88,7 +86,8 @@ def env(setup: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
 
 
 def app(dataset: Path, script: str = PAGE, **session) -> AppTest:
-    return app_test(script, {state.DATASET: str(dataset), state.DEVICE: "cpu", state.MODEL: MODEL}, **session)
+    return app_test(script, {state.Shared.DATASET: str(dataset), state.Shared.DEVICE: "cpu",
+                             state.Shared.MODEL: MODEL}, **session)
 
 
 def arr(v) -> np.ndarray:
@@ -111,7 +110,7 @@ def f3(v) -> str:
 def test_summary_numbers_equal_the_evaluation(env) -> None:
     at = ok(app(env["nerve"].root).run())
     s = env["res"].summary
-    assert at.selectbox(key=EVAL_KEY).value == str(env["res"].folder)
+    assert at.selectbox(key=state.Dashboard.EVAL).value == str(env["res"].folder)
     h = headline(s)
     m = metrics(at)
     assert m["Mean Dice"] == f3(s["mean_dice"]) and m["Mean IoU"] == f3(s["mean_iou"])
@@ -178,8 +177,8 @@ def test_worst_cases_gallery_links_to_the_browser(env) -> None:
     pos = worst_cases(res.per_image, 12, only_gt_nonempty=True)["case_id"].astype(str).tolist()
     assert [c.split(" · ")[0] for img in at.image for c in img.captions if "Dice" in c] == pos
     ok(at.button(key=f"dash_open_{pos[0]}").click().run())
-    assert at.session_state[state.BROWSER_CASE] == pos[0]
-    assert at.session_state[REQUEST_KEY] == {"case": pos[0], "view": "Case details", "model": MODEL,
+    assert at.session_state[state.Shared.BROWSER_CASE] == pos[0]
+    assert at.session_state[state.Browser.REQUEST] == {"case": pos[0], "view": "Case details", "model": MODEL,
                                              "eval": str(res.folder)}
 
 
@@ -209,8 +208,8 @@ def test_evaluate_button_with_the_exclude_policy(env) -> None:
     at.radio(key="dash_policy").set_value("exclude")
     ok(at.run())
     ok(at.button(key="dash_evaluate").click().run())
-    folder = at.selectbox(key=EVAL_KEY).value
-    assert folder != str(env["res"].folder) and len(at.selectbox(key=EVAL_KEY).options) >= 2
+    folder = at.selectbox(key=state.Dashboard.EVAL).value
+    assert folder != str(env["res"].folder) and len(at.selectbox(key=state.Dashboard.EVAL).options) >= 2
     res = load_eval(folder)
     s = res.summary
     assert s["empty_policy"] == "exclude" and s["model"] == MODEL
@@ -226,8 +225,8 @@ def test_evaluate_button_with_the_exclude_policy(env) -> None:
 
 def test_slices_by_dicom_sex_and_view(env) -> None:
     res = env["res_ptx"]
-    at = ok(app(env["ptx"].root, **{state.MODEL: MODEL_PTX}).run())
-    assert at.selectbox(key=EVAL_KEY).value == str(res.folder)
+    at = ok(app(env["ptx"].root, **{state.Shared.MODEL: MODEL_PTX}).run())
+    assert at.selectbox(key=state.Dashboard.EVAL).value == str(res.folder)
     by = at.selectbox(key="dash_slice_by")
     assert {"DICOM sex", "age band", "view position"} <= set(by.options)  # shown labels
     joined = join_meta(res.per_image, env["ptx"].to_frame())
@@ -289,13 +288,13 @@ def test_own_training_data_defaults_to_held_out_and_a_training_figure_is_labelle
     ok(at.run())
     assert at.radio(key=f"dash_cases_{name}").value.startswith("Held-out")
     ok(at.button(key="dash_evaluate").click().run())
-    s = load_eval(at.selectbox(key=EVAL_KEY).value).summary
+    s = load_eval(at.selectbox(key=state.Dashboard.EVAL).value).summary
     assert s["model"] == name and s["n_cases"] == len(val) and s["training_overlap"]["n_cases"] == 0
     assert any("Held-out" in x.value for x in at.success)
     at.radio(key=f"dash_cases_{name}").set_value("All labelled cases")
     ok(at.run())
     ok(at.button(key="dash_evaluate").click().run())
-    sel = at.selectbox(key=EVAL_KEY)
+    sel = at.selectbox(key=state.Dashboard.EVAL)
     s = load_eval(sel.value).summary
     n_train = len(labelled) - len(val)
     assert s["n_cases"] == len(labelled) and s["training_overlap"]["n_cases"] == n_train

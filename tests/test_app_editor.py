@@ -22,7 +22,7 @@ from engine.datasets import open_dataset
 from engine.store import ReviewStore
 from engine.workspace import Workspace
 from ui import state
-from ui.editor_view import CASE_KEY, REVIEWER_KEY, SESSIONS_KEY, SOURCE_KEY, PREDICTION
+from ui.editor_view import PREDICTION
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = str(REPO / "pages" / "7_Mask_editor.py")
@@ -47,11 +47,11 @@ def dataset(env):
 
 
 def app(env, case: str | None = None, who: str | None = "tester", **session) -> AppTest:
-    base = {state.DATASET: str(env["nerve"]), state.DEVICE: "cpu"}
+    base = {state.Shared.DATASET: str(env["nerve"]), state.Shared.DEVICE: "cpu"}
     if who:
-        base[REVIEWER_KEY] = who
+        base[state.Shared.REVIEWER] = who
     if case:
-        base[state.BROWSER_CASE] = case
+        base[state.Shared.BROWSER_CASE] = case
     return app_test(PAGE, base, **session)
 
 
@@ -60,7 +60,7 @@ def texts(elements) -> str:
 
 
 def session(at: AppTest, ds, case_id: str):
-    return at.session_state[SESSIONS_KEY][(str(ds.root), case_id)]
+    return at.session_state[state.Editor.SESSIONS][(str(ds.root), case_id)]
 
 
 def positive_case(ds) -> str:
@@ -77,7 +77,7 @@ def test_page_without_the_canvas_degrades_gracefully(env, monkeypatch) -> None:
     warn = texts(at.warning)
     assert "drawing canvas is not available" in warn and "streamlit run" in warn
     # everything else is there and real
-    assert at.selectbox(key=CASE_KEY).value == cid
+    assert at.selectbox(key=state.Editor.CASE).value == cid
     assert at.button(key="editor_save").disabled  # nothing changed yet
     assert [b.key for b in at.button if b.key.startswith("editor_state_")] == [
         "editor_state_accepted", "editor_state_needs_fix", "editor_state_corrected", "editor_state_unreviewed"]
@@ -170,7 +170,7 @@ def test_no_name_no_writes(env) -> None:
     ok(at.button(key="editor_save").click().run())
     with ReviewStore.for_dataset(ds) as store:
         assert store.mask_history(cid)[0].author == "carol"
-    assert at.session_state[REVIEWER_KEY] == "carol"
+    assert at.session_state[state.Shared.REVIEWER] == "carol"
 
 
 def test_save_conflict_offers_the_choice(env) -> None:
@@ -266,24 +266,24 @@ def test_deep_link_and_review_queue(env) -> None:
         store.set_case_state(ids[5], "needs_fix", "ann")
         store.set_case_state(ids[3], "needs_fix", "ann")
     at = ok(app(env, ids[7]).run())
-    assert at.selectbox(key=CASE_KEY).value == ids[7]  # the browser's case is opened
+    assert at.selectbox(key=state.Editor.CASE).value == ids[7]  # the browser's case is opened
     nxt = at.button(key="editor_next")
     assert nxt.label.startswith("Next case needing review (2 in queue)")
     first = sorted([ids[3], ids[5]], key=lambda s: [int(t) for t in s.split("_")])[0]
     ok(nxt.click().run())
-    assert at.selectbox(key=CASE_KEY).value == first
-    assert at.session_state[state.BROWSER_CASE] == first
+    assert at.selectbox(key=state.Editor.CASE).value == first
+    assert at.session_state[state.Shared.BROWSER_CASE] == first
     assert any("Suspicion score **2.00**: marked needs_fix by ann" in c.value for c in at.caption)
     ok(at.button(key="editor_state_accepted").click().run())     # reviewed: leaves the queue
     assert at.button(key="editor_next").label.startswith("Next case needing review (1 in queue)")
     ok(at.button(key="editor_next").click().run())
     other = ids[5] if first == ids[3] else ids[3]
-    assert at.selectbox(key=CASE_KEY).value == other
+    assert at.selectbox(key=state.Editor.CASE).value == other
     # the user's own choice is not overridden by the (unchanged) deep link
-    at.selectbox(key=CASE_KEY).set_value(ids[0])
+    at.selectbox(key=state.Editor.CASE).set_value(ids[0])
     ok(at.run())
     ok(at.run())
-    assert at.selectbox(key=CASE_KEY).value == ids[0]
+    assert at.selectbox(key=state.Editor.CASE).value == ids[0]
 
 
 def test_unsaved_edits_survive_switching_cases(env) -> None:
@@ -293,10 +293,10 @@ def test_unsaved_edits_survive_switching_cases(env) -> None:
     at.number_input(key=f"editor_fill_x_{ds.case(a).width}").set_value(0)
     ok(at.run())
     ok(at.button(key="editor_fill_at").click().run())
-    at.selectbox(key=CASE_KEY).set_value(b)
+    at.selectbox(key=state.Editor.CASE).set_value(b)
     ok(at.run())
-    assert at.selectbox(key=CASE_KEY).value == b and at.button(key="editor_save").disabled
-    at.selectbox(key=CASE_KEY).set_value(a)
+    assert at.selectbox(key=state.Editor.CASE).value == b and at.button(key="editor_save").disabled
+    at.selectbox(key=state.Editor.CASE).set_value(a)
     ok(at.run())
     assert not at.button(key="editor_save").disabled and session(at, ds, a).stack.can_undo
 
@@ -308,8 +308,8 @@ def test_start_from_a_model_prediction(env) -> None:
     save_tiny_unet(env["ws"] / "models" / MODEL, seed=0)
     ds = dataset(env)
     cid = positive_case(ds)
-    at = ok(app(env, cid, **{state.MODEL: MODEL}).run())
-    at.selectbox(key=SOURCE_KEY).set_value(PREDICTION)
+    at = ok(app(env, cid, **{state.Shared.MODEL: MODEL}).run())
+    at.selectbox(key=state.Editor.SOURCE).set_value(PREDICTION)
     ok(at.run())
     assert at.selectbox(key="editor_model").value == MODEL
     ok(at.button(key="editor_load").click().run())
@@ -372,11 +372,11 @@ def test_siim_dicom_dataset(env) -> None:
     ds = open_dataset(env["demo"] / "ptx", workspace=Workspace(env["ws"]))
     cid = next(c.case_id for c in ds.cases if c.has_mask)
     at = AppTest.from_file(PAGE, default_timeout=180)
-    at.session_state[state.DATASET] = str(env["demo"] / "ptx")
-    at.session_state[REVIEWER_KEY] = "tester"
-    at.session_state[state.BROWSER_CASE] = cid
+    at.session_state[state.Shared.DATASET] = str(env["demo"] / "ptx")
+    at.session_state[state.Shared.REVIEWER] = "tester"
+    at.session_state[state.Shared.BROWSER_CASE] = cid
     ok(at.run())
-    assert at.selectbox(key=CASE_KEY).value == cid
+    assert at.selectbox(key=state.Editor.CASE).value == cid
     ok(at.button(key="editor_empty").click().run())
     ok(at.button(key="editor_save").click().run())
     with ReviewStore.for_dataset(ds) as store:

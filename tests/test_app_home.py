@@ -77,7 +77,7 @@ def test_counts_come_from_the_real_index(with_demo):
     assert not at.exception and not at.error
     s2 = open_dataset(with_demo.demo / "ptx").summary()
     assert {x.label: x.value for x in at.metric}["Cases"] == f"{s2['n_cases']:,}"
-    assert at.session_state[state.DATASET] == str(with_demo.demo / "ptx")
+    assert at.session_state[state.Shared.DATASET] == str(with_demo.demo / "ptx")
 
 
 def test_model_picker_lists_workspace_model(with_demo):
@@ -91,7 +91,7 @@ def test_model_picker_lists_workspace_model(with_demo):
     shipped = sorted(p.parent.name for p in (Path(APP).parent / "weights").glob("*/card.json"))
     assert set(shipped) <= set(picker.options)  # the shipped weights are offered too
     at.selectbox(key="home_model").set_value("home-tiny").run()
-    assert at.session_state[state.MODEL] == "home-tiny"
+    assert at.session_state[state.Shared.MODEL] == "home-tiny"
     assert "tiny test model" in " ".join(str(x.value) for x in at.markdown)
 
 
@@ -123,3 +123,21 @@ def test_missing_folder_shows_readable_error(with_demo, tmp_path):
     assert len(errors) == 1
     assert str(missing) in errors[0] and "folder not found" in errors[0] and "Fix:" in errors[0]
     assert "Traceback" not in errors[0]
+
+
+def test_session_keys_are_one_enum_per_page_with_unique_values():
+    """Every key is a ``str`` member of exactly one page enum, and no two members share a value
+    (two widgets with one key would clash, and f-string keys are built on these values)."""
+    from enum import StrEnum
+
+    from ui import state
+
+    members = [m for enum in state.KEY_ENUMS for m in enum]
+    values = [m.value for m in members]
+    assert len(values) == len(set(values)), sorted(v for v in values if values.count(v) > 1)
+    assert all(isinstance(m, str) and issubclass(type(m), StrEnum) for m in members)
+    assert f"{state.Admin.ROLE}_ana" == "admin_role_ana" and state.Shared.DATASET == "segwb_dataset"
+    assert {e.__name__ for e in state.KEY_ENUMS} == {n for n, v in vars(state).items()
+                                                     if isinstance(v, type) and issubclass(v, StrEnum)
+                                                     and v is not StrEnum}
+    assert not hasattr(state, "set")  # state.put: never shadow the builtin

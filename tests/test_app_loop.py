@@ -56,7 +56,7 @@ def test_review_page_live_ceiling_retrain_and_impact(demo, tmp_path, monkeypatch
     from engine.dedup import find_conflicts
     from engine.store import ReviewStore
     from engine.workspace import Workspace
-    from ui import loop_view, state
+    from ui import state
 
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -71,7 +71,7 @@ def test_review_page_live_ceiling_retrain_and_impact(demo, tmp_path, monkeypatch
         live = live_ceiling(ds, store, report)
     assert live["dataset"] > report.ceiling["dataset"]
 
-    at = app_test(REVIEW, {state.DATASET: str(demo / "nerve")})
+    at = app_test(REVIEW, {state.Shared.DATASET: str(demo / "nerve")})
     ok(at.run())
     m = metrics(at)
     assert m["Label-noise ceiling now"] == f"{live['dataset']:.4f}"
@@ -81,7 +81,7 @@ def test_review_page_live_ceiling_retrain_and_impact(demo, tmp_path, monkeypatch
     at.selectbox(key="loop_parent_review").set_value("loop-parent")
     at.number_input(key="loop_epochs_review").set_value(1)
     ok(at.button(key="loop_start_review").click().run())
-    job = at.session_state[loop_view.JOB_KEY]
+    job = at.session_state[state.Loop.JOB]
     assert job["parent"] == "loop-parent" and job["n_decisions"] == len(
         [p for p in report.pairs if p["category"] == "conflict"])
     info = _wait_job(job["run_dir"])
@@ -96,7 +96,7 @@ def test_review_page_live_ceiling_retrain_and_impact(demo, tmp_path, monkeypatch
     assert at.selectbox(key="loop_before_review").value == "loop-parent"
     assert at.selectbox(key="loop_after_review").value == job["name"]
     ok(at.button(key="loop_impact_btn_review").click().run())
-    rep = at.session_state[loop_view.IMPACT_KEY]
+    rep = at.session_state[state.Loop.IMPACT]
     assert rep["models"]["after"]["name"] == job["name"] and rep["models"]["after"]["parent"] == "loop-parent"
     assert rep["cases"]["n"] == len(parent.training["split"]["val_case_ids"])
     m = metrics(at)
@@ -109,10 +109,10 @@ def test_review_page_live_ceiling_retrain_and_impact(demo, tmp_path, monkeypatch
 def test_editor_queue_uses_saved_model_signals(demo, tmp_path, monkeypatch):
     from engine.curation.signals import save_signals
     from engine.datasets import open_dataset
+    from engine.store import ReviewStore
     from engine.workspace import Workspace
     from ui import state
     from ui.editor_view import review_queue_for
-    from engine.store import ReviewStore
 
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -124,18 +124,19 @@ def test_editor_queue_uses_saved_model_signals(demo, tmp_path, monkeypatch):
         q, _ = review_queue_for(ds, store)
     top = {c: why for c, _, why in q}
     assert top[cid] == ["models disagree 0.90", "flip-TTA uncertainty 0.50"]
-    at = app_test(EDITOR, {state.DATASET: str(demo / "nerve")})
+    at = app_test(EDITOR, {state.Shared.DATASET: str(demo / "nerve")})
     ok(at.run())
     assert any("Model signals for the queue" in e.label for e in at.expander)
 
 
 def test_editor_scores_the_queue_with_two_models(demo, tmp_path, monkeypatch):
     """The editor's "Score the queue" runs both models (evaluation + flip-TTA) and the queue shows why."""
+    from helpers import save_tiny_unet
+
     from engine.curation.signals import load_signals
     from engine.datasets import open_dataset
     from engine.workspace import Workspace
-    from helpers import save_tiny_unet
-    from ui import loop_view, state
+    from ui import state
 
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -144,11 +145,11 @@ def test_editor_scores_the_queue_with_two_models(demo, tmp_path, monkeypatch):
     img = ds.load_image_float(ds.cases[0].case_id)
     for i, name in enumerate(("sig-a", "sig-b")):
         save_tiny_unet(ws / "models" / name, seed=i, centre_on=img)
-    at = app_test(EDITOR, {state.DATASET: str(demo / "nerve")})
+    at = app_test(EDITOR, {state.Shared.DATASET: str(demo / "nerve")})
     ok(at.run())
-    at.multiselect(key=loop_view.K["sig_models"]).set_value(["sig-a", "sig-b"])
-    at.number_input(key=loop_view.K["sig_max"]).set_value(8)
-    ok(at.button(key=loop_view.K["sig_btn"]).click().run())
+    at.multiselect(key=state.Loop.SIG_MODELS).set_value(["sig-a", "sig-b"])
+    at.number_input(key=state.Loop.SIG_MAX).set_value(8)
+    ok(at.button(key=state.Loop.SIG_BTN).click().run())
     sig = load_signals(ds)
     labelled = {c.case_id for c in ds.cases if c.labelled}
     assert sig["models"] == ["sig-a", "sig-b"] and set(sig["disagreement"]) == labelled

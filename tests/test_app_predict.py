@@ -49,8 +49,8 @@ def page(env, model: str = "tiny-a"):
     from ui import state
 
     at = AppTest.from_file(PAGE, default_timeout=180)
-    at.session_state[state.MODEL] = model
-    at.session_state[state.DATASET] = str(env.nerve)
+    at.session_state[state.Shared.MODEL] = model
+    at.session_state[state.Shared.DATASET] = str(env.nerve)
     return at
 
 
@@ -59,9 +59,9 @@ def metrics(at) -> dict[str, str]:
 
 
 def runs(at) -> int:
-    from ui import predict_view as pv
+    from ui import state
 
-    return int(at.session_state[pv.MODEL_RUNS])
+    return int(at.session_state[state.Predict.MODEL_RUNS])
 
 
 def texts(at) -> str:
@@ -134,14 +134,14 @@ def test_demo_image_threshold_min_area_and_tta(env):
 
     # the run-length encodings are drawn only once their expander is opened, and they are the mask's
     from engine.rle import decode
-    from ui.predict_page import RLE_EXPANDER
+    from ui import state
 
     at.slider(key="predict_thr_tiny-a").set_value(t1).run()
     mask = postprocess(ref.probs, PostProcessConfig(threshold=t1)) > 0
     assert mask.any()
     assert "Run-length encodings (foreground = any class)" in [e.label for e in at.expander]
     assert not at.code
-    at.session_state[RLE_EXPANDER] = True
+    at.session_state[state.Predict.RLE_OPEN] = True
     at.run()
     full = pv.rle_strings(mask)
     assert (decode(full["kaggle"], mask.shape, "kaggle") == mask).all()
@@ -150,7 +150,7 @@ def test_demo_image_threshold_min_area_and_tta(env):
         assert full[conv].startswith(code.value) and len(code.value.split()) % 2 == 0
         if code.value == full[conv]:
             assert (decode(code.value, mask.shape, conv) == mask).all()
-    at.session_state[RLE_EXPANDER] = False
+    at.session_state[state.Predict.RLE_OPEN] = False
     at.run()
     assert not at.code and runs(at) == 1
     at.slider(key="predict_thr_tiny-a").set_value(t2).run()
@@ -200,7 +200,7 @@ def _tiff_bytes(pages: int = 1) -> bytes:
 
 def test_uploads_tiff_dicom_and_bad_files(env):
     from engine.datasets import open_dataset
-    from engine.dicom_meta import read_header
+    from engine.io.dicom import read_header
 
     dcm_path = open_dataset(env.ptx).cases[0].image_path
     phi = read_header(dcm_path, include_phi=True)
@@ -224,9 +224,9 @@ def test_uploads_tiff_dicom_and_bad_files(env):
     assert not at.exception
     assert "DICOM metadata" in " ".join(e.label for e in at.expander)
     assert not at.dataframe[1:]  # the metadata table is drawn only while its expander is open
-    from ui.predict_page import META_EXPANDER
+    from ui import state
 
-    at.session_state[META_EXPANDER] = True
+    at.session_state[state.Predict.META_OPEN] = True
     at.run()
     assert not at.exception
     page_text = texts(at)

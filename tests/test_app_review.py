@@ -19,14 +19,12 @@ from streamlit.testing.v1 import AppTest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import app_test, ok, point_app_at, tiny_demo_dir
 
+from engine.curation import BULK_NOTE, key_text, pair_key, parse_key, severity_order
 from engine.datasets import open_dataset, write_manifest
 from engine.dedup import ConflictConfig, find_conflicts, load_latest_report
-from engine.curation import BULK_NOTE, key_text, pair_key, parse_key, severity_order
 from engine.store import ReviewStore
 from engine.workspace import Workspace
 from ui import state
-from ui.review_view import (CURRENT_KEY, EXPORT_KEY, F_CATEGORY, F_STATE, F_SUBJECT, JUMP_KEY, NOTE_KEY, PATH_KEY,
-                            POLICY_KEY, REQUEST_KEY, REVIEWER_INPUT, REVIEWER_KEY, S_THRESHOLD)
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = str(REPO / "pages" / "6_Conflict_review.py")
@@ -59,9 +57,9 @@ def report(env: SimpleNamespace):
 
 
 def app(env: SimpleNamespace, reviewer: str | None = None, **session) -> AppTest:
-    base = {state.DATASET: str(env.nerve)}
+    base = {state.Shared.DATASET: str(env.nerve)}
     if reviewer:
-        base[REVIEWER_KEY] = reviewer
+        base[state.Shared.REVIEWER] = reviewer
     return app_test(PAGE, base, **session)
 
 
@@ -82,7 +80,7 @@ def keys(rows: list[dict]) -> list[tuple[str, str]]:
 
 
 def current(at: AppTest) -> tuple[str, str] | None:
-    return parse_key(at.session_state[CURRENT_KEY])
+    return parse_key(at.session_state[state.Review.CURRENT])
 
 
 def metric(at: AppTest, label: str) -> str:
@@ -152,8 +150,8 @@ def test_search_from_the_page_queues_the_planted_pairs_by_severity(env: SimpleNa
 
 def test_search_again_with_a_stricter_threshold(env: SimpleNamespace, report) -> None:
     at = ok(app(env).run())
-    assert at.number_input(key=S_THRESHOLD).value == pytest.approx(0.99)
-    at.number_input(key=S_THRESHOLD).set_value(1.0)
+    assert at.number_input(key=state.Review.THRESHOLD).value == pytest.approx(0.99)
+    at.number_input(key=state.Review.THRESHOLD).set_value(1.0)
     click(at, "review_search")
     assert load_latest_report(env.ds).config["ssim_threshold"] == 1.0
     assert len(load_latest_report(env.ds).pairs) == 0  # planted twins carry a little noise
@@ -167,8 +165,8 @@ def test_decisions_are_stored_advance_and_undo_from_the_log(env: SimpleNamespace
     assert current(at) == k[0]
     # no reviewer name: decisions are disabled
     assert at.button(key="review_d_keep_a").disabled
-    at.text_input(key=REVIEWER_INPUT).input("alice")
-    at.text_input(key=NOTE_KEY).input("frozen video frame")
+    at.text_input(key=state.Review.REVIEWER).input("alice")
+    at.text_input(key=state.Review.NOTE).input("frozen video frame")
     ok(at.run())
     click(at, "review_d_keep_b")
     with store_of(env) as s:
@@ -176,8 +174,8 @@ def test_decisions_are_stored_advance_and_undo_from_the_log(env: SimpleNamespace
         assert (d.decision, d.reviewer, d.note) == ("keep_b", "alice", "frozen video frame")
         first_event = d.event_id
     assert current(at) == k[1]  # advanced to the next undecided pair
-    assert at.text_input(key=NOTE_KEY).value == ""  # the note belongs to one decision
-    assert at.session_state[REVIEWER_KEY] == "alice"  # the name is remembered
+    assert at.text_input(key=state.Review.NOTE).value == ""  # the note belongs to one decision
+    assert at.session_state[state.Shared.REVIEWER] == "alice"  # the name is remembered
     assert queue(at)[0]["state"] == "decided" and queue(at)[0]["decision"] == "keep_b"
 
     # another reviewer (another browser session) decides pair 3 meanwhile: the page re-reads the
@@ -192,7 +190,7 @@ def test_decisions_are_stored_advance_and_undo_from_the_log(env: SimpleNamespace
                                                        "rule · 1 need an expert")
 
     # undo on pair 1: a new event; the state comes from the log
-    ok(at.selectbox(key=JUMP_KEY).set_value(key_text(k[0])).run())
+    ok(at.selectbox(key=state.Review.JUMP).set_value(key_text(k[0])).run())
     assert current(at) == k[0]
     assert any("Keep B, drop A" in s.value for s in at.success)
     click(at, "review_undo")
@@ -207,9 +205,9 @@ def test_decisions_are_stored_advance_and_undo_from_the_log(env: SimpleNamespace
 
     # undo of a later decision restores the earlier one
     click(at, "review_d_keep_a")
-    ok(at.selectbox(key=JUMP_KEY).set_value(key_text(k[0])).run())
+    ok(at.selectbox(key=state.Review.JUMP).set_value(key_text(k[0])).run())
     click(at, "review_d_drop_both")
-    ok(at.selectbox(key=JUMP_KEY).set_value(key_text(k[0])).run())
+    ok(at.selectbox(key=state.Review.JUMP).set_value(key_text(k[0])).run())
     click(at, "review_undo")
     with store_of(env) as s:
         assert s.decision_for(*k[0]).decision == "keep_a"
@@ -229,12 +227,12 @@ def test_two_sessions_at_once_lose_no_decision(env: SimpleNamespace, report) -> 
     err = " ".join(e.value for e in two.error)
     assert "Not recorded" in err and "alice" in err and "Keep A, drop B" in err, err
     assert current(two) == k[0]  # bob stays on the pair, now showing alice's decision
-    click(two, state.REVIEW_OVERRIDE)  # bob overrides on purpose (a forced decision)
+    click(two, state.Review.OVERRIDE)  # bob overrides on purpose (a forced decision)
     with store_of(env) as s:
         evs = s.events(kinds=["decision"])
         assert [(e.author, e.value) for e in evs] == [("alice", "keep_a"), ("bob", "keep_b")]
         assert s.decision_for(*k[0]).reviewer == "bob"
-    ok(one.selectbox(key=JUMP_KEY).set_value(key_text(k[0])).run())
+    ok(one.selectbox(key=state.Review.JUMP).set_value(key_text(k[0])).run())
     assert any("bob" in x.value and "Keep B, drop A" in x.value for x in one.success)  # re-read, not cached
     hist = [df.value for df in one.dataframe if "status" in df.value.columns][0]
     assert hist["status"].tolist() == ["superseded", "in force"]
@@ -260,38 +258,38 @@ def test_filters_change_the_queue_exactly(env: SimpleNamespace, report) -> None:
     total = len(env.planted)
     assert queue_count(at) == total == len(queue(at))
     conflicts = [k for k, p in env.planted.items() if p["kind"] == "conflict"]
-    at.multiselect(key=F_CATEGORY).set_value(["conflict"])
+    at.multiselect(key=state.Review.F_CATEGORY).set_value(["conflict"])
     ok(at.run())
     assert queue_count(at) == len(queue(at)) == len(conflicts)
     assert set(keys(queue(at))) == set(conflicts)
     assert current(at) in conflicts
 
     subject = sorted({k[0].split("_")[0] for k in env.planted})[0]
-    at.multiselect(key=F_SUBJECT).set_value([subject])
+    at.multiselect(key=state.Review.F_SUBJECT).set_value([subject])
     ok(at.run())
     want = [k for k in conflicts if k[0].split("_")[0] == subject]
     assert set(keys(queue(at))) == set(want) and queue_count(at) == len(want) >= 1
 
-    at.multiselect(key=F_CATEGORY).set_value([])
-    at.multiselect(key=F_SUBJECT).set_value([])
+    at.multiselect(key=state.Review.F_CATEGORY).set_value([])
+    at.multiselect(key=state.Review.F_SUBJECT).set_value([])
     ok(at.run())
     assert queue_count(at) == total
     with store_of(env) as s:
         first = keys(queue(at))[0]
         s.record_decision(*first, "keep_both", "bob")
         s.record_decision(*keys(queue(at))[1], "needs_expert", "bob")
-    at.multiselect(key=F_STATE).set_value(["decided"])
+    at.multiselect(key=state.Review.F_STATE).set_value(["decided"])
     ok(at.run())
     assert keys(queue(at)) == [first] and queue_count(at) == 1
-    at.multiselect(key=F_STATE).set_value(["undecided"])
+    at.multiselect(key=state.Review.F_STATE).set_value(["undecided"])
     ok(at.run())
     assert queue_count(at) == total - 2 and first not in keys(queue(at))
-    at.multiselect(key=F_STATE).set_value(["undecided", "needs_expert"])
+    at.multiselect(key=state.Review.F_STATE).set_value(["undecided", "needs_expert"])
     ok(at.run())
     assert queue_count(at) == total - 1
 
     # a filter matching nothing is explained, not an error
-    at.multiselect(key=F_STATE).set_value(["proposed"])
+    at.multiselect(key=state.Review.F_STATE).set_value(["proposed"])
     ok(at.run())
     assert queue_count(at) == 0
     assert any("No pair matches the filters" in i.value for i in at.info)
@@ -303,7 +301,7 @@ def test_bulk_proposal_of_the_case_study_rule(env: SimpleNamespace, report) -> N
     assert metric(at, "Conflict pairs") == str(len(conflicts))
     assert metric(at, "Would be proposed") == str(len(conflicts))
     assert at.button(key="review_bulk_apply").disabled  # no reviewer yet
-    at.text_input(key=REVIEWER_INPUT).input("carol")
+    at.text_input(key=state.Review.REVIEWER).input("carol")
     ok(at.run())
     click(at, "review_bulk_apply")
     with store_of(env) as s:
@@ -321,7 +319,7 @@ def test_bulk_proposal_of_the_case_study_rule(env: SimpleNamespace, report) -> N
 
     # a reviewer confirms the first proposal: it becomes an ordinary decision
     first = keys(rows)[0]
-    ok(at.selectbox(key=JUMP_KEY).set_value(key_text(first)).run())
+    ok(at.selectbox(key=state.Review.JUMP).set_value(key_text(first)).run())
     assert any("Proposed by the case study's rule" in w.value for w in at.warning)
     proposed = dec[("pair", first)].decision
     click(at, "review_confirm")
@@ -350,7 +348,7 @@ def test_manifest_export_follows_the_decisions(env: SimpleNamespace, report, tmp
         s.record_decision(*disagree, "union", "dan")
     out = tmp_path / "exports" / "clean.json"
     at = ok(app(env).run())
-    at.text_input(key=PATH_KEY).input(str(out))
+    at.text_input(key=state.Review.MANIFEST_PATH).input(str(out))
     ok(at.run())
     click(at, "review_export_btn")
     data = json.loads(out.read_text())
@@ -367,16 +365,16 @@ def test_manifest_export_follows_the_decisions(env: SimpleNamespace, report, tmp
     assert metric(at, "Conflicts without decision") == str(len(conflicts) - 2)
     code = [c.value for c in at.code]
     assert any(v.startswith("python -m engine train --data ") and str(out) in v for v in code)
-    assert at.session_state[EXPORT_KEY]["path"] == str(out.resolve())
+    assert at.session_state[state.Review.EXPORT]["path"] == str(out.resolve())
     # the manifest opens as a dataset without the dropped cases
     assert set(open_dataset(out).case_ids) == set(kept)
 
     # the case study's rule as an export policy: the empty twin of the undecided conflict goes too
-    at.radio(key=POLICY_KEY).set_value("drop-empty")
-    at.text_input(key=PATH_KEY).input("")
+    at.radio(key=state.Review.POLICY).set_value("drop-empty")
+    at.text_input(key=state.Review.MANIFEST_PATH).input("")
     ok(at.run())
     click(at, "review_export_btn")
-    path = Path(at.session_state[EXPORT_KEY]["path"])
+    path = Path(at.session_state[state.Review.EXPORT]["path"])
     assert path.parent == Path(env.ds.workdir).resolve() / "manifests" and path.name.startswith("clean-")
     data = json.loads(path.read_text())
     p3 = pairs[c3]
@@ -392,11 +390,11 @@ def test_manifest_path_never_overwrites_a_foreign_file(env: SimpleNamespace, rep
     card.parent.mkdir()
     card.write_text('{"name": "my-model"}')
     at = ok(app(env).run())
-    at.text_input(key=PATH_KEY).input(str(card))
+    at.text_input(key=state.Review.MANIFEST_PATH).input(str(card))
     ok(at.run())
     click(at, "review_export_btn")
     assert card.read_text() == '{"name": "my-model"}'
-    written = Path(at.session_state[EXPORT_KEY]["path"])
+    written = Path(at.session_state[state.Review.EXPORT]["path"])
     assert written == (card.parent / "card-1.json").resolve() and json.loads(written.read_text())["cases"]
     assert any("card.json" in w.value and "kept" in w.value for w in at.warning)
 
@@ -415,7 +413,7 @@ def test_ceiling_and_leakage_are_shown(env: SimpleNamespace, report) -> None:
 def test_deep_link_from_the_browser_starts_at_the_pair(env: SimpleNamespace, report) -> None:
     order = [pair_key(p["a"], p["b"]) for p in severity_order(report.pairs)]
     target = order[-1]
-    at = app(env, **{state.BROWSER_CASE: target[1], F_CATEGORY: ["conflict"]})
+    at = app(env, **{state.Shared.BROWSER_CASE: target[1], state.Review.F_CATEGORY: ["conflict"]})
     ok(at.run())
     assert current(at) == target
     assert queue_count(at) == len(order)  # the filters were cleared so the pair is visible
@@ -426,7 +424,7 @@ def test_deep_link_from_the_browser_starts_at_the_pair(env: SimpleNamespace, rep
     assert current(at) == order[-2]
 
     # another page's explicit request wins even when BROWSER_CASE was already used
-    at.session_state[REQUEST_KEY] = order[1][0]
+    at.session_state[state.Review.REQUEST_CASE] = order[1][0]
     ok(at.run())
     assert current(at) == order[1]
     ok(at.run())
@@ -435,7 +433,7 @@ def test_deep_link_from_the_browser_starts_at_the_pair(env: SimpleNamespace, rep
     # a case in no pair: the queue starts at the most severe pair
     in_pairs = {c for k in order for c in k}
     other = next(c for c in env.ds.case_ids if c not in in_pairs)
-    at2 = ok(app(env, **{state.BROWSER_CASE: other}).run())
+    at2 = ok(app(env, **{state.Shared.BROWSER_CASE: other}).run())
     assert current(at2) == order[0]
 
 
@@ -446,7 +444,7 @@ def test_a_manifest_dataset_is_reviewed_in_its_own_store(env: SimpleNamespace, t
     man = open_dataset(path)
     assert man.workdir is not None and man.workdir != env.ds.workdir  # second-round review: own decisions
     at = AppTest.from_file(PAGE, default_timeout=180)
-    at.session_state[state.DATASET] = str(path)
+    at.session_state[state.Shared.DATASET] = str(path)
     ok(at.run())
     assert any("No near-duplicate search has been run" in i.value for i in at.info)
     assert "review_search" in {b.key for b in at.button}
@@ -475,9 +473,19 @@ def test_corrected_masks_and_orphan_decisions_are_shown(env: SimpleNamespace, re
 def test_queue_logic_on_a_real_store(tmp_path: Path) -> None:
     from types import SimpleNamespace as C
 
-    from engine.curation import (QueueFilter, apply_proposals, build_queue, bulk_proposals, filter_queue,
-                                     first_open, neighbours, next_open, pair_history, progress_counts,
-                                     undo_proposals)
+    from engine.curation import (
+        QueueFilter,
+        apply_proposals,
+        build_queue,
+        bulk_proposals,
+        filter_queue,
+        first_open,
+        neighbours,
+        next_open,
+        pair_history,
+        progress_counts,
+        undo_proposals,
+    )
 
     pairs = [  # severity order: p2, p1, p3, p4
         {"a": "1_2", "b": "1_1", "category": "conflict", "severity": 0.6, "ssim": 0.995, "area_a": 0, "area_b": 50,

@@ -26,7 +26,7 @@ from engine.fsutil import atomic_write_json
 from engine.training import TrainConfig, read_history
 from engine.workspace import Workspace
 from ui import state
-from ui.train_view import K, PENDING_RUN_KEY, RUN_KEY, SHOW_JSON_KEY, build_config, default_name
+from ui.train_view import build_config, default_name
 
 pytestmark = pytest.mark.slow
 
@@ -56,20 +56,20 @@ def env(setup: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
 
 
 def app(**session) -> AppTest:
-    return app_test(PAGE, {state.DEVICE: "cpu"}, **session)
+    return app_test(PAGE, {state.Shared.DEVICE: "cpu"}, **session)
 
 
 def tiny(at: AppTest, name: str, epochs: int) -> AppTest:
     """Fill the form for a tiny run: 64×64 input, classic U-Net of width 4, 3 folds, no augmentation."""
-    at.number_input(key=K["epochs"]).set_value(epochs)
-    at.number_input(key=K["height"]).set_value(64)
-    at.number_input(key=K["width"]).set_value(64)
-    at.number_input(key=K["base"]).set_value(4)
-    at.number_input(key=K["batch"]).set_value(8)
-    at.number_input(key=K["folds"]).set_value(3)
-    at.selectbox(key=K["augment"]).set_value("none")
-    at.selectbox(key=K["scheduler"]).set_value("none")
-    at.text_input(key=K["name"]).set_value(name)
+    at.number_input(key=state.Train.EPOCHS).set_value(epochs)
+    at.number_input(key=state.Train.HEIGHT).set_value(64)
+    at.number_input(key=state.Train.WIDTH).set_value(64)
+    at.number_input(key=state.Train.BASE_CHANNELS).set_value(4)
+    at.number_input(key=state.Train.BATCH).set_value(8)
+    at.number_input(key=state.Train.FOLDS).set_value(3)
+    at.selectbox(key=state.Train.AUGMENT).set_value("none")
+    at.selectbox(key=state.Train.SCHEDULER).set_value("none")
+    at.text_input(key=state.Train.NAME).set_value(name)
     return at.run()
 
 
@@ -93,8 +93,8 @@ def started(setup: dict):
     try:
         for key, name, epochs in (("done", "apptest-done", 2), ("long", "apptest-long", 200)):
             at = tiny(app().run(), name, epochs)
-            ok(at.button(key=K["start"]).click().run())
-            run = at.session_state[RUN_KEY]
+            ok(at.button(key=state.Train.START).click().run())
+            run = at.session_state[state.Train.RUN]
             assert run.startswith(name + "-")
             runs[key] = setup["ws"] / "runs" / run
             runs[key + "_at"] = at
@@ -115,25 +115,25 @@ def started(setup: dict):
 def test_form_renders_with_the_current_dataset_and_manifests(env) -> None:
     at = ok(app().run())
     nerve = str(env["nerve"])
-    src = at.selectbox(key=K["source"])
+    src = at.selectbox(key=state.Train.SOURCE)
     assert src.value == f"Current dataset · {nerve}"
     assert f"Cleaned manifest · {env['manifest'].name}" in src.options
     assert "Demo: chest X-ray phantom (SIIM DICOM layout)" in src.options
-    assert at.selectbox(key=K["arch"]).value == "unet_classic"
-    assert at.selectbox(key=K["augment"]).value == "ultrasound"  # the nerve phantom is ultrasound
-    assert at.selectbox(key=K["device"]).value == "cpu"  # the session's device
+    assert at.selectbox(key=state.Train.ARCH).value == "unet_classic"
+    assert at.selectbox(key=state.Train.AUGMENT).value == "ultrasound"  # the nerve phantom is ultrasound
+    assert at.selectbox(key=state.Train.DEVICE).value == "cpu"  # the session's device
     # custom architecture: base channels, no encoder; smp architecture: encoder (resnet18), no base channels
-    assert at.number_input(key=K["base"]).value == 16
+    assert at.number_input(key=state.Train.BASE_CHANNELS).value == 16
     keys = {w.key for w in at.selectbox}
-    assert K["encoder"] not in keys and K["base"] in {w.key for w in at.number_input}
-    at.selectbox(key=K["arch"]).set_value("unet").run()
+    assert state.Train.ENCODER not in keys and state.Train.BASE_CHANNELS in {w.key for w in at.number_input}
+    at.selectbox(key=state.Train.ARCH).set_value("unet").run()
     ok(at)
-    assert at.selectbox(key=K["encoder"]).value == "resnet18"
-    assert K["base"] not in {w.key for w in at.number_input}
+    assert at.selectbox(key=state.Train.ENCODER).value == "resnet18"
+    assert state.Train.BASE_CHANNELS not in {w.key for w in at.number_input}
     assert any("no pretrained weights are downloaded" in c.value for c in at.caption)
     # the manifest can be chosen as data
-    at.selectbox(key=K["source"]).set_value(f"Cleaned manifest · {env['manifest'].name}")
-    at.toggle(key=SHOW_JSON_KEY).set_value(True)
+    at.selectbox(key=state.Train.SOURCE).set_value(f"Cleaned manifest · {env['manifest'].name}")
+    at.toggle(key=state.Train.SHOW_JSON).set_value(True)
     ok(at.run())
     assert json.loads(at.json[0].value)["data"] == str(env["manifest"])
     assert any("No training runs" in i.value for i in at.info)
@@ -141,31 +141,31 @@ def test_form_renders_with_the_current_dataset_and_manifests(env) -> None:
 
 def test_config_json_equals_the_form_values(env) -> None:
     at = ok(app().run())
-    at.selectbox(key=K["arch"]).set_value("unet").run()
-    at.selectbox(key=K["encoder"]).set_value("resnet34")
-    at.checkbox(key=K["presence"]).check()
-    at.checkbox(key=K["auto_classes"]).uncheck().run()
-    at.number_input(key=K["classes"]).set_value(3)
-    at.number_input(key=K["height"]).set_value(96)
-    at.number_input(key=K["width"]).set_value(160)
-    at.selectbox(key=K["policy"]).set_value("letterbox")
-    at.selectbox(key=K["median"]).set_value(5)
-    at.selectbox(key=K["loss"]).set_value("dice")
-    at.selectbox(key=K["augment"]).set_value("em").run()
+    at.selectbox(key=state.Train.ARCH).set_value("unet").run()
+    at.selectbox(key=state.Train.ENCODER).set_value("resnet34")
+    at.checkbox(key=state.Train.PRESENCE).check()
+    at.checkbox(key=state.Train.AUTO_CLASSES).uncheck().run()
+    at.number_input(key=state.Train.CLASSES).set_value(3)
+    at.number_input(key=state.Train.HEIGHT).set_value(96)
+    at.number_input(key=state.Train.WIDTH).set_value(160)
+    at.selectbox(key=state.Train.RESIZE).set_value("letterbox")
+    at.selectbox(key=state.Train.MEDIAN).set_value(5)
+    at.selectbox(key=state.Train.LOSS).set_value("dice")
+    at.selectbox(key=state.Train.AUGMENT).set_value("em").run()
     at.checkbox(key="train_aug_vflip_em").uncheck()
     at.checkbox(key="train_aug_noise_em").check()
-    at.number_input(key=K["epochs"]).set_value(7)
-    at.number_input(key=K["batch"]).set_value(4)
-    at.number_input(key=K["lr"]).set_value(0.0003)
-    at.selectbox(key=K["scheduler"]).set_value("cosine")
-    at.number_input(key=K["patience"]).set_value(3)
-    at.number_input(key=K["folds"]).set_value(4)
-    at.number_input(key=K["val_fold"]).set_value(2)
-    at.number_input(key=K["seed"]).set_value(11)
-    at.selectbox(key=K["device"]).set_value("cuda")
-    at.selectbox(key=K["amp"]).set_value("bf16")
-    at.text_input(key=K["name"]).set_value("my-unet")
-    at.toggle(key=SHOW_JSON_KEY).set_value(True)
+    at.number_input(key=state.Train.EPOCHS).set_value(7)
+    at.number_input(key=state.Train.BATCH).set_value(4)
+    at.number_input(key=state.Train.LR).set_value(0.0003)
+    at.selectbox(key=state.Train.SCHEDULER).set_value("cosine")
+    at.number_input(key=state.Train.PATIENCE).set_value(3)
+    at.number_input(key=state.Train.FOLDS).set_value(4)
+    at.number_input(key=state.Train.VAL_FOLD).set_value(2)
+    at.number_input(key=state.Train.SEED).set_value(11)
+    at.selectbox(key=state.Train.DEVICE).set_value("cuda")
+    at.selectbox(key=state.Train.AMP).set_value("bf16")
+    at.text_input(key=state.Train.NAME).set_value("my-unet")
+    at.toggle(key=state.Train.SHOW_JSON).set_value(True)
     ok(at.run())
     d = json.loads(at.json[0].value)
     cfg = TrainConfig.from_dict(d)
@@ -198,11 +198,11 @@ def test_config_json_equals_the_form_values(env) -> None:
 
 def test_bad_form_values_show_a_readable_error(env) -> None:
     at = ok(app().run())
-    at.number_input(key=K["val_fold"]).set_value(7)  # only 5 folds
+    at.number_input(key=state.Train.VAL_FOLD).set_value(7)  # only 5 folds
     at.run()
     assert not at.exception
     assert any("val_fold" in e.value and "Fix:" in e.value for e in at.error), [e.value for e in at.error]
-    assert K["start"] not in {b.key for b in at.button}  # no Start button under an invalid config
+    assert state.Train.START not in {b.key for b in at.button}  # no Start button under an invalid config
     assert default_name("/x/nerve", "unet") == "nerve-unet" and default_name("", "a b") == "model-a-b"
 
 
@@ -223,7 +223,7 @@ def test_started_runs_are_real_processes_listed_in_the_table(env, started) -> No
     table = at.dataframe[0].value
     assert set(table["run"]) >= {started["done"].name, started["long"].name}
     assert table["run"].iloc[0] == started["long"].name  # newest first
-    assert at.selectbox(key=RUN_KEY).value == started["long"].name  # the new run is selected
+    assert at.selectbox(key=state.Train.RUN).value == started["long"].name  # the new run is selected
     assert at.get("progress")  # the live panel
 
 
@@ -231,8 +231,8 @@ def test_finished_run_shows_state_curves_and_the_exported_model(env, started) ->
     run = started["done"]
     info = wait_final(run)
     assert info["state"] == "finished", (info, jobs.tail_log(run))
-    at = ok(app(**{PENDING_RUN_KEY: run.name}).run())
-    assert at.selectbox(key=RUN_KEY).value == run.name
+    at = ok(app(**{state.Train.RUN_PENDING: run.name}).run())
+    assert at.selectbox(key=state.Train.RUN).value == run.name
     m = metrics(at)
     assert m["State"].endswith("finished") and m["Epoch"] == "2 / 2"
     assert m["Best val_dice"] == f"{info['best_metric']:.4f}"
@@ -250,8 +250,8 @@ def test_finished_run_shows_state_curves_and_the_exported_model(env, started) ->
     # the exported model: named, listed by the model pickers, can become the current model
     assert any("apptest-done" in s.value and "model picker" in s.value for s in at.success)
     assert "apptest-done" in {w["name"] for w in list_weights(Workspace(env["ws"]))}
-    ok(at.button(key=K["use_model"]).click().run())
-    assert at.session_state[state.MODEL] == "apptest-done"
+    ok(at.button(key=state.Train.USE_MODEL).click().run())
+    assert at.session_state[state.Shared.MODEL] == "apptest-done"
     assert any("is the current model" in c.value for c in at.caption)
 
 
@@ -262,16 +262,16 @@ def test_cancel_from_the_page(env, started) -> None:
         assert jobs.job_status(run, 0)["active"], jobs.tail_log(run)
         assert time.monotonic() - t0 < TIMEOUT
         time.sleep(0.3)
-    at = ok(app(**{PENDING_RUN_KEY: run.name}).run())
+    at = ok(app(**{state.Train.RUN_PENDING: run.name}).run())
     assert metrics(at)["State"].endswith("running")
-    ok(at.button(key=K["cancel"]).click().run())
+    ok(at.button(key=state.Train.CANCEL).click().run())
     assert (run / "CANCEL").exists() or not jobs.job_status(run, 0)["active"]
     info = wait_final(run)
     assert info["state"] == "cancelled", info
-    at = ok(app(**{PENDING_RUN_KEY: run.name}).run())
+    at = ok(app(**{state.Train.RUN_PENDING: run.name}).run())
     assert metrics(at)["State"].endswith("cancelled")
     assert any("cancelled" in w.value for w in at.warning)
-    assert K["cancel"] not in {b.key for b in at.button}
+    assert state.Train.CANCEL not in {b.key for b in at.button}
     assert len(read_history(run)) < 200
 
 
@@ -283,7 +283,7 @@ def test_died_run_is_reported_without_a_traceback(env) -> None:
                                             "started": "2000-01-01T00:00:00+00:00"})
     (run / jobs.LOG_FILE).write_text("epoch 2 ...\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
                                      "MemoryError: cannot allocate 4 GiB\n")
-    at = app(**{PENDING_RUN_KEY: run.name}).run()
+    at = app(**{state.Train.RUN_PENDING: run.name}).run()
     assert not at.exception
     assert metrics(at)["State"].endswith("died") and metrics(at)["Epoch"] == "3 / 9"
     errors = [e.value for e in at.error]

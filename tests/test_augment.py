@@ -220,10 +220,10 @@ def test_pad_policy_reflects_image_and_mask():
     x, m = preprocess_pair(img, mask, pre)
     geo = plan_geometry((50, 33), pre)
     assert x.shape == (1, 64, 64) and geo.pad == (7, 7, 15, 16)
-    t, _, l, _ = geo.pad
-    np.testing.assert_array_equal(x[0, t:t + 50, l:l + 33], img[0])
-    np.testing.assert_array_equal(x[0, t - 1, l:l + 33], img[0, 1])     # mirrored border
-    np.testing.assert_array_equal(m[t - 1, l:l + 33], mask[1])
+    t, _, left, _ = geo.pad
+    np.testing.assert_array_equal(x[0, t:t + 50, left:left + 33], img[0])
+    np.testing.assert_array_equal(x[0, t - 1, left:left + 33], img[0, 1])     # mirrored border
+    np.testing.assert_array_equal(m[t - 1, left:left + 33], mask[1])
     np.testing.assert_array_equal(restore_mask(m, (50, 33), pre), mask)
 
 

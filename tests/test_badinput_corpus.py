@@ -45,10 +45,9 @@ def test_hostile_corpus_has_no_bad_outcomes(tmp_path: Path) -> None:
 def test_rle_decode_on_arbitrary_strings() -> None:
     """Property: any string decodes to a valid mask or raises the project error, nothing else."""
     hypothesis = pytest.importorskip("hypothesis")
+    import numpy as np
     from hypothesis import given, settings
     from hypothesis import strategies as st
-
-    import numpy as np
 
     from engine.errors import RLEError
     from engine.rle import decode

@@ -184,7 +184,7 @@ def test_the_scans_catch_violations(tmp_path: Path) -> None:
     assert "torch" in top and "streamlit.components.v1" in top       # if/try blocks run at import
     assert "engine.io" not in top and "torchvision" not in top        # function body, TYPE_CHECKING
     rel = {n for n, _ in _imports(ast.parse("from .queue import build_queue\nfrom .. import metrics\n"),
-                                  "engine.curation.manifest")}
+                                  "engine.curation.cleaning")}
     assert {"engine.curation.queue", "engine.metrics"} <= rel
     # a real chain through first-party modules is found
     assert _torch_chains("engine.training") or _torch_chains("engine.models"), \

@@ -230,7 +230,7 @@ def test_convert_siim_phantom(demo: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_convert_safe_names_and_bad_cases(shared_data: Path, tmp_path: Path, capsys) -> None:
-    from engine.convert import convert_dataset, safe_case_name
+    from engine.datasets.convert import convert_dataset, safe_case_name
 
     ds = open_dataset(shared_data / "isbi2012-em", workspace=tmp_path / "ws")
     sub = ds.subset(["train/0", "train/1", "test/0"])
@@ -252,7 +252,7 @@ def test_convert_safe_names_and_bad_cases(shared_data: Path, tmp_path: Path, cap
 
 
 def test_safe_case_name() -> None:
-    from engine.convert import parse_size, safe_case_name
+    from engine.datasets.convert import parse_size, safe_case_name
 
     assert safe_case_name("2_13") == "2_13"
     assert safe_case_name("1.2.840.113619.2.55") == "1.2.840.113619.2.55"

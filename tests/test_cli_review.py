@@ -84,7 +84,7 @@ def test_users_and_roles_contract(nerve_tiny: Path, workspace: Path, tmp_path: P
     assert main(["users", "list", "--json", str(out)]) == 0
     assert json.loads(out.read_text()) == [{"name": "root", "role": "admin", "active": True},
                                            {"name": "vera", "role": "viewer", "active": True}]
-    from engine.curation.store import ReviewStore, default_store_url
+    from engine.store import ReviewStore, default_store_url
 
     with ReviewStore(default_store_url()) as s:
         assert s.authenticate("vera", "viewer-pass").role == "viewer"  # stdin line, newline stripped

@@ -11,9 +11,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.dashboard import (dice_by_truth, find_evaluations, headline, history_series, join_meta, list_runs,
-                              load_history, per_class_table, preview_frames, run_card, slice_columns, slice_metrics,
-                              sweep_gates, sweep_matrix, worst_cases)
+from engine.dashboard import (
+    dice_by_truth,
+    find_evaluations,
+    headline,
+    history_series,
+    join_meta,
+    list_runs,
+    load_history,
+    per_class_table,
+    preview_frames,
+    run_card,
+    slice_columns,
+    slice_metrics,
+    sweep_gates,
+    sweep_matrix,
+    worst_cases,
+)
 from engine.errors import ConfigError, ReadError
 
 

@@ -181,7 +181,7 @@ def test_forked_workers_index_like_threads(demo: Path, tmp_path: Path, monkeypat
                                            layout: str) -> None:
     """Large cold scans index in forked worker processes: the same cases, bad files and cache
     entries as the thread path (the records are computed there and cached here)."""
-    import engine.datasets.scan as scan
+    import engine.parallel as parallel
 
     root = demo / layout
     if layout == "paired":  # with a bad file: its record comes back from a worker too
@@ -189,16 +189,16 @@ def test_forked_workers_index_like_threads(demo: Path, tmp_path: Path, monkeypat
         (root / "images" / "broken.png").write_bytes(b"not a png")
     threads = open_dataset(root, workspace=tmp_path / "ws-threads")
     used: list[int] = []
-    real = scan.fork_map
+    real = parallel.fork_map
 
     def spy(fn, items, report, message):  # the fork path must really run
         out = real(fn, items, report, message)
         used.append(len(items) if out is not None else -1)
         return out
 
-    monkeypatch.setattr(scan, "PROCESS_MIN_ITEMS", 1)
-    monkeypatch.setattr(scan, "can_fork_workers", lambda: True)
-    monkeypatch.setattr(scan, "fork_map", spy)
+    monkeypatch.setattr(parallel, "PROCESS_MIN_ITEMS", 1)
+    monkeypatch.setattr(parallel, "can_fork_workers", lambda: True)
+    monkeypatch.setattr(parallel, "fork_map", spy)
     forked = open_dataset(root, workspace=tmp_path / "ws-forked")
     assert used and used[0] == forked.scan_stats["cache_misses"] > 0
     assert [c.to_dict() for c in forked.cases] == [c.to_dict() for c in threads.cases]

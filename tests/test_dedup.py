@@ -16,16 +16,26 @@ import pytest
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from engine.datasets import open_dataset, read_manifest, write_manifest
 from engine.curation import build_manifest
-from engine.dedup import (ConflictConfig, ConflictReport, categorize, compute_fingerprints, find_conflicts,
-                          group_ceiling, knn_pairs, load_latest_report, mask_dice, search_candidates, severity,
-                          ssim_pairs)
+from engine.datasets import open_dataset, read_manifest, write_manifest
+from engine.dedup import (
+    ConflictConfig,
+    ConflictReport,
+    categorize,
+    compute_fingerprints,
+    find_conflicts,
+    group_ceiling,
+    knn_pairs,
+    load_latest_report,
+    mask_dice,
+    search_candidates,
+    severity,
+    ssim_pairs,
+)
 from engine.dedup.fingerprint import read_gray, resize_gray
 from engine.dedup.scoring import CroppedMask, UnionFind
 from engine.errors import ConfigError, ReadError
 from engine.store import ReviewStore
-
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -242,15 +252,15 @@ def test_forked_fingerprint_workers_equal_threads(mixed_dataset: Path, workspace
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Large cold runs decode in forked workers writing into shared memory: the same thumbs,
     descriptors as the thread path, to the bit."""
-    import engine.datasets.scan as scan
+    import engine.parallel as parallel
 
     ds = open_dataset(mixed_dataset)
     threads = compute_fingerprints(ds, use_cache=False)
     calls: list[int] = []
-    real = scan.fork_map
-    monkeypatch.setattr(scan, "PROCESS_MIN_ITEMS", 1)
-    monkeypatch.setattr(scan, "can_fork_workers", lambda: True)
-    monkeypatch.setattr(scan, "fork_map", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = parallel.fork_map
+    monkeypatch.setattr(parallel, "PROCESS_MIN_ITEMS", 1)
+    monkeypatch.setattr(parallel, "can_fork_workers", lambda: True)
+    monkeypatch.setattr(parallel, "fork_map", lambda *a, **k: calls.append(1) or real(*a, **k))
     forked = compute_fingerprints(ds, use_cache=False)
     assert calls == [1] and forked.case_ids == threads.case_ids and forked.bad == threads.bad
     for name in ("thumbs", "fp", "mean", "texture", "phash"):
@@ -261,16 +271,16 @@ def test_forked_mask_workers_give_the_same_report(mixed_dataset: Path, workspace
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A cold scan reads the masks of verified pairs in forked workers: same pairs, categories,
     groups and ceiling as with threads, and the mask cache filled from the workers' entries."""
-    import engine.datasets.scan as scan
     import engine.dedup.conflicts as C
+    import engine.parallel as parallel
 
     ds = open_dataset(mixed_dataset)
     threads = find_conflicts(ds, ConflictConfig(use_cache=False))
     used: list[int] = []
-    real = scan.fork_map
+    real = parallel.fork_map
     monkeypatch.setattr(C, "MASK_PROCESS_MIN", 1)
-    monkeypatch.setattr(scan, "can_fork_workers", lambda: True)
-    monkeypatch.setattr(scan, "fork_map", lambda fn, items, *a, **k: used.append(len(items)) or real(fn, items, *a, **k))
+    monkeypatch.setattr(parallel, "can_fork_workers", lambda: True)
+    monkeypatch.setattr(parallel, "fork_map", lambda fn, items, *a, **k: used.append(len(items)) or real(fn, items, *a, **k))
     forked = find_conflicts(ds, ConflictConfig())
     assert used, "the fork path did not run"
     assert forked.pairs == threads.pairs and forked.groups == threads.groups and forked.ceiling == threads.ceiling
@@ -633,8 +643,8 @@ def test_corrected_masks_are_not_remapped_twice_in_a_manifest(tmp_path: Path, wo
     correction saved in the store already uses {0, 1, 2} and must come back unchanged."""
     from PIL import Image
 
-    from engine.datasets import open_dataset, write_manifest
     from engine.curation import build_manifest
+    from engine.datasets import open_dataset, write_manifest
     from engine.store import ReviewStore
 
     root = tmp_path / "ds"

@@ -15,9 +15,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import badinput as B  # noqa: E402
 
-from engine.dicom_meta import (PHI_KEYWORDS, SAFE_COLUMNS, header_record, header_table, parse_age,  # noqa: E402
-                               patient_key, read_header, strip_phi)
+from engine.dicom_meta import PHI_KEYWORDS, SAFE_COLUMNS, header_record, parse_age, patient_key, strip_phi  # noqa: E402
 from engine.errors import ReadError  # noqa: E402
+from engine.io.dicom import header_table, read_header  # noqa: E402
 
 PHI = {
     "PatientName": "DOE^JANE^QX7",

@@ -7,9 +7,24 @@ import pandas as pd
 import pytest
 
 from engine.datasets import Case, MaskSource
-from engine.eda import (MISSING, CaseFilter, age_band, age_histogram, apply_filter, conflict_status_column,
-                        count_table, eda_report, filter_options, group_counts, has_dicom_meta, impossible_ages,
-                        mask_area_table, mask_presence, mask_state, safe_case_info)
+from engine.eda import (
+    MISSING,
+    CaseFilter,
+    age_band,
+    age_histogram,
+    apply_filter,
+    conflict_status_column,
+    count_table,
+    eda_report,
+    filter_options,
+    group_counts,
+    has_dicom_meta,
+    impossible_ages,
+    mask_area_table,
+    mask_presence,
+    mask_state,
+    safe_case_info,
+)
 from engine.errors import ConfigError
 
 

@@ -8,12 +8,39 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from engine.curation import (DIFF_COLOURS, ERASER_COLOUR, UNTOUCHED, EditSession, EditStack, View, apply_layer,
-                             apply_objects, case_queue, click_points, diff_image, drawing_palette, fill_holes,
-                             flood_fill, hex_colour, layer_to_labels, make_view, mask_diff, nearest_class, next_case,
-                             parse_colour, paste_labels, path_polylines, polygon_mask, rasterise_objects,
-                             render_view, resample_to_crop, stroke_mask, version_history, version_mask,
-                             window_outline)
+from engine.curation import (
+    DIFF_COLOURS,
+    ERASER_COLOUR,
+    UNTOUCHED,
+    EditSession,
+    EditStack,
+    View,
+    apply_layer,
+    apply_objects,
+    case_queue,
+    click_points,
+    diff_image,
+    drawing_palette,
+    fill_holes,
+    flood_fill,
+    hex_colour,
+    layer_to_labels,
+    make_view,
+    mask_diff,
+    nearest_class,
+    next_case,
+    parse_colour,
+    paste_labels,
+    path_polylines,
+    polygon_mask,
+    rasterise_objects,
+    render_view,
+    resample_to_crop,
+    stroke_mask,
+    version_history,
+    version_mask,
+    window_outline,
+)
 from engine.errors import ConfigError, MaskError
 from engine.visualize import class_colour
 

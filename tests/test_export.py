@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.curation import export_corrected
 from engine.datasets import open_dataset
 from engine.errors import ConfigError
 from engine.fsutil import safe_name
-from engine.curation import export_corrected
 from engine.io import read_mask
 from engine.rle import decode, decode_union, read_kaggle_uns_csv, read_siim_csv
 from engine.store import ReviewStore

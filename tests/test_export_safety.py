@@ -46,7 +46,7 @@ def _manifest_ok(out: Path) -> int:
 
 @pytest.mark.parametrize("fmt", ["png", "coco", "nifti"])
 def test_foreign_folder_refused_untouched(nerve: Path, tmp_path: Path, workspace: Path, fmt: str) -> None:
-    from engine.interop.export import export_dataset
+    from engine.curation.export import export_dataset
 
     ds = open_dataset(nerve, workspace=Workspace(workspace))
     user = tmp_path / "user"
@@ -157,7 +157,7 @@ def test_manifest_never_replaces_a_foreign_file(nerve: Path, tmp_path: Path, wor
 
 
 def test_convert_refuses_a_foreign_folder_and_replaces_its_own(nerve: Path, tmp_path: Path, workspace: Path) -> None:
-    from engine.convert import convert_dataset
+    from engine.datasets.convert import convert_dataset
     from engine.errors import WorkbenchError
 
     ds = open_dataset(nerve, workspace=Workspace(workspace))

@@ -21,14 +21,14 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import N_EMPTY, N_POS, SIZE, make_disks, np_dice, save_tiny_unet
+from helpers import N_EMPTY, N_POS, SIZE, make_disks, save_tiny_unet
 
 from engine.augment import Preprocess
 from engine.checkpoint import ClassifierCard, GateConfig, list_weights, load_checkpoint, read_card, save_checkpoint
 from engine.classify import ClassifierPredictor, list_classifier_weights, load_classifier
 from engine.datasets import open_dataset
 from engine.evaluation import EvalConfig, evaluate, training_cases
-from engine.inference import Predictor
+from engine.inference import Predictor, finish_mask
 from engine.models import ClassifierSpec, build_classifier
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -100,6 +100,14 @@ def test_gate_empties_masks_below_threshold_only(tmp_path: Path, disks: Path) ->
         assert out.gated is emptied
         assert (not out.mask.any()) if emptied else np.array_equal(out.mask, plain.mask)
         assert np.array_equal(pred.ungated_mask(out), plain.mask)
+        # cached probabilities + finish_mask: the same gated mask, and the ungated one without a threshold
+        raw = pred.predict_raw(img)
+        assert raw.gate == pytest.approx(out.gate) and not raw.mask.any()
+        finished = finish_mask(raw.probs, pred.post_default, presence=raw.presence, gate=raw.gate,
+                               gate_threshold=pred.gate_threshold)
+        assert np.array_equal(finished, out.mask)
+        assert np.array_equal(finish_mask(raw.probs, pred.post_default, presence=raw.presence, gate=raw.gate),
+                              plain.mask)
         # the file path (DataLoader) gives the same result
         (_, res), = list(pred.predict_files([ds.cases[0].image_path], num_workers=0))
         assert res.gate == pytest.approx(0.5, abs=1e-6) and np.array_equal(res.mask, out.mask)
@@ -210,12 +218,12 @@ def test_cli_evaluate_json_gate_and_overlap(tmp_path: Path, disks: Path) -> None
 
 
 def test_fingerprint_flags_modality_aspect_channels_and_intensity() -> None:
-    from engine.fingerprint import build_fingerprint, check_input
+    from engine.domain_profile import build_profile, check_input
 
     rng = np.random.default_rng(0)
     train = [(np.clip(rng.normal(0.3, 0.05, (1, 420, 580)), 0, 1).astype(np.float32), {"format": "tiff", "photometric": 1})
              for _ in range(10)]
-    fp = build_fingerprint(train)
+    fp = build_profile(train)
     assert fp["modality"] == {} and fp["photometric"] == {}  # a TIFF's integer photometric tag is not DICOM
     assert fp["aspect"][0] == pytest.approx(580 / 420, abs=1e-3) and fp["channels"] == [1]
     same = np.clip(rng.normal(0.3, 0.05, (1, 420, 580)), 0, 1).astype(np.float32)
@@ -228,6 +236,6 @@ def test_fingerprint_flags_modality_aspect_channels_and_intensity() -> None:
     assert "channel" in " ".join(check_input(fp, np.repeat(same, 3, axis=0))["reasons"])
     assert check_input({}, same) == {"known": False, "far": False, "reasons": [], "hist_distance": None,
                                      "hist_threshold": None, "feature_z": None}
-    fp_us = build_fingerprint(train, modality_hint=["US"])
+    fp_us = build_profile(train, modality_hint=["US"])
     assert "modality CR" in " ".join(check_input(fp_us, same, {"modality": "CR"})["reasons"])
     assert not check_input(fp_us, same, {"modality": "US"})["far"]

@@ -27,9 +27,10 @@ from scipy import ndimage
 from engine.augment import Preprocess, preprocess_image
 from engine.checkpoint import ModelCard, save_checkpoint
 from engine.errors import CheckpointError, ConfigError, ReadError, WorkbenchError
-from engine.inference import Prediction, Predictor, select_device
+from engine.inference import Prediction, Predictor, check_tta, finish_mask
 from engine.models import ModelSpec, build_model
 from engine.postprocess import PostProcessConfig
+from engine.preprocess import select_device
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -404,6 +405,28 @@ def test_presence_gate_uses_the_models_presence_probability(tmp_path: Path) -> N
     out = high.predict(img)
     assert out.presence == pytest.approx(1 / (1 + np.exp(-2.0)), abs=1e-5)
     np.testing.assert_array_equal(out.mask, expected)
+
+
+def test_finish_mask_of_raw_probabilities_is_predicts_mask(tmp_path: Path) -> None:
+    """Cached probabilities + finish_mask give exactly predict's mask, whatever the post-processing
+    (the presence head's gate included); predict_raw runs no post-processing."""
+    img, _ = shapes_image()
+    for name, logit in (("low", -2.0), ("high", 2.0)):
+        pred = Predictor.from_weights(save(tmp_path / name, blur_unet(20.0, 0.47, presence_logit=logit),
+                                           postprocess=PostProcessConfig(presence_threshold=0.5)), device="cpu")
+        raw = pred.predict_raw(img)
+        assert raw.gate is None and not raw.gated and not raw.mask.any()
+        assert raw.presence == pytest.approx(pred.predict(img).presence, abs=1e-6)
+        for post in (pred.post_default, PostProcessConfig(presence_threshold=0.1), PostProcessConfig(threshold=0.9),
+                     PostProcessConfig(min_area=40, keep_largest=1)):
+            want = pred.predict(img, post=post).mask
+            got = finish_mask(raw.probs, post, presence=raw.presence, gate=raw.gate,
+                              gate_threshold=pred.gate_threshold)
+            np.testing.assert_array_equal(got, want)
+            assert got.dtype == np.uint8 and got.shape == img.shape[1:]
+    assert check_tta("flip4") == "flip4"
+    with pytest.raises(ConfigError, match="unknown TTA mode 'flip2'"):
+        check_tta("flip2")
 
 
 # ------------------------------------------------------------------------------ files

@@ -18,9 +18,9 @@ import numpy as np
 import pydicom
 import pytest
 
+from engine.curation.export import export_dataset
 from engine.datasets import open_dataset
 from engine.errors import ConfigError
-from engine.interop.export import export_dataset
 from engine.store import ReviewStore
 from engine.workspace import Workspace
 

@@ -12,9 +12,17 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import badinput as B  # noqa: E402
 
-from engine.errors import MaskError, MissingPluginError, ReadError, WorkbenchError  # noqa: E402
-from engine.io import (decode_mask_array, image_size, load_image, read_image, read_mask, reader_kind,  # noqa: E402
-                       to_chw_float, write_mask_png)
+from engine.errors import MaskError, MissingPluginError, ReadError  # noqa: E402
+from engine.io import (  # noqa: E402
+    decode_mask_array,
+    image_size,
+    load_image,
+    read_image,
+    read_mask,
+    reader_kind,
+    to_chw_float,
+    write_mask_png,
+)
 
 # ---------------------------------------------------------------------------------------------
 # raster formats

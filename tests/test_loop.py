@@ -13,7 +13,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import make_dataset  # noqa: E402
 
-
 # ------------------------------------------------------------------------------------------ fixtures
 
 @pytest.fixture()

@@ -18,6 +18,7 @@ import badinput as B  # noqa: E402
 
 from engine import phantoms  # noqa: E402
 from engine.datasets import detect_layout, open_dataset  # noqa: E402
+from engine.dedup.ssim import ssim_matrix  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +143,7 @@ def test_planted_pairs_ssim_property(demo: Path) -> None:
     assert lo_planted >= 0.995
     assert hi_same < 0.97 and hi_cross < 0.97
     # exactly the planted pairs survive a 0.99 threshold; the engine's fast SSIM agrees with skimage
-    S = phantoms.ssim_matrix(np.stack([thumbs[c] for c in ids]))
+    S = ssim_matrix(np.stack([thumbs[c] for c in ids]))
     found = {frozenset((ids[i], ids[j])) for i, j in zip(*np.nonzero(np.triu(S, 1) >= 0.99))}
     assert found == planted
     assert S[0, 1] == pytest.approx(structural_similarity(thumbs[ids[0]], thumbs[ids[1]], data_range=1.0), abs=1e-9)

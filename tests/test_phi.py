@@ -22,6 +22,7 @@ import pytest
 from engine import phi
 from engine.datasets import open_dataset
 from engine.errors import ConfigError
+from engine.io.dicom import deidentify_dicom
 from engine.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,7 +94,7 @@ def test_patient_key_is_keyed_hmac(tmp_path: Path) -> None:
 
 
 def test_header_records_use_the_workspace_secret(ptx: Path, workspace: Path) -> None:
-    from engine.dicom_meta import read_header
+    from engine.io.dicom import read_header
 
     f = sorted(ptx.rglob("*.dcm"))[0]
     pid = str(pydicom.dcmread(f, stop_before_pixels=True).PatientID)
@@ -144,8 +145,8 @@ def test_copy_images_deidentifies_consistently(ptx: Path, tmp_path: Path, worksp
 
 
 def test_dicom_seg_references_the_copies_when_images_are_copied(ptx: Path, tmp_path: Path, workspace: Path) -> None:
+    from engine.curation.export import export_dataset
     from engine.interop.dicom_seg import read_dicom_seg
-    from engine.interop.export import export_dataset
 
     ds = open_dataset(ptx, workspace=Workspace(workspace))
     originals = _originals(ptx)
@@ -175,7 +176,7 @@ def test_burned_in_annotation_is_refused(ptx: Path, tmp_path: Path, workspace: P
     bad = tmp_path / "burned.dcm"
     d.save_as(bad)
     with pytest.raises(ConfigError, match="burned-in"):
-        phi.deidentify_dicom(bad, tmp_path / "out")
+        deidentify_dicom(bad, tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -243,7 +244,7 @@ def test_real_siim_dicoms_deidentify_with_identical_pixels(shared_data: Path, tm
         pytest.skip("no SIIM sample DICOMs")
     for f in files:
         o = pydicom.dcmread(f)
-        r = phi.deidentify_dicom(f, tmp_path / "out")
+        r = deidentify_dicom(f, tmp_path / "out")
         c = pydicom.dcmread(r["path"])
         assert c.PixelData == o.PixelData and c.SOPInstanceUID == phi.deid_uid(str(o.SOPInstanceUID))
         assert r["path"].name == f"{c.SOPInstanceUID}.dcm"

@@ -13,9 +13,21 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from engine.errors import CSVFormatError, RLEError, WorkbenchError
-from engine.rle import (convert, decode, decode_union, encode, parse_runs, read_kaggle_uns_csv, read_siim_csv,
-                        runs_from_mask, sniff_rle_csv, write_kaggle_uns_submission, write_kaggle_uns_train_csv,
-                        write_siim_csv, write_siim_submission)
+from engine.rle import (
+    convert,
+    decode,
+    decode_union,
+    encode,
+    parse_runs,
+    read_kaggle_uns_csv,
+    read_siim_csv,
+    runs_from_mask,
+    sniff_rle_csv,
+    write_kaggle_uns_submission,
+    write_kaggle_uns_train_csv,
+    write_siim_csv,
+    write_siim_submission,
+)
 
 masks = st.tuples(st.integers(1, 14), st.integers(1, 14)).flatmap(
     lambda hw: arrays(np.uint8, hw, elements=st.integers(0, 1)))

@@ -92,8 +92,8 @@ def _sandbox_check(sandbox: Path, out: Path, before: set[Path]) -> None:
 def test_every_writer_keeps_hostile_ids_inside(hostile_manifest: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     from engine.__main__ import main
     from engine.curation import export_corrected, save_manifest
+    from engine.curation.export import export_dataset
     from engine.evaluation import prediction_path
-    from engine.interop.export import export_dataset
     from engine.thumbnails import thumbnail_path, thumbs_dir
 
     sandbox = tmp_path / "sandbox"

@@ -10,10 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from engine.curation.store import LOCAL_OPERATOR, ReviewStore
 from engine.errors import ConfigError, PermissionDenied
-from engine.serving import (LoginThrottle, check_data_path, check_write_path, is_loopback, oidc_account, serve_check,
-                            serve_mode)
+from engine.serving import (
+    LoginThrottle,
+    check_data_path,
+    check_write_path,
+    is_loopback,
+    oidc_account,
+    serve_check,
+    serve_mode,
+)
+from engine.store import LOCAL_OPERATOR, ReviewStore
 
 REPO = Path(__file__).resolve().parents[1]
 

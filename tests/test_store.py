@@ -1,4 +1,4 @@
-"""Review store (engine.curation.store) on SQLite AND PostgreSQL: append-only audit log, undo,
+"""Review store (engine.store) on SQLite AND PostgreSQL: append-only audit log, undo,
 decisions with base_event (stale ones refused), pair order, current-state tables, case states,
 mask versions, users and roles, claims, settings, schema migrations and legacy import,
 concurrent writer processes and a writer killed mid-write.
@@ -8,7 +8,6 @@ message when the Debian binaries are absent)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -22,9 +21,9 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from engine.curation.store import LOCAL_OPERATOR, SCHEMA_VERSION, ReviewStore, mask_digest
-from engine.curation.store.review import clear_read_cache, rebuild_current
-from engine.errors import (ClaimHeld, ConfigError, ConflictError, PermissionDenied, StaleDecision, StoreError)
+from engine.errors import ClaimHeld, ConfigError, ConflictError, PermissionDenied, StaleDecision, StoreError
+from engine.store import LOCAL_OPERATOR, SCHEMA_VERSION, ReviewStore, mask_digest
+from engine.store.projection import clear_read_cache, rebuild_current
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -196,7 +195,7 @@ def test_cached_reads_see_writes_from_other_processes(store_url: str, tmp_path: 
     s.record_decision("a", "b", "keep_a", "alice")
     first = s.decisions()
     assert s.decisions() == first and s.decisions() is not s.decisions()  # callers get their own dict
-    code = ("import sys; sys.path.insert(0, %r); from engine.curation.store import ReviewStore; "
+    code = ("import sys; sys.path.insert(0, %r); from engine.store import ReviewStore; "
             "s = ReviewStore(%r, masks_dir=%r); s.record_decision('c', 'd', 'drop_both', 'bob'); "
             "s.set_case_state('c', 'accepted', 'bob')") % (str(REPO), store_url, str(tmp_path / "m"))
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
@@ -476,12 +475,76 @@ def test_legacy_per_dataset_store_is_imported_once(tmp_path: Path) -> None:
     assert (workdir / "review.sqlite").is_file()  # the old file is left in place
 
 
+# ----------------------------------------------------------------------------- vocabulary and layout
+def test_the_pair_decisions_and_the_pair_key_are_defined_once() -> None:
+    """The store's vocabulary feeds the queue's labels and help; the queue's pair key is the store's."""
+    from engine.curation import DECISION_HELP, DECISION_LABELS, key_text, parse_key
+    from engine.curation import pair_key as queue_pair_key
+    from engine.store.records import (
+        DECISION_OPTIONS,
+        GROUP_DECISIONS,
+        PAIR_DECISIONS,
+        _canonical_pair,
+        pair_key,
+        target_of,
+    )
+
+    assert list(DECISION_LABELS) == list(DECISION_HELP) == list(PAIR_DECISIONS) == [o.value for o in DECISION_OPTIONS]
+    assert GROUP_DECISIONS == tuple(d for d in PAIR_DECISIONS if d not in ("keep_a", "keep_b"))
+    shortcuts = [o.shortcut for o in DECISION_OPTIONS if o.shortcut]
+    assert len(shortcuts) == len(set(shortcuts)) == len(PAIR_DECISIONS)
+    assert queue_pair_key is pair_key and pair_key("2_5", "2_13") == ("2_13", "2_5")  # text order
+    assert target_of(("b", "a")) == key_text(("b", "a")) == "a\tb" and parse_key("b\ta") == ("a", "b")
+    assert _canonical_pair("b", "a", "keep_a") == ("a\tb", "keep_b")
+    assert _canonical_pair("a", "b", "union") == ("a\tb", "union")
+
+
+def _store_imports() -> dict[str, set[str]]:
+    """engine.store's modules → the engine modules each imports, anywhere (function bodies included)."""
+    import ast
+
+    folder = REPO / "engine" / "store"
+    mods = {f"engine.store.{p.stem}" if p.stem != "__init__" else "engine.store": p for p in folder.glob("*.py")}
+    out: dict[str, set[str]] = {}
+    for mod, path in mods.items():
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                subs = {f"{node.module}.{a.name}" for a in node.names}
+                names |= (subs & set(mods)) or {node.module}
+        out[mod] = {n for n in names if n.startswith("engine.")}
+    return out
+
+
+def test_the_store_sits_below_curation_without_import_cycles() -> None:
+    graph = _store_imports()
+    bad = sorted(f"{m} -> {n}" for m, ns in graph.items() for n in ns if n.startswith("engine.curation"))
+    assert not bad, "engine.store must not import engine.curation: " + ", ".join(bad)
+    inner = {m: {n for n in ns if n in graph and n != m} for m, ns in graph.items()}
+    done: set[str] = set()
+
+    def visit(m: str, path: list[str]) -> None:
+        assert m not in path, "import cycle: " + " -> ".join(path[path.index(m):] + [m])
+        if m not in done:
+            for n in sorted(inner[m]):
+                visit(n, path + [m])
+            done.add(m)
+
+    for m in sorted(inner):
+        visit(m, [])
+    code = "import sys, engine.store, engine.store.records; print('sqlalchemy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr  # the vocabulary is a light import
+
+
 # ----------------------------------------------------------------------------- processes
 _WRITER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {repo!r})
     import numpy as np
-    from engine.curation.store import ReviewStore
+    from engine.store import ReviewStore
     url, who, n, masks = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     s = ReviewStore(url, timeout=60, masks_dir=masks)
     print("ready", flush=True)
@@ -500,7 +563,7 @@ _WRITER = textwrap.dedent("""
 _SAME_PAIR = textwrap.dedent("""
     import sys
     sys.path.insert(0, {repo!r})
-    from engine.curation.store import ReviewStore
+    from engine.store import ReviewStore
     from engine.errors import StaleDecision
     url, who, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     s = ReviewStore(url, timeout=60, masks_dir="/nonexistent-unused")

@@ -11,12 +11,20 @@ import pytest
 import tifffile
 from PIL import Image
 
+from engine import thumbnails
 from engine.datasets import open_dataset
 from engine.errors import ConfigError, WorkbenchError
 from engine.io import write_mask_png
-from engine import thumbnails
-from engine.thumbnails import (_shrink_mask, clear_thumbnails, prefetch_thumbnails, render_thumbnail, thumbnail_key,
-                               thumbnail_path, thumbnail_paths, thumbs_dir)
+from engine.thumbnails import (
+    _shrink_mask,
+    clear_thumbnails,
+    prefetch_thumbnails,
+    render_thumbnail,
+    thumbnail_key,
+    thumbnail_path,
+    thumbnail_paths,
+    thumbs_dir,
+)
 
 H, W = 60, 80
 

@@ -300,8 +300,8 @@ def test_presence_head_reports_auc_and_swa(data: Path, tmp_path: Path) -> None:
 
 
 def test_border_weighted_loss_run_and_weight_maps_follow_augmentation(data: Path, tmp_path: Path) -> None:
-    from engine.training.data import SegTrainSet, _transform_with_weight
     from engine.augment import build_train_transform
+    from engine.training.data import SegTrainSet, _transform_with_weight
 
     # the weight map rides with the label mask through a geometric transform
     m = np.zeros((16, 16), np.uint8)
@@ -405,7 +405,7 @@ def test_split_is_grouped_and_folds_file_is_honoured(data: Path, tmp_path: Path)
 
 def test_positive_only_trains_on_masked_cases_and_card_records_split_and_fingerprint(data: Path, tmp_path: Path) -> None:
     from engine.datasets import open_dataset
-    from engine.fingerprint import check_input
+    from engine.domain_profile import check_input
 
     res = train(cfg(data, tmp_path / "pos", epochs=1, positive_only=True, max_train_batches=1, preview_count=0))
     card = json.loads((res.run_dir / "best" / "card.json").read_text())

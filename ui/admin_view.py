@@ -1,20 +1,26 @@
 """Streamlit glue of the Admin page (pages/8_Admin.py): accounts, data roots, export roots.
 
-Every change goes through :class:`engine.curation.store.ReviewStore` with the signed-in user as the
+Every change goes through :class:`engine.store.ReviewStore` with the signed-in user as the
 acting admin, so the store checks the role again and writes the admin log. In the single-user demo
 (no accounts) the page explains how team mode starts instead.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable
+
 import streamlit as st
 
 from ui import auth, state
 
+if TYPE_CHECKING:
+    from ui.auth import Identity
+
 ROLES = ("viewer", "annotator", "reviewer", "admin")
 
 
-def _roots_text(paths) -> str:
+def _roots_text(paths: Iterable[str | Path]) -> str:
     return "\n".join(str(p) for p in paths)
 
 
@@ -36,26 +42,26 @@ def render_admin() -> None:
     if not auth.can("admin"):
         auth.role_note("admin", "Managing accounts and folders")
         return
-    flash = st.session_state.pop(state.ADMIN_FLASH, None)
+    flash = st.session_state.pop(state.Admin.FLASH, None)
     if flash:
         st.success(flash, icon=":material/check_circle:")
 
     def done(text: str) -> None:
-        st.session_state[state.ADMIN_FLASH] = text
+        st.session_state[state.Admin.FLASH] = text
         st.rerun()
 
     st.subheader("Accounts")
     users = store.users()
     st.dataframe([{"name": u.name, "role": u.role, "active": u.active, "created": u.created[:19],
                    "updated": (u.updated or "")[:19]} for u in users], hide_index=True, width="stretch")
-    with st.form(state.ADMIN_ADD_FORM, clear_on_submit=True):
+    with st.form(state.Admin.ADD_FORM, clear_on_submit=True):
         c = st.columns([3, 2, 3])
-        name = c[0].text_input("New user name", key=state.ADMIN_NEW_NAME,
+        name = c[0].text_input("New user name", key=state.Admin.NEW_NAME,
                                help="letters, digits, . _ @ + - ; for sign-in through the identity provider "
                                     "use the person's email address")
-        role = c[1].selectbox("Role", ROLES, index=1, key=state.ADMIN_NEW_ROLE)
-        pw = c[2].text_input("Initial password", type="password", key=state.ADMIN_NEW_PASSWORD)
-        if st.form_submit_button("Add user", key=state.ADMIN_ADD, icon=":material/person_add:"):
+        role = c[1].selectbox("Role", ROLES, index=1, key=state.Admin.NEW_ROLE)
+        pw = c[2].text_input("Initial password", type="password", key=state.Admin.NEW_PASSWORD)
+        if st.form_submit_button("Add user", key=state.Admin.ADD, icon=":material/person_add:"):
             try:
                 u = store.add_user(name, role, pw, actor=ident.name)
             except WorkbenchError as exc:
@@ -64,39 +70,42 @@ def render_admin() -> None:
                 done(f"Added {u.role} {u.name}.")
     if users:
         names = [u.name for u in users]
-        pick = st.selectbox("Change an account", names, key=state.ADMIN_USER)
+        pick = st.selectbox("Change an account", names, key=state.Admin.USER)
         u = next(x for x in users if x.name == pick)
         c = st.columns([2, 2, 2, 3, 2], vertical_alignment="bottom")
-        new_role = c[0].selectbox("Role", ROLES, index=ROLES.index(u.role), key=f"{state.ADMIN_ROLE}_{pick}")
-        if c[1].button("Set role", key=state.ADMIN_SET_ROLE, disabled=new_role == u.role):
+        new_role = c[0].selectbox("Role", ROLES, index=ROLES.index(u.role), key=f"{state.Admin.ROLE}_{pick}")
+        if c[1].button("Set role", key=state.Admin.SET_ROLE, disabled=new_role == u.role):
             with _report():
                 store.set_role(pick, new_role, actor=ident.name)
                 done(f"{pick} is now {new_role}.")
         label = "Disable" if u.active else "Enable"
-        if c[2].button(label, key=state.ADMIN_TOGGLE, disabled=pick == ident.name,
+        if c[2].button(label, key=state.Admin.TOGGLE, disabled=pick == ident.name,
                        help="you cannot disable yourself" if pick == ident.name else "disabled accounts cannot sign "
                        "in; their history stays"):
             with _report():
                 (store.disable_user if u.active else store.enable_user)(pick, actor=ident.name)
                 done(f"{pick} {'disabled' if u.active else 'enabled'}.")
-        new_pw = c[3].text_input("New password", type="password", key=f"{state.ADMIN_RESET_PASSWORD}_{pick}")
-        if c[4].button("Reset password", key=state.ADMIN_RESET, disabled=not new_pw):
+        new_pw = c[3].text_input("New password", type="password", key=f"{state.Admin.RESET_PASSWORD}_{pick}")
+        if c[4].button("Reset password", key=state.Admin.RESET, disabled=not new_pw):
             with _report():
                 store.set_password(pick, new_pw, actor=ident.name)
                 done(f"Password of {pick} reset.")
 
     _roots_form("Data roots", "In team mode datasets open only from these folders (absolute paths, one per line; "
                 "symlinks are resolved, so a link pointing outside a root is refused).",
-                store.data_roots, store.set_data_roots, state.ADMIN_DATA_ROOTS, state.ADMIN_SAVE_DATA_ROOTS, ident, done)
+                store.data_roots, store.set_data_roots, state.Admin.DATA_ROOTS, state.Admin.SAVE_DATA_ROOTS, ident,
+                done)
     _roots_form("Export roots", "Exports and manifests are written under the workspace or these folders (the first "
                 "is the default target of exports).",
-                store.export_roots, store.set_export_roots, state.ADMIN_EXPORT_ROOTS, state.ADMIN_SAVE_EXPORT_ROOTS,
+                store.export_roots, store.set_export_roots, state.Admin.EXPORT_ROOTS, state.Admin.SAVE_EXPORT_ROOTS,
                 ident, done)
     with st.expander("Admin log"):
         st.dataframe(list(reversed(store.admin_log()))[:500], hide_index=True, width="stretch")
 
 
-def _roots_form(title: str, caption: str, current, save, area_key: str, button_key: str, ident, done) -> None:
+def _roots_form(title: str, caption: str, current: Callable[[], list[Path]],
+                save: Callable[..., list[Path]], area_key: str, button_key: str, ident: Identity,
+                done: Callable[[str], None]) -> None:
     """One folder-list setting: its current folders in a text area (one per line) and a save button
     that stores them as ``ident`` (``save(paths, actor=...)`` returns what was stored)."""
     st.subheader(title)

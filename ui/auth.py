@@ -26,11 +26,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
 from ui import state
+
+if TYPE_CHECKING:
+    from engine.errors import ClaimHeld
+    from engine.serving import LoginThrottle
+    from engine.store import Claim, ReviewStore
 
 ROLE_RANK = {"viewer": 0, "annotator": 1, "reviewer": 2, "admin": 3}
 _HIDE_NAV = "<style>[data-testid='stSidebarNav']{display:none}</style>"
@@ -47,27 +52,24 @@ class Identity:
     via: str
 
 
-_IDENTITY_KEY = state.SEGWB_IDENTITY  # per-run cache of the gate's result (not a widget key)
-
-
 # ------------------------------------------------------------------------------------ store
 
 @st.cache_resource(show_spinner=False)
-def _store(url: str):
-    from engine.curation.store import ReviewStore
+def _store(url: str) -> ReviewStore:
+    from engine.store import ReviewStore
 
     return ReviewStore(url)
 
 
-def users_store():
+def users_store() -> ReviewStore:
     """The store holding accounts and settings: ``$SEGWB_STORE_URL`` or the workspace store (cached)."""
-    from engine.curation.store import default_store_url
+    from engine.store import default_store_url
 
     return _store(default_store_url(state.workspace().root))
 
 
 @st.cache_resource(show_spinner=False)
-def _throttle():
+def _throttle() -> LoginThrottle:
     from engine.serving import LoginThrottle
 
     return LoginThrottle()
@@ -135,7 +137,7 @@ def gate() -> Identity:
     """Guard the page: return the identity, or show only the sign-in form and stop the script.
     Runs once per script run (from ``page_setup``); :func:`identity` reads its result."""
     ident = _gate()
-    st.session_state[_IDENTITY_KEY] = ident
+    st.session_state[state.Auth.IDENTITY] = ident
     return ident
 
 
@@ -147,15 +149,15 @@ def _gate() -> Identity:
     if not team_mode():
         _check_bind_address()
     if not sign_in_required():
-        return Identity(str(state.get(state.REVIEWER, "") or "").strip() or None, "admin", False, "demo")
+        return Identity(str(state.get(state.Shared.REVIEWER, "") or "").strip() or None, "admin", False, "demo")
     if team_mode() and not store.has_admin():
         _refuse("Team mode needs an administrator account and the review store has none, so the app will not "
                 "serve anything.", f"On the server: `python -m engine users add NAME --role admin` ({ADD_ADMIN_HINT}).")
-    name = state.get(state.AUTH_USER)
+    name = state.get(state.Auth.USER)
     if name:
         user = store.user(name)
         if user is not None and user.active:
-            return Identity(user.name, user.role, True, state.get(state.AUTH_VIA, "password"))
+            return Identity(user.name, user.role, True, state.get(state.Auth.VIA, "password"))
         _forget()
         st.warning("Your account was disabled or removed: you are signed out.", icon=":material/logout:")
     claims = _oidc_user() if oidc_providers() else None
@@ -167,18 +169,18 @@ def _gate() -> Identity:
         except PermissionDenied as exc:
             st.markdown(_HIDE_NAV, unsafe_allow_html=True)
             st.error(f"Signed in with the identity provider, but: {exc}", icon=":material/block:")
-            if st.button("Sign out", key=state.AUTH_SIGN_OUT):
+            if st.button("Sign out", key=state.Auth.SIGN_OUT):
                 st.logout()
             st.stop()
-        state.set(state.AUTH_USER, user.name)
-        state.set(state.AUTH_VIA, "oidc")
+        state.put(state.Auth.USER, user.name)
+        state.put(state.Auth.VIA, "oidc")
         return Identity(user.name, user.role, True, "oidc")
     sign_in_form(store)
     st.stop()
     raise AssertionError("unreachable")  # st.stop raises
 
 
-def sign_in_form(store: Any) -> None:
+def sign_in_form(store: ReviewStore) -> None:
     """The only thing a browser that is not signed in sees."""
     from engine.errors import PermissionDenied
 
@@ -189,17 +191,17 @@ def sign_in_form(store: Any) -> None:
     if providers:
         for p in providers:
             label = f"Sign in with {p}" if p else "Sign in with the identity provider"
-            if st.button(label, key=f"{state.AUTH_OIDC}_{p or 'default'}", type="primary",
+            if st.button(label, key=f"{state.Auth.OIDC}_{p or 'default'}", type="primary",
                          icon=":material/login:"):
                 if p:
                     st.login(p)
                 else:
                     st.login()
         st.caption("or with a local account:")
-    with st.form(state.AUTH_FORM):
-        name = st.text_input("User name", key=state.AUTH_NAME, autocomplete="username")
-        pw = st.text_input("Password", type="password", key=state.AUTH_PASSWORD, autocomplete="current-password")
-        submitted = st.form_submit_button("Sign in", type="primary", key=state.AUTH_SUBMIT)
+    with st.form(state.Auth.FORM):
+        name = st.text_input("User name", key=state.Auth.NAME, autocomplete="username")
+        pw = st.text_input("Password", type="password", key=state.Auth.PASSWORD, autocomplete="current-password")
+        submitted = st.form_submit_button("Sign in", type="primary", key=state.Auth.SUBMIT)
     if not submitted:
         return
     name = (name or "").strip()
@@ -215,20 +217,20 @@ def sign_in_form(store: Any) -> None:
         st.error(f"Not signed in: {exc.message}.", icon=":material/block:")
         return
     throttle.succeeded(name)
-    state.set(state.AUTH_USER, user.name)
-    state.set(state.AUTH_VIA, "password")
-    st.session_state.pop(state.AUTH_PASSWORD, None)
+    state.put(state.Auth.USER, user.name)
+    state.put(state.Auth.VIA, "password")
+    st.session_state.pop(state.Auth.PASSWORD, None)
     st.rerun()
 
 
 def _forget() -> None:
-    for k in (state.AUTH_USER, state.AUTH_VIA, _IDENTITY_KEY, state.REVIEWER):
+    for k in (state.Auth.USER, state.Auth.VIA, state.Auth.IDENTITY, state.Shared.REVIEWER):
         st.session_state.pop(k, None)
 
 
 def sign_out() -> None:
     """Release this session's claim, forget the user (and end the OIDC session)."""
-    via = state.get(state.AUTH_VIA)
+    via = state.get(state.Auth.VIA)
     release_claim()
     _forget()
     if via == "oidc":
@@ -241,14 +243,14 @@ def identity_sidebar(ident: Identity) -> None:
         st.sidebar.caption("Single-user demo on this machine (127.0.0.1): no sign-in.")
         return
     st.sidebar.markdown(f"**Signed in**  \n{ident.name} · *{ident.role}*")
-    st.sidebar.button("Sign out", key=state.AUTH_SIGN_OUT, icon=":material/logout:", on_click=sign_out)
+    st.sidebar.button("Sign out", key=state.Auth.SIGN_OUT, icon=":material/logout:", on_click=sign_out)
 
 
 # ------------------------------------------------------------------------------------ who may do what
 
 def identity() -> Identity:
     """The current identity (set by :func:`gate` at the top of this run)."""
-    got = st.session_state.get(_IDENTITY_KEY)
+    got = st.session_state.get(state.Auth.IDENTITY)
     return got if isinstance(got, Identity) else gate()
 
 
@@ -257,7 +259,7 @@ def author() -> str:
     ident = identity()
     if ident.signed_in:
         return str(ident.name)
-    return str(state.get(state.REVIEWER, "") or "").strip()
+    return str(state.get(state.Shared.REVIEWER, "") or "").strip()
 
 
 def signed_in() -> bool:
@@ -320,7 +322,7 @@ def default_export_root() -> Path | None:
 
 # ------------------------------------------------------------------------------------ case claims
 
-def claim_case(store: Any, case_id: str) -> Any:
+def claim_case(store: ReviewStore, case_id: str) -> Claim | ClaimHeld | None:
     """Claim ``case_id`` for this user (renews the lease; releases this session's previous claim).
 
     Returns the :class:`Claim`, or the :class:`engine.errors.ClaimHeld` error when someone else holds
@@ -332,7 +334,7 @@ def claim_case(store: Any, case_id: str) -> Any:
     if not who or not can("annotator"):
         return None
     key = (store.url.render_as_string(hide_password=False), store.dataset_key, str(case_id))
-    prev = state.get(state.CLAIMED)
+    prev = state.get(state.Shared.CLAIMED)
     if prev and tuple(prev) != key:
         release_claim(store)
     try:
@@ -341,16 +343,16 @@ def claim_case(store: Any, case_id: str) -> Any:
         return exc
     except PermissionDenied:
         return None
-    state.set(state.CLAIMED, key)
+    state.put(state.Shared.CLAIMED, key)
     return cl
 
 
-def release_claim(store: Any = None) -> None:
+def release_claim(store: ReviewStore | None = None) -> None:
     """Release the claim this session holds (on leaving the editor, switching case, saving, signing out)."""
-    prev = state.get(state.CLAIMED)
+    prev = state.get(state.Shared.CLAIMED)
     if not prev:
         return
-    st.session_state.pop(state.CLAIMED, None)
+    st.session_state.pop(state.Shared.CLAIMED, None)
     url, ds_key, case_id = prev
     who = author()
     if not who:
@@ -360,7 +362,7 @@ def release_claim(store: Any = None) -> None:
                 and store.dataset_key == ds_key:
             store.release(case_id, who)
             return
-        from engine.curation.store import ReviewStore
+        from engine.store import ReviewStore
 
         with ReviewStore(url, dataset_key=ds_key) as s:
             s.release(case_id, who)

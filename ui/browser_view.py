@@ -4,7 +4,7 @@ Filters (vectorised over the cached ``ds.to_frame()``), a paginated grid of disk
 thumbnails (:mod:`engine.thumbnails`), a case detail view (image, ground truth, prediction,
 per-image metrics, PHI-free case info) and EDA charts (:mod:`engine.eda`).
 
-Other pages open a case here by setting ``st.session_state[ui.state.BROWSER_CASE]`` and, to
+Other pages open a case here by setting ``st.session_state[ui.state.Shared.BROWSER_CASE]`` and, to
 also choose the view/model/evaluation, calling :func:`ui.nav.request_case` before ``st.switch_page``.
 The cached loaders shared with other pages are :mod:`ui.caches`; page links are :mod:`ui.nav`.
 
@@ -17,23 +17,23 @@ Review hooks: :func:`review_columns` adds ``conflict_status`` (from the latest
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
 from ui import state
 from ui.caches import cached_eval, case_frame, conflict_pairs, evaluations, review_states
-from ui.nav import CONFLICT_PAGE, EDITOR_PAGE, REQUEST_KEY, page_link, short_id
+from ui.nav import CONFLICT_PAGE, EDITOR_PAGE, page_link, short_id
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from streamlit.delta_generator import DeltaGenerator
+
+    from engine.datasets import Dataset
+    from engine.eda import CaseFilter
 
 
-VIEW_KEY = state.BROWSER_VIEW
 VIEWS = ("Thumbnails", "Case details", "EDA")
-PAGE_KEY = state.BROWSER_PAGE
-PER_PAGE_KEY = state.BROWSER_PER_PAGE
-MODEL_KEY = state.BROWSER_MODEL
-EVAL_KEY = state.BROWSER_EVAL
-OVERLAY_KEY = state.BROWSER_OVERLAY
-CASE_SELECT_KEY = state.BROWSER_CASE_SELECT
 NO_MODEL = "(none)"
 NCOLS = 6
 THUMB_SIZE = 192
@@ -43,7 +43,7 @@ OVERLAY_LABELS = {"Ground truth": "gt", "Prediction": "pred", "Prediction + GT o
 
 # ------------------------------------------------------------------------------- review hook
 
-def review_columns(ds: Any, df):
+def review_columns(ds: Dataset, df: pd.DataFrame) -> pd.DataFrame:
     """HOOK for review data: add ``conflict_status`` and ``review_state`` columns when available.
 
     - ``conflict_status``: the most severe near-duplicate category of each case in the latest
@@ -62,69 +62,70 @@ def review_columns(ds: Any, df):
     return df
 
 
-def review_filters(df, where: Any) -> dict[str, tuple[str, ...]]:
+def review_filters(df: pd.DataFrame, where: DeltaGenerator) -> dict[str, tuple[str, ...]]:
     """HOOK: filter widgets for the review columns (conflict status, review state) that exist."""
     from engine.eda import CONFLICT_STATUSES
 
     out: dict[str, tuple[str, ...]] = {}
     if "conflict_status" in df.columns:
         present = [s for s in CONFLICT_STATUSES if (df["conflict_status"] == s).any()]
-        out["conflict"] = tuple(where.multiselect("Conflict status", present, key=state.BROWSER_F_CONFLICT,
+        out["conflict"] = tuple(where.multiselect("Conflict status", present, key=state.Browser.F_CONFLICT,
                                                   help="from the latest duplicate/conflict search"))
     if "review_state" in df.columns:
         from engine.store import CASE_STATES
 
-        out["review"] = tuple(where.multiselect("Review state", list(CASE_STATES), key=state.BROWSER_F_REVIEW))
+        out["review"] = tuple(where.multiselect("Review state", list(CASE_STATES), key=state.Browser.F_REVIEW))
     return out
 
 
 # ------------------------------------------------------------------------------- requests
 
 def _apply_request() -> None:
-    req = st.session_state.pop(REQUEST_KEY, None)
+    req = st.session_state.pop(state.Browser.REQUEST, None)
     if not req:
         return
     if req.get("view") in VIEWS:
-        st.session_state[VIEW_KEY] = req["view"]
+        st.session_state[state.Browser.VIEW] = req["view"]
     if req.get("model"):
-        st.session_state[MODEL_KEY] = req["model"]
+        st.session_state[state.Browser.MODEL] = req["model"]
     if req.get("eval"):
-        st.session_state[EVAL_KEY] = req["eval"]
+        st.session_state[state.Browser.EVAL] = req["eval"]
 
 
 def _open_case(case_id: str) -> None:
-    state.set(state.BROWSER_CASE, case_id)
-    st.session_state[VIEW_KEY] = "Case details"
+    state.put(state.Shared.BROWSER_CASE, case_id)
+    st.session_state[state.Browser.VIEW] = "Case details"
 
 
 # ------------------------------------------------------------------------------- controls
 
-def model_controls(ds: Any) -> tuple[str | None, str | None]:
+def model_controls(ds: Dataset) -> tuple[str | None, str | None]:
     """Model picker + evaluation chooser/trigger. Returns (model name or None, eval folder or None)."""
     from ui.loaders import model_names
 
     names = model_names()
     options = [NO_MODEL] + names
-    if st.session_state.get(MODEL_KEY) not in options:
-        st.session_state.pop(MODEL_KEY, None)
+    if st.session_state.get(state.Browser.MODEL) not in options:
+        st.session_state.pop(state.Browser.MODEL, None)
     c1, c2, c3 = st.columns([2, 3, 2])
-    model = c1.selectbox("Model (prediction overlays, Dice filter)", options, key=MODEL_KEY,
+    model = c1.selectbox("Model (prediction overlays, Dice filter)", options, key=state.Browser.MODEL,
                          help="uses the model's saved evaluation on this dataset when there is one")
     if model == NO_MODEL:
         return None, None
     evals = [e for e in evaluations(ds) if e["model"] == model]
     folders = [e["folder"] for e in evals]
-    if st.session_state.get(EVAL_KEY) not in folders:
-        st.session_state.pop(EVAL_KEY, None)
+    if st.session_state.get(state.Browser.EVAL) not in folders:
+        st.session_state.pop(state.Browser.EVAL, None)
     folder = None
     if evals:
         labels = {e["folder"]: e["label"] for e in evals}
-        folder = c2.selectbox("Evaluation", folders, format_func=lambda f: labels.get(f, Path(f).name), key=EVAL_KEY)
+        folder = c2.selectbox("Evaluation", folders, format_func=lambda f: labels.get(f, Path(f).name),
+                              key=state.Browser.EVAL)
     else:
         c2.info(f"No saved evaluation of **{model}** on this dataset: the detail view predicts live; "
                 "evaluate to get thumbnails of predictions and a Dice filter.")
     c3.write("")
-    if c3.button(f"Evaluate {model} on this dataset", key=state.BROWSER_EVALUATE,
+    if c3.button(f"Evaluate {model} on this dataset", key=state.Browser.EVALUATE,
                  help="predicts every labelled case (cached on disk: a repeat is instant)"):
         from engine.evaluation import EvalConfig, evaluate
         from ui.loaders import load_predictor
@@ -133,12 +134,12 @@ def model_controls(ds: Any) -> tuple[str | None, str | None]:
         report, bar = streamlit_progress(f"Evaluating {model}")
         res = evaluate(load_predictor(model), ds, EvalConfig(), progress=report)
         bar.empty()
-        st.session_state[REQUEST_KEY] = {"eval": str(res.folder)}
+        st.session_state[state.Browser.REQUEST] = {"eval": str(res.folder)}
         st.rerun()
     return model, folder
 
 
-def filter_controls(df, has_eval: bool):
+def filter_controls(df: pd.DataFrame, has_eval: bool) -> CaseFilter:
     """Sidebar filter widgets → :class:`engine.eda.CaseFilter`."""
     from engine.eda import MASK_STATES, CaseFilter, filter_options
 
@@ -147,35 +148,35 @@ def filter_controls(df, has_eval: bool):
     sb.divider()
     sb.subheader("Filters")
     kw: dict[str, Any] = {}
-    kw["text"] = sb.text_input("Case id contains", key=state.BROWSER_F_TEXT).strip()
-    kw["mask"] = tuple(sb.multiselect("Ground truth", list(MASK_STATES), key=state.BROWSER_F_MASK))
+    kw["text"] = sb.text_input("Case id contains", key=state.Browser.F_TEXT).strip()
+    kw["mask"] = tuple(sb.multiselect("Ground truth", list(MASK_STATES), key=state.Browser.F_MASK))
     if len(opts["groups"]) > 1:
         kw["groups"] = tuple(sb.multiselect(f"Group (subject / patient) · {len(opts['groups'])}", opts["groups"],
-                                            key=state.BROWSER_F_GROUPS))
+                                            key=state.Browser.F_GROUPS))
     if len(opts["splits"]) > 1:
-        kw["splits"] = tuple(sb.multiselect("Split", opts["splits"], key=state.BROWSER_F_SPLIT))
+        kw["splits"] = tuple(sb.multiselect("Split", opts["splits"], key=state.Browser.F_SPLIT))
     if opts["sexes"]:
-        kw["sexes"] = tuple(sb.multiselect("Sex (DICOM)", opts["sexes"], key=state.BROWSER_F_SEX))
+        kw["sexes"] = tuple(sb.multiselect("Sex (DICOM)", opts["sexes"], key=state.Browser.F_SEX))
     if opts["views"]:
-        kw["views"] = tuple(sb.multiselect("View position (DICOM)", opts["views"], key=state.BROWSER_F_VIEW))
+        kw["views"] = tuple(sb.multiselect("View position (DICOM)", opts["views"], key=state.Browser.F_VIEW))
     if opts["age"] is not None:
         lo, hi = opts["age"]
         if hi > lo:
-            rng = sb.slider("Age (years, DICOM)", lo, hi, (lo, hi), step=1.0, key=state.BROWSER_F_AGE)
+            rng = sb.slider("Age (years, DICOM)", lo, hi, (lo, hi), step=1.0, key=state.Browser.F_AGE)
             n_imp, n_mis = opts["n_age_impossible"], opts["n_age_missing"]
-            with_imp = sb.checkbox(f"also impossible ages ({n_imp})", value=True, key=state.BROWSER_F_AGE_IMP) \
+            with_imp = sb.checkbox(f"also impossible ages ({n_imp})", value=True, key=state.Browser.F_AGE_IMP) \
                 if n_imp else True
-            with_mis = sb.checkbox(f"also missing ages ({n_mis})", value=True, key=state.BROWSER_F_AGE_MIS) \
+            with_mis = sb.checkbox(f"also missing ages ({n_mis})", value=True, key=state.Browser.F_AGE_MIS) \
                 if n_mis else True
             if tuple(rng) != (lo, hi) or not with_imp or not with_mis:
                 kw.update(age_range=(float(rng[0]), float(rng[1])), age_impossible=with_imp, age_missing=with_mis)
     if opts["area"] is not None and opts["area"][1] > opts["area"][0]:
         lo, hi = opts["area"]
-        rng = sb.slider("Mask area (pixels)", lo, hi, (lo, hi), key=state.BROWSER_F_AREA)
+        rng = sb.slider("Mask area (pixels)", lo, hi, (lo, hi), key=state.Browser.F_AREA)
         if tuple(rng) != (lo, hi):
             kw["area_range"] = (float(rng[0]), float(rng[1]))
     if has_eval and "eval_dice" in df.columns:
-        rng = sb.slider("Dice of the model (evaluation)", 0.0, 1.0, (0.0, 1.0), step=0.01, key=state.BROWSER_F_DICE)
+        rng = sb.slider("Dice of the model (evaluation)", 0.0, 1.0, (0.0, 1.0), step=0.01, key=state.Browser.F_DICE)
         if tuple(rng) != (0.0, 1.0):
             kw["dice_range"] = (float(rng[0]), float(rng[1]))
     kw.update(review_filters(df, sb))
@@ -185,23 +186,23 @@ def filter_controls(df, has_eval: bool):
 def pagination(n_items: int, per_page: int) -> tuple[int, int, int]:
     """First/prev/next/last buttons + page number; returns (page (1-based), start, stop)."""
     n_pages = max(1, -(-n_items // per_page))
-    cur = int(st.session_state.get(PAGE_KEY, 1) or 1)
+    cur = int(st.session_state.get(state.Browser.PAGE, 1) or 1)
     if cur > n_pages or cur < 1:
-        st.session_state[PAGE_KEY] = min(max(cur, 1), n_pages)
+        st.session_state[state.Browser.PAGE] = min(max(cur, 1), n_pages)
 
     def go(to: int) -> None:
-        st.session_state[PAGE_KEY] = min(max(1, to), n_pages)
+        st.session_state[state.Browser.PAGE] = min(max(1, to), n_pages)
 
-    page_now = int(st.session_state.get(PAGE_KEY, 1))
+    page_now = int(st.session_state.get(state.Browser.PAGE, 1))
     c = st.columns([1, 1, 2, 1, 1, 4], vertical_alignment="bottom")
-    c[0].button("First", icon=":material/first_page:", key=state.BROWSER_FIRST, on_click=go, args=(1,),
+    c[0].button("First", icon=":material/first_page:", key=state.Browser.FIRST, on_click=go, args=(1,),
                 disabled=page_now <= 1)
-    c[1].button("Prev", icon=":material/chevron_left:", key=state.BROWSER_PREV, on_click=go, args=(page_now - 1,),
+    c[1].button("Prev", icon=":material/chevron_left:", key=state.Browser.PREV, on_click=go, args=(page_now - 1,),
                 disabled=page_now <= 1)
-    page = int(c[2].number_input(f"Page (of {n_pages})", 1, n_pages, step=1, key=PAGE_KEY))
-    c[3].button("Next", icon=":material/chevron_right:", key=state.BROWSER_NEXT, on_click=go, args=(page_now + 1,),
+    page = int(c[2].number_input(f"Page (of {n_pages})", 1, n_pages, step=1, key=state.Browser.PAGE))
+    c[3].button("Next", icon=":material/chevron_right:", key=state.Browser.NEXT, on_click=go, args=(page_now + 1,),
                 disabled=page_now >= n_pages)
-    c[4].button("Last", icon=":material/last_page:", key=state.BROWSER_LAST, on_click=go, args=(n_pages,),
+    c[4].button("Last", icon=":material/last_page:", key=state.Browser.LAST, on_click=go, args=(n_pages,),
                 disabled=page_now >= n_pages)
     start = (page - 1) * per_page
     stop = min(n_items, start + per_page)
@@ -211,7 +212,7 @@ def pagination(n_items: int, per_page: int) -> tuple[int, int, int]:
 
 # ------------------------------------------------------------------------------- views
 
-def thumbnail_grid(ds: Any, page_df, overlay: str, eval_folder: str | None, ncols: int = NCOLS,
+def thumbnail_grid(ds: Dataset, page_df: pd.DataFrame, overlay: str, eval_folder: str | None, ncols: int = NCOLS,
                    next_ids: list[str] | None = None) -> None:
     """The page's thumbnails (rendered in parallel when missing) with an Open button under each;
     ``next_ids`` (the next page) are then drawn into the disk cache in the background."""
@@ -236,7 +237,7 @@ def thumbnail_grid(ds: Any, page_df, overlay: str, eval_folder: str | None, ncol
                     st.warning(f"{ids[i]}: {p.message}", icon="⚠️")
                 else:
                     st.image(str(p), caption=cap, width="stretch")
-                st.button("Open", key=f"browser_open_{ids[i]}", on_click=_open_case, args=(ids[i],),
+                st.button("Open", key=f"{state.Browser.OPEN}_{ids[i]}", on_click=_open_case, args=(ids[i],),
                           width="stretch")
     if next_ids:  # after this page is drawn: the next page's thumbnails go to the disk cache meanwhile
         prefetch_thumbnails(ds, next_ids, THUMB_SIZE, overlay, pred)
@@ -258,7 +259,8 @@ def _caption(rec: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def detail_view(ds: Any, df, filtered_ids: list[str], model: str | None, eval_folder: str | None) -> None:
+def detail_view(ds: Dataset, df: pd.DataFrame, filtered_ids: list[str], model: str | None,
+                eval_folder: str | None) -> None:
     """One case: image, ground truth, prediction, per-image metrics, case info, review links."""
     import numpy as np
     import pandas as pd
@@ -269,7 +271,7 @@ def detail_view(ds: Any, df, filtered_ids: list[str], model: str | None, eval_fo
     from engine.visualize import overlay
     from ui.widgets import legend
 
-    cur = state.get(state.BROWSER_CASE)
+    cur = state.get(state.Shared.BROWSER_CASE)
     if cur not in ds:
         cur = filtered_ids[0] if filtered_ids else None
     if cur is None:
@@ -278,25 +280,25 @@ def detail_view(ds: Any, df, filtered_ids: list[str], model: str | None, eval_fo
     options = list(filtered_ids)
     if cur not in options:
         options = [cur] + options
-    if st.session_state.get(CASE_SELECT_KEY) != cur:
-        st.session_state[CASE_SELECT_KEY] = cur
+    if st.session_state.get(state.Browser.CASE_SELECT) != cur:
+        st.session_state[state.Browser.CASE_SELECT] = cur
     pos = options.index(cur)
 
     def pick(cid: str) -> None:
-        state.set(state.BROWSER_CASE, cid)
-        st.session_state[CASE_SELECT_KEY] = cid
+        state.put(state.Shared.BROWSER_CASE, cid)
+        st.session_state[state.Browser.CASE_SELECT] = cid
 
     def picked() -> None:
-        state.set(state.BROWSER_CASE, st.session_state[CASE_SELECT_KEY])
+        state.put(state.Shared.BROWSER_CASE, st.session_state[state.Browser.CASE_SELECT])
 
     c = st.columns([1, 4, 1], vertical_alignment="bottom")
-    c[0].button("Previous", icon=":material/chevron_left:", key=state.BROWSER_CASE_PREV, disabled=pos == 0,
+    c[0].button("Previous", icon=":material/chevron_left:", key=state.Browser.CASE_PREV, disabled=pos == 0,
                 on_click=pick, args=(options[max(0, pos - 1)],))
-    c[1].selectbox(f"Case ({len(filtered_ids):,} match the filters)", options, key=CASE_SELECT_KEY,
+    c[1].selectbox(f"Case ({len(filtered_ids):,} match the filters)", options, key=state.Browser.CASE_SELECT,
                    on_change=picked)
-    c[2].button("Next", icon=":material/chevron_right:", key=state.BROWSER_CASE_NEXT, disabled=pos >= len(options) - 1,
+    c[2].button("Next", icon=":material/chevron_right:", key=state.Browser.CASE_NEXT, disabled=pos >= len(options) - 1,
                 on_click=pick, args=(options[min(len(options) - 1, pos + 1)],))
-    state.set(state.BROWSER_CASE, cur)
+    state.put(state.Shared.BROWSER_CASE, cur)
     case = ds.case(cur)
 
     img = ds.load_image_float(case)
@@ -335,7 +337,7 @@ def detail_view(ds: Any, df, filtered_ids: list[str], model: str | None, eval_fo
         elif gt is None:
             st.caption("No ground truth, so no metrics.")
         else:
-            policy = st.radio("Empty-mask policy", list(EMPTY_POLICIES), horizontal=True, key=state.BROWSER_POLICY,
+            policy = st.radio("Empty-mask policy", list(EMPTY_POLICIES), horizontal=True, key=state.Browser.POLICY,
                               help="how a class empty in both prediction and ground truth is scored")
             spacing = case.meta.get("pixel_spacing_mm")
             spacing = tuple(spacing) if isinstance(spacing, (list, tuple)) and len(spacing) == 2 else None
@@ -365,7 +367,7 @@ def detail_view(ds: Any, df, filtered_ids: list[str], model: str | None, eval_fo
         _review_links()
 
 
-def _case_pairs(ds: Any, case_id: str) -> None:
+def _case_pairs(ds: Dataset, case_id: str) -> None:
     pairs = conflict_pairs(ds)
     if not pairs:
         return
@@ -391,14 +393,14 @@ def _review_links() -> None:
 
 # ------------------------------------------------------------------------------- EDA
 
-def eda_view(df, filtered) -> None:
+def eda_view(df: pd.DataFrame, filtered: pd.DataFrame) -> None:
     """EDA charts (plotly) of the filtered cases (or all of them)."""
     import plotly.express as px
     import plotly.graph_objects as go
 
     from engine.eda import eda_report
 
-    use_all = st.toggle("All cases (ignore the filters)", value=False, key=state.BROWSER_EDA_ALL)
+    use_all = st.toggle("All cases (ignore the filters)", value=False, key=state.Browser.EDA_ALL)
     data = df if use_all else filtered
     rep = eda_report(data)
     st.caption(f"{rep['n_cases']:,} cases" + ("" if use_all else " matching the filters"))
@@ -414,9 +416,10 @@ def eda_view(df, filtered) -> None:
     if rep["dicom"]:
         a, b = st.columns(2)
         a.plotly_chart(px.bar(rep["sex"], x="value", y="count", text="count", title="Sex (DICOM)",
-                              labels={"value": "sex"}), key=state.EDA_SEX)
+                              labels={"value": "sex"}), key=state.Browser.EDA_SEX)
         b.plotly_chart(px.bar(rep["view_position"], x="value", y="count", text="count",
-                              title="View position (DICOM)", labels={"value": "view position"}), key=state.EDA_VIEW)
+                              title="View position (DICOM)", labels={"value": "view position"}),
+                       key=state.Browser.EDA_VIEW)
         ages = rep["ages"]
         hist = ages["histogram"]
         colours = {"ok": "#4c78a8", "impossible": "#e45756", "missing": "#9d9d9d", "unparsed": "#9d9d9d"}
@@ -430,7 +433,7 @@ def eda_view(df, filtered) -> None:
         for _, r in hist[hist["kind"] == "impossible"].iterrows():
             fig.add_annotation(x=r["bin"], y=r["count"], text="impossible age: kept, not dropped",
                                showarrow=True, arrowhead=2, ay=-40)
-        st.plotly_chart(fig, key=state.EDA_AGE)
+        st.plotly_chart(fig, key=state.Browser.EDA_AGE)
         if ages["n_impossible"]:
             st.warning(f"{ages['n_impossible']} case(s) have an impossible age (outside 0–120 years), "
                        "shown in red above and listed here:", icon="⚠️")
@@ -439,11 +442,11 @@ def eda_view(df, filtered) -> None:
     a, b = st.columns(2)
     pc = {k: v for k, v in pres["counts"].items() if v}
     a.plotly_chart(px.pie(names=list(pc), values=list(pc.values()), title="Ground truth", color=list(pc),
-                          color_discrete_map=STATE_COLOURS), key=state.EDA_PRESENCE)
+                          color_discrete_map=STATE_COLOURS), key=state.Browser.EDA_PRESENCE)
     areas = rep["areas"]
     if len(areas):
         b.plotly_chart(px.histogram(areas, x="mask_area", nbins=40, title="Mask area (non-empty masks)",
-                                    labels={"mask_area": "mask area (pixels)"}), key=state.EDA_AREA)
+                                    labels={"mask_area": "mask area (pixels)"}), key=state.Browser.EDA_AREA)
     else:
         b.info("No non-empty masks among these cases.")
     groups = rep["groups"]
@@ -455,9 +458,9 @@ def eda_view(df, filtered) -> None:
                      category_orders={"group_id": groups["group_id"].tolist()}, color_discrete_map=STATE_COLOURS,
                      labels={"group_id": "group"})
         fig.update_xaxes(type="category")
-        st.plotly_chart(fig, key=state.EDA_GROUPS)
+        st.plotly_chart(fig, key=state.Browser.EDA_GROUPS)
     if len(rep["splits"]) > 1:
-        st.plotly_chart(px.bar(rep["splits"], x="value", y="count", title="Split"), key=state.EDA_SPLIT)
+        st.plotly_chart(px.bar(rep["splits"], x="value", y="count", title="Split"), key=state.Browser.EDA_SPLIT)
 
 
 # ------------------------------------------------------------------------------- page
@@ -485,19 +488,19 @@ def render_browser() -> None:
     st.caption(f"**{int(keep.sum()):,}** of {len(df):,} cases"
                + (f" · filters: {', '.join(a.replace('_', ' ') for a in active)}" if active else ""))
 
-    view = st.radio("View", VIEWS, horizontal=True, key=VIEW_KEY, label_visibility="collapsed")
+    view = st.radio("View", VIEWS, horizontal=True, key=state.Browser.VIEW, label_visibility="collapsed")
     if view == "Thumbnails":
         c = st.columns([2, 2, 2, 3])
         ov_labels = [k for k, v in OVERLAY_LABELS.items() if ev is not None or v not in ("pred", "both")]
-        if st.session_state.get(OVERLAY_KEY) not in ov_labels:
-            st.session_state.pop(OVERLAY_KEY, None)
-        ov = OVERLAY_LABELS[c[0].selectbox("Overlay", ov_labels, key=OVERLAY_KEY)]
+        if st.session_state.get(state.Browser.OVERLAY) not in ov_labels:
+            st.session_state.pop(state.Browser.OVERLAY, None)
+        ov = OVERLAY_LABELS[c[0].selectbox("Overlay", ov_labels, key=state.Browser.OVERLAY)]
         sorts = {"case id": "_order", "mask area": "mask_area"}
         if "eval_dice" in filtered.columns:
             sorts["Dice (evaluation)"] = "eval_dice"
-        sort = c[1].selectbox("Sort by", list(sorts), key=state.BROWSER_SORT)
-        desc = c[2].toggle("Descending", key=state.BROWSER_DESC)
-        per_page = int(c[3].selectbox("Thumbnails per page", [24, 36, 48, 96], index=1, key=PER_PAGE_KEY))
+        sort = c[1].selectbox("Sort by", list(sorts), key=state.Browser.SORT)
+        desc = c[2].toggle("Descending", key=state.Browser.DESC)
+        per_page = int(c[3].selectbox("Thumbnails per page", [24, 36, 48, 96], index=1, key=state.Browser.PER_PAGE))
         ordered = filtered.sort_values([sorts[sort], "_order"], ascending=[not desc, True],
                                        na_position="last", kind="stable")
         _, start, stop = pagination(len(ordered), per_page)

@@ -16,23 +16,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
 from ui import state
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-def _ds_key(ds: Any) -> tuple[str, str, int, str, int]:
+    from engine.datasets import Dataset
+    from engine.evaluation import EvalResult
+
+
+def _ds_key(ds: Dataset) -> tuple[str, str, int, str, int]:
     return (str(getattr(ds, "manifest_path", None) or ds.root), ds.layout, len(ds),
-            json.dumps(ds.options, sort_keys=True, default=str), int(state.get(state.REFRESH, 0)))
+            json.dumps(ds.options, sort_keys=True, default=str), int(state.get(state.Shared.REFRESH, 0)))
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _frame(key: tuple, _ds: Any):
-    from engine.eda import natural_key
-
+def _frame(key: tuple, _ds: Dataset) -> pd.DataFrame:
     import numpy as np
+
+    from engine.eda import natural_key
 
     df = _ds.to_frame()
     keys = [(natural_key(str(g)), natural_key(str(c))) for g, c in zip(df["group_id"].tolist(),
@@ -44,19 +50,19 @@ def _frame(key: tuple, _ds: Any):
     return df
 
 
-def case_frame(ds: Any):
+def case_frame(ds: Dataset) -> pd.DataFrame:
     """``ds.to_frame()`` plus a natural-order column ``_order``, cached per dataset path + refresh."""
     return _frame(_ds_key(ds), ds)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _eval(folder: str, mtime: float):
+def _eval(folder: str, mtime: float) -> EvalResult | None:
     from engine.evaluation import load_eval
 
     return load_eval(folder)
 
 
-def cached_eval(folder: str | None):
+def cached_eval(folder: str | None) -> EvalResult | None:
     """:func:`engine.evaluation.load_eval` cached on the folder and its summary's mtime (None if absent)."""
     if not folder:
         return None
@@ -67,13 +73,13 @@ def cached_eval(folder: str | None):
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _evaluations(root: str, stamp: tuple, _ds: Any) -> list[dict[str, Any]]:
+def _evaluations(root: str, stamp: tuple, _ds: Dataset) -> list[dict[str, Any]]:
     from engine.dashboard import find_evaluations
 
     return find_evaluations(_ds)
 
 
-def evaluations(ds: Any) -> list[dict[str, Any]]:
+def evaluations(ds: Dataset) -> list[dict[str, Any]]:
     """:func:`engine.dashboard.find_evaluations`, re-read only when an evaluation folder changes."""
     from engine.dashboard import evals_root
 
@@ -102,7 +108,7 @@ def _conflict_pairs(path: str, mtime: float) -> list[dict[str, Any]]:
         return []
 
 
-def conflict_pairs(ds: Any) -> list[dict[str, Any]] | None:
+def conflict_pairs(ds: Dataset) -> list[dict[str, Any]] | None:
     """Pairs of the latest conflicts report of ``ds`` (None when no report exists)."""
     from engine.dedup import latest_report_path
 
@@ -112,7 +118,7 @@ def conflict_pairs(ds: Any) -> list[dict[str, Any]] | None:
     return _conflict_pairs(str(path), _mtime(path))
 
 
-def review_states(ds: Any) -> dict[str, str] | None:
+def review_states(ds: Dataset) -> dict[str, str] | None:
     """Current review state per case from the review store (None when the dataset has no workspace or no
     state was set yet, so the browser shows no review filter)."""
     from engine.store import ReviewStore

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Sequence
+
 import streamlit as st
 
 from ui import predict_view as pv
@@ -9,8 +11,14 @@ from ui import state
 from ui.loaders import load_dataset, load_predictor
 from ui.widgets import domain_warning, guard, model_picker, streamlit_progress
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-def current_dataset():
+    from engine.datasets import Dataset
+    from engine.evaluation import EvalResult
+
+
+def current_dataset() -> Dataset | None:
     if not state.current_dataset_path():
         st.info("No dataset chosen yet. Pick one on the **Home** page (the demo phantoms work out of the box).")
         return None
@@ -19,27 +27,27 @@ def current_dataset():
     return None
 
 
-def case_picker(ds, key):
+def case_picker(ds: Dataset, key: str) -> str:
     """Select a case; the choice is shared with the dataset table through session state."""
     ids = ds.case_ids
-    cur = st.session_state.get(pv.COMPARE_CASE)
+    cur = st.session_state.get(state.Compare.CASE)
     if cur in ids:
         st.session_state[key] = cur
     elif st.session_state.get(key) not in ids:
         st.session_state[key] = next((c.case_id for c in ds.cases if c.has_mask), ids[0])
 
     def changed():
-        st.session_state[pv.COMPARE_CASE] = st.session_state[key]
+        st.session_state[state.Compare.CASE] = st.session_state[key]
 
     return st.selectbox("Case", ids, key=key, on_change=changed)
 
 
-def one_image(names):
-    from engine.inference import TTA_MODES
+def one_image(names: Sequence[str]) -> None:
+    from engine.inference import TTA_MODES, finish_mask
 
     c1, c2 = st.columns(2)
-    src = c1.radio("Image from", ["Current dataset", "Upload"], horizontal=True, key=state.COMPARE_SRC)
-    tta = c2.radio("Test-time augmentation", TTA_MODES, horizontal=True, key=state.COMPARE_TTA)
+    src = c1.radio("Image from", ["Current dataset", "Upload"], horizontal=True, key=state.Compare.SRC)
+    tta = c2.radio("Test-time augmentation", TTA_MODES, horizontal=True, key=state.Compare.TTA)
     gt = gt_labels = None
     if src == "Current dataset":
         ds = current_dataset()
@@ -48,11 +56,11 @@ def one_image(names):
         if not ds.cases:
             st.info("The current dataset has no images.")
             return
-        case_id = case_picker(ds, "compare_case_select")
+        case_id = case_picker(ds, state.Compare.CASE_SELECT)
         inp = pv.dataset_input(ds, ds.case(case_id))
         gt, gt_labels = pv.ground_truth(inp)
     else:
-        up = st.file_uploader("Image (TIFF, DICOM, PNG, JPEG)", type=pv.UPLOAD_TYPES, key=state.COMPARE_UPLOAD)
+        up = st.file_uploader("Image (TIFF, DICOM, PNG, JPEG)", type=pv.UPLOAD_TYPES, key=state.Compare.UPLOAD)
         if up is None:
             st.info("Upload an image to compare the models on it.")
             return
@@ -69,17 +77,18 @@ def one_image(names):
             pred = load_predictor(name)
             domain_warning(pred.card, img, meta, ds_labels)
             res = pv.predict_probs(pred, inp, img, tta)
-            masks[name] = pv.apply_post(res, pred.post_default, pred.gate_threshold)
+            masks[name] = finish_mask(res.probs, pred.post_default, presence=res.presence, gate=res.gate,
+                                      gate_threshold=pred.gate_threshold)
             if res.gate is not None:
                 st.caption(f"**{name}**: gated by {pred.gate.card.name}, P(present) = {res.gate:.3f} "
                            f"(threshold {pred.gate_threshold:.2f})")
             labels[name] = pred.card.labels
     st.caption("Each model uses its card's default post-processing (and its card's presence-classifier gate, "
                "if it names one).")
-    pv.render_side_by_side(img, masks, labels, gt, gt_labels, key=state.CMP_ONE)
+    pv.render_side_by_side(img, masks, labels, gt, gt_labels, key=state.Compare.ONE_IMAGE_VIEW)
 
 
-def over_dataset(names):
+def over_dataset(names: Sequence[str]) -> None:
     from engine.compare import select_cases
     from engine.inference import TTA_MODES
 
@@ -92,10 +101,10 @@ def over_dataset(names):
         return
     modes = {"First N cases": "first", "Random sample of N": "random", "All labelled cases": "all"}
     c1, c2, c3, c4 = st.columns([2, 1, 1, 2])
-    mode = modes[c1.radio("Cases", list(modes), key=state.COMPARE_MODE)]
-    limit = int(c2.number_input("N", 1, max(1, n_lab), min(50, n_lab), key=state.COMPARE_N, disabled=mode == "all"))
-    seed = int(c3.number_input("Seed", 0, 10_000, 0, key=state.COMPARE_SEED, disabled=mode != "random"))
-    tta = c4.radio("Test-time augmentation", TTA_MODES, horizontal=True, key=state.COMPARE_DS_TTA)
+    mode = modes[c1.radio("Cases", list(modes), key=state.Compare.MODE)]
+    limit = int(c2.number_input("N", 1, max(1, n_lab), min(50, n_lab), key=state.Compare.N, disabled=mode == "all"))
+    seed = int(c3.number_input("Seed", 0, 10_000, 0, key=state.Compare.SEED, disabled=mode != "random"))
+    tta = c4.radio("Test-time augmentation", TTA_MODES, horizontal=True, key=state.Compare.DS_TTA)
     case_ids = select_cases(ds, limit, mode, seed)
     st.caption(f"Comparing **{len(case_ids)} of {n_lab}** labelled cases"
                + ("" if len(case_ids) == n_lab else " (a cap keeps big datasets quick; statistics describe "
@@ -103,9 +112,9 @@ def over_dataset(names):
                + ". Predictions are cached on disk per model and reused from the Metrics dashboard when "
                  "an evaluation covers these cases.")
     settings = {"dataset": str(ds.root), "models": list(names), "cases": case_ids, "tta": tta}
-    if st.button("Compare on these cases", type="primary", key=state.COMPARE_GO):
-        st.session_state[pv.COMPARE_RUN] = settings
-    if st.session_state.get(pv.COMPARE_RUN) != settings:
+    if st.button("Compare on these cases", type="primary", key=state.Compare.GO):
+        st.session_state[state.Compare.RUN] = settings
+    if st.session_state.get(state.Compare.RUN) != settings:
         cached = all(pv.find_evaluation(ds, load_predictor(n).card, case_ids, tta) is not None for n in names)
         if not cached:
             st.info("Press **Compare on these cases** to predict them with every model (progress shown).")
@@ -118,7 +127,7 @@ def over_dataset(names):
     table(df, ds, results)
 
 
-def table(df, ds, results):
+def table(df: pd.DataFrame, ds: Dataset, results: dict[str, EvalResult]) -> None:
     from engine.compare import read_prediction
     from engine.evaluation import prediction_path
 
@@ -141,32 +150,33 @@ def table(df, ds, results):
     fmt = {c: st.column_config.NumberColumn(format="%.3f") for c in show.columns
            if c.startswith("dice") or c == "disagreement"}
     event = st.dataframe(show, hide_index=True, width="stretch", height=320, column_config=fmt,
-                         on_select="rerun", selection_mode="single-row", key=state.COMPARE_TABLE)
+                         on_select="rerun", selection_mode="single-row", key=state.Compare.TABLE)
     rows = list(event.selection.rows) if event is not None else []
-    last = st.session_state.get(state.COMPARE_TABLE_LAST)
+    last = st.session_state.get(state.Compare.TABLE_LAST)
     if rows and rows != last and rows[0] < len(show):
-        st.session_state[pv.COMPARE_CASE] = str(show.iloc[rows[0]]["case_id"])
-    st.session_state[state.COMPARE_TABLE_LAST] = rows
+        st.session_state[state.Compare.CASE] = str(show.iloc[rows[0]]["case_id"])
+    st.session_state[state.Compare.TABLE_LAST] = rows
     ids = [str(c) for c in show["case_id"]]
     if not ids:
         return
-    cur = st.session_state.get(pv.COMPARE_CASE)
-    st.session_state[state.COMPARE_OPEN_CASE] = cur if cur in ids else ids[0]
+    cur = st.session_state.get(state.Compare.CASE)
+    st.session_state[state.Compare.OPEN_CASE] = cur if cur in ids else ids[0]
 
     def changed():
-        st.session_state[pv.COMPARE_CASE] = st.session_state[state.COMPARE_OPEN_CASE]
+        st.session_state[state.Compare.CASE] = st.session_state[state.Compare.OPEN_CASE]
 
-    cid = st.selectbox("Open case (or click a row)", ids, key=state.COMPARE_OPEN_CASE, on_change=changed)
-    st.session_state[pv.COMPARE_CASE] = cid
+    cid = st.selectbox("Open case (or click a row)", ids, key=state.Compare.OPEN_CASE, on_change=changed)
+    st.session_state[state.Compare.CASE] = cid
     st.subheader(f"Case {cid}")
     inp = pv.dataset_input(ds, ds.case(cid))
     img, _ = pv.decode_image(inp)
     gt, gt_labels = pv.ground_truth(inp)
     masks = {n: read_prediction(prediction_path(results[n].folder, cid)) for n in letters.values()}
-    pv.render_side_by_side(img, masks, {n: ds.labels for n in masks}, gt, gt_labels, key=state.CMP_DS)
+    pv.render_side_by_side(img, masks, {n: ds.labels for n in masks}, gt, gt_labels,
+                           key=state.Compare.DATASET_CASE_VIEW)
 
 
-def _dataset_labels():
+def _dataset_labels() -> dict[int, str] | None:
     """The current dataset's label map, or None (no dataset / it cannot be opened)."""
     if not state.current_dataset_path():
         return None
@@ -176,7 +186,7 @@ def _dataset_labels():
         return None
 
 
-def main():
+def main() -> None:
     from engine.evaluation import rank_models_for
     from ui.loaders import weights_table
 
@@ -189,8 +199,8 @@ def main():
     matching = [n for n in ranked if not labels or classes_match(classes.get(n, {}), labels)]
     cur = state.current_model()
     default = ([cur] if cur in matching else []) + [n for n in matching if n != cur]
-    names = model_picker("Models (two or three)", key=state.COMPARE_MODELS, multi=True, default=default[:2] or ranked[:1],
-                         max_selections=3, dataset_labels=labels)
+    names = model_picker("Models (two or three)", key=state.Compare.MODELS, multi=True,
+                         default=default[:2] or ranked[:1], max_selections=3, dataset_labels=labels)
     if labels and len(matching) < 2:
         st.caption(f"Only {len(matching)} model(s) segment this dataset's classes "
                    f"({', '.join(v for k, v in sorted(labels.items()) if k)}); others are listed after them.")

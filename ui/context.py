@@ -4,7 +4,7 @@ the URL path — so a reload, back/forward and a pasted link restore what was on
 - ``?dataset=/data/us/nerve`` — the dataset (folder or manifest). In team mode it must lie under
   a data root like any other folder (:func:`ui.auth.check_dataset_path`), else it is refused and
   dropped from the URL.
-- ``&case=1_12`` — the case open in the Mask editor / Dataset browser (``BROWSER_CASE``).
+- ``&case=1_12`` — the case open in the Mask editor / Dataset browser (``state.Shared.BROWSER_CASE``).
 - ``&pair=1_12~1_13`` — the pair on screen in Conflict review.
 
 :func:`restore` (from ``page_setup``, after sign-in) adopts a value only when the URL changed
@@ -18,8 +18,6 @@ Example:
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import streamlit as st
 
@@ -38,13 +36,14 @@ def parse_pair(text: str) -> tuple[str, str] | None:
     return (a, b) if sep and a and b else None
 
 
-def _synced() -> dict[str, Any]:
-    return st.session_state.setdefault(state.URL_SYNCED, {})
+def _synced() -> dict[str, str]:
+    return st.session_state.setdefault(state.Shared.URL_SYNCED, {})
 
 
 def restore() -> None:
     """Adopt URL values the app did not write itself (see module doc); refused datasets are dropped."""
     from engine.errors import WorkbenchError
+    from engine.store.records import target_of
     from ui import auth
 
     synced = _synced()
@@ -59,22 +58,22 @@ def restore() -> None:
             del qp["dataset"]
             synced.pop("dataset", None)
         else:
-            if ds != state.get(state.DATASET):
-                state.set(state.DATASET_OPTIONS, {})
-                state.set(state.DATASET, ds)
+            if ds != state.get(state.Shared.DATASET):
+                state.put(state.Shared.DATASET_OPTIONS, {})
+                state.put(state.Shared.DATASET, ds)
     case = qp.get("case")
     if case is not None and case != synced.get("case"):
         synced["case"] = case
-        state.set(state.BROWSER_CASE, case)
+        state.put(state.Shared.BROWSER_CASE, case)
     pair = qp.get("pair")
     if pair is not None and pair != synced.get("pair"):
         synced["pair"] = pair
         ab = parse_pair(pair)
         if ab is not None:
-            state.set(state.REVIEW_CURRENT, "\t".join(ab))
+            state.put(state.Review.CURRENT, target_of(ab))  # the store's key of the pair
             # the pair wins over a case deep link of the same URL
-            state.set(state.REVIEW_LINK_CASE, state.get(state.BROWSER_CASE))
-            st.session_state.pop(state.REVIEW_JUMP, None)
+            state.put(state.Review.LINK_CASE, state.get(state.Shared.BROWSER_CASE))
+            st.session_state.pop(state.Review.JUMP, None)
 
 
 def publish(**values: str | None) -> None:

@@ -11,17 +11,21 @@ Data preparation lives in :mod:`engine.dashboard`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import streamlit as st
 
 from ui import state
 from ui.widgets import fmt_num
 
-EVAL_KEY = state.DASH_EVAL
-PENDING_KEY = state.DASH_EVAL_PENDING
-RUN_KEY = state.DASH_RUN
-NOTICE_KEY = state.DASH_NOTICE
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from engine.datasets import Dataset
+    from engine.evaluation import EvalConfig, EvalResult
+    from engine.inference import Predictor
+    from engine.progress import ProgressFn
+
 NONE_TEXT = "n/a"
 
 
@@ -31,8 +35,8 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 # ----------------------------------------------------------------------------- evaluation controls
 
-def run_evaluation(predictor: Any, ds: Any, config: Any, progress: Any = None, use_cache: bool = True,
-                   case_ids: Any = None) -> Any:
+def run_evaluation(predictor: Predictor, ds: Dataset, config: EvalConfig, progress: ProgressFn | None = None,
+                   use_cache: bool = True, case_ids: Sequence[str] | None = None) -> EvalResult:
     """:func:`engine.evaluation.evaluate` (cached on disk by the engine)."""
     from engine.evaluation import evaluate
 
@@ -44,7 +48,7 @@ ALL_CASES = "All labelled cases"
 NO_GATE = "(no gate)"
 
 
-def case_and_gate_controls(ds: Any, model: str) -> tuple[list[str] | None, str | None]:
+def case_and_gate_controls(ds: Dataset, model: str) -> tuple[list[str] | None, str | None]:
     """Which cases (held out by default when the dataset is the model's own) and which presence-classifier
     gate (default: the card's). Returns ``(case ids or None = all labelled, gate name or None)``."""
     from engine.checkpoint import read_card, resolve_weights
@@ -58,7 +62,7 @@ def case_and_gate_controls(ds: Any, model: str) -> tuple[list[str] | None, str |
     c = st.columns(2)
     if train:
         held = [cid for cid in labelled if cid not in train]
-        choice = c[0].radio("Cases", [HELD_OUT, ALL_CASES], key=f"dash_cases_{model}",
+        choice = c[0].radio("Cases", [HELD_OUT, ALL_CASES], key=f"{state.Dashboard.CASES}_{model}",
                             help=f"{len(train & set(labelled))} of the {len(labelled)} labelled cases were in "
                                  f"{model}'s training split (its card); scoring them overstates the model")
         if choice == HELD_OUT:
@@ -72,8 +76,9 @@ def case_and_gate_controls(ds: Any, model: str) -> tuple[list[str] | None, str |
     gate = None
     if len(options) > 1:
         pick = c[1].selectbox("Presence classifier gate", options, index=options.index(card_gate) if card_gate else 0,
-                              key=f"dash_gate_{model}", help="two-stage pipeline: the evaluation then shows the "
-                              "gated and ungated figures side by side and the classifier's ROC/PR")
+                              key=f"{state.Dashboard.GATE}_{model}",
+                              help="two-stage pipeline: the evaluation then shows the "
+                                   "gated and ungated figures side by side and the classifier's ROC/PR")
         gate = None if pick == NO_GATE else pick
     return case_ids, gate
 
@@ -93,31 +98,31 @@ def honesty_banner(summary: dict[str, Any]) -> None:
                    icon="✅")
 
 
-def eval_controls(ds: Any) -> str | None:
+def eval_controls(ds: Dataset) -> str | None:
     """Model/policy/TTA + (re)compute button and the picker of saved evaluations. Returns a folder."""
     from engine.metrics import EMPTY_POLICIES, EMPTY_POLICY_RULES
     from ui.caches import evaluations
     from ui.widgets import model_picker
 
-    pending = st.session_state.pop(PENDING_KEY, None)
+    pending = st.session_state.pop(state.Dashboard.EVAL_PENDING, None)
     if pending:
-        st.session_state[EVAL_KEY] = pending
-    notice = st.session_state.pop(NOTICE_KEY, None)
+        st.session_state[state.Dashboard.EVAL] = pending
+    notice = st.session_state.pop(state.Dashboard.NOTICE, None)
     if notice:
         st.warning(notice, icon="⚠️")
     with st.expander("Evaluate a model on this dataset", expanded=not evaluations(ds)):
         c = st.columns([3, 2, 2, 2], vertical_alignment="bottom")
         with c[0]:
-            model = model_picker("Model", key=state.DASH_MODEL)
-        policy = c[1].radio("Empty-mask policy", list(EMPTY_POLICIES), key=state.DASH_POLICY, horizontal=True,
+            model = model_picker("Model", key=state.Dashboard.MODEL)
+        policy = c[1].radio("Empty-mask policy", list(EMPTY_POLICIES), key=state.Dashboard.POLICY, horizontal=True,
                             help="how an image with an empty ground truth AND an empty prediction is scored")
-        tta = c[2].selectbox("Test-time augmentation", ["none", "flip", "flip4"], key=state.DASH_TTA)
-        recompute = c[3].checkbox("Recompute (ignore the cache)", key=state.DASH_RECOMPUTE)
+        tta = c[2].selectbox("Test-time augmentation", ["none", "flip", "flip4"], key=state.Dashboard.TTA)
+        recompute = c[3].checkbox("Recompute (ignore the cache)", key=state.Dashboard.RECOMPUTE)
         st.caption(f"**{policy}**: {EMPTY_POLICY_RULES[policy]}.")
         case_ids, gate = (None, None)
         if model:
             case_ids, gate = case_and_gate_controls(ds, model)
-        if model and st.button(f"Evaluate {model}", type="primary", key=state.DASH_EVALUATE):
+        if model and st.button(f"Evaluate {model}", type="primary", key=state.Dashboard.EVALUATE):
             from engine.evaluation import EvalConfig
             from ui.loaders import load_predictor
             from ui.widgets import streamlit_progress
@@ -127,7 +132,7 @@ def eval_controls(ds: Any) -> str | None:
             res = run_evaluation(load_predictor(model, gate=gate), ds, EvalConfig(empty_policy=policy, tta=tta),
                                  progress=report, use_cache=not recompute, case_ids=case_ids)
             bar.empty()
-            st.session_state[PENDING_KEY] = str(res.folder)
+            st.session_state[state.Dashboard.EVAL_PENDING] = str(res.folder)
             st.rerun()
     evals = evaluations(ds)
     if not evals:
@@ -135,10 +140,10 @@ def eval_controls(ds: Any) -> str | None:
         return None
     folders = [e["folder"] for e in evals]
     labels = {e["folder"]: e["label"] for e in evals}
-    if st.session_state.get(EVAL_KEY) not in folders:
+    if st.session_state.get(state.Dashboard.EVAL) not in folders:
         cur = state.current_model()
-        st.session_state[EVAL_KEY] = next((e["folder"] for e in evals if e["model"] == cur), folders[0])
-    return st.selectbox("Evaluation shown", folders, key=EVAL_KEY, format_func=lambda f: labels.get(f, f))
+        st.session_state[state.Dashboard.EVAL] = next((e["folder"] for e in evals if e["model"] == cur), folders[0])
+    return st.selectbox("Evaluation shown", folders, key=state.Dashboard.EVAL, format_func=lambda f: labels.get(f, f))
 
 
 # ----------------------------------------------------------------------------- sections
@@ -180,19 +185,19 @@ def summary_section(summary: dict[str, Any]) -> None:
                  "timing": summary.get("timing"), "dataset": summary.get("dataset")}, expanded=False)
 
 
-def distribution_section(per_image) -> None:
+def distribution_section(per_image: pd.DataFrame) -> None:
     import plotly.express as px
 
     from engine.dashboard import dice_by_truth
 
     metrics = ["dice"] + [c for c in per_image.columns if c.startswith(("dice_", "iou_", "hd95_"))]
-    metric = st.selectbox("Metric", metrics, key=state.DASH_DIST_METRIC)
+    metric = st.selectbox("Metric", metrics, key=state.Dashboard.DIST_METRIC)
     d = dice_by_truth(per_image, metric)
     a, b = st.columns([3, 2])
     a.plotly_chart(px.histogram(d, x="value", color="truth", nbins=20, barmode="overlay",
-                                title=f"Per-image {metric}", labels={"value": metric}), key=state.DASH_HIST)
+                                title=f"Per-image {metric}", labels={"value": metric}), key=state.Dashboard.HIST)
     b.plotly_chart(px.box(d, x="truth", y="value", points="all", hover_data=["case_id"],
-                          title=f"{metric} by ground truth", labels={"value": metric}), key=state.DASH_BOX)
+                          title=f"{metric} by ground truth", labels={"value": metric}), key=state.Dashboard.BOX)
     with st.expander("Per-image table"):
         st.dataframe(per_image, hide_index=True, width="stretch")
 
@@ -203,15 +208,15 @@ def _open_in_browser(case_id: str, model: str | None, folder: str) -> None:
     request_case(case_id, "Case details", model=model, eval_folder=folder)
 
 
-def worst_section(ds: Any, res: Any) -> None:
+def worst_section(ds: Dataset, res: EvalResult) -> None:
     from engine.dashboard import worst_cases
     from engine.errors import WorkbenchError
     from engine.thumbnails import thumbnail_paths
     from ui.nav import BROWSER_PAGE, page_link, short_id, switch_page
 
     c = st.columns([2, 2, 3], vertical_alignment="bottom")
-    n = int(c[0].selectbox("Cases", [6, 12, 24], index=1, key=state.DASH_WORST_N))
-    only_pos = c[1].checkbox("Only non-empty ground truth", key=state.DASH_WORST_POS)
+    n = int(c[0].selectbox("Cases", [6, 12, 24], index=1, key=state.Dashboard.WORST_N))
+    only_pos = c[1].checkbox("Only non-empty ground truth", key=state.Dashboard.WORST_POS)
     c[2].caption("Prediction filled in class colours, ground truth outlined in white.")
     worst = worst_cases(res.per_image, n, only_gt_nonempty=only_pos)
     if worst.empty:
@@ -232,13 +237,13 @@ def worst_section(ds: Any, res: Any) -> None:
                 st.warning(f"{cid}: {p.message}", icon="⚠️")
             else:
                 st.image(str(p), caption=cap, width="stretch")
-            if st.button("Open in browser", key=f"dash_open_{cid}", width="stretch"):
+            if st.button("Open in browser", key=f"{state.Dashboard.OPEN}_{cid}", width="stretch"):
                 _open_in_browser(cid, model, str(res.folder))
                 switch_page(BROWSER_PAGE)
     page_link(BROWSER_PAGE, "Dataset browser (opens the last chosen case)", "🗂️")
 
 
-def sweep_section(res: Any) -> None:
+def sweep_section(res: EvalResult) -> None:
     import numpy as np
     import plotly.graph_objects as go
 
@@ -248,7 +253,7 @@ def sweep_section(res: Any) -> None:
         st.info("This evaluation has no post-processing sweep (it was run with the sweep off).")
         return
     gates = sweep_gates(res.sweep)
-    gate = st.selectbox("Gate", gates, key=state.DASH_SWEEP_GATE,
+    gate = st.selectbox("Gate", gates, key=state.Dashboard.SWEEP_GATE,
                         help="no gate: threshold + minimum area only; presence: drop images whose presence "
                              "probability is below the value; triplet: keep a mask only if its top probability "
                              "and area pass")
@@ -271,7 +276,7 @@ def sweep_section(res: Any) -> None:
     fig.update_layout(title=f"Mean Dice over threshold × minimum area ({gate})", xaxis_title="minimum area (px)",
                       yaxis_title="probability threshold", legend={"orientation": "h", "y": -0.2},
                       xaxis={"type": "category"}, yaxis={"type": "category"})
-    st.plotly_chart(fig, key=state.DASH_SWEEP)
+    st.plotly_chart(fig, key=state.Dashboard.SWEEP)
     sb = res.summary.get("sweep_best") or {}
     c = st.columns(3)
     c[0].metric("Best in this grid", _fmt(b["score"]), help=f"threshold {b['threshold']:g}, min area {b['min_area']}")
@@ -327,7 +332,7 @@ def presence_section(summary: dict[str, Any]) -> None:
         fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dash", "color": "grey"}, name="chance")
         fig.update_layout(title=f"ROC (AUC {_fmt(p.get('roc_auc'))})", xaxis_title="false positive rate",
                           yaxis_title="true positive rate", showlegend=False)
-        a.plotly_chart(fig, key=state.DASH_ROC)
+        a.plotly_chart(fig, key=state.Dashboard.ROC)
     else:
         a.info("ROC curve undefined (needs positive and negative images).")
     pr = p.get("pr_curve") or {}
@@ -335,7 +340,7 @@ def presence_section(summary: dict[str, Any]) -> None:
         fig = go.Figure(go.Scatter(x=pr["recall"], y=pr["precision"], mode="lines", name="PR"))
         fig.update_layout(title=f"Precision–recall (AP {_fmt(p.get('average_precision'))})", xaxis_title="recall",
                           yaxis_title="precision", showlegend=False)
-        b.plotly_chart(fig, key=state.DASH_PR)
+        b.plotly_chart(fig, key=state.Dashboard.PR)
     else:
         b.info("PR curve undefined (needs positive images).")
     cm = p.get("confusion_matrix")
@@ -343,10 +348,10 @@ def presence_section(summary: dict[str, Any]) -> None:
         fig = go.Figure(go.Heatmap(z=cm, x=["predicted empty", "predicted present"], y=["GT empty", "GT present"],
                                    text=cm, texttemplate="%{text}", colorscale="Blues", showscale=False))
         fig.update_layout(title="Confusion matrix (images)", yaxis={"autorange": "reversed"})
-        c2.plotly_chart(fig, key=state.DASH_CM)
+        c2.plotly_chart(fig, key=state.Dashboard.CM)
 
 
-def slices_section(ds: Any, per_image) -> None:
+def slices_section(ds: Dataset, per_image: pd.DataFrame) -> None:
     import plotly.express as px
 
     from engine.dashboard import join_meta, slice_columns, slice_metrics
@@ -358,14 +363,14 @@ def slices_section(ds: Any, per_image) -> None:
         st.info("Nothing to slice by (no DICOM sex/age/view, split or groups).")
         return
     c = st.columns(2)
-    by = c[0].selectbox("Slice by", list(cols), format_func=cols.get, key=state.DASH_SLICE_BY)
+    by = c[0].selectbox("Slice by", list(cols), format_func=cols.get, key=state.Dashboard.SLICE_BY)
     metrics = ["dice"] + [m for m in per_image.columns if m.startswith(("dice_", "iou_"))]
-    metric = c[1].selectbox("Metric", metrics, key=state.DASH_SLICE_METRIC)
+    metric = c[1].selectbox("Metric", metrics, key=state.Dashboard.SLICE_METRIC)
     table = slice_metrics(joined, by, metric)
     fig = px.bar(table, x=by, y="mean", text="n", title=f"Mean {metric} by {cols[by]} (bar label = images)",
                  labels={"mean": f"mean {metric}"})
     fig.update_xaxes(type="category")
-    st.plotly_chart(fig, key=state.DASH_SLICE)
+    st.plotly_chart(fig, key=state.Dashboard.SLICE)
     st.dataframe(table, hide_index=True, width="stretch")
 
 
@@ -384,14 +389,14 @@ def training_section() -> None:
         return
     names = [r["name"] for r in runs]
     info = {r["name"]: r for r in runs}
-    name = st.selectbox("Run", names, key=RUN_KEY,
+    name = st.selectbox("Run", names, key=state.Dashboard.RUN,
                         format_func=lambda n: f"{n} · {info[n]['state']} · {info[n]['epochs'] or 0} epochs")
     run_dir = Path(info[name]["path"])
     hist = load_history(run_dir)
     if hist.empty or len(hist.columns) <= 1:
         st.info("This run has no finished epoch yet.")
     else:
-        history_charts(hist, ("loss", "metrics", "lr"), key=state.DASH_HIST)
+        history_charts(hist, ("loss", "metrics", "lr"), key=state.Dashboard.HIST)
         if "best" in hist.columns and hist["best"].astype(bool).any():
             best = hist[hist["best"].astype(bool)].iloc[-1]
             st.caption(f"Best epoch {int(best['epoch'])}" + (f": val Dice {_fmt(best.get('val_dice'))}"
@@ -408,7 +413,7 @@ def training_section() -> None:
         if frames:
             epochs = [e for e, _ in frames]
             with s:
-                ep = st.select_slider("Epoch", epochs, value=epochs[-1], key=state.DASH_EPOCH) if len(epochs) > 1 \
+                ep = st.select_slider("Epoch", epochs, value=epochs[-1], key=state.Dashboard.EPOCH) if len(epochs) > 1 \
                     else epochs[0]
                 st.image(str(dict(frames)[ep]), caption=f"epoch {ep}", width="stretch")
     card = run_card(run_dir)

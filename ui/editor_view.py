@@ -12,14 +12,15 @@ Correct a case's mask by hand and save it as a new *version* in the dataset's re
 - **Without the canvas** (always available, also where the canvas cannot load): fill the
   region at a pixel, fill holes, empty the mask.
 - **Save** creates version N+1 with author, time and note. The store checks the version the
-  edit started from (:meth:`engine.curation.EditSession.save`): when someone saved meanwhile, the page says who and when and offers
+  edit started from (:meth:`engine.curation.EditSession.save`): when someone saved meanwhile, the
+  page says who and when and offers
   *view theirs*, *save mine on top* and *discard mine* — nothing is silently overwritten.
 - **History** of versions with a diff against the previous one and **revert**; per-case
   **review state** buttons; a **queue** of cases needing review (suspicion score,
   :func:`engine.curation.case_queue`); **export** of the corrected dataset
   (:func:`engine.curation.export_corrected`).
 
-Other pages open a case here by setting ``st.session_state[ui.state.BROWSER_CASE]``.
+Other pages open a case here by setting ``st.session_state[ui.state.Shared.BROWSER_CASE]``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import datetime as _dt
 import time
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import streamlit as st
@@ -37,23 +38,20 @@ from engine.curation import EditSession, version_mask
 from ui import loop_view, state
 from ui.loaders import case_image, dataset_key
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from engine.curation.canvas import View
+    from engine.datasets import Dataset
+    from engine.evaluation import EvalResult
+    from engine.store import ReviewStore
+
+#: The review queue: ``(case id, score, reasons)``, most suspicious first (engine.curation.case_queue).
+Queue = list[tuple[str, float, list[str]]]
+
 PAGE = "pages/7_Mask_editor.py"
 
-CASE_KEY = state.EDITOR_CASE                 # the case picker
-LINK_KEY = state.EDITOR_LINK_CASE            # the BROWSER_CASE value already used as a deep link
-SESSIONS_KEY = state.EDITOR_SESSIONS         # {(dataset, case_id): EditSession}
-AUTHOR_INPUT = state.EDITOR_AUTHOR           # the author text input
-REVIEWER_KEY = state.REVIEWER             # reviewer name shared with the Conflict review page
-FLASH_KEY = state.EDITOR_FLASH               # [(kind, text, monotonic time, case)]: messages about the last action
 FLASH_SECONDS = 120.0
-TOOL_KEY, CLASS_KEY, SIZE_KEY = state.EDITOR_TOOL, state.EDITOR_CLASS, state.EDITOR_BRUSH
-ZOOM_KEY, PANX_KEY, PANY_KEY = state.EDITOR_ZOOM, state.EDITOR_PAN_X, state.EDITOR_PAN_Y
-AUTO_KEY = state.EDITOR_AUTO_APPLY
-SOURCE_KEY, MODEL_KEY = state.EDITOR_SOURCE, state.EDITOR_MODEL
-FILL_X, FILL_Y = state.EDITOR_FILL_X, state.EDITOR_FILL_Y
-NOTE_PREFIX = state.EDITOR_NOTE
-EXPORT_DIR_KEY, EXPORT_RESULT = state.EDITOR_EXPORT_DIR, state.EDITOR_EXPORT_RESULT
-DIFF_KEY, REVERT_KEY = state.EDITOR_DIFF_VERSION, state.EDITOR_REVERT_VERSION
 
 TOOLS = {"Brush": "freedraw", "Eraser": "freedraw", "Polygon": "polygon", "Fill": "point"}
 TOOL_HELP = ("**Brush** paints the chosen class · **Eraser** paints background · **Polygon**: click the "
@@ -62,7 +60,6 @@ TOOL_HELP = ("**Brush** paints the chosen class · **Eraser** paints background 
 ZOOMS = [1, 2, 4, 8, 16]
 CANVAS_WIDTHS = [400, 500, 600, 800, 1000]
 DEFAULT_CANVAS_W = 600
-CANVAS_W_KEY = state.EDITOR_CANVAS_WIDTH
 PREDICTION = "Model prediction"
 
 
@@ -71,17 +68,18 @@ PREDICTION = "Model prediction"
 def _flash(kind: str, text: str) -> None:
     """A message about the last action, shown until the next edit or case change (at most
     FLASH_SECONDS): the canvas' remount right after an action causes an extra rerun."""
-    st.session_state.setdefault(FLASH_KEY, []).append((kind, text, time.monotonic(), st.session_state.get(CASE_KEY)))
+    case = st.session_state.get(state.Editor.CASE)
+    st.session_state.setdefault(state.Editor.FLASH, []).append((kind, text, time.monotonic(), case))
 
 
 def _clear_flash() -> None:
-    st.session_state.pop(FLASH_KEY, None)
+    st.session_state.pop(state.Editor.FLASH, None)
 
 
 def _show_flash() -> None:
-    now, case = time.monotonic(), st.session_state.get(CASE_KEY)
-    keep = [f for f in st.session_state.get(FLASH_KEY, []) if now - f[2] < FLASH_SECONDS and f[3] == case]
-    st.session_state[FLASH_KEY] = keep
+    now, case = time.monotonic(), st.session_state.get(state.Editor.CASE)
+    keep = [f for f in st.session_state.get(state.Editor.FLASH, []) if now - f[2] < FLASH_SECONDS and f[3] == case]
+    st.session_state[state.Editor.FLASH] = keep
     for kind, text, _, _ in keep:
         {"success": st.success, "warning": st.warning, "error": st.error}.get(kind, st.info)(text)
 
@@ -106,9 +104,9 @@ def author() -> str:
     return auth.author()
 
 
-def session_for(ds: Any, store: Any, case_id: str) -> EditSession:
+def session_for(ds: Dataset, store: ReviewStore, case_id: str) -> EditSession:
     """This browser session's editing state of ``case_id`` (created from the newest version)."""
-    sessions: dict = st.session_state.setdefault(SESSIONS_KEY, {})
+    sessions: dict = st.session_state.setdefault(state.Editor.SESSIONS, {})
     key = (dataset_key(ds), case_id)
     sess = sessions.get(key)
     if sess is None:
@@ -117,17 +115,17 @@ def session_for(ds: Any, store: Any, case_id: str) -> EditSession:
     return sess
 
 
-def replace_session(ds: Any, store: Any, sess: EditSession, mask: np.ndarray | None = None,
+def replace_session(ds: Dataset, store: ReviewStore, sess: EditSession, mask: np.ndarray | None = None,
                     source: str | None = None) -> EditSession:
     """Restart editing the case (from the newest version, or ``mask``) and keep the new session."""
     new = sess.restart(ds, store, mask, source)
-    st.session_state.setdefault(SESSIONS_KEY, {})[(dataset_key(ds), sess.case_id)] = new
+    st.session_state.setdefault(state.Editor.SESSIONS, {})[(dataset_key(ds), sess.case_id)] = new
     return new
 
 
 # ------------------------------------------------------------------------------------------ case choice
 
-def _evaluation_for_queue(ds: Any) -> tuple[Any, str | None]:
+def _evaluation_for_queue(ds: Dataset) -> tuple[EvalResult | None, str | None]:
     """The newest evaluation of the current model on ``ds`` (else of any model): (EvalResult, label)."""
     from ui.caches import cached_eval, evaluations
 
@@ -139,43 +137,44 @@ def _evaluation_for_queue(ds: Any) -> tuple[Any, str | None]:
     return cached_eval(pick["folder"]), pick.get("label") or Path(pick["folder"]).name
 
 
-def review_queue_for(ds: Any, store: Any) -> tuple[list, dict[str, Any]]:
+def review_queue_for(ds: Dataset, store: ReviewStore) -> tuple[Queue, dict[str, Any]]:
     """:func:`engine.curation.case_queue` from the latest conflicts report and evaluation."""
     from engine.curation import case_queue
     from ui.caches import conflict_pairs
 
     ev, ev_label = _evaluation_for_queue(ds)
     pairs = conflict_pairs(ds)
-    q = case_queue(ds, store, pairs, ev, **loop_view.queue_signals(ds))  # + model signals (issue 12)
+    q = case_queue(ds, store, pairs, ev, **loop_view.queue_signals(ds))  # + the saved model signals
     return q, {"evaluation": ev_label, "conflicts": pairs is not None}
 
 
-def _apply_deep_link(ds: Any) -> None:
-    link = state.get(state.BROWSER_CASE)
-    if link and link != st.session_state.get(LINK_KEY) and link in ds:
-        st.session_state[CASE_KEY] = link
-        st.session_state[LINK_KEY] = link
+def _apply_deep_link(ds: Dataset) -> None:
+    link = state.get(state.Shared.BROWSER_CASE)
+    if link and link != st.session_state.get(state.Editor.LINK_CASE) and link in ds:
+        st.session_state[state.Editor.CASE] = link
+        st.session_state[state.Editor.LINK_CASE] = link
 
 
 def _go(case_id: str) -> None:
-    st.session_state[CASE_KEY] = case_id
-    st.session_state[LINK_KEY] = case_id
-    state.set(state.BROWSER_CASE, case_id)
+    st.session_state[state.Editor.CASE] = case_id
+    st.session_state[state.Editor.LINK_CASE] = case_id
+    state.put(state.Shared.BROWSER_CASE, case_id)
 
 
-def case_picker(ds: Any, store: Any, queue: list, queue_info: dict[str, Any]) -> str:
+def case_picker(ds: Dataset, store: ReviewStore, queue: Queue, queue_info: dict[str, Any]) -> str:
     from engine.curation import next_case
 
     ids = ds.case_ids
-    if st.session_state.get(CASE_KEY) not in ids:
-        st.session_state[CASE_KEY] = ids[0]
-    cur = st.session_state[CASE_KEY]
+    if st.session_state.get(state.Editor.CASE) not in ids:
+        st.session_state[state.Editor.CASE] = ids[0]
+    cur = st.session_state[state.Editor.CASE]
     c = st.columns([3, 2], vertical_alignment="bottom")
     # plain ids as labels: labels that change (e.g. with the review state) would make Streamlit treat
     # the selectbox as a new widget and lose the choice
-    c[0].selectbox(f"Case ({len(ids):,})", ids, key=CASE_KEY, on_change=lambda: _go(st.session_state[CASE_KEY]))
+    c[0].selectbox(f"Case ({len(ids):,})", ids, key=state.Editor.CASE,
+                   on_change=lambda: _go(st.session_state[state.Editor.CASE]))
     nxt = next_case(queue, cur)
-    c[1].button(f"Next case needing review ({len(queue)} in queue)", key=state.EDITOR_NEXT, icon=":material/skip_next:",
+    c[1].button(f"Next case needing review ({len(queue)} in queue)", key=state.Editor.NEXT, icon=":material/skip_next:",
                 disabled=nxt is None, on_click=_go, args=(nxt,), type="primary",
                 help="most suspicious first: marked needs_fix, low model Dice, conflicting near-duplicates; "
                      "accepted and corrected cases are skipped")
@@ -188,12 +187,12 @@ def case_picker(ds: Any, store: Any, queue: list, queue_info: dict[str, Any]) ->
                        "conflict search (Conflict review) to rank cases by suspicion.")
         else:
             st.caption("The review queue is empty: every suspicious case is accepted or corrected.")
-    state.set(state.BROWSER_CASE, st.session_state[CASE_KEY])
-    st.session_state[LINK_KEY] = st.session_state[CASE_KEY]
+    state.put(state.Shared.BROWSER_CASE, st.session_state[state.Editor.CASE])
+    st.session_state[state.Editor.LINK_CASE] = st.session_state[state.Editor.CASE]
     from ui import context
 
-    context.publish(case=st.session_state[CASE_KEY])
-    return st.session_state[CASE_KEY]
+    context.publish(case=st.session_state[state.Editor.CASE])
+    return st.session_state[state.Editor.CASE]
 
 
 def author_input() -> str:
@@ -205,11 +204,11 @@ def author_input() -> str:
             st.sidebar.caption("Viewers can look but not save: saving masks needs the annotator role.")
             return ""
         return author()
-    if AUTHOR_INPUT not in st.session_state:
-        st.session_state[AUTHOR_INPUT] = st.session_state.get(REVIEWER_KEY, "")
-    who = st.sidebar.text_input("Your name", key=AUTHOR_INPUT, placeholder="saved with every version and state",
+    if state.Editor.AUTHOR not in st.session_state:
+        st.session_state[state.Editor.AUTHOR] = st.session_state.get(state.Shared.REVIEWER, "")
+    who = st.sidebar.text_input("Your name", key=state.Editor.AUTHOR, placeholder="saved with every version and state",
                                 help="recorded with each saved version, revert and review state")
-    st.session_state[REVIEWER_KEY] = (who or "").strip()
+    st.session_state[state.Shared.REVIEWER] = (who or "").strip()
     return author()
 
 
@@ -224,43 +223,43 @@ def canvas_component():
     return st_canvas, None
 
 
-def _class_options(ds: Any) -> list[int]:
+def _class_options(ds: Dataset) -> list[int]:
     return [k for k in sorted(ds.labels) if k != 0] + [0]
 
 
-def _class_label(ds: Any, k: int) -> str:
+def _class_label(ds: Dataset, k: int) -> str:
     return "background (erase)" if k == 0 else f"{k} · {ds.labels.get(k, str(k))}"
 
 
-def tool_controls(ds: Any, img_hw: tuple[int, int]) -> dict[str, Any]:
+def tool_controls(ds: Dataset, img_hw: tuple[int, int]) -> dict[str, Any]:
     """Tool, class, brush size, zoom, pan and canvas-size widgets → settings dict (with the :class:`View`)."""
     from engine.curation import make_view
 
     h, w = img_hw
     c = st.columns([3, 2, 2, 2])
-    tool = c[0].radio("Tool", list(TOOLS), horizontal=True, key=TOOL_KEY, help=TOOL_HELP)
+    tool = c[0].radio("Tool", list(TOOLS), horizontal=True, key=state.Editor.TOOL, help=TOOL_HELP)
     opts = _class_options(ds)
-    if st.session_state.get(CLASS_KEY) not in opts:
-        st.session_state[CLASS_KEY] = opts[0]
-    cls = c[1].selectbox("Class", opts, key=CLASS_KEY, format_func=lambda k: _class_label(ds, k),
+    if st.session_state.get(state.Editor.CLASS) not in opts:
+        st.session_state[state.Editor.CLASS] = opts[0]
+    cls = c[1].selectbox("Class", opts, key=state.Editor.CLASS, format_func=lambda k: _class_label(ds, k),
                          disabled=tool == "Eraser")
     size = c[2].slider("Brush size (image pixels)", 1, max(2, min(80, max(h, w) // 4)), min(6, max(h, w) // 4),
-                       key=f"{SIZE_KEY}_{h}x{w}", disabled=tool not in ("Brush", "Eraser"))
-    c[3].toggle("Auto-apply strokes", value=True, key=AUTO_KEY,
+                       key=f"{state.Editor.BRUSH}_{h}x{w}", disabled=tool not in ("Brush", "Eraser"))
+    c[3].toggle("Auto-apply strokes", value=True, key=state.Editor.AUTO_APPLY,
                 help="apply each stroke as soon as it is drawn (off: draw several, then press Apply)")
     z = st.columns([2, 3, 3, 2])
-    zoom = z[0].select_slider("Zoom", ZOOMS, value=1, key=ZOOM_KEY, format_func=lambda v: f"{v}×",
+    zoom = z[0].select_slider("Zoom", ZOOMS, value=1, key=state.Editor.ZOOM, format_func=lambda v: f"{v}×",
                               help="magnify a window of the image for small structures; strokes map back to "
                                    "full-resolution pixels exactly")
     cx, cy = w // 2, h // 2
     if zoom > 1:
-        cx = z[1].slider("Window centre x (column)", 0, w - 1, w // 2, key=f"{PANX_KEY}_{w}")
-        cy = z[2].slider("Window centre y (row)", 0, h - 1, h // 2, key=f"{PANY_KEY}_{h}")
+        cx = z[1].slider("Window centre x (column)", 0, w - 1, w // 2, key=f"{state.Editor.PAN_X}_{w}")
+        cy = z[2].slider("Window centre y (row)", 0, h - 1, h // 2, key=f"{state.Editor.PAN_Y}_{h}")
     width = z[3].selectbox("Canvas width (px)", CANVAS_WIDTHS, index=CANVAS_WIDTHS.index(DEFAULT_CANVAS_W),
-                           key=CANVAS_W_KEY, help="screen size of the drawing area")
+                           key=state.Editor.CANVAS_WIDTH, help="screen size of the drawing area")
     view = make_view((h, w), zoom, (cy + 0.5, cx + 0.5), (int(width * 0.8), int(width)))
     return {"tool": tool, "cls": 0 if tool == "Eraser" else int(cls), "size": int(size), "view": view,
-            "auto": bool(st.session_state.get(AUTO_KEY, True))}
+            "auto": bool(st.session_state.get(state.Editor.AUTO_APPLY, True))}
 
 
 def _apply_canvas(sess: EditSession, result: Any, settings: dict[str, Any], palette: dict) -> bool:
@@ -294,7 +293,7 @@ def _apply_canvas(sess: EditSession, result: Any, settings: dict[str, Any], pale
     return changed
 
 
-def canvas_panel(ds: Any, sess: EditSession, img: np.ndarray, settings: dict[str, Any]) -> None:
+def canvas_panel(ds: Dataset, sess: EditSession, img: np.ndarray, settings: dict[str, Any]) -> None:
     """The drawing canvas (or a message saying why there is none)."""
     from PIL import Image
 
@@ -322,7 +321,7 @@ def canvas_panel(ds: Any, sess: EditSession, img: np.ndarray, settings: dict[str
                        return_image_data=True, key=key)
     pending = bool((result.json_data or {}).get("objects"))
     c = st.columns([2, 3])
-    apply_now = c[0].button("Apply strokes", key=state.EDITOR_APPLY, icon=":material/check:",
+    apply_now = c[0].button("Apply strokes", key=state.Editor.APPLY, icon=":material/check:",
                             disabled=settings["auto"] or not pending,
                             help="with auto-apply off, strokes wait on the canvas until you apply them")
     if pending and (settings["auto"] or apply_now):
@@ -345,7 +344,7 @@ def _may(role: str) -> bool:
     return auth.can(role)
 
 
-def claim_panel(ds: Any, store: Any, sess: EditSession) -> None:
+def claim_panel(ds: Dataset, store: ReviewStore, sess: EditSession) -> None:
     """Claim the case for this user while it is open here (who is editing it now), shown to everyone.
 
     Claimed on open and renewed on every rerun (and every minute while the page is open); released
@@ -353,9 +352,9 @@ def claim_panel(ds: Any, store: Any, sess: EditSession) -> None:
     from engine.errors import ClaimHeld
     from ui import auth
 
-    released = st.session_state.get(state.EDITOR_RELEASED)
+    released = st.session_state.get(state.Editor.RELEASED)
     if released is not None and (released != sess.case_id or sess.has_changes):
-        st.session_state.pop(state.EDITOR_RELEASED, None)
+        st.session_state.pop(state.Editor.RELEASED, None)
         released = None
     if released == sess.case_id:
         other = store.claim_for(sess.case_id)
@@ -369,17 +368,17 @@ def claim_panel(ds: Any, store: Any, sess: EditSession) -> None:
                    f"{max(0, int(got.expires - time.time()))} s). You can look and edit, but if they save first "
                    "your save will ask you to merge.", icon=":material/edit_note:")
     elif got is not None:
-        st.caption(f":material/lock: You are editing this case: others see that you hold it "
-                   f"(lease renewed while the editor is open).")
+        st.caption(":material/lock: You are editing this case: others see that you hold it "
+                   "(lease renewed while the editor is open).")
         _renew_claim(store.url.render_as_string(hide_password=False), store.dataset_key, sess.case_id, got.user)
 
 
 @st.fragment(run_every=60)
 def _renew_claim(url: str, ds_key: str, case_id: str, who: str) -> None:
     """Renew the lease every minute while the editor shows the case (the lease is 5 minutes)."""
-    from engine.curation.store import ReviewStore
+    from engine.store import ReviewStore
 
-    if tuple(state.get(state.CLAIMED) or ()) != (url, ds_key, case_id):
+    if tuple(state.get(state.Shared.CLAIMED) or ()) != (url, ds_key, case_id):
         return
     try:
         with ReviewStore(url, dataset_key=ds_key) as s:
@@ -405,37 +404,38 @@ def history_buttons(sess: EditSession) -> None:
         sess.nonce += 1
 
     c = st.columns(3)
-    c[0].button("Undo", key=state.EDITOR_UNDO, icon=":material/undo:", on_click=undo, disabled=not sess.stack.can_undo,
+    c[0].button("Undo", key=state.Editor.UNDO, icon=":material/undo:", on_click=undo, disabled=not sess.stack.can_undo,
                 width="stretch")
-    c[1].button("Redo", key=state.EDITOR_REDO, icon=":material/redo:", on_click=redo, disabled=not sess.stack.can_redo,
+    c[1].button("Redo", key=state.Editor.REDO, icon=":material/redo:", on_click=redo, disabled=not sess.stack.can_redo,
                 width="stretch")
-    c[2].button("Start over", key=state.EDITOR_RESET, icon=":material/restart_alt:", on_click=reset,
+    c[2].button("Start over", key=state.Editor.RESET, icon=":material/restart_alt:", on_click=reset,
                 disabled=not sess.stack.dirty, width="stretch", help=f"back to {sess.source}")
 
 
-def manual_tools(ds: Any, sess: EditSession, img_hw: tuple[int, int]) -> None:
+def manual_tools(ds: Dataset, sess: EditSession, img_hw: tuple[int, int]) -> None:
     """Edits without the canvas: flood fill at a pixel, fill holes, empty the mask."""
     from engine.curation import fill_holes, flood_fill
 
     h, w = img_hw
     with st.expander("Edit without the canvas", expanded=False):
         c = st.columns([1, 1, 2])
-        x = c[0].number_input("x (column)", 0, w - 1, w // 2, key=f"{FILL_X}_{w}")
-        y = c[1].number_input("y (row)", 0, h - 1, h // 2, key=f"{FILL_Y}_{h}")
-        cls = int(st.session_state.get(CLASS_KEY, 1) or 0) if st.session_state.get(TOOL_KEY) != "Eraser" else 0
+        x = c[0].number_input("x (column)", 0, w - 1, w // 2, key=f"{state.Editor.FILL_X}_{w}")
+        y = c[1].number_input("y (row)", 0, h - 1, h // 2, key=f"{state.Editor.FILL_Y}_{h}")
+        eraser = st.session_state.get(state.Editor.TOOL) == "Eraser"
+        cls = 0 if eraser else int(st.session_state.get(state.Editor.CLASS, 1) or 0)
         c[2].write("")
-        if c[2].button(f"Fill region at (x, y) with {_class_label(ds, cls)}", key=state.EDITOR_FILL_AT):
+        if c[2].button(f"Fill region at (x, y) with {_class_label(ds, cls)}", key=state.Editor.FILL_AT):
             _clear_flash()
             if sess.stack.push(flood_fill(sess.stack.current, int(y), int(x), cls)):
                 sess.nonce += 1
             st.rerun()
         d = st.columns(2)
-        if d[0].button("Fill holes", key=state.EDITOR_FILL_HOLES, help="close holes inside every region, per class"):
+        if d[0].button("Fill holes", key=state.Editor.FILL_HOLES, help="close holes inside every region, per class"):
             _clear_flash()
             if sess.stack.push(fill_holes(sess.stack.current)):
                 sess.nonce += 1
             st.rerun()
-        if d[1].button("Empty the mask", key=state.EDITOR_EMPTY, help="everything becomes background"):
+        if d[1].button("Empty the mask", key=state.Editor.EMPTY, help="everything becomes background"):
             _clear_flash()
             if sess.stack.push(np.zeros(img_hw, np.uint8)):
                 sess.nonce += 1
@@ -444,7 +444,7 @@ def manual_tools(ds: Any, sess: EditSession, img_hw: tuple[int, int]) -> None:
 
 # ------------------------------------------------------------------------------------------ right column
 
-def preview_panel(ds: Any, sess: EditSession, img: np.ndarray, view: Any) -> None:
+def preview_panel(ds: Dataset, sess: EditSession, img: np.ndarray, view: View) -> None:
     from engine.curation import DIFF_COLOURS, diff_image, window_outline
     from engine.visualize import overlay
     from ui.widgets import colour_legend, legend
@@ -462,7 +462,7 @@ def preview_panel(ds: Any, sess: EditSession, img: np.ndarray, view: Any) -> Non
     st.caption(f"{sess.stack.position} edit(s) applied · {sess.stack.n_redo} to redo")
 
 
-def conflict_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who: str, note: str) -> None:
+def conflict_panel(ds: Dataset, store: ReviewStore, sess: EditSession, img: np.ndarray, who: str, note: str) -> None:
     """A save found a newer version by a colleague: show theirs, the diff, and three honest choices —
     keep theirs (drop my edits), save the union (both kept), or save mine replacing theirs."""
     from engine.curation import DIFF_COLOURS, diff_image, union_masks
@@ -487,14 +487,14 @@ def conflict_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who:
     n_new = cf["current"] + 1
     # full labels, one per row: never cut to "Vie… Sav… Disc…"
     union = st.button(f"Save the union of both as version {n_new} (keeps their and your regions)",
-                      key=state.EDITOR_CONFLICT_UNION, icon=":material/join:", type="primary", disabled=not who,
+                      key=state.Editor.CONFLICT_UNION, icon=":material/join:", type="primary", disabled=not who,
                       width="stretch", help="every pixel either of you labelled stays labelled"
                       + (f"; {clash:,} px labelled with different classes take yours" if clash else ""))
     mine_btn = st.button(f"Save mine as version {n_new}, replacing {cf['author']}'s mask",
-                         key=state.EDITOR_CONFLICT_MINE, icon=":material/save:", disabled=not who, width="stretch",
+                         key=state.Editor.CONFLICT_MINE, icon=":material/save:", disabled=not who, width="stretch",
                          help=f"their regions that you do not have are removed from the current mask "
                               f"({counts.get('removed', 0):,} px); version {cf['current']} stays in the history")
-    drop = st.button(f"Keep theirs (version {cf['current']}) and discard my edits", key=state.EDITOR_CONFLICT_DISCARD,
+    drop = st.button(f"Keep theirs (version {cf['current']}) and discard my edits", key=state.Editor.CONFLICT_DISCARD,
                      icon=":material/delete:", width="stretch")
     st.caption(f"Union: {int(np.count_nonzero(merged)):,} px labelled"
                + (f" ({clash:,} px where you chose different classes: yours kept)" if clash else "") + ".")
@@ -513,9 +513,9 @@ def conflict_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who:
 def _after_save(sess: EditSession, version: int, on_top_of: dict | None = None, how: str = "") -> None:
     from ui import auth
 
-    st.session_state[NOTE_PREFIX + "clear"] = True
+    st.session_state[state.Editor.NOTE_CLEAR] = True
     auth.release_claim()  # saved: the case is free again until you edit it anew
-    st.session_state[state.EDITOR_RELEASED] = sess.case_id
+    st.session_state[state.Editor.RELEASED] = sess.case_id
     extra = ""
     if on_top_of:
         extra = (f" — the union of your mask and version {on_top_of['current']} by {on_top_of['author']}"
@@ -524,10 +524,10 @@ def _after_save(sess: EditSession, version: int, on_top_of: dict | None = None, 
     _flash("success", f"Saved version {version}{extra}; the case is now marked corrected.")
 
 
-def save_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who: str) -> None:
-    if st.session_state.pop(NOTE_PREFIX + "clear", False):
-        st.session_state[NOTE_PREFIX + "text"] = ""
-    note = st.text_input("Note for this version", key=NOTE_PREFIX + "text", placeholder="what you changed and why")
+def save_panel(ds: Dataset, store: ReviewStore, sess: EditSession, img: np.ndarray, who: str) -> None:
+    if st.session_state.pop(state.Editor.NOTE_CLEAR, False):
+        st.session_state[state.Editor.NOTE] = ""
+    note = st.text_input("Note for this version", key=state.Editor.NOTE, placeholder="what you changed and why")
     latest = store.latest_mask_version(sess.case_id)
     if sess.conflict is None and latest != sess.base_version:
         mv = store.mask_version(sess.case_id, latest)
@@ -546,7 +546,7 @@ def save_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who: str
     changed = sess.has_changes
     if not who:
         st.caption("Saving needs the annotator role." if _signed_in() else "Enter your name in the sidebar to save.")
-    if st.button(f"Save as version {sess.base_version + 1}", key=state.EDITOR_SAVE, icon=":material/save:",
+    if st.button(f"Save as version {sess.base_version + 1}", key=state.Editor.SAVE, icon=":material/save:",
                  type="primary", disabled=not (changed and who),
                  help="creates a new version (the original and older versions stay)"
                       if changed else "no changes from the version you started from"):
@@ -556,7 +556,7 @@ def save_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who: str
         st.rerun()
 
 
-def state_panel(store: Any, case_id: str, who: str) -> None:
+def state_panel(store: ReviewStore, case_id: str, who: str) -> None:
     from engine.store import CASE_STATES
 
     cs = store.case_states().get(case_id)
@@ -570,7 +570,7 @@ def state_panel(store: Any, case_id: str, who: str) -> None:
     rows = [st.columns(2), st.columns(2)]
     for i, s in enumerate(order):
         col = rows[i // 2][i % 2]
-        if col.button(labels[s], key=f"editor_state_{s}", icon=icons[s], disabled=not who or s == cur,
+        if col.button(labels[s], key=f"{state.Editor.STATE}_{s}", icon=icons[s], disabled=not who or s == cur,
                       width="stretch"):
             store.set_case_state(case_id, s, who, "set on the mask editor")
             _flash("success", f"{case_id} marked {s}.")
@@ -579,7 +579,7 @@ def state_panel(store: Any, case_id: str, who: str) -> None:
 
 # ------------------------------------------------------------------------------------------ history, source
 
-def history_frame(ds: Any, store: Any, case_id: str):
+def history_frame(ds: Dataset, store: ReviewStore, case_id: str) -> pd.DataFrame:
     """Versions of a case as a DataFrame (version 0 = the dataset's original)."""
     import pandas as pd
 
@@ -591,14 +591,15 @@ def history_frame(ds: Any, store: Any, case_id: str):
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _version_diff(ds_key: str, store_path: str, case_id: str, v: int, stamps: tuple, _ds: Any, _store: Any,
+def _version_diff(ds_key: str, store_path: str, case_id: str, v: int, stamps: tuple, _ds: Dataset, _store: ReviewStore,
                   _img: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
     from engine.curation import diff_image
 
     return diff_image(version_mask(_ds, _store, case_id, v - 1), version_mask(_ds, _store, case_id, v), _img)
 
 
-def version_diff(ds: Any, store: Any, case_id: str, v: int, img: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+def version_diff(ds: Dataset, store: ReviewStore, case_id: str, v: int, img: np.ndarray
+                 ) -> tuple[np.ndarray, dict[str, int]]:
     """Diff image (H,W,3) and pixel counts of version ``v - 1`` → ``v``, cached: saved versions never
     change, and the dataset's original (version 0) and the image are keyed by their file stamps."""
     from engine.fsutil import stamp_text
@@ -608,7 +609,7 @@ def version_diff(ds: Any, store: Any, case_id: str, v: int, img: np.ndarray) -> 
     return _version_diff(dataset_key(ds), str(store.path), case_id, int(v), stamps, ds, store, img)
 
 
-def history_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who: str) -> None:
+def history_panel(ds: Dataset, store: ReviewStore, sess: EditSession, img: np.ndarray, who: str) -> None:
     from engine.curation import DIFF_COLOURS
     from engine.errors import ConflictError
     from ui.widgets import colour_legend
@@ -616,17 +617,17 @@ def history_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who: 
     st.subheader("History")
     df = history_frame(ds, store, sess.case_id)
     latest = int(df["version"].max())
-    st.dataframe(df, hide_index=True, width="stretch", key=state.EDITOR_HISTORY_TABLE,
+    st.dataframe(df, hide_index=True, width="stretch", key=state.Editor.HISTORY_TABLE,
                  column_config={"version": st.column_config.NumberColumn(format="%d")})
     if latest == 0:
         st.caption("No saved versions yet: only the dataset's original.")
         return
     versions = df["version"].tolist()[1:]
-    if st.session_state.get(DIFF_KEY) not in versions:
-        st.session_state[DIFF_KEY] = latest
+    if st.session_state.get(state.Editor.DIFF_VERSION) not in versions:
+        st.session_state[state.Editor.DIFF_VERSION] = latest
     a, b = st.columns(2)
     with a:
-        v = st.selectbox("Diff of version … against the one before", versions, key=DIFF_KEY)
+        v = st.selectbox("Diff of version … against the one before", versions, key=state.Editor.DIFF_VERSION)
         rgb, counts = version_diff(ds, store, sess.case_id, v, img)
         st.image(rgb, caption=f"version {v - 1} → {v}: +{counts['added']:,} px added, −{counts['removed']:,} removed"
                  + (f", {counts['changed class']:,} changed class" if counts["changed class"] else ""),
@@ -634,11 +635,11 @@ def history_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who: 
         colour_legend(DIFF_COLOURS, {k: counts[k] for k in DIFF_COLOURS})
     with b:
         targets = [x for x in [0] + versions if x != latest]
-        if st.session_state.get(REVERT_KEY) not in targets:
-            st.session_state[REVERT_KEY] = targets[-1]
-        t = st.selectbox("Revert to version", targets, key=REVERT_KEY,
+        if st.session_state.get(state.Editor.REVERT_VERSION) not in targets:
+            st.session_state[state.Editor.REVERT_VERSION] = targets[-1]
+        t = st.selectbox("Revert to version", targets, key=state.Editor.REVERT_VERSION,
                          help="adds a new version copying the chosen one; history is never rewritten")
-        if st.button(f"Revert to version {t}", key=state.EDITOR_REVERT, icon=":material/history:", disabled=not who):
+        if st.button(f"Revert to version {t}", key=state.Editor.REVERT, icon=":material/history:", disabled=not who):
             try:
                 nv = store.revert(sess.case_id, int(t), who, base_version=latest)
             except ConflictError as exc:
@@ -652,7 +653,7 @@ def history_panel(ds: Any, store: Any, sess: EditSession, img: np.ndarray, who: 
             st.caption("Enter your name in the sidebar to revert.")
 
 
-def _prediction(ds: Any, model: str, case_id: str) -> tuple[np.ndarray, str]:
+def _prediction(ds: Dataset, model: str, case_id: str) -> tuple[np.ndarray, str]:
     """A model's mask for the case: its saved evaluation prediction when there is one, else predicted now."""
     from engine.io import read_mask
     from engine.thumbnails import pred_mask_path
@@ -669,24 +670,24 @@ def _prediction(ds: Any, model: str, case_id: str) -> tuple[np.ndarray, str]:
     return np.asarray(predict_case(model, ds, case_id), np.uint8), f"{model} (predicted now)"
 
 
-def source_panel(ds: Any, store: Any, sess: EditSession) -> None:
+def source_panel(ds: Dataset, store: ReviewStore, sess: EditSession) -> None:
     """Restart editing from another version or from a model's prediction."""
     from ui.widgets import model_picker
 
     latest = store.latest_mask_version(sess.case_id)
     options = [f"version {v}" for v in range(latest, -1, -1)] + [PREDICTION]
-    if st.session_state.get(SOURCE_KEY) not in options:
-        st.session_state[SOURCE_KEY] = options[0]
+    if st.session_state.get(state.Editor.SOURCE) not in options:
+        st.session_state[state.Editor.SOURCE] = options[0]
     c = st.columns([2, 2, 2], vertical_alignment="bottom")
-    src = c[0].selectbox("Start from", options, key=SOURCE_KEY,
+    src = c[0].selectbox("Start from", options, key=state.Editor.SOURCE,
                          format_func=lambda o: o + (" (latest)" if o == f"version {latest}" else "")
                          + (" (dataset original)" if o == "version 0" else ""))
     model = None
     if src == PREDICTION:
         with c[1]:
-            model = model_picker("Model", key=MODEL_KEY)
+            model = model_picker("Model", key=state.Editor.MODEL)
     dirty = sess.has_changes or sess.stack.position > 0
-    if c[2].button("Load into the editor", key=state.EDITOR_LOAD, icon=":material/download:",
+    if c[2].button("Load into the editor", key=state.Editor.LOAD, icon=":material/download:",
                    disabled=src == PREDICTION and not model,
                    help="replaces the mask being edited" + (" — your unsaved edits are lost" if dirty else "")):
         if src == PREDICTION:
@@ -705,7 +706,7 @@ def source_panel(ds: Any, store: Any, sess: EditSession) -> None:
 
 # ------------------------------------------------------------------------------------------ queue, export
 
-def queue_panel(queue: list, info: dict[str, Any], claims: dict | None = None) -> None:
+def queue_panel(queue: Queue, info: dict[str, Any], claims: dict | None = None) -> None:
     import pandas as pd
 
     claims = claims or {}
@@ -717,11 +718,11 @@ def queue_panel(queue: list, info: dict[str, Any], claims: dict | None = None) -
         if queue:
             df = pd.DataFrame([{"case": c, "score": s, "why": "; ".join(r),
                                 "being edited by": claims[c].user if c in claims else ""} for c, s, r in queue[:200]])
-            st.dataframe(df, hide_index=True, width="stretch", key=state.EDITOR_QUEUE_TABLE,
+            st.dataframe(df, hide_index=True, width="stretch", key=state.Editor.QUEUE_TABLE,
                          column_config={"score": st.column_config.NumberColumn(format="%.2f")})
 
 
-def _default_export_dir(ds: Any) -> str:
+def _default_export_dir(ds: Dataset) -> str:
     from ui.auth import default_export_root
 
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M")
@@ -730,7 +731,7 @@ def _default_export_dir(ds: Any) -> str:
     return str(root / f"{name}-corrected-{stamp}")
 
 
-def export_panel(ds: Any, store: Any) -> None:
+def export_panel(ds: Dataset, store: ReviewStore) -> None:
     from engine.curation import export_corrected
     from ui.widgets import streamlit_progress
 
@@ -739,25 +740,25 @@ def export_panel(ds: Any, store: Any) -> None:
                    "PNG label mask, an RLE CSV in the dataset's own convention (Kaggle UNS `train_masks.csv`, SIIM "
                    "`train-rle.csv`), `images.csv` with the original image paths, and a `manifest.json` that "
                    "training and evaluation open like a dataset. The dataset folder is only read.")
-        if EXPORT_DIR_KEY not in st.session_state:
-            st.session_state[EXPORT_DIR_KEY] = _default_export_dir(ds)
-        out = st.text_input("Export folder (new or empty, outside the dataset)", key=EXPORT_DIR_KEY).strip()
+        if state.Editor.EXPORT_DIR not in st.session_state:
+            st.session_state[state.Editor.EXPORT_DIR] = _default_export_dir(ds)
+        out = st.text_input("Export folder (new or empty, outside the dataset)", key=state.Editor.EXPORT_DIR).strip()
         c = st.columns(2)
         dec = c[0].checkbox("Apply conflict-review decisions (drops, unions, emptied masks)", value=True,
-                            key=state.EDITOR_EXPORT_DECISIONS)
-        copy = c[1].checkbox("Copy the images too", value=False, key=state.EDITOR_EXPORT_COPY,
+                            key=state.Editor.EXPORT_DECISIONS)
+        copy = c[1].checkbox("Copy the images too", value=False, key=state.Editor.EXPORT_COPY,
                              help="DICOMs are de-identified (DICOM PS3.15 basic profile: names, IDs, dates, "
                                   "institution removed or replaced, UIDs replaced consistently, pixels unchanged) "
                                   "and their cases renamed to the new UIDs; other images are copied as they are")
-        if st.button("Export", key=state.EDITOR_EXPORT, icon=":material/ios_share:", disabled=not out):
+        if st.button("Export", key=state.Editor.EXPORT, icon=":material/ios_share:", disabled=not out):
             from ui.auth import check_output_path
 
             check_output_path(out)  # team mode: only under the workspace or an export root
             report, bar = streamlit_progress("Exporting")
             info = export_corrected(ds, store, out, progress=report, apply_decisions=dec, copy_images=copy)
             bar.empty()
-            st.session_state[EXPORT_RESULT] = info
-        info = st.session_state.get(EXPORT_RESULT)
+            st.session_state[state.Editor.EXPORT_RESULT] = info
+        info = st.session_state.get(state.Editor.EXPORT_RESULT)
         if info:
             st.success(f"Exported {info['n_exported']:,} masks ({info['n_corrected']:,} corrected, "
                        f"{info['n_dropped']:,} cases dropped by decisions) to `{info['out_dir']}`. "
@@ -817,5 +818,5 @@ def render_editor() -> None:
         history_panel(ds, store, sess, img, who)
         queue_panel(queue, qinfo, store.claims())
         export_panel(ds, store)
-        loop_view.signals_panel(ds)  # issue 12: model signals for the queue
-        loop_view.loop_section(ds, store, None, "editor")  # issue 12: retrain with corrections, what moved
+        loop_view.signals_panel(ds)  # model signals for the queue
+        loop_view.loop_section(ds, store, None, "editor")  # retrain with corrections, what moved

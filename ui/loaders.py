@@ -8,21 +8,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
 from ui import state
 
+if TYPE_CHECKING:
+    import numpy as np
+    from streamlit.runtime.uploaded_file_manager import UploadedFile
+
+    from engine.datasets import Dataset
+    from engine.inference import Predictor
+    from engine.progress import ProgressFn
+
 
 @st.cache_resource(show_spinner=False, max_entries=6)
-def _open_dataset(path: str, options_json: str, refresh: int):
+def _open_dataset(path: str, options_json: str, refresh: int) -> Dataset:
     from engine.datasets import open_dataset
 
     return open_dataset(path, options=json.loads(options_json) or None)
 
 
-def load_dataset(path: str | None = None, options: dict[str, Any] | None = None):
+def load_dataset(path: str | None = None, options: dict[str, Any] | None = None) -> Dataset:
     """The (cached) case index of ``path`` (default: the current dataset). Raises WorkbenchError."""
     path = path or state.current_dataset_path()
     if not path:
@@ -32,11 +40,11 @@ def load_dataset(path: str | None = None, options: dict[str, Any] | None = None)
     from ui.auth import check_dataset_path
 
     check_dataset_path(path)  # team mode: only under the admin's data roots (symlinks resolved)
-    opts = options if options is not None else state.get(state.DATASET_OPTIONS, {}) or {}
-    return _open_dataset(str(path), json.dumps(opts, sort_keys=True), int(state.get(state.REFRESH, 0)))
+    opts = options if options is not None else state.get(state.Shared.DATASET_OPTIONS, {}) or {}
+    return _open_dataset(str(path), json.dumps(opts, sort_keys=True), int(state.get(state.Shared.REFRESH, 0)))
 
 
-def open_new_dataset(path: str, options: dict[str, Any] | None = None):
+def open_new_dataset(path: str, options: dict[str, Any] | None = None) -> Dataset:
     """:func:`load_dataset` for a folder the user just typed: refuses one with no usable images."""
     opened = load_dataset(path, options or {})
     if len(opened) == 0:
@@ -48,17 +56,17 @@ def open_new_dataset(path: str, options: dict[str, Any] | None = None):
     return opened
 
 
-def dataset_key(ds: Any) -> str:
+def dataset_key(ds: Dataset) -> str:
     """A dataset's identity for caches and widget keys: its manifest file, else its folder."""
     return str(getattr(ds, "manifest_path", None) or ds.root)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _case_image(ds_key: str, case_id: str, stamp: tuple, _ds: Any):
+def _case_image(ds_key: str, case_id: str, stamp: tuple, _ds: Dataset) -> np.ndarray:
     return _ds.load_image_float(case_id)
 
 
-def case_image(ds: Any, case_id: str):
+def case_image(ds: Dataset, case_id: str) -> np.ndarray:
     """float32 (C,H,W) image of a case, cached per image file stamp (reruns don't re-read it)."""
     from engine.fsutil import file_stamp
 
@@ -70,10 +78,7 @@ def case_image(ds: Any, case_id: str):
     return _case_image(dataset_key(ds), case_id, stamp, ds)
 
 
-LIVE_PREDICTIONS = state.BROWSER_LIVE_PREDICTIONS  # session key of predict_case's cache
-
-
-def predict_case(model: str, ds: Any, case_id: str):
+def predict_case(model: str, ds: Dataset, case_id: str) -> np.ndarray:
     """uint8 (H,W) prediction of one dataset case with ``model``, mapped to the dataset's class ids
     (cached in the session per model/card, case, image stamp and device; one kept)."""
     import numpy as np
@@ -85,7 +90,7 @@ def predict_case(model: str, ds: Any, case_id: str):
     c = ds.case(case_id)
     card_mtime = (resolve_weights(model) / CARD_FILE).stat().st_mtime
     key = (model, card_mtime, case_id, file_stamp(Path(c.image_path)), state.current_device())
-    cache: dict = st.session_state.setdefault(LIVE_PREDICTIONS, {})
+    cache: dict = st.session_state.setdefault(state.Browser.LIVE_PREDICTIONS, {})
     if key not in cache:
         pred = load_predictor(model)
         res = pred.predict(ds.load_image_float(c))
@@ -105,17 +110,18 @@ def pixel_limit_note() -> str:
 
 def refresh_datasets() -> None:
     """Force the next :func:`load_dataset` to rescan (the disk cache keeps it cheap)."""
-    state.set(state.REFRESH, int(state.get(state.REFRESH, 0)) + 1)
+    state.put(state.Shared.REFRESH, int(state.get(state.Shared.REFRESH, 0)) + 1)
 
 
 @st.cache_resource(show_spinner=False, max_entries=6)
-def _predictor(name: str, device: str, mtime: float, gate: str | None = "card", gate_threshold: float | None = None):
+def _predictor(name: str, device: str, mtime: float, gate: str | None = "card",
+               gate_threshold: float | None = None) -> Predictor:
     from engine.inference import Predictor
 
     return Predictor.from_weights(name, device=device, gate=gate, gate_threshold=gate_threshold)
 
 
-def load_predictor(name: str, device: str | None = None, gate: str | None = "card"):
+def load_predictor(name: str, device: str | None = None, gate: str | None = "card") -> Predictor:
     """A cached :class:`engine.inference.Predictor` (reloaded when its card changes).
 
     ``gate``: ``"card"`` = the presence classifier the card names, None = no gate, or a classifier name."""
@@ -174,7 +180,7 @@ def demo_ready() -> bool:
     return (root / "nerve").is_dir() and (root / "ptx").is_dir()
 
 
-def generate_demo(progress=None) -> Path:
+def generate_demo(progress: ProgressFn | None = None) -> Path:
     """Generate the demo phantoms into :func:`ui.state.demo_root` (default scale)."""
     from engine.phantoms import generate_demo as gen
 
@@ -183,7 +189,7 @@ def generate_demo(progress=None) -> Path:
     return root
 
 
-def save_upload(uploaded) -> Path:
+def save_upload(uploaded: UploadedFile) -> Path:
     """Store an ``st.file_uploader`` file under the workspace and return its path: content-addressed,
     a sanitised name, permissions 0600, deleted after ``$SEGWB_UPLOAD_TTL_HOURS`` (default 24 h;
     expired uploads are removed on each upload) — see :func:`engine.phi.save_upload`."""

@@ -1,4 +1,4 @@
-"""Streamlit glue of the correction loop (issue 12): live ceiling, retrain with corrections, what moved.
+"""Streamlit glue of the correction loop: live ceiling, retrain with corrections, what moved.
 
 Used by the Conflict review and Mask editor pages through small hooks:
 
@@ -19,27 +19,19 @@ Nothing here imports torch at module level; engine modules are imported inside t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
 from ui import state
 from ui.widgets import fmt_num
 
+if TYPE_CHECKING:
+    from engine.datasets import Dataset
+    from engine.dedup import ConflictReport
+    from engine.store import ReviewStore
+
 REFRESH_SECONDS = 2.0
-K = {
-    "model": "loop_parent_{where}", "epochs": "loop_epochs_{where}", "start": "loop_start_{where}",
-    "cancel": "loop_cancel_{where}", "before": "loop_before_{where}", "after": "loop_after_{where}",
-    "impact": "loop_impact_btn_{where}", "sig_models": "loop_sig_models", "sig_btn": "loop_sig_btn",
-    "sig_max": "loop_sig_max",
-}
-JOB_KEY = state.LOOP_JOB            # {"run_dir", "name", "parent", "dataset"} of the last retrain started here
-IMPACT_KEY = state.LOOP_IMPACT      # the last impact report dict (with "dataset")
-OPEN_KEY = state.LOOP_OPEN          # keep the expander open after an action
-
-
-def _k(name: str, where: str) -> str:
-    return K[name].format(where=where)
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -49,13 +41,14 @@ def _fmt(v: Any, digits: int = 4) -> str:
 # ------------------------------------------------------------------------------------------ live ceiling
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _live(ds_key: str, report_key: str, review_key: str, _ds: Any, _store: Any, _report: Any) -> dict[str, Any]:
+def _live(ds_key: str, report_key: str, review_key: str, _ds: Dataset, _store: ReviewStore,
+          _report: ConflictReport) -> dict[str, Any]:
     from engine.curation import live_ceiling
 
     return live_ceiling(_ds, _store, _report)
 
 
-def review_state_key(store: Any) -> str:
+def review_state_key(store: ReviewStore) -> str:
     """Changes whenever a decision or a corrected mask version is added, superseded or undone."""
     import hashlib
 
@@ -64,7 +57,7 @@ def review_state_key(store: Any) -> str:
     return hashlib.sha1(repr((dec, masks)).encode()).hexdigest()
 
 
-def live_panel(ds: Any, store: Any, report: Any) -> dict[str, Any] | None:
+def live_panel(ds: Dataset, store: ReviewStore, report: ConflictReport | None) -> dict[str, Any] | None:
     """Ceiling now vs at the search, unresolved conflicts: recomputed from the store whenever the
     review changed (cached per review state, so moving through the queue costs nothing)."""
     from ui.loaders import dataset_key
@@ -90,7 +83,7 @@ def live_panel(ds: Any, store: Any, report: Any) -> dict[str, Any] | None:
 
 # ------------------------------------------------------------------------------------------ retrain + impact
 
-def _models_with_split(ds: Any) -> list[str]:
+def _models_with_split(ds: Dataset) -> list[str]:
     """Model names whose classes match ``ds``, those with a recorded held-out split first."""
     from engine.checkpoint import read_card
     from ui.loaders import ranked_model_names, weights_table
@@ -109,7 +102,7 @@ def _models_with_split(ds: Any) -> list[str]:
     return with_split + [n for n in names if n not in with_split]
 
 
-def _corrected_summary(ds: Any, store: Any) -> None:
+def _corrected_summary(ds: Dataset, store: ReviewStore) -> None:
     decisions = store.decisions()
     corrected = store.corrected_masks()
     drops = {c for d in decisions.values() for c in (getattr(d, "dropped", ()) or ())}
@@ -119,15 +112,15 @@ def _corrected_summary(ds: Any, store: Any) -> None:
                "model's held-out cases stay held out.")
 
 
-def _start(ds: Any, store: Any, report: Any, parent: str, epochs: int) -> None:
+def _start(ds: Dataset, store: ReviewStore, report: ConflictReport | None, parent: str, epochs: int) -> None:
     from engine.retrain import start_retrain
 
     job, plan = start_retrain(ds, store, parent, report, epochs=int(epochs), workspace=state.workspace())
-    st.session_state[JOB_KEY] = {"run_dir": str(job.run_dir), "name": plan.config.name, "parent": parent,
+    st.session_state[state.Loop.JOB] = {"run_dir": str(job.run_dir), "name": plan.config.name, "parent": parent,
                                  "dataset": str(ds.root), "digest": plan.manifest.digest[:12],
                                  "n_decisions": plan.manifest.n_decisions,
                                  "n_mask_versions": plan.manifest.n_mask_versions}
-    st.session_state[OPEN_KEY] = True
+    st.session_state[state.Loop.OPEN] = True
 
 
 def job_panel(job: dict[str, Any], where: str) -> None:
@@ -145,7 +138,7 @@ def job_panel(job: dict[str, Any], where: str) -> None:
         c1, c2 = st.columns([1, 3], vertical_alignment="center")
         if info["cancel_requested"]:
             c1.caption("Cancel requested…")
-        elif c1.button("Cancel retraining", key=_k("cancel", where)):
+        elif c1.button("Cancel retraining", key=f"{state.Loop.CANCEL}_{where}"):
             cancel(Path(job["run_dir"]), wait=False)
         c2.caption(f"Fine-tuning **{job['parent']}** on the corrected dataset (manifest {job['digest']}: "
                    f"{job['n_decisions']} decision(s), {job['n_mask_versions']} corrected mask(s)).")
@@ -162,14 +155,14 @@ def job_panel(job: dict[str, Any], where: str) -> None:
 
 
 def _job_fragment(where: str) -> None:
-    job = st.session_state.get(JOB_KEY)
+    job = st.session_state.get(state.Loop.JOB)
     if not job:
         return
-    was_active = bool(st.session_state.get(f"loop_job_active_{where}"))
+    was_active = bool(st.session_state.get(f"{state.Loop.JOB_ACTIVE}_{where}"))
     from engine.jobs import job_status
 
     active = job_status(Path(job["run_dir"]), log_lines=0)["active"]
-    st.session_state[f"loop_job_active_{where}"] = active
+    st.session_state[f"{state.Loop.JOB_ACTIVE}_{where}"] = active
     if was_active and not active:
         st.rerun(scope="app")
     job_panel(job, where)
@@ -221,7 +214,7 @@ def impact_view(rep: dict[str, Any]) -> None:
         st.caption("No held-out case moved by the threshold.")
 
 
-def _impact(ds: Any, store: Any, report: Any, before: str, after: str) -> None:
+def _impact(ds: Dataset, store: ReviewStore, report: ConflictReport | None, before: str, after: str) -> None:
     from engine.impact import impact_report
     from ui.widgets import streamlit_progress
 
@@ -229,64 +222,65 @@ def _impact(ds: Any, store: Any, report: Any, before: str, after: str) -> None:
     rep = impact_report(ds, before, after, store, report, device=state.current_device(),
                         workspace=state.workspace(), progress=progress)
     bar.empty()
-    st.session_state[IMPACT_KEY] = rep
-    st.session_state[OPEN_KEY] = True
+    st.session_state[state.Loop.IMPACT] = rep
+    st.session_state[state.Loop.OPEN] = True
 
 
-def loop_section(ds: Any, store: Any, report: Any, where: str = "review") -> None:
+def loop_section(ds: Dataset, store: ReviewStore, report: ConflictReport | None, where: str = "review") -> None:
     """Retrain with corrections + What moved (one expander; ``where`` keeps widget keys apart)."""
     from ui.widgets import guard
 
-    job = st.session_state.get(JOB_KEY)
-    if job and st.session_state.get(state.LOOP_REFRESHED_FOR) != job["run_dir"] and not _active(job):
+    job = st.session_state.get(state.Loop.JOB)
+    if job and st.session_state.get(state.Loop.REFRESHED_FOR) != job["run_dir"] and not _active(job):
         from ui.loaders import refresh_weights
 
         refresh_weights()  # the retrained model was just exported: list it in the pickers now, once
-        st.session_state[state.LOOP_REFRESHED_FOR] = job["run_dir"]
-    with st.expander("Retrain with corrections · what moved", expanded=bool(st.session_state.get(OPEN_KEY))):
+        st.session_state[state.Loop.REFRESHED_FOR] = job["run_dir"]
+    with st.expander("Retrain with corrections · what moved", expanded=bool(st.session_state.get(state.Loop.OPEN))):
         _corrected_summary(ds, store)
         names = _models_with_split(ds)
         if not names:
             st.info("No model for this dataset's classes yet: train one on the Train page first.")
             return
         c1, c2, c3 = st.columns([3, 1, 2], vertical_alignment="bottom")
-        parent = c1.selectbox("Model to fine-tune", names, key=_k("model", where), on_change=_keep_open,
+        parent = c1.selectbox("Model to fine-tune", names, key=f"{state.Loop.PARENT}_{where}", on_change=_keep_open,
                               help="fine-tuned from its weights with its own training settings and held-out cases")
-        epochs = c2.number_input("Epochs", min_value=1, max_value=200, value=2, step=1, key=_k("epochs", where),
-                                 on_change=_keep_open)
+        epochs = c2.number_input("Epochs", min_value=1, max_value=200, value=2, step=1,
+                                 key=f"{state.Loop.EPOCHS}_{where}", on_change=_keep_open)
         busy = bool(job) and _active(job)
-        if c3.button("Retrain with corrections", key=_k("start", where), type="primary", disabled=busy,
+        if c3.button("Retrain with corrections", key=f"{state.Loop.START}_{where}", type="primary", disabled=busy,
                      icon=":material/model_training:"):
             with guard("Starting the retraining"):
                 _start(ds, store, report, parent, int(epochs))
-                job = st.session_state.get(JOB_KEY)
+                job = st.session_state.get(state.Loop.JOB)
         if job and job.get("dataset") == str(ds.root):
             st.fragment(_job_fragment, run_every=REFRESH_SECONDS if _active(job) else None)(where)
         st.divider()
         st.markdown("**What moved** — before/after on the same held-out cases, on the old and the corrected labels")
         child = job.get("name") if job and job.get("dataset") == str(ds.root) else None
-        marker = f"loop_defaults_for_{where}"
+        marker = f"{state.Loop.DEFAULTS_FOR}_{where}"
         if child in names and job.get("parent") in names and st.session_state.get(marker) != job["run_dir"]:
             # the retrained model just appeared: compare it with its parent by default (once)
-            st.session_state[_k("before", where)] = job["parent"]
-            st.session_state[_k("after", where)] = child
+            st.session_state[f"{state.Loop.BEFORE}_{where}"] = job["parent"]
+            st.session_state[f"{state.Loop.AFTER}_{where}"] = child
             st.session_state[marker] = job["run_dir"]
         c1, c2, c3 = st.columns([2, 2, 1], vertical_alignment="bottom")
         dflt_b = names.index(job["parent"]) if job and job.get("parent") in names else 0
-        before = c1.selectbox("Before", names, index=dflt_b, key=_k("before", where), on_change=_keep_open)
+        before = c1.selectbox("Before", names, index=dflt_b, key=f"{state.Loop.BEFORE}_{where}", on_change=_keep_open)
         after_names = [n for n in names if n != before] or names
         dflt_a = after_names.index(child) if child in after_names else 0
-        after = c2.selectbox("After", after_names, index=dflt_a, key=_k("after", where), on_change=_keep_open)
-        if c3.button("Show what moved", key=_k("impact", where), icon=":material/compare_arrows:"):
+        after = c2.selectbox("After", after_names, index=dflt_a, key=f"{state.Loop.AFTER}_{where}",
+                             on_change=_keep_open)
+        if c3.button("Show what moved", key=f"{state.Loop.IMPACT_BTN}_{where}", icon=":material/compare_arrows:"):
             with guard("Computing the impact report"):
                 _impact(ds, store, report, before, after)
-        rep = st.session_state.get(IMPACT_KEY)
+        rep = st.session_state.get(state.Loop.IMPACT)
         if rep and rep.get("dataset") == str(ds.root):
             impact_view(rep)
 
 
 def _keep_open() -> None:
-    st.session_state[OPEN_KEY] = True
+    st.session_state[state.Loop.OPEN] = True
 
 
 def _active(job: dict[str, Any]) -> bool:
@@ -300,7 +294,7 @@ def _active(job: dict[str, Any]) -> bool:
 
 # ------------------------------------------------------------------------------------------ queue signals
 
-def queue_signals(ds: Any) -> dict[str, Any]:
+def queue_signals(ds: Dataset) -> dict[str, Any]:
     """``{"disagreement": {...}, "uncertainty": {...}}`` saved for ``ds`` (for :func:`case_queue`)."""
     from engine.curation.signals import load_signals
 
@@ -308,7 +302,7 @@ def queue_signals(ds: Any) -> dict[str, Any]:
     return {"disagreement": sig.get("disagreement") or None, "uncertainty": sig.get("uncertainty") or None}
 
 
-def signals_panel(ds: Any) -> None:
+def signals_panel(ds: Dataset) -> None:
     """Compute model-vs-model disagreement and flip-TTA uncertainty for the case queue."""
     from engine.curation.signals import load_signals
     from ui.widgets import guard, model_picker
@@ -320,16 +314,16 @@ def signals_panel(ds: Any) -> None:
                        f"({', '.join(sig.get('models', []))}), {len(sig.get('uncertainty') or {}):,} with flip-TTA "
                        "uncertainty.")
         models = model_picker("Models (2–3 for disagreement; the first also gives uncertainty)",
-                              key=K["sig_models"], multi=True, max_selections=3, dataset_labels=ds.labels)
+                              key=state.Loop.SIG_MODELS, multi=True, max_selections=3, dataset_labels=ds.labels)
         n_max = st.number_input("Cases scored for uncertainty (most suspicious first)", min_value=1,
-                                max_value=max(1, len(ds)), value=min(len(ds), 200), key=K["sig_max"])
-        if st.button("Score the queue with these models", key=K["sig_btn"], disabled=not models):
+                                max_value=max(1, len(ds)), value=min(len(ds), 200), key=state.Loop.SIG_MAX)
+        if st.button("Score the queue with these models", key=state.Loop.SIG_BTN, disabled=not models):
             with guard("Scoring the queue"):
                 _compute_signals(ds, list(models), int(n_max))
                 st.rerun()
 
 
-def _compute_signals(ds: Any, models: list[str], n_max: int) -> None:
+def _compute_signals(ds: Dataset, models: list[str], n_max: int) -> None:
     from engine.curation.signals import model_disagreement, save_signals, tta_uncertainty
     from engine.evaluation import EvalConfig, evaluate
     from ui.loaders import load_predictor

@@ -19,14 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 BROWSER_PAGE = "pages/3_Dataset_browser.py"
 CONFLICT_PAGE = "pages/6_Conflict_review.py"
 EDITOR_PAGE = "pages/7_Mask_editor.py"
-REQUEST_KEY = state.BROWSER_REQUEST       # {"case", "view", "model", "eval"} set by other pages
 
 
 def request_case(case_id: str, view: str = "Case details", model: str | None = None,
                  eval_folder: str | None = None) -> None:
     """Ask the browser (next time it runs) to open ``case_id`` in ``view`` with a model/evaluation."""
-    state.set(state.BROWSER_CASE, case_id)
-    st.session_state[REQUEST_KEY] = {"case": case_id, "view": view, "model": model, "eval": eval_folder}
+    state.put(state.Shared.BROWSER_CASE, case_id)
+    st.session_state[state.Browser.REQUEST] = {"case": case_id, "view": view, "model": model, "eval": eval_folder}
 
 
 def short_id(case_id: str, n: int = 24) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import streamlit as st
 
 from ui import predict_view as pv
@@ -9,40 +11,44 @@ from ui import state
 from ui.loaders import classifier_names, load_dataset, load_predictor
 from ui.widgets import domain_warning, guard, legend, model_picker
 
+if TYPE_CHECKING:
+    from engine.checkpoint import ModelCard
+    from engine.inference import Predictor
+    from engine.postprocess import PostProcessConfig
 
-RLE_EXPANDER = state.PREDICT_RLE_OPEN  # session-state keys of the lazy expanders (True = open)
-META_EXPANDER = state.PREDICT_META_OPEN
+
 RLE_CAPTIONS = {
     "kaggle": "Kaggle UNS: 1-based `start length` pairs, column-major, empty = blank",
     "siim": "SIIM-ACR: first offset 0-based, later offsets relative to the previous run's end, empty = -1",
 }
 
 
-def controls(card, predictor):
+def controls(card: ModelCard, predictor: Predictor) -> PostProcessConfig:
     """Post-processing controls (keyed per model, so each model starts from its card's defaults)."""
     post = card.postprocess
     m = card.name
     c1, c2, c3, c4 = st.columns(4)
     use_triplet = True
     if post.triplet is not None:
-        use_triplet = c4.toggle("Card's triplet gate", value=True, key=f"predict_triplet_{m}",
+        use_triplet = c4.toggle("Card's triplet gate", value=True, key=f"{state.Predict.TRIPLET}_{m}",
                                 help="SIIM 1st-place gate from the model card; replaces the threshold")
-    threshold = c1.slider("Threshold", 0.01, 0.99, float(post.threshold), 0.01, key=f"predict_thr_{m}",
+    threshold = c1.slider("Threshold", 0.01, 0.99, float(post.threshold), 0.01, key=f"{state.Predict.THRESHOLD}_{m}",
                           disabled=post.triplet is not None and use_triplet,
                           help="a class wins a pixel when its probability reaches this")
     min_area = c2.number_input("Minimum area (px)", 0, 1_000_000, int(post.min_area), step=10,
-                               key=f"predict_minarea_{m}", help="drop connected regions smaller than this")
+                               key=f"{state.Predict.MIN_AREA}_{m}", help="drop connected regions smaller than this")
     keep = c3.number_input("Keep largest k regions (0 = all)", 0, 100, int(post.keep_largest),
-                           key=f"predict_keep_{m}")
-    fill = c3.checkbox("Fill holes", value=bool(post.fill_holes), key=f"predict_fill_{m}")
+                           key=f"{state.Predict.KEEP_LARGEST}_{m}")
+    fill = c3.checkbox("Fill holes", value=bool(post.fill_holes), key=f"{state.Predict.FILL_HOLES}_{m}")
     presence = None
     if predictor.has_presence:
         presence = c4.slider("Presence gate (0 = off)", 0.0, 1.0, float(post.presence_threshold or 0.0), 0.01,
-                             key=f"predict_pres_{m}", help="empty the mask when the presence head is below this")
+                             key=f"{state.Predict.PRESENCE_THRESHOLD}_{m}",
+                             help="empty the mask when the presence head is below this")
     return pv.post_config(post, threshold, min_area, keep, fill, presence, use_triplet)
 
 
-def demo_buttons():
+def demo_buttons() -> None:
     """'Try a demo image' buttons fed by the current dataset."""
     path = state.current_dataset_path()
     if not path:
@@ -56,28 +62,28 @@ def demo_buttons():
     cases = pv.demo_cases(ds, 3)
     if not cases:
         return
-    demo = st.session_state.setdefault(pv.DEMO_INPUTS, [])
+    demo = st.session_state.setdefault(state.Predict.DEMO_INPUTS, [])
     cols = st.columns(len(cases) + 2)
     for i, case in enumerate(cases):
         tag = "with mask" if case.has_mask else ("empty mask" if case.labelled else "unlabelled")
         short = case.case_id if len(case.case_id) <= 16 else "…" + case.case_id[-8:]
-        if cols[i].button(f"Try demo image {short} ({tag})", key=f"predict_demo_{i}", help=case.case_id):
+        if cols[i].button(f"Try demo image {short} ({tag})", key=f"{state.Predict.DEMO}_{i}", help=case.case_id):
             item = {"dataset": str(ds.root), "case_id": case.case_id}
             if item not in demo:
                 demo.append(item)
-            st.session_state[pv.PREDICT_SELECTED] = case.case_id
-    if cols[len(cases)].button("Try all three", key=state.PREDICT_DEMO_ALL):
+            st.session_state[state.Predict.SELECTED] = case.case_id
+    if cols[len(cases)].button("Try all three", key=state.Predict.DEMO_ALL):
         for case in cases:
             item = {"dataset": str(ds.root), "case_id": case.case_id}
             if item not in demo:
                 demo.append(item)
-    if demo and cols[len(cases) + 1].button("Clear demo images", key=state.PREDICT_DEMO_CLEAR):
+    if demo and cols[len(cases) + 1].button("Clear demo images", key=state.Predict.DEMO_CLEAR):
         demo.clear()
 
 
-def demo_inputs():
+def demo_inputs() -> list[pv.InputImage]:
     out = []
-    for item in st.session_state.get(pv.DEMO_INPUTS, []):
+    for item in st.session_state.get(state.Predict.DEMO_INPUTS, []):
         try:
             ds = load_dataset(item["dataset"], options=None)
             out.append(pv.dataset_input(ds, ds.case(item["case_id"])))
@@ -86,7 +92,7 @@ def demo_inputs():
     return out
 
 
-def batch_section(items, card):
+def batch_section(items: list[pv.PredictedImage], card: ModelCard) -> None:
     labels = card.labels
     st.dataframe(pv.summary_frame(items, labels), hide_index=True, width="stretch")
     kaggle = [(pv.image_ids(it.inp.name, it.meta)["kaggle"], it.mask) for it in items]
@@ -94,19 +100,20 @@ def batch_section(items, card):
     masks = [(it.inp.name, it.mask) for it in items]
     c1, c2, c3 = st.columns(3)
     c1.download_button("All: Kaggle UNS RLE CSV", lambda: pv.rle_csv_bytes(kaggle, "kaggle"),
-                       "predictions_kaggle_uns.csv", "text/csv", key=state.PREDICT_CSV_KAGGLE, on_click="ignore",
+                       "predictions_kaggle_uns.csv", "text/csv", key=state.Predict.CSV_KAGGLE, on_click="ignore",
                        help="img,pixels — 1-based 'start length' pairs, column-major (foreground = any class)")
     c2.download_button("All: SIIM RLE CSV", lambda: pv.rle_csv_bytes(siim, "siim"),
-                       "predictions_siim.csv", "text/csv", key=state.PREDICT_CSV_SIIM, on_click="ignore",
-                       help="ImageId,EncodedPixels — relative offsets, -1 when empty (ImageId = SOPInstanceUID for DICOM)")
+                       "predictions_siim.csv", "text/csv", key=state.Predict.CSV_SIIM, on_click="ignore",
+                       help="ImageId,EncodedPixels — relative offsets, -1 when empty "
+                            "(ImageId = SOPInstanceUID for DICOM)")
     c3.download_button("All: masks (ZIP of PNG)", lambda: pv.masks_zip_bytes(masks), "masks.zip",
-                       "application/zip", key=state.PREDICT_ZIP, on_click="ignore")
+                       "application/zip", key=state.Predict.ZIP, on_click="ignore")
 
 
 GATE_NONE = "(no gate)"
 
 
-def gate_controls(model: str, card):
+def gate_controls(model: str, card: ModelCard) -> tuple[Predictor, float | None]:
     """Presence-classifier gate picker (default: the card's) and its threshold; returns
     ``(predictor, gate threshold or None)``."""
     names = classifier_names()
@@ -116,31 +123,33 @@ def gate_controls(model: str, card):
     options = [GATE_NONE] + names + ([card_gate] if card_gate and card_gate not in names else [])
     c1, c2 = st.columns([2, 3])
     choice = c1.selectbox("Presence classifier gate", options, index=options.index(card_gate) if card_gate else 0,
-                          key=f"predict_gate_{model}",
+                          key=f"{state.Predict.GATE}_{model}",
                           help="two-stage pipeline: the classifier decides whether the structure is in the "
                                "image at all; below the threshold the mask is emptied")
     if choice == GATE_NONE:
         return load_predictor(model, gate=None), None
     predictor = load_predictor(model, gate=choice)
     t = c2.slider("Gate threshold (P(present) below this → empty mask)", 0.0, 1.0,
-                  float(predictor.gate_threshold), 0.01, key=f"predict_gate_thr_{model}_{choice}")
+                  float(predictor.gate_threshold), 0.01, key=f"{state.Predict.GATE_THRESHOLD}_{model}_{choice}")
     return predictor, t
 
 
-def detail(item, card, predictor):
+def detail(item: pv.PredictedImage, card: ModelCard, predictor: Predictor) -> None:
+    from engine.inference import gate_rejects
+
     labels = card.labels
     fg = {k: v for k, v in labels.items() if k != 0}
     stem = item.inp.name.rsplit(".", 1)[0]
     c1, c2, c3 = st.columns([2, 1, 2])
-    alpha = c1.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key=state.PREDICT_ALPHA)
-    contour = c2.toggle("Outline", value=True, key=state.PREDICT_CONTOUR)
-    heat_cls = c3.selectbox("Heat-map class", list(fg), format_func=lambda k: fg[k], key=state.PREDICT_HEAT_CLS) \
+    alpha = c1.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key=state.Predict.ALPHA)
+    contour = c2.toggle("Outline", value=True, key=state.Predict.CONTOUR)
+    heat_cls = c3.selectbox("Heat-map class", list(fg), format_func=lambda k: fg[k], key=state.Predict.HEAT_CLS) \
         if len(fg) > 1 else next(iter(fg))
     hidden = pv.class_toggles(labels, "predict")
     legend({k: v for k, v in labels.items() if k not in hidden})
     gt, gt_labels = pv.ground_truth(item.inp)
     domain_warning(card, item.img, item.meta, gt_labels)
-    show_gt = gt is not None and st.toggle("Show ground truth", value=False, key=state.PREDICT_SHOW_GT)
+    show_gt = gt is not None and st.toggle("Show ground truth", value=False, key=state.Predict.SHOW_GT)
     panels = st.columns(3 if show_gt else 2)
     with panels[0]:
         pv.show_image(pv.overlay_rgb(item.img, item.mask, alpha, hidden, contour), f"{item.inp.name}: prediction")
@@ -155,11 +164,13 @@ def detail(item, card, predictor):
     areas = pv.class_areas(item.mask, labels)
     mcols = st.columns(len(areas) + 3 + (gt is not None))
     for col, (name, px) in zip(mcols, areas.items()):
-        col.metric(f"{name} area", f"{px:,} px", f"{100 * px / (h * w):.2f} % of the image", delta_color="off", delta_arrow="off")
+        col.metric(f"{name} area", f"{px:,} px", f"{100 * px / (h * w):.2f} % of the image",
+                   delta_color="off", delta_arrow="off")
     i = len(areas)
     if item.res.gate is not None:
         mcols[i].metric("Presence probability (classifier)", f"{item.res.gate:.3f}",
-                        "gated: mask emptied" if not item.mask.any() and item.res.gate < (item.gate_threshold or 0)
+                        "gated: mask emptied"
+                        if not item.mask.any() and gate_rejects(item.res.gate, item.gate_threshold)
                         else "passed the gate", delta_color="off", delta_arrow="off",
                         help=f"P(present) from the gating classifier {predictor.gate.card.name}")
     else:
@@ -168,7 +179,8 @@ def detail(item, card, predictor):
     mcols[i + 1].metric("Model time", pv.fmt_seconds(item.res.model_s),
                         help="network forward pass (incl. TTA) when the model ran")
     mcols[i + 2].metric("Total time", pv.fmt_seconds(item.total_s),
-                        "cached probabilities" if item.res.cached else "model ran now", delta_color="off", delta_arrow="off",
+                        "cached probabilities" if item.res.cached else "model ran now",
+                        delta_color="off", delta_arrow="off",
                         help="decode + prediction + post-processing on this run")
     if gt is not None:
         from engine.compare import pairwise_dice
@@ -180,17 +192,18 @@ def detail(item, card, predictor):
     # after the threshold moved serves this run's file instead of a deferred one the rerun dropped.
     rles = pv.rle_strings(item.mask)
     d1.download_button("Mask PNG", pv.mask_png_bytes(item.mask), f"{stem}_mask.png", "image/png",
-                       key=state.PREDICT_DL_MASK, on_click="ignore",
+                       key=state.Predict.DL_MASK, on_click="ignore",
                        help="8-bit palette PNG: pixel value = class id, shown in class colours")
     d2.download_button("Overlay PNG", lambda: pv.overlay_png_bytes(item.img, item.mask, alpha, hidden, contour),
-                       f"{stem}_overlay.png", "image/png", key=state.PREDICT_DL_OVERLAY, on_click="ignore")
+                       f"{stem}_overlay.png", "image/png", key=state.Predict.DL_OVERLAY, on_click="ignore")
     d3.download_button("RLE (Kaggle UNS)", rles["kaggle"], f"{stem}_rle_kaggle.txt",
-                       "text/plain", key=state.PREDICT_DL_RLE_KAGGLE, on_click="ignore")
+                       "text/plain", key=state.Predict.DL_RLE_KAGGLE, on_click="ignore")
     d4.download_button("RLE (SIIM)", rles["siim"], f"{stem}_rle_siim.txt",
-                       "text/plain", key=state.PREDICT_DL_RLE_SIIM, on_click="ignore")
+                       "text/plain", key=state.Predict.DL_RLE_SIIM, on_click="ignore")
     # Lazy expanders (on_change="rerun"): their content is computed and drawn only while open, so a
     # new upload is not held up by code blocks and tables nobody has asked to see.
-    rle_box = st.expander("Run-length encodings (foreground = any class)", key=RLE_EXPANDER, on_change="rerun")
+    rle_box = st.expander("Run-length encodings (foreground = any class)", key=state.Predict.RLE_OPEN,
+                          on_change="rerun")
     if rle_box.open:
         rle = pv.rle_strings(item.mask)
         with rle_box:
@@ -200,7 +213,7 @@ def detail(item, card, predictor):
                                     "download" if more else ""))
                 st.code(shown or "(empty)", language="text")
     if pv.is_dicom(item.meta):
-        meta_box = st.expander("DICOM metadata (patient-identifying fields hidden)", key=META_EXPANDER,
+        meta_box = st.expander("DICOM metadata (patient-identifying fields hidden)", key=state.Predict.META_OPEN,
                                on_change="rerun")
         if meta_box.open:
             with meta_box:
@@ -210,7 +223,7 @@ def detail(item, card, predictor):
         st.caption(" · ".join(f"{r['field']}: {r['value']}" for r in rows))
 
 
-def main():
+def main() -> None:
     c1, c2, c3 = st.columns([2, 2, 3])
     ds_labels = None
     if state.current_dataset_path():
@@ -219,7 +232,7 @@ def main():
         except Exception:  # noqa: BLE001 - the demo buttons report dataset problems
             ds_labels = None
     with c1:
-        model = model_picker("Model", key=state.PREDICT_MODEL, dataset_labels=ds_labels)
+        model = model_picker("Model", key=state.Predict.MODEL, dataset_labels=ds_labels)
     if not model:
         return
     predictor, gate_threshold = gate_controls(model, load_predictor(model, gate=None).card)
@@ -227,7 +240,7 @@ def main():
     from engine.inference import TTA_MODES
 
     with c2:
-        tta = st.radio("Test-time augmentation", TTA_MODES, horizontal=True, key=state.PREDICT_TTA,
+        tta = st.radio("Test-time augmentation", TTA_MODES, horizontal=True, key=state.Predict.TTA,
                        help="flip: average with the mirrored image; flip4: also vertical and both (4× slower)")
     with c3:
         st.caption(f"**{card.name}** · classes: {', '.join(card.foreground.values())}"
@@ -237,7 +250,7 @@ def main():
             st.caption(card.description[:300])
     post = controls(card, predictor)
     uploads = st.file_uploader("Images (TIFF, DICOM, PNG, JPEG) — one or many", type=pv.UPLOAD_TYPES,
-                               accept_multiple_files=True, key=state.PREDICT_UPLOAD)
+                               accept_multiple_files=True, key=state.Predict.UPLOAD)
     demo_buttons()
     inputs = pv.unique_inputs(pv.upload_inputs(uploads) + demo_inputs())
     if not inputs:
@@ -267,12 +280,12 @@ def main():
         with guard("Gallery"):
             thumbs = [fit_square(pv.overlay_rgb(it.img, it.mask, 0.45), 150) for it in items[:24]]
             st.image(thumbs, caption=[short_id(n) for n in names[:24]], width=150)
-    request = st.session_state.pop(pv.PREDICT_SELECTED, None)
+    request = st.session_state.pop(state.Predict.SELECTED, None)
     if request in names:
-        st.session_state[state.PREDICT_PICK] = request
-    elif st.session_state.get(state.PREDICT_PICK) not in names:
-        st.session_state[state.PREDICT_PICK] = names[0]
-    pick = st.selectbox("Image", names, key=state.PREDICT_PICK) if len(items) > 1 else names[0]
+        st.session_state[state.Predict.PICK] = request
+    elif st.session_state.get(state.Predict.PICK) not in names:
+        st.session_state[state.Predict.PICK] = names[0]
+    pick = st.selectbox("Image", names, key=state.Predict.PICK) if len(items) > 1 else names[0]
     st.subheader(pick)
     detail(items[names.index(pick)], card, predictor)
 

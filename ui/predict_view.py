@@ -10,8 +10,9 @@ Two kinds of functions live here:
   — so moving the threshold or minimum-area sliders only re-runs post-processing, never the
   model — and the detail / side-by-side views both pages draw.
 
-Session keys are the ``*_KEY`` constants below; :data:`MODEL_RUNS` counts the forward passes a
-session actually ran (a test and a curious user can check that a slider did not re-run the model).
+Session keys are :class:`ui.state.Predict` and :class:`ui.state.Compare` members;
+``state.Predict.MODEL_RUNS`` counts the forward passes a session actually ran (a test and a curious
+user can check that a slider did not re-run the model).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import streamlit as st
@@ -32,13 +33,17 @@ import streamlit as st
 from engine.errors import ConfigError, ReadError, WorkbenchError
 from ui import state
 
-DEMO_INPUTS = "segwb_predict_demo_inputs"   # list[dict]: dataset images added with "try a demo image"
-PROB_CACHE = state.SEGWB_PREDICT_PROB_CACHE     # OrderedDict[key, ProbResult] (LRU, bounded)
-MODEL_RUNS = state.SEGWB_PREDICT_MODEL_RUNS     # int: forward passes run by this session
-PREDICT_SELECTED = "segwb_predict_selected"  # image name to open in the detail view (set by demo buttons)
-COMPARE_CASE = "segwb_compare_case"         # case id opened in the Compare page's dataset view
-COMPARE_RUN = "segwb_compare_run"           # settings of the last dataset comparison the user started
-COMPARE_TABLES = state.SEGWB_COMPARE_TABLES     # {settings key: DataFrame} of computed comparisons
+if TYPE_CHECKING:
+    import pandas as pd
+    from streamlit.runtime.uploaded_file_manager import UploadedFile
+
+    from engine.checkpoint import ModelCard
+    from engine.compare import ImageComparison
+    from engine.datasets import Case, Dataset
+    from engine.evaluation import EvalResult
+    from engine.inference import Predictor
+    from engine.postprocess import PostProcessConfig
+    from engine.progress import ProgressFn
 
 #: Bounds of the per-session probability cache (entries, and bytes of float32 probabilities).
 PROB_CACHE_ENTRIES = 48
@@ -86,7 +91,7 @@ def file_key(path: str | Path) -> str:
     return hashlib.sha1(f"{p.resolve()}|{st_.st_mtime_ns}|{st_.st_size}".encode()).hexdigest()[:16]
 
 
-def upload_inputs(files: Iterable[Any]) -> list[InputImage]:
+def upload_inputs(files: Iterable[UploadedFile]) -> list[InputImage]:
     """Store ``st.file_uploader`` files in the workspace (content-addressed) as :class:`InputImage`."""
     from ui.loaders import save_upload
 
@@ -118,7 +123,7 @@ def unique_inputs(inputs: Sequence[InputImage]) -> list[InputImage]:
     return out
 
 
-def demo_cases(dataset: Any, n: int = 3) -> list[Any]:
+def demo_cases(dataset: Dataset, n: int = 3) -> list[Case]:
     """A few cases of ``dataset`` worth showing first: labelled ones with a mask, then one without.
 
     Deterministic (dataset order); falls back to any cases when nothing is labelled.
@@ -131,7 +136,7 @@ def demo_cases(dataset: Any, n: int = 3) -> list[Any]:
     return picked[:n]
 
 
-def dataset_input(dataset: Any, case: Any) -> InputImage:
+def dataset_input(dataset: Dataset, case: Case) -> InputImage:
     """An :class:`InputImage` for a dataset case (its ground truth is known to the page)."""
     return InputImage(name=str(case.case_id), path=Path(case.image_path), key=file_key(case.image_path),
                       source="dataset", case_id=str(case.case_id), dataset=str(dataset.root))
@@ -209,7 +214,7 @@ class ProbResult:
         return float(self.seconds.get("model", self.wall_s))
 
 
-def model_key(predictor: Any) -> str:
+def model_key(predictor: Predictor) -> str:
     """Identity of a loaded model for caching: name, weights hash, device."""
     card = predictor.card
     gate = getattr(predictor, "gate", None)
@@ -218,28 +223,28 @@ def model_key(predictor: Any) -> str:
 
 
 def _prob_cache() -> "OrderedDict[tuple[str, str, str], ProbResult]":
-    cache = st.session_state.get(PROB_CACHE)
+    cache = st.session_state.get(state.Predict.PROB_CACHE)
     if not isinstance(cache, OrderedDict):
         cache = OrderedDict()
-        st.session_state[PROB_CACHE] = cache
+        st.session_state[state.Predict.PROB_CACHE] = cache
     return cache
 
 
 def model_runs() -> int:
     """How many forward passes this session has run (cache misses)."""
-    return int(st.session_state.get(MODEL_RUNS, 0))
+    return int(st.session_state.get(state.Predict.MODEL_RUNS, 0))
 
 
-def predict_probs(predictor: Any, inp: InputImage, img: np.ndarray, tta: str = "none") -> ProbResult:
+def predict_probs(predictor: Predictor, inp: InputImage, img: np.ndarray, tta: str = "none") -> ProbResult:
     """Probabilities of ``img`` from ``predictor`` with ``tta``, from the session cache when possible.
 
-    A miss runs the model once (with the requested TTA, restored afterwards) and stores the
-    result; the cache is bounded by :data:`PROB_CACHE_ENTRIES` and :data:`PROB_CACHE_BYTES`.
+    A miss runs the model once (:meth:`engine.inference.Predictor.predict_raw`: no post-processing)
+    and stores the result; the cache is bounded by :data:`PROB_CACHE_ENTRIES` and
+    :data:`PROB_CACHE_BYTES`. Masks are made from it with :func:`engine.inference.finish_mask`.
     """
-    from engine.inference import TTA_MODES
+    from engine.inference import check_tta
 
-    if tta not in TTA_MODES:
-        raise ConfigError(f"unknown TTA mode {tta!r}", hint=f"use one of {', '.join(TTA_MODES)}")
+    check_tta(tta)
     cache = _prob_cache()
     key = (inp.key, model_key(predictor), tta)
     hit = cache.get(key)
@@ -247,9 +252,9 @@ def predict_probs(predictor: Any, inp: InputImage, img: np.ndarray, tta: str = "
         cache.move_to_end(key)
         return ProbResult(hit.probs, hit.presence, hit.seconds, hit.wall_s, cached=True, gate=hit.gate)
     t0 = time.perf_counter()
-    pred = predictor.predict(img, tta=tta)
+    pred = predictor.predict_raw(img, tta=tta)
     wall = time.perf_counter() - t0
-    st.session_state[MODEL_RUNS] = model_runs() + 1
+    st.session_state[state.Predict.MODEL_RUNS] = model_runs() + 1
     probs = np.ascontiguousarray(pred.probs, dtype=np.float32)
     probs.setflags(write=False)
     res = ProbResult(probs, pred.presence, dict(pred.seconds), wall, cached=False, gate=pred.gate)
@@ -261,9 +266,9 @@ def predict_probs(predictor: Any, inp: InputImage, img: np.ndarray, tta: str = "
     return res
 
 
-def post_config(card_post: Any, threshold: float | None = None, min_area: int | None = None,
+def post_config(card_post: PostProcessConfig, threshold: float | None = None, min_area: int | None = None,
                 keep_largest: int | None = None, fill_holes: bool | None = None,
-                presence_threshold: float | None = None, use_triplet: bool = True):
+                presence_threshold: float | None = None, use_triplet: bool = True) -> PostProcessConfig:
     """The card's :class:`~engine.postprocess.PostProcessConfig` with the page's overrides.
 
     ``None`` keeps the card's value. Moving the threshold away from the card's drops the card's
@@ -289,18 +294,6 @@ def post_config(card_post: Any, threshold: float | None = None, min_area: int | 
     if not use_triplet:
         changes["triplet"] = None
     return card_post.replace(**changes) if changes else card_post
-
-
-def apply_post(res: ProbResult, cfg: Any, gate_threshold: float | None = None) -> np.ndarray:
-    """Post-process cached probabilities into a uint8 (H,W) label map (no model run).
-
-    With a gate probability and ``gate_threshold``, the mask is empty when P(present) is below it
-    (the classifier's probability feeds the presence gate; ``gate_threshold`` None = ungated)."""
-    from engine.postprocess import postprocess
-
-    if res.gate is not None and gate_threshold is not None:
-        return postprocess(res.probs, cfg.replace(presence_threshold=float(gate_threshold)), res.gate)
-    return postprocess(res.probs, cfg, res.presence)
 
 
 def class_areas(mask: np.ndarray, labels: Mapping[int, str]) -> dict[str, int]:
@@ -331,13 +324,16 @@ class PredictedImage:
         return self.decode_s + (0.0 if self.res.cached else self.res.wall_s) + self.post_s
 
 
-def run_batch(predictor: Any, inputs: Sequence[InputImage], tta: str, post: Any,
-              progress: Any = None, gate_threshold: float | None = None) -> tuple[list[PredictedImage], list[str]]:
+def run_batch(predictor: Predictor, inputs: Sequence[InputImage], tta: str, post: PostProcessConfig,
+              progress: ProgressFn | None = None, gate_threshold: float | None = None
+              ) -> tuple[list[PredictedImage], list[str]]:
     """Decode, predict (cached) and post-process every input; a bad file never stops the batch.
 
     Returns:
         ``(results in input order, error messages naming each failed file)``.
     """
+    from engine.inference import finish_mask
+
     done: list[PredictedImage] = []
     errors: list[str] = []
     for i, inp in enumerate(inputs):
@@ -347,7 +343,7 @@ def run_batch(predictor: Any, inputs: Sequence[InputImage], tta: str, post: Any,
             t1 = time.perf_counter()
             res = predict_probs(predictor, inp, img, tta)
             t2 = time.perf_counter()
-            mask = apply_post(res, post, gate_threshold)
+            mask = finish_mask(res.probs, post, presence=res.presence, gate=res.gate, gate_threshold=gate_threshold)
             t3 = time.perf_counter()
             done.append(PredictedImage(inp, img, meta, res, mask, decode_s=t1 - t0, post_s=t3 - t2,
                                        gate_threshold=gate_threshold if res.gate is not None else None))
@@ -381,7 +377,7 @@ def ground_truth(inp: InputImage) -> tuple[np.ndarray | None, dict[int, str] | N
     return _ground_truth(inp.dataset, inp.case_id, inp.key), dict(ds.labels)
 
 
-def summary_frame(items: Sequence[PredictedImage], labels: Mapping[int, str]):
+def summary_frame(items: Sequence[PredictedImage], labels: Mapping[int, str]) -> pd.DataFrame:
     """pandas DataFrame, one row per image: size, source, area per class, presence, timings."""
     import pandas as pd
 
@@ -541,7 +537,8 @@ def masks_zip_bytes(items: Sequence[tuple[str, np.ndarray]]) -> bytes:
 # Compare page: evaluations and the comparison table
 
 
-def find_evaluation(dataset: Any, card: Any, case_ids: Sequence[str], tta: str = "none"):
+def find_evaluation(dataset: Dataset, card: ModelCard, case_ids: Sequence[str], tta: str = "none"
+                    ) -> EvalResult | None:
     """A cached evaluation of ``card``'s weights on ``dataset`` whose saved predictions cover
     ``case_ids`` with the card's default post-processing and ``tta``, or None.
 
@@ -568,8 +565,8 @@ def find_evaluation(dataset: Any, card: Any, case_ids: Sequence[str], tta: str =
     return None
 
 
-def evaluate_models(dataset: Any, names: Sequence[str], case_ids: Sequence[str], tta: str = "none",
-                    device: str | None = None, progress: Any = None) -> dict[str, Any]:
+def evaluate_models(dataset: Dataset, names: Sequence[str], case_ids: Sequence[str], tta: str = "none",
+                    device: str | None = None, progress: ProgressFn | None = None) -> dict[str, EvalResult]:
     """``{model name: EvalResult}`` for ``case_ids``: reused from the disk cache when an evaluation
     covers them, else :func:`engine.evaluation.evaluate` (saved predictions, no sweep)."""
     from engine.evaluation import EvalConfig, evaluate
@@ -577,7 +574,7 @@ def evaluate_models(dataset: Any, names: Sequence[str], case_ids: Sequence[str],
     from ui import state
     from ui.loaders import load_predictor
 
-    out: dict[str, Any] = {}
+    out: dict[str, EvalResult] = {}
     n = len(names)
     for i, name in enumerate(names):
         pred = load_predictor(name, device)
@@ -594,7 +591,7 @@ def evaluate_models(dataset: Any, names: Sequence[str], case_ids: Sequence[str],
     return out
 
 
-def comparison_key(dataset: Any, results: Mapping[str, Any], case_ids: Sequence[str]) -> str:
+def comparison_key(dataset: Dataset, results: Mapping[str, EvalResult], case_ids: Sequence[str]) -> str:
     h = hashlib.sha1(str(dataset.root).encode())
     for name, res in results.items():
         h.update(f"{name}|{res.folder}|{res.summary.get('key')}".encode())
@@ -602,11 +599,12 @@ def comparison_key(dataset: Any, results: Mapping[str, Any], case_ids: Sequence[
     return h.hexdigest()[:16]
 
 
-def comparison_table(dataset: Any, results: Mapping[str, Any], case_ids: Sequence[str], progress: Any = None):
+def comparison_table(dataset: Dataset, results: Mapping[str, EvalResult], case_ids: Sequence[str],
+                     progress: ProgressFn | None = None) -> pd.DataFrame:
     """:func:`engine.compare.compare_models`, kept per session so reruns do not re-read masks."""
     from engine.compare import compare_models
 
-    tables = st.session_state.setdefault(COMPARE_TABLES, {})
+    tables = st.session_state.setdefault(state.Compare.TABLES, {})
     key = comparison_key(dataset, results, case_ids)
     if key not in tables:
         if len(tables) > 8:
@@ -640,7 +638,7 @@ def class_toggles(labels: Mapping[int, str], key: str) -> list[int]:
 
 def render_side_by_side(img: np.ndarray, masks: Mapping[str, np.ndarray], labels: Mapping[str, Mapping[int, str]],
                         gt: np.ndarray | None = None, gt_labels: Mapping[int, str] | None = None,
-                        key: str = "cmp", alpha: float = 0.45) -> Any:
+                        key: str = "cmp", alpha: float = 0.45) -> ImageComparison:
     """Overlays of every model (and the ground truth), a disagreement map with legend and
     pixel counts, inter-model Dice and Dice vs ground truth. Returns the ImageComparison."""
     from engine.compare import compare_masks, model_letters

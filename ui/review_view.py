@@ -13,7 +13,7 @@ never in the dataset folder), which is re-read on every rerun: several reviewers
 once without losing decisions, and nothing about decisions is cached in the session.
 Pure logic (ordering, filters, progress, proposals) is :mod:`engine.curation` (its review queue).
 
-Other pages open a pair here by setting ``st.session_state[ui.state.BROWSER_CASE]`` to one of
+Other pages open a pair here by setting ``st.session_state[ui.state.Shared.BROWSER_CASE]`` to one of
 its cases (the Dataset browser does): the queue then starts at the most severe pair holding it.
 """
 
@@ -21,38 +21,30 @@ from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
+from engine.store.records import DECISION_OPTIONS
 from ui import loop_view, state
 from ui.loaders import case_image
 from ui.widgets import fmt_num
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from engine.curation import QueueFilter, ReviewItem
+    from engine.datasets import Dataset
+    from engine.dedup import ConflictReport
+    from engine.errors import StaleDecision
+    from engine.store import Claim, Decision, MaskVersion, ReviewStore
+
+    Decisions = dict[tuple[str, tuple[str, ...]], Decision]  # ReviewStore.decisions()
+
 PAGE = "pages/6_Conflict_review.py"
 
-REVIEWER_KEY = state.REVIEWER            # remembered reviewer name (shared by review/editor pages)
-REVIEWER_INPUT = state.REVIEW_REVIEWER       # the text input's own key (dropped when the page is left)
-NOTE_KEY = state.REVIEW_NOTE
-NOTE_CLEAR = state.REVIEW_NOTE_CLEAR
-CURRENT_KEY = state.REVIEW_CURRENT           # "a\tb" of the pair on screen
-JUMP_KEY = state.REVIEW_JUMP
-LINK_KEY = state.REVIEW_LINK_CASE            # the BROWSER_CASE value already used as a deep link
-REQUEST_KEY = state.REVIEW_REQUEST_CASE      # a case id set by a linking page: open this case's pair next time
-NOTICE_KEY = state.REVIEW_NOTICE
-SEARCHED_KEY = state.REVIEW_SEARCHED
-EXPORT_KEY = state.REVIEW_EXPORT
-F_CATEGORY, F_SUBJECT, F_STATE = state.REVIEW_F_CATEGORY, state.REVIEW_F_SUBJECT, state.REVIEW_F_STATE
-OPACITY_KEY = state.REVIEW_OPACITY
-SHOW_MASKS_KEY = state.REVIEW_SHOW_MASKS
-RADIUS_KEY = state.REVIEW_RADIUS
-POLICY_KEY = state.REVIEW_POLICY
-PATH_KEY = state.REVIEW_MANIFEST_PATH
-S_SCOPE, S_THRESHOLD, S_HEIGHT, S_WIDTH = (state.REVIEW_SCOPE, state.REVIEW_THRESHOLD, state.REVIEW_SSIM_H,
-                                        state.REVIEW_SSIM_W)
 
-DECISION_SHORTCUTS = {"keep_a": "1", "keep_b": "2", "keep_both": "3", "union": "4", "both_empty": "5",
-                      "drop_both": "6", "not_duplicate": "7", "needs_expert": "8"}
+DECISION_SHORTCUTS = {o.value: o.shortcut for o in DECISION_OPTIONS if o.shortcut}
 SCOPE_LABELS = {"group": "within each subject (fast)", "global": "across the whole dataset (finds leakage)"}
 STATE_LABELS = {"undecided": "undecided", "proposed": "proposed (bulk rule)", "decided": "decided",
                 "needs_expert": "needs expert"}
@@ -71,7 +63,7 @@ def _report_dict(path: str, mtime: float, size: int) -> dict[str, Any]:
     return ConflictReport.load(path).to_dict()
 
 
-def latest_report(ds: Any):
+def latest_report(ds: Dataset) -> ConflictReport | None:
     """The latest :class:`~engine.dedup.ConflictReport` of ``ds`` (cached on the file's stamp), or None.
 
     Mirrors :func:`engine.dedup.load_latest_report` (a damaged file counts as none, with a warning).
@@ -91,11 +83,11 @@ def latest_report(ds: Any):
 
 
 def _notice(text: str) -> None:
-    st.session_state[NOTICE_KEY] = text
+    st.session_state[state.Review.NOTICE] = text
 
 
 def show_notice() -> None:
-    text = st.session_state.pop(NOTICE_KEY, None)
+    text = st.session_state.pop(state.Review.NOTICE, None)
     if text:
         st.success(text, icon=":material/check_circle:")
 
@@ -106,15 +98,16 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 # ------------------------------------------------------------------------------ search
 
-def search_panel(ds: Any, report: Any) -> None:
+def search_panel(ds: Dataset, report: ConflictReport | None) -> None:
     """Settings of the duplicate search and the button running :func:`engine.dedup.find_conflicts`."""
     from engine.dedup import ConflictConfig
     from engine.dedup.conflicts import SCOPES
 
     cfg = dict(report.config) if report is not None else ConflictConfig().to_dict()
     size = list(cfg.get("ssim_size") or (64, 80))
-    defaults = {S_SCOPE: cfg.get("scope", "group"), S_THRESHOLD: float(cfg.get("ssim_threshold", 0.99)),
-                S_HEIGHT: int(size[0]), S_WIDTH: int(size[1])}
+    defaults = {state.Review.SCOPE: cfg.get("scope", "group"),
+                state.Review.THRESHOLD: float(cfg.get("ssim_threshold", 0.99)),
+                state.Review.SSIM_H: int(size[0]), state.Review.SSIM_W: int(size[1])}
     for k, v in defaults.items():
         st.session_state.setdefault(k, v)
     if report is None:
@@ -124,14 +117,15 @@ def search_panel(ds: Any, report: Any) -> None:
     with st.expander("Find near-duplicates" if report is None else "Search again (other settings)",
                      expanded=report is None):
         c = st.columns(4)
-        scope = c[0].selectbox("Scope", list(SCOPES), format_func=lambda s: SCOPE_LABELS.get(s, s), key=S_SCOPE,
+        scope = c[0].selectbox("Scope", list(SCOPES), format_func=lambda s: SCOPE_LABELS.get(s, s),
+                               key=state.Review.SCOPE,
                                help="pairs only within one subject/patient, or anywhere in the dataset")
         thr = c[1].number_input("SSIM threshold", min_value=0.5, max_value=1.0, step=0.001, format="%.3f",
-                                key=S_THRESHOLD, help="images at least this similar are near-duplicates")
-        h = c[2].number_input("SSIM height (px)", min_value=7, max_value=1024, step=1, key=S_HEIGHT,
+                                key=state.Review.THRESHOLD, help="images at least this similar are near-duplicates")
+        h = c[2].number_input("SSIM height (px)", min_value=7, max_value=1024, step=1, key=state.Review.SSIM_H,
                               help="images are downscaled to this size for SSIM (the case study's trick)")
-        w = c[3].number_input("SSIM width (px)", min_value=7, max_value=1024, step=1, key=S_WIDTH)
-        if st.button("Find near-duplicates", type="primary", key=state.REVIEW_SEARCH,
+        w = c[3].number_input("SSIM width (px)", min_value=7, max_value=1024, step=1, key=state.Review.SSIM_W)
+        if st.button("Find near-duplicates", type="primary", key=state.Review.SEARCH,
                      help="fingerprints are cached, so a repeat only re-verifies the candidates"):
             from ui.widgets import guard, streamlit_progress
 
@@ -142,16 +136,16 @@ def search_panel(ds: Any, report: Any) -> None:
                 report_fn, bar = streamlit_progress(f"Finding near-duplicates among {len(ds):,} images")
                 rep = find_conflicts(ds, config, progress=report_fn)
                 bar.empty()
-                st.session_state[SEARCHED_KEY] = True
+                st.session_state[state.Review.SEARCHED] = True
                 cats = rep.stats.get("categories", {})
                 _notice(f"Found {len(rep.pairs):,} near-duplicate pairs "
                         f"({cats.get('conflict', 0)} conflicts) in {rep.timing.get('total', 0):.1f} s.")
-                st.session_state.pop(CURRENT_KEY, None)
-                st.session_state.pop(EXPORT_KEY, None)
+                st.session_state.pop(state.Review.CURRENT, None)
+                st.session_state.pop(state.Review.EXPORT, None)
                 st.rerun()
 
 
-def summary_panel(report: Any, ds: Any) -> None:
+def summary_panel(report: ConflictReport, ds: Dataset) -> None:
     """Counts per category, settings and timing of the report."""
     from engine.dedup import CATEGORIES
 
@@ -161,7 +155,7 @@ def summary_panel(report: Any, ds: Any) -> None:
                    "search again to review the current images.", icon=":material/update:")
 
     cats = report.stats.get("categories", {})
-    expanded = bool(st.session_state.pop(SEARCHED_KEY, False))
+    expanded = bool(st.session_state.pop(state.Review.SEARCHED, False))
     when = report.created.replace("T", " ")[:19] if report.created else "unknown time"
     with st.expander(f"Search summary · {len(report.pairs):,} pairs in {len(report.groups):,} groups · {when} UTC",
                      expanded=expanded):
@@ -182,26 +176,26 @@ def summary_panel(report: Any, ds: Any) -> None:
 
 # ------------------------------------------------------------------------------ queue controls
 
-def _apply_deep_link(queue: list) -> None:
-    """Start at the pair of a requested case (``REQUEST_KEY``), or of ``BROWSER_CASE`` when
+def _apply_deep_link(queue: list[ReviewItem]) -> None:
+    """Start at the pair of a requested case (``state.Review.REQUEST_CASE``), or of ``BROWSER_CASE`` when
     that changed since it was last used; clears the filters so the pair is visible."""
     from engine.curation import key_text, pair_for_case
 
-    browser_case = state.get(state.BROWSER_CASE)
-    case = st.session_state.pop(REQUEST_KEY, None)
+    browser_case = state.get(state.Shared.BROWSER_CASE)
+    case = st.session_state.pop(state.Review.REQUEST_CASE, None)
     if case is None:
-        if not browser_case or browser_case == st.session_state.get(LINK_KEY):
+        if not browser_case or browser_case == st.session_state.get(state.Review.LINK_CASE):
             return
         case = browser_case
-    st.session_state[LINK_KEY] = browser_case
+    st.session_state[state.Review.LINK_CASE] = browser_case
     key = pair_for_case(queue, str(case))
     if key is not None:
-        st.session_state[CURRENT_KEY] = key_text(key)
-        for k in (F_CATEGORY, F_SUBJECT, F_STATE):
+        st.session_state[state.Review.CURRENT] = key_text(key)
+        for k in (state.Review.F_CATEGORY, state.Review.F_SUBJECT, state.Review.F_STATE):
             st.session_state.pop(k, None)
 
 
-def filter_controls(queue: list):
+def filter_controls(queue: list[ReviewItem]) -> QueueFilter:
     """Sidebar filters → :class:`engine.curation.QueueFilter`; plus display options."""
     from engine.curation import REVIEW_STATES, QueueFilter, categories_of, subjects_of
 
@@ -209,21 +203,21 @@ def filter_controls(queue: list):
     sb.divider()
     sb.subheader("Queue filters")
     cats = categories_of(queue)
-    categories = sb.multiselect("Category", list(cats), key=F_CATEGORY,
+    categories = sb.multiselect("Category", list(cats), key=state.Review.F_CATEGORY,
                                 format_func=lambda c: f"{c} ({cats.get(c, 0)})",
                                 help="empty = all; conflict = one mask empty, the other not")
     subjects = subjects_of(queue)
-    picked_subjects = sb.multiselect(f"Subject / patient · {len(subjects)}", subjects, key=F_SUBJECT,
+    picked_subjects = sb.multiselect(f"Subject / patient · {len(subjects)}", subjects, key=state.Review.F_SUBJECT,
                                      help="pairs with an image of these groups") if len(subjects) > 1 else []
-    states = sb.multiselect("Decision state", list(REVIEW_STATES), key=F_STATE,
+    states = sb.multiselect("Decision state", list(REVIEW_STATES), key=state.Review.F_STATE,
                             format_func=lambda s: STATE_LABELS.get(s, s))
     sb.subheader("Display")
-    st.session_state.setdefault(OPACITY_KEY, 0.4)
-    st.session_state.setdefault(SHOW_MASKS_KEY, True)
-    st.session_state.setdefault(RADIUS_KEY, 2)
-    sb.toggle("Show masks", key=SHOW_MASKS_KEY)
-    sb.slider("Mask opacity", 0.0, 1.0, step=0.05, key=OPACITY_KEY)
-    sb.slider("Neighbouring frames (each side)", 0, 5, key=RADIUS_KEY)
+    st.session_state.setdefault(state.Review.OPACITY, 0.4)
+    st.session_state.setdefault(state.Review.SHOW_MASKS, True)
+    st.session_state.setdefault(state.Review.RADIUS, 2)
+    sb.toggle("Show masks", key=state.Review.SHOW_MASKS)
+    sb.slider("Mask opacity", 0.0, 1.0, step=0.05, key=state.Review.OPACITY)
+    sb.slider("Neighbouring frames (each side)", 0, 5, key=state.Review.RADIUS)
     return QueueFilter(tuple(categories), tuple(picked_subjects), tuple(states))
 
 
@@ -233,27 +227,28 @@ def reviewer_controls() -> tuple[str, str]:
     from ui import auth
 
     if auth.signed_in():
-        if st.session_state.pop(NOTE_CLEAR, False):
-            st.session_state[NOTE_KEY] = ""
+        if st.session_state.pop(state.Review.NOTE_CLEAR, False):
+            st.session_state[state.Review.NOTE] = ""
         ident = auth.identity()
         if not auth.can("reviewer"):
             auth.role_note("reviewer", "Deciding pairs")
             return "", ""
-        note = st.text_input(f"Note (optional, saved with {ident.name}'s next decision)", key=NOTE_KEY)
+        note = st.text_input(f"Note (optional, saved with {ident.name}'s next decision)", key=state.Review.NOTE)
         return str(ident.name), (note or "").strip()
-    if REVIEWER_INPUT not in st.session_state:
-        st.session_state[REVIEWER_INPUT] = st.session_state.get(REVIEWER_KEY, "")
-    if st.session_state.pop(NOTE_CLEAR, False):
-        st.session_state[NOTE_KEY] = ""
+    if state.Review.REVIEWER not in st.session_state:
+        st.session_state[state.Review.REVIEWER] = st.session_state.get(state.Shared.REVIEWER, "")
+    if st.session_state.pop(state.Review.NOTE_CLEAR, False):
+        st.session_state[state.Review.NOTE] = ""
     c = st.columns([1, 2])
-    who = c[0].text_input("Reviewer", key=REVIEWER_INPUT, placeholder="your name (saved with each decision)")
-    note = c[1].text_input("Note (optional, saved with the next decision)", key=NOTE_KEY)
+    who = c[0].text_input("Reviewer", key=state.Review.REVIEWER, placeholder="your name (saved with each decision)")
+    note = c[1].text_input("Note (optional, saved with the next decision)", key=state.Review.NOTE)
     who = (who or "").strip()
-    st.session_state[REVIEWER_KEY] = who
+    st.session_state[state.Shared.REVIEWER] = who
     return who, (note or "").strip()
 
 
-def progress_panel(queue: list, shown: list, flt: Any, decisions: dict) -> None:
+def progress_panel(queue: list[ReviewItem], shown: list[ReviewItem], flt: QueueFilter,
+                   decisions: Decisions) -> None:
     from engine.curation import orphan_decisions, progress_counts
 
     n = progress_counts(queue)
@@ -271,43 +266,42 @@ def progress_panel(queue: list, shown: list, flt: Any, decisions: dict) -> None:
 
 
 def _go(key_text: str) -> None:
-    st.session_state[CURRENT_KEY] = key_text
-    st.session_state[JUMP_KEY] = key_text
+    st.session_state[state.Review.CURRENT] = key_text
+    st.session_state[state.Review.JUMP] = key_text
 
 
 def _jumped() -> None:
-    value = str(st.session_state.get(JUMP_KEY) or "")
+    value = str(st.session_state.get(state.Review.JUMP) or "")
     if "\t" in value:  # a pair key; anything else (a stale label echoed by the browser) is ignored
-        st.session_state[CURRENT_KEY] = value
+        st.session_state[state.Review.CURRENT] = value
 
 
-def current_item(queue: list, shown: list):
+def current_item(queue: list[ReviewItem], shown: list[ReviewItem]) -> ReviewItem | None:
     """The pair on screen: the session's current pair if it is in the filtered queue, else the
     most severe one still waiting for a reviewer."""
     from engine.curation import first_open, index_of, key_text, parse_key
-
     from ui import context
 
-    key = parse_key(st.session_state.get(CURRENT_KEY, ""))
+    key = parse_key(st.session_state.get(state.Review.CURRENT, ""))
     i = index_of(shown, key)
     if i is None:
         key = first_open(shown)
         i = index_of(shown, key)
         if key is not None:
-            st.session_state[CURRENT_KEY] = key_text(key)
+            st.session_state[state.Review.CURRENT] = key_text(key)
     item = None if i is None else shown[i]
     context.publish(pair=None if item is None else context.pair_param(item.a, item.b))
     return item
 
 
-def _label(it: Any) -> str:
+def _label(it: ReviewItem) -> str:
     # Nothing here may change while the pair is on screen (its decision state does, when a colleague
     # decides): the browser identifies the chosen option by its label, and a label that changed
     # between runs came back as an unknown value that moved the page to another pair.
     return f"#{it.rank} · {it.a} ↔ {it.b} · {it.category} · severity {it.severity:.3f}"
 
 
-def navigation(shown: list, cur: Any) -> None:
+def navigation(shown: list[ReviewItem], cur: ReviewItem) -> None:
     """Previous / pair picker / next / next undecided."""
     from engine.curation import index_of, key_text, next_open
 
@@ -315,27 +309,28 @@ def navigation(shown: list, cur: Any) -> None:
     texts = [key_text(it.key) for it in shown]
     labels = {key_text(it.key): _label(it) for it in shown}
     cur_text = key_text(cur.key)
-    if st.session_state.get(JUMP_KEY) != cur_text:
-        st.session_state[JUMP_KEY] = cur_text
+    if st.session_state.get(state.Review.JUMP) != cur_text:
+        st.session_state[state.Review.JUMP] = cur_text
     nxt = next_open(shown, cur.key)
     c = st.columns([2, 6, 2, 4], vertical_alignment="bottom")
-    c[0].button("Previous", icon=":material/chevron_left:", key=state.REVIEW_PREV, disabled=pos == 0, shortcut="P",
+    c[0].button("Previous", icon=":material/chevron_left:", key=state.Review.PREV, disabled=pos == 0, shortcut="P",
                 on_click=_go, args=(texts[max(0, pos - 1)],), help="previous pair in the queue (P)")
-    c[1].selectbox(f"Pair {pos + 1} of {len(shown):,}", texts, key=JUMP_KEY, format_func=lambda t: labels.get(t, t),
-                   on_change=_jumped)
-    c[2].button("Next", icon=":material/chevron_right:", key=state.REVIEW_NEXT, disabled=pos >= len(shown) - 1,
+    c[1].selectbox(f"Pair {pos + 1} of {len(shown):,}", texts, key=state.Review.JUMP,
+                   format_func=lambda t: labels.get(t, t), on_change=_jumped)
+    c[2].button("Next", icon=":material/chevron_right:", key=state.Review.NEXT, disabled=pos >= len(shown) - 1,
                 shortcut="N", on_click=_go, args=(texts[min(len(shown) - 1, pos + 1)],),
                 help="next pair in the queue (N)")
     # handled here, not in a callback: the target must come from the store as it is now
-    if c[3].button("Next undecided", icon=":material/skip_next:", key=state.REVIEW_NEXT_OPEN, disabled=nxt is None,
+    if c[3].button("Next undecided", icon=":material/skip_next:", key=state.Review.NEXT_OPEN, disabled=nxt is None,
                    shortcut="Shift+N", help="the next pair nobody has decided yet, or only the bulk rule (Shift+N)"):
-        st.session_state[CURRENT_KEY] = key_text(nxt or cur.key)
+        st.session_state[state.Review.CURRENT] = key_text(nxt or cur.key)
         st.rerun()
 
 
 # ------------------------------------------------------------------------------ the pair
 
-def _current_mask(ds: Any, store: Any, corrected: dict, case_id: str):
+def _current_mask(ds: Dataset, store: ReviewStore, corrected: dict[str, MaskVersion], case_id: str
+                  ) -> tuple[np.ndarray | None, str]:
     """(mask or None, description) — a corrected mask version from the store wins over the original."""
     import numpy as np
 
@@ -351,7 +346,8 @@ def _current_mask(ds: Any, store: Any, corrected: dict, case_id: str):
     return m, (f"mask {n:,} px" if n else "empty mask")
 
 
-def decision_panel(store: Any, queue: list, shown: list, cur: Any, reviewer: str, note: str) -> None:
+def decision_panel(store: ReviewStore, queue: list[ReviewItem], shown: list[ReviewItem], cur: ReviewItem,
+                   reviewer: str, note: str) -> None:
     """Current decision, undo/confirm, and the decision buttons (auto-advance after each)."""
     from engine.curation import BULK_NOTE, DECISION_HELP, DECISION_LABELS, key_text, next_open
     from engine.errors import StaleDecision
@@ -379,7 +375,7 @@ def decision_panel(store: Any, queue: list, shown: list, cur: Any, reviewer: str
     # store's current one, which this run already reads fresh: a new decision replaces exactly the
     # event the reviewer saw, or is refused as stale.
     fresh = d.event_id if d is not None and d.target_kind == "pair" else None
-    seen = st.session_state.get(state.REVIEW_SHOWN)
+    seen = st.session_state.get(state.Review.SHOWN)
     base = seen[1] if seen and seen[0] == key_text(cur.key) else fresh
     stale_panel(store, cur, reviewer, note)
 
@@ -387,7 +383,7 @@ def decision_panel(store: Any, queue: list, shown: list, cur: Any, reviewer: str
         return next_open(shown, cur.key) or next_open(queue, cur.key)
 
     c = st.columns([1, 1, 4])
-    if c[0].button("Undo", icon=":material/undo:", key=state.REVIEW_UNDO, disabled=d is None or not reviewer,
+    if c[0].button("Undo", icon=":material/undo:", key=state.Review.UNDO, disabled=d is None or not reviewer,
                    shortcut="U", help=f"cancel the current decision on THIS pair ({cur.a} ↔ {cur.b}; recorded as a "
                                       "new event; U)"):
         with guard("Undoing"):
@@ -399,10 +395,10 @@ def decision_panel(store: Any, queue: list, shown: list, cur: Any, reviewer: str
             except StaleDecision as exc:
                 _remember_stale(cur, exc, None, "undo")
                 st.rerun()
-            st.session_state[NOTE_CLEAR] = True
+            st.session_state[state.Review.NOTE_CLEAR] = True
             _notice(f"Undid **{DECISION_LABELS.get(d.relative_to(cur.a, cur.b), d.decision)}** on {cur.a} ↔ {cur.b}.")
             st.rerun()
-    if cur.state == "proposed" and c[1].button("Confirm", icon=":material/check:", key=state.REVIEW_CONFIRM,
+    if cur.state == "proposed" and c[1].button("Confirm", icon=":material/check:", key=state.Review.CONFIRM,
                                                disabled=not reviewer, shortcut="Y",
                                                help="record the proposed decision as your own (Y)"):
         with guard("Recording the decision"):
@@ -413,8 +409,8 @@ def decision_panel(store: Any, queue: list, shown: list, cur: Any, reviewer: str
             except StaleDecision as exc:
                 _remember_stale(cur, exc, d.relative_to(cur.a, cur.b), note)
                 st.rerun()
-            st.session_state[CURRENT_KEY] = key_text(nxt or cur.key)
-            st.session_state[NOTE_CLEAR] = True
+            st.session_state[state.Review.CURRENT] = key_text(nxt or cur.key)
+            st.session_state[state.Review.NOTE_CLEAR] = True
             _notice(f"Confirmed **{DECISION_LABELS.get(d.decision, d.decision)}** on {cur.a} ↔ {cur.b}.")
             st.rerun()
 
@@ -424,7 +420,7 @@ def decision_panel(store: Any, queue: list, shown: list, cur: Any, reviewer: str
         cols = st.columns(len(row))
         for col, dec in zip(cols, row):
             key = DECISION_SHORTCUTS.get(dec)
-            if col.button(DECISION_LABELS.get(dec, dec), key=f"review_d_{dec}", disabled=not reviewer,
+            if col.button(DECISION_LABELS.get(dec, dec), key=f"{state.Review.DECISION}_{dec}", disabled=not reviewer,
                           type="primary" if dec == current else "secondary", width="stretch", shortcut=key,
                           help=f"{DECISION_HELP.get(dec, '')} ({key})"):
                 with guard("Recording the decision"):
@@ -434,13 +430,13 @@ def decision_panel(store: Any, queue: list, shown: list, cur: Any, reviewer: str
                     except StaleDecision as exc:
                         _remember_stale(cur, exc, dec, note)
                         st.rerun()
-                    st.session_state[CURRENT_KEY] = key_text(nxt or cur.key)
-                    st.session_state[NOTE_CLEAR] = True
+                    st.session_state[state.Review.CURRENT] = key_text(nxt or cur.key)
+                    st.session_state[state.Review.NOTE_CLEAR] = True
                     _notice(f"Recorded **{DECISION_LABELS.get(dec, dec)}** on {cur.a} ↔ {cur.b}"
                             + (" — on to the next pair waiting for a decision." if nxt else
                                " — no pair is waiting for a decision any more."))
                     st.rerun()
-    st.session_state[state.REVIEW_SHOWN] = (key_text(cur.key), fresh)  # what this run shows
+    st.session_state[state.Review.SHOWN] = (key_text(cur.key), fresh)  # what this run shows
 
 
 def _signed_in() -> bool:
@@ -449,25 +445,25 @@ def _signed_in() -> bool:
     return auth.signed_in()
 
 
-def _remember_stale(cur: Any, exc: Any, decision: str | None, note: str) -> None:
+def _remember_stale(cur: ReviewItem, exc: StaleDecision, decision: str | None, note: str) -> None:
     """Keep a refused decision (someone decided the pair meanwhile) for :func:`stale_panel`."""
-    st.session_state[state.REVIEW_STALE] = {
+    st.session_state[state.Review.STALE] = {
         "pair": [cur.a, cur.b], "decision": decision, "note": note, "message": str(exc.message),
         "by": exc.decided_by, "at": exc.decided_at, "current_event": exc.current_event,
         "theirs": exc.decision_as_given or exc.decision}
 
 
-def stale_panel(store: Any, cur: Any, reviewer: str, note: str) -> None:
+def stale_panel(store: ReviewStore, cur: ReviewItem, reviewer: str, note: str) -> None:
     """A refused (stale) decision on this pair: who decided what, when; reload, or override (reviewer+)."""
     from engine.curation import DECISION_LABELS
     from engine.errors import StaleDecision
     from ui.widgets import guard
 
-    sd = st.session_state.get(state.REVIEW_STALE)
+    sd = st.session_state.get(state.Review.STALE)
     if not sd:
         return
     if list(sd["pair"]) != [cur.a, cur.b]:
-        st.session_state.pop(state.REVIEW_STALE, None)
+        st.session_state.pop(state.Review.STALE, None)
         return
     now = store.decision_for(cur.a, cur.b)
     theirs = DECISION_LABELS.get(now.relative_to(cur.a, cur.b), now.decision) if now is not None else "no decision"
@@ -478,11 +474,11 @@ def stale_panel(store: Any, cur: Any, reviewer: str, note: str) -> None:
              f"your **{mine}** was based on what you saw before, so nothing was written.",
              icon=":material/sync_problem:")
     c = st.columns([2, 3, 3])
-    if c[0].button("Reload the pair", key=state.REVIEW_RELOAD, icon=":material/refresh:",
+    if c[0].button("Reload the pair", key=state.Review.RELOAD, icon=":material/refresh:",
                    help="drop your refused choice and show the current decision"):
-        st.session_state.pop(state.REVIEW_STALE, None)
+        st.session_state.pop(state.Review.STALE, None)
         st.rerun()
-    if sd["decision"] and c[1].button(f"Override with my decision ({mine})", key=state.REVIEW_OVERRIDE,
+    if sd["decision"] and c[1].button(f"Override with my decision ({mine})", key=state.Review.OVERRIDE,
                                       icon=":material/gavel:", disabled=not reviewer, type="primary",
                                       help="record your decision on top of theirs (a forced decision in the log; "
                                            "their decision stays in the history)"):
@@ -495,21 +491,21 @@ def stale_panel(store: Any, cur: Any, reviewer: str, note: str) -> None:
             except StaleDecision as exc:  # only with force=False; kept for safety
                 _remember_stale(cur, exc, sd["decision"], note)
             else:
-                st.session_state.pop(state.REVIEW_STALE, None)
+                st.session_state.pop(state.Review.STALE, None)
                 _notice(f"Recorded **{mine}** on {cur.a} ↔ {cur.b}, overriding {sd.get('by')}'s **{theirs}**.")
             st.rerun()
     c[2].caption("Override needs the reviewer role; both decisions stay in the pair's history.")
 
 
-def pair_panel(ds: Any, store: Any, cur: Any) -> None:
+def pair_panel(ds: Dataset, store: ReviewStore, cur: ReviewItem) -> None:
     """Both images with their masks, the difference image, numbers, and neighbouring frames."""
     from engine.errors import WorkbenchError
     from engine.visualize import difference_image, overlay, resize_rgb
 
     p = cur.pair
     corrected = store.corrected_masks()
-    alpha = float(st.session_state.get(OPACITY_KEY, 0.4))
-    show = bool(st.session_state.get(SHOW_MASKS_KEY, True))
+    alpha = float(st.session_state.get(state.Review.OPACITY, 0.4))
+    show = bool(st.session_state.get(state.Review.SHOW_MASKS, True))
     c = st.columns(3)
     imgs = []
     for col, tag, cid in ((c[0], "A", cur.a), (c[1], "B", cur.b)):
@@ -554,13 +550,13 @@ def pair_panel(ds: Any, store: Any, cur: Any) -> None:
     neighbour_panel(ds, cur)
 
 
-def neighbour_panel(ds: Any, cur: Any) -> None:
+def neighbour_panel(ds: Dataset, cur: ReviewItem) -> None:
     """Thumbnails of the frames around A (and around B when it is elsewhere) in subject order."""
-    from engine.errors import WorkbenchError
     from engine.curation import neighbours
+    from engine.errors import WorkbenchError
     from engine.thumbnails import thumbnail_paths
 
-    radius = int(st.session_state.get(RADIUS_KEY, 2))
+    radius = int(st.session_state.get(state.Review.RADIUS, 2))
     if radius <= 0:
         return
     strips: list[tuple[str, list[str]]] = []
@@ -585,7 +581,7 @@ def neighbour_panel(ds: Any, cur: Any) -> None:
                 col.image(str(pth), caption=f"{cid}{tag} · {state_txt}", width="stretch")
 
 
-def history_panel(store: Any, cur: Any) -> None:
+def history_panel(store: ReviewStore, cur: ReviewItem) -> None:
     from engine.curation import pair_history
 
     rows = pair_history(store, cur.a, cur.b)
@@ -598,7 +594,7 @@ def history_panel(store: Any, cur: Any) -> None:
         st.caption("The store is an append-only log: undo adds an event, nothing is ever deleted.")
 
 
-def links_panel(cur: Any) -> None:
+def links_panel(cur: ReviewItem) -> None:
     """Open A or B in the Dataset browser, or its mask in the Mask editor (when installed)."""
     from ui.nav import BROWSER_PAGE, EDITOR_PAGE, REPO, request_case, switch_page
 
@@ -606,21 +602,22 @@ def links_panel(cur: Any) -> None:
     c = st.columns(4 if editor else 2)
     for i, (tag, cid) in enumerate((("A", cur.a), ("B", cur.b))):
         k = 2 * i if editor else i
-        if c[k].button(f"Open {tag} in browser", key=f"review_open_{tag}", icon=":material/open_in_new:",
+        if c[k].button(f"Open {tag} in browser", key=f"{state.Review.OPEN}_{tag}", icon=":material/open_in_new:",
                        help=f"show {cid} in the Dataset browser"):
             request_case(cid)
-            st.session_state[LINK_KEY] = cid  # coming back must not jump away from this pair
+            st.session_state[state.Review.LINK_CASE] = cid  # coming back must not jump away from this pair
             switch_page(BROWSER_PAGE)
-        if editor and c[k + 1].button(f"Edit {tag}'s mask", key=f"review_edit_{tag}", icon=":material/edit:",
-                                      help=f"correct the mask of {cid} in the Mask editor (a new version; the original stays)"):
-            state.set(state.BROWSER_CASE, cid)
-            st.session_state[LINK_KEY] = cid
+        if editor and c[k + 1].button(f"Edit {tag}'s mask", key=f"{state.Review.EDIT}_{tag}", icon=":material/edit:",
+                                      help=f"correct the mask of {cid} in the Mask editor "
+                                           "(a new version; the original stays)"):
+            state.put(state.Shared.BROWSER_CASE, cid)
+            st.session_state[state.Review.LINK_CASE] = cid
             switch_page(EDITOR_PAGE)
 
 
 # ------------------------------------------------------------------------------ bulk, ceiling, export
 
-def bulk_panel(store: Any, queue: list, decisions: dict, reviewer: str) -> None:
+def bulk_panel(store: ReviewStore, queue: list[ReviewItem], decisions: Decisions, reviewer: str) -> None:
     """The case study's rule as a bulk proposal (recorded as undoable decisions noted BULK_NOTE)."""
     from engine.curation import BULK_NOTE, apply_proposals, bulk_proposals, proposals_in_force, undo_proposals
     from ui.widgets import guard, streamlit_progress
@@ -643,7 +640,7 @@ def bulk_panel(store: Any, queue: list, decisions: dict, reviewer: str) -> None:
         if n["unknown_areas"]:
             st.caption(f"{n['unknown_areas']} conflict pair(s) lack mask areas in the report and are skipped.")
         b = st.columns(2)
-        if b[0].button(f"Apply as proposal ({len(props)} pairs)", key=state.REVIEW_BULK_APPLY, type="primary",
+        if b[0].button(f"Apply as proposal ({len(props)} pairs)", key=state.Review.BULK_APPLY, type="primary",
                        disabled=not props or not reviewer):
             with guard("Recording the proposals"):
                 report_fn, bar = streamlit_progress("Recording proposals")
@@ -651,7 +648,7 @@ def bulk_panel(store: Any, queue: list, decisions: dict, reviewer: str) -> None:
                 bar.empty()
                 _notice(f"Recorded {len(props)} proposal(s) of the case study's rule; they show as *proposed*.")
                 st.rerun()
-        if b[1].button(f"Undo all proposals ({len(in_force)})", key=state.REVIEW_BULK_UNDO, icon=":material/undo:",
+        if b[1].button(f"Undo all proposals ({len(in_force)})", key=state.Review.BULK_UNDO, icon=":material/undo:",
                        disabled=not in_force or not reviewer):
             with guard("Undoing the proposals"):
                 report_fn, bar = streamlit_progress("Undoing proposals")
@@ -663,7 +660,7 @@ def bulk_panel(store: Any, queue: list, decisions: dict, reviewer: str) -> None:
             st.caption("Enter your name as **Reviewer** to apply or undo proposals.")
 
 
-def ceiling_panel(report: Any) -> None:
+def ceiling_panel(report: ConflictReport) -> None:
     """Label-noise ceiling and fold leakage of the report."""
     c = report.ceiling
     lk = report.leakage
@@ -690,24 +687,30 @@ def ceiling_panel(report: Any) -> None:
             st.caption(f"Leakage not computed: {lk.get('reason', 'no folds')}.")
 
 
-def export_panel(ds: Any, store: Any, report: Any) -> None:
+def export_panel(ds: Dataset, store: ReviewStore, report: ConflictReport) -> None:
     """Write a cleaned manifest (decisions applied) and offer it for download."""
-    from engine.curation import MANIFEST_POLICIES, build_manifest, save_manifest
-    from engine.curation import default_manifest_path, export_summary, train_command
+    from engine.curation import (
+        MANIFEST_POLICIES,
+        build_manifest,
+        default_manifest_path,
+        export_summary,
+        save_manifest,
+        train_command,
+    )
     from ui.widgets import guard
 
-    last = st.session_state.get(EXPORT_KEY)
+    last = st.session_state.get(state.Review.EXPORT)
     with st.expander("Export a cleaned manifest for training", expanded=bool(last)):
         st.caption("A manifest lists the cases to train on, with the reviewers' decisions applied (dropped cases "
                    "left out, union/empty masks substituted, corrected mask versions used). The dataset folder is "
                    "never modified.")
-        policy = st.radio("Policy", list(MANIFEST_POLICIES), key=POLICY_KEY, horizontal=True,
+        policy = st.radio("Policy", list(MANIFEST_POLICIES), key=state.Review.POLICY, horizontal=True,
                           format_func=lambda p: POLICY_LABELS.get(p, p),
                           help="drop-empty applies the case study's rule at export time to conflict pairs without "
                                "any decision, recording nothing; explicit decisions always win")
-        path_text = st.text_input("Manifest path", key=PATH_KEY,
+        path_text = st.text_input("Manifest path", key=state.Review.MANIFEST_PATH,
                                   placeholder=f"default: {Path(ds.workdir) / 'manifests' / 'clean-<time>.json'}")
-        if st.button("Write manifest", key=state.REVIEW_EXPORT_BTN, type="primary", icon=":material/save:"):
+        if st.button("Write manifest", key=state.Review.EXPORT_BTN, type="primary", icon=":material/save:"):
             with guard("Writing the manifest"):
                 path = Path(path_text.strip()).expanduser() if path_text.strip() else default_manifest_path(ds)
                 if path.is_dir():
@@ -724,7 +727,7 @@ def export_panel(ds: Any, store: Any, report: Any) -> None:
                         "renamed": renamed,
                         "dropped": [{"case_id": c, "reason": r} for c, r in dropped],
                         "written": _dt.datetime.now().strftime("%H:%M:%S")}
-                st.session_state[EXPORT_KEY] = last
+                st.session_state[state.Review.EXPORT] = last
         if last:
             s = last["summary"]
             st.success(f"Wrote `{last['path']}` at {last['written']} (policy **{last['policy']}**).",
@@ -743,12 +746,12 @@ def export_panel(ds: Any, store: Any, report: Any) -> None:
             p = Path(last["path"])
             if p.is_file():
                 st.download_button("Download the manifest (JSON)", data=p.read_bytes(), file_name=p.name,
-                                   mime="application/json", key=state.REVIEW_DOWNLOAD, icon=":material/download:")
+                                   mime="application/json", key=state.Review.DOWNLOAD, icon=":material/download:")
             st.caption("Train on it:")
             st.code(train_command(p), language="bash")
 
 
-def claims_caption(claims: dict, cur: Any) -> None:
+def claims_caption(claims: dict[str, Claim], cur: ReviewItem) -> None:
     """Who is editing A or B in the Mask editor right now (case claims with a lease)."""
     held = [(tag, cid, claims[cid]) for tag, cid in (("A", cur.a), ("B", cur.b)) if cid in claims]
     for tag, cid, cl in held:
@@ -756,7 +759,7 @@ def claims_caption(claims: dict, cur: Any) -> None:
                    f"(lease ends in {int(cl.seconds_left)} s).")
 
 
-def queue_table(shown: list, claims: dict | None = None) -> None:
+def queue_table(shown: list[ReviewItem], claims: dict[str, Claim] | None = None) -> None:
     import pandas as pd
 
     claims = claims or {}
@@ -767,7 +770,7 @@ def queue_table(shown: list, claims: dict | None = None) -> None:
             r["being edited by"] = ", ".join(sorted({claims[c].user for c in (it.a, it.b) if c in claims}))
             rows.append(r)
         df = pd.DataFrame(rows)
-        st.dataframe(df, hide_index=True, width="stretch", key=state.REVIEW_QUEUE_TABLE,
+        st.dataframe(df, hide_index=True, width="stretch", key=state.Review.QUEUE_TABLE,
                      column_config={c: st.column_config.NumberColumn(format="%.4f")
                                     for c in ("severity", "ssim", "mask_dice") if c in df.columns})
 
@@ -802,7 +805,7 @@ def render_review() -> None:
         flt = filter_controls(queue)
         shown = filter_queue(queue, flt)
         progress_panel(queue, shown, flt, decisions)
-        loop_view.live_panel(ds, store, report)  # issue 12: live ceiling
+        loop_view.live_panel(ds, store, report)  # the live label-noise ceiling
         reviewer, note = reviewer_controls()
         cur = current_item(queue, shown)
         if cur is None:
@@ -820,5 +823,5 @@ def render_review() -> None:
         bulk_panel(store, queue, decisions, reviewer)
         ceiling_panel(report)
         export_panel(ds, store, report)
-        loop_view.loop_section(ds, store, report, "review")  # issue 12: retrain with corrections, what moved
+        loop_view.loop_section(ds, store, report, "review")  # retrain with corrections, what moved
         queue_table(shown, store.claims())

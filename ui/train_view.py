@@ -17,32 +17,22 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
 from ui import state
 from ui.widgets import fmt_num
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from engine.datasets import Dataset
+    from engine.training import TrainConfig
+
 PAGE = "pages/5_Train.py"
 DASHBOARD_PAGE = "pages/4_Metrics_dashboard.py"
 
-RUN_KEY = state.TRAIN_RUN                  # selected run folder name
-PENDING_RUN_KEY = state.TRAIN_RUN_PENDING  # run to select on the next rerun (set by Start)
-NOTICE_KEY = state.TRAIN_NOTICE
-AUTO_KEY = state.TRAIN_AUTO_REFRESH
-SHOW_JSON_KEY = state.TRAIN_SHOW_JSON
-K = {  # widget keys of the form
-    "source": "train_source", "path": "train_path", "arch": "train_arch", "encoder": "train_encoder",
-    "base": "train_base_channels", "presence": "train_presence", "auto_classes": "train_auto_classes",
-    "classes": "train_classes", "height": "train_height", "width": "train_width", "policy": "train_resize",
-    "median": "train_median", "loss": "train_loss", "augment": "train_augment", "epochs": "train_epochs",
-    "batch": "train_batch", "lr": "train_lr", "scheduler": "train_scheduler", "patience": "train_patience",
-    "folds": "train_folds", "val_fold": "train_val_fold", "device": "train_device", "name": "train_name",
-    "seed": "train_seed", "amp": "train_amp", "start": "train_start", "cancel": "train_cancel",
-    "use_model": "train_use_model", "refresh": "train_refresh", "task": "train_task",
-    "classifier": "train_classifier", "positive_only": "train_positive_only",
-}
 TASKS = {"Segmentation model": "segment", "Presence classifier (gates a segmenter)": "classify"}
 DEFAULT_CLASSIFIER = "cnn_small"
 OTHER = "Another folder or manifest…"
@@ -70,7 +60,7 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 # ----------------------------------------------------------------------------- data sources
 
-def manifest_files(ds: Any) -> list[Path]:
+def manifest_files(ds: Dataset) -> list[Path]:
     """Cleaned manifests exported by the Conflict review page (``<ds.workdir>/manifests/*.json``), newest first."""
     workdir = getattr(ds, "workdir", None)
     if not workdir:
@@ -87,7 +77,7 @@ def data_sources() -> dict[str, tuple[str, dict[str, Any] | None]]:
     out: dict[str, tuple[str, dict[str, Any] | None]] = {}
     current = state.current_dataset_path()
     if current:
-        out[f"Current dataset · {current}"] = (current, state.get(state.DATASET_OPTIONS) or None)
+        out[f"Current dataset · {current}"] = (current, state.get(state.Shared.DATASET_OPTIONS) or None)
         try:
             from ui.loaders import load_dataset
 
@@ -138,18 +128,16 @@ def augment_dict(preset: str, toggles: dict[str, bool]) -> dict[str, Any]:
     return aug
 
 
-def build_config(v: dict[str, Any]):
+def build_config(v: dict[str, Any]) -> TrainConfig:
     """:class:`engine.training.TrainConfig` from the form values (:func:`form_values`).
 
     Raises:
         ConfigError: invalid values (the message says which and how to fix it).
     """
     from engine.augment import AugmentConfig, Preprocess
-    from engine.models import ModelSpec, is_custom
+    from engine.models import ClassifierSpec, ModelSpec, is_custom
     from engine.splits import SplitSpec
     from engine.training import TrainConfig
-
-    from engine.models import ClassifierSpec
 
     task = v.get("task", "segment")
     arch = v.get("arch") or DEFAULT_ARCH
@@ -189,19 +177,19 @@ def form_values() -> dict[str, Any]:
     st.markdown("**Data**")
     sources = data_sources()
     labels = list(sources)
-    src = st.selectbox("Training data", labels, key=K["source"],
+    src = st.selectbox("Training data", labels, key=state.Train.SOURCE,
                        help="The current dataset (Home page), a cleaned manifest exported by the Conflict "
                             "review page, a demo dataset, or any folder / manifest on this machine.")
     path, opts = sources[src]
     if src == OTHER:
-        path = st.text_input("Folder or manifest path", key=K["path"],
+        path = st.text_input("Folder or manifest path", key=state.Train.PATH,
                              placeholder="/data/ultrasound-nerve-segmentation or …/manifests/clean-….json").strip()
         if path and not Path(path).expanduser().exists():
             st.warning(f"`{path}` does not exist on this machine.", icon=":material/warning:")
     v["data"], v["dataset_options"] = path, opts
 
     st.markdown("**Model**")
-    task_label = st.radio("Task", list(TASKS), horizontal=True, key=K["task"],
+    task_label = st.radio("Task", list(TASKS), horizontal=True, key=state.Train.TASK,
                           help="a presence classifier answers 'is the structure in this image?' and gates a "
                                "segmenter (two-stage pipeline); train the segmenter on positive images only to match")
     v["task"] = TASKS[task_label]
@@ -213,55 +201,55 @@ def form_values() -> dict[str, Any]:
 
         names = sorted(CLASSIFIERS)
         v["classifier"] = c1.selectbox("Classifier backbone", names, index=names.index(DEFAULT_CLASSIFIER),
-                                       key=K["classifier"], format_func=lambda n: n,
+                                       key=state.Train.CLASSIFIER, format_func=lambda n: n,
                                        help="all build offline with random weights")
         c2.caption(CLASSIFIERS[v["classifier"]])
         arch = v["classifier"]
         v["arch"], v["encoder"], v["base_channels"], v["presence_head"] = DEFAULT_ARCH, None, None, False
     else:
         arch = c1.selectbox("Architecture", archs, index=archs.index(DEFAULT_ARCH) if DEFAULT_ARCH in archs else 0,
-                            key=K["arch"])
+                            key=state.Train.ARCH)
         v["arch"] = arch
     if v["task"] == "classify":
         pass
     elif is_custom(arch):
         v["encoder"] = None
-        v["base_channels"] = c2.number_input("Base channels", 2, 256, 16, step=2, key=K["base"],
+        v["base_channels"] = c2.number_input("Base channels", 2, 256, 16, step=2, key=state.Train.BASE_CHANNELS,
                                              help="width of the first level; the paper's width is 64 "
                                                   "(32 for the dilated FCN)")
     else:
         encoders = list_encoders()
-        v["encoder"] = c2.selectbox("Encoder", encoders, key=K["encoder"],
+        v["encoder"] = c2.selectbox("Encoder", encoders, key=state.Train.ENCODER,
                                     index=encoders.index(DEFAULT_ENCODER) if DEFAULT_ENCODER in encoders else 0)
         v["base_channels"] = None
     if v["task"] == "segment":
-        v["presence_head"] = c3.checkbox("Presence head", key=K["presence"],
+        v["presence_head"] = c3.checkbox("Presence head", key=state.Train.PRESENCE,
                                          help="an image-level 'structure present' output (gates empty predictions)")
-        v["positive_only"] = c3.checkbox("Positive images only", key=K["positive_only"],
+        v["positive_only"] = c3.checkbox("Positive images only", key=state.Train.POSITIVE_ONLY,
                                          help="train on images with a mask only (validation keeps all); pair the "
                                               "model with a presence-classifier gate, as the nerve case study does")
         st.caption(f"`{arch}`: {info.get(arch, '')}." + ("" if is_custom(arch) else
                    " The encoder starts from random weights: no pretrained weights are downloaded."))
     c1, c2 = st.columns(2)
-    v["auto_classes"] = c1.checkbox("Classes from the dataset's labels (auto)", True, key=K["auto_classes"])
+    v["auto_classes"] = c1.checkbox("Classes from the dataset's labels (auto)", True, key=state.Train.AUTO_CLASSES)
     v["num_classes"] = None if v["auto_classes"] else c2.number_input(
-        "Classes including background", 2, 64, 2, key=K["classes"])
+        "Classes including background", 2, 64, 2, key=state.Train.CLASSES)
 
     st.markdown("**Preprocessing and augmentation**")
     c1, c2, c3, c4 = st.columns(4)
-    h = c1.number_input("Input height", 16, 2048, 128, step=16, key=K["height"])
-    w = c2.number_input("Input width", 16, 2048, 128, step=16, key=K["width"])
+    h = c1.number_input("Input height", 16, 2048, 128, step=16, key=state.Train.HEIGHT)
+    w = c2.number_input("Input width", 16, 2048, 128, step=16, key=state.Train.WIDTH)
     v["size"] = (int(h), int(w))
-    v["resize_policy"] = c3.selectbox("Resize policy", list(RESIZE_POLICIES), key=K["policy"],
+    v["resize_policy"] = c3.selectbox("Resize policy", list(RESIZE_POLICIES), key=state.Train.RESIZE,
                                       help="resize: stretch to the input size; letterbox: keep the aspect ratio "
                                            "and pad; pad: full resolution padded to a multiple of 32")
-    v["median_filter"] = c4.selectbox("Median filter", [0, 3, 5, 7], key=K["median"],
+    v["median_filter"] = c4.selectbox("Median filter", [0, 3, 5, 7], key=state.Train.MEDIAN,
                                       format_func=lambda k: "off" if k == 0 else f"{k}×{k}",
                                       help="de-speckling before resizing (helps on ultrasound)")
     c1, c2 = st.columns([1, 3])
     presets = list(AUGMENT_PRESETS)
     dflt = _default_augment()
-    preset = c1.selectbox("Augmentation preset", presets, index=presets.index(dflt), key=K["augment"])
+    preset = c1.selectbox("Augmentation preset", presets, index=presets.index(dflt), key=state.Train.AUGMENT)
     v["augment"] = preset
     base = AugmentConfig.preset(preset).to_dict()
     toggles: dict[str, bool] = {}
@@ -269,35 +257,35 @@ def form_values() -> dict[str, Any]:
         cols = st.columns(3)
         for i, (key, (label, fields, _)) in enumerate(AUG_TOGGLES.items()):
             on = any(base[f] > 0 for f in fields)
-            toggles[key] = cols[i % 3].checkbox(label, on, key=f"train_aug_{key}_{preset}")
+            toggles[key] = cols[i % 3].checkbox(label, on, key=f"{state.Train.AUG}_{key}_{preset}")
     v["augment_toggles"] = toggles
 
     st.markdown("**Optimisation and validation**")
     losses = list_losses()
     c1, c2, c3, c4 = st.columns(4)
     v["loss"] = c1.selectbox("Loss", losses, index=losses.index("bce_dice") if "bce_dice" in losses else 0,
-                             key=K["loss"])
-    v["epochs"] = c2.number_input("Epochs", 1, 10_000, 20, key=K["epochs"])
-    v["batch_size"] = c3.number_input("Batch size", 1, 1024, 8, key=K["batch"])
-    v["lr"] = c4.number_input("Learning rate", 1e-7, 1.0, 1e-3, format="%g", step=1e-4, key=K["lr"])
+                             key=state.Train.LOSS)
+    v["epochs"] = c2.number_input("Epochs", 1, 10_000, 20, key=state.Train.EPOCHS)
+    v["batch_size"] = c3.number_input("Batch size", 1, 1024, 8, key=state.Train.BATCH)
+    v["lr"] = c4.number_input("Learning rate", 1e-7, 1.0, 1e-3, format="%g", step=1e-4, key=state.Train.LR)
     c1, c2, c3, c4 = st.columns(4)
     scheds = list(SCHEDULERS)
-    v["scheduler"] = c1.selectbox("LR schedule", scheds, key=K["scheduler"],
+    v["scheduler"] = c1.selectbox("LR schedule", scheds, key=state.Train.SCHEDULER,
                                   help="plateau: halve on a validation-Dice plateau; cosine; one-cycle; none")
-    v["patience"] = c2.number_input("Early-stopping patience", 0, 1000, 10, key=K["patience"],
+    v["patience"] = c2.number_input("Early-stopping patience", 0, 1000, 10, key=state.Train.PATIENCE,
                                     help="stop after this many epochs without a better validation Dice (0 = off)")
-    v["folds"] = c3.number_input("Folds", 2, 20, 5, key=K["folds"],
+    v["folds"] = c3.number_input("Folds", 2, 20, 5, key=state.Train.FOLDS,
                                  help="grouped by subject/patient, stratified by 'mask present'")
-    v["val_fold"] = c4.number_input("Validation fold", 0, 19, 0, key=K["val_fold"], help="0 … folds − 1")
+    v["val_fold"] = c4.number_input("Validation fold", 0, 19, 0, key=state.Train.VAL_FOLD, help="0 … folds − 1")
     c1, c2, c3, c4 = st.columns(4)
     dev = state.current_device()
     v["device"] = c1.selectbox("Device", list(DEVICES), index=DEVICES.index(dev) if dev in DEVICES else 0,
-                               key=K["device"])
+                               key=state.Train.DEVICE)
     amps = list(AMP_MODES)
-    v["amp"] = c2.selectbox("Mixed precision (CUDA)", amps, index=amps.index("auto"), key=K["amp"])
-    v["seed"] = c3.number_input("Seed", 0, 2**31 - 1, 0, key=K["seed"])
+    v["amp"] = c2.selectbox("Mixed precision (CUDA)", amps, index=amps.index("auto"), key=state.Train.AMP)
+    v["seed"] = c3.number_input("Seed", 0, 2**31 - 1, 0, key=state.Train.SEED)
     suggested = default_name(v["data"], arch)
-    v["name"] = c4.text_input("Model name", key=K["name"], placeholder=suggested).strip() or suggested
+    v["name"] = c4.text_input("Model name", key=state.Train.NAME, placeholder=suggested).strip() or suggested
     return v
 
 
@@ -308,7 +296,8 @@ def _name_notes(name: str) -> None:
         st.warning(f"A shipped model is already named **{name}**; training would be hidden behind it. "
                    "Choose another model name.", icon=":material/warning:")
     elif (state.workspace().root / "models" / name / CARD_FILE).is_file():
-        st.caption(f":material/info: A model named **{name}** exists in the workspace; this run replaces it when it ends.")
+        st.caption(f":material/info: A model named **{name}** exists in the workspace; "
+                   "this run replaces it when it ends.")
 
 
 def form_section(rows: list[dict[str, Any]]) -> None:
@@ -323,8 +312,8 @@ def form_section(rows: list[dict[str, Any]]) -> None:
         st.caption(f":material/info: {len(active)} run(s) in progress ({', '.join(r['run'] for r in active)}); "
                    "a new run shares the machine with them.")
     c1, c2 = st.columns([1, 3], vertical_alignment="center")
-    start = c1.button("Start training", type="primary", key=K["start"], disabled=not v["data"])
-    show = c2.toggle("Show config JSON", key=SHOW_JSON_KEY)
+    start = c1.button("Start training", type="primary", key=state.Train.START, disabled=not v["data"])
+    show = c2.toggle("Show config JSON", key=state.Train.SHOW_JSON)
     if show:
         st.json(cfg.to_dict(), expanded=True)
     st.caption("The run is a separate process: it goes on when you leave this page or close the browser, and "
@@ -332,8 +321,8 @@ def form_section(rows: list[dict[str, Any]]) -> None:
     if start:
         with st.spinner("Checking the configuration and starting…"):
             job = start_training(cfg, state.workspace())
-        st.session_state[PENDING_RUN_KEY] = job.run_dir.name
-        st.session_state[NOTICE_KEY] = (f"Started **{job.run_dir.name}** (process {job.pid}). It runs in the "
+        st.session_state[state.Train.RUN_PENDING] = job.run_dir.name
+        st.session_state[state.Train.NOTICE] = (f"Started **{job.run_dir.name}** (process {job.pid}). It runs in the "
                                         "background: you can leave this page and come back.")
         st.rerun()
 
@@ -346,7 +335,7 @@ def _jobs() -> list[dict[str, Any]]:
     return list_jobs(state.workspace())
 
 
-def runs_table(rows: list[dict[str, Any]]):
+def runs_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """The runs as a DataFrame for ``st.dataframe``."""
     import pandas as pd
 
@@ -354,7 +343,8 @@ def runs_table(rows: list[dict[str, Any]]):
         "run": r["run"], "model": r["name"], "state": r["state"],
         "epoch": f"{r['epoch']}/{r['epochs']}" if r["epochs"] else "–",
         "best": None if r["best_metric"] is None else round(float(r["best_metric"]), 4),
-        "metric": r["metric"] or "", "device": r["device"] or "", "started": (r["started"] or "")[:19].replace("T", " "),
+        "metric": r["metric"] or "", "device": r["device"] or "",
+        "started": (r["started"] or "")[:19].replace("T", " "),
     } for r in rows])
 
 
@@ -366,7 +356,7 @@ def _charts(run_dir: Path) -> None:
     if hist.empty or len(hist.columns) <= 1:
         st.caption("The loss and Dice curves appear after the first epoch.")
         return
-    history_charts(hist, ("loss", "metrics"), key=state.TRAIN_CHART, height=320)
+    history_charts(hist, ("loss", "metrics"), key=state.Train.CHART, height=320)
 
 
 def _previews(run_dir: Path) -> None:
@@ -393,15 +383,16 @@ def _finished_notes(info: dict[str, Any]) -> None:
                    "dashboard) and as `--gate` on the command line.", icon=":material/inventory_2:")
         return
     if name:
-        st.success(f"The model **{name}** now appears in the model picker (Home and every page).", icon=":material/inventory_2:")
+        st.success(f"The model **{name}** now appears in the model picker (Home and every page).",
+                   icon=":material/inventory_2:")
         c1, c2 = st.columns([1, 2], vertical_alignment="center")
         if state.current_model() == name:
             c1.caption(f"**{name}** is the current model.")
-        elif c1.button(f"Use {name} as the current model", key=K["use_model"]):
+        elif c1.button(f"Use {name} as the current model", key=state.Train.USE_MODEL):
             from ui.loaders import refresh_weights
 
             refresh_weights()  # the model pickers see the just-exported model now
-            state.set(state.MODEL, name)
+            state.put(state.Shared.MODEL, name)
             st.rerun(scope="app")
         with c2:
             page_link(DASHBOARD_PAGE, "Metrics dashboard: evaluate it, and this run's curves", ":material/monitoring:")
@@ -438,11 +429,11 @@ def panel_body(run_dir: str, was_active: bool) -> None:
         c1, c2, c3 = st.columns([1, 1, 3], vertical_alignment="center")
         if info["cancel_requested"]:
             c1.caption(":material/stop_circle: Cancel requested: stopping after the current step…")
-        elif c1.button("Cancel run", key=K["cancel"], disabled=not _may_train(),
+        elif c1.button("Cancel run", key=state.Train.CANCEL, disabled=not _may_train(),
                        help=None if _may_train() else "cancelling a run needs the annotator role"):
             cancel(run, wait=False)  # the run stops after its current step; forced after a grace period
             c1.caption(":material/stop_circle: Cancel requested: stopping after the current step…")
-        c2.button("Refresh", key=K["refresh"], help="the click itself refreshes the panel")
+        c2.button("Refresh", key=state.Train.REFRESH, help="the click itself refreshes the panel")
         c3.caption(f"Process {info['pid']} · device {info['device'] or 'not chosen yet'} · "
                    f"updated {(info['updated'] or '')[11:19]} UTC")
     _charts(run)
@@ -469,16 +460,16 @@ def runs_section(rows: list[dict[str, Any]]) -> None:
     st.dataframe(runs_table(rows), hide_index=True, width="stretch")
     names = [r["run"] for r in rows]
     by_name = {r["run"]: r for r in rows}
-    pending = st.session_state.pop(PENDING_RUN_KEY, None)
+    pending = st.session_state.pop(state.Train.RUN_PENDING, None)
     if pending in by_name:
-        st.session_state[RUN_KEY] = pending
-    elif st.session_state.get(RUN_KEY) not in by_name:
-        st.session_state[RUN_KEY] = names[0]
+        st.session_state[state.Train.RUN] = pending
+    elif st.session_state.get(state.Train.RUN) not in by_name:
+        st.session_state[state.Train.RUN] = names[0]
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-    run = c1.selectbox("Run", names, key=RUN_KEY, help="newest first; the table above gives each run's state")
+    run = c1.selectbox("Run", names, key=state.Train.RUN, help="newest first; the table above gives each run's state")
     active = by_name[run]["active"]
-    auto = c2.toggle("Auto-refresh", True, key=AUTO_KEY, help=f"update the panel every {REFRESH_SECONDS:g} s "
-                                                               "while the run is active")
+    auto = c2.toggle("Auto-refresh", True, key=state.Train.AUTO_REFRESH,
+                     help=f"update the panel every {REFRESH_SECONDS:g} s while the run is active")
     st.subheader(run)
     fragment = st.fragment(panel_body, run_every=REFRESH_SECONDS if (active and auto) else None)
     fragment(by_name[run]["run_dir"], active)
@@ -496,7 +487,7 @@ def render_train() -> None:
     """The whole Train page body (call inside ``ui.widgets.guard``)."""
     from ui.widgets import guard
 
-    notice = st.session_state.pop(NOTICE_KEY, None)
+    notice = st.session_state.pop(state.Train.NOTICE, None)
     if notice:
         st.success(notice, icon=":material/rocket_launch:")
     rows = _jobs()

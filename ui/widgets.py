@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import traceback
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import streamlit as st
 
 from ui import state
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    from streamlit.delta_generator import DeltaGenerator
+
+    from engine.checkpoint import ModelCard
+    from engine.datasets import Dataset
+    from engine.progress import ProgressFn
 
 
 EDITOR_TITLE = "Mask editor"  # the one page that keeps a case claim while open
@@ -62,11 +71,11 @@ def _short(path: str, n: int = 42) -> str:
 
 @st.cache_resource(show_spinner=False)
 def _device_label(pref: str) -> str:
-    from engine.inference import select_device
+    from engine.preprocess import select_device
 
     try:
         dev = select_device(pref)
-    except Exception as exc:  # shown, not raised
+    except Exception as exc:  # noqa: BLE001 - shown, not raised
         return f"{pref} (unavailable: {exc})"
     if dev.type == "cuda":
         import torch
@@ -105,7 +114,7 @@ def show_error(exc: BaseException) -> None:
         raise exc
 
 
-def streamlit_progress(text: str = "Working…"):
+def streamlit_progress(text: str = "Working…") -> tuple[ProgressFn, DeltaGenerator]:
     """An ``engine`` progress callback drawing an ``st.progress`` bar; returns (callback, bar)."""
     bar = st.progress(0.0, text=text)
 
@@ -145,7 +154,7 @@ def colour_legend(items: dict[str, tuple[int, int, int]], counts: dict[str, int]
 
 def model_picker(label: str = "Model", key: str = "model_picker", multi: bool = False,
                  default: Sequence[str] | None = None, max_selections: int | None = None,
-                 dataset_labels: dict[int, str] | None = None) -> Any:
+                 dataset_labels: dict[int, str] | None = None) -> str | list[str] | None:
     """Select one (or several) weights by name; shows nothing but a hint when there are none.
 
     With ``dataset_labels`` the models whose classes match the dataset come first and are the
@@ -170,7 +179,7 @@ def model_picker(label: str = "Model", key: str = "model_picker", multi: bool = 
     return st.selectbox(label, names, index=names.index(cur), key=key)
 
 
-def dataset_required():
+def dataset_required() -> Dataset:
     """Load the current dataset or stop the page with a helpful message."""
     from engine.errors import WorkbenchError
     from ui.loaders import load_dataset
@@ -185,7 +194,7 @@ def dataset_required():
         st.stop()
 
 
-def history_charts(hist: Any, panels: Sequence[str] = ("loss", "metrics", "lr"), key: str = "hist",
+def history_charts(hist: pd.DataFrame, panels: Sequence[str] = ("loss", "metrics", "lr"), key: str = "hist",
                    height: int | None = None) -> None:
     """Training curves from a run's history DataFrame (``engine.dashboard.load_history``), one panel each.
 
@@ -217,13 +226,13 @@ def history_charts(hist: Any, panels: Sequence[str] = ("loss", "metrics", "lr"),
         col.plotly_chart(fig, key=f"{key}_{panel}")
 
 
-def domain_warning(card: Any, img: Any, meta: dict[str, Any] | None = None,
+def domain_warning(card: ModelCard, img: np.ndarray, meta: dict[str, Any] | None = None,
                    dataset_labels: dict[int, str] | None = None) -> bool:
     """Warn when an input is unlike the model's training data (the card's fingerprint,
-    :func:`engine.fingerprint.check_input`) or the dataset's classes do not match the model's.
+    :func:`engine.domain_profile.check_input`) or the dataset's classes do not match the model's.
     Returns True when a warning was shown."""
+    from engine.domain_profile import check_input
     from engine.evaluation import classes_match
-    from engine.fingerprint import check_input
 
     shown = False
     if dataset_labels and not classes_match(card.labels, dataset_labels):

@@ -17,8 +17,8 @@ def add_store_option(p) -> None:
 
 def open_store(args, ds: Any = None, *, must_exist: bool = False):
     """The store named by ``--store`` / ``$SEGWB_STORE_URL`` / the workspace default (for ``ds`` if given)."""
-    from engine.curation.store import ReviewStore, default_store_url
     from engine.errors import StoreError
+    from engine.store import ReviewStore, default_store_url
 
     url = getattr(args, "store", None)
     if url and must_exist and "://" not in str(url) and not Path(url).exists():

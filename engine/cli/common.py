@@ -35,7 +35,7 @@ def tqdm_progress(desc: str = "", disable: bool | None = None, delay: float = 0.
                 from tqdm import tqdm
 
                 # no monitor thread: a running thread would keep scans from forking worker
-                # processes (engine.datasets.scan.can_fork_workers); bars are refreshed by hand
+                # processes (engine.parallel.can_fork_workers); bars are refreshed by hand
                 tqdm.monitor_interval = 0
                 bar = state["bar"] = tqdm(total=0, desc=state["message"], file=sys.stderr, disable=disable,
                                           dynamic_ncols=True, leave=True, mininterval=0.2)
@@ -73,7 +73,8 @@ def add_pixel_limit(p) -> None:
 def add_dataset_options(p) -> None:
     """Flags every dataset-reading command shares."""
     add_pixel_limit(p)
-    p.add_argument("--layout", choices=["kaggle_uns", "siim", "paired", "coco", "dicom_seg", "nifti"], help="force a layout (default: detect)")
+    p.add_argument("--layout", choices=["kaggle_uns", "siim", "paired", "coco", "dicom_seg", "nifti"],
+                   help="force a layout (default: detect)")
     p.add_argument("--labels", help="comma-separated class names for ids 1..K-1, e.g. nerve,vessel")
     p.add_argument("--mask-threshold", type=int, default=None,
                    help="binarise anti-aliased grey masks at > T (default 127)")

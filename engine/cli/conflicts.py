@@ -1,6 +1,6 @@
 """Near-duplicate commands: ``conflicts`` (find conflicting pairs) and ``manifest`` (apply review).
 
-Argument parsing only; the work is in :mod:`engine.dedup` and :mod:`engine.curation.store`.
+Argument parsing only; the work is in :mod:`engine.dedup` and :mod:`engine.store`.
 """
 
 from __future__ import annotations
@@ -120,7 +120,8 @@ def cmd_manifest(args) -> int:
     print(f"wrote {out}: {info['n_kept']} of {info['n_input']} cases kept, {info['n_dropped']} dropped "
           f"({info['dropped_by']['decision']} by review decisions, {info['dropped_by']['policy']} by policy "
           f"{info['policy']}), mask changes {info['mask_overrides'] or 'none'}")
-    print(f"conflicting pairs {info['n_conflict_pairs']}, without a review decision {info['n_conflicts_without_decision']}"
+    print(f"conflicting pairs {info['n_conflict_pairs']}, "
+          f"without a review decision {info['n_conflicts_without_decision']}"
           + (f"; drop-empty proposals applied {info['n_policy_proposals_applied']}, overridden by decisions "
              f"{info['n_policy_proposals_overridden']}" if args.policy == "drop-empty" else ""))
     return 0

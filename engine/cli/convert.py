@@ -19,7 +19,7 @@ def register(sub) -> None:
 
 
 def cmd_convert(args) -> int:
-    from engine.convert import convert_dataset, parse_size
+    from engine.datasets.convert import convert_dataset, parse_size
 
     size = parse_size(args.size)  # fail fast, before indexing
     ds = open_dataset_from_args(args)

@@ -8,14 +8,16 @@ from engine.cli.common import add_dataset_options, open_dataset_from_args, tqdm_
 
 
 def register(sub) -> None:
-    p = sub.add_parser("info", help="detect a dataset's layout and summarise it (counts, groups, sizes, DICOM, bad files)")
+    p = sub.add_parser("info",
+                       help="detect a dataset's layout and summarise it (counts, groups, sizes, DICOM, bad files)")
     p.add_argument("dataset", help="dataset folder or manifest JSON")
     p.add_argument("--json", dest="json_out", help="also write the summary as JSON to this file")
     p.add_argument("--no-verify", action="store_true", help="skip decoding every image (faster, misses corrupt images)")
     add_dataset_options(p)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("masks", help="write every case's ground-truth mask as OUT/<case_id>.png (uint8 labels; ids made file-name safe)")
+    p = sub.add_parser("masks", help="write every case's ground-truth mask as OUT/<case_id>.png "
+                                     "(uint8 labels; ids made file-name safe)")
     p.add_argument("dataset")
     p.add_argument("--out", required=True, help="output folder")
     add_dataset_options(p)

@@ -8,7 +8,8 @@ from engine.cli.common import print_json, tqdm_progress
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="generate synthetic demo data: DIR/nerve (Kaggle UNS layout) and DIR/ptx (SIIM layout)")
+    p = sub.add_parser("demo",
+                       help="generate synthetic demo data: DIR/nerve (Kaggle UNS layout) and DIR/ptx (SIIM layout)")
     p.add_argument("--out", required=True, help="output folder (DIR/nerve and DIR/ptx are created)")
     p.add_argument("--scale", default="default", choices=["tiny", "default", "train", "full"],
                    help="tiny: seconds (tests); default: 8x40 frames + 40 DICOMs; train: 10x40 frames + 200 DICOMs "

@@ -1,5 +1,5 @@
 """``export-corrected``: write a reviewed dataset's current masks elsewhere, as PNG (+ RLE CSV + manifest),
-DICOM-SEG, COCO or NIfTI (``--format``; see :func:`engine.interop.export.export_dataset`)."""
+DICOM-SEG, COCO or NIfTI (``--format``; see :func:`engine.curation.export_dataset`)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def register(sub) -> None:
                    help="png (default): label PNGs + RLE CSV + manifest; dicom-seg: one DICOM Segmentation per "
                         "DICOM case; coco: one COCO JSON with RLE masks; nifti: one .nii.gz label map per case")
     p.add_argument("--user", default=None,
-                   help="acting user recorded in export.json and as the DICOM-SEG content creator (default: login name)")
+                   help="acting user recorded in export.json and as the DICOM-SEG content creator "
+                        "(default: login name)")
     p.add_argument("--json", action="store_true", help="print the export summary as JSON")
     add_dataset_options(p)
     p.set_defaults(func=cmd_export)
@@ -34,7 +35,7 @@ def register(sub) -> None:
 def cmd_export(args) -> int:
     import getpass
 
-    from engine.interop.export import export_dataset
+    from engine.curation.export import export_dataset
 
     ds = open_dataset_from_args(args)
     store = open_store(args, ds, must_exist=True)

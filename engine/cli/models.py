@@ -6,7 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from engine.cli.common import add_pixel_limit, add_dataset_options, open_dataset_from_args, print_json, tqdm_progress, write_json
+from engine.cli.common import (
+    add_dataset_options,
+    add_pixel_limit,
+    open_dataset_from_args,
+    print_json,
+    tqdm_progress,
+    write_json,
+)
 from engine.errors import ConfigError
 
 
@@ -85,7 +92,7 @@ def register(sub) -> None:
     pp.add_argument("--eval-labels", help="class names for the --eval datasets (comma-separated)")
     pp.add_argument("--group-regex", help="group regex for the --eval datasets")
     pp.set_defaults(func=cmd_weights_publish)
-    pf = wsub.add_parser("fingerprint", help="store a fingerprint of the training inputs in a card (out-of-domain "
+    pf = wsub.add_parser("fingerprint", help="store the out-of-domain profile of the training inputs in a card (input "
                                              "warnings), computed from the card's training cases of DATASET")
     pf.add_argument("name", help="weights name or folder (segmenter or classifier)")
     pf.add_argument("--data", required=True, help="the model's training dataset")
@@ -239,7 +246,8 @@ def cmd_predict(args) -> int:
     dt = time.perf_counter() - t0
     n_ok = len(files) - len(failed)
     print(f"wrote {n_ok} masks to {out} with {pred.card.name} on {pred.device} "
-          f"({dt:.2f} s, {dt / max(1, n_ok):.3f} s/image)" + (f"; RLE ({args.rle_format}) → {args.rle}" if args.rle else ""))
+          f"({dt:.2f} s, {dt / max(1, n_ok):.3f} s/image)"
+          + (f"; RLE ({args.rle_format}) → {args.rle}" if args.rle else ""))
     for f in failed:
         print(f"  failed: {f}")
     return 1 if failed and not n_ok else 0
@@ -258,13 +266,13 @@ def _holdout_cases(card, ds, use: bool, cases_file: str | None) -> list[str] | N
     if not use:
         return None
     training = card.training or {}
-    ids = training.get("val_case_ids") or (training.get("split") or {}).get("val_case_ids")
-    if not ids:
+    val_ids = training.get("val_case_ids") or (training.get("split") or {}).get("val_case_ids")
+    if not val_ids:
         raise ConfigError(f"model card '{card.name}' records no validation cases",
                           hint="drop --holdout, or pass --cases FILE")
-    present = [i for i in ids if i in ds]
+    present = [i for i in val_ids if i in ds]
     if not present:
-        raise ConfigError(f"none of the {len(ids)} validation cases of '{card.name}' are in this dataset",
+        raise ConfigError(f"none of the {len(val_ids)} validation cases of '{card.name}' are in this dataset",
                           hint="use --holdout only on the dataset the model was trained on")
     return present
 
@@ -365,14 +373,22 @@ def cmd_weights_list(args) -> int:
         dice = m.get("val_dice", m.get("val_mean_dice"))
         per = m.get("per_class_dice") or m.get("val_per_class_dice") or {}
         metric = (f"val Dice {dice:.3f}" if isinstance(dice, (int, float)) else "no metrics") + (
-            " (" + ", ".join(f"{k} {v:.3f}" for k, v in per.items() if isinstance(v, (int, float))) + ")" if per else "")
+            " (" + ", ".join(f"{k} {v:.3f}" for k, v in per.items() if isinstance(v, (int, float))) + ")"
+            if per else "")
         print(f"{w['name']:<24} {w['origin']:<13} {w['arch']:<14} classes {'/'.join(w['classes']):<28} "
               f"{w['size_mb']:>6.2f} MB  {metric}" + ("  [synthetic]" if w.get("synthetic") else ""))
     return 0
 
 
 def cmd_weights_show(args) -> int:
-    from engine.checkpoint import WEIGHTS_FILE, card_markdown, classifier_markdown, folder_kind, read_card, resolve_weights
+    from engine.checkpoint import (
+        WEIGHTS_FILE,
+        card_markdown,
+        classifier_markdown,
+        folder_kind,
+        read_card,
+        resolve_weights,
+    )
 
     kind = folder_kind(args.name)
     folder = resolve_weights(args.name, kind=kind)
@@ -387,8 +403,8 @@ def cmd_weights_show(args) -> int:
 
 def cmd_weights_fingerprint(args) -> int:
     from engine.checkpoint import folder_kind, read_card, resolve_weights, write_card
+    from engine.domain_profile import profile_dataset
     from engine.evaluation import training_cases
-    from engine.fingerprint import fingerprint_dataset
 
     kind = folder_kind(args.name)
     folder = resolve_weights(args.name, kind=kind)
@@ -401,7 +417,7 @@ def cmd_weights_fingerprint(args) -> int:
                           hint=f"pass the dataset the card names: {(card.training or {}).get('data')}")
     ids = [c.case_id for c in ds.cases if c.case_id in train]
     hint = [m for m in (args.modality or "").split(",") if m.strip()]
-    fp = fingerprint_dataset(ds, ids, max_images=args.max_images, modality_hint=hint or None)
+    fp = profile_dataset(ds, ids, max_images=args.max_images, modality_hint=hint or None)
     write_card(folder, card.replace(fingerprint=fp))
     print(f"fingerprint of {fp.get('n_images', 0)} training images written to the card of {card.name}")
     return 0
@@ -417,7 +433,8 @@ def cmd_weights_set_gate(args) -> int:
         _, ccard = load_checkpoint(args.gate, kind="classify")  # must exist and load
         gate = GateConfig(ccard.name, args.threshold)
     write_card(folder, card.replace(gate=gate))
-    print(f"{card.name}: " + (f"gated by {gate.weights} (threshold {gate.threshold if gate.threshold is not None else 'of the classifier'})"
+    print(f"{card.name}: " + (f"gated by {gate.weights} (threshold "
+                              f"{gate.threshold if gate.threshold is not None else 'of the classifier'})"
                               if gate else "no gate"))
     return 0
 
@@ -470,8 +487,9 @@ def cmd_tune_post(args) -> int:
         card = pred.card.replace(postprocess=res.best)
         if gated:  # the searched presence threshold belongs to the gate, not to a presence head
             t = res.best.presence_threshold
-            card = card.replace(postprocess=res.best.replace(presence_threshold=pred.card.postprocess.presence_threshold),
-                                gate=GateConfig(pred.gate.card.name, t) if t is not None else None)
+            card = card.replace(
+                postprocess=res.best.replace(presence_threshold=pred.card.postprocess.presence_threshold),
+                gate=GateConfig(pred.gate.card.name, t) if t is not None else None)
         atomic_write_json(folder / CARD_FILE, card.to_dict())
         print(f"  written as the default post-processing of {folder / CARD_FILE}")
     return 0
@@ -480,12 +498,10 @@ def cmd_tune_post(args) -> int:
 def cmd_weights_publish(args) -> int:
     from datetime import datetime, timezone
 
-    from engine.checkpoint import WEIGHTS_FILE, add_evaluation, publish, read_card
+    from engine.checkpoint import CLASSIFIER_CARD, WEIGHTS_FILE, add_evaluation, folder_kind, publish, read_card
     from engine.datasets import open_dataset
     from engine.evaluation import EvalConfig, evaluate
     from engine.inference import Predictor
-
-    from engine.checkpoint import CLASSIFIER_CARD, folder_kind
 
     specs = [_eval_spec(spec) for spec in args.eval]  # checked before anything is written
     src = Path(args.run)
@@ -502,6 +518,7 @@ def cmd_weights_publish(args) -> int:
     opts = _eval_dataset_options(args)
     pred = Predictor.from_weights(dest, device="cpu") if specs else None
     for eid, data, mode in specs:
+        assert pred is not None  # loaded whenever there are specs
         ds = open_dataset(data, options=opts or None)
         cases = _holdout_cases(pred.card, ds, mode == "holdout", None)
         for policy in ("kaggle", "exclude"):
@@ -551,6 +568,7 @@ def _publish_classifier(args, best: Path, specs: list[tuple[str, str, str]]) -> 
     opts = _eval_dataset_options(args)
     clf = ClassifierPredictor.from_weights(dest, device="cpu") if specs else None
     for eid, data, mode in specs:
+        assert clf is not None  # loaded whenever there are specs
         ds = open_dataset(data, options=opts or None)
         cases = _holdout_cases(clf.card, ds, mode == "holdout", None)
         with tqdm_progress(f"evaluating {eid}") as progress:

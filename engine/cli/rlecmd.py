@@ -42,7 +42,7 @@ def cmd_encode(args) -> int:
 
 
 def cmd_decode(args) -> int:
-    from engine.convert import parse_size
+    from engine.datasets.convert import parse_size
     from engine.io import write_mask_png
     from engine.rle import decode, decode_union, read_kaggle_uns_csv, read_siim_csv, sniff_rle_csv
 

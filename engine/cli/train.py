@@ -33,7 +33,8 @@ def register(sub) -> None:
                    help="also cache preprocessed cases on disk in the dataset's workspace folder")
 
     g = p.add_argument_group("model")
-    g.add_argument("--task", choices=["segment", "classify"], help="segment (default) or classify (presence classifier)")
+    g.add_argument("--task", choices=["segment", "classify"],
+                   help="segment (default) or classify (presence classifier)")
     g.add_argument("--arch", help="architecture (e.g. unet_classic, unet, cenet, dilated_fcn, doubleunet)")
     g.add_argument("--encoder", help="smp encoder, e.g. resnet34 or tu-<timm model>")
     g.add_argument("--base-channels", type=int, help="width of custom architectures (e.g. 16)")
@@ -183,8 +184,8 @@ def build_config(args) -> Any:
     pre = d["preprocess"]
     if args.size:
         pre["size"] = list(_size(args.size, "--size"))
-    for flag, key in (("resize_policy", "resize_policy"), ("median_filter", "median_filter"), ("normalize", "normalize"),
-                      ("clahe", "clahe")):
+    for flag, key in (("resize_policy", "resize_policy"), ("median_filter", "median_filter"),
+                      ("normalize", "normalize"), ("clahe", "clahe")):
         if getattr(args, flag) is not None:
             pre[key] = getattr(args, flag)
     if args.patch_size:

@@ -72,7 +72,7 @@ def read_password(prompt: str = "password: ") -> str:
 
 
 def cmd_add(args) -> int:
-    from engine.curation.store import LOCAL_OPERATOR
+    from engine.store import LOCAL_OPERATOR
 
     with open_store(args) as store:
         u = store.add_user(args.name, args.role, read_password(f"password for {args.name}: "), actor=LOCAL_OPERATOR)
@@ -92,7 +92,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_set_role(args) -> int:
-    from engine.curation.store import LOCAL_OPERATOR
+    from engine.store import LOCAL_OPERATOR
 
     with open_store(args) as store:
         u = store.set_role(args.name, args.role, actor=LOCAL_OPERATOR)
@@ -101,7 +101,7 @@ def cmd_set_role(args) -> int:
 
 
 def cmd_disable(args) -> int:
-    from engine.curation.store import LOCAL_OPERATOR
+    from engine.store import LOCAL_OPERATOR
 
     with open_store(args) as store:
         store.disable_user(args.name, actor=LOCAL_OPERATOR)
@@ -110,7 +110,7 @@ def cmd_disable(args) -> int:
 
 
 def cmd_enable(args) -> int:
-    from engine.curation.store import LOCAL_OPERATOR
+    from engine.store import LOCAL_OPERATOR
 
     with open_store(args) as store:
         store.enable_user(args.name, actor=LOCAL_OPERATOR)
@@ -119,7 +119,7 @@ def cmd_enable(args) -> int:
 
 
 def cmd_passwd(args) -> int:
-    from engine.curation.store import LOCAL_OPERATOR
+    from engine.store import LOCAL_OPERATOR
 
     with open_store(args) as store:
         store.set_password(args.name, read_password(f"new password for {args.name}: "), actor=LOCAL_OPERATOR)
@@ -128,7 +128,7 @@ def cmd_passwd(args) -> int:
 
 
 def cmd_settings(args) -> int:
-    from engine.curation.store import LOCAL_OPERATOR
+    from engine.store import LOCAL_OPERATOR
 
     with open_store(args) as store:
         if args.data_roots is not None:

@@ -37,24 +37,84 @@ Example:
     ...     export_corrected(ds, store, "/tmp/corrected")
 """
 
-from engine.curation.canvas import (ALPHA_THRESHOLD, ERASE, ERASER_COLOUR, UNTOUCHED, View, apply_layer,
-                                    apply_objects, click_points, drawing_palette, hex_colour, layer_to_labels,
-                                    make_view, nearest_class, parse_colour, paste_labels, path_polylines,
-                                    polygon_mask, rasterise_objects, render_view, resample_to_crop, stroke_mask,
-                                    window_outline)
-from engine.curation.export import CSV_NAMES, EXPORT_FORMAT, EXPORT_VERSION, export_corrected
-from engine.curation.manifest import MANIFEST_POLICIES, build_manifest, is_product_manifest, save_manifest
-from engine.curation.masks import DIFF_COLOURS, diff_image, fill_holes, flood_fill, mask_diff, union_masks
-from engine.curation.queue import (BULK_NOTE, DECISION_HELP, DECISION_LABELS, OPEN_STATES, QUEUE_WEIGHTS,
-                                   REVIEW_STATES, Proposal, QueueFilter, ReviewItem, apply_proposals, build_queue,
-                                   bulk_proposals, case_queue, categories_of, current_decision, decision_state,
-                                   default_manifest_path, export_summary, filter_queue, first_open, frame_order,
-                                   index_of, key_text, neighbours, next_case, next_open, orphan_decisions,
-                                   pair_for_case, pair_history, pair_key, parse_key, progress_counts,
-                                   proposals_in_force, severity_order, subjects_of, train_command, undo_proposals)
-from engine.curation.session import EditSession, EditStack, version_history, version_mask
+from engine.curation.canvas import (
+                                    ALPHA_THRESHOLD,
+                                    ERASE,
+                                    ERASER_COLOUR,
+                                    UNTOUCHED,
+                                    View,
+                                    apply_layer,
+                                    apply_objects,
+                                    click_points,
+                                    drawing_palette,
+                                    hex_colour,
+                                    layer_to_labels,
+                                    make_view,
+                                    nearest_class,
+                                    parse_colour,
+                                    paste_labels,
+                                    path_polylines,
+                                    polygon_mask,
+                                    rasterise_objects,
+                                    render_view,
+                                    resample_to_crop,
+                                    stroke_mask,
+                                    window_outline,
+)
+from engine.curation.cleaning import MANIFEST_POLICIES, build_manifest
+from engine.curation.export import (
+                                    CSV_NAMES,
+                                    EXPORT_FORMAT,
+                                    EXPORT_VERSION,
+                                    FORMAT_HELP,
+                                    FORMATS,
+                                    export_corrected,
+                                    export_dataset,
+)
 from engine.curation.live import corrected_dataset, live_ceiling, touched_cases
+from engine.curation.masks import DIFF_COLOURS, diff_image, fill_holes, flood_fill, mask_diff, union_masks
+from engine.curation.queue import (
+                                    BULK_NOTE,
+                                    DECISION_HELP,
+                                    DECISION_LABELS,
+                                    OPEN_STATES,
+                                    QUEUE_WEIGHTS,
+                                    REVIEW_STATES,
+                                    Proposal,
+                                    QueueFilter,
+                                    ReviewItem,
+                                    apply_proposals,
+                                    build_queue,
+                                    bulk_proposals,
+                                    case_queue,
+                                    categories_of,
+                                    current_decision,
+                                    decision_state,
+                                    default_manifest_path,
+                                    export_summary,
+                                    filter_queue,
+                                    first_open,
+                                    frame_order,
+                                    index_of,
+                                    key_text,
+                                    neighbours,
+                                    next_case,
+                                    next_open,
+                                    orphan_decisions,
+                                    pair_for_case,
+                                    pair_history,
+                                    pair_key,
+                                    parse_key,
+                                    progress_counts,
+                                    proposals_in_force,
+                                    severity_order,
+                                    subjects_of,
+                                    train_command,
+                                    undo_proposals,
+)
+from engine.curation.session import EditSession, EditStack, version_history, version_mask
 from engine.curation.signals import model_disagreement, tta_uncertainty
+from engine.datasets.manifest import is_product_manifest, save_manifest
 
 __all__ = [
     # queue: pairs
@@ -76,7 +136,9 @@ __all__ = [
     # mask ops
     "DIFF_COLOURS", "flood_fill", "fill_holes", "mask_diff", "diff_image", "union_masks",
     # manifest, export
-    "MANIFEST_POLICIES", "build_manifest", "export_corrected", "EXPORT_FORMAT", "EXPORT_VERSION", "CSV_NAMES",
+    "MANIFEST_POLICIES", "build_manifest", "save_manifest", "is_product_manifest", "export_dataset", "FORMATS",
+    "FORMAT_HELP", "export_corrected",
+    "EXPORT_FORMAT", "EXPORT_VERSION", "CSV_NAMES",
     # live state, model signals
     "corrected_dataset", "live_ceiling", "touched_cases", "model_disagreement", "tta_uncertainty",
 ]

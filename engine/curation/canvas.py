@@ -65,13 +65,14 @@ def drawing_palette(labels: Mapping[int, str]) -> dict[int, tuple[int, int, int]
     used = {ERASER_COLOUR, (0, 0, 0)}
     out: dict[int, tuple[int, int, int]] = {}
     for k in sorted(int(c) for c in labels if int(c) != 0):
-        col = tuple(int(v) for v in class_colour(k))
+        r, g, b = (int(v) for v in class_colour(k))
+        col = (r, g, b)
         n = 0
         while col in used:
             n += 1  # golden-angle hues: far apart and deterministic
             col = _hsv_rgb((k * 0.618034 + n * 0.381966) % 1.0, 0.85, 0.95)
         used.add(col)
-        out[k] = col  # type: ignore[assignment]
+        out[k] = col
     return out
 
 

@@ -1,7 +1,8 @@
-"""Cleaned manifests: apply review decisions (and optionally the case study's rule) to a dataset.
+"""Cleaning: apply review decisions (and optionally the case study's rule) to a dataset.
 
 :func:`build_manifest` turns the review store's current state plus a conflicts report into
-``(cases, dropped, info)`` for :func:`engine.datasets.write_manifest`. The original dataset is
+``(cases, dropped, info)`` for :func:`engine.datasets.manifest.save_manifest` (the manifest format,
+reading and writing live in :mod:`engine.datasets.manifest`). The original dataset is
 never touched: changed masks are PNGs in the store's ``masks/`` folder, referenced as
 ``MaskSource("file", path)``; emptied masks are ``MaskSource("empty")``.
 
@@ -34,12 +35,18 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from engine.datasets.base import LABELS_CONVENTION
 from engine.errors import ConfigError, unknown_name
+from engine.store.records import pair_key
+
+if TYPE_CHECKING:
+    from engine.datasets import Case, Dataset, MaskSource
+    from engine.dedup import ConflictReport
+    from engine.store import ReviewStore
 
 MANIFEST_POLICIES: tuple[str, ...] = ("none", "drop-empty")
 
@@ -47,7 +54,7 @@ _DROP_A = {"keep_b", "drop_both"}
 _DROP_B = {"keep_a", "drop_both"}
 
 
-def _pairs_of(conflicts: Any) -> tuple[list[dict[str, Any]], str]:
+def _pairs_of(conflicts: ConflictReport | Mapping[str, Any] | str | Path | None) -> tuple[list[dict[str, Any]], str]:
     from engine.dedup.conflicts import ConflictReport
 
     if conflicts is None:
@@ -62,8 +69,10 @@ def _pairs_of(conflicts: Any) -> tuple[list[dict[str, Any]], str]:
                       hint="pass the result of find_conflicts or a conflicts JSON file")
 
 
-def build_manifest(ds: Any, store: Any = None, conflicts: Any = None, policy: str = "none", *,
-                   masks_dir: str | Path | None = None) -> tuple[list[Any], list[tuple[str, str]], dict[str, Any]]:
+def build_manifest(ds: Dataset, store: ReviewStore | None = None,
+                   conflicts: ConflictReport | Mapping[str, Any] | str | Path | None = None,
+                   policy: str = "none", *, masks_dir: str | Path | None = None
+                   ) -> tuple[list[Case], list[tuple[str, str]], dict[str, Any]]:
     """Apply review decisions (and a policy) to a dataset's cases.
 
     Args:
@@ -100,7 +109,7 @@ def build_manifest(ds: Any, store: Any = None, conflicts: Any = None, policy: st
     drops: dict[str, str] = {}
     drop_kind: dict[str, str] = {}
     # case_id → (event_id, kind, MaskSource, area)
-    overrides: dict[str, tuple[int, str, Any, int]] = {}
+    overrides: dict[str, tuple[int, str, MaskSource, int]] = {}
     decided_pairs: set[tuple[str, str]] = set()
     decided_groups: list[set[str]] = []
 
@@ -109,17 +118,19 @@ def build_manifest(ds: Any, store: Any = None, conflicts: Any = None, policy: st
             drops[cid] = reason
             drop_kind[cid] = kind
 
-    def override(cid: str, event_id: int, kind: str, src: Any, area: int) -> None:
+    def override(cid: str, event_id: int, kind: str, src: MaskSource, area: int) -> None:
         if cid in known and (cid not in overrides or overrides[cid][0] < event_id):
             overrides[cid] = (event_id, kind, src, area)
 
     for mv in corrected.values():
+        assert store is not None  # corrected masks only come from a store
         path = store.mask_file(mv)
         override(mv.case_id, mv.event_id, "corrected",
                  MaskSource("file", str(path), convention=LABELS_CONVENTION), int(mv.area or 0))
 
     def current_mask(cid: str) -> np.ndarray:
         if cid in corrected:
+            assert store is not None  # corrected masks only come from a store
             return store.load_mask_version(cid, corrected[cid].version)
         return ds.load_mask(cid)
 
@@ -149,12 +160,12 @@ def build_manifest(ds: Any, store: Any = None, conflicts: Any = None, policy: st
                 continue
             shapes = [current_mask(m) for m in present]
             union = shapes[0].copy()
-            for m in shapes[1:]:
-                if m.shape != union.shape:
+            for other in shapes[1:]:
+                if other.shape != union.shape:
                     from engine.dedup.scoring import resize_nearest
 
-                    m = resize_nearest(m, union.shape)
-                union = np.maximum(union, m)
+                    other = resize_nearest(other, union.shape)
+                union = np.maximum(union, other)
             path = _write_union(union, store, masks_dir, ds)
             for m in present:
                 override(m, d.event_id, "union", MaskSource("file", str(path), convention=LABELS_CONVENTION),
@@ -164,7 +175,7 @@ def build_manifest(ds: Any, store: Any = None, conflicts: Any = None, policy: st
     conflict_pairs = [p for p in pairs if p.get("category") == "conflict"]
     unresolved = 0
     for p in conflict_pairs:
-        a, b = sorted((str(p["a"]), str(p["b"])))
+        a, b = pair_key(p["a"], p["b"])
         explicit = (a, b) in decided_pairs or any(a in g and b in g for g in decided_groups)
         if not explicit:
             unresolved += 1
@@ -174,12 +185,12 @@ def build_manifest(ds: Any, store: Any = None, conflicts: Any = None, policy: st
         if area_a is None or area_b is None:
             continue
         pa, pb = (str(p["a"]), str(p["b"]))
-        empty, other = (pa, pb) if area_a == 0 else (pb, pa)
+        empty, kept = (pa, pb) if area_a == 0 else (pb, pa)
         if explicit or empty in corrected:
             n_overridden += 1
             continue
         n_proposed += 1
-        drop(empty, f"policy drop-empty: empty twin of {other} (SSIM {float(p.get('ssim', 0)):.4f}, "
+        drop(empty, f"policy drop-empty: empty twin of {kept} (SSIM {float(p.get('ssim', 0)):.4f}, "
                     f"conflicting masks)", "policy")
 
     out_cases = []
@@ -211,7 +222,7 @@ def build_manifest(ds: Any, store: Any = None, conflicts: Any = None, policy: st
     return out_cases, dropped, info
 
 
-def _write_union(mask: np.ndarray, store: Any, masks_dir: str | Path | None, ds: Any) -> Path:
+def _write_union(mask: np.ndarray, store: ReviewStore | None, masks_dir: str | Path | None, ds: Dataset) -> Path:
     """Write a union mask as a content-addressed PNG; returns its absolute path."""
     from engine.io import write_mask_png
     from engine.store import mask_digest
@@ -225,81 +236,3 @@ def _write_union(mask: np.ndarray, store: Any, masks_dir: str | Path | None, ds:
     if not path.exists():
         write_mask_png(path, mask.astype(np.uint8))
     return path.resolve()
-
-
-def is_product_manifest(path: str | Path) -> bool:
-    """True when ``path`` is a JSON document whose ``format`` is this program's manifest format
-    (parsed fully: a file that merely mentions the format string is not enough)."""
-    import json
-
-    from engine.datasets.manifest import MANIFEST_FORMAT
-
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT
-
-
-def save_manifest(path: str | Path, ds: Any, cases: Any, dropped: Any, info: dict[str, Any] | None = None, *,
-                  on_exists: str = "refuse") -> tuple[Path, str | None]:
-    """Write a manifest without ever replacing a file this program did not write.
-
-    An existing file at ``path`` is replaced only when it is a manifest of this program
-    (:func:`is_product_manifest`). Anything else (a model's ``card.json``, a config, a folder) is
-    kept: ``on_exists="refuse"`` raises, ``"rename"`` writes ``<stem>-1.json``, ``-2``... instead
-    (created exclusively, so a file appearing meanwhile is not replaced either).
-
-    Args:
-        path: the ``.json`` to write.
-        ds, cases, dropped, info: as :func:`engine.datasets.write_manifest`.
-        on_exists: ``refuse`` (CLI) or ``rename`` (review page).
-
-    Returns:
-        ``(path written, note or None)``; the note says when another name was chosen, and why.
-
-    Raises:
-        ConfigError: ``path`` holds a foreign file and ``on_exists="refuse"``; not writable.
-    """
-    import os
-    import tempfile
-
-    from engine.datasets import write_manifest
-
-    if on_exists not in ("refuse", "rename"):
-        raise unknown_name("on_exists", on_exists, ("refuse", "rename"))
-    path = Path(path).expanduser()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".json", dir=path.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        write_manifest(tmp, ds, cases, dropped, info)
-    except OSError as exc:
-        raise ConfigError(f"cannot write the manifest ({exc.strerror or exc})", path=path,
-                          hint="choose a folder you can write to") from None
-    note = None
-    try:
-        for n in range(0, 1000):
-            target = path if n == 0 else path.with_name(f"{path.stem}-{n}{path.suffix or '.json'}")
-            exists = target.exists() or target.is_symlink()
-            if exists and not target.is_symlink() and target.is_file() and is_product_manifest(target):
-                os.replace(tmp, target)  # an earlier manifest of ours: replaced atomically
-                return target, note
-            if not exists:
-                try:
-                    os.link(tmp, target)  # fails if the name appeared meanwhile: nothing replaced
-                except FileExistsError:
-                    continue
-                return target, note
-            if on_exists == "refuse":
-                raise ConfigError("the file exists and is not a manifest written by this program: it was "
-                                  "not overwritten", path=target,
-                                  hint="choose another output path (a new .json, or an earlier manifest to replace)")
-            if note is None:
-                note = (f"{path} exists and is not a manifest written by this program, so it was kept; "
-                        f"the manifest was written under another name")
-        raise ConfigError("no free file name next to the manifest path", path=path,
-                          hint="choose another output path")
-    finally:
-        tmp.unlink(missing_ok=True)

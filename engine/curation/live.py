@@ -22,15 +22,20 @@ Example:
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import WorkbenchError
+
+if TYPE_CHECKING:
+    from engine.datasets import Case, Dataset
+    from engine.dedup import ConflictReport
+    from engine.store import ReviewStore
 
 __all__ = ["corrected_dataset", "live_ceiling", "touched_cases"]
 
 
-def corrected_dataset(ds: Any, store: Any = None, report: Any = None, policy: str = "none"
-                      ) -> tuple[Any, list[tuple[str, str]], dict[str, Any]]:
+def corrected_dataset(ds: Dataset, store: ReviewStore | None = None, report: ConflictReport | None = None,
+                      policy: str = "none") -> tuple[Dataset, list[tuple[str, str]], dict[str, Any]]:
     """The dataset with the review applied, in memory.
 
     Args:
@@ -44,7 +49,7 @@ def corrected_dataset(ds: Any, store: Any = None, report: Any = None, policy: st
         replaced by corrected/union/empty ones; same root, labels, options and workdir as
         ``ds``), ``[(case_id, reason)]`` and :func:`build_manifest`'s info.
     """
-    from engine.curation.manifest import build_manifest
+    from engine.curation.cleaning import build_manifest
     from engine.datasets.base import Dataset
 
     cases, dropped, info = build_manifest(ds, store, report, policy)
@@ -53,7 +58,7 @@ def corrected_dataset(ds: Any, store: Any = None, report: Any = None, policy: st
     return out, dropped, info
 
 
-def touched_cases(store: Any) -> dict[str, list[str]]:
+def touched_cases(store: ReviewStore | None) -> dict[str, list[str]]:
     """``{case_id: [what a reviewer did]}``: members of decided pairs/groups and cases with a
     corrected mask version (the latest one), in the store's words."""
     out: dict[str, list[str]] = {}
@@ -75,13 +80,14 @@ def touched_cases(store: Any) -> dict[str, list[str]]:
     return out
 
 
-def _mask_key(case: Any) -> str:
+def _mask_key(case: Case) -> str:
     import json
 
     return json.dumps(case.mask.to_dict(), sort_keys=True) if case.labelled else "unlabelled"
 
 
-def live_ceiling(ds: Any, store: Any, report: Any, *, corrected: Any = None) -> dict[str, Any]:
+def live_ceiling(ds: Dataset, store: ReviewStore | None, report: ConflictReport, *,
+                 corrected: Dataset | None = None) -> dict[str, Any]:
     """The label-noise ceiling of ``report`` after the current review, without a rescan.
 
     Args:

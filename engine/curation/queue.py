@@ -48,10 +48,22 @@ import shlex
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from engine.eda import natural_key
 from engine.progress import ProgressFn
+from engine.store.records import DECISION_OPTIONS, TARGET_SEP, pair_key, target_of
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from engine.datasets import Case, Dataset
+    from engine.dedup import ConflictReport
+    from engine.evaluation import EvalResult
+    from engine.store import Decision, ReviewStore
+
+    #: ``ReviewStore.decisions()``: ``{(target kind, members): Decision}``.
+    Decisions = Mapping[tuple[str, tuple[str, ...]], Decision]
 
 #: Review states of a pair, in the order the page lists them.
 REVIEW_STATES: tuple[str, ...] = ("undecided", "proposed", "decided", "needs_expert")
@@ -60,43 +72,20 @@ OPEN_STATES: tuple[str, ...] = ("undecided", "proposed")
 #: Note of decisions recorded by :func:`apply_proposals`.
 BULK_NOTE = "bulk: case-study rule"
 
-#: Readable labels of the store's pair decisions (:data:`engine.store.PAIR_DECISIONS`).
-DECISION_LABELS: dict[str, str] = {
-    "keep_a": "Keep A, drop B",
-    "keep_b": "Keep B, drop A",
-    "keep_both": "Keep both",
-    "union": "Union of masks",
-    "both_empty": "Both empty",
-    "drop_both": "Drop both",
-    "not_duplicate": "Not a duplicate",
-    "needs_expert": "Needs expert",
-}
+#: Readable labels of the store's pair decisions (:data:`engine.store.records.DECISION_OPTIONS`).
+DECISION_LABELS: dict[str, str] = {o.value: o.label for o in DECISION_OPTIONS}
 #: What each decision does to a cleaned manifest (:func:`engine.curation.build_manifest`).
-DECISION_HELP: dict[str, str] = {
-    "keep_a": "A's image and mask are right: B is left out of the cleaned manifest",
-    "keep_b": "B's image and mask are right: A is left out of the cleaned manifest",
-    "keep_both": "both stay as they are (e.g. the masks are both acceptable)",
-    "union": "both stay, each with the union of the two masks",
-    "both_empty": "both stay, each with an empty mask (the structure is not there)",
-    "drop_both": "both are left out (unusable or unresolvable)",
-    "not_duplicate": "the images are different frames after all: both stay as they are",
-    "needs_expert": "no change yet: flag the pair for an expert",
-}
-
-def pair_key(a: str, b: str) -> tuple[str, str]:
-    """The store's key of a pair: the two case ids sorted (``a < b``)."""
-    a, b = str(a), str(b)
-    return (a, b) if a <= b else (b, a)
+DECISION_HELP: dict[str, str] = {o.value: o.help for o in DECISION_OPTIONS}
 
 
 def key_text(key: Sequence[str]) -> str:
-    """A pair key as one string (``"a\\tb"``), e.g. for session state."""
-    return "\t".join(pair_key(key[0], key[1]))
+    """A pair key as one string (``"a\\tb"``, the store's target of the pair), e.g. for session state."""
+    return target_of((key[0], key[1]))
 
 
 def parse_key(text: str) -> tuple[str, str] | None:
     """Inverse of :func:`key_text` (None when ``text`` is not a pair key)."""
-    parts = str(text or "").split("\t")
+    parts = str(text or "").split(TARGET_SEP)
     return pair_key(parts[0], parts[1]) if len(parts) == 2 and all(parts) else None
 
 
@@ -114,7 +103,7 @@ class ReviewItem:
     """
 
     pair: Mapping[str, Any]
-    decision: Any
+    decision: Decision | None
     state: str
     rank: int
 
@@ -163,8 +152,8 @@ def severity_order(pairs: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]
                                         str(p["a"]), str(p["b"])))
 
 
-def _group_index(decisions: Mapping[tuple[str, tuple[str, ...]], Any]) -> dict[str, list[Any]]:
-    out: dict[str, list[Any]] = {}
+def _group_index(decisions: Decisions) -> dict[str, list[Decision]]:
+    out: dict[str, list[Decision]] = {}
     for (kind, members), d in decisions.items():
         if kind == "group":
             for m in members:
@@ -172,8 +161,8 @@ def _group_index(decisions: Mapping[tuple[str, tuple[str, ...]], Any]) -> dict[s
     return out
 
 
-def current_decision(decisions: Mapping[tuple[str, tuple[str, ...]], Any], a: str, b: str,
-                     _groups: Mapping[str, list[Any]] | None = None) -> Any:
+def current_decision(decisions: Decisions, a: str, b: str,
+                     _groups: Mapping[str, list[Decision]] | None = None) -> Decision | None:
     """The decision in force on the pair (a, b): its own, or a group decision holding both
     cases; the most recent (highest event id) when there are several. None when undecided."""
     key = pair_key(a, b)
@@ -183,7 +172,7 @@ def current_decision(decisions: Mapping[tuple[str, tuple[str, ...]], Any], a: st
     return max(found, key=lambda d: d.event_id) if found else None
 
 
-def decision_state(decision: Any) -> str:
+def decision_state(decision: Decision | None) -> str:
     """Review state (:data:`REVIEW_STATES`) of a pair given its current decision (or None)."""
     if decision is None:
         return "undecided"
@@ -195,7 +184,7 @@ def decision_state(decision: Any) -> str:
 
 
 def build_queue(pairs: Iterable[Mapping[str, Any]],
-                decisions: Mapping[tuple[str, tuple[str, ...]], Any]) -> list[ReviewItem]:
+                decisions: Decisions) -> list[ReviewItem]:
     """All pairs, most severe first, each with its current decision and review state.
 
     Args:
@@ -255,8 +244,7 @@ def categories_of(queue: Iterable[ReviewItem]) -> dict[str, int]:
     return {c: n[c] for c in (*CATEGORIES, *sorted(set(n) - set(CATEGORIES))) if n.get(c)}
 
 
-def orphan_decisions(decisions: Mapping[tuple[str, tuple[str, ...]], Any],
-                     queue: Sequence[ReviewItem]) -> list[Any]:
+def orphan_decisions(decisions: Decisions, queue: Sequence[ReviewItem]) -> list[Decision]:
     """Current pair decisions on pairs absent from the queue (e.g. found by an earlier search
     with another threshold); :func:`engine.curation.build_manifest` still applies them."""
     present = {it.key for it in queue}
@@ -320,7 +308,7 @@ def pair_for_case(queue: Sequence[ReviewItem], case_id: str | None) -> tuple[str
 
 # ------------------------------------------------------------------------------ neighbours
 
-def frame_order(cases: Iterable[Any], group_id: str) -> list[str]:
+def frame_order(cases: Iterable[Case], group_id: str) -> list[str]:
     """Case ids of one group (subject), in frame order.
 
     Kaggle UNS ids are ``{subject}_{frame}``, so the natural sort of the ids is the frame order;
@@ -329,7 +317,7 @@ def frame_order(cases: Iterable[Any], group_id: str) -> list[str]:
     return sorted((c.case_id for c in cases if c.group_id == group_id), key=natural_key)
 
 
-def neighbours(cases: Iterable[Any], case_id: str, group_id: str, radius: int = 2) -> list[str]:
+def neighbours(cases: Iterable[Case], case_id: str, group_id: str, radius: int = 2) -> list[str]:
     """``case_id`` and up to ``radius`` frames either side of it in its subject (frame order).
 
     >>> from types import SimpleNamespace as C
@@ -367,7 +355,7 @@ def bulk_proposals(queue: Iterable[ReviewItem]) -> tuple[list[Proposal], dict[st
         needs_expert: left alone) and ``unknown_areas`` (no mask areas in the report: skipped).
     """
     props: list[Proposal] = []
-    counts = Counter()
+    counts: Counter[str] = Counter()
     for it in queue:
         if it.category != "conflict":
             continue
@@ -387,7 +375,7 @@ def bulk_proposals(queue: Iterable[ReviewItem]) -> tuple[list[Proposal], dict[st
     return props, {k: int(counts.get(k, 0)) for k in keys}
 
 
-def apply_proposals(store: Any, proposals: Sequence[Proposal], reviewer: str,
+def apply_proposals(store: ReviewStore, proposals: Sequence[Proposal], reviewer: str,
                     progress: ProgressFn | None = None) -> list[int]:
     """Record every proposal as an ordinary decision noted :data:`BULK_NOTE`, in one transaction
     (all or nothing: a crash records none of them); returns the event ids."""
@@ -399,12 +387,12 @@ def apply_proposals(store: Any, proposals: Sequence[Proposal], reviewer: str,
     return ids
 
 
-def proposals_in_force(decisions: Mapping[tuple[str, tuple[str, ...]], Any]) -> list[Any]:
+def proposals_in_force(decisions: Decisions) -> list[Decision]:
     """Current decisions that are bulk proposals (not yet confirmed or overridden)."""
     return sorted((d for d in decisions.values() if decision_state(d) == "proposed"), key=lambda d: d.event_id)
 
 
-def undo_proposals(store: Any, reviewer: str, progress: ProgressFn | None = None) -> int:
+def undo_proposals(store: ReviewStore, reviewer: str, progress: ProgressFn | None = None) -> int:
     """Undo every bulk proposal still in force (each undo is a new event); returns how many."""
     todo = proposals_in_force(store.decisions())
     for i, d in enumerate(todo):
@@ -416,7 +404,7 @@ def undo_proposals(store: Any, reviewer: str, progress: ProgressFn | None = None
 
 # ------------------------------------------------------------------------------ history
 
-def pair_history(store: Any, a: str, b: str) -> list[dict[str, Any]]:
+def pair_history(store: ReviewStore, a: str, b: str) -> list[dict[str, Any]]:
     """The decisions ever recorded on the pair, oldest first, each marked ``in force``,
     ``superseded`` (a later decision replaced it) or ``undone``."""
     key = pair_key(a, b)
@@ -432,7 +420,7 @@ def pair_history(store: Any, a: str, b: str) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------ export
 
-def default_manifest_path(ds: Any, now: _dt.datetime | None = None) -> Path:
+def default_manifest_path(ds: Dataset, now: _dt.datetime | None = None) -> Path:
     """``<ds.workdir>/manifests/clean-<UTC timestamp>.json``."""
     from engine.errors import ConfigError
 
@@ -468,10 +456,12 @@ QUEUE_WEIGHTS: dict[str, float] = {"needs_fix": 2.0, "conflict": 1.0, "disagree"
                                      "models": 0.75, "uncertainty": 0.75}
 
 
-def case_queue(ds: Any, store: Any = None, report: Any = None, eval_result: Any = None, *,
-                 weights: Mapping[str, float] | None = None,
-                 include_unscored: bool = False, disagreement: Mapping[str, float] | None = None,
-                 uncertainty: Mapping[str, float] | None = None) -> list[tuple[str, float, list[str]]]:
+def case_queue(ds: Dataset | Iterable[str], store: ReviewStore | None = None,
+               report: ConflictReport | Sequence[Mapping[str, Any]] | None = None,
+               eval_result: EvalResult | pd.DataFrame | Mapping[str, float | None] | None = None, *,
+               weights: Mapping[str, float] | None = None,
+               include_unscored: bool = False, disagreement: Mapping[str, float] | None = None,
+               uncertainty: Mapping[str, float] | None = None) -> list[tuple[str, float, list[str]]]:
     """Cases that most need a reviewer's look, most suspicious first.
 
     Score = ``needs_fix`` weight if a reviewer marked the case *needs_fix*
@@ -559,12 +549,13 @@ def case_queue(ds: Any, store: Any = None, report: Any = None, eval_result: Any 
     return out
 
 
-def _dice_by_case(eval_result: Any) -> dict[str, float | None]:
+def _dice_by_case(eval_result: EvalResult | pd.DataFrame | Mapping[str, float | None] | None
+                  ) -> dict[str, float | None]:
     if eval_result is None:
         return {}
     if isinstance(eval_result, Mapping):
         return {str(k): (None if v is None else float(v)) for k, v in eval_result.items()}
-    df = getattr(eval_result, "per_image", eval_result)
+    df: Any = getattr(eval_result, "per_image", eval_result)
     if df is None or not hasattr(df, "columns") or "case_id" not in df.columns or "dice" not in df.columns:
         return {}
     out: dict[str, float | None] = {}

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.errors import ConflictError, MaskError
+
+if TYPE_CHECKING:
+    from engine.datasets import Dataset
+    from engine.store import ReviewStore
 
 class EditStack:
     """Undo/redo history of whole masks (each applied stroke batch = one entry).
@@ -120,7 +124,7 @@ class EditStack:
 
 # ----------------------------------------------------------------------------------- versions
 
-def version_mask(ds: Any, store: Any, case_id: str, version: int) -> np.ndarray:
+def version_mask(ds: Dataset, store: ReviewStore, case_id: str, version: int) -> np.ndarray:
     """uint8 (H,W) mask of a version (0 = the dataset's original; empty for an unlabelled case).
 
     Args:
@@ -138,7 +142,7 @@ def version_mask(ds: Any, store: Any, case_id: str, version: int) -> np.ndarray:
     return store.load_mask_version(case_id, version)
 
 
-def version_history(ds: Any, store: Any, case_id: str) -> list[dict[str, Any]]:
+def version_history(ds: Dataset, store: ReviewStore, case_id: str) -> list[dict[str, Any]]:
     """Versions of a case, oldest first; version 0 is the dataset's original.
 
     Returns:
@@ -178,14 +182,14 @@ class EditSession:
     base_version: int
     base_digest: str
     source: str
-    stack: Any
+    stack: EditStack
     nonce: int = 0
     conflict: dict[str, Any] | None = None
     show_theirs: bool = False
 
     @classmethod
-    def start(cls, ds: Any, store: Any, case_id: str, mask: np.ndarray | None = None, source: str | None = None,
-              nonce: int = 0) -> "EditSession":
+    def start(cls, ds: Dataset, store: ReviewStore, case_id: str, mask: np.ndarray | None = None,
+              source: str | None = None, nonce: int = 0) -> "EditSession":
         """A session based on the newest saved version of ``case_id``.
 
         Args:
@@ -201,7 +205,8 @@ class EditSession:
         src = source or (f"version {latest}" + (" (dataset original)" if latest == 0 else " (latest saved)"))
         return cls(case_id, latest, mask_digest(base_mask), src, EditStack(start), nonce=nonce + 1)
 
-    def restart(self, ds: Any, store: Any, mask: np.ndarray | None = None, source: str | None = None) -> "EditSession":
+    def restart(self, ds: Dataset, store: ReviewStore, mask: np.ndarray | None = None,
+                source: str | None = None) -> "EditSession":
         """A new session of the same case (from the newest version, or ``mask``); this one is left as is."""
         return EditSession.start(ds, store, self.case_id, mask, source, nonce=self.nonce)
 
@@ -212,7 +217,7 @@ class EditSession:
 
         return mask_digest(self.stack.current) != self.base_digest
 
-    def record_conflict(self, store: Any, exc: ConflictError) -> None:
+    def record_conflict(self, store: ReviewStore, exc: ConflictError) -> None:
         """Remember who saved the newer version that refused a save (fills :attr:`conflict`)."""
         cur = int(exc.current_version or store.latest_mask_version(self.case_id))
         mv = store.mask_version(self.case_id, cur)
@@ -232,7 +237,7 @@ class EditSession:
         self.show_theirs = False
         self.nonce += 1
 
-    def save(self, store: Any, author: str, note: str = "", *, on_top: bool = False) -> int | None:
+    def save(self, store: ReviewStore, author: str, note: str = "", *, on_top: bool = False) -> int | None:
         """Save the current mask as a new version checked against the base version.
 
         Args:
@@ -254,7 +259,7 @@ class EditSession:
         self.mark_saved(v)
         return v
 
-    def resolve_conflict(self, ds: Any, store: Any, author: str, note: str, how: str) -> int | None:
+    def resolve_conflict(self, ds: Dataset, store: ReviewStore, author: str, note: str, how: str) -> int | None:
         """Resolve :attr:`conflict` by saving on top of the colleague's version.
 
         Args:

@@ -24,12 +24,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from engine.errors import WorkbenchError
 from engine.progress import ProgressFn, as_progress
+
+if TYPE_CHECKING:
+    from engine.datasets import Dataset
+    from engine.evaluation import EvalResult
+    from engine.inference import Predictor
 
 __all__ = ["model_disagreement", "tta_uncertainty", "flip_views_uncertainty", "FLIP_VIEWS", "save_signals",
            "load_signals", "SIGNALS_FILE"]
@@ -38,7 +43,7 @@ __all__ = ["model_disagreement", "tta_uncertainty", "flip_views_uncertainty", "F
 FLIP_VIEWS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 
 
-def model_disagreement(dataset: Any, eval_results: Mapping[str, Any],
+def model_disagreement(dataset: Dataset, eval_results: Mapping[str, EvalResult],
                        case_ids: Sequence[str] | None = None) -> dict[str, float]:
     """``{case_id: 1 − mean pairwise Dice}`` of 2–3 models' saved predictions (see module doc)."""
     from engine.compare import compare_models
@@ -66,7 +71,7 @@ def flip_views_uncertainty(fg_views: np.ndarray) -> float:
     return float(min(1.0, 2.0 * float(std[region].mean())))
 
 
-def tta_uncertainty(predictor: Any, dataset: Any, case_ids: Sequence[str] | None = None,
+def tta_uncertainty(predictor: Predictor, dataset: Dataset, case_ids: Sequence[str] | None = None,
                     progress: ProgressFn | None = None) -> dict[str, float]:
     """``{case_id: flip-TTA uncertainty}`` of ``predictor`` on ``case_ids`` (default: all cases).
 
@@ -97,12 +102,12 @@ def tta_uncertainty(predictor: Any, dataset: Any, case_ids: Sequence[str] | None
 SIGNALS_FILE = "queue_signals.json"
 
 
-def save_signals(ds: Any, signals: Mapping[str, Any]) -> Path:
+def save_signals(ds: Dataset, signals: Mapping[str, Any]) -> Path:
     """Keep computed queue signals (``disagreement``, ``uncertainty`` maps plus ``models``) in the
     dataset's workspace folder (``queue_signals.json``, atomic), so the queue uses them after a reload."""
     from engine.fsutil import atomic_write_json
 
-    if getattr(ds, "workdir", None) is None:
+    if ds.workdir is None:
         from engine.errors import ConfigError
 
         raise ConfigError("the dataset has no workspace folder for queue signals",
@@ -112,10 +117,10 @@ def save_signals(ds: Any, signals: Mapping[str, Any]) -> Path:
     return path
 
 
-def load_signals(ds: Any) -> dict[str, Any]:
+def load_signals(ds: Dataset) -> dict[str, Any]:
     """The signals saved by :func:`save_signals` (``{}`` when none or unreadable)."""
     from engine.fsutil import read_json_dict
 
-    if getattr(ds, "workdir", None) is None:
+    if ds.workdir is None:
         return {}
     return read_json_dict(Path(ds.workdir) / SIGNALS_FILE)

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.datasets.base import BadFile, Case, Dataset, MaskSource, load_mask_source
-from engine.datasets.layouts import LAYOUTS, Detection, describe_expected, detect_all
+from engine.datasets.layouts import Detection
 from engine.datasets.manifest import is_manifest, read_manifest, write_manifest
+from engine.datasets.registry import LAYOUTS, describe_expected, detect_all
 from engine.datasets.scan import ScanCache, list_files
 from engine.errors import LayoutError, unknown_name
 from engine.progress import ProgressFn

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence, cast
 
 import numpy as np
 
@@ -139,9 +139,16 @@ class Dataset:
         label_lut: optional remap of stored class ids to consecutive ids (uint8[256]).
     """
 
+    # Set only on some datasets (read them with getattr and a default): a folder scan records its
+    # timings, a dataset opened from a manifest its file, info block and dropped cases.
+    scan_stats: dict[str, Any]
+    manifest_path: Path
+    manifest_info: dict[str, Any]
+    dropped: list[tuple[str, str]]
+
     def __init__(self, root: str | Path, layout: str, cases: Sequence[Case], labels: dict[int, str],
                  bad_files: Sequence[BadFile] = (), notes: Sequence[str] = (),
-                 options: dict[str, Any] | None = None, label_lut: Sequence[int] | None = None,
+                 options: dict[str, Any] | None = None, label_lut: Sequence[int] | np.ndarray | None = None,
                  workdir: Path | None = None):
         self.root = Path(root)
         self.layout = layout
@@ -294,7 +301,7 @@ def load_mask_source(src: MaskSource, shape: tuple[int, int], *, case_id: str = 
                      image_path: str | None = None) -> np.ndarray:
     """Materialise a :class:`MaskSource` as a uint8 (H,W) label map of size ``shape``."""
     from engine.io import read_mask
-    from engine.rle import decode_union
+    from engine.rle import Convention, decode_union
 
     options = options or {}
     if src.kind == "none":
@@ -304,12 +311,15 @@ def load_mask_source(src: MaskSource, shape: tuple[int, int], *, case_id: str = 
         return np.zeros(shape, np.uint8)
     if src.kind == "rle":
         where = f"{src.path} (case {case_id})" if src.path else f"case {case_id}"
-        return decode_union(src.rle, shape, src.convention or "kaggle", where=where)
+        # decoding validates the convention (unknown names raise ConfigError)
+        return decode_union(src.rle, shape, cast(Convention, src.convention or "kaggle"), where=where)
     if src.kind == "file":
         assert src.path is not None
         ours = src.convention == LABELS_CONVENTION
         cmap = None if ours else options.get("colour_map")
-        colour_map = {tuple(int(x) for x in k.split(",")): int(v) for k, v in cmap.items()} if cmap else None
+        # keys are "r,g,b" strings (as the layouts write them)
+        colour_map = cast(dict[tuple[int, int, int], int],
+                          {tuple(int(x) for x in k.split(",")): int(v) for k, v in cmap.items()}) if cmap else None
         labels, _ = read_mask(src.path, threshold=int(options.get("threshold", 127)), colour_map=colour_map)
         if labels.shape != tuple(shape):
             raise MaskError(f"mask is {labels.shape[0]}x{labels.shape[1]} but its image "

@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
+from engine.datasets.layouts import DEFAULT_MASK_SUFFIXES
 from engine.errors import ConfigError, WorkbenchError
 from engine.progress import ProgressFn
 
 CONVERT_MARKER = "convert.json"
-_MASK_SUFFIXES = ("_mask", "_Annotation", "_annotation", "_label", "_labels", "_seg", "_gt", "_segmentation")
 
 
 def safe_case_name(case_id: str) -> str:
@@ -52,7 +52,7 @@ def safe_case_name(case_id: str) -> str:
 
     cid = str(case_id)
     name = safe_name(cid)
-    if name.endswith(_MASK_SUFFIXES):  # the paired layout would read it as a mask
+    if name.endswith(DEFAULT_MASK_SUFFIXES):  # the paired layout would read it as a mask
         name = f"{name}-{hashlib.sha1(cid.encode('utf-8')).hexdigest()[:8]}"
     return name
 
@@ -173,9 +173,9 @@ def _convert_into(ds: Any, final: Path, out: Path, hw: tuple[int, int], image_fo
                   progress: Any) -> dict[str, Any]:
     from PIL import Image
 
-    from engine.datasets.scan import parallel_map
     from engine.fsutil import atomic_path, atomic_write_json, atomic_write_text
     from engine.io import to_chw_float, write_mask_png
+    from engine.parallel import parallel_map
 
     names: dict[str, str] = {}
     for c in ds.cases:

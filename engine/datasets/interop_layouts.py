@@ -36,12 +36,23 @@ from typing import Any
 import numpy as np
 
 from engine.datasets.base import LABELS_CONVENTION, BadFile, Case, MaskSource
-from engine.datasets.layouts import (DEFAULT_MASK_SUFFIXES, Detection, ScanResult, SIIMLayout, _bad, with_suffix,
-                                     _default_label_names, _group_ids, _verify_image, split_records)
-from engine.datasets.scan import ScanCache, Stamp, list_files, parallel_map
+from engine.datasets.layouts import (
+    DEFAULT_MASK_SUFFIXES,
+    Detection,
+    ScanResult,
+    SIIMLayout,
+    _bad,
+    _default_label_names,
+    _group_ids,
+    _verify_image,
+    split_records,
+    with_suffix,
+)
+from engine.datasets.scan import ScanCache, Stamp, list_files
 from engine.errors import MaskError, WorkbenchError
 from engine.fsutil import file_stamp, safe_name
 from engine.io import IMAGE_SUFFIXES, image_size
+from engine.parallel import parallel_map
 from engine.progress import ProgressFn
 
 EXPORT_INFO = "export.json"
@@ -186,7 +197,8 @@ class COCOLayout:
             for a in doc.get("annotations", []):
                 if isinstance(a, dict):
                     by_image[a.get("image_id")].append(a)
-            info = doc.get("info") if isinstance(doc.get("info"), dict) else {}
+            doc_info = doc.get("info")
+            info = doc_info if isinstance(doc_info, dict) else {}
             own = info.get("segwb_image_root")
             if own and _export_source_root(root) is not None and Path(own).is_dir():
                 extra.append(Path(own).resolve())  # this workbench's own export (export.json beside it)
@@ -316,8 +328,8 @@ class DicomSegLayout:
     @classmethod
     def scan(cls, root: Path, files: dict[Path, Stamp], options: dict[str, Any], cache: ScanCache,
              progress: ProgressFn | None, verify: bool) -> ScanResult:
-        from engine.dicom_meta import read_header
         from engine.interop.dicom_seg import is_dicom_seg, read_dicom_seg
+        from engine.io.dicom import read_header
 
         all_files = dict(files)
         for extra in _extra_roots(root, options):
@@ -570,7 +582,8 @@ class NiftiLayout:
                 _write_png(png, mask)
                 area = int(np.count_nonzero(mask))
                 meta = {"mask_origin": f"nifti:{nii.name}", "classes": sorted(int(v) for v in np.unique(mask))}
-                case = Case(cid, groups.get(cid, ""), str(img), MaskSource("file", str(png), convention=LABELS_CONVENTION),
+                case = Case(cid, groups.get(cid, ""), str(img),
+                            MaskSource("file", str(png), convention=LABELS_CONVENTION),
                             True, area > 0, area, hw[0], hw[1], "", meta)
                 value = {"case": case.to_dict()}
             except WorkbenchError as exc:

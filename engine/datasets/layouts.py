@@ -2,7 +2,7 @@
 
 A layout class has ``name``, ``detect(root, files) -> Detection | None`` and
 ``scan(root, files, options, cache, progress, verify) -> ScanResult``. Register new
-layouts in :data:`LAYOUTS`.
+layouts in :data:`engine.datasets.registry.LAYOUTS`.
 """
 
 from __future__ import annotations
@@ -203,7 +203,8 @@ class KaggleUNSLayout:
             # mask files take precedence over CSV rows: with one for every image, only the header is checked
             try:
                 check_kaggle_uns_csv_header(csv_path)
-                notes.append(f"{csv_path.name}: rows not read, every image has a mask file (mask files take precedence)")
+                notes.append(f"{csv_path.name}: rows not read, every image has a mask file "
+                             "(mask files take precedence)")
             except WorkbenchError as exc:
                 bad.append(_bad(csv_path, exc))
         elif csv_path is not None:
@@ -279,7 +280,8 @@ class SIIMLayout:
 
     @staticmethod
     def _dicoms(files: dict[Path, Stamp]) -> list[Path]:
-        return sorted(with_suffix(files, ".dcm", ".dicom") + [p for p in by_suffix(files).get("", ()) if is_dicom_file(p)])
+        return sorted(with_suffix(files, ".dcm", ".dicom")
+                      + [p for p in by_suffix(files).get("", ()) if is_dicom_file(p)])
 
     @staticmethod
     def _csvs(root: Path, files: dict[Path, Stamp]) -> list[Path]:
@@ -306,7 +308,7 @@ class SIIMLayout:
     @classmethod
     def scan(cls, root: Path, files: dict[Path, Stamp], options: dict[str, Any], cache: ScanCache,
              progress: ProgressFn | None, verify: bool) -> ScanResult:
-        from engine.dicom_meta import read_header
+        from engine.io.dicom import read_header
         from engine.rle import decode_union, parse_runs, read_siim_csv
 
         notes: list[str] = []
@@ -331,6 +333,7 @@ class SIIMLayout:
         matched, csv_path, rle_rows = best
         csv_bad_rows = best_stats.bad_rows if best_stats is not None else {}
         if best_stats is not None:
+            assert csv_path is not None  # best_stats is set together with its CSV
             if best_stats.header_note:
                 notes.append(best_stats.header_note)
             notes.extend(best_stats.problems[:5])
@@ -473,7 +476,8 @@ class PairedLayout:
         if labelled:
             kind = "suffixed masks" if labelled[0].suffix_mode else "image/mask folders"
             where = ", ".join(str(p.image_dir.relative_to(root)) + (
-                "" if p.suffix_mode else " + " + str(p.mask_dir.relative_to(root))) for p in labelled[:4])
+                "" if p.suffix_mode or p.mask_dir is None else " + " + str(p.mask_dir.relative_to(root)))
+                for p in labelled[:4])
             return Detection(cls.name, 0.8 if not labelled[0].suffix_mode else 0.7,
                              f"{kind}: {where} ({n_img} files)")
         return Detection(cls.name, 0.2, f"{n_img} images without masks (unlabelled)")
@@ -632,31 +636,6 @@ def _group_ids(stems: Sequence[str], group_regex: str | None) -> dict[str, str]:
     if len(set(cand.values())) > 1 or len(stems) <= 1:
         return cand
     return {s: s for s in stems}  # one shared prefix ("img_001", "img_002"): not a subject id
-
-
-LAYOUTS: dict[str, Any] = {
-    KaggleUNSLayout.name: KaggleUNSLayout,
-    SIIMLayout.name: SIIMLayout,
-    PairedLayout.name: PairedLayout,
-}
-from engine.datasets.interop_layouts import INTEROP_LAYOUTS  # noqa: E402 - COCO, DICOM-SEG, NIfTI imports
-
-LAYOUTS.update(INTEROP_LAYOUTS)
-
-
-def detect_all(root: Path, files: dict[Path, Stamp]) -> list[Detection]:
-    """Every layout's claim on ``root``, best first."""
-    found = [d for L in LAYOUTS.values() if (d := L.detect(root, files)) is not None]
-    return sorted(found, key=lambda d: -d.score)
-
-
-def describe_expected() -> str:
-    """What detection looks for, for error messages."""
-    return ("Kaggle UNS (train/{subject}_{frame}.tif + _mask.tif or train_masks.csv); "
-            "SIIM (*.dcm files, optionally with an 'ImageId,EncodedPixels' CSV); "
-            f"paired folders ({'/'.join(IMAGE_DIR_NAMES[:3])} + {'/'.join(MASK_DIR_NAMES[:4])} with the same "
-            f"file stems, or masks named <stem>{'|'.join(DEFAULT_MASK_SUFFIXES[:4])} beside the images); "
-            f"image files: {', '.join(IMAGE_SUFFIXES)}")
 
 
 def group_counts(cases: Sequence[Case]) -> dict[str, int]:

@@ -3,7 +3,9 @@
 A manifest is JSON written by review tools (``python -m engine manifest``): the dataset it
 came from, the label map, every kept case with its (possibly corrected) mask source, and
 the dropped cases with reasons. :func:`engine.datasets.open_dataset` opens a manifest like
-a folder, so training and evaluation take either.
+a folder, so training and evaluation take either. :func:`save_manifest` is the safe way to write
+one where a user chose the path: it never replaces a file this program did not write
+(:func:`is_product_manifest`).
 
 Example:
     >>> write_manifest("clean.json", ds, ds.cases[:10], dropped=[("2_5", "conflict")])  # doctest: +SKIP
@@ -15,11 +17,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from engine.datasets.base import BadFile, Case, Dataset
-from engine.errors import LayoutError
+from engine.errors import ConfigError, LayoutError, unknown_name
 from engine.fsutil import atomic_write_json
 
 if TYPE_CHECKING:
@@ -114,3 +118,73 @@ def read_manifest(path: str | Path, workspace: Workspace | str | Path | None = N
     ds.manifest_info = data.get("info", {})
     ds.dropped = [(d["case_id"], d.get("reason", "")) for d in data.get("dropped", [])]
     return ds
+
+
+def is_product_manifest(path: str | Path) -> bool:
+    """True when ``path`` is a JSON document whose ``format`` is this program's manifest format
+    (parsed fully: a file that merely mentions the format string is not enough)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT
+
+
+def save_manifest(path: str | Path, ds: Dataset, cases: Sequence[Case], dropped: Sequence[tuple[str, str]],
+                  info: dict[str, Any] | None = None, *,
+                  on_exists: str = "refuse") -> tuple[Path, str | None]:
+    """Write a manifest without ever replacing a file this program did not write.
+
+    An existing file at ``path`` is replaced only when it is a manifest of this program
+    (:func:`is_product_manifest`). Anything else (a model's ``card.json``, a config, a folder) is
+    kept: ``on_exists="refuse"`` raises, ``"rename"`` writes ``<stem>-1.json``, ``-2``... instead
+    (created exclusively, so a file appearing meanwhile is not replaced either).
+
+    Args:
+        path: the ``.json`` to write.
+        ds, cases, dropped, info: as :func:`write_manifest`.
+        on_exists: ``refuse`` (CLI) or ``rename`` (review page).
+
+    Returns:
+        ``(path written, note or None)``; the note says when another name was chosen, and why.
+
+    Raises:
+        ConfigError: ``path`` holds a foreign file and ``on_exists="refuse"``; not writable.
+    """
+    if on_exists not in ("refuse", "rename"):
+        raise unknown_name("on_exists", on_exists, ("refuse", "rename"))
+    path = Path(path).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".json", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        write_manifest(tmp, ds, cases, dropped, info)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the manifest ({exc.strerror or exc})", path=path,
+                          hint="choose a folder you can write to") from None
+    note = None
+    try:
+        for n in range(0, 1000):
+            target = path if n == 0 else path.with_name(f"{path.stem}-{n}{path.suffix or '.json'}")
+            exists = target.exists() or target.is_symlink()
+            if exists and not target.is_symlink() and target.is_file() and is_product_manifest(target):
+                os.replace(tmp, target)  # an earlier manifest of ours: replaced atomically
+                return target, note
+            if not exists:
+                try:
+                    os.link(tmp, target)  # fails if the name appeared meanwhile: nothing replaced
+                except FileExistsError:
+                    continue
+                return target, note
+            if on_exists == "refuse":
+                raise ConfigError("the file exists and is not a manifest written by this program: it was "
+                                  "not overwritten", path=target,
+                                  hint="choose another output path (a new .json, or an earlier manifest to replace)")
+            if note is None:
+                note = (f"{path} exists and is not a manifest written by this program, so it was kept; "
+                        f"the manifest was written under another name")
+        raise ConfigError("no free file name next to the manifest path", path=path,
+                          hint="choose another output path")
+    finally:
+        tmp.unlink(missing_ok=True)

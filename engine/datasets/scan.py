@@ -1,4 +1,5 @@
-"""Scanning machinery shared by the layouts: file listing, per-file cache, parallel map.
+"""Scanning machinery shared by the layouts: file listing and the per-file cache (the parallel
+maps are in :mod:`engine.parallel`).
 
 The index cache is one JSON file per dataset and layout in the workspace. Each entry is
 keyed by the image's path and remembers the ``(size, mtime)`` stamps of every file it was
@@ -10,11 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from engine.fsutil import atomic_write_json
+from engine.parallel import parallel_map
 from engine.progress import ProgressFn, as_progress
 
 CACHE_VERSION = 3
@@ -79,116 +80,6 @@ def list_files(root: Path, max_depth: int = 6, suffixes: Sequence[str] | None = 
 def walk_files(root: Path, max_depth: int = 16) -> list[Path]:
     """The files of :func:`list_files` (links out of ``root`` not followed), sorted."""
     return sorted(list_files(Path(root), max_depth=max_depth))
-
-
-#: a process pool pays for itself from about this many items (forking 2 workers costs ~20 ms)
-PROCESS_MIN_ITEMS = 1000
-_FORK_JOB: tuple[Callable[[Any], Any], Sequence[Any]] | None = None
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask; the CPU count where there is none)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return os.cpu_count() or 1
-
-
-def can_fork_workers() -> bool:
-    """True when forked worker processes are safe here: Linux, several usable cores, no other
-    Python thread running (a fork copies locks another thread may hold, e.g. inside the app's
-    server) and torch not loaded (its OpenMP pool does not survive a fork)."""
-    import sys
-    import threading
-
-    return (sys.platform.startswith("linux") and usable_cores() > 1 and threading.active_count() == 1
-            and "torch" not in sys.modules)
-
-
-def _fork_chunk(bounds: tuple[int, int]) -> list[Any]:
-    assert _FORK_JOB is not None
-    fn, items = _FORK_JOB
-    return [fn(items[k]) for k in range(*bounds)]
-
-
-def shared_empty(shape: tuple[int, ...], dtype: Any) -> Any:
-    """A zero-filled numpy array in anonymous shared memory: what forked workers
-    (:func:`parallel_map` with ``processes=True``) write into it, this process sees."""
-    import mmap
-
-    import numpy as np
-
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    return np.frombuffer(mmap.mmap(-1, max(nbytes, 1)), dtype, count=int(np.prod(shape))).reshape(shape)
-
-
-def fork_map(fn: Callable[[T], R], items: Sequence[T], report: Callable[[int, int, str], None],
-             message: str, size: int | None = None) -> list[R] | None:
-    """``[fn(x) for x in items]`` in forked worker processes (``fn`` and ``items`` reach them
-    through the fork, only results are pickled back; writes into :func:`shared_empty` arrays are
-    seen here), in order, ``size`` items per task (default: a few per worker). Call only when
-    :func:`can_fork_workers`. Returns None when the pool broke (a worker killed, e.g. for memory):
-    the caller then computes the items in threads."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    global _FORK_JOB
-    n = len(items)
-    workers = usable_cores()
-    size = size or max(16, min(256, n // (4 * workers)))
-    bounds = [(s, min(n, s + size)) for s in range(0, n, size)]
-    results: list[R] = []
-    _FORK_JOB = (fn, items)
-    try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
-            for part in pool.map(_fork_chunk, bounds):
-                results.extend(part)
-                report(len(results), n, message)
-    except BrokenProcessPool:
-        return None
-    finally:
-        _FORK_JOB = None
-    return results
-
-
-def parallel_map(fn: Callable[[T], R], items: Sequence[T], progress: ProgressFn | None = None,
-                 message: str = "", workers: int | None = None, *, processes: bool | int = False) -> list[R]:
-    """``[fn(x) for x in items]`` on a thread pool (image decoders release the GIL), in order.
-
-    ``processes=True``: work that is mostly Python (header parsing, small decodes) runs in forked
-    worker processes instead (:func:`fork_map`) when there are at least :data:`PROCESS_MIN_ITEMS`
-    items (or ``processes`` items when it is a number) and :func:`can_fork_workers` (threads would
-    only take turns holding the GIL); ``fn`` must not rely on side effects in this process (its
-    results are what comes back).
-    """
-    report = as_progress(progress)
-    n = len(items)
-    if n == 0:
-        return []
-    least = PROCESS_MIN_ITEMS if processes is True else int(processes)
-    if processes and n >= least and can_fork_workers():
-        done = fork_map(fn, items, report, message)
-        if done is not None:
-            return done
-    workers = workers or min(8, max(2, usable_cores() * 2))
-    results: list[R] = []
-    step = max(1, n // 200)
-    if workers <= 1 or n < 16:
-        for i, x in enumerate(items):
-            results.append(fn(x))
-            if (i + 1) % step == 0 or i + 1 == n:
-                report(i + 1, n, message)
-        return results
-    # a few dozen items per task: one future per item costs ~40 µs of scheduling, as much as a
-    # cached item's whole work
-    size = max(1, min(64, n // (8 * workers)))
-    chunks = [items[s:s + size] for s in range(0, n, size)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for part in pool.map(lambda chunk: [fn(x) for x in chunk], chunks):
-            results.extend(part)
-            report(len(results), n, message)
-    return results
 
 
 def cached_map(cache: "ScanCache", jobs: Sequence[T], key_of: Callable[[T], tuple[str, list[Stamp | None]]],

@@ -41,9 +41,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from engine.config import JsonConfig
-from engine.datasets.scan import parallel_map
 from engine.errors import ConfigError, ReadError, WorkbenchError, unknown_name
 from engine.fsutil import atomic_write_json, read_json
+from engine.parallel import parallel_map
 from engine.progress import ProgressFn, scaled
 
 REPORT_FORMAT = "segwb-conflicts"
@@ -193,7 +193,8 @@ class ConflictReport:
         cats = self.stats.get("categories", {})
         c = self.ceiling
         lines = [
-            f"images      {self.stats.get('n_images', 0)} fingerprinted ({self.stats.get('cache_hits', 0)} from cache), "
+            f"images      {self.stats.get('n_images', 0)} fingerprinted "
+            f"({self.stats.get('cache_hits', 0)} from cache), "
             f"{len(self.bad_files)} unreadable",
             f"search      scope={self.config.get('scope')}, {self.stats.get('n_candidates', 0)} candidate pairs "
             f"({self.stats.get('backend')})",
@@ -257,12 +258,13 @@ def find_conflicts(ds: Any, config: ConflictConfig | None = None, progress: Prog
         >>> [(p["a"], p["b"], p["category"]) for p in rep.pairs][:1]         # doctest: +SKIP
         [('2_13', '2_5', 'agree_empty')]
     """
-    from engine.dedup.fingerprint import compute_fingerprints, limit_blas
+    from engine.dedup.fingerprint import compute_fingerprints
     from engine.dedup.leakage import leakage_report
     from engine.dedup.maskcache import CandidateCache, MaskCache, PairCache
     from engine.dedup.scoring import CATEGORIES
     from engine.dedup.search import search_candidates
     from engine.dedup.ssim import ssim_pairs_threaded
+    from engine.parallel import limit_blas
 
     cfg = config or ConflictConfig()
     timing: dict[str, float] = {}
@@ -408,7 +410,7 @@ def _score_pairs(ds: Any, cfg: ConflictConfig, cases: list[Any], fps: Any, mask_
         area_a = ma.area if ma is not None else None
         area_b = mb.area if mb is not None else None
         dice = mask_dice(ma, mb) if ma is not None and mb is not None else None
-        cat = categorize(None if ma is None else area_a > 0, None if mb is None else area_b > 0, dice,
+        cat = categorize(None if ma is None else ma.area > 0, None if mb is None else mb.area > 0, dice,
                          cfg.disagree_dice)
         frac = max(ma.area / float(ma.shape[0] * ma.shape[1]) if ma is not None else 0.0,
                    mb.area / float(mb.shape[0] * mb.shape[1]) if mb is not None else 0.0)

@@ -50,12 +50,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 
 from engine.errors import WorkbenchError
 from engine.fsutil import atomic_path, atomic_write_json
+from engine.parallel import default_workers, limit_blas
 from engine.progress import ProgressFn, as_progress
 
 CACHE_VERSION = 1
@@ -202,13 +203,13 @@ def _read_fast(path: Path) -> np.ndarray | None:
         if a is not None:
             return a.copy()
     try:
-        from PIL import Image
+        from PIL import Image, TiffImagePlugin
 
         with Image.open(path) as im:
             if getattr(im, "n_frames", 1) != 1:
                 return None
-            if im.format == "TIFF" and im.tag_v2.get(262, 1) not in (1, 2):  # not BlackIsZero / RGB
-                return None
+            if im.format == "TIFF" and cast(TiffImagePlugin.TiffImageFile, im).tag_v2.get(262, 1) not in (1, 2):
+                return None  # not BlackIsZero / RGB
             if im.mode == "L":
                 im.load()
                 return np.asarray(im)
@@ -258,7 +259,8 @@ def _read_plain_tiff_scratch(path: Path) -> np.ndarray | None:
         out = getattr(_LOCAL, "pixels", None)
         if out is None or out.shape != shape:
             out = _LOCAL.pixels = np.empty(shape, np.uint8)
-        a = imagecodecs.tiff_decode(memoryview(raw)[:got], out=out)
+        # any buffer works (a view avoids copying); the stub lists only bytes-like types
+        a = imagecodecs.tiff_decode(cast(bytes, memoryview(raw)[:got]), out=out)
     except Exception:  # noqa: BLE001 - corrupt data or no codec: the full reader reports it properly
         return None
     return a if a.dtype == np.uint8 and a.shape == shape else None
@@ -504,9 +506,9 @@ def compute_fingerprints(ds: Any, size: tuple[int, int] = (64, 80), fp_dim: int 
         except OSError:
             stamps.append(None)
     src_rows = np.full(n, -1, np.int64)
-    for i, (c, st) in enumerate(zip(cases, stamps)):
+    for i, (c, stamp_now) in enumerate(zip(cases, stamps)):
         hit = old_rows.get(c.image_path)
-        if hit is not None and st is not None and hit[1] == st:
+        if hit is not None and stamp_now is not None and hit[1] == stamp_now:
             src_rows[i] = hit[0]
     todo = [i for i in range(n) if src_rows[i] < 0]
 
@@ -517,7 +519,7 @@ def compute_fingerprints(ds: Any, size: tuple[int, int] = (64, 80), fp_dim: int 
     if todo:
         # new rows: thumbs and descriptors computed by the workers, chunk by chunk (decoding,
         # resizing and the descriptor products all release the GIL, so both cores stay busy)
-        from engine.datasets.scan import PROCESS_MIN_ITEMS, can_fork_workers, fork_map, shared_empty
+        from engine.parallel import PROCESS_MIN_ITEMS, can_fork_workers, fork_map, shared_empty
 
         # large cold runs: forked workers write into shared arrays (no GIL to share; ~2 cores)
         forking = len(todo) >= PROCESS_MIN_ITEMS and can_fork_workers()
@@ -556,7 +558,7 @@ def compute_fingerprints(ds: Any, size: tuple[int, int] = (64, 80), fp_dim: int 
         def task_progress(done: int, total: int, msg: str) -> None:
             report(min(len(todo), done * step), len(todo), msg)
 
-        with _single_thread_blas():
+        with limit_blas():
             parts = fork_map(chunk, tasks, task_progress, message, 1) if forking else None
             if parts is None:  # threads: decoding, resizing and the descriptor products release the GIL
                 parts = []
@@ -617,6 +619,7 @@ def compute_fingerprints(ds: Any, size: tuple[int, int] = (64, 80), fp_dim: int 
         extra = [] if cached is None else sorted(
             (row, path, stamp) for path, (row, stamp) in old_rows.items() if path not in entries)
         if extra:
+            assert cached is not None  # extra rows only come from a cache
             rows = np.array([e[0] for e in extra])
             for k, (_, path, stamp) in enumerate(extra):
                 entries[path] = [len(keep) + k, stamp]
@@ -646,7 +649,8 @@ def _save_cache(folder: Path, size: tuple[int, int], fp_dim: int, entries: dict[
             np.save(tmp, np.ascontiguousarray(thumbs, np.float32))
         with atomic_path(folder / arrays_name) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
+                # cast: numpy's stub would also match **arrays against savez's allow_pickle: bool
+                np.savez(fh, **cast(dict[str, Any], arrays))
         atomic_write_json(folder / f"fingerprints-{tag}.json",
                           {"version": CACHE_VERSION, "size": list(size), "fp_dim": fp_dim,
                            "thumbs": thumbs_name, "arrays": arrays_name, "entries": entries}, indent=None)
@@ -659,44 +663,3 @@ def _save_cache(folder: Path, size: tuple[int, int], fp_dim: int, entries: dict[
     return True
 
 
-def default_workers() -> int:
-    """Decoding threads: twice the usable CPU cores (libtiff, Pillow and BLAS release the GIL
-    while they work; a second thread per core fills the gaps of Python work and file reads, and
-    keeps the scan's share of a machine shared with other processes), between 2 and 8."""
-    from engine.datasets.scan import usable_cores
-
-    return max(2, min(8, 2 * usable_cores()))
-
-
-_CONTROLLER: list[Any] = []
-
-
-@contextlib.contextmanager
-def limit_blas(threads: int | None = 1):
-    """Limit BLAS threads inside the block (None = no limit). Enter it from one thread only.
-
-    Small matrix products are much slower with several BLAS threads on a busy machine
-    (thread wake-up and spinning dominate), and a thread pool of decoders must not
-    oversubscribe cores. Uses ``threadpoolctl`` when installed (it comes with scikit-learn),
-    else does nothing. The limit is process-wide, so nested use from several threads at
-    once could restore the wrong value: engine code enters it only from the calling thread.
-    """
-    if threads is None:
-        yield
-        return
-    if not _CONTROLLER:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # optional
-            _CONTROLLER.append(None)
-        else:
-            _CONTROLLER.append(ThreadpoolController())
-    ctl = _CONTROLLER[0]
-    if ctl is None:
-        yield
-        return
-    with ctl.limit(limits=threads, user_api="blas"):
-        yield
-
-
-_single_thread_blas = limit_blas

@@ -66,7 +66,7 @@ def leakage_report(case_ids: Sequence[str], group_ids: Sequence[str], has_mask: 
             return {"available": False, "reason": str(exc), "n_groups_split": 0, "n_cases_in_split_groups": 0,
                     "groups": []}
         source = source or f"engine.splits.grouped_kfold(k={k}, seed={seed}) over subject groups"
-    out_groups = []
+    out_groups: list[dict[str, Any]] = []
     for members in dup_groups:
         fold_of = {c: int(folds[c]) for c in members if c in folds}
         spanned = sorted(set(fold_of.values()))

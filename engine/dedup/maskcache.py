@@ -23,7 +23,7 @@ import hashlib
 import json
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -191,7 +191,7 @@ class PairCache:
         """Write the table (dropping pairs whose images are gone when ``live_keys`` is given)."""
         if self.path is None:
             return
-        items = self.table.items()
+        items: Iterable[tuple[tuple[int, int], float]] = self.table.items()
         if live_keys is not None:
             kept = [(k, v) for k, v in items if k[0] in live_keys and k[1] in live_keys]
             if len(kept) != len(self.table):

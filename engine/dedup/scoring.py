@@ -100,7 +100,8 @@ class CroppedMask:
         rs, cs = box
         out = np.zeros((rs.stop - rs.start, cs.stop - cs.start), np.uint8)
         if self.box is not None:
-            out[self.box[0] - rs.start:self.box[1] - rs.start, self.box[2] - cs.start:self.box[3] - cs.start] = self.crop
+            out[self.box[0] - rs.start:self.box[1] - rs.start,
+                self.box[2] - cs.start:self.box[3] - cs.start] = self.crop
         return out
 
 

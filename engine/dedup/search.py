@@ -207,7 +207,7 @@ def search_candidates(fp: np.ndarray, scopes: Sequence[np.ndarray], *, k: int = 
     Returns:
         :class:`Candidates` with global row indices ``i < j``.
     """
-    from engine.dedup.fingerprint import limit_blas
+    from engine.parallel import limit_blas
 
     out_i: list[np.ndarray] = []
     out_j: list[np.ndarray] = []

@@ -157,7 +157,7 @@ def ssim_pairs_threaded(images: np.ndarray, i: np.ndarray, j: np.ndarray, *, dat
     """
     i = np.asarray(i, np.int64)
     j = np.asarray(j, np.int64)
-    from engine.datasets.scan import usable_cores
+    from engine.parallel import usable_cores
 
     cores = usable_cores()
     workers = cores if workers <= 0 else min(workers, cores)

@@ -1,7 +1,7 @@
 """Standard exchange formats: DICOM-SEG (highdicom), COCO RLE (pycocotools), NIfTI (nibabel).
 
-- :func:`engine.interop.export.export_dataset` writes the corrected dataset in one of
-  :data:`engine.interop.export.FORMATS` (``png`` = the workbench's own export).
+Codecs only: exporting the corrected dataset in these formats is :func:`engine.curation.export_dataset`.
+
 - :mod:`engine.interop.dicom_seg`, :mod:`engine.interop.coco`, :mod:`engine.interop.nifti` hold the
   writers and readers; the dataset layouts that import these formats back live in
   :mod:`engine.datasets.interop_layouts`.

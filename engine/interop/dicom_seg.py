@@ -15,7 +15,8 @@ Study module (study date/time, accession number, referring physician, study ID) 
 source image, by design of the SEG IOD: the object belongs to the source's study and patient.
 These exports are meant for the source's own PACS-class workflow; do not share them outside it
 without de-identifying (``export-corrected --copy-images`` derives each SEG from a de-identified copy
-of its source instead, so it references the new UIDs and carries no patient data). Optional Patient Study attributes (age, size, weight) are removed.
+of its source instead, so it references the new UIDs and carries no patient data). Optional
+Patient Study attributes (age, size, weight) are removed.
 
 UIDs are derived deterministically (``2.25.…`` from the source UIDs, the mask content, the label
 map and the content creator), so exporting the same mask twice gives the same SOPInstanceUID (a

@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, cast
 
 import numpy as np
 
@@ -82,10 +82,12 @@ def read_nifti_mask(path: str | Path, shape: tuple[int, int] | None = None) -> n
         ReadError: unreadable file; MaskError: not 2D, non-integer labels, or a size that does not fit.
     """
     import nibabel as nib
+    from nibabel.dataobj_images import DataobjImage
 
     path = Path(path)
     try:
-        img = nib.load(str(path))
+        # NIfTI/Analyze loaders return array images; anything else fails on .dataobj and is reported below
+        img = cast(DataobjImage, nib.load(str(path)))
         data = np.asarray(img.dataobj)
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types for bad files
         raise ReadError(f"cannot read NIfTI ({exc})", path=path, hint="re-export the mask") from None

@@ -8,12 +8,14 @@ error names the package to install.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
-from engine.errors import MissingPluginError, ReadError
+from engine.dicom_meta import SAFE_COLUMNS, header_record
+from engine.errors import ConfigError, MissingPluginError, ReadError
 from engine.io.limits import check_pixels
+from engine.progress import ProgressFn, as_progress
 
 # Transfer syntax UID → (name, pip package that decodes it)
 _PLUGINS: dict[str, tuple[str, str]] = {
@@ -43,7 +45,7 @@ def open_dicom(path: Path, stop_before_pixels: bool = False):
                         hint="remove it from the folder, or convert it to DICOM/PNG") from None
     except FileNotFoundError:
         raise ReadError("file not found", path=path, hint="check the path") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged files: named ReadError
         raise ReadError(f"cannot read DICOM ({type(exc).__name__}: {exc})", path=path,
                         hint="the file may be truncated; re-export it") from None
 
@@ -62,7 +64,7 @@ def _decode(ds: Any, path: Path) -> np.ndarray:
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
     try:
         return ds.pixel_array
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any decoder failure: the missing plugin, or a named ReadError
         if ts in _PLUGINS:
             name, package = _PLUGINS[ts]
             if not _decoder_available(ts):
@@ -112,7 +114,6 @@ def read_dicom(path: Path, *, frame: int | None = None, raw: bool = False,
     """
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    from engine.dicom_meta import header_record
 
     path = Path(path)
     ds = open_dicom(path)
@@ -220,3 +221,77 @@ def dicom_size(path: Path) -> tuple[int, int]:
                         hint="it is probably not an image; remove it from the image folder")
     _check_header_size(ds, Path(path))
     return int(ds.Rows), int(ds.Columns)
+
+
+def read_header(path: str | Path, include_phi: bool = False) -> dict[str, Any]:
+    """Read one DICOM file's header (no pixels) into a :func:`engine.dicom_meta.header_record` row.
+
+    Raises:
+        ReadError: not a DICOM file or unreadable header.
+    """
+    path = Path(path)
+    ds = open_dicom(path, stop_before_pixels=True)
+    rec = header_record(ds, include_phi=include_phi)
+    rec["path"] = str(path)
+    return rec
+
+
+def header_table(paths: Iterable[str | Path], include_phi: bool = False,
+                 progress: ProgressFn | None = None):
+    """Header table of many DICOMs as a pandas DataFrame, plus the files that failed.
+
+    Returns:
+        ``(DataFrame with SAFE_COLUMNS (+ path, + PHI if asked), list of (path, reason))``.
+        A bad file never stops the scan.
+    """
+    import pandas as pd
+
+    report = as_progress(progress)
+    paths = list(paths)
+    rows, bad = [], []
+    for i, p in enumerate(paths):
+        try:
+            rows.append(read_header(p, include_phi=include_phi))
+        except ReadError as exc:
+            bad.append((str(p), str(exc)))
+        report(i + 1, len(paths), "reading DICOM headers")
+    cols = list(SAFE_COLUMNS) + ["path"]
+    df = pd.DataFrame(rows)
+    for c in cols:
+        if c not in df.columns:
+            df[c] = None
+    extra = [c for c in df.columns if c not in cols]
+    return df[cols + extra], bad
+
+
+def deidentify_dicom(src: str | Path, dest_dir: str | Path, secret: bytes | None = None) -> dict[str, Any]:
+    """Write a de-identified copy of the DICOM ``src`` into ``dest_dir`` as ``<new SOPInstanceUID>.dcm``.
+
+    The original file is only read. Pixel data are copied byte for byte.
+
+    Returns:
+        ``{"path": Path, "sop_instance_uid": new UID, "original_sop_instance_uid": old UID}``.
+
+    Raises:
+        ReadError: not a readable DICOM. ConfigError: burned-in annotation (see :func:`engine.phi.deidentify_dataset`).
+    """
+    from engine.fsutil import atomic_path, safe_child
+    from engine.phi import deid_uid, deidentify_dataset
+
+    src = Path(src)
+    ds = open_dicom(src)
+    old = str(ds.get("SOPInstanceUID", "") or "")
+    try:
+        deidentify_dataset(ds, secret)
+    except ConfigError as exc:
+        raise ConfigError(str(exc.args[0]) if exc.args else str(exc), path=src,
+                          hint="export without --copy-images (the export then lists the original paths)") from None
+    except (ValueError, NotImplementedError, KeyError, TypeError) as exc:
+        raise ReadError(f"cannot de-identify this DICOM ({exc})", path=src,
+                        hint="export without --copy-images, or fix the file's header") from None
+    new = str(ds.get("SOPInstanceUID", "") or "") or deid_uid(old or str(src), secret)
+    dest = safe_child(Path(dest_dir), new, ".dcm")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dest) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+    return {"path": dest, "sop_instance_uid": new, "original_sop_instance_uid": old or None}

@@ -55,7 +55,7 @@ def _is_two_level_blur(a: np.ndarray, lo: int, hi: int) -> bool:
     if n_mid == 0 or n_hi == 0 or n_lo == 0 or n_mid > n_lo + n_hi:
         return False
     edge = ndimage.maximum_filter(a, size=3, mode="nearest") != ndimage.minimum_filter(a, size=3, mode="nearest")
-    return np.count_nonzero(mid & edge) >= _BLUR_SHARE * n_mid
+    return bool(np.count_nonzero(mid & edge) >= _BLUR_SHARE * n_mid)
 
 
 #: Distinct, colour-blind-friendly class colours (RGB), index = class id.
@@ -123,7 +123,8 @@ def decode_mask_array(arr: np.ndarray, *, threshold: int = 127,
             # every id it finds to consecutive classes and says so (see Dataset.label_lut)
             info = {"encoding": "labels", "classes": values}
             if values != list(range(len(values))):
-                info["note"] = f"label values {values} are not consecutive; the dataset maps them to 0..{len(values) - 1}"
+                info["note"] = (f"label values {values} are not consecutive; "
+                                f"the dataset maps them to 0..{len(values) - 1}")
             return a.astype(np.uint8), info
         elif len(values) <= MAX_LABEL_VALUES:  # 16-bit ids above 255: map to consecutive ids here
             lut = {v: i for i, v in enumerate(values)}
@@ -207,7 +208,7 @@ def read_mask(path: str | Path, *, threshold: int = 127, page: int | None = None
     Raises:
         ReadError: unreadable file; MaskError: undecodable content.
     """
-    from engine.io import reader_kind
+    from engine.io.kinds import reader_kind
     from engine.io.raster import read_raster, read_tiff
 
     path = path if isinstance(path, Path) else Path(path)

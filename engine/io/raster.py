@@ -55,7 +55,7 @@ def read_raster(path: Path, keep_palette: bool = False) -> tuple[np.ndarray, dic
         raise
     except FileNotFoundError:
         raise ReadError("file not found", path=path, hint="check the path") from None
-    except Exception as exc:  # PIL raises many types for corrupt data
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt data: named ReadError
         raise ReadError(f"cannot decode image ({type(exc).__name__}: {exc})", path=path, hint=_REEXPORT) from None
     if arr.dtype == bool:  # 1-bit image: black/white, stored as 0/255 so 8-bit scaling gives {0, 1}
         arr = arr.astype(np.uint8) * np.uint8(255)
@@ -86,7 +86,7 @@ def raster_size(path: Path) -> tuple[int, int]:
         check_pixels(path, h, w, channels=bands)
     except ReadError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the decoder's error types vary: named ReadError
         raise ReadError(f"cannot read image header ({type(exc).__name__}: {exc})", path=path, hint=_REEXPORT) from None
     return int(h), int(w)
 
@@ -136,7 +136,7 @@ def read_tiff(path: Path, page: int | None = None, fix_nonfinite: bool = True) -
             raise MissingPluginError(f"TIFF compression needs a codec that is not installed ({exc})",
                                      path=path, hint="pip install imagecodecs") from None
         raise ReadError(f"cannot decode TIFF ({type(exc).__name__}: {exc})", path=path, hint=_REEXPORT) from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the decoder's error types vary: named ReadError
         raise ReadError(f"cannot decode TIFF ({type(exc).__name__}: {exc})", path=path, hint=_REEXPORT) from None
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):  # planar RGB
         arr = np.moveaxis(arr, 0, -1)
@@ -304,7 +304,7 @@ def tiff_size(path: Path) -> tuple[int, int]:
             shape = tf.pages[0].shape
     except ReadError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the decoder's error types vary: named ReadError
         raise ReadError(f"cannot read TIFF header ({type(exc).__name__}: {exc})", path=path, hint=_REEXPORT) from None
     if len(shape) < 2:
         raise ReadError(f"TIFF first page has no image size (shape {shape})", path=path, hint=_REEXPORT)

@@ -178,6 +178,7 @@ class DoubleUNet(CustomSegModel):
         with torch.no_grad():  # start as the average of the two outputs
             eye = torch.eye(num_classes)[:, :, None, None] * 0.5
             self.fuse.weight.copy_(torch.cat([eye, eye], dim=1))
+            assert self.fuse.bias is not None  # Conv2d is built with bias=True
             self.fuse.bias.zero_()
 
     def pretrained_target(self) -> nn.Module:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -162,7 +162,7 @@ def _smp() -> Any:
     return smp
 
 
-def _smp_architectures() -> dict[str, type]:
+def _smp_architectures() -> dict[str, type[nn.Module]]:
     return {k.lower(): v for k, v in _smp().MODEL_ARCHITECTURES_MAPPING.items()}
 
 
@@ -186,7 +186,7 @@ def check_encoder(name: str) -> None:
     raise unknown_name("encoder", name, list_encoders() + ["tu-<timm model>"])
 
 
-def _build_smp(spec: ModelSpec, cls: type) -> tuple[nn.Module, int]:
+def _build_smp(spec: ModelSpec, cls: type[nn.Module]) -> tuple[nn.Module, int]:
     params = inspect.signature(cls.__init__).parameters
     encoder = spec.encoder or params["encoder_name"].default
     check_encoder(encoder)
@@ -292,7 +292,7 @@ def build_model(spec: ModelSpec, *, load_pretrained: bool = True) -> Segmentatio
             raise unknown_name("architecture", name, list_architectures())
         inner, divisor = _build_smp(spec, smp_archs[name])
         net = SegmentationNet(spec, inner, size_divisor=divisor, smp_presence=spec.presence_head)
-        target = inner.encoder
+        target = cast(nn.Module, inner.encoder)  # every smp model has an encoder submodule
     if weights_path is not None:
         if target is None:
             raise ConfigError(f"architecture '{name}' has no pretrained encoder to load",

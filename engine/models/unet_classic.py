@@ -55,7 +55,8 @@ class Up(nn.Module):
 
 
 class UNetClassic(CustomSegModel):
-    """Classic U-Net. ``forward(x (N,C,H,W))`` -> (logits (N,K,H,W), bottleneck (N,b*2**depth,H/2**depth,W/2**depth))."""
+    """Classic U-Net. ``forward(x (N,C,H,W))`` -> (logits (N,K,H,W),
+    bottleneck (N,b*2**depth,H/2**depth,W/2**depth))."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, base_channels: int = 64,
                  depth: int = 4, up_mode: str = "transpose", dropout: float = 0.0):

@@ -9,7 +9,8 @@ transactions with retries, schema migrations, and safe creation of new SQLite fi
   isolation and are retried on serialization failures, deadlocks and unique-key races, so two app
   servers writing to one database never apply a stale write.
 
-This is the only module that knows which backend it talks to.
+This is the only module that knows which backend it talks to, and :class:`Transactor` is the one
+transaction helper: every read and every write of the store (migrations included) runs through it.
 """
 
 from __future__ import annotations
@@ -24,15 +25,13 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy import event, exc as sa_exc
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, CursorResult, Engine
 
 from engine.errors import StoreError
 
 T = TypeVar("T")
-
-#: Environment variable naming the store URL (``sqlite:///…`` or ``postgresql://…``).
-STORE_URL_ENV = "SEGWB_STORE_URL"
 
 _RETRY_PG = {"40001", "40P01", "23505", "55P03"}  # serialization, deadlock, unique race, lock not available
 
@@ -77,7 +76,7 @@ def is_retryable(exc: BaseException) -> bool:
     return code in _RETRY_PG
 
 
-def _sqlite_pragmas(dbapi_conn: Any, timeout: float) -> None:
+def _sqlite_pragmas(dbapi_conn: sqlite3.Connection, timeout: float) -> None:
     dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see the "begin" listener)
     cur = dbapi_conn.cursor()
     try:
@@ -112,6 +111,14 @@ def make_engine(u: sa.engine.URL, timeout: float) -> Engine:
 
         return eng
     return sa.create_engine(u, pool_pre_ping=True, connect_args={"connect_timeout": int(max(1, timeout))})
+
+
+def inserted_id(res: CursorResult[Any]) -> int:
+    """The primary key of the row an INSERT added."""
+    key = res.inserted_primary_key
+    if key is None:
+        raise StoreError("the review store returned no id for a new row", hint="report this")
+    return int(key[0])
 
 
 def is_sqlite(eng: Engine) -> bool:

@@ -1,168 +1,31 @@
-"""Schema of the review store and its ONE migration list, for SQLite and PostgreSQL alike.
+"""Schema versions of the review store and its ONE migration list, for SQLite and PostgreSQL alike.
 
-Every table is declared with SQLAlchemy Core, so the same step renders the right DDL on both
-backends (``INTEGER PRIMARY KEY AUTOINCREMENT`` on SQLite, an identity column on PostgreSQL).
-The only backend-specific text is the append-only guard (a trigger body), declared once in
+:func:`migrate` brings a database up to a schema version in one transaction (PostgreSQL: one
+migrator at a time across app servers). The steps create the tables of :mod:`engine.store.tables`;
+the only backend-specific text is the append-only guard (a trigger body), declared once in
 :func:`_append_only` with SQLAlchemy's ``DDL(...).execute_if(dialect=...)``.
 
-Tables (schema version 3):
-
-``meta(key, value)``
-    ``schema_version``, ``created``, ``imported:<dataset>`` (legacy per-dataset stores imported).
-``events`` — the append-only audit log (UPDATE, DELETE and, on PostgreSQL, TRUNCATE fail).
-    ``id`` (increasing), ``ts`` (UTC ISO-8601, µs), ``author``, ``kind`` ∈ {decision, case_state,
-    undo, mask_saved}, ``target_kind`` ∈ {pair, group, case, event}, ``target`` (sorted case ids
-    joined by TAB; a case id; an event id), ``value``, ``note``, ``ref`` (undo: the undone event),
-    ``payload`` (JSON), ``dataset`` (the dataset key; ``''`` in a single-dataset file).
-``mask_versions`` — saved masks (append-only): ``(dataset, case_id, version)`` key, ``sha256`` +
-    ``file`` (content-addressed PNG in the shared masks folder; NULL = revert to the original),
-    ``height``, ``width``, ``area``, ``author``, ``note``, ``created``, ``base_version``,
-    ``reverted_from``, ``event_id``.
-``current_decisions(dataset, target_kind, target, event_id, decision, a, b, given, author, ts, note)``
-    and ``current_case_states(dataset, case_id, event_id, state, author, ts, note)`` — a copy of the
-    effective event per target, maintained in the same transaction as the log (reads are one
-    indexed single-table scan, O(targets), not O(events)).
-``revisions(dataset, rev, reset)`` — a counter bumped in every transaction that changes a dataset's
-    current state; each current-state row carries the revision that wrote it (an undone-to-nothing
-    target stays as a tombstone with ``event_id = 0``), so a reader holding the result of revision R
-    fetches only the rows with ``rev > R`` (a full re-read when R < ``reset``, set by rebuilds).
-``users(name, role, pw_hash, active, created, updated)``; ``settings(key, value JSON, updated,
-    author)``; ``admin_log`` (append-only: who changed which user or setting, when).
-``claims(dataset, case_id, user_name, claimed, expires)`` — case leases (mutable).
-
 Versions 1 and 2 are the historic per-dataset SQLite layout; step 3 adds the dataset key, the
-current-state tables, users, settings and claims, and back-fills the current-state tables.
+current-state tables, users, settings and claims, and back-fills the current-state tables
+(:func:`engine.store.projection.rebuild_current`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from engine.errors import StoreError
+from engine.store import tables as T
+from engine.store.db import Transactor
+from engine.store.projection import rebuild_current
+from engine.store.records import _now
 
 SCHEMA_VERSION = 3
-
-# --------------------------------------------------------------------------- runtime tables (latest)
-metadata = sa.MetaData()
-
-meta = sa.Table("meta", metadata, sa.Column("key", sa.String, primary_key=True),
-                sa.Column("value", sa.Text, nullable=False))
-
-events = sa.Table(
-    "events", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("ts", sa.Text, nullable=False),
-    sa.Column("author", sa.Text, nullable=False),
-    sa.Column("kind", sa.Text, nullable=False),
-    sa.Column("target_kind", sa.Text, nullable=False),
-    sa.Column("target", sa.Text, nullable=False),
-    sa.Column("value", sa.Text),
-    sa.Column("note", sa.Text, nullable=False, server_default=""),
-    sa.Column("ref", sa.Integer),
-    sa.Column("payload", sa.Text),
-    sa.Column("dataset", sa.Text, nullable=False, server_default=""),
-    sqlite_autoincrement=True,
-)
-
-mask_versions = sa.Table(
-    "mask_versions", metadata,
-    sa.Column("dataset", sa.Text, nullable=False, server_default=""),
-    sa.Column("case_id", sa.Text, nullable=False),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("sha256", sa.Text),
-    sa.Column("file", sa.Text),
-    sa.Column("height", sa.Integer),
-    sa.Column("width", sa.Integer),
-    sa.Column("area", sa.Integer),
-    sa.Column("author", sa.Text, nullable=False),
-    sa.Column("note", sa.Text, nullable=False, server_default=""),
-    sa.Column("created", sa.Text, nullable=False),
-    sa.Column("base_version", sa.Integer),
-    sa.Column("reverted_from", sa.Integer),
-    sa.Column("event_id", sa.Integer, nullable=False),
-    sa.PrimaryKeyConstraint("dataset", "case_id", "version"),
-    sa.CheckConstraint("version >= 1", name="mask_versions_version_positive"),
-)
-
-current_decisions = sa.Table(  # a copy of the effective decision event per target (one-table reads)
-    "current_decisions", metadata,
-    sa.Column("dataset", sa.Text, nullable=False),
-    sa.Column("target_kind", sa.Text, nullable=False),
-    sa.Column("target", sa.Text, nullable=False),
-    sa.Column("event_id", sa.Integer, nullable=False),
-    sa.Column("decision", sa.Text, nullable=False),  # canonical (relative to the sorted ids)
-    sa.Column("a", sa.Text, nullable=False),  # the pair as the reviewer gave it
-    sa.Column("b", sa.Text, nullable=False),
-    sa.Column("given", sa.Text, nullable=False),  # the decision relative to a, b
-    sa.Column("author", sa.Text, nullable=False),
-    sa.Column("ts", sa.Text, nullable=False),
-    sa.Column("note", sa.Text, nullable=False),
-    sa.Column("rev", sa.Integer, nullable=False),  # dataset revision that wrote the row (incremental reads)
-    sa.PrimaryKeyConstraint("dataset", "target_kind", "target"),
-    sa.Index("current_decisions_rev", "dataset", "rev"),
-)
-
-current_case_states = sa.Table(
-    "current_case_states", metadata,
-    sa.Column("dataset", sa.Text, nullable=False),
-    sa.Column("case_id", sa.Text, nullable=False),
-    sa.Column("event_id", sa.Integer, nullable=False),
-    sa.Column("state", sa.Text, nullable=False),
-    sa.Column("author", sa.Text, nullable=False),
-    sa.Column("ts", sa.Text, nullable=False),
-    sa.Column("note", sa.Text, nullable=False),
-    sa.Column("rev", sa.Integer, nullable=False),
-    sa.PrimaryKeyConstraint("dataset", "case_id"),
-    sa.Index("current_case_states_rev", "dataset", "rev"),
-)
-
-revisions = sa.Table(  # bumped in every transaction that changes a dataset's current state (read caches)
-    "revisions", metadata,
-    sa.Column("dataset", sa.Text, primary_key=True),
-    sa.Column("rev", sa.Integer, nullable=False),
-    sa.Column("reset", sa.Integer, nullable=False, server_default="0"),  # caches older than this re-read all
-)
-
-users = sa.Table(
-    "users", metadata,
-    sa.Column("name", sa.Text, primary_key=True),
-    sa.Column("role", sa.Text, nullable=False),
-    sa.Column("pw_hash", sa.Text),
-    sa.Column("active", sa.Boolean, nullable=False),
-    sa.Column("created", sa.Text, nullable=False),
-    sa.Column("updated", sa.Text, nullable=False),
-)
-
-settings = sa.Table(
-    "settings", metadata,
-    sa.Column("key", sa.Text, primary_key=True),
-    sa.Column("value", sa.Text, nullable=False),
-    sa.Column("updated", sa.Text, nullable=False),
-    sa.Column("author", sa.Text, nullable=False),
-)
-
-admin_log = sa.Table(
-    "admin_log", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("ts", sa.Text, nullable=False),
-    sa.Column("actor", sa.Text, nullable=False),
-    sa.Column("action", sa.Text, nullable=False),
-    sa.Column("target", sa.Text, nullable=False),
-    sa.Column("detail", sa.Text),
-    sqlite_autoincrement=True,
-)
-
-claims = sa.Table(
-    "claims", metadata,
-    sa.Column("dataset", sa.Text, nullable=False),
-    sa.Column("case_id", sa.Text, nullable=False),
-    sa.Column("user_name", sa.Text, nullable=False),
-    sa.Column("claimed", sa.Float, nullable=False),
-    sa.Column("expires", sa.Float, nullable=False),
-    sa.PrimaryKeyConstraint("dataset", "case_id"),
-)
-
 
 # --------------------------------------------------------------------------- migration helpers
 def _append_only(conn: Connection, table: str) -> None:
@@ -229,30 +92,26 @@ def _v2(conn: Connection) -> None:
 
 
 def _v3(conn: Connection) -> None:
-    from sqlalchemy.schema import CreateIndex, CreateTable
-
     # 1. the dataset key on events (old rows: '' = the file's own dataset)
     conn.execute(sa.text("ALTER TABLE events ADD COLUMN dataset TEXT NOT NULL DEFAULT ''"))
-    conn.execute(CreateIndex(sa.Index("events_dataset_target", events.c.dataset, events.c.target_kind,
-                                      events.c.target)))
-    conn.execute(CreateIndex(sa.Index("events_kind", events.c.dataset, events.c.kind)))
+    ev = T.events
+    conn.execute(CreateIndex(sa.Index("events_dataset_target", ev.c.dataset, ev.c.target_kind, ev.c.target)))
+    conn.execute(CreateIndex(sa.Index("events_kind", ev.c.dataset, ev.c.kind)))
     # 2. mask_versions keyed by (dataset, case_id, version): rebuild (dropping a table drops its triggers)
     conn.execute(sa.text("ALTER TABLE mask_versions RENAME TO mask_versions_v2"))
-    conn.execute(CreateTable(mask_versions))
-    cols = [c.name for c in mask_versions.columns if c.name != "dataset"]
+    conn.execute(CreateTable(T.mask_versions))
+    cols = [c.name for c in T.mask_versions.columns if c.name != "dataset"]
     conn.execute(sa.text(f"INSERT INTO mask_versions (dataset, {', '.join(cols)}) "
                          f"SELECT '', {', '.join(cols)} FROM mask_versions_v2"))
     conn.execute(sa.text("DROP TABLE mask_versions_v2"))
     _append_only(conn, "mask_versions")
     # 3. current-state tables, users, settings, admin log, claims
-    for t in (current_decisions, current_case_states, revisions, users, settings, admin_log, claims):
+    for t in (T.current_decisions, T.current_case_states, T.revisions, T.users, T.settings, T.admin_log, T.claims):
         conn.execute(CreateTable(t))
         for ix in t.indexes:
             conn.execute(CreateIndex(ix))
     _append_only(conn, "admin_log")
     # 4. back-fill the current state from the log
-    from engine.curation.store.review import rebuild_current
-
     rebuild_current(conn, None)
 
 
@@ -260,3 +119,65 @@ def _v3(conn: Connection) -> None:
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3}
 
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
+
+
+# --------------------------------------------------------------------------- running the migrations
+def stored_version(conn: Connection, path: Path | str) -> int:
+    """The schema version a database holds (0: empty).
+
+    Raises:
+        StoreError: an ``events`` table without ``meta``: some other program's database.
+    """
+    insp = sa.inspect(conn)
+    if not insp.has_table("meta"):
+        if insp.has_table("events"):
+            raise StoreError("has an events table but no meta table: not a review store", path=path,
+                             hint="point --store / SEGWB_STORE_URL at a review store or an empty database")
+        return 0
+    got = conn.execute(sa.select(T.meta.c.value).where(T.meta.c.key == "schema_version")).scalar()
+    return int(got) if got is not None else 0
+
+
+def migrate(eng: Engine, target: int, *, timeout: float, path: Path | str) -> None:
+    """Create or migrate the store behind ``eng`` up to schema version ``target``, in one transaction.
+
+    ``path`` is what messages name (the file, or the URL without its password).
+
+    Raises:
+        StoreError: not a review store, or written by a newer program (left untouched).
+    """
+    tx = Transactor(eng, timeout, str(path))
+    try:
+        current = tx.read(lambda conn: stored_version(conn, path))
+    except StoreError:
+        raise
+    except sa.exc.DatabaseError as exc:  # pragma: no cover - surfaced by Transactor normally
+        raise StoreError(f"cannot open review store ({exc.orig})", path=path) from None
+    if current > SCHEMA_VERSION:
+        raise StoreError(f"review store has schema version {current}, newer than this program supports "
+                         f"({SCHEMA_VERSION})", path=path,
+                         hint="upgrade the workbench to open it (the store is left untouched)")
+    if current >= target:
+        return
+
+    def run(conn: Connection) -> None:
+        if conn.dialect.name == "postgresql":  # one migrator at a time across app servers
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7310452)"))
+        have = stored_version(conn, path)  # another process may have migrated meanwhile
+        if have > SCHEMA_VERSION:
+            raise StoreError(f"review store has schema version {have}, newer than this program supports",
+                             path=path, hint="upgrade the workbench")
+        for v in range(have + 1, target + 1):
+            MIGRATIONS[v](conn)
+            conn.execute(T.meta.delete().where(T.meta.c.key == "schema_version"))
+            conn.execute(T.meta.insert().values(key="schema_version", value=str(v)))
+        if conn.execute(sa.select(T.meta.c.key).where(T.meta.c.key == "created")).first() is None:
+            conn.execute(T.meta.insert().values(key="created", value=_now()))
+
+    # READ COMMITTED: after waiting for the migration lock, see what the previous holder committed
+    tx.write(run, isolation="READ COMMITTED")
+
+
+def schema_version(conn: Connection) -> int:
+    """The schema version recorded in ``meta`` (0 when none)."""
+    return int(conn.execute(sa.select(T.meta.c.value).where(T.meta.c.key == "schema_version")).scalar() or 0)

@@ -251,7 +251,7 @@ class TrainConfig(JsonConfig):
         data = dict(data or {})
         if isinstance(data.get("augment"), str):
             data["augment"] = AugmentConfig.preset(data["augment"]).to_dict()
-        return super().from_dict(data)  # type: ignore[return-value]
+        return super().from_dict(data)
 
 
 def _one_of(kind: str, value: Any, valid: tuple[str, ...]) -> None:

@@ -38,7 +38,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, cast
 
 import numpy as np
 
@@ -131,7 +131,7 @@ def _cache_key(pre: Preprocess, dataset: Any, dtype: str, weights: Any) -> str:
 
 def _stamps(case: Any) -> np.ndarray:
     paths = [case.image_path] + ([case.mask.path] if case.mask.kind in ("file", "rle") and case.mask.path else [])
-    out = []
+    out: list[int] = []
     for p in paths:
         try:
             out.extend(file_stamp(Path(p)))
@@ -222,7 +222,7 @@ def _read_entry(path: Path, stamps: np.ndarray, case_id: str) -> CachedCase | No
 def _write_entry(path: Path, item: CachedCase, stamps: np.ndarray) -> None:
     g = item.geometry
     geo = np.asarray([*g.original_hw, *g.scaled_hw, *g.pad, *g.out_hw], np.int64)
-    arrays = {"image": item.image, "mask": item.mask, "stamps": stamps, "geometry": geo}
+    arrays: dict[str, Any] = {"image": item.image, "mask": item.mask, "stamps": stamps, "geometry": geo}
     if item.weight is not None:
         arrays["weight"] = item.weight
     try:
@@ -318,7 +318,9 @@ class SegTrainSet:
         if self.transform is not None:
             reseed_transform(self.transform, s)
             if weight is None:
-                img, mask = apply_transform(self.transform, img, mask)
+                img, new_mask = apply_transform(self.transform, img, mask)
+                assert new_mask is not None  # a mask went in, so one comes back
+                mask = new_mask
             else:
                 img, mask, weight = _transform_with_weight(self.transform, img, mask, weight)
         x = normalize_image(img, self.pre)
@@ -352,11 +354,13 @@ class EpochSampler:
 
     def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1,
                  drop_last: bool = False):
-        from torch.utils.data import DistributedSampler
+        from torch.utils.data import Dataset, DistributedSampler
 
         self.epoch = 0
-        self.base = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed,
-                                       drop_last=drop_last)
+        # the sampler only needs len(); a range stands in for the dataset
+        self.base: DistributedSampler[int] = DistributedSampler(
+            cast(Dataset[int], range(n)), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed,
+            drop_last=drop_last)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -403,7 +407,7 @@ def make_train_loader(dataset: SegTrainSet | Any, batch_size: int, *, seed: int,
 
     The last batch is dropped only when it would hold a single sample (BatchNorm cannot train on one).
     """
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Dataset
 
     n = len(dataset)
     if n == 0:
@@ -413,9 +417,11 @@ def make_train_loader(dataset: SegTrainSet | Any, batch_size: int, *, seed: int,
     import torch
 
     sampler = EpochSampler(n, seed, shuffle=True, rank=rank, world=world)
+    # SegTrainSet is a map-style dataset by protocol (len + getitem), not a torch Dataset subclass
+    torch_dataset = cast(Dataset[dict[str, Any]], dataset)
     # its own generator: drawing the loader's base seed must not consume the global torch RNG
     # (that would shift dropout between an uninterrupted and a resumed run)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+    return DataLoader(torch_dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       generator=torch.Generator().manual_seed(int(seed)),
                       pin_memory=pin_memory, drop_last=drop_last, persistent_workers=num_workers > 0,
                       worker_init_fn=_worker_init if num_workers > 0 else None,

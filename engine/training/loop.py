@@ -52,7 +52,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 
@@ -148,7 +148,8 @@ def _seed_all(seed: int) -> None:
 def _rng_state() -> dict[str, Any]:
     import torch
 
-    st = np.random.get_state()
+    # the legacy (default) form: the global generator is MT19937
+    st = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     out: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {"name": st[0], "keys": torch.from_numpy(np.asarray(st[1], dtype=np.int64)),
@@ -382,7 +383,7 @@ class _Run:
                  dist_info: _Dist):
         import torch
 
-        from engine.inference import select_device
+        from engine.preprocess import select_device
 
         self.config = config
         self.on_epoch = on_epoch
@@ -403,7 +404,8 @@ class _Run:
         _seed_all(config.seed)
         self.state: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []
-        self.best_score, self.best_loss, self.best_epoch, self.bad_epochs, self.start_epoch = -math.inf, math.inf, 0, 0, 0
+        (self.best_score, self.best_loss, self.best_epoch, self.bad_epochs,
+         self.start_epoch) = -math.inf, math.inf, 0, 0, 0
         self.state_name = "finished"
         self.last_epoch = 0
         self.swa_record: dict[str, Any] | None = None
@@ -427,10 +429,10 @@ class _Run:
                 raise ConfigError("the run's model differs from the config given with --resume", path=run_dir,
                                   hint="resume with the run's own config.json (only epochs may change)")
         else:
-            run_dir = Path(config.out).expanduser().resolve() if config.out else None
-            if main and run_dir is None:
-                run_dir = _default_run_dir(config.name)
-            run_dir = Path(_broadcast(str(run_dir) if run_dir else None, self.dist))
+            out_dir = Path(config.out).expanduser().resolve() if config.out else None
+            if main and out_dir is None:
+                out_dir = _default_run_dir(config.name)
+            run_dir = Path(_broadcast(str(out_dir) if out_dir else None, self.dist))
             if main and run_dir.exists() and ((run_dir / "status.json").exists() or (run_dir / RESUME_FILE).exists()):
                 raise ConfigError("the output folder already holds a training run", path=run_dir,
                                   hint="continue it with --resume, or choose another --out")
@@ -724,12 +726,14 @@ class _Run:
         swa_model, task = self.swa_model, self.task
         usable = swa_model is not None and int(swa_model.n_averaged) > 0 and self.state_name == "finished"
         if usable:
+            assert swa_model is not None  # part of usable
             from torch.optim.swa_utils import update_bn
 
             self.log.update(force=True, message="SWA: recomputing BatchNorm statistics")
             with self.autocast():
                 update_bn(task.bn_inputs(self.loader, self.device), swa_model, device=self.device)
         if self.main and usable:
+            assert swa_model is not None  # part of usable
             rec = task.validate(swa_model.module, self.device, amp=self.amp_on, channels_last=self.channels_last,
                                 max_batches=self.config.max_val_batches)
             rec["n_averaged"] = int(swa_model.n_averaged)
@@ -779,6 +783,7 @@ def _init_from(model: Any, config: TrainConfig) -> None:
     if config.task != "segment":
         raise ConfigError("init_weights is supported for segmentation training only",
                           hint="leave init_weights empty for the presence classifier")
+    assert config.init_weights is not None  # the caller only calls this when init_weights is set
     parent, card = load_checkpoint(config.init_weights, device="cpu")
     if card.spec.to_dict() != config.model.to_dict():
         raise ConfigError(f"init_weights {config.init_weights} is a {card.spec.arch} model that differs from the "

@@ -176,7 +176,8 @@ def render_preview(samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
         h, w = rgb.shape[:2]
         s = tile / max(h, w)
         size = (max(1, round(w * s)), max(1, round(h * s)))
-        row = [Image.fromarray(a).resize(size, Image.BILINEAR) for a in (rgb, _overlay(rgb, gt), _overlay(rgb, pred))]
+        row = [Image.fromarray(a).resize(size, Image.Resampling.BILINEAR)
+               for a in (rgb, _overlay(rgb, gt), _overlay(rgb, pred))]
         cells.append(row)
         cw, ch = max(cw, size[0]), max(ch, size[1])
     gap = 2
@@ -207,10 +208,10 @@ def write_evolution_gif(preview_dir: str | Path, out: str | Path | None = None, 
         return None
     frames = []
     for f in files:
-        with Image.open(f) as im:
-            im = im.convert("RGB")
+        with Image.open(f) as src:
+            im = src.convert("RGB")
             if im.width > max_width:
-                im = im.resize((max_width, max(1, round(im.height * max_width / im.width))), Image.BILINEAR)
+                im = im.resize((max_width, max(1, round(im.height * max_width / im.width))), Image.Resampling.BILINEAR)
             frames.append(im.quantize(colors=255, method=Image.Quantize.FASTOCTREE))
     path = Path(out) if out else folder / "evolution.gif"
     with atomic_path(path) as tmp:

@@ -38,7 +38,7 @@ class SegTask:
     metric_name = "val_dice"
 
     def __init__(self, config: Any, *, main: bool, progress: ProgressFn | None = None):
-        from engine.losses import combined_loss, build_loss, presence_pos_weight
+        from engine.losses import build_loss, combined_loss, presence_pos_weight
         from engine.progress import scaled
 
         self.dataset, cases = open_training_data(config)
@@ -100,7 +100,8 @@ class SegTask:
             bad = [s for s in self.config.patch_size if s % d]
             if bad:
                 raise ConfigError(f"patch_size {self.config.patch_size} is not divisible by the model's {d}",
-                                  hint=f"use multiples of {d}, e.g. {tuple(max(d, s // d * d) for s in self.config.patch_size)}")
+                                  hint=f"use multiples of {d}, "
+                                       f"e.g. {tuple(max(d, s // d * d) for s in self.config.patch_size)}")
         elif pre.resize_policy != "pad" and any(s % d for s in pre.size):
             raise ConfigError(f"preprocess size {tuple(pre.size)} is not divisible by the model's {d}",
                               hint=f"use multiples of {d}, e.g. {tuple(max(d, s // d * d) for s in pre.size)}")
@@ -258,10 +259,10 @@ class SegTask:
 
 
 def _fingerprint(dataset: Any, cases: Sequence[Any]) -> dict[str, Any]:
-    """The card's fingerprint of the training inputs (:mod:`engine.fingerprint`, ≤ 200 cases)."""
-    from engine.fingerprint import fingerprint_dataset
+    """The card's fingerprint of the training inputs (:mod:`engine.domain_profile`, ≤ 200 cases)."""
+    from engine.domain_profile import profile_dataset
 
-    return fingerprint_dataset(dataset, [c.case_id for c in cases])
+    return profile_dataset(dataset, [c.case_id for c in cases])
 
 
 def _f(v: Any) -> float:

@@ -7,10 +7,32 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import (MODEL_A, MODEL_B, active_tab, alerts, app_text, assert_healthy, click_button,
-                      dataframe_text, expand, goto_page, headings, image_captions, loaded_images, metrics,
-                      open_tab, screenshot, select_option, selected, set_multiselect, set_number, slide, toggle,
-                      upload, wait_until)
+from conftest import (
+    MODEL_A,
+    MODEL_B,
+    active_tab,
+    alerts,
+    app_text,
+    assert_healthy,
+    click_button,
+    dataframe_text,
+    expand,
+    goto_page,
+    headings,
+    image_captions,
+    loaded_images,
+    metrics,
+    open_tab,
+    screenshot,
+    select_option,
+    selected,
+    set_multiselect,
+    set_number,
+    slide,
+    toggle,
+    upload,
+    wait_until,
+)
 
 pytestmark = pytest.mark.browser
 

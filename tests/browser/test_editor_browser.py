@@ -13,10 +13,25 @@ import time
 
 import numpy as np
 import pytest
+from conftest import (
+    alerts,
+    app_text,
+    assert_healthy,
+    button,
+    click_button,
+    dataframe_text,
+    expect_rerun,
+    goto_page,
+    image_captions,
+    screenshot,
+    select_option,
+    selected,
+    slide,
+    toggle,
+    wait_idle,
+    widget,
+)
 from playwright.sync_api import Error as PlaywrightError
-from conftest import (alerts, app_text, assert_healthy, button, click_button, dataframe_text, expect_rerun,
-                      goto_page, image_captions, screenshot, select_option, selected, slide, toggle, wait_idle,
-                      widget)
 
 pytestmark = pytest.mark.browser
 

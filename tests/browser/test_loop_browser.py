@@ -11,9 +11,25 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import (MODEL_A, alerts, app_text, assert_healthy, button, click_button, expand, expect_rerun,
-                      goto_page, headings, metrics, screenshot, select_option, selected, set_number, wait_idle,
-                      wait_until, widget)
+from conftest import (
+    MODEL_A,
+    alerts,
+    app_text,
+    assert_healthy,
+    click_button,
+    expand,
+    expect_rerun,
+    goto_page,
+    headings,
+    metrics,
+    screenshot,
+    select_option,
+    selected,
+    set_number,
+    wait_idle,
+    wait_until,
+    widget,
+)
 
 pytestmark = pytest.mark.browser
 

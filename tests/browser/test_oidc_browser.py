@@ -24,8 +24,18 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import (_INIT_SCRIPT, CHROMIUM, CHROMIUM_ARGS, LOAD_TIMEOUT, VIEWPORT, _free_port, alerts, headings,
-                      wait_idle, wait_until)
+from conftest import (
+    _INIT_SCRIPT,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    LOAD_TIMEOUT,
+    VIEWPORT,
+    _free_port,
+    alerts,
+    headings,
+    wait_idle,
+    wait_until,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -72,7 +82,7 @@ def oidc_app(browser_env, tmp_path_factory):
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    from engine.curation.store import LOCAL_OPERATOR, ReviewStore, default_store_url
+    from engine.store import LOCAL_OPERATOR, ReviewStore, default_store_url
 
     root = tmp_path_factory.mktemp("oidc")
     ws = root / "workspace"

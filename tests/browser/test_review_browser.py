@@ -11,8 +11,20 @@ import re
 import time
 
 import pytest
-from conftest import (alerts, assert_healthy, click_button, expect_rerun, goto_page, headings, image_captions,
-                      loaded_images, screenshot, set_multiselect, wait_idle, widget)
+from conftest import (
+    alerts,
+    assert_healthy,
+    click_button,
+    expect_rerun,
+    goto_page,
+    headings,
+    image_captions,
+    loaded_images,
+    screenshot,
+    set_multiselect,
+    wait_idle,
+    widget,
+)
 
 pytestmark = pytest.mark.browser
 

@@ -22,8 +22,23 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
-from conftest import (_INIT_SCRIPT, ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, LOAD_TIMEOUT, VIEWPORT, alerts, expect_rerun,
-                      headings, screenshot, select_option, selected, start_server, wait_idle, widget)
+from conftest import (
+    _INIT_SCRIPT,
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    LOAD_TIMEOUT,
+    VIEWPORT,
+    alerts,
+    expect_rerun,
+    headings,
+    screenshot,
+    select_option,
+    selected,
+    start_server,
+    wait_idle,
+    widget,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -38,9 +53,9 @@ CANVAS_W = 600
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def team(request, browser_env, tmp_path_factory):
     """A team-mode server on a fresh workspace whose store is SQLite or PostgreSQL."""
-    from engine.curation.store import LOCAL_OPERATOR, ReviewStore, default_store_url
     from engine.datasets import open_dataset
     from engine.dedup import ConflictConfig, find_conflicts
+    from engine.store import LOCAL_OPERATOR, ReviewStore, default_store_url
     from engine.workspace import Workspace
 
     backend = request.param
@@ -130,7 +145,7 @@ def person(chromium, team, request):
 
 
 def store(team):
-    from engine.curation.store import ReviewStore
+    from engine.store import ReviewStore
 
     return ReviewStore.for_dataset(team.ds, team.store_url, masks_dir=team.ws / "masks")
 

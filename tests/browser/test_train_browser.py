@@ -10,8 +10,21 @@ import signal
 import time
 
 import pytest
-from conftest import (alerts, app_text, assert_healthy, click_button, expand, expect_rerun, goto_page, metrics,
-                      screenshot, select_option, set_number, wait_idle, widget)
+from conftest import (
+    alerts,
+    app_text,
+    assert_healthy,
+    click_button,
+    expand,
+    expect_rerun,
+    goto_page,
+    metrics,
+    screenshot,
+    select_option,
+    set_number,
+    wait_idle,
+    widget,
+)
 
 pytestmark = pytest.mark.browser
 

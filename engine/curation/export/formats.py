@@ -1,7 +1,7 @@
 """Export the corrected dataset in a standard format: PNG (the workbench's own), DICOM-SEG, COCO or NIfTI.
 
 :func:`export_dataset` is the one entry point (CLI ``export-corrected --format`` and the editor's
-export button). ``png`` is :func:`engine.curation.export.export_corrected` unchanged. The other formats
+export button). ``png`` is :func:`engine.curation.export.png.export_corrected` unchanged. The other formats
 take the same masks, chosen the same way (latest mask versions from the review store, review
 decisions applied: drops, unions, emptied masks), by running that export into a private
 staging folder, then write the format:
@@ -36,12 +36,17 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from engine.curation.export import png
 from engine.errors import ConfigError, WorkbenchError, unknown_name
 from engine.progress import ProgressFn, as_progress
+
+if TYPE_CHECKING:
+    from engine.datasets import Case, Dataset
+    from engine.store import ReviewStore
 
 FORMATS: tuple[str, ...] = ("png", "dicom-seg", "coco", "nifti")
 #: one line per format, for pickers and help texts
@@ -55,14 +60,8 @@ SEG_DIR = "seg"
 NIFTI_DIR = "labels"
 
 
-def _export_module() -> Any:
-    """The module holding ``export_corrected`` (:mod:`engine.curation.export`)."""
-    from engine.curation import export as mod  # noqa: PLC0415
-
-    return mod
-
-
-def export_dataset(ds: Any, store: Any, out_dir: str | Path, fmt: str = "png", progress: ProgressFn | None = None,
+def export_dataset(ds: Dataset, store: ReviewStore | None, out_dir: str | Path, fmt: str = "png",
+                   progress: ProgressFn | None = None,
                    *, apply_decisions: bool = True, copy_images: bool = False, overwrite: bool = True,
                    author: str | None = None) -> dict[str, Any]:
     """Export the corrected dataset's current masks in ``fmt`` into ``out_dir`` (originals untouched).
@@ -92,9 +91,8 @@ def export_dataset(ds: Any, store: Any, out_dir: str | Path, fmt: str = "png", p
     """
     if fmt not in FORMATS:
         raise unknown_name("export format", fmt, FORMATS)
-    mod = _export_module()
     if fmt == "png":
-        info = mod.export_corrected(ds, store, out_dir, progress, apply_decisions=apply_decisions,
+        info = png.export_corrected(ds, store, out_dir, progress, apply_decisions=apply_decisions,
                                     copy_images=copy_images, overwrite=overwrite)
         if author:
             info["author"] = author
@@ -104,7 +102,7 @@ def export_dataset(ds: Any, store: Any, out_dir: str | Path, fmt: str = "png", p
     from engine.fsutil import cleanup_staging, install_dir, staging_dir
 
     cleaned = cleanup_staging(out)
-    mod._check_out_dir(ds, out, overwrite)
+    png._check_out_dir(ds, out, overwrite)
     tmp = staging_dir(out, "tmp")
     staging = staging_dir(out, "staging")
     try:
@@ -113,9 +111,9 @@ def export_dataset(ds: Any, store: Any, out_dir: str | Path, fmt: str = "png", p
 
         # with copy_images the staging export de-identifies the DICOMs (and renames their cases to the
         # new UIDs); the writers below then copy those files, so nothing identifying reaches ``out``
-        base = mod.export_corrected(ds, store, staging, stage_progress, apply_decisions=apply_decisions,
+        base = png.export_corrected(ds, store, staging, stage_progress, apply_decisions=apply_decisions,
                                     copy_images=copy_images, overwrite=True)
-        doc = json.loads((staging / mod.MANIFEST_NAME).read_text(encoding="utf-8"))
+        doc = json.loads((staging / png.MANIFEST_NAME).read_text(encoding="utf-8"))
         from engine.datasets import Case
 
         cases = [Case.from_dict(d) for d in doc.get("cases", [])]
@@ -123,7 +121,7 @@ def export_dataset(ds: Any, store: Any, out_dir: str | Path, fmt: str = "png", p
         writer = _WRITERS[fmt]
         staged_images = staging / "images"
 
-        def copy_staged(_ds: Any, image_path: str, dest_root: Path) -> Path:
+        def copy_staged(_ds: Dataset, image_path: str, dest_root: Path) -> Path:
             src = Path(image_path)
             dest = dest_root / src.relative_to(staged_images)
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -135,7 +133,7 @@ def export_dataset(ds: Any, store: Any, out_dir: str | Path, fmt: str = "png", p
         info = _info(fmt, base, out, files, skipped, cleaned + notes, author, extra)
         from engine.fsutil import atomic_write_json
 
-        atomic_write_json(tmp / mod.INFO_NAME, info, indent=1)
+        atomic_write_json(tmp / png.INFO_NAME, info, indent=1)
         install_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -166,7 +164,7 @@ def _info(fmt: str, base: dict[str, Any], out: Path, files: list[str], skipped: 
     return info
 
 
-def _labelled(cases: list[Any], skipped: list[dict[str, str]]) -> list[Any]:
+def _labelled(cases: list[Case], skipped: list[dict[str, str]]) -> list[Case]:
     out = []
     for c in cases:
         if not c.labelled or c.mask.kind == "none":
@@ -176,13 +174,13 @@ def _labelled(cases: list[Any], skipped: list[dict[str, str]]) -> list[Any]:
     return out
 
 
-def _mask(c: Any) -> np.ndarray:
+def _mask(c: Case) -> np.ndarray:
     from engine.datasets import load_mask_source
 
     return load_mask_source(c.mask, (c.height, c.width), case_id=c.case_id, image_path=c.image_path)
 
 
-def _image_root(ds: Any, cases: list[Any]) -> Path:
+def _image_root(ds: Dataset, cases: list[Case]) -> Path:
     """The dataset folder, or the images' common folder when some images lie outside it (manifests)."""
     root = Path(ds.root).expanduser().resolve()
     paths = [Path(c.image_path).resolve() for c in cases]
@@ -191,7 +189,7 @@ def _image_root(ds: Any, cases: list[Any]) -> Path:
     return Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else root
 
 
-def _rel_image(image_root: Path, ds: Any, c: Any, dest: Path, copy_images: bool,
+def _rel_image(image_root: Path, ds: Dataset, c: Case, dest: Path, copy_images: bool,
                copy_image: Callable[..., Path]) -> str:
     """The image's path relative to the export folder (copied) or to ``image_root``, POSIX-style."""
     if copy_images:
@@ -200,7 +198,7 @@ def _rel_image(image_root: Path, ds: Any, c: Any, dest: Path, copy_images: bool,
     return Path(c.image_path).resolve().relative_to(image_root).as_posix()
 
 
-def _write_dicom_seg(ds: Any, cases: list[Any], labels: dict[int, str], dest: Path, report: ProgressFn, *,
+def _write_dicom_seg(ds: Dataset, cases: list[Case], labels: dict[int, str], dest: Path, report: ProgressFn, *,
                      copy_images: bool, author: str | None, copy_image: Callable[..., Path]):
     from engine.fsutil import safe_name
     from engine.interop.dicom_seg import write_dicom_seg
@@ -249,7 +247,7 @@ def _write_dicom_seg(ds: Any, cases: list[Any], labels: dict[int, str], dest: Pa
     return {"segmentations": refs}, files, skipped, notes
 
 
-def _write_coco(ds: Any, cases: list[Any], labels: dict[int, str], dest: Path, report: ProgressFn, *,
+def _write_coco(ds: Dataset, cases: list[Case], labels: dict[int, str], dest: Path, report: ProgressFn, *,
                 copy_images: bool, author: str | None, copy_image: Callable[..., Path]):
     from engine.interop.coco import COCO_NAME, build_coco, write_coco
 
@@ -273,7 +271,7 @@ def _write_coco(ds: Any, cases: list[Any], labels: dict[int, str], dest: Path, r
     return {"annotations": COCO_NAME}, [COCO_NAME], skipped, notes
 
 
-def _write_nifti(ds: Any, cases: list[Any], labels: dict[int, str], dest: Path, report: ProgressFn, *,
+def _write_nifti(ds: Dataset, cases: list[Case], labels: dict[int, str], dest: Path, report: ProgressFn, *,
                  copy_images: bool, author: str | None, copy_image: Callable[..., Path]):
     from engine.fsutil import atomic_write_json, atomic_write_text, safe_name
     from engine.interop.nifti import COLOUR_TABLE, LABELS_JSON, colour_table, write_nifti_mask
@@ -282,7 +280,7 @@ def _write_nifti(ds: Any, cases: list[Any], labels: dict[int, str], dest: Path, 
     todo = _labelled(cases, skipped)
     files: list[str] = []
     rows = ["case_id,group_id,image_path,mask_path"]
-    _csv_field = _export_module()._csv_field  # the PNG export's CSV quoting
+    _csv_field = png._csv_field  # the PNG export's CSV quoting
 
     for i, c in enumerate(todo):
         name = f"{NIFTI_DIR}/{safe_name(c.case_id)}.nii.gz"

@@ -44,7 +44,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,6 +52,10 @@ from engine.datasets.base import LABELS_CONVENTION
 from engine.errors import ConfigError
 from engine.fsutil import safe_name
 from engine.progress import ProgressFn, as_progress
+
+if TYPE_CHECKING:
+    from engine.datasets import Case, Dataset
+    from engine.store import ReviewStore
 
 EXPORT_FORMAT = "segwb-corrected-export"
 EXPORT_VERSION = 1
@@ -70,7 +74,7 @@ def is_our_export(folder: str | Path) -> bool:
     return isinstance(info, dict) and info.get("format") == EXPORT_FORMAT
 
 
-def _check_out_dir(ds: Any, out: Path, overwrite: bool) -> None:
+def _check_out_dir(ds: Dataset, out: Path, overwrite: bool) -> None:
     """Refuse an export folder inside the dataset, a file, or a non-empty folder this program did not
     write (identified by its ``export.json`` marker); an earlier export is replaced only with ``overwrite``."""
     root = Path(ds.root).expanduser().resolve()
@@ -95,7 +99,7 @@ def _check_out_dir(ds: Any, out: Path, overwrite: bool) -> None:
                               hint="pick a new folder, or allow replacing the earlier export")
 
 
-def export_corrected(ds: Any, store: Any, out_dir: str | Path, progress: ProgressFn | None = None, *,
+def export_corrected(ds: Dataset, store: ReviewStore | None, out_dir: str | Path, progress: ProgressFn | None = None, *,
                      apply_decisions: bool = True, copy_images: bool = False,
                      overwrite: bool = True) -> dict[str, Any]:
     """Write the corrected dataset (current masks) into ``out_dir`` without touching the dataset.
@@ -113,7 +117,7 @@ def export_corrected(ds: Any, store: Any, out_dir: str | Path, progress: Progres
         apply_decisions: also apply conflict-review decisions (drops, unions, emptied masks)
             like :func:`engine.curation.build_manifest`; False = corrected mask versions only.
         copy_images: copy the images into ``out_dir/images`` (default: list their paths). DICOMs
-            are de-identified (:func:`engine.phi.deidentify_dicom`, PS3.15 basic profile) and
+            are de-identified (:func:`engine.io.dicom.deidentify_dicom`, PS3.15 basic profile) and
             their cases renamed to the new SOPInstanceUID everywhere in the export (mask names,
             CSVs, manifest, ``export.json``), so nothing in the folder carries an original UID.
         overwrite: allow replacing an earlier export in ``out_dir``.
@@ -144,7 +148,8 @@ def export_corrected(ds: Any, store: Any, out_dir: str | Path, progress: Progres
     return info
 
 
-def _build_export(ds: Any, store: Any, out: Path, tmp: Path, report: Any, apply_decisions: bool,
+def _build_export(ds: Dataset, store: ReviewStore | None, out: Path, tmp: Path, report: ProgressFn,
+                  apply_decisions: bool,
                   copy_images: bool, notes: list[str]) -> dict[str, Any]:
     """Write the export's files into ``tmp``; every path recorded inside them names ``out``."""
     from engine.datasets import Dataset, MaskSource, load_mask_source, write_manifest
@@ -156,7 +161,7 @@ def _build_export(ds: Any, store: Any, out: Path, tmp: Path, report: Any, apply_
 
     corrected = store.corrected_masks() if store is not None else {}
     if apply_decisions and store is not None:
-        from engine.curation.manifest import build_manifest
+        from engine.curation.cleaning import build_manifest
 
         cases, dropped, decision_info = build_manifest(ds, store, None, "none")
     else:
@@ -164,6 +169,7 @@ def _build_export(ds: Any, store: Any, out: Path, tmp: Path, report: Any, apply_
         for c in ds.cases:
             mv = corrected.get(c.case_id)
             if mv is not None:
+                assert store is not None  # corrected masks only come from a store
                 path = store.mask_file(mv)
                 c = dataclasses.replace(c, mask=MaskSource("file", str(path), convention=LABELS_CONVENTION),
                                         labelled=True,
@@ -293,7 +299,7 @@ class _Deidentifier:
     under their relative path and keep their case ids.
     """
 
-    def __init__(self, ds: Any):
+    def __init__(self, ds: Dataset):
         from engine.phi import install_secret
 
         self.ds = ds
@@ -303,7 +309,7 @@ class _Deidentifier:
         self.n_plain = 0
         self._pattern: tuple[int, Any, dict[str, str]] | None = None
 
-    def _is_dicom(self, c: Any) -> bool:
+    def _is_dicom(self, c: Case) -> bool:
         from engine.errors import WorkbenchError
         from engine.io import reader_kind
 
@@ -312,20 +318,20 @@ class _Deidentifier:
         except WorkbenchError:
             return False
 
-    def _sop(self, c: Any) -> str | None:
+    def _sop(self, c: Case) -> str | None:
         uid = c.meta.get("sop_instance_uid") if isinstance(c.meta, dict) else None
         if uid:
             return str(uid)
         if not self._is_dicom(c):
             return None
-        from engine.dicom_meta import read_header
+        from engine.io.dicom import read_header
 
         return read_header(c.image_path).get("sop_instance_uid")
 
-    def copy(self, c: Any, dest_root: Path) -> Path:
+    def copy(self, c: Case, dest_root: Path) -> Path:
         """Copy (DICOM: de-identify) the case's image under ``dest_root``; returns the new path."""
         if self._is_dicom(c):
-            from engine.phi import deidentify_dicom
+            from engine.io.dicom import deidentify_dicom
 
             r = deidentify_dicom(c.image_path, dest_root, self.secret)
             self.ids[c.case_id] = r["sop_instance_uid"]
@@ -350,7 +356,7 @@ class _Deidentifier:
                 self.ids[cid] = cid
         return self.ids[cid]
 
-    def case_fields(self, c: Any) -> tuple[str, str, dict[str, Any]]:
+    def case_fields(self, c: Case) -> tuple[str, str, dict[str, Any]]:
         """``(case_id, group_id, meta)`` of a copied case, with original UIDs replaced."""
         from engine.phi import deid_uid
 
@@ -392,7 +398,7 @@ def _csv_field(text: str) -> str:
     return '"' + t.replace('"', '""') + '"' if any(ch in t for ch in ',"\n') else t
 
 
-def _copy_image(ds: Any, image_path: str, dest_root: Path) -> Path:
+def _copy_image(ds: Dataset, image_path: str, dest_root: Path) -> Path:
     src = Path(image_path)
     root = Path(ds.root).expanduser().resolve()
     try:
