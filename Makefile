@@ -68,7 +68,7 @@ browser:
 	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PKGS) >/dev/null; \
 	else echo "warning: chromium/fonts missing and no root: the browser suite will be skipped if chromium is absent"; fi
 
-# dicom3tools' dciodvfy validates the exported DICOM-SEG objects against the IOD in tests/test_interop.py
+# dicom3tools' dciodvfy validates the exported DICOM-SEG objects against the IOD in tests/engine/test_interop.py
 # (the test skips when it is absent).
 dicomtools:
 	@if command -v dciodvfy >/dev/null; then echo "dciodvfy: $$(command -v dciodvfy)"; \

@@ -1,4 +1,4 @@
-"""Counts of the hostile-input corpus (tests/hostile.py): fine / clear error / unclear /
+"""Counts of the hostile-input corpus (tests/support/hostile.py): fine / clear error / unclear /
 traceback / memory / silent wrong, for this checkout and optionally for older code.
 
 Each run is a subprocess under a 3 GB address-space limit (``HOSTILE_AS_GB``), with ``--predict``
@@ -31,7 +31,7 @@ def measure(engine_root: Path | None, predict: bool) -> dict:
         env.pop("SEGWB_MAX_PIXELS", None)
         if engine_root is not None:
             env["HOSTILE_ENGINE_ROOT"] = str(engine_root)
-        cmd = [sys.executable, str(REPO / "tests" / "hostile.py"), str(out)] + (["--predict"] if predict else [])
+        cmd = [sys.executable, "-m", "tests.support.hostile", str(out)] + (["--predict"] if predict else [])
         subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
         res = json.loads(out.read_text())
     Path("/tmp/segwb-absolute-escape.png").unlink(missing_ok=True)  # what old code wrote outside --out

@@ -16,7 +16,7 @@
      accepted writes form one chain (no stale write applied, none lost).
 
 SQLite: a file in a temp folder (WAL, synchronous=FULL). PostgreSQL: a throwaway local server
-(tests/pgserver.py, fsync ON, default settings otherwise) — skipped with a note when the Debian
+(tests/support/pgserver.py, fsync ON, default settings otherwise) — skipped with a note when the Debian
 binaries are absent. Prints a table and saves ``bench/results/store.json``.
 
 Usage:
@@ -38,7 +38,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
 from bench._common import median, save_result  # noqa: E402
 
@@ -229,7 +228,7 @@ def main() -> int:
             print("SQLite …", file=sys.stderr)
             results["sqlite"] = run_backend("sqlite", lambda tag: f"sqlite:///{folder}/{tag}.sqlite", args, folder)
         if "postgresql" in args.backends:
-            from pgserver import PostgresServer, Unavailable
+            from tests.support.pgserver import PostgresServer, Unavailable
 
             try:
                 srv = PostgresServer.start(durable=True)

@@ -5,7 +5,7 @@
 - ``one_torch_thread``: torch limited to one intra-op thread for a module
   (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``).
 
-Shared helper functions (datasets, tiny models, AppTest plumbing) live in ``helpers.py``.
+Shared helper functions (datasets, tiny models, AppTest plumbing) live in :mod:`tests.support`.
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ def one_torch_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[object]:
-    """A throwaway PostgreSQL server for the whole session (tests/pgserver.py); skips with the reason
+    """A throwaway PostgreSQL server for the whole session (tests/support/pgserver.py); skips with the reason
     when the Debian binaries are absent (``make test`` installs them)."""
-    from pgserver import PostgresServer, Unavailable
+    from tests.support.pgserver import PostgresServer, Unavailable
 
     try:
         srv = PostgresServer.start()

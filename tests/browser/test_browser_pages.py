@@ -6,7 +6,8 @@ docs/screenshots/<page>.png (the README shows them).
 from __future__ import annotations
 
 import pytest
-from conftest import app_pages, assert_healthy, goto_page, headings, screenshot, slug
+
+from tests.browser.support import app_pages, assert_healthy, goto_page, headings, screenshot, slug
 
 pytestmark = pytest.mark.browser
 

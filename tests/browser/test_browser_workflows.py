@@ -7,7 +7,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import (
+
+from tests.browser.support import (
     MODEL_A,
     MODEL_B,
     active_tab,

@@ -13,7 +13,9 @@ import time
 
 import numpy as np
 import pytest
-from conftest import (
+from playwright.sync_api import Error as PlaywrightError
+
+from tests.browser.support import (
     alerts,
     app_text,
     assert_healthy,
@@ -31,7 +33,6 @@ from conftest import (
     wait_idle,
     widget,
 )
-from playwright.sync_api import Error as PlaywrightError
 
 pytestmark = pytest.mark.browser
 

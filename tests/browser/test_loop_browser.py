@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import (
+
+from tests.browser.support import (
     MODEL_A,
     alerts,
     app_text,

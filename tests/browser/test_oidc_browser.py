@@ -24,7 +24,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import (
+
+from tests.browser.support import (
     _INIT_SCRIPT,
     CHROMIUM,
     CHROMIUM_ARGS,

@@ -11,7 +11,8 @@ import re
 import time
 
 import pytest
-from conftest import (
+
+from tests.browser.support import (
     alerts,
     assert_healthy,
     click_button,

@@ -1,6 +1,6 @@
 """Team mode in real browsers: sign-in, two reviewers on one pair (a refused stale decision, then an
 override), undo on the pair shown, a merge on a mask save conflict, and a reload restoring the view
-from the URL — on SQLite and on PostgreSQL (a throwaway server from tests/pgserver.py; skipped with
+from the URL — on SQLite and on PostgreSQL (a throwaway server from tests/support/pgserver.py; skipped with
 the reason when the binaries are absent).
 
 Each backend gets its own team-mode server (``SEGWB_MODE=team``, its own workspace, accounts made
@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +21,8 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
-from conftest import (
+
+from tests.browser.support import (
     _INIT_SCRIPT,
     ARTIFACTS,
     CHROMIUM,
@@ -65,8 +65,7 @@ def team(request, browser_env, tmp_path_factory):
     extra = {"SEGWB_MODE": "team"}
     pg = None
     if backend == "postgresql":
-        sys.path.insert(0, str(REPO / "tests"))
-        from pgserver import PostgresServer, Unavailable
+        from tests.support.pgserver import PostgresServer, Unavailable
 
         try:
             pg = PostgresServer.start()

@@ -10,7 +10,8 @@ import signal
 import time
 
 import pytest
-from conftest import (
+
+from tests.browser.support import (
     alerts,
     app_text,
     assert_healthy,

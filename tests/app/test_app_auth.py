@@ -1,0 +1,152 @@
+"""AppTests of the sign-in gate (every page), the Admin page and the team-mode folder rules
+(real store with argon2 accounts in a tmp workspace; no mocks).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.store import LOCAL_OPERATOR, ReviewStore, default_store_url
+from tests.support.helpers import app_test, ok, point_app_at, tiny_demo_dir
+from ui import state
+
+REPO = Path(__file__).resolve().parents[2]
+HOME = str(REPO / "app.py")
+REVIEW = str(REPO / "pages" / "6_Conflict_review.py")
+ADMIN = str(REPO / "pages" / "8_Admin.py")
+PAGES = [HOME] + [str(p) for p in sorted((REPO / "pages").glob("*.py"))]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_demo_dir(tmp_path_factory, "auth_demo")
+
+
+@pytest.fixture()
+def team(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Team mode on a fresh workspace store with an admin (ada) and a viewer (vic)."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    point_app_at(monkeypatch, demo, ws)
+    monkeypatch.setenv("SEGWB_MODE", "team")
+    monkeypatch.delenv("SEGWB_STORE_URL", raising=False)
+    with ReviewStore(default_store_url(ws)) as s:
+        s.add_user("ada", "admin", "ada-secret-1", actor=LOCAL_OPERATOR)
+        s.add_user("vic", "viewer", "vic-secret-1", actor=LOCAL_OPERATOR)
+    return ws
+
+
+def _texts(at) -> str:
+    parts = [m.value for m in at.markdown] + [t.value for t in at.title] + [e.value for e in at.error] + \
+        [c.value for c in at.caption]
+    return "\n".join(str(p) for p in parts)
+
+
+def _sign_in(at, name: str, pw: str):
+    at.text_input(key=state.Auth.NAME).input(name)
+    at.text_input(key=state.Auth.PASSWORD).input(pw)
+    at.button(key=state.Auth.SUBMIT).click()
+    return at.run()
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: Path(p).stem)
+def test_every_page_shows_only_the_sign_in_form(team, page):
+    at = app_test(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [t.value for t in at.title] == ["Sign in"]
+    keys = {w.key for w in at.text_input}
+    assert keys == {state.Auth.NAME, state.Auth.PASSWORD}
+    assert not at.selectbox and not at.dataframe and not at.metric and not at.image
+
+
+def test_wrong_password_refused_then_throttled_and_right_one_signs_in(team):
+    at = app_test(REVIEW).run()
+    at = _sign_in(at, "ada", "wrong")
+    assert any("wrong user name or password" in e.value for e in at.error)
+    assert state.Auth.USER not in at.session_state
+    for _ in range(3):  # the throttle allows 3 free failures, then makes the name wait
+        at = _sign_in(at, "ada", "wrong")
+    assert any("Too many failed sign-ins" in e.value for e in at.error), [e.value for e in at.error]
+    at = _sign_in(at, "vic", "vic-secret-1")  # another name is not throttled
+    assert at.session_state[state.Auth.USER] == "vic"
+    assert [t.value for t in at.title] == ["Conflict review"]
+    assert "vic" in _texts(at) and "viewer" in _texts(at)
+
+
+def test_team_mode_without_admin_refuses(demo, tmp_path, monkeypatch):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    point_app_at(monkeypatch, demo, ws)
+    monkeypatch.setenv("SEGWB_MODE", "team")
+    at = app_test(HOME).run()
+    assert any("needs an administrator account" in e.value and "users add NAME --role admin" in e.value
+               for e in at.error), [e.value for e in at.error]
+    assert not at.text_input
+
+
+def test_demo_mode_has_no_sign_in(demo, tmp_path, monkeypatch):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    point_app_at(monkeypatch, demo, ws)
+    monkeypatch.delenv("SEGWB_MODE", raising=False)
+    at = ok(app_test(ADMIN).run())
+    assert [t.value for t in at.title] == ["Admin"]
+    assert "single-user demo" in "\n".join(i.value for i in at.info)
+
+
+def test_admin_page_manages_users_and_roots(team, demo):
+    at = app_test(ADMIN).run()
+    at = ok(_sign_in(at, "ada", "ada-secret-1"))
+    at.text_input(key=state.Admin.NEW_NAME).input("rita")
+    at.selectbox(key=state.Admin.NEW_ROLE).select("reviewer")
+    at.text_input(key=state.Admin.NEW_PASSWORD).input("rita-secret-1")
+    at.button(key=state.Admin.ADD).click()
+    at = ok(at.run())
+    with ReviewStore(default_store_url(team)) as s:
+        u = s.user("rita")
+        assert u is not None and u.role == "reviewer" and s.authenticate("rita", "rita-secret-1").name == "rita"
+        assert s.admin_log()[-1]["actor"] == "ada"
+    at.selectbox(key=state.Admin.USER).select("vic")
+    at = ok(at.run())
+    at.selectbox(key=f"{state.Admin.ROLE}_vic").select("annotator")
+    at = ok(at.run())
+    at.button(key=state.Admin.SET_ROLE).click()
+    at = ok(at.run())
+    at.button(key=state.Admin.TOGGLE).click()  # disable vic
+    at = ok(at.run())
+    with ReviewStore(default_store_url(team)) as s:
+        assert s.user("vic").role == "annotator" and not s.user("vic").active
+    at.text_area(key=state.Admin.DATA_ROOTS).input(str(demo))
+    at.button(key=state.Admin.SAVE_DATA_ROOTS).click()
+    at = ok(at.run())
+    at.text_area(key=state.Admin.DATA_ROOTS).input("relative/path")
+    at.button(key=state.Admin.SAVE_DATA_ROOTS).click()
+    at = at.run()
+    assert any("absolute" in e.value for e in at.error)
+    with ReviewStore(default_store_url(team)) as s:
+        assert s.data_roots() == [demo.resolve()]
+
+
+def test_admin_page_refuses_non_admins(team):
+    at = app_test(ADMIN).run()
+    at = ok(_sign_in(at, "vic", "vic-secret-1"))
+    assert "needs the **admin** role" in _texts(at)
+    assert not at.text_area and not at.dataframe
+
+
+def test_dataset_outside_data_roots_refused_even_from_the_url(team, demo, tmp_path):
+    with ReviewStore(default_store_url(team)) as s:
+        s.set_data_roots([demo / "ptx"], actor=LOCAL_OPERATOR)
+    nerve = demo / "nerve"
+    link = tmp_path / "sneaky"
+    link.symlink_to(nerve)  # a symlink under no root pointing at a folder under no root
+    at = app_test(REVIEW)
+    at.query_params["dataset"] = str(link)
+    at = at.run()
+    at = _sign_in(at, "ada", "ada-secret-1")
+    errs = " ".join(e.value for e in at.error)
+    assert "cannot be opened" in errs and "outside the data roots" in errs
+    assert at.session_state[state.Shared.DATASET] if state.Shared.DATASET in at.session_state else True
+    assert state.Shared.DATASET not in at.session_state or at.session_state[state.Shared.DATASET] != str(link)

@@ -1,0 +1,388 @@
+"""AppTest of pages/7_Mask_editor.py on the tiny demo phantoms with the real review store.
+
+The drawing canvas is a custom component AppTest cannot drive (the real-browser suite draws on
+it); here: the page without the canvas (graceful message), edits through the canvas-free tools,
+save → history → diff → revert, review-state buttons, the save-conflict choice, the deep link,
+the review queue, the model-prediction start and the export.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from engine.datasets import open_dataset
+from engine.store import ReviewStore
+from engine.workspace import Workspace
+from tests.support.helpers import app_test, ok, point_app_at, save_tiny_unet, tiny_demo_dir
+from ui import state
+from ui.editor_view import PREDICTION
+
+REPO = Path(__file__).resolve().parents[2]
+PAGE = str(REPO / "pages" / "7_Mask_editor.py")
+MODEL = "editor-test-unet"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_demo_dir(tmp_path_factory, "editor_demo")
+
+
+@pytest.fixture()
+def env(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    point_app_at(monkeypatch, demo, ws)
+    return {"demo": demo, "ws": ws, "nerve": demo / "nerve"}
+
+
+def dataset(env):
+    return open_dataset(env["nerve"], workspace=Workspace(env["ws"]))
+
+
+def app(env, case: str | None = None, who: str | None = "tester", **session) -> AppTest:
+    base = {state.Shared.DATASET: str(env["nerve"]), state.Shared.DEVICE: "cpu"}
+    if who:
+        base[state.Shared.REVIEWER] = who
+    if case:
+        base[state.Shared.BROWSER_CASE] = case
+    return app_test(PAGE, base, **session)
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def session(at: AppTest, ds, case_id: str):
+    return at.session_state[state.Editor.SESSIONS][(str(ds.root), case_id)]
+
+
+def positive_case(ds) -> str:
+    return next(c.case_id for c in ds.cases if c.has_mask)
+
+
+# ------------------------------------------------------------------------------------ tests
+
+def test_page_without_the_canvas_degrades_gracefully(env, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "streamlit_drawable_canvas", None)  # import now raises ImportError
+    ds = dataset(env)
+    cid = positive_case(ds)
+    at = ok(app(env, cid).run())
+    warn = texts(at.warning)
+    assert "drawing canvas is not available" in warn and "streamlit run" in warn
+    # everything else is there and real
+    assert at.selectbox(key=state.Editor.CASE).value == cid
+    assert at.button(key="editor_save").disabled  # nothing changed yet
+    assert [b.key for b in at.button if b.key.startswith("editor_state_")] == [
+        "editor_state_accepted", "editor_state_needs_fix", "editor_state_corrected", "editor_state_unreviewed"]
+    hist = at.dataframe[0].value
+    assert hist["version"].tolist() == [0] and hist["area (px)"].tolist() == [ds.case(cid).mask_area]
+    caps = [c for img in at.image for c in img.captions]
+    assert any(f"current mask · {ds.case(cid).mask_area:,} px" in c for c in caps)
+
+
+def test_canvas_is_used_when_importable(env) -> None:
+    ds = dataset(env)
+    at = ok(app(env, positive_case(ds)).run())
+    assert "drawing canvas is not available" not in texts(at.warning)
+    assert any(c.value.startswith("Canvas 600×") for c in at.caption)
+
+
+def test_edit_save_history_diff_revert_and_states(env) -> None:
+    ds = dataset(env)
+    cid = positive_case(ds)
+    case = ds.case(cid)
+    original = ds.load_mask(cid)
+    at = ok(app(env, cid).run())
+
+    # edit 1: empty the mask; undo/redo move along the stack
+    ok(at.button(key="editor_empty").click().run())
+    sess = session(at, ds, cid)
+    assert sess.stack.current.sum() == 0 and sess.stack.can_undo
+    ok(at.button(key="editor_undo").click().run())
+    assert np.array_equal(session(at, ds, cid).stack.current, original)
+    ok(at.button(key="editor_redo").click().run())
+    assert session(at, ds, cid).stack.current.sum() == 0
+    # edit 2: flood-fill a 3-row band? no: fill the (now empty) background at (x=5, y=7) with class 1
+    at.number_input(key=f"editor_fill_x_{case.width}").set_value(5)
+    at.number_input(key=f"editor_fill_y_{case.height}").set_value(7)
+    ok(at.run())
+    ok(at.button(key="editor_fill_at").click().run())
+    assert (session(at, ds, cid).stack.current == 1).all()
+    ok(at.button(key="editor_undo").click().run())  # back to the empty mask
+
+    assert not at.button(key="editor_save").disabled
+    at.text_input(key="editor_note_text").set_value("no nerve here")
+    ok(at.run())
+    ok(at.button(key="editor_save").click().run())
+    assert "Saved version 1" in texts(at.success)
+    with ReviewStore.for_dataset(ds) as store:
+        hist = store.mask_history(cid)
+        assert [(h.version, h.author, h.note, h.area) for h in hist] == [(1, "tester", "no nerve here", 0)]
+        assert store.case_state(cid) == "corrected"
+        assert store.load_mask_version(cid, 1).sum() == 0
+    table = at.dataframe[0].value
+    assert table["version"].tolist() == [0, 1] and table["author"].tolist() == ["dataset", "tester"]
+    assert table["area (px)"].tolist() == [case.mask_area, 0] and table["note"].iloc[1] == "no nerve here"
+    assert table["time"].iloc[1].endswith("UTC")
+    assert at.text_input(key="editor_note_text").value == ""  # cleared for the next version
+    # diff of version 1 against the original: everything removed
+    diff_caps = [c for img in at.image for c in img.captions if c.startswith("version 0 → 1")]
+    assert diff_caps == [f"version 0 → 1: +0 px added, −{case.mask_area:,} removed"]
+    assert at.button(key="editor_save").disabled and "Review state: **corrected**" in texts(at.markdown)
+
+    # revert to the original: version 2 copies version 0; the editor follows it
+    assert at.selectbox(key="editor_revert_version").value == 0
+    ok(at.button(key="editor_revert").click().run())
+    with ReviewStore.for_dataset(ds) as store:
+        mv = store.mask_version(cid, 2)
+        assert mv.reverted_from == 0 and mv.is_original
+        assert np.array_equal(store.load_mask_version(cid, 2), original)
+    sess = session(at, ds, cid)
+    assert sess.base_version == 2 and np.array_equal(sess.stack.current, original)
+    assert at.dataframe[0].value["from"].tolist()[1:] == ["edit of 0", "revert to 0"]
+
+    # review-state buttons
+    ok(at.button(key="editor_state_accepted").click().run())
+    assert "Review state: **accepted** — tester" in texts(at.markdown)
+    assert at.button(key="editor_state_accepted").disabled
+    ok(at.button(key="editor_state_needs_fix").click().run())
+    with ReviewStore.for_dataset(ds) as store:
+        assert store.case_state(cid) == "needs_fix"
+
+
+def test_no_name_no_writes(env) -> None:
+    ds = dataset(env)
+    cid = positive_case(ds)
+    at = ok(app(env, cid, who=None).run())
+    ok(at.button(key="editor_empty").click().run())
+    assert at.button(key="editor_save").disabled and at.button(key="editor_state_accepted").disabled
+    assert "Enter your name in the sidebar to save." in texts(at.caption)
+    at.text_input(key="editor_author").set_value("  carol ")
+    ok(at.run())
+    assert not at.button(key="editor_save").disabled
+    ok(at.button(key="editor_save").click().run())
+    with ReviewStore.for_dataset(ds) as store:
+        assert store.mask_history(cid)[0].author == "carol"
+    assert at.session_state[state.Shared.REVIEWER] == "carol"
+
+
+def test_save_conflict_offers_the_choice(env) -> None:
+    ds = dataset(env)
+    cid = positive_case(ds)
+    shape = (ds.case(cid).height, ds.case(cid).width)
+    at = ok(app(env, cid).run())
+    ok(at.button(key="editor_empty").click().run())   # my edit, based on version 0
+
+    theirs = np.zeros(shape, np.uint8)
+    theirs[10:40, 10:60] = 1
+    with ReviewStore.for_dataset(ds) as store:         # someone else saves meanwhile
+        assert store.save_mask_version(cid, theirs, "dora", "theirs", base_version=0) == 1
+        created = store.mask_version(cid, 1).created
+    ok(at.run())
+    assert "Version 1 was saved by dora" in texts(at.info)  # told before saving
+    ok(at.button(key="editor_save").click().run())
+    warn = texts(at.warning)
+    assert "Version 1 was saved by dora at " + created[:10] in warn and "while you were editing" in warn
+    keys = {"editor_conflict_union", "editor_conflict_mine", "editor_conflict_discard"}
+    assert keys <= {b.key for b in at.button}
+    labels = {b.key: b.label for b in at.button if b.key in keys}  # full, honest labels
+    assert labels["editor_conflict_mine"] == "Save mine as version 2, replacing dora's mask"
+    assert labels["editor_conflict_union"].startswith("Save the union of both as version 2")
+    assert labels["editor_conflict_discard"] == "Keep theirs (version 1) and discard my edits"
+    with ReviewStore.for_dataset(ds) as store:
+        assert store.latest_mask_version(cid) == 1  # nothing overwritten
+
+    caps = [c for img in at.image for c in img.captions]  # their mask and the diff are shown at once
+    assert any(c.startswith("theirs: version 1 by dora · 1,500 px") for c in caps)
+    assert any(c.startswith("yours compared with theirs") for c in caps)
+
+    ok(at.button(key="editor_conflict_mine").click().run())
+    assert "Saved version 2, replacing version 1 by dora" in texts(at.success)
+    with ReviewStore.for_dataset(ds) as store:
+        v2 = store.mask_version(cid, 2)
+        assert (v2.author, v2.base_version, v2.area) == ("tester", 1, 0)
+        assert "replaces version 1 by dora" in v2.note
+        assert np.array_equal(store.load_mask_version(cid, 1), theirs)  # theirs is kept in the history
+
+
+def test_save_conflict_union_keeps_both(env) -> None:
+    ds = dataset(env)
+    cid = positive_case(ds)
+    shape = (ds.case(cid).height, ds.case(cid).width)
+    at = ok(app(env, cid).run())
+    mine = np.zeros(shape, np.uint8)
+    mine[50:60, 70:90] = 1
+    session(at, ds, cid).stack.push(mine)  # my edit, based on version 0
+    theirs = np.zeros(shape, np.uint8)
+    theirs[10:40, 10:60] = 1
+    with ReviewStore.for_dataset(ds) as store:
+        store.save_mask_version(cid, theirs, "dora", "theirs", base_version=0)
+    ok(at.run())
+    ok(at.button(key="editor_save").click().run())
+    ok(at.button(key="editor_conflict_union").click().run())
+    assert "the union of your mask and version 1 by dora" in texts(at.success)
+    with ReviewStore.for_dataset(ds) as store:
+        v2 = store.mask_version(cid, 2)
+        got = store.load_mask_version(cid, 2)
+    assert v2.author == "tester" and v2.base_version == 1 and "union with version 1 by dora" in v2.note
+    assert np.array_equal(got, np.maximum(mine, theirs))  # their blob AND mine
+    assert int(np.count_nonzero(got)) == 1500 + 200
+
+
+def test_conflict_discard_mine_and_silent_follow(env) -> None:
+    ds = dataset(env)
+    cid = positive_case(ds)
+    shape = (ds.case(cid).height, ds.case(cid).width)
+    at = ok(app(env, cid).run())
+    ok(at.button(key="editor_empty").click().run())
+    theirs = np.ones(shape, np.uint8)
+    with ReviewStore.for_dataset(ds) as store:
+        store.save_mask_version(cid, theirs, "dora", base_version=0)
+    ok(at.button(key="editor_save").click().run())
+    ok(at.button(key="editor_conflict_discard").click().run())
+    sess = session(at, ds, cid)
+    assert sess.base_version == 1 and sess.conflict is None and (sess.stack.current == 1).all()
+    assert "discarded" in texts(at.info)
+    with ReviewStore.for_dataset(ds) as store:
+        assert store.latest_mask_version(cid) == 1
+        store.save_mask_version(cid, np.zeros(shape, np.uint8), "erin", base_version=1)
+    ok(at.run())  # no unsaved edits: the editor just follows the newer version
+    sess = session(at, ds, cid)
+    assert sess.base_version == 2 and sess.stack.current.sum() == 0
+    assert "Version 2 was saved by erin" in texts(at.info)
+
+
+def test_deep_link_and_review_queue(env) -> None:
+    ds = dataset(env)
+    ids = ds.case_ids
+    with ReviewStore.for_dataset(ds) as store:
+        store.set_case_state(ids[5], "needs_fix", "ann")
+        store.set_case_state(ids[3], "needs_fix", "ann")
+    at = ok(app(env, ids[7]).run())
+    assert at.selectbox(key=state.Editor.CASE).value == ids[7]  # the browser's case is opened
+    nxt = at.button(key="editor_next")
+    assert nxt.label.startswith("Next case needing review (2 in queue)")
+    first = sorted([ids[3], ids[5]], key=lambda s: [int(t) for t in s.split("_")])[0]
+    ok(nxt.click().run())
+    assert at.selectbox(key=state.Editor.CASE).value == first
+    assert at.session_state[state.Shared.BROWSER_CASE] == first
+    assert any("Suspicion score **2.00**: marked needs_fix by ann" in c.value for c in at.caption)
+    ok(at.button(key="editor_state_accepted").click().run())     # reviewed: leaves the queue
+    assert at.button(key="editor_next").label.startswith("Next case needing review (1 in queue)")
+    ok(at.button(key="editor_next").click().run())
+    other = ids[5] if first == ids[3] else ids[3]
+    assert at.selectbox(key=state.Editor.CASE).value == other
+    # the user's own choice is not overridden by the (unchanged) deep link
+    at.selectbox(key=state.Editor.CASE).set_value(ids[0])
+    ok(at.run())
+    ok(at.run())
+    assert at.selectbox(key=state.Editor.CASE).value == ids[0]
+
+
+def test_unsaved_edits_survive_switching_cases(env) -> None:
+    ds = dataset(env)
+    a, b = ds.case_ids[0], ds.case_ids[1]
+    at = ok(app(env, a).run())
+    at.number_input(key=f"editor_fill_x_{ds.case(a).width}").set_value(0)
+    ok(at.run())
+    ok(at.button(key="editor_fill_at").click().run())
+    at.selectbox(key=state.Editor.CASE).set_value(b)
+    ok(at.run())
+    assert at.selectbox(key=state.Editor.CASE).value == b and at.button(key="editor_save").disabled
+    at.selectbox(key=state.Editor.CASE).set_value(a)
+    ok(at.run())
+    assert not at.button(key="editor_save").disabled and session(at, ds, a).stack.can_undo
+
+
+def test_start_from_a_model_prediction(env) -> None:
+    from engine.evaluation import class_mapping
+    from engine.inference import Predictor
+
+    save_tiny_unet(env["ws"] / "models" / MODEL, seed=0)
+    ds = dataset(env)
+    cid = positive_case(ds)
+    at = ok(app(env, cid, **{state.Shared.MODEL: MODEL}).run())
+    at.selectbox(key=state.Editor.SOURCE).set_value(PREDICTION)
+    ok(at.run())
+    assert at.selectbox(key="editor_model").value == MODEL
+    ok(at.button(key="editor_load").click().run())
+    pred = Predictor.from_weights(env["ws"] / "models" / MODEL, device="cpu")
+    want = class_mapping(pred.card.labels, ds.labels)[pred.predict(ds.load_image_float(cid)).mask]
+    sess = session(at, ds, cid)
+    assert sess.source == f"{MODEL} (predicted now)" and sess.base_version == 0
+    assert np.array_equal(sess.stack.current, want)
+    assert f"Editing starts from {MODEL} (predicted now)" in texts(at.info)
+    # saving it makes version 1 (base: the newest version when loaded)
+    if not np.array_equal(want, ds.load_mask(cid)):
+        ok(at.button(key="editor_save").click().run())
+        with ReviewStore.for_dataset(ds) as store:
+            assert np.array_equal(store.load_mask_version(cid, 1), want)
+
+
+def test_export_from_the_page(env, tmp_path) -> None:
+    ds = dataset(env)
+    cid = positive_case(ds)
+    with ReviewStore.for_dataset(ds) as store:
+        store.save_mask_version(cid, np.zeros((ds.case(cid).height, ds.case(cid).width), np.uint8), "ann")
+    at = ok(app(env, cid).run())
+    assert str(env["ws"]) in at.text_input(key="editor_export_dir").value  # default: in the workspace
+    out = tmp_path / "export"
+    at.text_input(key="editor_export_dir").set_value(str(out))
+    ok(at.run())
+    ok(at.button(key="editor_export").click().run())
+    msg = texts(at.success)
+    n = sum(c.labelled for c in ds.cases)
+    assert f"Exported {n:,} masks (1 corrected, 0 cases dropped by decisions)" in msg
+    assert (out / "manifest.json").is_file() and (out / "train_masks.csv").is_file()
+    assert open_dataset(out / "manifest.json").load_mask(cid).sum() == 0
+    # into the dataset folder: refused with a readable message, nothing written
+    at.text_input(key="editor_export_dir").set_value(str(env["nerve"] / "out"))
+    ok(at.run())
+    at.button(key="editor_export").click().run()
+    assert "inside the dataset folder" in texts(at.error) and not (env["nerve"] / "out").exists()
+
+
+def test_fill_holes_button_on_the_latest_version(env) -> None:
+    ds = dataset(env)
+    cid = ds.case_ids[0]
+    c = ds.case(cid)
+    ring = np.zeros((c.height, c.width), np.uint8)
+    ring[20:60, 20:60] = 1
+    ring[30:50, 30:50] = 0
+    with ReviewStore.for_dataset(ds) as store:
+        store.save_mask_version(cid, ring, "ann", "ring")
+    at = ok(app(env, cid).run())
+    sess = session(at, ds, cid)
+    assert sess.base_version == 1 and np.array_equal(sess.stack.current, ring)  # opens the newest version
+    ok(at.button(key="editor_fill_holes").click().run())
+    cur = session(at, ds, cid).stack.current
+    assert cur[30:50, 30:50].all() and int(cur.sum()) == 40 * 40
+    assert at.button(key="editor_save").label == "Save as version 2"
+
+
+def test_siim_dicom_dataset(env) -> None:
+    """The chest X-ray phantom (DICOM, SOP-UID case ids): edit, save, and the export writes the SIIM CSV."""
+    ds = open_dataset(env["demo"] / "ptx", workspace=Workspace(env["ws"]))
+    cid = next(c.case_id for c in ds.cases if c.has_mask)
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.session_state[state.Shared.DATASET] = str(env["demo"] / "ptx")
+    at.session_state[state.Shared.REVIEWER] = "tester"
+    at.session_state[state.Shared.BROWSER_CASE] = cid
+    ok(at.run())
+    assert at.selectbox(key=state.Editor.CASE).value == cid
+    ok(at.button(key="editor_empty").click().run())
+    ok(at.button(key="editor_save").click().run())
+    with ReviewStore.for_dataset(ds) as store:
+        assert store.latest_mask_version(cid) == 1 and store.load_mask_version(cid, 1).sum() == 0
+    import pydicom
+
+    hdr = pydicom.dcmread(ds.case(cid).image_path, stop_before_pixels=True)
+    shown = "\n".join([texts(at.markdown), texts(at.caption), texts(at.info), texts(at.success),
+                        texts(at.warning)] + [d.value.to_csv() for d in at.dataframe])
+    for phi in (str(hdr.PatientName), str(hdr.PatientID)):
+        assert phi and phi not in shown  # no PHI from the DICOM header on the page

@@ -1,0 +1,1 @@
+"""Real-browser suite: Chromium (Playwright) against ``streamlit run app.py``."""
