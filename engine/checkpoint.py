@@ -32,7 +32,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from engine.augment import Preprocess
 from engine.config import JsonConfig
@@ -180,7 +180,7 @@ class ClassifierCard(JsonConfig):
 class _Kind:
     """How one model family is stored: card class and file, format tag, what to tell people."""
 
-    card_cls: type[JsonConfig]
+    card_cls: type[ModelCard] | type[ClassifierCard]
     card_file: str
     format: str
     version: int
@@ -202,7 +202,7 @@ def _kind(kind: str) -> _Kind:
     return _KINDS[kind]
 
 
-def card_kind(card: Any) -> str:
+def card_kind(card: ModelCard | ClassifierCard) -> str:
     """``segment`` for a :class:`ModelCard`, ``classify`` for a :class:`ClassifierCard`."""
     return "classify" if isinstance(card, ClassifierCard) else "segment"
 
@@ -281,7 +281,13 @@ def resolve_weights(name_or_dir: str | Path, workspace: Workspace | None = None,
                           hint=("available: " + ", ".join(names)) if names else k.train_hint)
 
 
-def read_card(folder: str | Path, kind: str = "segment") -> Any:
+@overload
+def read_card(folder: str | Path, kind: Literal["segment"] = "segment") -> ModelCard: ...
+@overload
+def read_card(folder: str | Path, kind: Literal["classify"]) -> ClassifierCard: ...
+@overload
+def read_card(folder: str | Path, kind: str) -> ModelCard | ClassifierCard: ...
+def read_card(folder: str | Path, kind: str = "segment") -> ModelCard | ClassifierCard:
     """Read and validate the card (``card.json``; ``classifier.json`` for ``kind="classify"``) in ``folder``.
 
     Returns:
@@ -311,7 +317,7 @@ def read_card(folder: str | Path, kind: str = "segment") -> Any:
         raise CheckpointError(f"invalid {k.what} card: {exc.message}", path=path, hint=exc.hint) from None
 
 
-def _build(card: Any):
+def _build(card: ModelCard | ClassifierCard):
     from engine.models import build_classifier, build_model
 
     if isinstance(card, ClassifierCard):
@@ -509,7 +515,7 @@ def portable_paths(obj: Any, root: str | Path | None = None) -> Any:
     return obj
 
 
-def add_evaluation(folder: str | Path, entry: dict[str, Any]) -> ModelCard:
+def add_evaluation(folder: str | Path, entry: dict[str, Any]) -> ModelCard | ClassifierCard:
     """Append an evaluation record to ``card.metrics["evaluations"]`` (replacing one with the same ``id``)."""
     folder = Path(folder)
     kind = folder_kind(folder)

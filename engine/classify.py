@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from engine.checkpoint import (
 from engine.errors import ConfigError
 from engine.progress import ProgressFn
 from engine.training.prepare import is_synthetic
+
+if TYPE_CHECKING:
+    from engine.datasets.base import Dataset
 
 __all__ = ["ClassifierCard", "ClassifyTask", "ClassifierPredictor", "save_classifier", "load_classifier",
            "resolve_classifier", "list_classifier_weights", "CLASSIFIER_CARD"]
@@ -130,7 +133,7 @@ class ClassifierPredictor:
         return self.predict_proba(img) >= self.threshold
 
 
-def evaluate_classifier(clf: ClassifierPredictor, dataset: Any, case_ids: Sequence[str] | None = None,
+def evaluate_classifier(clf: ClassifierPredictor, dataset: Dataset, case_ids: Sequence[str] | None = None,
                         threshold: float | None = None, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Presence metrics of a classifier on labelled cases (truth = "the mask is non-empty").
 

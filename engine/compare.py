@@ -40,12 +40,16 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from engine.errors import ConfigError, MaskError, WorkbenchError
 from engine.progress import ProgressFn, as_progress
+
+if TYPE_CHECKING:
+    from engine.datasets.base import Dataset
+    from engine.evaluation import EvalResult
 
 __all__ = [
     "FOREGROUND",
@@ -286,7 +290,7 @@ def compare_masks(masks: Mapping[str, Any], gt: Any | None = None,
 SELECT_MODES = ("first", "random", "all")
 
 
-def select_cases(dataset: Any, limit: int | None = None, mode: str = "first", seed: int = 0) -> list[str]:
+def select_cases(dataset: Dataset, limit: int | None = None, mode: str = "first", seed: int = 0) -> list[str]:
     """Labelled case ids to compare on a big dataset, in dataset order.
 
     Args:
@@ -350,7 +354,7 @@ def covered_classes(summary: Mapping[str, Any], dataset_labels: Mapping[int, str
     return {k: v for k, v in fg.items() if v.lower() in names}
 
 
-def compare_models(dataset: Any, eval_results: Mapping[str, Any], case_ids: Sequence[str] | None = None,
+def compare_models(dataset: Dataset, eval_results: Mapping[str, EvalResult], case_ids: Sequence[str] | None = None,
                    progress: ProgressFn | None = None, empty_policy: str = "kaggle"):
     """Per-case agreement of 2–3 evaluated models, sorted by disagreement (largest first).
 
@@ -390,15 +394,18 @@ def compare_models(dataset: Any, eval_results: Mapping[str, Any], case_ids: Sequ
     report = as_progress(progress)
     names = list(eval_results)
     letters = model_letters(names)
+    folders: dict[str, Path] = {}
     for n in names:
         res = eval_results[n]
-        if getattr(res, "folder", None) is None:
+        folder = getattr(res, "folder", None)
+        if folder is None:
             raise ConfigError(f"the evaluation of {n} has no folder with saved predictions",
                               hint="evaluate with save_predictions=True (the default)")
         ds_root = (res.summary or {}).get("dataset")
         if ds_root and Path(ds_root).resolve() != Path(dataset.root).resolve():
             raise ConfigError(f"the evaluation of {n} is of {ds_root}, not of {dataset.root}",
                               hint="evaluate every model on the same dataset")
+        folders[n] = folder
     scored = [set(eval_results[n].per_image["case_id"].astype(str)) for n in names]
     common = set.intersection(*scored)
     if case_ids is None:
@@ -422,7 +429,7 @@ def compare_models(dataset: Any, eval_results: Mapping[str, Any], case_ids: Sequ
         case = dataset.case(cid)
         row: dict[str, Any] = {"case_id": cid, "group_id": case.group_id, "error": ""}
         try:
-            preds = {n: read_prediction(prediction_path(eval_results[n].folder, cid)) for n in names}
+            preds = {n: read_prediction(prediction_path(folders[n], cid)) for n in names}
             gt = dataset.load_mask(case) if case.labelled else None
             shapes = {p.shape for p in preds.values()} | ({gt.shape} if gt is not None else set())
             if len(shapes) > 1:

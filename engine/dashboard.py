@@ -32,6 +32,8 @@ from engine.errors import ConfigError, WorkbenchError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from engine.datasets.base import Dataset
+
 __all__ = ["evals_root", "find_evaluations", "headline", "per_class_table", "worst_cases", "dice_by_truth",
            "join_meta", "slice_columns", "slice_metrics", "sweep_gates", "sweep_matrix", "list_runs",
            "load_history", "history_series", "preview_frames", "run_card"]
@@ -39,7 +41,7 @@ __all__ = ["evals_root", "find_evaluations", "headline", "per_class_table", "wor
 
 # ----------------------------------------------------------------------------- evaluations
 
-def evals_root(ds: Any) -> Path:
+def evals_root(ds: Dataset) -> Path:
     """``<dataset workdir>/evals`` (the same folder :func:`engine.evaluation.eval_dir` writes to)."""
     from engine.workspace import Workspace
 
@@ -47,7 +49,7 @@ def evals_root(ds: Any) -> Path:
     return Path(base) / "evals"
 
 
-def find_evaluations(ds: Any) -> list[dict[str, Any]]:
+def find_evaluations(ds: Dataset) -> list[dict[str, Any]]:
     """Cached evaluations of ``ds``, newest first.
 
     Returns:

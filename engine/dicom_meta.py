@@ -17,7 +17,10 @@ Example:
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pydicom
 
 MAX_PLAUSIBLE_AGE = 120.0
 
@@ -77,7 +80,7 @@ def patient_key(patient_id: str | None) -> str | None:
     return _key(patient_id)
 
 
-def _get(ds: Any, keyword: str) -> Any:
+def _get(ds: pydicom.Dataset, keyword: str) -> Any:
     value = ds.get(keyword, None)
     if value is None:
         return None
@@ -92,7 +95,7 @@ def _str(value: Any) -> str | None:
     return text or None
 
 
-def header_record(ds: Any, include_phi: bool = False) -> dict[str, Any]:
+def header_record(ds: pydicom.Dataset, include_phi: bool = False) -> dict[str, Any]:
     """Flat, JSON-safe header table row for one pydicom Dataset (PHI excluded by default).
 
     Args:

@@ -31,9 +31,12 @@ Example:
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from engine.datasets.base import Dataset
 
 __all__ = ["FINGERPRINT_VERSION", "BINS", "image_histogram", "build_profile", "check_input",
            "profile_dataset"]
@@ -179,7 +182,7 @@ def check_input(fingerprint: dict[str, Any] | None, img: np.ndarray,
             "hist_threshold": round(thr, 4), "feature_z": None if z is None else round(z, 4)}
 
 
-def profile_dataset(dataset: Any, case_ids: Iterable[str] | None = None, max_images: int = 200,
+def profile_dataset(dataset: Dataset, case_ids: Iterable[str] | None = None, max_images: int = 200,
                         modality_hint: Iterable[str] | None = None) -> dict[str, Any]:
     """Fingerprint of (up to ``max_images``, spread evenly) cases of an :class:`engine.datasets.Dataset`;
     unreadable cases are skipped."""

@@ -28,6 +28,8 @@ from engine.errors import ConfigError, unknown_name
 if TYPE_CHECKING:
     import pandas as pd
 
+    from engine.datasets.base import Case
+
 __all__ = ["MASK_STATES", "MISSING", "CONFLICT_STATUSES", "CaseFilter", "apply_filter", "mask_state",
            "has_dicom_meta", "count_table", "age_histogram", "age_band", "impossible_ages", "mask_presence",
            "mask_area_table", "group_counts", "eda_report", "safe_case_info", "filter_options",
@@ -395,7 +397,7 @@ def conflict_status_column(case_ids: Sequence[str], pairs: Sequence[dict[str, An
     return [best.get(str(c), "no duplicate") for c in case_ids]
 
 
-def safe_case_info(case: Any) -> dict[str, Any]:
+def safe_case_info(case: Case) -> dict[str, Any]:
     """What the browser's detail view may show about a case: ids, size, mask source, PHI-free meta.
 
     DICOM fields are limited to :data:`engine.dicom_meta.SAFE_COLUMNS`; other meta keys are kept

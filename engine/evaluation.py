@@ -35,7 +35,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -45,6 +45,11 @@ from engine.fsutil import atomic_write_json, atomic_write_text, read_json, safe_
 from engine.metrics import EmptyPolicy
 from engine.postprocess import PostProcessConfig, TuneGrid
 from engine.progress import ProgressFn, as_progress, scaled
+
+if TYPE_CHECKING:
+    from engine.checkpoint import ClassifierCard, ModelCard
+    from engine.datasets.base import Dataset
+    from engine.inference import Predictor
 
 EVAL_VERSION = 3
 
@@ -149,7 +154,7 @@ def _generic_name(name: str) -> bool:
     return n == "foreground" or (n.startswith("class_") and n[6:].isdigit())
 
 
-def training_cases(card: Any, dataset: Any) -> set[str] | None:
+def training_cases(card: ModelCard | ClassifierCard, dataset: Dataset) -> set[str] | None:
     """Case ids of ``dataset`` that were in the model's training split, or None when ``dataset`` is not
     the model's training data (so no evaluated case can be a training case).
 
@@ -180,7 +185,7 @@ def training_cases(card: Any, dataset: Any) -> set[str] | None:
     return {c.case_id for c in dataset.cases if c.labelled and c.case_id not in val}
 
 
-def training_overlap(card: Any, dataset: Any, case_ids: Sequence[str]) -> dict[str, Any]:
+def training_overlap(card: ModelCard | ClassifierCard, dataset: Dataset, case_ids: Sequence[str]) -> dict[str, Any]:
     """``{"n_cases", "case_ids", "basis"}``: which of ``case_ids`` were training cases of ``card``."""
     train = training_cases(card, dataset)
     if train is None:
@@ -192,7 +197,7 @@ def training_overlap(card: Any, dataset: Any, case_ids: Sequence[str]) -> dict[s
     return {"n_cases": len(hit), "case_ids": hit, "basis": basis}
 
 
-def eval_key(card: Any, dataset: Any, config: EvalConfig, case_ids: Sequence[str],
+def eval_key(card: ModelCard, dataset: Dataset, config: EvalConfig, case_ids: Sequence[str],
              gate: dict[str, Any] | None = None, gate_sha: str = "") -> str:
     """Cache key of an evaluation: weights hash, the dataset's classes and options, each case's image
     and mask source with the files' size and mtime (an in-place edit invalidates), settings, gate."""
@@ -211,7 +216,7 @@ def eval_key(card: Any, dataset: Any, config: EvalConfig, case_ids: Sequence[str
     return h.hexdigest()[:16]
 
 
-def eval_dir(dataset: Any, card: Any, key: str) -> Path:
+def eval_dir(dataset: Dataset, card: ModelCard, key: str) -> Path:
     """``<dataset workdir>/evals/<model name>-<key>``."""
     from engine.workspace import Workspace
 
@@ -219,9 +224,9 @@ def eval_dir(dataset: Any, card: Any, key: str) -> Path:
     return Path(base) / "evals" / f"{safe_name(str(card.name))}-{key}"  # a card name is text from a file
 
 
-def evaluate(predictor: Any, dataset: Any, config: EvalConfig | None = None, case_ids: Sequence[str] | None = None,
-             progress: ProgressFn | None = None, out_dir: str | Path | None = None,
-             use_cache: bool = True) -> EvalResult:
+def evaluate(predictor: Predictor, dataset: Dataset, config: EvalConfig | None = None,
+             case_ids: Sequence[str] | None = None, progress: ProgressFn | None = None,
+             out_dir: str | Path | None = None, use_cache: bool = True) -> EvalResult:
     """Predict and score labelled cases of ``dataset``.
 
     Args:
@@ -297,11 +302,12 @@ def evaluate(predictor: Any, dataset: Any, config: EvalConfig | None = None, cas
         px_spacing = _spacing(case.meta.get("pixel_spacing_mm"))
         acc.add(case.case_id, pred, gt, spacing=px_spacing if config.surface else None)
         fg_probs = result.probs[1:]
-        row = {"case_id": case.case_id, "group_id": case.group_id, "split": case.split,
-               "gt_area": int(np.count_nonzero(gt)), "pred_area": int(np.count_nonzero(pred)),
-               "gt_present": bool(np.any(gt)), "pred_present": bool(np.any(pred)),
-               "presence_prob": result.presence,
-               "max_prob": float(fg_probs.max()) if fg_probs.size else 0.0}
+        row: dict[str, Any] = {
+            "case_id": case.case_id, "group_id": case.group_id, "split": case.split,
+            "gt_area": int(np.count_nonzero(gt)), "pred_area": int(np.count_nonzero(pred)),
+            "gt_present": bool(np.any(gt)), "pred_present": bool(np.any(pred)),
+            "presence_prob": result.presence,
+            "max_prob": float(fg_probs.max()) if fg_probs.size else 0.0}
         if px_spacing is not None:
             mm2 = float(px_spacing[0]) * float(px_spacing[1])
             row["gt_area_mm2"], row["pred_area_mm2"] = row["gt_area"] * mm2, row["pred_area"] * mm2
@@ -470,7 +476,7 @@ def load_eval(folder: str | Path, expect_key: str | None = None) -> EvalResult |
     return EvalResult(summary, df, sweep, folder)
 
 
-def list_evals(dataset: Any) -> list[dict[str, Any]]:
+def list_evals(dataset: Dataset) -> list[dict[str, Any]]:
     """Cached evaluations of a dataset (newest first): folder, model, mean Dice, n cases."""
     from engine.workspace import Workspace
 

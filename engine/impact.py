@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import time
-from types import SimpleNamespace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
@@ -40,13 +40,29 @@ from engine.errors import ConfigError
 from engine.progress import ProgressFn, as_progress, scaled
 
 if TYPE_CHECKING:
+    from engine.checkpoint import ModelCard
+    from engine.datasets.base import Dataset
+    from engine.dedup.conflicts import ConflictReport
+    from engine.inference import Predictor
     from engine.metrics import EmptyPolicy
+    from engine.retrain import ModelRecord
+    from engine.store import ReviewStore
 
 __all__ = ["impact_report", "score_masks", "IMPACT_FORMAT", "impact_markdown"]
 
 IMPACT_FORMAT = "segwb-impact"
 YARDSTICKS = ("original", "corrected")
 
+
+
+@dataclass(frozen=True)
+class PredictionsOnly:
+    """A model known only by its saved predictions (no card): its name, no weights digest, no
+    training record, so its held-out cases cannot come from it (:class:`engine.retrain.ModelRecord`)."""
+
+    name: str
+    tensors_sha256: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
 
 def score_masks(preds: dict[str, np.ndarray], gts: dict[str, np.ndarray], labels: dict[int, str],
                 empty_policy: EmptyPolicy = "kaggle") -> dict[str, dict[str, float]]:
@@ -96,8 +112,8 @@ def _delta(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(b - a, 6)
 
 
-def _predict(model: str, ds: Any, case_ids: list[str], device: str, progress: ProgressFn | None,
-             workspace: Any) -> tuple[dict[str, np.ndarray], Any, dict[str, Any]]:
+def _predict(model: str, ds: Dataset, case_ids: list[str], device: str, progress: ProgressFn | None,
+             workspace: Any) -> tuple[dict[str, np.ndarray], ModelCard, dict[str, Any]]:
     """Predicted label maps (dataset class ids) of ``case_ids`` via a cached :func:`evaluate`."""
     from engine.compare import read_prediction
     from engine.evaluation import EvalConfig, evaluate, prediction_path
@@ -114,14 +130,15 @@ def _predict(model: str, ds: Any, case_ids: list[str], device: str, progress: Pr
     return out, pred.card, {"folder": str(res.folder), "n_failed": int(res.summary.get("n_failed", 0) or 0)}
 
 
-def _predictor(model: str, device: str, workspace: Any):
+def _predictor(model: str, device: str, workspace: Any) -> Predictor:
     from engine.checkpoint import resolve_weights
     from engine.inference import Predictor
 
     return Predictor.from_weights(resolve_weights(model, workspace), device=device, gate=None)
 
 
-def impact_report(ds: Any, before: str, after: str, store: Any = None, report: Any = None, *,
+def impact_report(ds: Dataset, before: str, after: str, store: ReviewStore | None = None,
+                  report: ConflictReport | None = None, *,
                   cases: Sequence[str] | None = None, mover_threshold: float = 0.05,
                   empty_policy: EmptyPolicy = "kaggle",
                   device: str = "auto", workspace: Any = None, progress: ProgressFn | None = None,
@@ -156,6 +173,8 @@ def impact_report(ds: Any, before: str, after: str, store: Any = None, report: A
 
     t0 = time.perf_counter()
     rep_progress = as_progress(progress)
+    card_a: ModelRecord
+    card_b: ModelRecord
     if predictions is None:
         card_a = read_card(resolve_weights(before, workspace))
         card_b = read_card(resolve_weights(after, workspace))
@@ -163,8 +182,7 @@ def impact_report(ds: Any, before: str, after: str, store: Any = None, report: A
         if cases is None:
             raise ConfigError("impact_report with given predictions needs the cases to score",
                               hint="pass cases=[...]")
-        card_a = SimpleNamespace(name=str(before), tensors_sha256="", training={})
-        card_b = SimpleNamespace(name=str(after), tensors_sha256="", training={})
+        card_a, card_b = PredictionsOnly(str(before)), PredictionsOnly(str(after))
     if report is None:
         from engine.dedup.conflicts import load_latest_report
 

@@ -44,6 +44,10 @@ from engine.progress import ProgressFn, as_progress
 if TYPE_CHECKING:
     from torch.utils.data import Dataset as TorchDataset
 
+    from engine.checkpoint import ModelCard
+    from engine.classify import ClassifierPredictor
+    from engine.datasets.base import Case, Dataset
+
 TTA_MODES = ("none", "flip", "flip4")
 
 
@@ -166,9 +170,9 @@ class Predictor:
             else the classifier card's threshold.
     """
 
-    def __init__(self, model: Any, card: Any, device: str = "auto", amp: bool | None = None,
+    def __init__(self, model: Any, card: ModelCard, device: str = "auto", amp: bool | None = None,
                  tta: str | bool = "none", tile: tuple[int, int] | None = None, tile_overlap: float = 0.25,
-                 batch_size: int = 8, channels_last: bool | None = None, gate: Any = None,
+                 batch_size: int = 8, channels_last: bool | None = None, gate: ClassifierPredictor | None = None,
                  gate_threshold: float | None = None):
         import torch
 
@@ -187,7 +191,8 @@ class Predictor:
         self.pre: Preprocess = card.preprocess
         self.post_default: PostProcessConfig = card.postprocess
         self.tta = check_tta(("flip" if tta else "none") if isinstance(tta, bool) else str(tta))
-        self.tile = tuple(tile) if tile else (tuple(card.tile) if getattr(card, "tile", None) else None)
+        card_tile = getattr(card, "tile", None)
+        self.tile = tuple(tile) if tile else (tuple(card_tile) if card_tile else None)
         if not 0 <= tile_overlap < 1:
             raise ConfigError(f"tile_overlap must be in [0, 1), got {tile_overlap}")
         self.tile_overlap = float(tile_overlap)
@@ -491,14 +496,15 @@ class Predictor:
         mask, gated = self._post_mask(probs, post, presence, gate)
         return Prediction(mask, probs, presence, {}, gate, gated)
 
-    def predict_cases(self, dataset: Any, cases: Iterable[Any] | None = None, post: PostProcessConfig | None = None,
-                      num_workers: int | None = None, progress: ProgressFn | None = None,
-                      tta: str | None = None) -> Iterator[tuple[Any, Prediction | WorkbenchError]]:
+    def predict_cases(self, dataset: Dataset, cases: Iterable[str | Case] | None = None,
+                      post: PostProcessConfig | None = None, num_workers: int | None = None,
+                      progress: ProgressFn | None = None,
+                      tta: str | None = None) -> Iterator[tuple[Case, Prediction | WorkbenchError]]:
         """Predict cases of an :class:`engine.datasets.Dataset` (default: all); yields ``(case, result)``."""
-        cases = list(dataset.cases if cases is None else [dataset.case(c) for c in cases])
-        it = self.predict_files([c.image_path for c in cases], post=post, num_workers=num_workers, progress=progress,
+        picked = list(dataset.cases if cases is None else [dataset.case(c) for c in cases])
+        it = self.predict_files([c.image_path for c in picked], post=post, num_workers=num_workers, progress=progress,
                                 tta=tta)
-        for case, (_, result) in zip(cases, it):
+        for case, (_, result) in zip(picked, it):
             yield case, result
 
 

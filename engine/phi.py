@@ -36,9 +36,12 @@ import os
 import secrets
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pydicom
 
 SECRET_NAME = "secret.key"
 SECRET_BYTES = 32
@@ -141,7 +144,7 @@ class _DerivedUIDs(dict):
 _DEID_LOCK = threading.Lock()
 
 
-def deidentify_dataset(ds: Any, secret: bytes | None = None) -> None:
+def deidentify_dataset(ds: pydicom.Dataset, secret: bytes | None = None) -> None:
     """De-identify a pydicom Dataset in place (PS3.15 basic profile, see the module docstring).
 
     Raises:

@@ -27,10 +27,17 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
 from engine.errors import ConfigError, WorkbenchError
 from engine.workspace import Workspace
+
+if TYPE_CHECKING:
+    from engine.checkpoint import ModelCard
+    from engine.datasets.base import Case, Dataset
+    from engine.dedup.conflicts import ConflictReport
+    from engine.store import ReviewStore
+    from engine.training import TrainConfig
 
 __all__ = ["CorrectedManifest", "RetrainPlan", "corrected_manifest", "manifest_digest", "finetune_config",
            "plan_retrain", "start_retrain", "held_out_ids"]
@@ -58,7 +65,7 @@ class CorrectedManifest:
     dropped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def manifest_digest(cases: list[Any], dropped: list[tuple[str, str]]) -> str:
+def manifest_digest(cases: Sequence[Case], dropped: list[tuple[str, str]]) -> str:
     """sha256 hex of the cases' ``(case_id, image_path, mask source)`` and the dropped ids.
 
     Corrected and union masks are content-addressed files, so the digest changes exactly when
@@ -72,7 +79,8 @@ def manifest_digest(cases: list[Any], dropped: list[tuple[str, str]]) -> str:
     return h.hexdigest()
 
 
-def corrected_manifest(ds: Any, store: Any, report: Any = None, policy: str = "none",
+def corrected_manifest(ds: Dataset, store: ReviewStore | None,
+                       report: ConflictReport | Mapping[str, Any] | str | Path | None = None, policy: str = "none",
                        out_dir: str | Path | None = None) -> CorrectedManifest:
     """Build the manifest of the current corrected dataset (decisions + latest mask versions).
 
@@ -92,10 +100,11 @@ def corrected_manifest(ds: Any, store: Any, report: Any = None, policy: str = "n
     cases, dropped, info = build_manifest(ds, store, report, policy)
     digest = manifest_digest(cases, dropped)
     if out_dir is None:
-        if getattr(ds, "workdir", None) is None:
+        workdir = getattr(ds, "workdir", None)
+        if workdir is None:
             raise ConfigError("the dataset has no workspace folder for the corrected manifest",
                               hint="open the dataset with a workspace, or pass out_dir")
-        out_dir = Path(ds.workdir) / "manifests"
+        out_dir = Path(workdir) / "manifests"
     path = Path(out_dir) / f"corrected-{digest[:12]}.json"
     decisions = store.decisions() if store is not None else {}
     n_versions = len(store.corrected_masks()) if store is not None else 0
@@ -107,14 +116,28 @@ def corrected_manifest(ds: Any, store: Any, report: Any = None, policy: str = "n
                              dict(Counter(d.decision for d in decisions.values())), n_versions, list(dropped))
 
 
-def held_out_ids(card: Any) -> list[str]:
+class ModelRecord(Protocol):
+    """What the split rules and the impact report read of a model: a :class:`ModelCard`, or the
+    record of a model known only by its predictions (:class:`engine.impact.PredictionsOnly`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def tensors_sha256(self) -> str: ...
+
+    @property
+    def training(self) -> dict[str, Any]: ...
+
+
+def held_out_ids(card: ModelRecord) -> list[str]:
     """The parent card's held-out (validation) case ids; [] when the card records none."""
     tr = getattr(card, "training", None) or {}
     split = tr.get("split") or {}
     return [str(c) for c in (split.get("val_case_ids") or tr.get("val_case_ids") or [])]
 
 
-def _folds_keeping(card: Any, manifest_path: Path,
+def _folds_keeping(card: ModelCard, manifest_path: Path,
                    workspace: Workspace | None = None) -> tuple[dict[str, int], dict[str, Any]]:
     """Folds (0 = train, 1 = held out) for the manifest's labelled cases keeping ``card``'s split."""
     from engine.datasets import open_dataset
@@ -215,15 +238,16 @@ class RetrainPlan:
     """What :func:`start_retrain` launched: the manifest, the config and the parent's card."""
 
     manifest: CorrectedManifest
-    config: Any
-    parent: Any
+    config: TrainConfig
+    parent: ModelCard
 
     @property
     def lineage(self) -> dict[str, Any]:
         return dict(self.config.lineage or {})
 
 
-def plan_retrain(ds: Any, store: Any, parent: str | Path, report: Any = None, *, name: str | None = None,
+def plan_retrain(ds: Dataset, store: ReviewStore | None, parent: str | Path,
+                 report: ConflictReport | Mapping[str, Any] | str | Path | None = None, *, name: str | None = None,
                  epochs: int = 5, lr: float | None = None, workspace: Workspace | str | Path | None = None,
                  **overrides: Any) -> RetrainPlan:
     """Manifest + fine-tune config for ``parent`` on the current corrected ``ds`` (nothing started)."""
@@ -238,7 +262,8 @@ def plan_retrain(ds: Any, store: Any, parent: str | Path, report: Any = None, *,
     return RetrainPlan(man, cfg, card)
 
 
-def start_retrain(ds: Any, store: Any, parent: str | Path, report: Any = None, *, name: str | None = None,
+def start_retrain(ds: Dataset, store: ReviewStore | None, parent: str | Path,
+                  report: ConflictReport | Mapping[str, Any] | str | Path | None = None, *, name: str | None = None,
                   epochs: int = 5, lr: float | None = None, workspace: Workspace | str | Path | None = None,
                   **overrides: Any):
     """Start the fine-tuning job (:func:`engine.jobs.start_training`); returns ``(Job, RetrainPlan)``.

@@ -24,9 +24,12 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from engine.errors import ConfigError, PermissionDenied
+
+if TYPE_CHECKING:
+    from engine.store import ReviewStore, User
 
 MODE_ENV = "SEGWB_MODE"
 MODES = ("demo", "team")
@@ -60,7 +63,7 @@ def is_loopback(address: str | None) -> bool:
         return False
 
 
-def serve_check(store: Any = None, *, store_url: str | None = None) -> dict[str, Any]:
+def serve_check(store: ReviewStore | None = None, *, store_url: str | None = None) -> dict[str, Any]:
     """Preflight of team mode: the store must be reachable and hold at least one active admin.
 
     Args:
@@ -76,7 +79,7 @@ def serve_check(store: Any = None, *, store_url: str | None = None) -> dict[str,
     from engine.store import ReviewStore, default_store_url
 
     own = store is None
-    if own:
+    if store is None:
         store = ReviewStore(store_url or default_store_url())
     try:
         users = store.users()
@@ -176,7 +179,7 @@ class LoginThrottle:
             self._fails.pop(self._key(name), None)
 
 
-def oidc_account(store: Any, claims: dict[str, Any], *, unknown: str | None = None) -> Any:
+def oidc_account(store: ReviewStore, claims: dict[str, Any], *, unknown: str | None = None) -> User:
     """The store account an OIDC identity signs in as.
 
     The account name is the identity's ``email`` (when the provider says it is verified, or does

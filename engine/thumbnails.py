@@ -34,7 +34,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as _wait_futures
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from engine.errors import ConfigError, MaskError, WorkbenchError, unknown_name
 from engine.fsutil import atomic_path, stamp_text
 from engine.parallel import default_workers
 from engine.progress import ProgressFn, as_progress
+
+if TYPE_CHECKING:
+    from engine.datasets.base import Case, Dataset
 
 __all__ = ["OVERLAYS", "THUMB_VERSION", "thumbnail_key", "thumbnail_path", "thumbnail_paths", "render_thumbnail",
            "thumbs_dir", "clear_thumbnails", "pred_mask_path", "prefetch_thumbnails"]
@@ -56,7 +59,7 @@ JPEG_QUALITY = 85
 GT_OUTLINE = (255, 255, 255)
 
 
-def thumbs_dir(ds: Any) -> Path:
+def thumbs_dir(ds: Dataset) -> Path:
     """``<ds.workdir>/thumbs`` (for datasets without a workdir, e.g. manifests: a workspace folder)."""
     workdir = getattr(ds, "workdir", None)
     if workdir is None:
@@ -87,7 +90,7 @@ def _check(size: int, overlay: str, pred_folder: str | Path | None) -> None:
                           hint="evaluate a model on the dataset first, or use overlay='gt'")
 
 
-def thumbnail_key(ds: Any, case: Any, size: int = 192, overlay: str = "gt",
+def thumbnail_key(ds: Dataset, case: str | Case, size: int = 192, overlay: str = "gt",
                   pred_folder: str | Path | None = None) -> str:
     """The cache key of a thumbnail (hex, 20 chars): changes whenever an input file changes.
 
@@ -120,14 +123,9 @@ def thumbnail_key(ds: Any, case: Any, size: int = 192, overlay: str = "gt",
 
 def _shrink(rgb: np.ndarray, size: int) -> np.ndarray:
     """uint8 (H,W,3) → longest side ``size`` (never enlarged), antialiased."""
-    from PIL import Image
+    from engine.visualize import resize_rgb
 
-    h, w = rgb.shape[:2]
-    s = size / max(h, w)
-    if s >= 1:
-        return rgb
-    out = (max(1, round(w * s)), max(1, round(h * s)))
-    return np.asarray(Image.fromarray(rgb).resize(out, Image.Resampling.BILINEAR, reducing_gap=2.0))
+    return resize_rgb(rgb, size, reducing_gap=2.0)
 
 
 def _shrink_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -169,7 +167,7 @@ def _read_pred(path: Path) -> np.ndarray:
     return labels
 
 
-def render_thumbnail(ds: Any, case: Any, size: int = 192, overlay: str = "gt",
+def render_thumbnail(ds: Dataset, case: str | Case, size: int = 192, overlay: str = "gt",
                      pred_folder: str | Path | None = None, alpha: float = 0.45) -> np.ndarray:
     """Render one thumbnail (no caching): uint8 RGB (h,w,3), longest side ``size``.
 
@@ -203,12 +201,12 @@ def render_thumbnail(ds: Any, case: Any, size: int = 192, overlay: str = "gt",
     return out
 
 
-def _thumb_file(ds: Any, case: Any, size: int, overlay: str, pred_folder: str | Path | None) -> Path:
+def _thumb_file(ds: Dataset, case: str | Case, size: int, overlay: str, pred_folder: str | Path | None) -> Path:
     """Where the case's thumbnail is cached (raises like :func:`thumbnail_key`)."""
     return thumbs_dir(ds) / f"{thumbnail_key(ds, case, size, overlay, pred_folder)}.jpg"
 
 
-def thumbnail_path(ds: Any, case: Any, size: int = 192, overlay: str = "gt",
+def thumbnail_path(ds: Dataset, case: str | Case, size: int = 192, overlay: str = "gt",
                    pred_folder: str | Path | None = None) -> Path:
     """Path of the case's cached thumbnail JPEG, rendering it first when missing.
 
@@ -237,7 +235,7 @@ def thumbnail_path(ds: Any, case: Any, size: int = 192, overlay: str = "gt",
     return path
 
 
-def thumbnail_paths(ds: Any, cases: Sequence[Any], size: int = 192, overlay: str = "gt",
+def thumbnail_paths(ds: Dataset, cases: Sequence[str | Case], size: int = 192, overlay: str = "gt",
                     pred_folder: str | Path | None = None, *, workers: int | None = None,
                     progress: ProgressFn | None = None,
                     render: Callable[..., Path] | None = None) -> list[Path | WorkbenchError]:
@@ -309,7 +307,7 @@ _PREFETCH: dict[Path, Future] = {}
 _PREFETCH_POOL: ThreadPoolExecutor | None = None
 
 
-def prefetch_thumbnails(ds: Any, cases: Sequence[Any], size: int = 192, overlay: str = "gt",
+def prefetch_thumbnails(ds: Dataset, cases: Sequence[str | Case], size: int = 192, overlay: str = "gt",
                         pred_folder: str | Path | None = None) -> int:
     """Start drawing the missing thumbnails of ``cases`` in background threads and return at once.
 
@@ -342,7 +340,7 @@ def prefetch_thumbnails(ds: Any, cases: Sequence[Any], size: int = 192, overlay:
     return queued
 
 
-def _prefetch_one(ds: Any, case: Any, size: int, overlay: str, pred_folder: str | Path | None) -> None:
+def _prefetch_one(ds: Dataset, case: str | Case, size: int, overlay: str, pred_folder: str | Path | None) -> None:
     try:
         thumbnail_path(ds, case, size, overlay, pred_folder)
     except (WorkbenchError, OSError, ValueError):
@@ -359,7 +357,7 @@ def _forget_when_done(path: Path) -> Callable[[Future], None]:
     return lambda _f: _forget(path)
 
 
-def clear_thumbnails(ds: Any) -> int:
+def clear_thumbnails(ds: Dataset) -> int:
     """Delete every cached thumbnail of ``ds``; returns how many files were removed."""
     folder = thumbs_dir(ds)
     n = 0

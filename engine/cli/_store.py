@@ -5,7 +5,11 @@ dataset; a plain file path is a single-dataset store file (the layout of earlier
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.datasets.base import Dataset
+    from engine.store import ReviewStore
 
 STORE_HELP = ("review store: sqlite:///PATH or postgresql://USER@HOST/DB (default: $SEGWB_STORE_URL, else "
               "<workspace>/segwb.sqlite); a plain file path is a single-dataset store file")
@@ -15,7 +19,7 @@ def add_store_option(p) -> None:
     p.add_argument("--store", metavar="URL", help=STORE_HELP)
 
 
-def open_store(args, ds: Any = None, *, must_exist: bool = False):
+def open_store(args, ds: Dataset | None = None, *, must_exist: bool = False) -> ReviewStore:
     """The store named by ``--store`` / ``$SEGWB_STORE_URL`` / the workspace default (for ``ds`` if given)."""
     from engine.errors import StoreError
     from engine.store import ReviewStore, default_store_url

@@ -383,6 +383,7 @@ def cmd_weights_list(args) -> int:
 def cmd_weights_show(args) -> int:
     from engine.checkpoint import (
         WEIGHTS_FILE,
+        ClassifierCard,
         card_markdown,
         classifier_markdown,
         folder_kind,
@@ -394,8 +395,9 @@ def cmd_weights_show(args) -> int:
     folder = resolve_weights(args.name, kind=kind)
     card = read_card(folder, kind=kind)
     if args.markdown:
-        render = classifier_markdown if kind == "classify" else card_markdown
-        print(render(card, (folder / WEIGHTS_FILE).stat().st_size))
+        size = (folder / WEIGHTS_FILE).stat().st_size
+        # read_card(kind="classify") reads a ClassifierCard, any other kind a ModelCard
+        print(classifier_markdown(card, size) if isinstance(card, ClassifierCard) else card_markdown(card, size))
     else:
         print_json(card.to_dict())
     return 0

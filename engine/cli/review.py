@@ -93,6 +93,7 @@ def cmd_decide(args) -> int:
         eid = store.record_decision(a, b, args.decision, args.user, args.note, base_event=args.base_event,
                                     force=args.force)
         d = store.decision_for(a, b)
+    assert d is not None  # just recorded
     print(f"{args.decision} on ({a}, {b}) by {args.user}: kept {', '.join(d.kept) or '-'}, "
           f"dropped {', '.join(d.dropped) or '-'}")
     print(eid)

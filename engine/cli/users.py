@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import os
 import sys
+from typing import Any
 
 from engine.cli._store import add_store_option, open_store
 from engine.cli.common import write_json
@@ -135,9 +136,9 @@ def cmd_settings(args) -> int:
             store.set_data_roots(args.data_roots, actor=LOCAL_OPERATOR)
         if args.export_roots is not None:
             store.set_export_roots(args.export_roots, actor=LOCAL_OPERATOR)
-        info = {"store": str(store.path), "data_roots": [str(p) for p in store.data_roots()],
-                "export_roots": [str(p) for p in store.export_roots()], "has_admin": store.has_admin(),
-                "open_mode": store.open_mode}
+        info: dict[str, Any] = {"store": str(store.path), "data_roots": [str(p) for p in store.data_roots()],
+                                "export_roots": [str(p) for p in store.export_roots()],
+                                "has_admin": store.has_admin(), "open_mode": store.open_mode}
         write_json(args.json_out, info)
         print(f"store         {info['store']}\n"
               f"mode          {'open single-user (no accounts)' if info['open_mode'] else 'team (accounts)'}"

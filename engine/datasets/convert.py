@@ -27,13 +27,16 @@ import io
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.datasets.layouts import DEFAULT_MASK_SUFFIXES
 from engine.errors import ConfigError, WorkbenchError
 from engine.progress import ProgressFn
+
+if TYPE_CHECKING:
+    from engine.datasets.base import Case, Dataset
 
 CONVERT_MARKER = "convert.json"
 
@@ -130,7 +133,7 @@ def _prepare_out(out: Path) -> None:
                                  hint="choose a new or empty folder; existing data is never overwritten")
 
 
-def convert_dataset(ds: Any, out: str | Path, size: str | int | tuple[int, int] = 256,
+def convert_dataset(ds: Dataset, out: str | Path, size: str | int | tuple[int, int] = 256,
                     progress: ProgressFn | None = None, *, image_format: str = "png") -> dict[str, Any]:
     """Write ``ds`` as a paired folder of 8-bit images and PNG masks at ``size``.
 
@@ -169,7 +172,7 @@ def convert_dataset(ds: Any, out: str | Path, size: str | int | tuple[int, int] 
     return summary
 
 
-def _convert_into(ds: Any, final: Path, out: Path, hw: tuple[int, int], image_format: str,
+def _convert_into(ds: Dataset, final: Path, out: Path, hw: tuple[int, int], image_format: str,
                   progress: Any) -> dict[str, Any]:
     from PIL import Image
 
@@ -184,7 +187,7 @@ def _convert_into(ds: Any, final: Path, out: Path, hw: tuple[int, int], image_fo
             name = f"{name}-{hashlib.sha1(c.case_id.encode()).hexdigest()[:6]}"
         names[c.case_id] = name
 
-    def work(case: Any) -> dict[str, Any]:
+    def work(case: Case) -> dict[str, Any]:
         name = names[case.case_id]
         try:
             arr, meta = ds.load_image(case)

@@ -36,7 +36,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
@@ -45,6 +45,10 @@ from engine.errors import ConfigError, ReadError, WorkbenchError, unknown_name
 from engine.fsutil import atomic_write_json, read_json
 from engine.parallel import parallel_map
 from engine.progress import ProgressFn, scaled
+
+if TYPE_CHECKING:
+    from engine.datasets.base import Case, Dataset
+    from engine.dedup.maskcache import MaskCache
 
 REPORT_FORMAT = "segwb-conflicts"
 REPORT_VERSION = 1
@@ -220,13 +224,13 @@ class ConflictReport:
         return lines
 
 
-def latest_report_path(ds: Any) -> Path | None:
+def latest_report_path(ds: Dataset) -> Path | None:
     """Where the latest report of a dataset is kept (``workdir/conflicts.json``), or None."""
     workdir = getattr(ds, "workdir", None)
     return Path(workdir) / LATEST_NAME if workdir is not None else None
 
 
-def load_latest_report(ds: Any) -> ConflictReport | None:
+def load_latest_report(ds: Dataset) -> ConflictReport | None:
     """The report saved by the last :func:`find_conflicts` on this dataset, or None."""
     path = latest_report_path(ds)
     if path is None or not path.exists():
@@ -237,7 +241,7 @@ def load_latest_report(ds: Any) -> ConflictReport | None:
         return None
 
 
-def find_conflicts(ds: Any, config: ConflictConfig | None = None, progress: ProgressFn | None = None, *,
+def find_conflicts(ds: Dataset, config: ConflictConfig | None = None, progress: ProgressFn | None = None, *,
                    folds: Mapping[str, int] | None = None, folds_source: str | None = None,
                    save_latest: bool = True) -> ConflictReport:
     """Find near-duplicate images, score their masks, and report ceiling and leakage.
@@ -380,7 +384,7 @@ def find_conflicts(ds: Any, config: ConflictConfig | None = None, progress: Prog
     return report
 
 
-def _ref_area_fraction(ds: Any) -> float:
+def _ref_area_fraction(ds: Dataset) -> float:
     """Median foreground fraction of the non-empty labelled masks (0.01 when there are none)."""
     fracs = [c.mask_area / float(c.height * c.width) for c in ds.cases
              if c.labelled and c.has_mask and c.height and c.width and c.mask_area > 0]
@@ -391,7 +395,7 @@ def _ref_area_fraction(ds: Any) -> float:
     return float(v[m]) if v.size % 2 else float(0.5 * (v[m - 1] + v[m]))
 
 
-def _score_pairs(ds: Any, cfg: ConflictConfig, cases: list[Any], fps: Any, mask_of: dict[int, Any],
+def _score_pairs(ds: Dataset, cfg: ConflictConfig, cases: list[Case], fps: Any, mask_of: dict[int, Any],
                  vi: np.ndarray, vj: np.ndarray, vs: np.ndarray, vsim: np.ndarray
                  ) -> tuple[list[dict[str, Any]], Any]:
     """One JSON row per verified pair (``a < b``) and the union-find of the pairs."""
@@ -428,7 +432,7 @@ def _score_pairs(ds: Any, cfg: ConflictConfig, cases: list[Any], fps: Any, mask_
     return rows, uf
 
 
-def _groups_and_ceiling(cfg: ConflictConfig, cases: list[Any], uf: Any, involved: list[int],
+def _groups_and_ceiling(cfg: ConflictConfig, cases: list[Case], uf: Any, involved: list[int],
                         mask_of: dict[int, Any], pair_rows: list[dict[str, Any]]
                         ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Near-duplicate groups (most severe first, ids ``dupNNNN``) and the label-noise ceiling.
@@ -482,8 +486,9 @@ def _groups_and_ceiling(cfg: ConflictConfig, cases: list[Any], uf: Any, involved
     return groups_out, ceiling
 
 
-def _options_key(ds: Any) -> str:
-    lut = ds.label_lut.tolist() if getattr(ds, "label_lut", None) is not None else None
+def _options_key(ds: Dataset) -> str:
+    lut_arr = getattr(ds, "label_lut", None)
+    lut = lut_arr.tolist() if lut_arr is not None else None
     return json.dumps({"options": ds.options, "lut": lut, "root": str(ds.root)}, sort_keys=True, default=str)
 
 
@@ -491,10 +496,10 @@ def _options_key(ds: Any) -> str:
 MASK_PROCESS_MIN = 256
 
 
-def _load_masks(ds: Any, cases: list[Any], workers: int, cache: Any) -> dict[str, np.ndarray | None]:
+def _load_masks(ds: Dataset, cases: list[Case], workers: int, cache: MaskCache) -> dict[str, np.ndarray | None]:
     """Masks of ``cases`` as :class:`CroppedMask` (None when unlabelled or unreadable); cached first."""
 
-    def fresh(c: Any) -> tuple[str, Any, dict[str, Any] | None]:
+    def fresh(c: Case) -> tuple[str, Any, dict[str, Any] | None]:
         if not c.labelled:
             return c.case_id, None, None
         try:

@@ -50,7 +50,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, cast
+from typing import TYPE_CHECKING, Any, Sequence, cast
 
 import numpy as np
 
@@ -58,6 +58,9 @@ from engine.errors import WorkbenchError
 from engine.fsutil import atomic_path, atomic_write_json
 from engine.parallel import default_workers, limit_blas
 from engine.progress import ProgressFn, as_progress
+
+if TYPE_CHECKING:
+    from engine.datasets.base import Dataset
 
 CACHE_VERSION = 1
 FAST_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -432,7 +435,7 @@ class Fingerprints:
 _ARRAYS = ("fp", "mean", "texture", "phash")
 
 
-def _cache_dir(ds: Any) -> Path | None:
+def _cache_dir(ds: Dataset) -> Path | None:
     workdir = getattr(ds, "workdir", None)
     if workdir is None:
         return None
@@ -459,7 +462,7 @@ def _load_cache(folder: Path, size: tuple[int, int], fp_dim: int) -> dict[str, A
         return None  # missing or corrupt: recomputed
 
 
-def compute_fingerprints(ds: Any, size: tuple[int, int] = (64, 80), fp_dim: int = 256, *,
+def compute_fingerprints(ds: Dataset, size: tuple[int, int] = (64, 80), fp_dim: int = 256, *,
                          case_ids: Sequence[str] | None = None, use_cache: bool = True, workers: int = 0,
                          progress: ProgressFn | None = None) -> Fingerprints:
     """Fingerprints of every case of ``ds`` (or of ``case_ids``), reusing the per-dataset cache.

@@ -23,11 +23,14 @@ import hashlib
 import json
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
 from engine.fsutil import atomic_path, atomic_write_json
+
+if TYPE_CHECKING:
+    from engine.datasets.base import Case, Dataset
 
 MASK_CACHE_VERSION = 2
 
@@ -50,7 +53,7 @@ def _decode_runs(shape: Sequence[int], starts: Sequence[int], values: Sequence[i
     return np.repeat(np.asarray(values, np.uint8), lengths).reshape(int(shape[0]), int(shape[1]))
 
 
-def mask_source_key(case: Any) -> str | None:
+def mask_source_key(case: Case) -> str | None:
     """Identity of a case's ground truth: changes when the mask file or the RLE changes."""
     src = case.mask
     if src.kind == "none":
@@ -58,6 +61,8 @@ def mask_source_key(case: Any) -> str | None:
     if src.kind == "empty":
         return f"empty:{case.height}x{case.width}"
     if src.kind == "file":
+        if src.path is None:  # Path(None) would raise TypeError: same answer
+            return None
         try:
             st = Path(src.path).stat()
         except (OSError, TypeError):
@@ -90,12 +95,12 @@ class MaskCache:
             except (OSError, ValueError):
                 self.entries = {}
 
-    def has(self, case: Any) -> bool:
+    def has(self, case: Case) -> bool:
         """Whether the case's mask is cached and its source unchanged."""
         entry = self.entries.get(case.case_id)
         return entry is not None and entry.get("key") == mask_source_key(case)
 
-    def get_or_load(self, ds: Any, case: Any) -> Any:
+    def get_or_load(self, ds: Dataset, case: Case) -> Any:
         """The case's mask as a :class:`engine.dedup.scoring.CroppedMask` (cached when unchanged)."""
         from engine.dedup.scoring import CroppedMask
 
@@ -114,7 +119,7 @@ class MaskCache:
         return cm
 
     @staticmethod
-    def load_entry(ds: Any, case: Any) -> tuple[Any, dict[str, Any] | None]:
+    def load_entry(ds: Dataset, case: Case) -> tuple[Any, dict[str, Any] | None]:
         """Read the case's mask, without touching any cache: ``(CroppedMask, cache entry)`` (the
         entry is None when the mask source has no stable key). For worker processes; the caller
         stores the entry with :meth:`put`.

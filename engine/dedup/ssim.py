@@ -11,7 +11,7 @@ The per-image terms (local means μ and ⟨x²⟩) are computed once per image, 
 once per pair, over all candidate pairs in vectorised batches. Computation is float64, as
 scikit-image does for float64 input; the only differences are the order of additions (window
 sums of shifted slices; C1/2 and C2/2 folded into per-image terms), ~1e-15;
-``tests/test_dedup.py`` checks equality to 1e-6.
+``tests/engine/test_dedup.py`` checks equality to 1e-6.
 
 Example:
     >>> rng = np.random.default_rng(0); imgs = rng.random((3, 64, 80))

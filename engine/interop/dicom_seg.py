@@ -41,11 +41,14 @@ import hashlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.errors import MaskError, ReadError
+
+if TYPE_CHECKING:
+    import pydicom
 
 SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
 SERIES_NUMBER = 900
@@ -188,7 +191,7 @@ def write_dicom_seg(source_path: str | Path, mask: np.ndarray, labels: dict[int,
             "segments": {n: fg[n] for n in nums}}
 
 
-def _build(hd: Any, src: Any, label_map: np.ndarray, descriptions: list[Any], series_uid: str, sop_uid: str,
+def _build(hd: Any, src: pydicom.Dataset, label_map: np.ndarray, descriptions: list[Any], series_uid: str, sop_uid: str,
            description: str, creator: str | None, software_version: str) -> Any:
     return hd.seg.Segmentation(
         source_images=[src], pixel_array=label_map,
@@ -341,7 +344,7 @@ def read_dicom_seg(path: str | Path) -> DicomSeg:
                     int(ds.get("MaximumFractionalValue", 1) or 1))
 
 
-def _segment_number(item: Any) -> int | None:
+def _segment_number(item: pydicom.Dataset | None) -> int | None:
     if item is None:
         return None
     seq = item.get("SegmentIdentificationSequence")
@@ -350,7 +353,7 @@ def _segment_number(item: Any) -> int | None:
     return None
 
 
-def _source_uid(item: Any) -> str | None:
+def _source_uid(item: pydicom.Dataset | None) -> str | None:
     if item is None:
         return None
     for der in item.get("DerivationImageSequence", []) or []:

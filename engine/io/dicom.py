@@ -8,7 +8,7 @@ error names the package to install.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
@@ -16,6 +16,9 @@ from engine.dicom_meta import SAFE_COLUMNS, header_record
 from engine.errors import ConfigError, MissingPluginError, ReadError
 from engine.io.limits import check_pixels
 from engine.progress import ProgressFn, as_progress
+
+if TYPE_CHECKING:
+    import pydicom
 
 # Transfer syntax UID → (name, pip package that decodes it)
 _PLUGINS: dict[str, tuple[str, str]] = {
@@ -33,7 +36,7 @@ _PLUGINS: dict[str, tuple[str, str]] = {
 }
 
 
-def open_dicom(path: Path, stop_before_pixels: bool = False):
+def open_dicom(path: Path, stop_before_pixels: bool = False) -> pydicom.FileDataset:
     """``pydicom.dcmread`` with the project's errors (ReadError naming the file and the fix)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -60,7 +63,7 @@ def _decoder_available(ts: str) -> bool:
         return False
 
 
-def _decode(ds: Any, path: Path) -> np.ndarray:
+def _decode(ds: pydicom.Dataset, path: Path) -> np.ndarray:
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
     try:
         return ds.pixel_array
@@ -78,7 +81,7 @@ def _decode(ds: Any, path: Path) -> np.ndarray:
                         hint="the pixel data may be truncated or corrupt; re-export the file") from None
 
 
-def _check_header_size(ds: Any, path: Path) -> None:
+def _check_header_size(ds: pydicom.Dataset, path: Path) -> None:
     """Rows × Columns × NumberOfFrames × SamplesPerPixel against the pixel limit, before decoding."""
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)

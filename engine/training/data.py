@@ -38,7 +38,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence, cast
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, cast
 
 import numpy as np
 
@@ -57,6 +57,10 @@ from engine.augment import (
 from engine.errors import ConfigError, WorkbenchError
 from engine.fsutil import atomic_path, file_stamp
 from engine.progress import ProgressFn, as_progress
+
+if TYPE_CHECKING:
+    from engine.datasets.base import Case
+    from engine.datasets.base import Dataset as CaseDataset
 
 __all__ = ["CachedCase", "build_cache", "SegTrainSet", "EpochSampler", "make_train_loader",
            "default_num_workers", "weight_cache_for"]
@@ -122,14 +126,14 @@ def weight_cache_for(loss_name: str, loss_kwargs: dict[str, Any] | None, folder:
                           class_weights=kw.get("class_weights", "balanced"), max_bytes=0, folder=folder)
 
 
-def _cache_key(pre: Preprocess, dataset: Any, dtype: str, weights: Any) -> str:
+def _cache_key(pre: Preprocess, dataset: CaseDataset, dtype: str, weights: Any) -> str:
     payload = {"v": CACHE_VERSION, "pre": pre.to_dict(), "options": dataset.options, "layout": dataset.layout,
                "dtype": dtype, "weights": None if weights is None else
                {"w0": weights.w0, "sigma": weights.sigma, "cw": weights.class_weights}}
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _stamps(case: Any) -> np.ndarray:
+def _stamps(case: Case) -> np.ndarray:
     paths = [case.image_path] + ([case.mask.path] if case.mask.kind in ("file", "rle") and case.mask.path else [])
     out: list[int] = []
     for p in paths:
@@ -144,7 +148,7 @@ def _stamps(case: Any) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
-def build_cache(dataset: Any, cases: Sequence[Any], pre: Preprocess, *, dtype: str = "uint8",
+def build_cache(dataset: CaseDataset, cases: Sequence[Case], pre: Preprocess, *, dtype: str = "uint8",
                 weights: Any = None, disk_dir: str | Path | None = None,
                 progress: ProgressFn | None = None, threads: int | None = None
                 ) -> tuple[list[CachedCase], list[tuple[str, str]]]:
@@ -171,7 +175,7 @@ def build_cache(dataset: Any, cases: Sequence[Any], pre: Preprocess, *, dtype: s
         folder.mkdir(parents=True, exist_ok=True)
     total = len(cases)
 
-    def load_one(case: Any) -> CachedCase | str:
+    def load_one(case: Case) -> CachedCase | str:
         try:
             path = folder / (hashlib.sha1(case.case_id.encode()).hexdigest()[:20] + ".npz") if folder else None
             stamps = _stamps(case)

@@ -7,11 +7,14 @@ Shared by segmentation (:mod:`engine.training.segment`) and the presence classif
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from engine.errors import ConfigError
 from engine.progress import ProgressFn
 from engine.splits import SplitSpec, fold_summary, grouped_kfold, load_folds
+
+if TYPE_CHECKING:
+    from engine.datasets.base import Case, Dataset
 
 __all__ = ["open_training_data", "split_cases", "cache_dir_for", "resolve_data_path", "positive_only", "is_synthetic"]
 
@@ -26,7 +29,7 @@ def resolve_data_path(data: str) -> str:
     return str(p.resolve())
 
 
-def open_training_data(config: Any, progress: ProgressFn | None = None) -> tuple[Any, list[Any]]:
+def open_training_data(config: Any, progress: ProgressFn | None = None) -> tuple[Dataset, list[Case]]:
     """Open ``config.data`` (folder or manifest) and return ``(dataset, labelled cases)``."""
     from engine.datasets import open_dataset
 
@@ -39,7 +42,7 @@ def open_training_data(config: Any, progress: ProgressFn | None = None) -> tuple
     return ds, cases
 
 
-def split_cases(config: Any, cases: Sequence[Any]) -> tuple[list[Any], list[Any], dict[str, Any]]:
+def split_cases(config: Any, cases: Sequence[Case]) -> tuple[list[Case], list[Case], dict[str, Any]]:
     """Train/validation cases from ``config.folds_file`` or a grouped, stratified k-fold.
 
     Returns:
@@ -79,7 +82,7 @@ def split_cases(config: Any, cases: Sequence[Any]) -> tuple[list[Any], list[Any]
     return train, val, desc
 
 
-def positive_only(train: Sequence[Any], split: dict[str, Any]) -> list[Any]:
+def positive_only(train: Sequence[Case], split: dict[str, Any]) -> list[Case]:
     """The training cases with a non-empty mask (the nerve case study trains its segmenter on
     positive images only and lets the presence classifier handle empty ones); validation keeps
     every case so the figures stay comparable. Updates ``split`` (``positive_only``, counts, ids).
@@ -96,7 +99,7 @@ def positive_only(train: Sequence[Any], split: dict[str, Any]) -> list[Any]:
     return kept
 
 
-def is_synthetic(dataset: Any) -> bool:
+def is_synthetic(dataset: Dataset) -> bool:
     """Is the dataset one of our phantoms (its folder, or its parent, carries the phantom README)?"""
     from engine.phantoms import README_NAME
 
@@ -105,7 +108,7 @@ def is_synthetic(dataset: Any) -> bool:
     return (root / README_NAME).is_file() or (root.parent / README_NAME).is_file()
 
 
-def cache_dir_for(dataset: Any) -> Path:
+def cache_dir_for(dataset: Dataset) -> Path:
     """``<dataset workspace>/train-cache`` (manifests: the workspace folder of the manifest file)."""
     from engine.workspace import Workspace
 

@@ -19,7 +19,7 @@ that produce ``p``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from engine.errors import ConfigError
 from engine.progress import ProgressFn
 from engine.training.data import CachedCase, SegTrainSet, build_cache, weight_cache_for
 from engine.training.prepare import cache_dir_for, is_synthetic, open_training_data, positive_only, split_cases
+
+if TYPE_CHECKING:
+    from engine.datasets.base import Case, Dataset
 
 __all__ = ["SegTask"]
 
@@ -258,7 +261,7 @@ class SegTask:
         write_evolution_gif(folder)
 
 
-def _fingerprint(dataset: Any, cases: Sequence[Any]) -> dict[str, Any]:
+def _fingerprint(dataset: Dataset, cases: Sequence[Case]) -> dict[str, Any]:
     """The card's fingerprint of the training inputs (:mod:`engine.domain_profile`, ≤ 200 cases)."""
     from engine.domain_profile import profile_dataset
 
