@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from engine.errors import ReadError
+from engine.errors import ReadError, WorkbenchError
 
 
 @contextlib.contextmanager
@@ -156,7 +157,7 @@ def file_stamp(path: Path) -> tuple[int, int]:
 #: Longest file-name stem :func:`safe_name` returns (well under every file system's 255-byte limit,
 #: leaving room for a suffix such as ``.png`` and a temp-file prefix).
 MAX_NAME_LEN = 150
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")  # \Z: "$" would accept a trailing newline
 _WINDOWS_RESERVED = frozenset({"CON", "PRN", "AUX", "NUL", "CLOCK$", *(f"COM{i}" for i in range(10)),
                                *(f"LPT{i}" for i in range(10))})
 
@@ -209,7 +210,7 @@ def safe_child(folder: str | Path, name: str, suffix: str = "") -> Path:
     return path
 
 
-_SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
+_SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,10}\Z")
 
 
 def safe_filename(name: str, max_len: int = MAX_NAME_LEN) -> str:
@@ -244,38 +245,71 @@ def is_inside(path: str | Path, folder: str | Path) -> bool:
 _STAGE_KINDS = ("tmp", "staging", "old")
 
 
+#: names of the staging folders this process created (a pid alone cannot tell: a restarted server in a
+#: container often gets the pid of the one that was killed)
+_OWN_STAGING: set[str] = set()
+
+
 def staging_dir(out: str | Path, kind: str = "tmp") -> Path:
     """Create a hidden, empty folder beside ``out`` (same file system, so a rename is atomic):
-    ``<parent>/.<name>.<kind>-<pid>-<random>``. The pid lets :func:`cleanup_staging` tell a
-    crashed run's leftovers from a running one's."""
+    ``<parent>/.<name>.<kind>-<pid>-<random>``. The pid (with the process's start time) lets
+    :func:`cleanup_staging` tell a crashed run's leftovers from a running one's."""
     if kind not in _STAGE_KINDS:
         raise ValueError(kind)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-{os.getpid()}-", dir=out.parent))
+    made = Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-{os.getpid()}-", dir=out.parent))
+    _OWN_STAGING.add(made.name)
+    return made
 
 
-def _pid_alive(pid: int) -> bool:
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), from /proc; None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        ticks = int(fields[19])  # field 22 (starttime), counted from field 3
+        boot = next(float(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines()
+                    if ln.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _owner_alive(pid: int, folder: Path) -> bool:
+    """True when the process that made ``folder`` may still be running: this process only for the folders
+    it made itself; another pid only when alive and started before the folder was last changed."""
     if pid == os.getpid():
-        return True
+        return folder.name in _OWN_STAGING
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    except OSError:
+        return False
+    started = _process_start(pid)
+    if started is None:
         return True
-    return True
+    try:
+        changed = folder.stat().st_mtime
+    except OSError:
+        return False
+    return started <= changed + 1.0  # a process that started after the folder was written is a reused pid
 
 
 def cleanup_staging(out: str | Path) -> list[str]:
-    """Tidy what a crashed build of ``out`` left beside it; returns what was done, one line each.
+    """Tidy what a crashed (e.g. ``kill -9``) build of ``out`` left beside it; returns what was done, one line each.
 
     - ``.OUT.tmp-*`` / ``.OUT.staging-*`` of a process that no longer runs: removed (a half-built
-      folder; the previous ``out`` was never touched).
+      folder; the previous ``out`` was never touched), and so are the folders an export nested in
+      its staging folder (``..OUT.staging-*.tmp-*``).
     - ``.OUT.old-*`` (the previous folder, moved aside just before the new one was renamed in):
       renamed back to ``out`` when ``out`` is missing (the crash fell between the two renames),
       else removed.
-    Folders of a process that is still running are left alone.
+    Folders of a process that is still running are left alone (a pid reused by a later process, or
+    this process's own pid after a restart, does not count as running).
     """
     import shutil
 
@@ -283,12 +317,17 @@ def cleanup_staging(out: str | Path) -> list[str]:
     done: list[str] = []
     if not out.parent.is_dir():
         return done
-    pattern = re.compile(rf"^\.{re.escape(out.name)}\.({'|'.join(_STAGE_KINDS)})-(\d+)-")
+    pattern = re.compile(rf"^\.\.?{re.escape(out.name)}\.({'|'.join(_STAGE_KINDS)})-(\d+)-")
     found = []
-    for p in out.parent.iterdir():
+    try:
+        entries = list(out.parent.iterdir())
+    except OSError:
+        return done
+    for p in entries:
         m = pattern.match(p.name)
-        if m and p.is_dir() and not p.is_symlink() and not _pid_alive(int(m.group(2))):
-            found.append((m.group(1), p))
+        if m and p.is_dir() and not p.is_symlink() and not _owner_alive(int(m.group(2)), p):
+            nested = p.name.startswith("..")
+            found.append(("tmp" if nested else m.group(1), p))
     for kind, p in sorted(found, key=lambda kp: -kp[1].stat().st_mtime):
         if kind == "old" and not out.exists():
             p.rename(out)
@@ -297,6 +336,45 @@ def cleanup_staging(out: str | Path) -> list[str]:
             shutil.rmtree(p, ignore_errors=True)
             done.append(f"removed {p.name} left by an interrupted export")
     return done
+
+
+_WRITE_ERRNOS = {
+    errno.EROFS: ("the file system is read-only", "export to a folder on a writable disk"),
+    errno.ENOSPC: ("the disk is full", "free some space (or export to another disk) and export again"),
+    errno.EDQUOT: ("the disk quota is used up", "free some space (or export to another disk) and export again"),
+    errno.EACCES: ("permission denied", "export to a folder you may write to, or ask for write access"),
+    errno.EPERM: ("operation not permitted", "export to a folder you may write to, or ask for write access"),
+    errno.EBUSY: ("the folder is busy or a mount point, which cannot be replaced",
+                  "export into a new subfolder of it"),
+    errno.EXDEV: ("the folder is a mount point (a different file system from its parent)",
+                  "export into a new subfolder of it"),
+}
+
+
+def _shown_folder(folder: Path) -> Path:
+    """The export folder a hidden staging folder ``.OUT.kind-PID-RAND`` is building (else ``folder``)."""
+    m = re.match(rf"^\.(.+)\.({'|'.join(_STAGE_KINDS)})-\d+-", folder.name)
+    return folder.parent / m.group(1) if m else folder
+
+
+@contextlib.contextmanager
+def write_errors(folder: str | Path) -> Iterator[None]:
+    """Turn an OSError of writing into ``folder`` (read-only file system or mount, full disk, no
+    permission, mount point) into a :class:`WorkbenchError` naming the folder and what to do.
+
+    Example:
+        >>> with write_errors("out"):     # doctest: +SKIP
+        ...     export(...)
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        what, fix = _WRITE_ERRNOS[exc.errno]
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise WorkbenchError(f"cannot write the export: {what}{where}", path=_shown_folder(Path(folder)),
+                             hint=f"{fix}; nothing was changed in the folder") from None
 
 
 def install_dir(tmp: str | Path, out: str | Path) -> None:

@@ -49,7 +49,7 @@ DEFAULT_SCHEDULER_PARAMS: dict[str, dict[str, Any]] = {
     "none": {},
 }
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}\Z")
 
 
 def _default_model() -> ModelSpec:

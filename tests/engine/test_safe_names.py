@@ -1,4 +1,4 @@
-"""Path-safe names (issue 9 part 7 / issue 10): engine.fsutil.safe_name, safe_child, predict output names,
+"""Path-safe names: engine.fsutil.safe_name, safe_child, predict output names,
 and the pixel limit / model-card size checks."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from engine.errors import CheckpointError, ReadError
@@ -18,6 +18,8 @@ from engine.fsutil import MAX_NAME_LEN, safe_child, safe_name
 
 @settings(max_examples=500, deadline=None)
 @given(st.text(max_size=300))
+@example("0\n")  # a trailing newline once passed a "^...$" pattern unchanged
+@example("report.PNG\n")
 def test_safe_name_is_always_a_plain_file_name(name: str) -> None:
     out = safe_name(name)
     assert out and len(out) <= MAX_NAME_LEN
@@ -131,3 +133,13 @@ def test_palette_mask_png_keeps_values(tmp_path: Path) -> None:
     assert im.mode == "P" and (np.asarray(im) == m).all()
     labels, info = read_mask(tmp_path / "m.png")
     assert info["encoding"] == "palette" and (labels == m).all()
+
+
+@pytest.mark.parametrize("name", ["ada\n", "ada\r\n", "my-unet\n"])
+def test_names_with_a_trailing_newline_are_refused_everywhere(name: str) -> None:
+    """User names, training run names and file-name stems never accept a trailing newline."""
+    from engine.store.users import _USER_NAME
+    from engine.training.config import _NAME_RE
+
+    assert not _USER_NAME.match(name) and not _NAME_RE.match(name)
+    assert safe_name(name) != name and "\n" not in safe_name(name)
