@@ -9,10 +9,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 REQ_HASH := $(shell cat requirements.txt | sha1sum | cut -c1-10)
 DEV_HASH := $(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-10)
-export SEGWB_WORKSPACE ?= $(CURDIR)/.workspace
+# The workspace (caches, review store segwb.sqlite, install secret secret.key, masks/) is NOT set here: the engine
+# resolves it the same way for make, python -m engine and the app ($SEGWB_WORKSPACE if set, else .workspace/ in
+# this checkout; engine/install.py), so `python -m engine users add ...` writes the store `make serve` checks.
 # Largest image (H x W x frames x channels) any reader decodes; checked from the header (engine/io/limits.py).
 export SEGWB_MAX_PIXELS ?= 100000000
-# Hours an uploaded file (Predict/Compare pages) is kept in $(SEGWB_WORKSPACE)/uploads (0600) before deletion (engine/phi.py).
+# Hours an uploaded file (Predict/Compare pages) is kept in <workspace>/uploads (0600) before deletion (engine/phi.py).
 export SEGWB_UPLOAD_TTL_HOURS ?= 24
 export PYTHONUNBUFFERED := 1
 PORT ?= 8501
@@ -28,7 +30,8 @@ run: install demo
 	SEGWB_MODE=demo $(BIN)/streamlit run app.py --server.port $(PORT) --server.address 127.0.0.1
 
 # Team mode: all interfaces, sign-in required, uploads capped at UPLOAD_MB; refuses to start while the
-# review store ($$SEGWB_STORE_URL or the workspace store) has no active admin (serve-check says how to add one).
+# review store ($$SEGWB_STORE_URL or the workspace store) has no active admin (serve-check says which store it
+# checked and how to add an admin).
 serve: install
 	SEGWB_MODE=team $(BIN)/python -m engine serve-check
 	SEGWB_MODE=team $(BIN)/streamlit run app.py --server.port $(PORT) --server.address $(SERVE_ADDRESS) \

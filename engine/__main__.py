@@ -46,8 +46,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def _new_parser() -> tuple[argparse.ArgumentParser, Any]:
     parser = argparse.ArgumentParser(prog="python -m engine",
                                      description="Medical image segmentation workbench: data, models, review.")
-    parser.add_argument("--workspace", help="folder for caches, review stores and runs "
-                        "(default: $SEGWB_WORKSPACE or ~/.cache/segwb)")
+    parser.add_argument("--workspace", help="folder for caches, the review store, the install secret and runs "
+                        "(default: $SEGWB_WORKSPACE, else .workspace/ in this checkout, else ~/.cache/segwb)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     return parser, sub

@@ -56,7 +56,9 @@ _LOCK = threading.Lock()
 
 
 def secret_path(workspace_root: str | Path | None = None) -> Path:
-    """``<workspace>/secret.key`` (default workspace: ``$SEGWB_WORKSPACE`` or ``~/.cache/segwb``)."""
+    """``<workspace>/secret.key``; the default workspace is :func:`engine.workspace.default_root`
+    (``$SEGWB_WORKSPACE``, else the checkout's ``.workspace``, else ``~/.cache/segwb``), the one the
+    CLI, ``make`` and the app share (:func:`engine.install.resolve_settings`)."""
     from engine.workspace import Workspace
 
     return Workspace(workspace_root).root / SECRET_NAME

@@ -8,8 +8,8 @@
   are written only under the workspace or an admin-configured *export root*.
 
 :func:`serve_check` is the preflight ``make serve`` runs (``python -m engine serve-check``): it
-refuses team mode while the store has no active admin. :class:`LoginThrottle` slows down password
-guessing. :func:`check_data_path` / :func:`check_write_path` are the folder rules.
+refuses team mode while the store has no active admin (sign-in throttling and the password policy live
+in the store: :mod:`engine.store.signin`). :func:`check_data_path` / :func:`check_write_path` are the folder rules.
 
 Example:
     >>> info = serve_check()                                  # doctest: +SKIP
@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -37,7 +35,8 @@ MODES = ("demo", "team")
 #: (the account is created with the viewer role on first sign-in, recorded in the admin log).
 OIDC_UNKNOWN_ENV = "SEGWB_OIDC_UNKNOWN"
 ADD_ADMIN_HINT = ("create one on the server: python -m engine users add NAME --role admin "
-                  "(the password is read from stdin or $SEGWB_PASSWORD)")
+                  "(the password is read from stdin or $SEGWB_PASSWORD; run it in this checkout, or with the same "
+                  "SEGWB_WORKSPACE / SEGWB_STORE_URL, so it writes this store)")
 
 
 def serve_mode() -> str:
@@ -66,21 +65,26 @@ def is_loopback(address: str | None) -> bool:
 def serve_check(store: ReviewStore | None = None, *, store_url: str | None = None) -> dict[str, Any]:
     """Preflight of team mode: the store must be reachable and hold at least one active admin.
 
+    The store, workspace and secret are those of :func:`engine.install.resolve_settings`, the same
+    resolution the CLI and the app use.
+
     Args:
         store: an open :class:`engine.store.ReviewStore` (default: open ``store_url``,
             ``$SEGWB_STORE_URL`` or the workspace store).
 
     Returns:
-        ``{"store", "admins", "users", "data_roots", "export_roots"}``.
+        ``{"store", "admins", "users", "data_roots", "export_roots", "workspace", "secret_file"}``.
 
     Raises:
-        ConfigError: no active admin (the message says how to create one).
+        ConfigError: no active admin (the message says how to create one), or a malformed store URL.
     """
-    from engine.store import ReviewStore, default_store_url
+    from engine.install import resolve_settings
+    from engine.store import ReviewStore
 
+    cfg = resolve_settings(store=store_url)
     own = store is None
     if store is None:
-        store = ReviewStore(store_url or default_store_url())
+        store = ReviewStore(cfg.store_url, masks_dir=cfg.masks_dir)
     try:
         users = store.users()
         admins = [u.name for u in users if u.role == "admin" and u.active]
@@ -90,7 +94,8 @@ def serve_check(store: ReviewStore | None = None, *, store_url: str | None = Non
                               path=store.path, hint=ADD_ADMIN_HINT)
         return {"store": str(store.path), "admins": admins, "users": len(users),
                 "data_roots": [str(p) for p in store.data_roots()],
-                "export_roots": [str(p) for p in store.export_roots()]}
+                "export_roots": [str(p) for p in store.export_roots()], "workspace": str(cfg.workspace),
+                "secret_file": str(cfg.secret_file)}
     finally:
         if own:
             store.close()
@@ -138,47 +143,6 @@ def check_write_path(path: str | Path, workspace: str | Path, export_roots: Iter
     return _resolve(path)
 
 
-class LoginThrottle:
-    """Slows down password guessing: after ``free`` failed sign-ins for one account name (or one
-    client), each further attempt must wait ``base * 2**(n - free)`` seconds (at most ``cap``).
-    A success clears the account's count. Thread-safe; one instance per server process.
-
-    Example:
-        >>> t = LoginThrottle(free=1, base=1.0); t.failed("ana", now=0.0); t.failed("ana", now=0.0)
-        >>> t.wait_seconds("ana", now=0.5)
-        1.5
-    """
-
-    def __init__(self, free: int = 3, base: float = 2.0, cap: float = 300.0):
-        self.free, self.base, self.cap = int(free), float(base), float(cap)
-        self._fails: dict[str, tuple[int, float]] = {}
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def _key(name: str) -> str:
-        return str(name or "").strip().lower()
-
-    def wait_seconds(self, name: str, now: float | None = None) -> float:
-        """Seconds before ``name`` may try again (0: now)."""
-        now = time.time() if now is None else now
-        with self._lock:
-            n, last = self._fails.get(self._key(name), (0, 0.0))
-        if n < self.free:
-            return 0.0
-        delay = min(self.cap, self.base * 2 ** (n - self.free))
-        return max(0.0, last + delay - now)
-
-    def failed(self, name: str, now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        with self._lock:
-            n, _ = self._fails.get(self._key(name), (0, 0.0))
-            self._fails[self._key(name)] = (n + 1, now)
-
-    def succeeded(self, name: str) -> None:
-        with self._lock:
-            self._fails.pop(self._key(name), None)
-
-
 def oidc_account(store: ReviewStore, claims: dict[str, Any], *, unknown: str | None = None) -> User:
     """The store account an OIDC identity signs in as.
 
@@ -212,7 +176,10 @@ def oidc_account(store: ReviewStore, claims: dict[str, Any], *, unknown: str | N
         if policy != "viewer":
             raise PermissionDenied(f"{name} signed in with the identity provider but has no account here",
                                    hint=f"ask an admin to add it: python -m engine users add {name} --role ROLE")
-        user = store.add_user(name, "viewer", secrets.token_urlsafe(32), actor=LOCAL_OPERATOR)
+        password = secrets.token_urlsafe(32)
+        while name.lower() in password.lower():  # the policy refuses a password holding the name
+            password = secrets.token_urlsafe(32)
+        user = store.add_user(name, "viewer", password, actor=LOCAL_OPERATOR)
     if not user.active:
         raise PermissionDenied(f"user {name!r} is disabled", hint="ask an admin to enable you")
     return user

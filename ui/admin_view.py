@@ -15,6 +15,7 @@ import streamlit as st
 from ui import auth, state
 
 if TYPE_CHECKING:
+    from engine.store import ReviewStore
     from ui.auth import Identity
 
 ROLES = ("viewer", "annotator", "reviewer", "admin")
@@ -52,8 +53,12 @@ def render_admin() -> None:
 
     st.subheader("Accounts")
     users = store.users()
-    st.dataframe([{"name": u.name, "role": u.role, "active": u.active, "created": u.created[:19],
+    st.dataframe([{"name": u.name, "role": u.role, "active": u.active,
+                   "must change password": store.password_change_required(u.name), "created": u.created[:19],
                    "updated": (u.updated or "")[:19]} for u in users], hide_index=True, width="stretch")
+    policy = store.signin_policy()
+    st.caption(f"Passwords: at least {policy.min_length} characters, not containing the user name, and hard to guess "
+               f"(strength score ≥ {policy.min_score} of 4). Change: `python -m engine users policy`.")
     with st.form(state.Admin.ADD_FORM, clear_on_submit=True):
         c = st.columns([3, 2, 3])
         name = c[0].text_input("New user name", key=state.Admin.NEW_NAME,
@@ -88,32 +93,81 @@ def render_admin() -> None:
         new_pw = c[3].text_input("New password", type="password", key=f"{state.Admin.RESET_PASSWORD}_{pick}")
         if c[4].button("Reset password", key=state.Admin.RESET, disabled=not new_pw):
             with _report():
-                store.set_password(pick, new_pw, actor=ident.name)
-                done(f"Password of {pick} reset.")
+                must = bool(st.session_state.get(f"{state.Admin.RESET_MUST_CHANGE}_{pick}", True))
+                store.set_password(pick, new_pw, actor=ident.name, must_change=must)
+                done(f"Password of {pick} reset" + (" (a new one is required at the next sign-in)." if must else "."))
+        c = st.columns([5, 4], vertical_alignment="bottom")
+        c[0].checkbox("With a reset: ask for a new password at the next sign-in", value=True,
+                      key=f"{state.Admin.RESET_MUST_CHANGE}_{pick}")
+        required = store.password_change_required(pick)
+        if c[1].button("Cancel the password change" if required else "Require a new password",
+                       key=state.Admin.MUST_CHANGE, icon=":material/password:",
+                       help="at the next sign-in the user must set a new password before using the app"):
+            with _report():
+                store.require_password_change(pick, actor=ident.name, required=not required)
+                done(f"{pick} " + ("no longer needs a new password." if required else
+                                   "must set a new password at the next sign-in."))
+    _locks(store, ident, done)
 
     _roots_form("Data roots", "In team mode datasets open only from these folders (absolute paths, one per line; "
                 "symlinks are resolved, so a link pointing outside a root is refused).",
                 store.data_roots, store.set_data_roots, state.Admin.DATA_ROOTS, state.Admin.SAVE_DATA_ROOTS, ident,
-                done)
+                done, state.Admin.DATA_ROOTS_BROAD)
     _roots_form("Export roots", "Exports and manifests are written under the workspace or these folders (the first "
                 "is the default target of exports).",
                 store.export_roots, store.set_export_roots, state.Admin.EXPORT_ROOTS, state.Admin.SAVE_EXPORT_ROOTS,
-                ident, done)
+                ident, done, state.Admin.EXPORT_ROOTS_BROAD)
     with st.expander("Admin log"):
         st.dataframe(list(reversed(store.admin_log()))[:500], hide_index=True, width="stretch")
 
 
+def _locks(store: ReviewStore, ident: Identity, done: Callable[[str], None]) -> None:
+    """Failed sign-ins per account name and client address, with a button to lift each delay or lock-out."""
+    from datetime import datetime, timezone
+
+    def t(x: float) -> str:
+        return datetime.fromtimestamp(x, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    st.subheader("Failed sign-ins")
+    rows = store.signin_failures()
+    policy = store.signin_policy()
+    st.caption(f"Counted per user name (existing or not) and per client address. Growing delays from failure "
+               f"{policy.free_failures + 1} of a name; a lock-out of {policy.lockout / 60:.0f} min after "
+               f"{policy.account_limit} failures of a name or {policy.address_limit} from one address. Unlocking "
+               "clears the count (also: `python -m engine users unlock NAME`).")
+    if not rows:
+        st.caption("No recent failed sign-ins.")
+        return
+    st.dataframe([{"kind": r["kind"], "name or address": r["key"], "failures": r["failures"],
+                   "first": t(r["first_failed"]), "last": t(r["last_failed"]),
+                   "status": (f"locked until {t(r['retry_at'])}" if r["locked"] else
+                              f"waiting until {t(r['retry_at'])}" if r["waiting"] else "counting")}
+                  for r in rows], hide_index=True, width="stretch")
+    for r in rows:
+        if not (r["locked"] or r["waiting"]):
+            continue
+        label = f"Unlock {r['kind']} {r['key']}"
+        if st.button(label, key=f"{state.Admin.UNLOCK}_{r['kind']}_{r['key']}", icon=":material/lock_open:"):
+            with _report():
+                store.unlock_signin(r["key"], actor=ident.name, kind=r["kind"])
+                done(f"Unlocked {r['kind']} {r['key']}.")
+
+
 def _roots_form(title: str, caption: str, current: Callable[[], list[Path]],
                 save: Callable[..., list[Path]], area_key: str, button_key: str, ident: Identity,
-                done: Callable[[str], None]) -> None:
-    """One folder-list setting: its current folders in a text area (one per line) and a save button
-    that stores them as ``ident`` (``save(paths, actor=...)`` returns what was stored)."""
+                done: Callable[[str], None], broad_key: str) -> None:
+    """One folder-list setting: its current folders in a text area (one per line), a checkbox that
+    confirms a whole-disk or home-folder root (the engine refuses those otherwise) and a save button
+    that stores them as ``ident`` (``save(paths, actor=..., confirm_broad=...)`` returns what was stored)."""
     st.subheader(title)
     st.caption(caption)
     text = st.text_area(title, value=_roots_text(current()), key=area_key)
+    broad = st.checkbox("Allow a filesystem root (/) or a home folder", key=broad_key,
+                        help="refused unless ticked: every file below such a folder could be opened or written "
+                             "in team mode")
     if st.button(f"Save {title[0].lower()}{title[1:]}", key=button_key, icon=":material/save:"):
         with _report():
-            got = save(_lines(text), actor=ident.name)
+            got = save(_lines(text), actor=ident.name, confirm_broad=broad)
             done(f"{title}: {', '.join(map(str, got)) or 'none'}.")
 
 

@@ -7,8 +7,11 @@
   their local "your name" field (the single user's identity in the audit log).
 - **Team mode** (``make serve``) — or any store that has accounts: a browser that is not signed in
   sees only the sign-in form. Local accounts are checked by the store (argon2,
-  :meth:`ReviewStore.authenticate`), failed attempts throttled per account name
-  (:class:`engine.serving.LoginThrottle`). When ``.streamlit/secrets.toml`` has an ``[auth]``
+  :meth:`ReviewStore.authenticate`), failed attempts throttled per account name AND per client
+  address in the store, with growing delays and then a lock-out an admin lifts
+  (:mod:`engine.store.signin`; the address: :func:`client_address`). An account an admin marked
+  "must change password" sees only a new-password form until it sets one that meets the
+  password policy. When ``.streamlit/secrets.toml`` has an ``[auth]``
   section, Streamlit's native OIDC sign-in (``st.login``) is offered too; the identity's email (or
   ``sub``) must be an account name (:func:`engine.serving.oidc_account`). Team mode refuses to run
   while the store has no active admin.
@@ -34,7 +37,6 @@ from ui import state
 
 if TYPE_CHECKING:
     from engine.errors import ClaimHeld
-    from engine.serving import LoginThrottle
     from engine.store import Claim, ReviewStore
 
 ROLE_RANK = {"viewer": 0, "annotator": 1, "reviewer": 2, "admin": 3}
@@ -68,11 +70,26 @@ def users_store() -> ReviewStore:
     return _store(default_store_url(state.workspace().root))
 
 
-@st.cache_resource(show_spinner=False)
-def _throttle() -> LoginThrottle:
-    from engine.serving import LoginThrottle
+def client_address() -> str:
+    """This browser's network address for sign-in throttling: Streamlit's ``st.context.ip_address``;
+    behind reverse proxies, ``X-Forwarded-For`` is believed only when ``$SEGWB_TRUSTED_PROXIES`` says
+    how many proxies (that set it) stand in front of the app. Connections from this machine are
+    ``local``."""
+    import os
 
-    return LoginThrottle()
+    from engine.store.signin import TRUSTED_PROXIES_ENV
+    from engine.store.signin import client_address as _client_address
+
+    try:
+        trusted = max(0, int(os.environ.get(TRUSTED_PROXIES_ENV, "0") or 0))
+    except ValueError:
+        trusted = 0
+    try:
+        peer = st.context.ip_address
+        forwarded = st.context.headers.get("X-Forwarded-For") if trusted else None
+    except Exception:  # noqa: BLE001 - no request context (AppTest)
+        peer, forwarded = None, None
+    return _client_address(peer, forwarded, trusted)
 
 
 def team_mode() -> bool:
@@ -157,7 +174,11 @@ def _gate() -> Identity:
     if name:
         user = store.user(name)
         if user is not None and user.active:
-            return Identity(user.name, user.role, True, state.get(state.Auth.VIA, "password"))
+            via = state.get(state.Auth.VIA, "password")
+            if via == "password" and store.password_change_required(user.name):
+                change_password_form(store, user.name)
+                st.stop()
+            return Identity(user.name, user.role, True, via)
         _forget()
         st.warning("Your account was disabled or removed: you are signed out.", icon=":material/logout:")
     claims = _oidc_user() if oidc_providers() else None
@@ -205,21 +226,51 @@ def sign_in_form(store: ReviewStore) -> None:
     if not submitted:
         return
     name = (name or "").strip()
-    throttle = _throttle()
-    wait = throttle.wait_seconds(name)
-    if wait > 0:
-        st.error(f"Too many failed sign-ins for this name: wait {wait:.0f} s and try again.", icon=":material/timer:")
-        return
+    from engine.store.signin import SignInThrottled
+
     try:
-        user = store.authenticate(name, pw or "")
+        user = store.authenticate(name, pw or "", address=client_address())
+    except SignInThrottled as exc:
+        hint = exc.hint or ""
+        st.error(f"Not signed in: {exc.message}.\n\n{hint[:1].upper()}{hint[1:]}.", icon=":material/timer:")
+        return
     except PermissionDenied as exc:
-        throttle.failed(name)
         st.error(f"Not signed in: {exc.message}.", icon=":material/block:")
         return
-    throttle.succeeded(name)
     state.put(state.Auth.USER, user.name)
     state.put(state.Auth.VIA, "password")
     st.session_state.pop(state.Auth.PASSWORD, None)
+    st.rerun()
+
+
+def change_password_form(store: ReviewStore, name: str) -> None:
+    """The only thing a signed-in user whom an admin asked for a new password sees, until they set one."""
+    from engine.errors import WorkbenchError
+
+    st.markdown(_HIDE_NAV, unsafe_allow_html=True)
+    st.title("Choose a new password")
+    policy = store.signin_policy()
+    st.info(f"An administrator asked you ({name}) to set a new password before using the workbench. Use at least "
+            f"{policy.min_length} characters that do not contain your user name and are hard to guess (e.g. four "
+            "unrelated words, or a password manager's random one).", icon=":material/password:")
+    with st.form(state.Auth.CHANGE_FORM):
+        pw = st.text_input("New password", type="password", key=state.Auth.NEW_PASSWORD, autocomplete="new-password")
+        pw2 = st.text_input("Repeat the new password", type="password", key=state.Auth.NEW_PASSWORD2,
+                            autocomplete="new-password")
+        submitted = st.form_submit_button("Set password", type="primary", key=state.Auth.CHANGE_SUBMIT)
+    st.button("Sign out", key=state.Auth.SIGN_OUT, icon=":material/logout:", on_click=sign_out)
+    if not submitted:
+        return
+    if (pw or "") != (pw2 or ""):
+        st.error("The two passwords differ: type the same new password twice.", icon=":material/block:")
+        return
+    try:
+        store.set_password(name, pw or "", actor=name)
+    except WorkbenchError as exc:
+        st.error(f"Password not changed: {exc}", icon=":material/block:")
+        return
+    for k in (state.Auth.NEW_PASSWORD, state.Auth.NEW_PASSWORD2):
+        st.session_state.pop(k, None)
     st.rerun()
 
 

@@ -67,6 +67,10 @@ class Auth(StrEnum):
     SUBMIT = "auth_submit"
     OIDC = "auth_oidc"  # prefix: one button per OIDC provider
     SIGN_OUT = "auth_sign_out"
+    NEW_PASSWORD = "auth_new_password"  # the forced password change
+    NEW_PASSWORD2 = "auth_new_password2"
+    CHANGE_FORM = "auth_change_form"
+    CHANGE_SUBMIT = "auth_change_submit"
 
 
 class Admin(StrEnum):
@@ -75,7 +79,9 @@ class Admin(StrEnum):
     ADD = "admin_add"
     ADD_FORM = "admin_add_form"
     DATA_ROOTS = "admin_data_roots"
+    DATA_ROOTS_BROAD = "admin_data_roots_broad"
     EXPORT_ROOTS = "admin_export_roots"
+    EXPORT_ROOTS_BROAD = "admin_export_roots_broad"
     FLASH = "admin_flash"
     NEW_NAME = "admin_new_name"
     NEW_PASSWORD = "admin_new_password"
@@ -88,6 +94,9 @@ class Admin(StrEnum):
     SET_ROLE = "admin_set_role"
     TOGGLE = "admin_toggle"
     USER = "admin_user"
+    MUST_CHANGE = "admin_must_change"  # the "require a new password" button
+    RESET_MUST_CHANGE = "admin_reset_must_change"  # prefix: "must change at next sign-in" with a reset
+    UNLOCK = "admin_unlock"  # prefix: one button per locked account/address
 
 
 class Home(StrEnum):
@@ -412,8 +421,10 @@ UPLOAD_CLEANUP_EVERY_S = 3600.0
 
 
 def workspace() -> Workspace:
-    """The engine workspace ($SEGWB_WORKSPACE, set by `make run`, or ~/.cache/segwb). The first use
-    in a server process (app start), and then at most hourly, deletes expired uploads
+    """The engine workspace, resolved like the CLI and ``make`` resolve it
+    (:func:`engine.workspace.resolve_root`: ``$SEGWB_WORKSPACE``, else this checkout's ``.workspace``,
+    else ``~/.cache/segwb``), so the app uses the store and secret ``python -m engine`` wrote. The first
+    use in a server process (app start), and then at most hourly, deletes expired uploads
     (:func:`engine.phi.cleanup_uploads`; each upload also does)."""
     import time
 

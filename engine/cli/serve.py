@@ -6,6 +6,8 @@ how to create an admin when the store has none (``python -m engine users add NAM
 
 from __future__ import annotations
 
+import sys
+
 from engine.cli._store import add_store_option
 
 
@@ -18,12 +20,18 @@ def register(sub) -> None:
 
 def cmd_serve_check(args) -> int:
     from engine.cli.common import write_json
+    from engine.install import resolve_settings
     from engine.serving import serve_check
 
+    cfg = resolve_settings(workspace=getattr(args, "workspace", None), store=getattr(args, "store", None))
+    print(f"segwb: {cfg.describe()}", file=sys.stderr)
+    if cfg.note:
+        print(f"note: {cfg.note}", file=sys.stderr)
     info = serve_check(store_url=getattr(args, "store", None))
     write_json(args.json_out, info)
     print(f"team mode can start: store {info['store']}, admin(s) {', '.join(info['admins'])}, "
           f"{info['users']} account(s)")
+    print(f"workspace: {info['workspace']} (install secret {info['secret_file']})")
     if not info["data_roots"]:
         print("note: no data roots yet: nobody can open a folder until an admin sets them "
               "(Admin page, or python -m engine settings --data-roots DIR ...)")

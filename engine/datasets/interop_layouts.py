@@ -6,8 +6,12 @@ workbench's own ``export-corrected --format``):
 - ``coco``: a COCO JSON (polygons or RLE) next to its images. ``file_name`` is resolved against
   the JSON's folder, its ``images/`` subfolder, the dataset folder, the ``image_root`` option,
   and (for this workbench's exports, recognised by their ``export.json``) the source dataset and
-  the JSON's ``info.segwb_image_root``; a name
-  that points outside those folders is refused. ``segwb_case_id`` / ``segwb_group_id`` keys
+  the JSON's ``info.segwb_image_root``; a name that points outside those folders is refused.
+
+Side files never widen where images come from: ``export.json``'s ``source.root``, COCO's
+``info.segwb_image_root`` and ``images.csv`` image paths must lie inside the dataset folder, the
+user's ``image_root`` option or (team mode) the ``data_roots`` option; an outside one is a bad file
+saying how to allow it, and is never walked. ``segwb_case_id`` / ``segwb_group_id`` keys
   keep case ids and patient groups; images without annotations are labelled empty.
 - ``dicom_seg``: DICOM Segmentation objects next to their source DICOMs (or the source tree
   named by ``image_root`` / ``export.json``), paired by the referenced SOPInstanceUID. Images no
@@ -49,7 +53,7 @@ from engine.datasets.layouts import (
     with_suffix,
 )
 from engine.datasets.scan import ScanCache, Stamp, list_files
-from engine.errors import MaskError, WorkbenchError
+from engine.errors import LayoutError, MaskError, WorkbenchError
 from engine.fsutil import file_stamp, safe_name
 from engine.io import IMAGE_SUFFIXES, image_size
 from engine.parallel import parallel_map
@@ -96,29 +100,64 @@ def _stamp(path: Path, files: dict[Path, Stamp]) -> Stamp | None:
         return None
 
 
-def _export_source_root(root: Path) -> Path | None:
+def _export_source_root(root: Path) -> str | None:
     """The source dataset folder recorded by this workbench's ``export.json`` in ``root`` (None otherwise)."""
     p = root / EXPORT_INFO
     if not p.is_file():
         return None
     try:
         info = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(info, dict) or info.get("format") != "segwb-corrected-export":
         return None
-    src = (info.get("source") or {}).get("root")
-    return Path(src) if src and Path(src).is_dir() else None
+    source = info.get("source")
+    src = source.get("root") if isinstance(source, dict) else None
+    return src if isinstance(src, str) and src else None
 
 
-def _extra_roots(root: Path, options: dict[str, Any]) -> list[Path]:
+def _allowed_roots(root: Path, options: dict[str, Any]) -> list[Path]:
+    """Folders a side file may point into: the dataset folder, the ``image_root`` option (the user's
+    own choice) and, in team mode, the ``data_roots`` option (the admin's data roots)."""
+    roots = [root.resolve()]
+    if options.get("image_root"):
+        roots.append(Path(options["image_root"]).expanduser().resolve())
+    for r in options.get("data_roots") or []:
+        roots.append(Path(r).expanduser().resolve())
+    return list(dict.fromkeys(roots))
+
+
+def _confined(value: str, root: Path, options: dict[str, Any]) -> Path | None:
+    """``value`` (relative to ``root`` when relative) resolved, if it lies in an allowed folder; else None."""
+    try:
+        cand = (root / Path(value).expanduser()).resolve()
+    except (OSError, ValueError, RuntimeError):
+        return None
+    return cand if any(_inside(cand, r) for r in _allowed_roots(root, options)) else None
+
+
+def _outside_reason(what: str, value: str) -> str:
+    return (f"{what} names the image folder {value!r}, which is outside this dataset folder, so its images are not "
+            "used. Fix: copy the images into the folder (export with --copy-images), or, if you trust that "
+            "folder, open the dataset with --image-root (the image_root option) set to it")
+
+
+def _extra_roots(root: Path, options: dict[str, Any], bad: list[BadFile] | None = None) -> list[Path]:
+    """Image folders beyond ``root``: the ``image_root`` option and, when confined to the allowed folders
+    (:func:`_allowed_roots`), the source recorded in this workbench's ``export.json``. An outside source
+    is never walked; it is reported in ``bad`` (unless the user gave ``image_root``, which supersedes it)."""
     roots: list[Path] = []
     if options.get("image_root"):
         roots.append(Path(options["image_root"]).expanduser().resolve())
     src = _export_source_root(root)
     if src is not None:
-        roots.append(src.resolve())
-    return [r for r in dict.fromkeys(roots) if r != root]
+        ok = _confined(src, root, options)
+        if ok is None:
+            if bad is not None and not options.get("image_root"):  # the user's own image_root supersedes it
+                bad.append(_bad(root / EXPORT_INFO, f"{root / EXPORT_INFO}: " + _outside_reason("source.root", src)))
+        elif ok.is_dir():
+            roots.append(ok)
+    return [r for r in dict.fromkeys(roots) if r != root and not _inside(r, root.resolve())]
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -173,7 +212,7 @@ class COCOLayout:
     @classmethod
     def scan(cls, root: Path, files: dict[Path, Stamp], options: dict[str, Any], cache: ScanCache,
              progress: ProgressFn | None, verify: bool) -> ScanResult:
-        from engine.interop.coco import read_coco
+        from engine.interop.coco import MAX_CATEGORIES, category_classes, int_field, read_coco
 
         jsons = [Path(options["coco_json"]).expanduser().resolve()] if options.get("coco_json") \
             else cls._jsons(root, files)
@@ -181,31 +220,44 @@ class COCOLayout:
         notes: list[str] = []
         names: dict[str, int] = {}
         jobs: list[tuple[Path, dict[str, Any], list[dict[str, Any]], dict[int, int], str]] = []
-        extra = _extra_roots(root, options)
+        extra = _extra_roots(root, options, bad)
         for jp in jsons:
             try:
                 doc = read_coco(jp)
+                cat_local, cat_labels = category_classes(doc, jp)
+                images, by_image, orphans = _coco_index(doc, jp)
             except WorkbenchError as exc:
                 bad.append(_bad(jp, exc))
                 continue
-            cat_to_class: dict[int, int] = {}
-            for c in sorted((c for c in doc.get("categories", []) if isinstance(c, dict) and "id" in c),
-                            key=lambda c: int(c["id"])):
-                name = str(c.get("name") or f"class_{c['id']}")
-                cat_to_class[int(c["id"])] = names.setdefault(name, len(names) + 1)
-            by_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
-            for a in doc.get("annotations", []):
-                if isinstance(a, dict):
-                    by_image[a.get("image_id")].append(a)
+            new_names = [n for n in dict.fromkeys(cat_labels[c] for c in sorted(cat_labels) if c) if n not in names]
+            if len(names) + len(new_names) > MAX_CATEGORIES:
+                bad.append(_bad(jp, f"{jp}: its categories bring the dataset to {len(names) + len(new_names)} "
+                                    f"classes; the label maps hold at most {MAX_CATEGORIES}. Fix: merge categories"))
+                continue
+            cat_to_class = {cid: names.setdefault(cat_labels[local], len(names) + 1)
+                            for cid, local in cat_local.items()}
+            for image_id, n in orphans.items():
+                bad.append(_bad(jp, f"{jp}: {n} annotation(s) reference image_id {image_id}, which is not in "
+                                    "'images'; they were not imported. Fix: add the image or remove the annotations"))
             doc_info = doc.get("info")
             info = doc_info if isinstance(doc_info, dict) else {}
             own = info.get("segwb_image_root")
-            if own and _export_source_root(root) is not None and Path(own).is_dir():
-                extra.append(Path(own).resolve())  # this workbench's own export (export.json beside it)
+            if isinstance(own, str) and own and _export_source_root(root) is not None:
+                ok = _confined(own, root, options)  # this workbench's own export (export.json beside it)
+                if ok is None:
+                    if not options.get("image_root"):
+                        bad.append(_bad(jp, f"{jp}: " + _outside_reason("info.segwb_image_root", own)))
+                elif ok.is_dir() and ok not in extra:
+                    extra.append(ok)
             split = jp.stem if len(jsons) > 1 else ""
-            for img in doc["images"]:
-                if isinstance(img, dict):
-                    jobs.append((jp, img, by_image.get(img.get("id"), []), cat_to_class, split))
+            ids = Counter(img["id"] for img in images)
+            for img in images:
+                if ids[img["id"]] > 1:
+                    bad.append(_bad(jp, f"{jp}: image id {img['id']} is used by {ids[img['id']]} images (this one: "
+                                        f"{str(img.get('file_name', ''))!r}); none of them is imported, since their "
+                                        "annotations cannot be told apart. Fix: give every image its own id"))
+                    continue
+                jobs.append((jp, img, by_image.get(img["id"], []), cat_to_class, split))
             notes.append(f"{jp.name}: {len(doc['images'])} images, {len(doc.get('annotations', []))} annotations, "
                          f"{len(cat_to_class)} categories")
         mask_dir = _mask_dir(root, cache, cls.name)
@@ -233,7 +285,8 @@ class COCOLayout:
                 return hit
             try:
                 hw = _verify_image(path) if verify else image_size(path)
-                h, w = int(img.get("height") or hw[0]), int(img.get("width") or hw[1])
+                h, w = (default if img.get(k) is None else int_field(img[k], f"{where}: {k}", jp, minimum=1)
+                        for k, default in (("height", hw[0]), ("width", hw[1])))
                 if (h, w) != tuple(hw):
                     raise MaskError(f"{where}: the JSON says {h}x{w} but the image is {hw[0]}x{hw[1]}",
                                     path=jp, hint="fix the image size in the JSON or pair the right image")
@@ -263,6 +316,40 @@ class COCOLayout:
                               options.get("group_regex"))
         labels = {0: "background", **{i: n for n, i in names.items()}} if names else {0: "background", 1: "foreground"}
         return ScanResult(cases, labels, bad, notes, {})
+
+
+def _coco_index(doc: dict[str, Any], jp: Path) -> tuple[list[dict[str, Any]], dict[int, list[dict[str, Any]]],
+                                                        dict[int, int]]:
+    """Check a COCO document's ids and group its annotations by image.
+
+    Returns:
+        ``(images, {image id: annotations}, {missing image id: annotation count})``.
+
+    Raises:
+        LayoutError: an image or annotation that is not an object, or an id / category id that is not an
+        integer (the whole file is refused: which image such an annotation belongs to is unknown).
+    """
+    from engine.interop.coco import int_field
+
+    images: list[dict[str, Any]] = []
+    for i, img in enumerate(doc["images"]):
+        if not isinstance(img, dict):
+            raise LayoutError(f"images[{i}] is not an object", path=jp, hint="fix or re-export the file")
+        int_field(img.get("id"), f"images[{i}] id", jp)
+        images.append(img)
+    known = {img["id"] for img in images}
+    by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    orphans: Counter[int] = Counter()
+    for i, a in enumerate(doc.get("annotations", [])):
+        if not isinstance(a, dict):
+            raise LayoutError(f"annotations[{i}] is not an object", path=jp, hint="fix or re-export the file")
+        image_id = int_field(a.get("image_id"), f"annotation {a.get('id', i)} image_id", jp)
+        int_field(a.get("category_id"), f"annotation {a.get('id', i)} category_id", jp)
+        if image_id in known:
+            by_image[image_id].append(a)
+        else:
+            orphans[image_id] += 1
+    return images, by_image, dict(orphans)
 
 
 def _finish_cases(records: list[dict[str, Any]], bad: list[BadFile], notes: list[str],
@@ -331,12 +418,12 @@ class DicomSegLayout:
         from engine.interop.dicom_seg import is_dicom_seg, read_dicom_seg
         from engine.io.dicom import read_header
 
-        all_files = dict(files)
-        for extra in _extra_roots(root, options):
-            all_files.update(list_files(extra))
-        dicoms = SIIMLayout._dicoms(all_files)
         notes: list[str] = []
         bad: list[BadFile] = []
+        all_files = dict(files)
+        for extra in _extra_roots(root, options, bad):
+            all_files.update(list_files(extra))
+        dicoms = SIIMLayout._dicoms(all_files)
 
         def classify(p: Path) -> dict[str, Any]:
             stamps = [all_files[p]]
@@ -460,16 +547,21 @@ class DicomSegLayout:
 
 def _remapped(png: Path, lut: dict[int, int]) -> Path:
     """A copy of a materialised mask with segment numbers mapped to the dataset's class ids."""
+    from PIL import Image
+
     from engine.io import read_mask
 
     tag = _key(sorted(lut.items()))
     out = png.with_name(f"{png.stem}-{tag}.png")
     if not out.exists():
-        lm, _ = read_mask(png)
+        with Image.open(png) as im:
+            lm = np.asarray(im)  # the materialised label PNG's exact values (no mask-reading heuristics)
+        if lm.ndim != 2:
+            lm, _ = read_mask(png)
         table = np.zeros(256, np.uint8)
         for k, v in lut.items():
             table[k] = v
-        _write_png(out, table[lm])
+        _write_png(out, table[lm.astype(np.uint8)])
     return out
 
 
@@ -540,15 +632,15 @@ class NiftiLayout:
                     if not (cid and img and nii):
                         continue
                     nii_path = (root / nii).resolve()
-                    if not _inside(nii_path, root):
-                        bad.append(_bad(listing, f"case {cid}: mask path {nii} points outside the folder"))
+                    if not _inside(nii_path, root.resolve()):
+                        bad.append(_bad(listing, f"{listing}: case {cid}: mask path {nii} points outside the folder. "
+                                                 "Fix: keep the masks inside the dataset folder"))
                         continue
-                    img_path = Path(img) if Path(img).is_absolute() else (root / img).resolve()
-                    if not Path(img_path).is_absolute() or (not Path(img).is_absolute()
-                                                            and not _inside(img_path, root)):
-                        bad.append(_bad(listing, f"case {cid}: image path {img} points outside the folder"))
+                    img_path = _confined(img, root, options)
+                    if img_path is None:
+                        bad.append(_bad(listing, f"{listing}: case {cid}: " + _outside_reason("image_path", img)))
                         continue
-                    jobs.append((cid, Path(img_path), nii_path))
+                    jobs.append((cid, img_path, nii_path))
                     if row.get("group_id"):
                         groups[cid] = row["group_id"]
             except (OSError, ValueError, csv.Error) as exc:
@@ -560,9 +652,9 @@ class NiftiLayout:
         given: dict[int, str] = {}
         if labels_file is not None:
             try:
-                given = {int(k): str(v) for k, v in json.loads(labels_file.read_text(encoding="utf-8")).items()}
-            except (OSError, ValueError, AttributeError) as exc:
-                bad.append(_bad(labels_file, f"cannot read the label names ({exc})"))
+                given = _label_names(labels_file)
+            except WorkbenchError as exc:
+                bad.append(_bad(labels_file, exc))
         mask_dir = _mask_dir(root, cache, cls.name)
 
         def work(job: tuple[str, Path, Path]) -> dict[str, Any]:
@@ -578,10 +670,16 @@ class NiftiLayout:
                                          hint="put the images next to the masks or fix images.csv")
                 hw = _verify_image(img) if verify else image_size(img)
                 mask = read_nifti_mask(nii, hw)
+                # stored values → their index among the file's values (0 always first): a consecutive label PNG
+                values = sorted({int(v) for v in np.unique(mask)} | {0})
+                if len(values) > 256:
+                    raise MaskError(f"NIfTI mask holds {len(values) - 1} classes; at most 255 are supported", path=nii,
+                                    hint="merge classes; the workbench's masks are 8-bit")
                 png = mask_dir / _key(nii, stamps[1]) / f"{safe_name(cid)}.png"
-                _write_png(png, mask)
+                _write_png(png, np.searchsorted(np.asarray(values), mask).astype(np.uint8))
                 area = int(np.count_nonzero(mask))
-                meta = {"mask_origin": f"nifti:{nii.name}", "classes": sorted(int(v) for v in np.unique(mask))}
+                meta = {"mask_origin": f"nifti:{nii.name}", "classes": sorted(int(v) for v in np.unique(mask)),
+                        "nifti_values": values}
                 case = Case(cid, groups.get(cid, ""), str(img),
                             MaskSource("file", str(png), convention=LABELS_CONVENTION),
                             True, area > 0, area, hw[0], hw[1], "", meta)
@@ -593,23 +691,62 @@ class NiftiLayout:
 
         cases = _finish_cases(parallel_map(work, jobs, progress, "indexing NIfTI label maps"), bad, notes,
                               options.get("group_regex"))
-        classes = sorted({int(k) for c in cases for k in c.meta.get("classes", [])} | {0} | set(given))
-        lut = None
-        if classes != list(range(len(classes))):
-            # e.g. labels 0, 3, 7: stored ids map to consecutive class ids through the dataset's LUT
-            table = np.zeros(256, np.uint8)
-            for new, old in enumerate(classes):
-                if old < 256:
-                    table[old] = new
-            lut = table.tolist()
+        stored = sorted({int(k) for c in cases for k in c.meta.get("nifti_values", [0])} | {0} | set(given))
+        if len(stored) > 256:
             for c in cases:
-                c.mask = MaskSource("file", c.mask.path)  # not "labels": the LUT applies when loading
-            notes.append(f"class ids {classes} remapped to consecutive 0..{len(classes) - 1}")
-            given = {new: given.get(old, f"class_{old}") for new, old in enumerate(classes) if new}
-            classes = list(range(len(classes)))
-        labels = _default_label_names(classes if len(classes) > 1 else [0, 1],
-                                      {k: v for k, v in given.items() if k != 0} or options.get("label_names"))
-        return ScanResult(cases, labels, bad, notes, {}, lut)
+                bad.append(BadFile(c.image_path, f"{c.meta.get('mask_origin')}: the label maps hold {len(stored) - 1} "
+                                                 "class ids in all; at most 255 are supported. Fix: merge classes"))
+            cases = []
+            stored = [0]
+        new_id = {old: new for new, old in enumerate(stored)}
+        for c in cases:
+            values = [int(v) for v in c.meta.get("nifti_values", [0])]
+            ids = [new_id[v] for v in values]
+            c.meta["classes"] = sorted(new_id[int(v)] for v in c.meta.get("classes", values) if int(v) in new_id)
+            if ids != list(range(len(ids))):
+                assert c.mask.path is not None
+                c.mask = MaskSource("file", str(_remapped(Path(c.mask.path), dict(enumerate(ids)))),
+                                    convention=LABELS_CONVENTION)
+        if stored != list(range(len(stored))):
+            # e.g. labels 0, 3, 7 or a binary {0, 255}: stored ids become consecutive class ids 0..K-1
+            notes.append(f"class ids {stored} remapped to consecutive 0..{len(stored) - 1}")
+        names = {new_id[k]: v for k, v in given.items() if k != 0 and k in new_id}
+        if given:
+            names = {new: given.get(old, f"class_{old}") for new, old in enumerate(stored) if new}
+        classes = list(range(len(stored)))
+        labels = _default_label_names(classes if len(classes) > 1 else [0, 1], names or options.get("label_names"))
+        return ScanResult(cases, labels, bad, notes, {}, None)
+
+
+def _label_names(path: Path) -> dict[int, str]:
+    """``labels.json``: ``{"class id": "name"}`` with non-negative integer keys (0 = background).
+
+    Raises:
+        ConfigError: unreadable, not an object, or a key that is not a non-negative integer.
+    """
+    from engine.errors import ConfigError
+
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ConfigError("labels JSON is nested too deeply", path=path, hint='write {"0": "background", '
+                          '"1": "name", ...}') from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the label names ({exc})", path=path, hint="fix the JSON") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("labels JSON is not an object of class id → name", path=path,
+                          hint='write {"0": "background", "1": "name", ...}')
+    out: dict[int, str] = {}
+    for k, v in raw.items():
+        text = str(k).strip()
+        if not text.isdigit() or int(text) > 65535:
+            raise ConfigError(f"label key {k!r} is not a class id 0..65535 (0 = background)", path=path,
+                              hint='use the label values of the masks as keys: {"0": "background", "1": "name"}')
+        if not isinstance(v, (str, int, float)) or isinstance(v, bool):
+            raise ConfigError(f"label {k!r} has a name of type {type(v).__name__}", path=path,
+                              hint="names are text")
+        out[int(text)] = str(v)
+    return out
 
 
 INTEROP_LAYOUTS: dict[str, Any] = {

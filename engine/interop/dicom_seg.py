@@ -18,6 +18,13 @@ without de-identifying (``export-corrected --copy-images`` derives each SEG from
 of its source instead, so it references the new UIDs and carries no patient data). Optional
 Patient Study attributes (age, size, weight) are removed.
 
+Equipment: the SEG's own General Equipment module names this program (Manufacturer ``segwb``,
+Manufacturer's Model Name, Software Versions, Device Serial Number ``segwb``); no Institution Name
+is written. The Contributing Equipment Sequence holds two items: the source's acquisition
+equipment reduced to Manufacturer, Manufacturer's Model Name and Software Versions (its Institution
+Name/Address, Institutional Department, Station Name, Device Serial Number and operators are
+removed: they identify the site), and highdicom as the converting software.
+
 UIDs are derived deterministically (``2.25.…`` from the source UIDs, the mask content, the label
 map and the content creator), so exporting the same mask twice gives the same SOPInstanceUID (a
 PACS sees a re-send, not a second object) and a changed mask gives a new one; the SEG's series
@@ -75,6 +82,13 @@ _DROP = ("PatientAge", "PatientSize", "PatientWeight", "AdditionalPatientHistory
          "MedicalAlerts", "Allergies", "SmokingStatus", "PregnancyStatus", "EthnicGroup")
 
 
+# Contributing Equipment items (highdicom copies the source's acquisition equipment): where the source was
+# acquired (institution, address, department, station) and the device's serial number are not copied
+_EQUIPMENT_DROP = ("InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName",
+                   "StationName", "DeviceSerialNumber", "OperatorsName",
+                   "OperatorIdentificationSequence")
+
+
 def segment_codes(label: str) -> tuple[tuple[str, str, str], tuple[str, str, str]]:
     """Coded (category, type) for a class name: SNOMED CT when known, else a private ``99SEGWB`` code.
 
@@ -92,6 +106,12 @@ def _uid(*parts: str) -> str:
     """A deterministic ``2.25.<128-bit integer>`` UID (the UUID-derived root) from ``parts``."""
     digest = hashlib.sha256("\0".join(["segwb", *parts]).encode()).digest()[:16]
     return f"2.25.{int.from_bytes(digest, 'big')}"
+
+
+#: Type 2 attributes of the Patient and General Study modules the SEG copies from its source; a source
+#: (e.g. an anonymised one) that lacks them gets them empty, as Type 2 allows, instead of failing.
+_TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                 "ReferringPhysicianName", "StudyID", "AccessionNumber")
 
 
 def write_dicom_seg(source_path: str | Path, mask: np.ndarray, labels: dict[int, str], out_path: str | Path, *,
@@ -133,6 +153,9 @@ def write_dicom_seg(source_path: str | Path, mask: np.ndarray, labels: dict[int,
         if kw not in src:
             raise ReadError(f"source DICOM has no {kw}", path=source_path,
                             hint="the DICOM-SEG must reference the source image; fix or skip this case")
+    for kw in _TYPE2_COPIED:
+        if kw not in src:  # Type 2 in the Patient / General Study modules: present, possibly empty
+            setattr(src, kw, "")
     if int(src.get("NumberOfFrames", 1) or 1) > 1:
         raise MaskError("multi-frame source DICOMs are not exported as DICOM-SEG by this workbench",
                         path=source_path, hint="export this case as PNG, COCO or NIfTI")
@@ -178,6 +201,10 @@ def write_dicom_seg(source_path: str | Path, mask: np.ndarray, labels: dict[int,
     for kw in _DROP:
         if kw in seg:
             delattr(seg, kw)
+    for item in seg.get("ContributingEquipmentSequence", []) or []:
+        for kw in _EQUIPMENT_DROP:
+            if kw in item:
+                delattr(item, kw)
     if "FrameOfReferenceUID" not in seg:
         # General Image module, Type 2C: required when there is no Image Orientation/Position (projection images)
         seg.PatientOrientation = src.get("PatientOrientation", "")
@@ -276,8 +303,14 @@ class DicomSeg:
 def is_dicom_seg(path: str | Path) -> bool:
     """True when ``path`` is a DICOM Segmentation Storage object (header peek, no pixels)."""
     import pydicom
+    from pydicom.filereader import read_file_meta_info
+
+    from engine.io.dicom import DEFLATED_TS
 
     try:
+        meta = read_file_meta_info(path)
+        if str(meta.get("TransferSyntaxUID", "")) == DEFLATED_TS:  # decide from the meta group, never inflate
+            return str(meta.get("MediaStorageSOPClassUID", "")) == SEG_SOP_CLASS_UID
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "Modality"])
     except Exception:  # noqa: BLE001 - any unreadable file is simply not a SEG
         return False
@@ -285,62 +318,111 @@ def is_dicom_seg(path: str | Path) -> bool:
 
 
 def read_dicom_seg(path: str | Path) -> DicomSeg:
-    """Parse a DICOM Segmentation (frames decoded once).
+    """Parse a DICOM Segmentation (frames decoded once, after the header passed the checks).
+
+    Before any frame is decoded: Rows × Columns × NumberOfFrames is checked against the pixel limit
+    (:func:`engine.io.limits.check_pixels`), BitsAllocated must be 1, 8 or 16, and a deflated
+    dataset is inflated with a cap (:func:`engine.io.dicom.dcmread_capped`). Every SegmentSequence
+    item needs a SegmentNumber ≥ 1 (unique); every frame must reference a defined segment; a
+    LABELMAP may hold only defined segment numbers.
 
     Raises:
-        ReadError: unreadable or not a Segmentation; MaskError: frames that name no source image.
+        ReadError: unreadable, not a Segmentation, over the pixel limit; MaskError: frames that name no
+        source image, segment numbers that are 0, missing or undefined.
     """
-    import pydicom
     from pydicom.errors import InvalidDicomError
+
+    from engine.io.dicom import dcmread_capped
+    from engine.io.limits import check_pixels
 
     path = Path(path)
     try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, ValueError) as exc:
+        ds = dcmread_capped(path)
+    except ReadError:
+        raise
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError) as exc:
         raise ReadError(f"cannot read DICOM-SEG ({exc})", path=path, hint="re-export it or remove it") from None
     if str(ds.get("SOPClassUID", "")) != SEG_SOP_CLASS_UID and str(ds.get("Modality", "")) != "SEG":
         raise ReadError("not a DICOM Segmentation (SOP class / Modality SEG)", path=path,
                         hint="only Segmentation Storage objects can be imported as masks")
+    try:
+        return _parse_seg(ds, path, check_pixels)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError) as exc:
+        raise ReadError(f"malformed DICOM-SEG header ({type(exc).__name__}: {exc})", path=path,
+                        hint="re-export the SEG with a conforming tool, or remove it") from None
+
+
+def _parse_seg(ds: Any, path: Path, check_pixels: Any) -> DicomSeg:
     seg_type = str(ds.get("SegmentationType", "BINARY")).upper()
-    segments = {int(it.SegmentNumber): str(it.get("SegmentLabel", f"segment_{int(it.SegmentNumber)}"))
-                for it in ds.get("SegmentSequence", [])}
+    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    check_pixels(path, rows, cols, frames=n_frames)
+    bits = int(ds.get("BitsAllocated") or 0)
+    if bits not in (1, 8, 16):
+        raise ReadError(f"BitsAllocated is {bits}; a Segmentation stores 1, 8 or 16 bits per pixel", path=path,
+                        hint="re-export the SEG with a conforming tool")
+    segments: dict[int, str] = {}
+    for i, it in enumerate(ds.get("SegmentSequence", []) or [], start=1):
+        if "SegmentNumber" not in it or it.SegmentNumber is None or it.SegmentNumber == "":
+            raise MaskError(f"SegmentSequence item {i} has no SegmentNumber", path=path,
+                            hint="every segment needs a number from 1; re-export the SEG")
+        n_seg = int(it.SegmentNumber)
+        if n_seg < 1:
+            raise MaskError(f"SegmentSequence item {i} has SegmentNumber {n_seg}; segment numbers start at 1 "
+                            "(0 is background)", path=path, hint="re-export the SEG with segments numbered from 1")
+        if n_seg in segments:
+            raise MaskError(f"SegmentNumber {n_seg} is defined twice in SegmentSequence", path=path,
+                            hint="re-export the SEG with distinct segment numbers")
+        segments[n_seg] = str(it.get("SegmentLabel", f"segment_{n_seg}"))
     referenced: dict[str, str] = {}
     for series in ds.get("ReferencedSeriesSequence", []):
         for inst in series.get("ReferencedInstanceSequence", []):
             referenced[str(inst.ReferencedSOPInstanceUID)] = str(series.get("SeriesInstanceUID", ""))
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    try:
-        px = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad pixel data
-        raise ReadError(f"cannot decode the segmentation frames ({exc})", path=path,
-                        hint="re-export the SEG (uncompressed or RLE/JPEG-LS)") from None
-    px = np.asarray(px).reshape(n_frames, int(ds.Rows), int(ds.Columns))
     shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     frames: list[tuple[int, str]] = []
     only_source = next(iter(referenced)) if len(referenced) == 1 else None
     for i in range(n_frames):
         item = per_frame[i] if i < len(per_frame) else None
-        num = _segment_number(item) or _segment_number(shared)
+        num = _segment_number(item)
+        num = _segment_number(shared) if num is None else num
         if seg_type == "LABELMAP":
             num = num or 0
-        elif not num:
+        elif num is None:
             if len(segments) == 1:
                 num = next(iter(segments))
             else:
                 raise MaskError(f"frame {i + 1} names no segment", path=path,
                                 hint="the SEG lacks a Segment Identification Sequence; re-export it")
+        elif num not in segments:
+            raise MaskError(f"frame {i + 1} references segment {num}, which the SegmentSequence does not define "
+                            f"(defined: {sorted(segments) or 'none'})", path=path,
+                            hint="re-export the SEG; every frame must belong to a defined segment numbered from 1")
         src = _source_uid(item) or _source_uid(shared) or only_source
         if src is None:
             raise MaskError(f"frame {i + 1} names no source image", path=path,
                             hint="2D SEGs must reference their source image per frame (Derivation Image "
                                  "Sequence); volumetric SEGs are not supported here")
-        frames.append((int(num), src))
+        frames.append((int(num or 0), src))
         referenced.setdefault(src, "")
+    try:
+        px = np.asarray(ds.pixel_array)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad pixel data
+        raise ReadError(f"cannot decode the segmentation frames ({type(exc).__name__}: {str(exc)[:200]})", path=path,
+                        hint="re-export the SEG (uncompressed or RLE/JPEG-LS)") from None
+    if px.size != n_frames * rows * cols:
+        raise ReadError(f"pixel data holds {px.size} values, not {n_frames} frames of {rows}x{cols}", path=path,
+                        hint="the SEG is truncated or its header is wrong; re-export it")
+    px = px.reshape(n_frames, rows, cols)
+    if seg_type == "LABELMAP":
+        stray = sorted(set(int(v) for v in np.unique(px)) - set(segments) - {0})
+        if stray:
+            raise MaskError(f"the label map holds values {stray[:10]} that the SegmentSequence does not define",
+                            path=path, hint="re-export the SEG with every segment described")
     content_dt = f"{ds.get('ContentDate', '')}{ds.get('ContentTime', '')}"
     return DicomSeg(str(path), str(ds.get("SOPInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")),
                     str(ds.get("StudyInstanceUID", "")), seg_type, dict(sorted(segments.items())), referenced,
-                    frames, int(ds.Rows), int(ds.Columns), content_dt, px,
+                    frames, rows, cols, content_dt, px,
                     int(ds.get("MaximumFractionalValue", 1) or 1))
 
 
@@ -348,7 +430,7 @@ def _segment_number(item: pydicom.Dataset | None) -> int | None:
     if item is None:
         return None
     seq = item.get("SegmentIdentificationSequence")
-    if seq:
+    if seq and "ReferencedSegmentNumber" in seq[0]:
         return int(seq[0].ReferencedSegmentNumber)
     return None
 

@@ -8,7 +8,7 @@ error names the package to install.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, cast
 
 import numpy as np
 
@@ -38,11 +38,12 @@ _PLUGINS: dict[str, tuple[str, str]] = {
 
 def open_dicom(path: Path, stop_before_pixels: bool = False) -> pydicom.FileDataset:
     """``pydicom.dcmread`` with the project's errors (ReadError naming the file and the fix)."""
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        return dcmread_capped(path, stop_before_pixels=stop_before_pixels)
+    except ReadError:
+        raise
     except InvalidDicomError:
         raise ReadError("not a DICOM file (no DICM preamble or valid header)", path=path,
                         hint="remove it from the folder, or convert it to DICOM/PNG") from None
@@ -51,6 +52,45 @@ def open_dicom(path: Path, stop_before_pixels: bool = False) -> pydicom.FileData
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged files: named ReadError
         raise ReadError(f"cannot read DICOM ({type(exc).__name__}: {exc})", path=path,
                         hint="the file may be truncated; re-export it") from None
+
+
+DEFLATED_TS = "1.2.840.10008.1.2.1.99"
+
+
+def dcmread_capped(path: str | Path, *, stop_before_pixels: bool = False) -> pydicom.FileDataset:
+    """``pydicom.dcmread``, except that a Deflated Explicit VR Little Endian dataset is inflated in
+    bounded chunks (:func:`engine.io.limits.inflate_capped`): a 0.5 MB file that inflates to gigabytes
+    raises :class:`ReadError` naming the file instead of exhausting memory. pydicom's own errors pass through.
+    """
+    import pydicom
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import _read_command_set_elements, _read_file_meta_info, read_dataset, read_preamble
+
+    from engine.io.limits import inflate_capped
+
+    with open(path, "rb") as fh:
+        preamble = read_preamble(fh, False)
+        file_meta = _read_file_meta_info(fh)
+        if str(file_meta.get("TransferSyntaxUID", "")) != DEFLATED_TS:
+            fh.seek(0)
+            return pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels)
+        command_set = _read_command_set_elements(fh)
+        raw = fh.read()
+    buffer = DicomBytesIO(inflate_capped(raw, path))
+    buffer.name = str(path)
+
+    def stop(tag: Any, vr: str | None, length: int) -> bool:
+        return stop_before_pixels and tag in _PIXEL_TAGS
+
+    dataset = read_dataset(cast(BinaryIO, buffer), False, True, stop_when=stop if stop_before_pixels else None)
+    if command_set:
+        dataset.update(command_set)
+    ds = pydicom.FileDataset(str(path), dataset, preamble, file_meta, False, True)
+    ds.set_original_encoding(False, True, dataset._character_set)
+    return ds
+
+
+_PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
 
 
 def _decoder_available(ts: str) -> bool:

@@ -84,3 +84,61 @@ def check_pixels(path: str | Path | None, height: int, width: int, frames: int =
 
 def _size_text(n_bytes: int) -> str:
     return f"{n_bytes / 1e9:,.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:,.1f} MB"
+
+
+#: Bytes allowed per counted pixel value when a compressed stream is inflated before its header can be
+#: checked (deflated DICOM, gzip NIfTI): 4 bytes (float32 / int32 samples) plus a fixed allowance for headers.
+BYTES_PER_VALUE = 4
+HEADER_ALLOWANCE = 64 * 2**20
+_CHUNK = 4 * 2**20
+
+
+def max_inflated_bytes() -> int:
+    """The most bytes a deflate/gzip stream may inflate to: ``max_pixels() × 4 + 64 MiB`` (464 MiB by default)."""
+    return max_pixels() * BYTES_PER_VALUE + HEADER_ALLOWANCE
+
+
+def inflate_capped(data: bytes, path: str | Path | None, *, wbits: int = -15, cap: int | None = None) -> bytes:
+    """Inflate a deflate (``wbits=-15``, raw) or gzip (``wbits=31``) stream in bounded chunks.
+
+    Stops and raises :class:`ReadError` naming the file as soon as the output exceeds ``cap``
+    (default :func:`max_inflated_bytes`, derived from the pixel limit), so a 500 KB stream that
+    claims gigabytes never allocates them.
+
+    Raises:
+        ReadError: over the cap, or a damaged stream.
+
+    Example:
+        >>> import zlib
+        >>> inflate_capped(zlib.compress(b"abc")[2:-4], "x.dcm")
+        b'abc'
+    """
+    import zlib
+
+    limit = max_inflated_bytes() if cap is None else int(cap)
+    d = zlib.decompressobj(wbits)
+    parts: list[bytes] = []
+    total = 0
+    buf = data
+    try:
+        while True:
+            out = d.decompress(buf, _CHUNK)
+            total += len(out)
+            if total > limit:
+                raise ReadError(f"compressed data inflates to more than {_size_text(limit)} (the pixel limit of "
+                                f"{max_pixels():,} values allows no more)", path=path,
+                                hint=f"if the file is genuine, raise the limit with --max-pixels N or {ENV_VAR}=N; "
+                                     "otherwise the file is damaged or forged")
+            parts.append(out)
+            buf = d.unconsumed_tail
+            if d.eof or (not buf and not out):
+                break
+        if not d.eof:
+            tail = d.flush()
+            if total + len(tail) > limit:
+                raise ReadError(f"compressed data inflates to more than {_size_text(limit)}", path=path,
+                                hint=f"raise the limit with --max-pixels N or {ENV_VAR}=N if the file is genuine")
+            parts.append(tail)
+    except zlib.error as exc:
+        raise ReadError(f"damaged compressed data ({exc})", path=path, hint="re-export the file") from None
+    return b"".join(parts)

@@ -30,6 +30,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, CursorResult, Engine
 
 from engine.errors import StoreError
+from engine.store.location import check_store_url
 
 T = TypeVar("T")
 
@@ -40,9 +41,10 @@ def normalize_url(url: str | Path) -> sa.engine.URL:
     """``sqlite:///…``, ``postgresql://…`` or a plain file path → a SQLAlchemy URL (psycopg 3 driver).
 
     Raises:
+        ConfigError: a malformed location (:func:`engine.store.location.check_store_url`).
         StoreError: an unsupported scheme.
     """
-    text = str(url)
+    text = check_store_url(url)
     if "://" not in text:
         return sa.engine.make_url("sqlite:///" + str(Path(text).expanduser().resolve()))
     try:

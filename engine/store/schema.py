@@ -7,7 +7,8 @@ the only backend-specific text is the append-only guard (a trigger body), declar
 
 Versions 1 and 2 are the historic per-dataset SQLite layout; step 3 adds the dataset key, the
 current-state tables, users, settings and claims, and back-fills the current-state tables
-(:func:`engine.store.projection.rebuild_current`).
+(:func:`engine.store.projection.rebuild_current`). Step 4 adds sign-in throttling
+(``signin_failures``) and ``users.must_change`` (an admin-forced password change).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.schema import CreateIndex, CreateTable
+from sqlalchemy.schema import CreateColumn, CreateIndex, CreateTable
 
 from engine.errors import StoreError
 from engine.store import tables as T
@@ -25,7 +26,7 @@ from engine.store.db import Transactor
 from engine.store.projection import rebuild_current
 from engine.store.records import _now
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # --------------------------------------------------------------------------- migration helpers
 def _append_only(conn: Connection, table: str) -> None:
@@ -105,8 +106,11 @@ def _v3(conn: Connection) -> None:
                          f"SELECT '', {', '.join(cols)} FROM mask_versions_v2"))
     conn.execute(sa.text("DROP TABLE mask_versions_v2"))
     _append_only(conn, "mask_versions")
-    # 3. current-state tables, users, settings, admin log, claims
-    for t in (T.current_decisions, T.current_case_states, T.revisions, T.users, T.settings, T.admin_log, T.claims):
+    # 3. current-state tables, users (their version-3 layout), settings, admin log, claims
+    users_v3 = sa.Table("users", sa.MetaData(), *(sa.Column(c.name, c.type, primary_key=c.primary_key,
+                                                            nullable=c.nullable)
+                                                  for c in T.users.columns if c.name != "must_change"))
+    for t in (T.current_decisions, T.current_case_states, T.revisions, users_v3, T.settings, T.admin_log, T.claims):
         conn.execute(CreateTable(t))
         for ix in t.indexes:
             conn.execute(CreateIndex(ix))
@@ -115,8 +119,15 @@ def _v3(conn: Connection) -> None:
     rebuild_current(conn, None)
 
 
+def _v4(conn: Connection) -> None:
+    # sign-in hygiene: throttling per account name and client address; admin-forced password change
+    col = CreateColumn(T.users.c.must_change).compile(dialect=conn.dialect)
+    conn.execute(sa.text(f"ALTER TABLE users ADD COLUMN {col}"))
+    conn.execute(CreateTable(T.signin_failures))
+
+
 #: The one migration list: version → step (runs inside the migration transaction).
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
 
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 

@@ -3,6 +3,10 @@ and the export roots (folders it may write exports and manifests to).
 
 Settings are JSON values keyed by name; only an admin (or the local command line) changes them,
 and every change is written to the admin log in the same transaction.
+
+A root that opens far too much (:func:`broad_folder`: a filesystem root such as ``/``, the home
+folder, or the folder of all home folders) is refused unless the caller confirms it
+(``confirm_broad=True``; CLI ``--allow-root``, a checkbox on the Admin page).
 """
 
 from __future__ import annotations
@@ -19,6 +23,20 @@ from engine.store import tables as T
 from engine.store.base import StoreBase
 from engine.store.records import Actor, _now
 from engine.store.users import log_admin
+
+
+def broad_folder(path: str | Path) -> str:
+    """Why ``path`` (resolved) is too broad to be a data or export root ('' when it is not): a
+    filesystem root, the home folder of the user running the server, or the folder holding home folders."""
+    p = Path(str(path)).expanduser().resolve()
+    if p.parent == p:
+        return "a filesystem root"
+    home = Path.home().resolve()
+    if p == home:
+        return "the home folder of the account running the server"
+    if p == home.parent:
+        return "the folder of all home folders"
+    return ""
 
 
 class SettingsMixin(StoreBase):
@@ -43,7 +61,7 @@ class SettingsMixin(StoreBase):
         return [Path(p) for p in cast(list[str], self._get_setting(key, []))]
 
     @staticmethod
-    def _folders(folders: Iterable[str | Path], what: str) -> list[str]:
+    def _folders(folders: Iterable[str | Path], what: str, confirm_broad: bool = False) -> list[str]:
         out: list[str] = []
         for f in folders:
             p = Path(str(f)).expanduser()
@@ -52,6 +70,12 @@ class SettingsMixin(StoreBase):
                                   hint="give the full path, e.g. /data/ultrasound")
             if not p.is_dir():
                 raise ConfigError(f"{what} is not an existing folder", path=p, hint="create it or fix the path")
+            why = broad_folder(p)
+            if why and not confirm_broad:
+                raise ConfigError(f"this is {why}: as {what} it would let team mode reach every file below it "
+                                  "(system files, keys, other projects' patient data)", path=p.resolve(),
+                                  hint="give the folder that holds the data, e.g. /data/ultrasound; if you really "
+                                       "mean it, confirm (CLI: --allow-root; Admin page: the 'allow' checkbox)")
             r = str(p.resolve())
             if r not in out:
                 out.append(r)
@@ -61,9 +85,10 @@ class SettingsMixin(StoreBase):
         """Folders under which team mode may open datasets (empty: none configured)."""
         return self._folder_list("data_roots")
 
-    def set_data_roots(self, folders: Iterable[str | Path], *, actor: Actor) -> list[Path]:
-        """Replace the data roots (admin only; existing absolute folders)."""
-        roots = self._folders(folders, "a data root")
+    def set_data_roots(self, folders: Iterable[str | Path], *, actor: Actor, confirm_broad: bool = False) -> list[Path]:
+        """Replace the data roots (admin only; existing absolute folders; a filesystem root or the home
+        folder only with ``confirm_broad=True``)."""
+        roots = self._folders(folders, "a data root", confirm_broad)
         self._set_setting("data_roots", roots, actor)
         return [Path(p) for p in roots]
 
@@ -76,9 +101,11 @@ class SettingsMixin(StoreBase):
         roots = self.export_roots()
         return roots[0] if roots else None
 
-    def set_export_roots(self, folders: Iterable[str | Path], *, actor: Actor) -> list[Path]:
-        """Replace the export roots (admin only; existing absolute folders)."""
-        roots = self._folders(folders, "an export root")
+    def set_export_roots(self, folders: Iterable[str | Path], *, actor: Actor,
+                         confirm_broad: bool = False) -> list[Path]:
+        """Replace the export roots (admin only; existing absolute folders; a filesystem root or the home
+        folder only with ``confirm_broad=True``)."""
+        roots = self._folders(folders, "an export root", confirm_broad)
         self._set_setting("export_roots", roots, actor)
         return [Path(p) for p in roots]
 

@@ -2,7 +2,7 @@
 same declaration renders the right DDL on SQLite and PostgreSQL (``INTEGER PRIMARY KEY AUTOINCREMENT``
 on SQLite, an identity column on PostgreSQL). :mod:`engine.store.schema` creates and migrates them.
 
-Tables (schema version 3):
+Tables (schema version 4):
 
 ``meta(key, value)``
     ``schema_version``, ``created``, ``imported:<dataset>`` (legacy per-dataset stores imported).
@@ -23,8 +23,12 @@ Tables (schema version 3):
     current state; each current-state row carries the revision that wrote it (an undone-to-nothing
     target stays as a tombstone with ``event_id = 0``), so a reader holding the result of revision R
     fetches only the rows with ``rev > R`` (a full re-read when R < ``reset``, set by rebuilds).
-``users(name, role, pw_hash, active, created, updated)``; ``settings(key, value JSON, updated,
-    author)``; ``admin_log`` (append-only: who changed which user or setting, when).
+``users(name, role, pw_hash, active, created, updated, must_change)`` (``must_change``: an admin asked
+    for a new password at the next sign-in); ``settings(key, value JSON, updated, author)``;
+    ``admin_log`` (append-only: who changed which user or setting, when).
+``signin_failures(kind, key, failures, first_failed, last_failed)`` — recent failed sign-ins per
+    ``account`` (the lower-cased name, existing or not) and per client ``address`` (UNIX seconds),
+    for throttling and lock-out (:mod:`engine.store.signin`); mutable, pruned as they expire.
 ``claims(dataset, case_id, user_name, claimed, expires)`` — case leases (mutable).
 """
 
@@ -120,6 +124,7 @@ users = sa.Table(
     sa.Column("active", sa.Boolean, nullable=False),
     sa.Column("created", sa.Text, nullable=False),
     sa.Column("updated", sa.Text, nullable=False),
+    sa.Column("must_change", sa.Boolean, nullable=False, server_default=sa.false()),  # schema 4
 )
 
 settings = sa.Table(
@@ -149,4 +154,15 @@ claims = sa.Table(
     sa.Column("claimed", sa.Float, nullable=False),
     sa.Column("expires", sa.Float, nullable=False),
     sa.PrimaryKeyConstraint("dataset", "case_id"),
+)
+
+signin_failures = sa.Table(  # schema 4: sign-in throttling per account name and per client address
+    "signin_failures", metadata,
+    sa.Column("kind", sa.Text, nullable=False),  # 'account' | 'address'
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("first_failed", sa.Float, nullable=False),
+    sa.Column("last_failed", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("kind", "key"),
+    sa.CheckConstraint("kind IN ('account', 'address')", name="signin_failures_kind"),
 )

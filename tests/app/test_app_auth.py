@@ -4,15 +4,20 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+from engine.errors import PermissionDenied
 from engine.store import LOCAL_OPERATOR, ReviewStore, default_store_url
+from engine.store.signin import SignInPolicy
 from tests.support.helpers import app_test, ok, point_app_at, tiny_demo_dir
 from ui import state
 
 REPO = Path(__file__).resolve().parents[2]
+# passwords that meet the default policy (12+ characters, hard to guess, not containing the name)
+ADA_PW, VIC_PW, RITA_PW = "harbor-violet-piano-42", "quiet-lantern-meadow-7", "copper-fjord-tulip-19"
 HOME = str(REPO / "app.py")
 REVIEW = str(REPO / "pages" / "6_Conflict_review.py")
 ADMIN = str(REPO / "pages" / "8_Admin.py")
@@ -33,8 +38,8 @@ def team(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("SEGWB_MODE", "team")
     monkeypatch.delenv("SEGWB_STORE_URL", raising=False)
     with ReviewStore(default_store_url(ws)) as s:
-        s.add_user("ada", "admin", "ada-secret-1", actor=LOCAL_OPERATOR)
-        s.add_user("vic", "viewer", "vic-secret-1", actor=LOCAL_OPERATOR)
+        s.add_user("ada", "admin", ADA_PW, actor=LOCAL_OPERATOR)
+        s.add_user("vic", "viewer", VIC_PW, actor=LOCAL_OPERATOR)
     return ws
 
 
@@ -62,14 +67,19 @@ def test_every_page_shows_only_the_sign_in_form(team, page):
 
 
 def test_wrong_password_refused_then_throttled_and_right_one_signs_in(team):
+    with ReviewStore(default_store_url(team)) as s:  # long delays, so the test does not race the clock
+        s.set_signin_policy(SignInPolicy(base_delay=600.0, max_delay=600.0), actor=LOCAL_OPERATOR)
     at = app_test(REVIEW).run()
     at = _sign_in(at, "ada", "wrong")
     assert any("wrong user name or password" in e.value for e in at.error)
     assert state.Auth.USER not in at.session_state
-    for _ in range(3):  # the throttle allows 3 free failures, then makes the name wait
+    for _ in range(2):  # two more failures: the third makes the name wait
         at = _sign_in(at, "ada", "wrong")
-    assert any("Too many failed sign-ins" in e.value for e in at.error), [e.value for e in at.error]
-    at = _sign_in(at, "vic", "vic-secret-1")  # another name is not throttled
+    at = _sign_in(at, "ada", ADA_PW)  # refused before the password is checked
+    errs = [e.value for e in at.error]
+    assert any(re.search(r"too many failed sign-ins for this user name: wait (599|600) s", e) for e in errs), errs
+    assert state.Auth.USER not in at.session_state
+    at = _sign_in(at, "vic", VIC_PW)  # another name is not throttled
     assert at.session_state[state.Auth.USER] == "vic"
     assert [t.value for t in at.title] == ["Conflict review"]
     assert "vic" in _texts(at) and "viewer" in _texts(at)
@@ -98,15 +108,15 @@ def test_demo_mode_has_no_sign_in(demo, tmp_path, monkeypatch):
 
 def test_admin_page_manages_users_and_roots(team, demo):
     at = app_test(ADMIN).run()
-    at = ok(_sign_in(at, "ada", "ada-secret-1"))
+    at = ok(_sign_in(at, "ada", ADA_PW))
     at.text_input(key=state.Admin.NEW_NAME).input("rita")
     at.selectbox(key=state.Admin.NEW_ROLE).select("reviewer")
-    at.text_input(key=state.Admin.NEW_PASSWORD).input("rita-secret-1")
+    at.text_input(key=state.Admin.NEW_PASSWORD).input(RITA_PW)
     at.button(key=state.Admin.ADD).click()
     at = ok(at.run())
     with ReviewStore(default_store_url(team)) as s:
         u = s.user("rita")
-        assert u is not None and u.role == "reviewer" and s.authenticate("rita", "rita-secret-1").name == "rita"
+        assert u is not None and u.role == "reviewer" and s.authenticate("rita", RITA_PW).name == "rita"
         assert s.admin_log()[-1]["actor"] == "ada"
     at.selectbox(key=state.Admin.USER).select("vic")
     at = ok(at.run())
@@ -131,7 +141,7 @@ def test_admin_page_manages_users_and_roots(team, demo):
 
 def test_admin_page_refuses_non_admins(team):
     at = app_test(ADMIN).run()
-    at = ok(_sign_in(at, "vic", "vic-secret-1"))
+    at = ok(_sign_in(at, "vic", VIC_PW))
     assert "needs the **admin** role" in _texts(at)
     assert not at.text_area and not at.dataframe
 
@@ -145,8 +155,53 @@ def test_dataset_outside_data_roots_refused_even_from_the_url(team, demo, tmp_pa
     at = app_test(REVIEW)
     at.query_params["dataset"] = str(link)
     at = at.run()
-    at = _sign_in(at, "ada", "ada-secret-1")
+    at = _sign_in(at, "ada", ADA_PW)
     errs = " ".join(e.value for e in at.error)
     assert "cannot be opened" in errs and "outside the data roots" in errs
     assert at.session_state[state.Shared.DATASET] if state.Shared.DATASET in at.session_state else True
     assert state.Shared.DATASET not in at.session_state or at.session_state[state.Shared.DATASET] != str(link)
+
+
+def test_locked_account_is_unlocked_by_an_admin_who_then_forces_a_new_password(team):
+    with ReviewStore(default_store_url(team)) as s:
+        s.set_signin_policy(SignInPolicy(base_delay=0.0), actor=LOCAL_OPERATOR)
+        for _ in range(10):  # lock vic out
+            with pytest.raises(PermissionDenied, match="wrong"):
+                s.authenticate("vic", "a-wrong-guess", address="203.0.113.9")
+    at = app_test(HOME).run()
+    at = _sign_in(at, "vic", VIC_PW)
+    errs = " ".join(e.value for e in at.error)
+    assert "locked until" in errs and "ask an admin to unlock" in errs and state.Auth.USER not in at.session_state
+    at = ok(_sign_in(app_test(ADMIN).run(), "ada", ADA_PW))
+    assert "Failed sign-ins" in [h.value for h in at.subheader]
+    at.button(key=f"{state.Admin.UNLOCK}_account_vic").click()
+    at = ok(at.run())
+    at.selectbox(key=state.Admin.USER).select("vic")
+    at = ok(at.run())
+    at.button(key=state.Admin.MUST_CHANGE).click()
+    at = ok(at.run())
+    with ReviewStore(default_store_url(team)) as s:
+        assert not [r for r in s.signin_failures() if r["key"] == "vic"] and s.password_change_required("vic")
+        assert [(r["actor"], r["action"], r["target"]) for r in s.admin_log()[-2:]] == [
+            ("ada", "signin_unlock", "vic"), ("ada", "user_require_password_change", "vic")]
+    # vic signs in and sees nothing but the new-password form until the new password meets the policy
+    at = _sign_in(app_test(REVIEW).run(), "vic", VIC_PW)
+    assert not at.exception, [e.value for e in at.exception]
+    assert [t.value for t in at.title] == ["Choose a new password"] and not at.selectbox and not at.dataframe
+    for pw, pw2, why in (("vic-short", "vic-short", "too short"), (VIC_PW, VIC_PW, "same as the current"),
+                         ("password123456", "password123456", "too easy to guess"),
+                         ("amber-glacier-sparrow-5", "amber-glacier-sparrow-6", "differ")):
+        at.text_input(key=state.Auth.NEW_PASSWORD).input(pw)
+        at.text_input(key=state.Auth.NEW_PASSWORD2).input(pw2)
+        at.button(key=state.Auth.CHANGE_SUBMIT).click()
+        at = at.run()
+        assert any(why in e.value for e in at.error), (why, [e.value for e in at.error])
+        assert [t.value for t in at.title] == ["Choose a new password"]
+    at.text_input(key=state.Auth.NEW_PASSWORD).input("amber-glacier-sparrow-5")
+    at.text_input(key=state.Auth.NEW_PASSWORD2).input("amber-glacier-sparrow-5")
+    at.button(key=state.Auth.CHANGE_SUBMIT).click()
+    at = ok(at.run())
+    assert [t.value for t in at.title] == ["Conflict review"]
+    with ReviewStore(default_store_url(team)) as s:
+        assert not s.password_change_required("vic") and s.authenticate("vic", "amber-glacier-sparrow-5").name == "vic"
+        assert s.admin_log()[-1]["actor"] == "vic"

@@ -89,7 +89,7 @@ def oidc_app(browser_env, tmp_path_factory):
     ws = root / "workspace"
     ws.mkdir()
     with ReviewStore(default_store_url(ws)) as s:
-        s.add_user("ada", "admin", "ada-pass-1", actor=LOCAL_OPERATOR)
+        s.add_user("ada", "admin", "harbor-violet-piano-42", actor=LOCAL_OPERATOR)
         s.add_user("rita@hospital.test", "reviewer", "unused-long-random-1", actor=LOCAL_OPERATOR)
         s.set_data_roots([browser_env.demo], actor=LOCAL_OPERATOR)
     app_port, idp_port = _free_port(), _free_port()

@@ -43,8 +43,8 @@ from tests.browser.support import (
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[2]
-USERS = {"ada": ("admin", "ada-pass-1"), "rita": ("reviewer", "rita-pass-1"), "rob": ("reviewer", "rob-pass-1"),
-         "vic": ("viewer", "vic-pass-1")}
+USERS = {"ada": ("admin", "harbor-violet-piano-42"), "rita": ("reviewer", "quiet-lantern-meadow-7"),
+         "rob": ("reviewer", "copper-fjord-tulip-19"), "vic": ("viewer", "amber-glacier-sparrow-5")}  # policy-compliant
 CANVAS_W = 600
 
 

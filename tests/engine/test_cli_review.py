@@ -73,12 +73,12 @@ def test_review_decide_contract(nerve_tiny: Path, workspace: Path, tmp_path: Pat
 def test_users_and_roles_contract(nerve_tiny: Path, workspace: Path, tmp_path: Path,
                                   capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     ds = str(nerve_tiny)
-    monkeypatch.setenv("SEGWB_PASSWORD", "admin-pass")
+    monkeypatch.setenv("SEGWB_PASSWORD", "harbor-violet-piano-42")
     assert main(["users", "add", "root", "--role", "admin"]) == 0
     monkeypatch.delenv("SEGWB_PASSWORD")
     import io
 
-    monkeypatch.setattr(sys, "stdin", io.StringIO("viewer-pass\n"))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("quiet-lantern-meadow-7\n"))
     assert main(["users", "add", "vera", "--role", "viewer"]) == 0
     out = tmp_path / "users.json"
     assert main(["users", "list", "--json", str(out)]) == 0
@@ -87,7 +87,7 @@ def test_users_and_roles_contract(nerve_tiny: Path, workspace: Path, tmp_path: P
     from engine.store import ReviewStore, default_store_url
 
     with ReviewStore(default_store_url()) as s:
-        assert s.authenticate("vera", "viewer-pass").role == "viewer"  # stdin line, newline stripped
+        assert s.authenticate("vera", "quiet-lantern-meadow-7").role == "viewer"  # stdin line, newline stripped
         n_before = len(s.users())
     capsys.readouterr()
     for user in ("vera", "ghost"):  # insufficient role / unknown user: exit 4, nothing written
@@ -107,6 +107,43 @@ def test_users_and_roles_contract(nerve_tiny: Path, workspace: Path, tmp_path: P
         assert len(s.users()) == n_before
 
 
+def test_users_password_policy_locks_unlock_and_force_reset(workspace: Path, capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.errors import PermissionDenied
+    from engine.store import ReviewStore, default_store_url
+    from engine.store.signin import SignInPolicy
+
+    monkeypatch.setenv("SEGWB_PASSWORD", "root1")
+    assert main(["users", "add", "root", "--role", "admin"]) == 2
+    err = capsys.readouterr().err
+    assert "too short" in err and "at least 12" in err
+    monkeypatch.setenv("SEGWB_PASSWORD", "harbor-violet-piano-42")
+    assert main(["users", "add", "root", "--role", "admin"]) == 0
+    with ReviewStore(default_store_url()) as s:
+        s.set_signin_policy(SignInPolicy(base_delay=0.0), actor="root")
+        for _ in range(10):
+            with pytest.raises(PermissionDenied, match="wrong"):
+                s.authenticate("root", "wrong-password-guess", address="203.0.113.9")
+    capsys.readouterr()
+    assert main(["users", "locks"]) == 0
+    out = capsys.readouterr().out
+    assert "root" in out and "10 failures" in out and "locked until" in out and "203.0.113.9" in out
+    assert main(["users", "unlock", "root"]) == 0 and "unlocked account root" in capsys.readouterr().out
+    assert main(["users", "unlock", "root"]) == 0 and "nothing to unlock" in capsys.readouterr().out
+    assert main(["users", "unlock", "203.0.113.9", "--address"]) == 0 and "unlocked" in capsys.readouterr().out
+    assert main(["users", "force-reset", "root"]) == 0
+    assert main(["users", "policy", "--min-length", "16"]) == 0
+    assert "min_length             16" in capsys.readouterr().out
+    with ReviewStore(default_store_url()) as s:
+        assert s.authenticate("root", "harbor-violet-piano-42").name == "root" and s.password_change_required("root")
+        assert s.signin_failures() == [] and s.signin_policy().min_length == 16
+        log = s.admin_log()
+        assert [r["action"] for r in log[-5:]] == ["signin_unlock", "signin_unlock", "signin_unlock",
+                                                   "user_require_password_change", "setting"]
+        assert all(r["actor"].startswith("local:") for r in log[-5:])
+    assert main(["users", "force-reset", "root", "--cancel"]) == 0
+
+
 def test_python_m_engine_exit_codes_and_store_url(nerve_tiny: Path, pg_server, tmp_path: Path) -> None:
     """The real ``python -m engine`` process against PostgreSQL via SEGWB_STORE_URL and --store."""
     url = pg_server.new_database()
@@ -121,7 +158,7 @@ def test_python_m_engine_exit_codes_and_store_url(nerve_tiny: Path, pg_server, t
     e1 = int(last_line(r.stdout))
     r = run("review", "decide", str(nerve_tiny), "--pair", "2_1", "1_1", "--decision", "keep_a", "--user", "bob")
     assert r.returncode == 3 and "alice" in r.stderr and "keep_b" in r.stderr
-    r = run("users", "add", "root", "--role", "admin", stdin="pw-root\n")
+    r = run("users", "add", "root", "--role", "admin", stdin="harbor-violet-piano-42\n")
     assert r.returncode == 0, r.stderr
     r = run("review", "decide", str(nerve_tiny), "--pair", "2_1", "1_1", "--decision", "keep_a", "--user", "bob",
             "--base-event", str(e1))

@@ -58,7 +58,9 @@ def expected_masks(ds, store) -> dict[str, np.ndarray]:
 
 
 def assert_round_trip(src_ds, out: Path, want: dict[str, np.ndarray], layout: str, ws: Path) -> None:
-    back = open_dataset(out, workspace=Workspace(ws))
+    # an export without --copy-images points at its source dataset, outside the export folder: a side
+    # file alone may not reach there, the user's image_root option (--image-root) may
+    back = open_dataset(out, workspace=Workspace(ws), options={"image_root": str(src_ds.root)})
     assert back.layout == layout, back.layout
     assert not back.bad_files, back.bad_files
     assert back.labels == src_ds.labels
@@ -90,7 +92,11 @@ def test_dicom_seg_round_trip_with_a_correction(demo: Path, tmp_path: Path) -> N
     assert info["n_corrected"] == 1 and info["author"] == "alice" and info["skipped"] == []
     assert sorted(p.name for p in (tmp_path / "seg-out").iterdir()) == ["export.json", "seg"]
     assert before == tree_hashes(ds.root)
-    # the export folder alone (SEGs only) finds its images through export.json's source
+    # the export folder alone (SEGs only): export.json's source lies outside it, so it is reported, not walked
+    alone = open_dataset(tmp_path / "seg-out", workspace=Workspace(tmp_path / "ws5"))
+    assert len(alone) == 0 and any(b.path.endswith("export.json") and "--image-root" in b.reason
+                                   for b in alone.bad_files)
+    # with the source named by the user (--image-root) it finds its images
     assert_round_trip(ds, tmp_path / "seg-out", want, "dicom_seg", tmp_path / "ws2")
     # and a copy of the dataset with the SEGs dropped next to the DICOMs (no export.json)
     beside = tmp_path / "beside"
@@ -466,7 +472,11 @@ def test_exports_of_a_manifest_and_the_image_root_option(demo: Path, tmp_path: P
     export_dataset(man, None, tmp_path / "coco", "coco")
     doc = json.loads((tmp_path / "coco" / "annotations.json").read_text())
     assert all(".." not in Path(i["file_name"]).parts for i in doc["images"])
-    back = open_dataset(tmp_path / "coco", workspace=Workspace(tmp_path / "ws2"))
+    # the images stay where the manifest has them (outside the export): reported unless the user names them
+    refused = open_dataset(tmp_path / "coco", workspace=Workspace(tmp_path / "ws2"))
+    assert len(refused) == 0 and any("segwb_image_root" in b.reason for b in refused.bad_files)
+    back = open_dataset(tmp_path / "coco", workspace=Workspace(tmp_path / "ws2"),
+                        options={"image_root": doc["info"]["segwb_image_root"]})
     assert back.layout == "coco" and not back.bad_files and len(back) == len(man.labelled_cases())
     assert all(np.array_equal(back.load_mask(c.case_id), man.load_mask(c)) for c in man.labelled_cases()[:20])
 

@@ -24,8 +24,11 @@ import sqlalchemy as sa
 from engine.errors import ClaimHeld, ConfigError, ConflictError, PermissionDenied, StaleDecision, StoreError
 from engine.store import LOCAL_OPERATOR, SCHEMA_VERSION, ReviewStore, mask_digest
 from engine.store.projection import clear_read_cache, rebuild_current
+from engine.store.signin import SignInThrottled
 
 REPO = Path(__file__).resolve().parents[2]
+PW = "harbor-violet-piano-42"  # meets the default password policy (at least 12 characters, zxcvbn score >= 3)
+PW2 = "quiet-lantern-meadow-7"
 
 
 def mask(seed: int, shape: tuple[int, int] = (32, 40)) -> np.ndarray:
@@ -284,22 +287,22 @@ def test_datasets_sharing_a_store_are_kept_apart(store_url: str, tmp_path: Path)
 def test_open_mode_accepts_any_name_until_accounts_exist(store: ReviewStore) -> None:
     assert store.open_mode and not store.has_admin()
     store.record_decision("a", "b", "keep_a", "anyone")  # demo: no accounts, any author name
-    store.add_user("root", "admin", "s3cret-pass")  # the first account needs no actor
+    store.add_user("root", "admin", PW)  # the first account needs no actor
     assert not store.open_mode and store.has_admin()
     before = n_events(store)
     with pytest.raises(PermissionDenied, match="unknown user") as info:
         store.record_decision("c", "d", "keep_a", "anyone")
     assert info.value.exit_code == 4 and n_events(store) == before
     with pytest.raises(PermissionDenied):
-        store.add_user("eve", "admin", "x")  # no actor once accounts exist
+        store.add_user("eve", "admin", PW)  # no actor once accounts exist
     with pytest.raises(PermissionDenied):
-        store.add_user("eve", "admin", "x", actor="nobody")
+        store.add_user("eve", "admin", PW, actor="nobody")
 
 
 def test_roles_are_enforced_in_the_engine(store: ReviewStore, tmp_path: Path) -> None:
-    store.add_user("root", "admin", "pw-root")
+    store.add_user("root", "admin", PW)
     for name, role in (("vera", "viewer"), ("ann", "annotator"), ("rex", "reviewer")):
-        store.add_user(name, role, f"pw-{name}", actor="root")
+        store.add_user(name, role, PW, actor="root")
     before = n_events(store)
     with pytest.raises(PermissionDenied, match="viewer"):
         store.record_decision("a", "b", "keep_a", "vera")
@@ -317,7 +320,7 @@ def test_roles_are_enforced_in_the_engine(store: ReviewStore, tmp_path: Path) ->
     with pytest.raises(PermissionDenied):
         store.set_data_roots([tmp_path], actor="rex")  # settings are admin-only
     with pytest.raises(PermissionDenied):
-        store.add_user("x", "viewer", "pw", actor="rex")
+        store.add_user("x", "viewer", PW, actor="rex")
     store.disable_user("rex", actor="root")
     with pytest.raises(PermissionDenied, match="disabled"):
         store.record_decision("e", "f", "keep_a", "rex")
@@ -329,9 +332,9 @@ def test_roles_are_enforced_in_the_engine(store: ReviewStore, tmp_path: Path) ->
     with pytest.raises(StoreError, match="last active admin"):
         store.disable_user("root", actor="root")
     with pytest.raises(StoreError, match="exists"):
-        store.add_user("ann", "viewer", "pw", actor="root")
+        store.add_user("ann", "viewer", PW, actor="root")
     with pytest.raises(ConfigError):
-        store.add_user("../evil", "viewer", "pw", actor="root")
+        store.add_user("../evil", "viewer", PW, actor="root")
     with pytest.raises(ConfigError):
         store.set_role("ann", "superuser", actor="root")
     log = store.admin_log()
@@ -347,16 +350,16 @@ def test_authenticate_with_argon2_hashes(store: ReviewStore) -> None:
     for name, pw in (("root", "wrong"), ("ghost", "correct horse")):
         with pytest.raises(PermissionDenied, match="wrong user name or password"):
             store.authenticate(name, pw)
-    store.add_user("ann", "annotator", "pw-ann", actor="root")
+    store.add_user("ann", "annotator", PW, actor="root")
     store.disable_user("ann", actor="root")
     with pytest.raises(PermissionDenied, match="disabled"):
-        store.authenticate("ann", "pw-ann")
-    store.set_password("root", "new pass", actor="root")
-    assert store.authenticate("root", "new pass").name == "root"
+        store.authenticate("ann", PW)
+    store.set_password("root", PW2, actor="root")
+    assert store.authenticate("root", PW2).name == "root"
 
 
 def test_admin_settings_data_and_export_roots(store: ReviewStore, tmp_path: Path) -> None:
-    store.add_user("root", "admin", "pw")
+    store.add_user("root", "admin", PW)
     (tmp_path / "data").mkdir()
     (tmp_path / "exports").mkdir()
     assert store.data_roots() == [] and store.export_root() is None
@@ -372,11 +375,207 @@ def test_admin_settings_data_and_export_roots(store: ReviewStore, tmp_path: Path
     assert not ReviewStore.path_under(tmp_path / "data" / ".." / "elsewhere", store.data_roots())
 
 
+# ----------------------------------------------------------------------------- sign-in hygiene
+class Clock:
+    """An injectable clock for sign-in throttling (no real sleeping)."""
+
+    def __init__(self, t: float = 1_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _fail(s: ReviewStore, name: str, address: str | None = None, pw: str = "wrong-password-guess") -> None:
+    """One refused sign-in with a wrong password (a SignInThrottled, refused before checking, propagates)."""
+    try:
+        s.authenticate(name, pw, address=address)
+    except SignInThrottled:
+        raise
+    except PermissionDenied as exc:
+        assert "wrong user name or password" in str(exc)
+        return
+    raise AssertionError(f"{name} signed in with a wrong password")
+
+
+def test_signin_delays_grow_then_lock_out_persisted_across_a_restart(store_url: str, tmp_path: Path) -> None:
+    clock = Clock()
+    s = ReviewStore(store_url, masks_dir=tmp_path / "m")
+    s.clock = clock
+    s.add_user("root", "admin", PW)
+    _fail(s, "root")
+    _fail(s, "root")  # two free failures
+    waits = []
+    for _ in range(8):  # failures 3..10: each must wait before the next attempt
+        _fail(s, "Root ")  # the name is keyed case-insensitively
+        with pytest.raises(SignInThrottled) as info:
+            s.authenticate("root", PW)  # even the right password is not checked while waiting
+        waits.append(info.value.retry_at - clock.t)
+        if info.value.locked:
+            break
+        assert "wait" in str(info.value) and not info.value.locked
+        clock.t = info.value.retry_at
+    assert waits[:7] == [2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]  # exponential from the 3rd failure
+    assert info.value.locked and waits[-1] == 3600.0 and "ask an admin to unlock" in str(info.value)
+    assert "locked until" in str(info.value)
+    s.close()
+    s2 = ReviewStore(store_url, masks_dir=tmp_path / "m")  # a restart keeps the count (it is in the store)
+    s2.clock = clock
+    clock.t += 1800
+    with pytest.raises(SignInThrottled, match="locked"):
+        s2.authenticate("root", PW)
+    (row,) = s2.signin_failures(locked_only=True)
+    assert (row["kind"], row["key"], row["failures"], row["locked"]) == ("account", "root", 10, True)
+    for _ in range(10):  # an unknown name is throttled just the same (nothing tells which names exist)
+        _fail(s2, "ghost")
+        clock.t += 400
+    with pytest.raises(SignInThrottled, match="locked"):
+        s2.authenticate("ghost", PW)
+    clock.t += 3600  # the lock-out ends by itself
+    assert s2.authenticate("root", PW).name == "root"
+    _fail(s2, "root")
+    _fail(s2, "root")
+    assert s2.authenticate("root", PW).name == "root"  # success cleared the count: no delay now
+    assert not [r for r in s2.signin_failures() if r["key"] == "root"]
+    s2.close()
+
+
+def test_one_password_over_many_names_is_throttled_per_address(store: ReviewStore) -> None:
+    clock = Clock()
+    store.clock = clock
+    store.add_user("root", "admin", PW)
+    attacker, colleague = "203.0.113.9", "198.51.100.4"
+    for i in range(30):
+        while True:
+            try:
+                _fail(store, f"user{i}", attacker, pw="Summer2024!")
+                break
+            except SignInThrottled as exc:
+                assert exc.scope == "address" and not exc.locked
+                clock.t = exc.retry_at
+    with pytest.raises(SignInThrottled, match="network address") as info:
+        store.authenticate("root", PW, address=attacker)
+    assert info.value.locked and info.value.scope == "address"
+    assert store.authenticate("root", PW, address=colleague).name == "root"  # other addresses are unaffected
+    locked = store.signin_failures(locked_only=True)
+    assert [(r["kind"], r["key"], r["failures"]) for r in locked] == [("address", attacker, 30)]
+
+
+def test_unlock_by_an_admin_only_and_logged(store: ReviewStore) -> None:
+    clock = Clock()
+    store.clock = clock
+    store.add_user("root", "admin", PW)
+    store.add_user("ann", "annotator", PW, actor="root")
+    for _ in range(10):
+        _fail(store, "ann")
+        clock.t += 1000
+    with pytest.raises(SignInThrottled, match="locked"):
+        store.authenticate("ann", PW)
+    with pytest.raises(PermissionDenied, match="admin"):
+        store.unlock_signin("ann", actor="ann")
+    assert store.signin_failures(locked_only=True)
+    assert store.unlock_signin("ANN", actor="root") is True
+    assert store.authenticate("ann", PW).name == "ann"
+    assert store.unlock_signin("ann", actor=LOCAL_OPERATOR) is False  # nothing left to lift
+    log = [r for r in store.admin_log() if r["action"] == "signin_unlock"]
+    assert [(r["actor"], r["target"], r["detail"]["failures"]) for r in log][0] == ("root", "ann", 10)
+    assert log[-1]["actor"].startswith("local:")
+    with pytest.raises(ConfigError, match="account"):
+        store.unlock_signin("x", actor="root", kind="planet")
+
+
+def test_password_policy_on_every_password_set(store: ReviewStore) -> None:
+    for bad, why in (("Xy7!", "too short"), ("password123456", "too easy to guess"),
+                     ("root-harbor-violet-92", "contains the user name"), ("qwertyuiop1234", "too easy to guess")):
+        with pytest.raises(ConfigError, match=why) as info:
+            store.add_user("root", "admin", bad)
+        assert "at least 12 characters" in str(info.value)  # says what to do
+    assert store.users() == []
+    store.add_user("root", "admin", PW)
+    store.add_user("rita@hospital.test", "reviewer", PW, actor="root")
+    with pytest.raises(ConfigError, match="contains the user name"):
+        store.set_password("rita@hospital.test", "rita-quiet-lantern-7", actor="root")
+    with pytest.raises(ConfigError, match="too short"):
+        store.set_password("root", "a", actor="root")
+    assert store.authenticate("root", PW).name == "root"  # nothing changed
+    with store.engine.begin() as c:  # an account from before the policy keeps its (weak) password
+        from argon2 import PasswordHasher
+
+        c.execute(sa.text("UPDATE users SET pw_hash = :h WHERE name = 'rita@hospital.test'"),
+                  {"h": PasswordHasher().hash("pw")})
+    assert store.authenticate("rita@hospital.test", "pw").role == "reviewer"
+    # the policy is an admin setting (written to the admin log); the default is the strict one
+    from engine.store.signin import SignInPolicy
+
+    assert store.signin_policy() == SignInPolicy() and SignInPolicy().min_length == 12
+    with pytest.raises(PermissionDenied):
+        store.set_signin_policy(SignInPolicy(min_length=8), actor="rita@hospital.test")
+    store.set_signin_policy(SignInPolicy(min_length=30, account_limit=5), actor="root")
+    assert store.signin_policy().account_limit == 5
+    with pytest.raises(ConfigError, match="at least 30"):
+        store.add_user("vera", "viewer", PW, actor="root")
+    assert store.admin_log()[-1]["target"] == "signin_policy" and store.admin_log()[-1]["actor"] == "root"
+    with pytest.raises(ConfigError, match="unknown"):
+        SignInPolicy.from_dict({"min_lenght": 3})
+
+
+def test_admin_forced_password_change(store: ReviewStore) -> None:
+    store.add_user("root", "admin", PW)
+    store.add_user("vic", "viewer", PW, actor="root")
+    assert not store.password_change_required("vic")
+    with pytest.raises(PermissionDenied):
+        store.require_password_change("root", actor="vic")
+    store.require_password_change("vic", actor="root")
+    assert store.password_change_required("vic") and store.admin_log()[-1]["action"] == \
+        "user_require_password_change"
+    assert store.authenticate("vic", PW).name == "vic"  # sign-in works; the app then asks for a new password
+    with pytest.raises(ConfigError, match="same as the current"):
+        store.set_password("vic", PW, actor="vic")
+    with pytest.raises(ConfigError, match="too short"):
+        store.set_password("vic", "short", actor="vic")
+    assert store.password_change_required("vic")
+    store.set_password("vic", PW2, actor="vic")
+    assert not store.password_change_required("vic") and store.authenticate("vic", PW2).name == "vic"
+    assert store.admin_log()[-1]["actor"] == "vic"
+    store.set_password("vic", PW, actor="root", must_change=True)  # a temporary password from an admin
+    assert store.password_change_required("vic")
+    store.require_password_change("vic", actor=LOCAL_OPERATOR, required=False)
+    assert not store.password_change_required("vic")
+
+
+def test_client_address_trusts_forwarded_for_only_when_configured() -> None:
+    from engine.store.signin import client_address
+
+    assert client_address(None, None) == "local"
+    assert client_address("203.0.113.9", "1.2.3.4") == "203.0.113.9"  # no trust: the header is ignored
+    assert client_address(None, "1.2.3.4, 203.0.113.9", trusted_proxies=0) == "local"
+    assert client_address(None, "1.2.3.4, 203.0.113.9", trusted_proxies=1) == "203.0.113.9"  # spoofed entry left
+    assert client_address(None, "203.0.113.9, 10.0.0.2", trusted_proxies=2) == "203.0.113.9"
+    assert client_address("::ffff:198.51.100.4", None) == "198.51.100.4"
+    assert client_address("2001:db8::1", None) == client_address("2001:db8::2", None) == "2001:db8::/64"
+
+
+def test_schema_4_migration_keeps_accounts(store_url: str, tmp_path: Path) -> None:
+    from argon2 import PasswordHasher
+
+    with ReviewStore(store_url, masks_dir=tmp_path / "m", schema_version=3) as s:
+        with s.engine.begin() as c:  # an account as a version-3 program wrote it
+            assert not sa.inspect(c).has_table("signin_failures")
+            c.execute(sa.text("INSERT INTO users (name, role, pw_hash, active, created, updated) "
+                              "VALUES ('root', 'admin', :h, :t, '2026-01-01', '2026-01-01')"),
+                      {"h": PasswordHasher().hash(PW), "t": True})
+    with ReviewStore(store_url, masks_dir=tmp_path / "m") as s:
+        assert s.schema_version == SCHEMA_VERSION == 4
+        assert s.authenticate("root", PW).role == "admin" and not s.password_change_required("root")
+        s.require_password_change("root", actor="root")
+        assert s.password_change_required("root")
+
+
 # ----------------------------------------------------------------------------- claims
 def test_case_claims_with_a_lease(store: ReviewStore) -> None:
-    store.add_user("root", "admin", "pw")
+    store.add_user("root", "admin", PW)
     for n, r in (("ann", "annotator"), ("bob", "annotator"), ("vera", "viewer")):
-        store.add_user(n, r, "pw", actor="root")
+        store.add_user(n, r, PW, actor="root")
     c = store.claim("case1", "ann", ttl=60)
     assert (c.user, c.case_id) == ("ann", "case1") and 59 < c.seconds_left <= 60
     assert store.claim_for("case1").user == "ann"  # bob sees who is editing

@@ -308,6 +308,8 @@ def make_hostile_corpus(root: Path) -> dict[str, Any]:
     images.append(("text named .dcm", F / "report.dcm", ("error", "DICOM")))
     images.append(("12000² deflated dicom (small file)", dicom_claiming(F / "huge.dcm", 12000, 12000),
                    ("error", "limit")))
+    images.append(("16000² deflated dicom, inflating past the cap (small file)",
+                   dicom_claiming(F / "huge2.dcm", 16000, 16000), ("error", "limit")))
 
     # masks
     d = B.disk_mask(40, 48, 10)
@@ -429,6 +431,7 @@ def _make_datasets(D: Path) -> list[tuple[str, Path, Callable[[Any, dict], str |
     out.append(("dataset with a 19000² png", H,
                 lambda ds, ctx: None if case_ids(ds) == ["ok"] and any("huge.png" in b for b in bad_paths(ds))
                 else f"cases {case_ids(ds)}, bad {bad_paths(ds)}"))
+    out += _make_interop_datasets(D / "interop")
     return out
 
 
@@ -600,6 +603,257 @@ def main() -> None:
         res = run_corpus(Path(tmp) / "corpus", predict="--predict" in sys.argv)
     out.write_text(json.dumps(res, indent=1))
     print(json.dumps(res["counts"]))
+
+
+
+# ---------------------------------------------------------------------------------------------
+# importers of exchange formats (COCO, NIfTI, DICOM-SEG): every case the tester found
+
+
+def _has_bad(ds: Any, name: str, keyword: str) -> bool:
+    """A bad-file entry that names ``name`` (path or reason) and mentions ``keyword`` (case-insensitive)."""
+    return any(name in f"{b.path} {b.reason}" and keyword.lower() in b.reason.lower() for b in ds.bad_files)
+
+
+def _expect_bad(name: str, keyword: str, cases: list[str] | None = None) -> Callable[[Any, dict], str | None]:
+    def check(ds: Any, ctx: dict) -> str | None:
+        if not _has_bad(ds, name, keyword):
+            return f"no bad file naming {name} with {keyword!r}: {bad_paths(ds, reasons=True)[:3]}"
+        if cases is not None and case_ids(ds) != sorted(cases):
+            return f"cases {case_ids(ds)}, expected {sorted(cases)}"
+        return None
+    return check
+
+
+def _expect_masks(want: dict[str, np.ndarray], allow_bad: bool = False) -> Callable[[Any, dict], str | None]:
+    def check(ds: Any, ctx: dict) -> str | None:
+        if case_ids(ds) != sorted(want):
+            return f"cases {case_ids(ds)}, expected {sorted(want)}; bad {bad_paths(ds, reasons=True)[:3]}"
+        if ds.bad_files and not allow_bad:
+            return f"unexpected bad files {bad_paths(ds, reasons=True)[:3]}"
+        for cid, m in want.items():
+            got = ds.load_mask(cid)
+            if not np.array_equal(got, m):
+                return f"case {cid}: mask values {sorted(np.unique(got).tolist())} / {int(got.sum())} px, expected " \
+                       f"{sorted(np.unique(m).tolist())} / {int(m.sum())} px"
+        return None
+    return check
+
+
+def _coco(folder: Path, anns: list[dict[str, Any]], *, images: list[dict[str, Any]] | None = None,
+          categories: list[dict[str, Any]] | None = None, raw: str | None = None, **extra: Any) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    B.png(folder / "a.png", B.gradient(16, 16, seed=1))
+    B.png(folder / "b.png", B.gradient(16, 16, seed=2))
+    doc = {"images": images if images is not None else [{"id": 1, "file_name": "a.png", "height": 16, "width": 16}],
+           "annotations": anns,
+           "categories": categories if categories is not None else [{"id": 1, "name": "nerve"}], **extra}
+    (folder / "annotations.json").write_text(raw if raw is not None else json.dumps(doc))
+    return folder
+
+
+def _poly(*xy: float) -> dict[str, Any]:
+    return {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [list(xy)], "iscrowd": 0}
+
+
+def _nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None, dtype: Any = None) -> Path:
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(data if dtype is None else data.astype(dtype),
+                          np.diag([-1.0, -1.0, 1.0, 1.0]) if affine is None else affine)
+    nib.save(img, str(path))
+    return path
+
+
+def _seg_pair(folder: Path, mask: np.ndarray, edit: Callable[[Any], None] | None = None,
+              deflate: bool = False) -> Path:
+    """A source DICOM and a DICOM-SEG of ``mask`` (class 1 = "nerve") in ``folder``, the SEG edited by ``edit``."""
+    import pydicom
+
+    from engine.interop.dicom_seg import write_dicom_seg
+
+    src = B.dicom(folder / "img" / "1.2.826.99.1.dcm", B.gradient(*mask.shape, seed=3).astype(np.uint16),
+                  sop="1.2.826.99.1", extra={"PatientID": "hostile", "PatientName": "hostile", "PatientBirthDate": "",
+                                             "PatientSex": "", "StudyDate": "20240101", "StudyTime": "120000",
+                                             "AccessionNumber": "", "ReferringPhysicianName": "", "StudyID": "1",
+                                             "SeriesNumber": 1, "InstanceNumber": 1})
+    seg_path = write_dicom_seg(src, mask, {0: "background", 1: "nerve"}, folder / "seg" / "seg.dcm")
+    if edit is not None or deflate:
+        seg_path = Path(seg_path["path"])
+        ds = pydicom.dcmread(seg_path)
+        if edit is not None:
+            edit(ds)
+        if deflate:
+            from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+            ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        ds.save_as(seg_path, enforce_file_format=True)
+    return folder
+
+
+def _set_frame_segment(ds: Any, number: int) -> None:
+    """Point the first frame's Segment Identification (per-frame, else shared) at segment ``number``."""
+    for groups in (ds.get("PerFrameFunctionalGroupsSequence"), ds.get("SharedFunctionalGroupsSequence")):
+        if groups and "SegmentIdentificationSequence" in groups[0]:
+            groups[0].SegmentIdentificationSequence[0].ReferencedSegmentNumber = number
+            return
+    raise AssertionError("no Segment Identification Sequence in the SEG")
+
+
+def _make_interop_datasets(D: Path) -> list[tuple[str, Path, Callable[[Any, dict], str | None]]]:
+    """COCO, NIfTI and DICOM-SEG folders with their expected outcomes (fine with the right mask values, or
+    a bad-file entry naming the file and the reason)."""
+    out: list[tuple[str, Path, Callable[[Any, dict], str | None]]] = []
+    J = "annotations.json"
+    box = np.zeros((16, 16), np.uint8)
+    box[2:10, 3:12] = 1  # the polygon (3,2)-(12,2)-(12,10)-(3,10) rasterised by pycocotools
+    from pycocotools import mask as mu
+
+    def poly_mask(*xy: float) -> np.ndarray:
+        return mu.decode(mu.merge(mu.frPyObjects([list(xy)], 16, 16))).astype(np.uint8)
+
+    square = (3, 2, 12, 2, 12, 10, 3, 10)
+    out.append(("COCO valid polygon", _coco(D / "coco_ok", [_poly(*square)]),
+                _expect_masks({"a": poly_mask(*square)})))
+    for label, value, key in (("NaN", float("nan"), "NaN"), ("+Infinity", float("inf"), "infinite"),
+                              ("-1e9", -1e9, "outside"), ("1e9", 1e9, "outside"), ("1e7", 1e7, "outside")):
+        name = "coco_poly_" + "".join(ch for ch in label if ch.isalnum())
+        out.append((f"COCO polygon with a {label} coordinate", _coco(D / name, [_poly(3, 2, 12, value, 12, 10)]),
+                    _expect_bad(J, key, [])))
+    out.append(("COCO 7-number polygon", _coco(D / "coco_poly7", [_poly(3, 2, 12, 2, 12, 10, 3)]),
+                _expect_bad(J, "even number", [])))
+    short = {"id": 1, "image_id": 1, "category_id": 1, "segmentation": {"size": [16, 16], "counts": [10, 20, 30]}}
+    out.append(("COCO RLE counts that do not fill the image", _coco(D / "coco_rle_short", [short]),
+                _expect_bad(J, "sum to", [])))
+    fl = {"id": 1, "image_id": 1, "category_id": 1, "segmentation": {"size": [16, 16], "counts": [100.5, 155.5]}}
+    out.append(("COCO RLE float counts", _coco(D / "coco_rle_float", [fl]), _expect_bad(J, "non-negative integer", [])))
+    comp = {"id": 1, "image_id": 1, "category_id": 1, "segmentation": {"size": [16, 16], "counts": "~~~~"}}
+    out.append(("COCO compressed RLE with bad characters", _coco(D / "coco_rle_chars", [comp]),
+                _expect_bad(J, "RLE", [])))
+    full = {"id": 1, "image_id": 1, "category_id": 1, "segmentation": {"size": [16, 16], "counts": [34, 9, 213]}}
+    want_full = np.zeros(256, np.uint8)
+    want_full[34:43] = 1
+    out.append(("COCO RLE counts summing to H×W", _coco(D / "coco_rle_ok", [full]),
+                _expect_masks({"a": want_full.reshape(16, 16, order="F")})))
+    dup_imgs = [{"id": 1, "file_name": "a.png", "height": 16, "width": 16},
+                {"id": 1, "file_name": "b.png", "height": 16, "width": 16},
+                {"id": 3, "file_name": "c.png", "height": 16, "width": 16}]
+    dd = _coco(D / "coco_dup_ids", [_poly(*square)], images=dup_imgs)
+    B.png(dd / "c.png", B.gradient(16, 16, seed=4))
+    out.append(("COCO duplicate image ids", dd, _expect_bad(J, "used by 2 images", ["c"])))
+    out.append(("COCO string image_id", _coco(D / "coco_str_image_id", [{**_poly(*square), "image_id": "1"}]),
+                _expect_bad(J, "not an integer", [])))
+    out.append(("COCO string category id", _coco(D / "coco_str_cat", [_poly(*square)],
+                                                 categories=[{"id": "1", "name": "nerve"}]),
+                _expect_bad(J, "not an integer", [])))
+
+    def missing_check(ds: Any, ctx: dict) -> str | None:
+        return _expect_bad(J, "image_id 99", ["a"])(ds, ctx) or _expect_masks({"a": poly_mask(*square)}, True)(ds, ctx)
+    out.append(("COCO annotation of a missing image", _coco(D / "coco_missing_img",
+                                                            [_poly(*square), {**_poly(*square), "id": 2,
+                                                                              "image_id": 99}]), missing_check))
+    out.append(("COCO height 'abc'", _coco(D / "coco_height_abc", [_poly(*square)],
+                                           images=[{"id": 1, "file_name": "a.png", "height": "abc", "width": 16}]),
+                _expect_bad(J, "not an integer", [])))
+    cats = [{"id": i, "name": f"c{i}"} for i in range(1, 301)]
+    out.append(("COCO with 300 categories", _coco(D / "coco_300_cats", [_poly(*square)], categories=cats),
+                _expect_bad(J, "at most 255", [])))
+    deep = '{"images": [], "annotations": [], "categories": [], "x": ' + "[" * 200000 + "]" * 200000 + "}"
+    out.append(("COCO JSON nested 200000 deep", _coco(D / "coco_deep", [], raw=deep),
+                _expect_bad(J, "nested too deeply", [])))
+    outside = D / "outside_images"
+    B.png(outside / "secret.png", B.gradient(16, 16, seed=9))
+    esc = _coco(D / "coco_root_escape", [], images=[{"id": 1, "file_name": "secret.png", "height": 16, "width": 16}],
+                info={"segwb_image_root": str(outside)})
+    (esc / "export.json").write_text(json.dumps({"format": "segwb-corrected-export", "source": {"root": "/"}}))
+    out.append(("COCO info.segwb_image_root outside the folder", esc, _expect_bad(J, "outside this dataset", [])))
+
+    # NIfTI: (W,H,1) arrays; the image is 16x24 (H x W) unless said otherwise
+    m = np.zeros((16, 24), np.uint8)
+    m[2:7, 3:15] = 1
+    m[9:14, 5:9] = 1
+
+    def nifti_folder(name: str, data: np.ndarray, affine: np.ndarray | None = None, dtype: Any = None,
+                     hw: tuple[int, int] = (16, 24), labels: dict[str, str] | None = None) -> Path:
+        f = D / name
+        B.png(f / "img.png", B.gradient(*hw, seed=5))
+        _nifti(f / "img.nii.gz", data, affine, dtype)
+        if labels is not None:
+            (f / "labels.json").write_text(json.dumps(labels))
+        return f
+
+    out.append(("NIfTI ITK convention", nifti_folder("nii_ok", m.T[:, :, None]), _expect_masks({"img": m})))
+    out.append(("NIfTI binary {0,255}", nifti_folder("nii_255", (m * 255).T[:, :, None]), _expect_masks({"img": m})))
+    out.append(("NIfTI labels.json with a negative key",
+                nifti_folder("nii_neg_key", m.T[:, :, None], labels={"-1": "background", "0": "x", "1": "nerve"}),
+                _expect_bad("labels.json", "not a class id", ["img"])))
+    out.append(("NIfTI identity (RAS) affine", nifti_folder("nii_ras", m[::-1, ::-1].T[:, :, None], np.eye(4)),
+                _expect_masks({"img": m})))
+    rot = np.array([[0, -1, 0, 0], [-1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], float)  # axis 0 = rows, axis 1 = columns
+    sq = np.zeros((16, 16), np.uint8)
+    sq[1:5, 2:14] = 1
+    sq[8:15, 3:6] = 1
+    out.append(("NIfTI square (H,W,1) with an affine that says so",
+                nifti_folder("nii_square_hw", sq[:, :, None], rot, hw=(16, 16)), _expect_masks({"img": sq})))
+    shear = np.eye(4)
+    shear[:3, :3] = [[-1, 0.3, 0], [0, -1, 0], [0, 0, 1]]
+    out.append(("NIfTI sheared affine", nifti_folder("nii_shear", m.T[:, :, None], shear),
+                _expect_bad("img.nii.gz", "oblique", [])))
+    rgb = np.zeros((24, 16, 1), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    out.append(("NIfTI RGB24", nifti_folder("nii_rgb", rgb), _expect_bad("img.nii.gz", "RGB", [])))
+    big = D / "nii_huge"
+    B.png(big / "img.png", B.gradient(16, 24, seed=5))
+    _nifti(big / "img.nii.gz", np.zeros((4, 4, 1), np.uint8))
+    import gzip
+
+    raw = bytearray(gzip.decompress((big / "img.nii.gz").read_bytes()))
+    struct.pack_into("<hhh", raw, 42, 30000, 30000, 1)  # dim[1..3] in the header
+    (big / "img.nii.gz").write_bytes(gzip.compress(bytes(raw)))
+    out.append(("NIfTI header claiming 30000x30000 (small file)", big, _expect_bad("img.nii.gz", "30000", [])))
+    csvf = D / "nii_csv_escape"
+    _nifti(csvf / "labels" / "x.nii.gz", m.T[:, :, None])
+    (csvf / "images.csv").write_text(f"case_id,group_id,image_path,mask_path\nx,g,{outside / 'secret.png'},"
+                                     "labels/x.nii.gz\n")
+    out.append(("NIfTI images.csv naming an absolute path outside", csvf,
+                _expect_bad("images.csv", "outside this dataset", [])))
+
+    # DICOM-SEG
+    sm = np.zeros((16, 16), np.uint8)
+    sm[3:9, 4:12] = 1
+    out.append(("DICOM-SEG valid", _seg_pair(D / "seg_ok", sm), _expect_masks({"1.2.826.99.1": sm})))
+
+    def seg_zero(ds: Any) -> None:
+        ds.SegmentSequence[0].SegmentNumber = 0
+        _set_frame_segment(ds, 0)
+    out.append(("DICOM-SEG segment number 0", _seg_pair(D / "seg_zero", sm, seg_zero),
+                _expect_bad("seg.dcm", "SegmentNumber 0", ["1.2.826.99.1"])))
+
+    def seg_undefined(ds: Any) -> None:
+        _set_frame_segment(ds, 5)
+    out.append(("DICOM-SEG frame of an undefined segment", _seg_pair(D / "seg_undefined", sm, seg_undefined),
+                _expect_bad("seg.dcm", "does not define", ["1.2.826.99.1"])))
+
+    def seg_nonumber(ds: Any) -> None:
+        del ds.SegmentSequence[0].SegmentNumber
+    out.append(("DICOM-SEG segment without SegmentNumber", _seg_pair(D / "seg_nonumber", sm, seg_nonumber),
+                _expect_bad("seg.dcm", "no SegmentNumber", ["1.2.826.99.1"])))
+
+    def seg_huge(ds: Any) -> None:
+        ds.Rows = ds.Columns = 20000
+        ds.PixelData = bytes(20000 * 20000 // 8)
+    out.append(("DICOM-SEG deflated, 20000² (small file)", _seg_pair(D / "seg_huge", sm, seg_huge, deflate=True),
+                _expect_bad("seg.dcm", "limit", ["1.2.826.99.1"])))
+    walk = _seg_pair(D / "seg_root_escape", sm)
+    (walk / "img" / "1.2.826.99.1.dcm").unlink()
+    (walk / "export.json").write_text(json.dumps({"format": "segwb-corrected-export", "source": {"root": "/"}}))
+
+    def walk_check(ds: Any, ctx: dict) -> str | None:
+        if ds.scan_stats.get("n_files", 0) > 10:
+            return f"{ds.scan_stats.get('n_files')} files walked"
+        return _expect_bad("export.json", "outside this dataset", [])(ds, ctx)
+    out.append(("DICOM-SEG export.json with source.root '/'", walk, walk_check))
+    return out
 
 
 if __name__ == "__main__":

@@ -88,6 +88,8 @@ def export_dataset(ds: Dataset, store: ReviewStore | None, out_dir: str | Path, 
 
     Raises:
         ConfigError: unknown format; ``out_dir`` inside the dataset, or a folder this program did not create.
+        WorkbenchError: the folder cannot be written (read-only file system or mount point, full disk,
+            no permission), naming the folder and what to do; nothing was changed in it.
     """
     if fmt not in FORMATS:
         raise unknown_name("export format", fmt, FORMATS)
@@ -97,8 +99,20 @@ def export_dataset(ds: Dataset, store: ReviewStore | None, out_dir: str | Path, 
         if author:
             info["author"] = author
         return info
+    from engine.fsutil import write_errors
+
     report = as_progress(progress)
     out = Path(out_dir).expanduser().resolve()
+    with write_errors(out):
+        info = _export_standard(ds, store, out, fmt, report, apply_decisions=apply_decisions,
+                                copy_images=copy_images, overwrite=overwrite, author=author)
+    report(1, 1, "Export written")
+    return info
+
+
+def _export_standard(ds: Dataset, store: ReviewStore | None, out: Path, fmt: str, report: ProgressFn, *,
+                     apply_decisions: bool, copy_images: bool, overwrite: bool, author: str | None) -> dict[str, Any]:
+    """Build a standard-format export of ``ds`` beside ``out`` and rename it into place."""
     from engine.fsutil import cleanup_staging, install_dir, staging_dir
 
     cleaned = cleanup_staging(out)
@@ -140,7 +154,6 @@ def export_dataset(ds: Dataset, store: ReviewStore | None, out_dir: str | Path, 
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    report(1, 1, "Export written")
     return info
 
 

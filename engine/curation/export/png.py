@@ -132,19 +132,22 @@ def export_corrected(ds: Dataset, store: ReviewStore | None, out_dir: str | Path
     Raises:
         ConfigError: ``out_dir`` is inside the dataset, or holds something else; a DICOM with
             burned-in annotation with ``copy_images``.
+        WorkbenchError: the folder cannot be written (read-only file system or mount point, full disk,
+            no permission), naming the folder and what to do; nothing was changed in it.
     """
-    from engine.fsutil import cleanup_staging, install_dir, staging_dir
+    from engine.fsutil import cleanup_staging, install_dir, staging_dir, write_errors
 
     out = Path(out_dir).expanduser().resolve()
-    notes = cleanup_staging(out)
-    _check_out_dir(ds, out, overwrite)
-    tmp = staging_dir(out)
-    try:
-        info = _build_export(ds, store, out, tmp, as_progress(progress), apply_decisions, copy_images, notes)
-        install_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with write_errors(out):
+        notes = cleanup_staging(out)
+        _check_out_dir(ds, out, overwrite)
+        tmp = staging_dir(out)
+        try:
+            info = _build_export(ds, store, out, tmp, as_progress(progress), apply_decisions, copy_images, notes)
+            install_dir(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return info
 
 
