@@ -7,6 +7,7 @@ run. No heavy work at import: engine modules load inside the functions that need
 import streamlit as st
 
 from ui import state
+from ui.auth import dataset_allowed, team_mode
 from ui.loaders import (
     demo_ready,
     generate_demo,
@@ -27,7 +28,7 @@ left, right = st.columns([3, 2], gap="large")
 
 with left:
     st.subheader("Dataset")
-    if not demo_ready():
+    if not demo_ready() and not team_mode():  # team mode: an admin provides the data, no demo offer
         st.info("The built-in demo data (synthetic ultrasound and chest X-ray phantoms) is not generated yet.")
         if st.button("Generate demo data", type="primary", key=state.Home.GEN_DEMO):
             with guard("Generating the demo data"):
@@ -40,8 +41,6 @@ with left:
     for p in state.recent_datasets():
         if p not in choices.values():
             choices[f"Recent: {p}"] = p
-    from ui.auth import dataset_allowed, team_mode
-
     if team_mode():  # only folders under the admin's data roots
         choices = {k: v for k, v in choices.items() if dataset_allowed(v)}
         st.caption("Team mode: folders open only under the data roots an admin set (Admin page).")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import streamlit as st
 
 from ui import auth, state
+from ui.timefmt import local_time
 
 if TYPE_CHECKING:
     from engine.store import ReviewStore
@@ -54,8 +55,8 @@ def render_admin() -> None:
     st.subheader("Accounts")
     users = store.users()
     st.dataframe([{"name": u.name, "role": u.role, "active": u.active,
-                   "must change password": store.password_change_required(u.name), "created": u.created[:19],
-                   "updated": (u.updated or "")[:19]} for u in users], hide_index=True, width="stretch")
+                   "must change password": store.password_change_required(u.name), "created": local_time(u.created),
+                   "updated": local_time(u.updated)} for u in users], hide_index=True, width="stretch")
     policy = store.signin_policy()
     st.caption(f"Passwords: at least {policy.min_length} characters, not containing the user name, and hard to guess "
                f"(strength score ≥ {policy.min_score} of 4). Change: `python -m engine users policy`.")
@@ -118,15 +119,63 @@ def render_admin() -> None:
                 store.export_roots, store.set_export_roots, state.Admin.EXPORT_ROOTS, state.Admin.SAVE_EXPORT_ROOTS,
                 ident, done, state.Admin.EXPORT_ROOTS_BROAD)
     with st.expander("Admin log"):
-        st.dataframe(list(reversed(store.admin_log()))[:500], hide_index=True, width="stretch")
+        _admin_log(store)
+
+
+LOG_DETAIL_CHARS = 300
+
+
+def _detail_text(detail: object) -> str:
+    """An admin-log detail as one short line of text (JSON for dicts and lists)."""
+    import json
+
+    if detail is None or detail == "":
+        return ""
+    if isinstance(detail, str):
+        text = detail
+    else:
+        try:
+            text = json.dumps(detail, ensure_ascii=False, sort_keys=True, default=str)
+        except (TypeError, ValueError):
+            text = repr(detail)
+    text = " ".join(text.split())
+    return text if len(text) <= LOG_DETAIL_CHARS else text[:LOG_DETAIL_CHARS - 1] + "…"
+
+
+def log_rows(entries: Iterable[dict]) -> list[dict[str, str]]:
+    """Admin-log entries (newest first, at most 500) as table rows of plain text: a row that cannot be
+    shown says so in its detail instead of failing the table."""
+    rows = []
+    for e in list(entries)[::-1][:500]:
+        try:
+            rows.append({"id": str(e.get("id", "")), "time": local_time(e.get("ts")),
+                         "actor": str(e.get("actor") or ""), "action": str(e.get("action") or ""),
+                         "target": str(e.get("target") or ""),
+                         "detail": _detail_text(e.get("detail"))})
+        except Exception as exc:  # noqa: BLE001 - one bad row must not hide the log
+            rows.append({"id": "", "time": "", "actor": "", "action": "", "target": "",
+                         "detail": f"(this entry cannot be shown: {type(exc).__name__})"})
+    return rows
+
+
+def _admin_log(store: ReviewStore) -> None:
+    """The admin log as a table of short texts; if it cannot be read, a one-line message (no traceback)."""
+    try:
+        rows = log_rows(store.admin_log())
+    except Exception as exc:  # noqa: BLE001 - the rest of the Admin page stays usable
+        st.warning(f"The admin log cannot be shown ({type(exc).__name__}); the accounts and roots above are "
+                   "not affected.", icon=":material/warning:")
+        return
+    if not rows:
+        st.caption("Nothing logged yet.")
+        return
+    st.dataframe(rows, hide_index=True, width="stretch")
 
 
 def _locks(store: ReviewStore, ident: Identity, done: Callable[[str], None]) -> None:
     """Failed sign-ins per account name and client address, with a button to lift each delay or lock-out."""
-    from datetime import datetime, timezone
-
     def t(x: float) -> str:
-        return datetime.fromtimestamp(x, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return local_time(x, "%Y-%m-%d %H:%M:%S")
 
     st.subheader("Failed sign-ins")
     rows = store.signin_failures()

@@ -357,9 +357,11 @@ def check_output_path(path: str | Path) -> None:
     from engine.serving import check_write_path
 
     if not can("reviewer"):
+        from engine.store.records import a_role
+
         ident = identity()
-        raise PermissionDenied(f"{ident.name} is a {ident.role}; writing exports and manifests needs the reviewer "
-                               "role or higher", hint="ask an admin to change your role")
+        raise PermissionDenied(f"{ident.name} is {a_role(ident.role)}; writing exports and manifests needs the "
+                               "reviewer role or higher", hint="ask an admin to change your role")
 
     check_write_path(path, state.workspace().root, users_store().export_roots())
 

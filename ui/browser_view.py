@@ -472,6 +472,9 @@ def render_browser() -> None:
 
     _apply_request()
     ds = dataset_required()
+    from ui import context
+
+    context.warn_unknown_case(ds)
     model, eval_folder = model_controls(ds)
     df = case_frame(ds)
     ev = cached_eval(eval_folder) if eval_folder else None

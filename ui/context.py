@@ -10,7 +10,9 @@ the URL path — so a reload, back/forward and a pasted link restore what was on
 :func:`restore` (from ``page_setup``, after sign-in) adopts a value only when the URL changed
 outside the app (a new session, a pasted link, back/forward): it remembers what it last wrote, so
 a choice made on the page is never overridden by the URL's older value. :func:`publish` writes the
-current values (the page calls it once it knows them).
+current values (the page calls it once it knows them). A case page calls :func:`warn_unknown_case` once
+it has the dataset: a ``case=`` the dataset lacks is named in a warning instead of silently showing
+another case.
 
 Example:
     >>> from ui import context
@@ -19,9 +21,14 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import streamlit as st
 
 from ui import state
+
+if TYPE_CHECKING:
+    from engine.datasets import Dataset
 
 PARAMS = ("dataset", "case", "pair")
 PAIR_SEP = "~"
@@ -65,6 +72,7 @@ def restore() -> None:
     if case is not None and case != synced.get("case"):
         synced["case"] = case
         state.put(state.Shared.BROWSER_CASE, case)
+        st.session_state[state.Shared.URL_CASE_CHECK] = case
     pair = qp.get("pair")
     if pair is not None and pair != synced.get("pair"):
         synced["pair"] = pair
@@ -74,6 +82,22 @@ def restore() -> None:
             # the pair wins over a case deep link of the same URL
             state.put(state.Review.LINK_CASE, state.get(state.Shared.BROWSER_CASE))
             st.session_state.pop(state.Review.JUMP, None)
+
+
+def unknown_link_case(ds: Dataset) -> str | None:
+    """The ``case=`` adopted from the URL when ``ds`` has no such case, else None; checked once."""
+    case = st.session_state.pop(state.Shared.URL_CASE_CHECK, None)
+    return None if case is None or case in ds else str(case)
+
+
+def warn_unknown_case(ds: Dataset) -> None:
+    """Say so when the link's ``case=`` is not a case of ``ds`` (the page shows another case, or none)."""
+    case = unknown_link_case(ds)
+    if case is not None:
+        shown = case if len(case) <= 80 else case[:79] + "…"
+        st.warning(f"The case in this link, `{shown.replace('`', chr(39))}`, is not in this dataset "
+                   f"({len(ds.case_ids):,} cases), so it cannot be opened: check the link, or pick a case below.",
+                   icon=":material/link_off:")
 
 
 def publish(**values: str | None) -> None:

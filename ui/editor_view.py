@@ -37,6 +37,7 @@ import streamlit as st
 from engine.curation import EditSession, version_mask
 from ui import loop_view, state
 from ui.loaders import case_image, dataset_key
+from ui.timefmt import local_time
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -82,19 +83,6 @@ def _show_flash() -> None:
     st.session_state[state.Editor.FLASH] = keep
     for kind, text, _, _ in keep:
         {"success": st.success, "warning": st.warning, "error": st.error}.get(kind, st.info)(text)
-
-
-def fmt_time(ts: str | None) -> str:
-    """ISO UTC timestamp → ``YYYY-MM-DD HH:MM:SS UTC``."""
-    if not ts:
-        return ""
-    try:
-        t = _dt.datetime.fromisoformat(str(ts))
-    except ValueError:
-        return str(ts)
-    if t.tzinfo is not None:
-        t = t.astimezone(_dt.timezone.utc)
-    return t.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def author() -> str:
@@ -149,6 +137,9 @@ def review_queue_for(ds: Dataset, store: ReviewStore) -> tuple[Queue, dict[str, 
 
 
 def _apply_deep_link(ds: Dataset) -> None:
+    from ui import context
+
+    context.warn_unknown_case(ds)
     link = state.get(state.Shared.BROWSER_CASE)
     if link and link != st.session_state.get(state.Editor.LINK_CASE) and link in ds:
         st.session_state[state.Editor.CASE] = link
@@ -471,7 +462,7 @@ def conflict_panel(ds: Dataset, store: ReviewStore, sess: EditSession, img: np.n
 
     cf = sess.conflict
     assert cf is not None
-    st.warning(f"**Version {cf['current']} was saved by {cf['author']} at {fmt_time(cf['created'])} while you were "
+    st.warning(f"**Version {cf['current']} was saved by {cf['author']} at {local_time(cf['created'])} while you were "
                f"editing** (you started from version {sess.base_version}). Nothing of yours is saved yet. Compare "
                "and choose:", icon="⚠️")
     theirs = version_mask(ds, store, sess.case_id, cf["current"])
@@ -535,10 +526,10 @@ def save_panel(ds: Dataset, store: ReviewStore, sess: EditSession, img: np.ndarr
             # nothing of ours to lose: follow the newer version
             replace_session(ds, store, sess)
             _flash("info", f"Version {latest} was saved by {mv.author if mv else 'someone'} at "
-                           f"{fmt_time(mv.created if mv else '')}; it is loaded now.")
+                           f"{local_time(mv.created if mv else '')}; it is loaded now.")
             st.rerun()
         st.info(f"Version {latest} was saved by {mv.author if mv else 'someone'} at "
-                f"{fmt_time(mv.created if mv else '')} since you started editing version {sess.base_version}. "
+                f"{local_time(mv.created if mv else '')} since you started editing version {sess.base_version}. "
                 "Saving will ask what to do.", icon="🔔")
     if sess.conflict is not None:
         conflict_panel(ds, store, sess, img, who, note)
@@ -561,7 +552,7 @@ def state_panel(store: ReviewStore, case_id: str, who: str) -> None:
 
     cs = store.case_states().get(case_id)
     cur = cs.state if cs else "unreviewed"
-    st.markdown(f"Review state: **{cur}**" + (f" — {cs.reviewer}, {fmt_time(cs.ts)}" if cs else ""))
+    st.markdown(f"Review state: **{cur}**" + (f" — {cs.reviewer}, {local_time(cs.ts)}" if cs else ""))
     labels = {"accepted": "Accept", "needs_fix": "Needs fix", "corrected": "Corrected", "unreviewed": "Unreviewed"}
     icons = {"accepted": ":material/check_circle:", "needs_fix": ":material/flag:",
              "corrected": ":material/edit:", "unreviewed": ":material/help:"}
@@ -585,7 +576,7 @@ def history_frame(ds: Dataset, store: ReviewStore, case_id: str) -> pd.DataFrame
 
     from engine.curation import version_history
 
-    return pd.DataFrame([{"version": r["version"], "author": r["author"], "time": fmt_time(r["created"]),
+    return pd.DataFrame([{"version": r["version"], "author": r["author"], "time": local_time(r["created"]),
                           "note": r["note"], "area (px)": r["area"], "from": r["from"]}
                          for r in version_history(ds, store, case_id)])
 

@@ -35,8 +35,10 @@ def load_dataset(path: str | None = None, options: dict[str, Any] | None = None)
     path = path or state.current_dataset_path()
     if not path:
         from engine.errors import LayoutError
+        from ui.auth import team_mode
 
-        raise LayoutError("no dataset chosen", hint="pick one on the home page (or generate the demo data)")
+        raise LayoutError("no dataset chosen", hint="pick one on the home page" + (
+            "" if team_mode() else " (or generate the demo data)"))
     from ui.auth import check_dataset_path
 
     check_dataset_path(path)  # team mode: only under the admin's data roots (symlinks resolved)

@@ -28,6 +28,7 @@ import streamlit as st
 from engine.store.records import DECISION_OPTIONS
 from ui import loop_view, state
 from ui.loaders import case_image
+from ui.timefmt import local_time
 from ui.widgets import fmt_num
 
 if TYPE_CHECKING:
@@ -156,8 +157,8 @@ def summary_panel(report: ConflictReport, ds: Dataset) -> None:
 
     cats = report.stats.get("categories", {})
     expanded = bool(st.session_state.pop(state.Review.SEARCHED, False))
-    when = report.created.replace("T", " ")[:19] if report.created else "unknown time"
-    with st.expander(f"Search summary · {len(report.pairs):,} pairs in {len(report.groups):,} groups · {when} UTC",
+    when = local_time(report.created) if report.created else "unknown time"
+    with st.expander(f"Search summary · {len(report.pairs):,} pairs in {len(report.groups):,} groups · {when}",
                      expanded=expanded):
         cols = st.columns(len(CATEGORIES))
         for col, k in zip(cols, CATEGORIES):
@@ -360,7 +361,7 @@ def decision_panel(store: ReviewStore, queue: list[ReviewItem], shown: list[Revi
     else:
         label = DECISION_LABELS.get(d.relative_to(cur.a, cur.b), d.decision)  # A/B as on screen
         where = "" if d.target_kind == "pair" else f" (on its near-duplicate group of {len(d.members)})"
-        text = f"**{label}**{where} — {d.reviewer}, {d.ts.replace('T', ' ')[:19]} UTC" + \
+        text = f"**{label}**{where} — {d.reviewer}, {local_time(d.ts)}" + \
                (f" · _{d.note}_" if d.note else "")
         if cur.state == "proposed":
             st.warning(f"Proposed by the case study's rule: {text}. Confirm it or choose another decision.",
@@ -468,9 +469,9 @@ def stale_panel(store: ReviewStore, cur: ReviewItem, reviewer: str, note: str) -
     now = store.decision_for(cur.a, cur.b)
     theirs = DECISION_LABELS.get(now.relative_to(cur.a, cur.b), now.decision) if now is not None else "no decision"
     mine = DECISION_LABELS.get(sd["decision"], sd["decision"]) if sd["decision"] else "undo"
-    when = str(sd.get("at") or "").replace("T", " ")[:19]
+    when = local_time(sd.get("at")) or "an unknown time"
     st.error(f"**Not recorded — someone decided this pair while you were looking.** "
-             f"{sd.get('by') or 'someone'} decided **{theirs}** at {when} UTC (event {sd.get('current_event')}); "
+             f"{sd.get('by') or 'someone'} decided **{theirs}** at {when} (event {sd.get('current_event')}); "
              f"your **{mine}** was based on what you saw before, so nothing was written.",
              icon=":material/sync_problem:")
     c = st.columns([2, 3, 3])
@@ -584,7 +585,7 @@ def neighbour_panel(ds: Dataset, cur: ReviewItem) -> None:
 def history_panel(store: ReviewStore, cur: ReviewItem) -> None:
     from engine.curation import pair_history
 
-    rows = pair_history(store, cur.a, cur.b)
+    rows = [{**r, "when": local_time(r.get("when"))} for r in pair_history(store, cur.a, cur.b)]
     with st.expander(f"History of this pair ({len(rows)} decision event{'s' if len(rows) != 1 else ''})"):
         if rows:
             st.dataframe(rows, hide_index=True, width="stretch",
@@ -781,9 +782,11 @@ def render_review() -> None:
     """The whole Conflict review page body (call inside ``ui.widgets.guard``)."""
     from engine.curation import build_queue, filter_queue
     from engine.store import ReviewStore
+    from ui import context
     from ui.widgets import dataset_required
 
     ds = dataset_required()
+    context.warn_unknown_case(ds)
     if getattr(ds, "workdir", None) is None:
         st.info("This dataset was opened without a workspace folder, so review decisions cannot be stored: "
                 "open it from the Home page.", icon=":material/info:")

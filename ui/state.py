@@ -52,6 +52,7 @@ class Shared(StrEnum):
     BROWSER_CASE = "segwb_browser_case"  # case id open in the browser / editor (the URL's ``case=``)
     REVIEWER = "segwb_reviewer"  # reviewer / author name remembered for decisions and mask versions
     URL_SYNCED = "segwb_url_synced"  # {param: value} last written to / adopted from the URL
+    URL_CASE_CHECK = "segwb_url_case_check"  # a case id adopted from the URL, until a page checked it exists
     CLAIMED = "segwb_claimed"  # (store path, dataset key, case id) this session holds a claim on
 
 

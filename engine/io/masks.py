@@ -266,7 +266,7 @@ def mask_summary(path: str | Path, *, threshold: int = 127) -> dict[str, Any]:
             "hw": [int(labels.shape[0]), int(labels.shape[1])]}
 
 
-def write_mask_png(path: str | Path, mask: np.ndarray, palette: bool = False) -> Path:
+def write_mask_png(path: str | Path, mask: np.ndarray, palette: bool = False, *, mode: int | None = None) -> Path:
     """Write a label map as a lossless 8-bit PNG (pixel value = class id), atomically.
 
     Args:
@@ -276,6 +276,8 @@ def write_mask_png(path: str | Path, mask: np.ndarray, palette: bool = False) ->
             :data:`CLASS_COLOURS` (class 1 orange, 2 sky blue...), so the file keeps its values
             for programs and is visible in any image viewer (a grey 0/1 PNG looks black);
             False = 8-bit grayscale.
+        mode: file permissions (e.g. ``0o600`` for the review store's corrected masks); default
+            ``0o666 & ~umask`` (see :func:`engine.fsutil.atomic_path`).
     """
     from PIL import Image
 
@@ -294,7 +296,7 @@ def write_mask_png(path: str | Path, mask: np.ndarray, palette: bool = False) ->
                         hint="threshold probabilities into labels first")
     if m.size and (m.min() < 0 or m.max() > 255):
         raise MaskError("mask values must be in 0..255", path=path, hint="use at most 255 classes")
-    with atomic_path(path) as tmp:
+    with atomic_path(path, mode=mode) as tmp:
         im = Image.fromarray(m.astype(np.uint8), mode="L")
         if palette:
             im = Image.frombytes("P", im.size, im.tobytes())  # indices = class ids, unchanged

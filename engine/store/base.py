@@ -22,7 +22,7 @@ from engine.store import db as _db
 from engine.store import schema
 from engine.store import tables as T
 from engine.store.location import MASKS_DIR, MASKS_DIR_ENV
-from engine.store.records import ROLE_RANK, Actor, LocalOperator, _author, _now
+from engine.store.records import ROLE_RANK, Actor, LocalOperator, _author, _now, a_role
 
 if TYPE_CHECKING:
     from engine.datasets.base import Dataset
@@ -121,7 +121,7 @@ class StoreBase:
         if not row.active:
             raise PermissionDenied(f"user {who!r} is disabled", path=self.path, hint="ask an admin to enable you")
         if ROLE_RANK.get(row.role, -1) < ROLE_RANK[need]:
-            raise PermissionDenied(f"user {who!r} is a {row.role}; this needs the {need} role or higher",
+            raise PermissionDenied(f"user {who!r} is {a_role(row.role)}; this needs the {need} role or higher",
                                    path=self.path, hint=f"ask an admin: python -m engine users set-role {who} "
                                                         f"--role {need}")
         return who

@@ -22,7 +22,7 @@ from engine.store import db as _db
 from engine.store import tables as T
 from engine.store.base import StoreBase
 from engine.store.location import MASKS_DIR
-from engine.store.masks import mask_path
+from engine.store.masks import MASK_FILE_MODE, ensure_masks_dir, mask_path
 from engine.store.projection import rebuild_current
 from engine.store.records import _now
 
@@ -55,7 +55,7 @@ class LegacyMixin(StoreBase):
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot read the old review store ({exc})", path=legacy,
                              hint="move the damaged file away; its decisions cannot be imported") from None
-        self.masks_dir.mkdir(parents=True, exist_ok=True)
+        ensure_masks_dir(self.masks_dir)
         for r in mvs:
             if r[3]:
                 f = Path(r[3])
@@ -64,6 +64,7 @@ class LegacyMixin(StoreBase):
                 if srcf.is_file() and not dst.exists():
                     tmp = dst.with_name(dst.name + ".importing")
                     shutil.copyfile(srcf, tmp)
+                    os.chmod(tmp, MASK_FILE_MODE)
                     os.replace(tmp, dst)
 
         def run(conn: Connection) -> int:

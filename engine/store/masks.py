@@ -5,11 +5,13 @@ version (``mask_versions`` is append-only) with a ``mask_saved`` event in the sa
 A save names the version it started from (``base_version``): if another was saved meanwhile,
 nothing is written (:class:`engine.errors.ConflictError`). Pixels live in content-addressed
 lossless PNGs (``<masks_dir>/<sha256>.png``), written atomically BEFORE the row, so a crash
-leaves an orphan file only.
+leaves an orphan file only. Like uploads (:mod:`engine.phi`) they are patient data: files 0600, and a
+masks folder the store creates 0700 (a folder that already exists keeps its permissions).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +30,18 @@ if TYPE_CHECKING:
     from engine.store.records import StoredRow
 
 
+MASK_FILE_MODE = 0o600
+MASKS_DIR_MODE = 0o700
+
+
+def ensure_masks_dir(masks_dir: Path) -> Path:
+    """Create ``masks_dir`` (0700) when missing; an existing folder keeps its permissions."""
+    if not masks_dir.is_dir():
+        masks_dir.mkdir(parents=True, exist_ok=True, mode=MASKS_DIR_MODE)
+        os.chmod(masks_dir, MASKS_DIR_MODE)
+    return masks_dir
+
+
 def mask_path(masks_dir: Path, sha: str) -> Path:
     """The content-addressed PNG of a mask in a masks folder."""
     return masks_dir / f"{sha}.png"
@@ -40,14 +54,15 @@ class MasksMixin(StoreBase):
         return mask_path(self.masks_dir, sha)
 
     def write_mask_file(self, mask: np.ndarray) -> tuple[str, Path]:
-        """Write a mask as a content-addressed lossless PNG (atomic, idempotent): ``(sha256, path)``."""
+        """Write a mask as a content-addressed lossless PNG (atomic, idempotent, 0600): ``(sha256, path)``."""
         from engine.io import write_mask_png
 
         m = _check_mask(mask)
         sha = mask_digest(m)
         path = self._mask_path(sha)
         if not path.exists():
-            write_mask_png(path, m)
+            ensure_masks_dir(self.masks_dir)
+            write_mask_png(path, m, mode=MASK_FILE_MODE)
         return sha, path
 
     def _latest_in(self, conn: Connection, case_id: str) -> int:

@@ -81,6 +81,13 @@ CASE_STATES: tuple[str, ...] = ("unreviewed", "accepted", "needs_fix", "correcte
 #: Roles, weakest first; each role may do everything the roles before it may.
 ROLES: tuple[str, ...] = ("viewer", "annotator", "reviewer", "admin")
 ROLE_RANK: dict[str, int] = {r: i for i, r in enumerate(ROLES)}
+
+
+def a_role(role: str) -> str:
+    """``role`` with its indefinite article, for messages: ``"an annotator"``, ``"a viewer"``."""
+    role = str(role)
+    return f"{'an' if role[:1].lower() in 'aeiou' and role else 'a'} {role}"
+
 #: Default case-claim lease in seconds.
 DEFAULT_CLAIM_TTL = 300.0
 

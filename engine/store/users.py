@@ -45,6 +45,16 @@ def log_admin(conn: Connection, actor: str, action: str, target: str, detail: ob
                                              detail=None if detail is None else json.dumps(detail, sort_keys=True)))
 
 
+def _log_detail(text: str | None) -> Any:
+    """An admin-log row's stored detail: parsed JSON, the raw text when it is not JSON, None when empty."""
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return str(text)
+
+
 class UsersMixin(StoreBase):
     """Accounts, roles, passwords, sign-in and the admin log of :class:`engine.store.ReviewStore`."""
 
@@ -374,8 +384,8 @@ class UsersMixin(StoreBase):
         return self.tx.read(lambda c: self._acting(c, name, role))
 
     def admin_log(self) -> list[dict[str, Any]]:
-        """User and settings changes, oldest first."""
+        """User and settings changes, oldest first (a detail that is not JSON comes back as its text)."""
         a = T.admin_log
         rows = self.tx.read(lambda c: c.execute(sa.select(a).order_by(a.c.id)).all())
         return [{"id": r.id, "ts": r.ts, "actor": r.actor, "action": r.action, "target": r.target,
-                 "detail": json.loads(r.detail) if r.detail else None} for r in rows]
+                 "detail": _log_detail(r.detail)} for r in rows]

@@ -205,3 +205,53 @@ def test_locked_account_is_unlocked_by_an_admin_who_then_forces_a_new_password(t
     with ReviewStore(default_store_url(team)) as s:
         assert not s.password_change_required("vic") and s.authenticate("vic", "amber-glacier-sparrow-5").name == "vic"
         assert s.admin_log()[-1]["actor"] == "vic"
+
+
+def test_team_mode_offers_no_demo_data(team, tmp_path, monkeypatch):
+    empty = tmp_path / "no-demo"
+    empty.mkdir()
+    monkeypatch.setenv("SEGWB_DEMO_DATA", str(empty))  # demo data not generated: demo mode would offer it
+    at = _sign_in(app_test(HOME).run(), "ada", ADA_PW)
+    assert not at.exception, [e.value for e in at.exception]
+    assert state.Home.GEN_DEMO not in {b.key for b in at.button}
+    assert not any("demo data" in i.value for i in at.info)
+    assert "generate the demo data" not in _texts(at)
+
+
+def _admin_log_texts(at) -> str:
+    parts = [_texts(at)] + [w.value for w in at.warning] + [c.value for c in at.code] + \
+        [x.to_string() for x in (d.value for d in at.dataframe)]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_admin_log_shows_odd_rows_as_short_text(team):
+    import sqlite3
+
+    from ui.timefmt import local_time
+
+    db = Path(default_store_url(team).removeprefix("sqlite:///"))
+    con = sqlite3.connect(db)
+    with con:  # rows an old version or a hand edit may have left: not JSON, and a long nested detail
+        con.execute("INSERT INTO admin_log (ts, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+                    ("2026-12-07T20:04:05+00:00", "old", "odd", "x", "{not json"))
+        con.execute("INSERT INTO admin_log (ts, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+                    ("not a time", "old", "nested", "y", '{"a": {"b": [1, 2, {"c": "' + "z" * 2000 + '"}]}}'))
+    con.close()
+    at = ok(_sign_in(app_test(ADMIN).run(), "ada", ADA_PW))
+    log = next(d.value for d in at.dataframe if "detail" in d.value.columns)
+    assert log["action"].tolist()[:2] == ["nested", "odd"]                     # newest first
+    assert log["detail"].iloc[1] == "{not json" and log["time"].iloc[1] == local_time("2026-12-07T20:04:05+00:00")
+    assert log["detail"].iloc[0].startswith('{"a": {"b": [1, 2') and len(log["detail"].iloc[0]) <= 300
+    assert log["time"].iloc[0] == "not a time"
+    assert "Traceback" not in _admin_log_texts(at) and not at.code
+
+
+def test_admin_log_that_cannot_be_read_is_a_short_message(team, monkeypatch):
+    def broken(self):
+        raise RuntimeError("boom in the log")
+
+    monkeypatch.setattr(ReviewStore, "admin_log", broken)
+    at = ok(_sign_in(app_test(ADMIN).run(), "ada", ADA_PW))
+    assert any("The admin log cannot be shown (RuntimeError)" in w.value for w in at.warning)
+    assert "Traceback" not in _admin_log_texts(at) and not at.code
+    assert "Accounts" in [h.value for h in at.subheader]  # the rest of the page is there

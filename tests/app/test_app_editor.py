@@ -8,6 +8,7 @@ the review queue, the model-prediction start and the export.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -128,7 +129,10 @@ def test_edit_save_history_diff_revert_and_states(env) -> None:
     table = at.dataframe[0].value
     assert table["version"].tolist() == [0, 1] and table["author"].tolist() == ["dataset", "tester"]
     assert table["area (px)"].tolist() == [case.mask_area, 0] and table["note"].iloc[1] == "no nerve here"
-    assert table["time"].iloc[1].endswith("UTC")
+    from ui.timefmt import local_time
+
+    assert table["time"].iloc[1] == local_time(hist[0].created)  # the reader's zone, YYYY-MM-DD HH:MM
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", table["time"].iloc[1])
     assert at.text_input(key="editor_note_text").value == ""  # cleared for the next version
     # diff of version 1 against the original: everything removed
     diff_caps = [c for img in at.image for c in img.captions if c.startswith("version 0 → 1")]
@@ -386,3 +390,46 @@ def test_siim_dicom_dataset(env) -> None:
                         texts(at.warning)] + [d.value.to_csv() for d in at.dataframe])
     for phi in (str(hdr.PatientName), str(hdr.PatientID)):
         assert phi and phi not in shown  # no PHI from the DICOM header on the page
+
+
+def test_unknown_case_in_the_link_is_named(env) -> None:
+    ds = dataset(env)
+    at = app(env)
+    at.query_params["case"] = "no_such_case"
+    at = at.run()
+    assert not at.exception and not at.error
+    warns = [w.value for w in at.warning if "no_such_case" in w.value]
+    assert len(warns) == 1 and "not in this dataset" in warns[0], [w.value for w in at.warning]
+    assert at.selectbox(key=state.Editor.CASE).value in ds.case_ids  # a real case, and the warning says so
+    ok(at.run())  # said once; the next run is quiet
+    assert not [w for w in at.warning if "no_such_case" in w.value]
+    # a known case from a link opens without a warning
+    at2 = app(env)
+    at2.query_params["case"] = ds.case_ids[2]
+    at2 = ok(at2.run())
+    assert at2.selectbox(key=state.Editor.CASE).value == ds.case_ids[2]
+    assert not [w for w in at2.warning if "link" in w.value]
+
+
+def test_local_time_uses_the_browser_zone_else_the_server_zone(monkeypatch) -> None:
+    import time
+    from types import SimpleNamespace
+
+    from ui import timefmt
+
+    utc = "2026-12-07T15:34:05.5+00:00"
+    browser = SimpleNamespace(context=SimpleNamespace(timezone="Asia/Kolkata", timezone_offset=-330))
+    monkeypatch.setattr(timefmt, "st", browser)
+    assert timefmt.local_time(utc) == "2026-12-07 21:04"
+    browser.context.timezone = None  # only the offset (minutes, as JavaScript's getTimezoneOffset)
+    assert timefmt.local_time(utc) == "2026-12-07 21:04"
+    browser.context.timezone_offset = None  # nothing from the browser: the server's zone
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert timefmt.local_time(utc) == "2026-12-08 00:34"
+        assert timefmt.local_time("2026-12-07T15:34:05") == "2026-12-08 00:34"  # naive = UTC
+        assert timefmt.local_time(None) == "" and timefmt.local_time("not a time") == "not a time"
+    finally:
+        monkeypatch.undo()  # TZ as it was, then tell the C library
+        time.tzset()

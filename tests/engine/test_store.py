@@ -869,3 +869,55 @@ def test_two_processes_creating_a_new_store_at_once_share_it(store_url: str, tmp
         assert len(s.events(kinds=["decision"])) == 6 and s.schema_version == SCHEMA_VERSION
         if s.is_sqlite:
             assert not [p for p in s.path.parent.iterdir() if p.name.endswith(".tmp")]  # no temporary files left
+
+
+# ----------------------------------------------------------------------------- small team-mode fixes
+def test_role_messages_use_the_right_article(tmp_path: Path) -> None:
+    from engine.store.records import a_role
+
+    assert [a_role(r) for r in ("viewer", "annotator", "reviewer", "admin")] == [
+        "a viewer", "an annotator", "a reviewer", "an admin"]
+    with ReviewStore(tmp_path / "s.sqlite", masks_dir=tmp_path / "m") as s:
+        s.add_user("root", "admin", PW)
+        s.add_user("ann", "annotator", PW, actor="root")
+        with pytest.raises(PermissionDenied, match="is an annotator; this needs the reviewer role") as info:
+            s.record_decision("a", "b", "keep_a", "ann")
+        assert " a annotator" not in str(info.value)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_corrected_masks_are_private_like_uploads(tmp_path: Path) -> None:
+    """Mask PNGs 0600 and a masks folder the store creates 0700, whatever the umask (as engine.phi's uploads)."""
+    old = os.umask(0o022)
+    try:
+        masks = tmp_path / "deep" / "masks"
+        with ReviewStore(tmp_path / "s.sqlite", masks_dir=masks) as s:
+            assert s.save_mask_version("c", mask(1), "alice") == 1
+            assert s.save_mask_version("c", mask(2), "alice", base_version=1) == 2
+            files = sorted(masks.glob("*.png"))
+            assert len(files) == 2
+            assert {f.stat().st_mode & 0o777 for f in files} == {0o600}
+            assert masks.stat().st_mode & 0o777 == 0o700
+            assert np.array_equal(s.load_mask_version("c", 2), mask(2))
+        shared = tmp_path / "shared"  # a folder the admin made keeps its permissions; the files are still 0600
+        shared.mkdir(mode=0o750)
+        os.chmod(shared, 0o750)
+        with ReviewStore(tmp_path / "t.sqlite", masks_dir=shared) as s:
+            s.save_mask_version("c", mask(3), "alice")
+        assert shared.stat().st_mode & 0o777 == 0o750
+        assert {f.stat().st_mode & 0o777 for f in shared.glob("*.png")} == {0o600}
+    finally:
+        os.umask(old)
+
+
+def test_admin_log_keeps_a_detail_that_is_not_json(tmp_path: Path) -> None:
+    with ReviewStore(tmp_path / "s.sqlite", masks_dir=tmp_path / "m") as s:
+        s.add_user("root", "admin", PW)
+    con = sqlite3.connect(tmp_path / "s.sqlite")
+    with con:
+        con.execute("INSERT INTO admin_log (ts, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+                    ("2026-01-02T03:04:05+00:00", "someone", "odd", "x", "{not json"))
+    con.close()
+    with ReviewStore(tmp_path / "s.sqlite", masks_dir=tmp_path / "m") as s:
+        log = s.admin_log()
+    assert log and log[-1]["detail"] == "{not json"
