@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.store import LOCAL_OPERATOR, ReviewStore, default_store_url
-from tests.support.helpers import app_test, ok, point_app_at, tiny_demo_dir
+from engine.store import ReviewStore, default_store_url
+from tests.support.helpers import app_test, ok, team_workspace, tiny_demo_dir
 from ui import state
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,13 +20,7 @@ ADA_PW = "harbor-violet-piano-42"
 def team(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     demo = tiny_demo_dir(tmp_path_factory, "roots_demo")
     ws = tmp_path / "ws"
-    ws.mkdir()
-    point_app_at(monkeypatch, demo, ws)
-    monkeypatch.setenv("SEGWB_MODE", "team")
-    monkeypatch.delenv("SEGWB_STORE_URL", raising=False)
-    with ReviewStore(default_store_url(ws)) as s:
-        s.add_user("ada", "admin", ADA_PW, actor=LOCAL_OPERATOR)
-    return ws
+    return team_workspace(monkeypatch, demo, ws, {"ada": ("admin", ADA_PW)})
 
 
 def test_admin_page_refuses_root_until_confirmed(team: Path) -> None:

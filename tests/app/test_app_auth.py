@@ -12,7 +12,7 @@ import pytest
 from engine.errors import PermissionDenied
 from engine.store import LOCAL_OPERATOR, ReviewStore, default_store_url
 from engine.store.signin import SignInPolicy
-from tests.support.helpers import app_test, ok, point_app_at, tiny_demo_dir
+from tests.support.helpers import app_test, ok, point_app_at, team_workspace, tiny_demo_dir
 from ui import state
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,14 +33,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def team(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Team mode on a fresh workspace store with an admin (ada) and a viewer (vic)."""
     ws = tmp_path / "ws"
-    ws.mkdir()
-    point_app_at(monkeypatch, demo, ws)
-    monkeypatch.setenv("SEGWB_MODE", "team")
-    monkeypatch.delenv("SEGWB_STORE_URL", raising=False)
-    with ReviewStore(default_store_url(ws)) as s:
-        s.add_user("ada", "admin", ADA_PW, actor=LOCAL_OPERATOR)
-        s.add_user("vic", "viewer", VIC_PW, actor=LOCAL_OPERATOR)
-    return ws
+    return team_workspace(monkeypatch, demo, ws, {"ada": ("admin", ADA_PW), "vic": ("viewer", VIC_PW)})
 
 
 def _texts(at) -> str:

@@ -147,6 +147,21 @@ def point_app_at(monkeypatch: pytest.MonkeyPatch, demo: Path, ws: Path) -> None:
     clear_streamlit_caches()
 
 
+def team_workspace(monkeypatch: pytest.MonkeyPatch, demo: Path, ws: Path, users: dict[str, tuple[str, str]]) -> Path:
+    """Team mode (``$SEGWB_MODE=team``) on a new workspace ``ws`` whose store holds ``users``
+    (``{name: (role, password)}``, added by the local operator); the pages are pointed at it."""
+    from engine.store import LOCAL_OPERATOR, ReviewStore, default_store_url
+
+    ws.mkdir(parents=True, exist_ok=True)
+    point_app_at(monkeypatch, demo, ws)
+    monkeypatch.setenv("SEGWB_MODE", "team")
+    monkeypatch.delenv("SEGWB_STORE_URL", raising=False)
+    with ReviewStore(default_store_url(ws)) as s:
+        for name, (role, password) in users.items():
+            s.add_user(name, role, password, actor=LOCAL_OPERATOR)
+    return ws
+
+
 def app_test(page: str, base: dict[str, Any] | None = None, /, **session: Any) -> AppTest:
     """``AppTest`` of ``page`` (180 s timeout) with ``base`` then ``session`` put in its session state."""
     from streamlit.testing.v1 import AppTest
