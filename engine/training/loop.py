@@ -328,8 +328,15 @@ def train(config: TrainConfig, progress: ProgressFn | None = None,
         return _train(config, progress, on_epoch, resume, command, dist_info)
     finally:
         if dist_info.created:
+            import datetime
+
             import torch.distributed as dist
 
+            with contextlib.suppress(Exception):
+                # every rank reaches teardown before the group goes away: a rank that tears down while
+                # another still talks to it can abort at exit (gloo); bounded, so a dead rank cannot hang us
+                if dist.get_backend() == "gloo":
+                    dist.monitored_barrier(timeout=datetime.timedelta(seconds=120))
             with contextlib.suppress(Exception):
                 dist.destroy_process_group()
 
