@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ConfigError
-
 
 @dataclass(frozen=True)
 class InstallSettings:
@@ -88,6 +86,7 @@ def resolve_settings(workspace: str | Path | None = None, store: str | Path | No
         STORE_URL_ENV,
         WORKSPACE_STORE_NAME,
         check_store_location,
+        default_store_url,
         sqlite_file,
     )
     from engine.workspace import WORKSPACE_ENV, home_root, resolve_root
@@ -95,17 +94,11 @@ def resolve_settings(workspace: str | Path | None = None, store: str | Path | No
     folder, ws_from = resolve_root(workspace)
     ws = folder.resolve()
 
-    env_store = os.environ.get(STORE_URL_ENV, "").strip()
     if store is not None and str(store).strip():
         url, store_from = check_store_location(store, ws), "argument"
-    elif env_store:
-        try:
-            url = check_store_location(env_store, ws)
-        except ConfigError as exc:
-            raise type(exc)(f"{STORE_URL_ENV}: {exc.message}", path=exc.path, hint=exc.hint) from None
-        store_from = f"${STORE_URL_ENV}"
-    else:
-        url, store_from = "sqlite:///" + str(ws / WORKSPACE_STORE_NAME), "default"
+    else:  # $SEGWB_STORE_URL (checked) or the workspace store: the one rule of default_store_url
+        url = default_store_url(ws)
+        store_from = f"${STORE_URL_ENV}" if os.environ.get(STORE_URL_ENV, "").strip() else "default"
 
     env_masks = os.environ.get(MASKS_DIR_ENV, "").strip()
     if masks_dir is not None and str(masks_dir).strip():
