@@ -18,8 +18,11 @@ export SEGWB_MAX_PIXELS ?= 100000000
 export SEGWB_UPLOAD_TTL_HOURS ?= 24
 export PYTHONUNBUFFERED := 1
 PORT ?= 8501
-# Team mode (make serve): upload cap in MB and the address to listen on (all interfaces by default).
+# Team mode (make serve): upload caps in MB (per file; per signed-in session and for the whole server, counted
+# in memory before a body is read; ui/webgate.py) and the address to listen on (all interfaces by default).
 UPLOAD_MB ?= 200
+export SEGWB_UPLOAD_SESSION_MB ?= 500
+export SEGWB_UPLOAD_TOTAL_MB ?= 2000
 SERVE_ADDRESS ?= 0.0.0.0
 PYTEST_ARGS ?=
 
@@ -29,12 +32,12 @@ PYTEST_ARGS ?=
 run: install demo
 	SEGWB_MODE=demo $(BIN)/streamlit run app.py --server.port $(PORT) --server.address 127.0.0.1
 
-# Team mode: all interfaces, sign-in required, uploads capped at UPLOAD_MB; refuses to start while the
-# review store ($$SEGWB_STORE_URL or the workspace store) has no active admin (serve-check says which store it
-# checked and how to add an admin).
+# Team mode: all interfaces, the app behind the session gate (serve.py: sign-in page, session cookies, media and
+# uploads for signed-in sessions only, upload caps); refuses to start while the review store ($$SEGWB_STORE_URL or
+# the workspace store) has no active admin (serve-check says which store it checked and how to add an admin).
 serve: install
 	SEGWB_MODE=team $(BIN)/python -m engine serve-check
-	SEGWB_MODE=team $(BIN)/streamlit run app.py --server.port $(PORT) --server.address $(SERVE_ADDRESS) \
+	SEGWB_MODE=team $(BIN)/streamlit run serve.py --server.port $(PORT) --server.address $(SERVE_ADDRESS) \
 		--server.maxUploadSize $(UPLOAD_MB) --server.enableXsrfProtection true --server.enableCORS true \
 		--server.headless true --browser.gatherUsageStats false
 

@@ -109,6 +109,7 @@ def render_admin() -> None:
                 done(f"{pick} " + ("no longer needs a new password." if required else
                                    "must set a new password at the next sign-in."))
     _locks(store, ident, done)
+    _sessions(store, ident, done)
 
     _roots_form("Data roots", "In team mode datasets open only from these folders (absolute paths, one per line; "
                 "symlinks are resolved, so a link pointing outside a root is refused).",
@@ -200,6 +201,32 @@ def _locks(store: ReviewStore, ident: Identity, done: Callable[[str], None]) -> 
             with _report():
                 store.unlock_signin(r["key"], actor=ident.name, kind=r["kind"])
                 done(f"Unlocked {r['kind']} {r['key']}.")
+
+
+def _sessions(store: ReviewStore, ident: Identity, done: Callable[[str], None]) -> None:
+    """Signed-in browser sessions (team mode behind the session gate), with a button per user that ends
+    all of that user's sessions."""
+    def t(x: float) -> str:
+        return local_time(x, "%Y-%m-%d %H:%M:%S")
+
+    st.subheader("Signed-in sessions")
+    policy = store.signin_policy()
+    st.caption(f"Sessions end after {policy.session_idle / 60:.0f} min without a page interaction and "
+               f"{policy.session_lifetime / 3600:.1f} h after sign-in (`python -m engine users policy "
+               "--session-idle SECONDS --session-lifetime SECONDS`). Ending a user's sessions signs them out "
+               "in every browser and releases their case claims.")
+    rows = store.sessions()
+    if not rows:
+        st.caption("No live sessions (the single-user demo and `streamlit run app.py` keep none).")
+        return
+    st.dataframe([{"user": r.user_name, "via": r.via, "address": r.address, "signed in": t(r.created),
+                   "last active": t(r.last_seen), "ends at the latest": t(r.expires)} for r in rows],
+                 hide_index=True, width="stretch")
+    for name in sorted({r.user_name for r in rows}):
+        if st.button(f"End {name}'s sessions", key=f"{state.Admin.END_SESSIONS}_{name}", icon=":material/logout:"):
+            with _report():
+                n = store.end_user_sessions(name, actor=ident.name)
+                done(f"Ended {n} session(s) of {name}.")
 
 
 def _roots_form(title: str, caption: str, current: Callable[[], list[Path]],

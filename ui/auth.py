@@ -5,8 +5,16 @@
 - **Demo mode** (``make run``, :func:`engine.serving.serve_mode` ``demo``) with a store that has no
   accounts: nobody signs in; the app refuses to run when it listens beyond 127.0.0.1. The pages keep
   their local "your name" field (the single user's identity in the audit log).
-- **Team mode** (``make serve``) — or any store that has accounts: a browser that is not signed in
-  sees only the sign-in form. Local accounts are checked by the store (argon2,
+- **Team mode** (``make serve``): the app runs behind the session gate (:mod:`ui.webgate`): the
+  browser signs in on the gate's sign-in page and carries a signed HttpOnly session cookie, which
+  this module reads (:func:`st.context.cookies`) and checks against the store on every run (an
+  ended session shows a "signed out" page; a watcher notices within a minute). Sign out ends the
+  session on the server (or all of the user's sessions), releasing claims when none is left.
+- **Team mode without the gate** (``streamlit run app.py`` with ``SEGWB_MODE=team``, tests) — or any
+  store that has accounts: refused unless it listens on 127.0.0.1; a browser that is not signed in
+  sees only the sign-in form below and the sign-in lasts as long as the tab.
+
+Either way local accounts are checked by the store (argon2,
   :meth:`ReviewStore.authenticate`), failed attempts throttled per account name AND per client
   address in the store, with growing delays and then a lock-out an admin lifts
   (:mod:`engine.store.signin`; the address: :func:`client_address`). An account an admin marked
@@ -135,8 +143,7 @@ def _refuse(msg: str, hint: str = "") -> None:
     st.stop()
 
 
-def _check_bind_address() -> None:
-    """Demo mode serves this machine only: refuse a non-loopback listening address."""
+def _served_beyond_loopback() -> bool:
     from engine.serving import is_loopback
 
     addr = st.get_option("server.address")
@@ -144,7 +151,20 @@ def _check_bind_address() -> None:
         served = bool(st.context.headers)  # AppTest has no HTTP request (and no listening socket)
     except Exception:  # noqa: BLE001
         served = False
-    if (addr is not None and not is_loopback(addr)) or (addr is None and served):
+    return (addr is not None and not is_loopback(addr)) or (addr is None and served)
+
+
+def gated() -> bool:
+    """True when this server runs behind the session gate (``make serve``: ``serve.py``)."""
+    from ui.webgate import gate_active
+
+    return gate_active()
+
+
+def _check_bind_address() -> None:
+    """Demo mode serves this machine only: refuse a non-loopback listening address."""
+    if _served_beyond_loopback():
+        addr = st.get_option("server.address")
         _refuse(f"The single-user demo serves this machine only, but this server listens on "
                 f"`{addr or 'all interfaces'}` without sign-in, so it will not run.",
                 "Start it with `make run` (127.0.0.1), or serve a team with `make serve` (sign-in required).")
@@ -170,6 +190,12 @@ def _gate() -> Identity:
     if team_mode() and not store.has_admin():
         _refuse("Team mode needs an administrator account and the review store has none, so the app will not "
                 "serve anything.", f"On the server: `python -m engine users add NAME --role admin` ({ADD_ADMIN_HINT}).")
+    if gated():
+        return _gated_identity(store)
+    if team_mode() and _served_beyond_loopback():
+        _refuse("Team mode serves other machines only behind the session gate (sign-in page, session cookies, "
+                "images and uploads for signed-in sessions only), and this server was started without it.",
+                "Start it with `make serve` (which runs `streamlit run serve.py`), not `streamlit run app.py`.")
     name = state.get(state.Auth.USER)
     if name:
         user = store.user(name)
@@ -199,6 +225,64 @@ def _gate() -> Identity:
     sign_in_form(store)
     st.stop()
     raise AssertionError("unreachable")  # st.stop raises
+
+
+def session_token(store: ReviewStore) -> str | None:
+    """This browser's session token (from the gate's signed cookie), or None."""
+    from engine.store.sessions import COOKIE_NAME
+    from ui.webgate import token_from_cookie
+
+    try:
+        value = st.context.cookies.get(COOKIE_NAME)
+    except Exception:  # noqa: BLE001 - no request context
+        value = None
+    return token_from_cookie(value, store)
+
+
+def _streamlit_session_id() -> str | None:
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else None
+
+
+def _gated_identity(store: ReviewStore) -> Identity:
+    """The identity of a page behind the gate: the live session its cookie names (this run counts as
+    activity), or the signed-out page."""
+    from ui.webgate import bind
+
+    token = session_token(store)
+    sess = store.session(token, touch=True) if token else None
+    if sess is None:
+        release_claim()
+        _forget()
+        signed_out_page()
+        st.stop()
+        raise AssertionError("unreachable")
+    sid = _streamlit_session_id()
+    if sid:
+        bind(sid, sess.id_hash)
+    user = store.user(sess.user_name)
+    if user is None:  # removed between the two reads; the next run ends the session
+        signed_out_page()
+        st.stop()
+        raise AssertionError("unreachable")
+    state.put(state.Auth.USER, user.name)
+    state.put(state.Auth.VIA, sess.via)
+    if sess.via == "password" and store.password_change_required(user.name):
+        change_password_form(store, user.name)
+        st.stop()
+    return Identity(user.name, user.role, True, sess.via)
+
+
+def signed_out_page() -> None:
+    """What an open tab shows once its session ended (signed out here or elsewhere, idle, expired)."""
+    st.markdown(_HIDE_NAV, unsafe_allow_html=True)
+    st.title("Signed out")
+    st.info("Your session has ended: you signed out, signed out everywhere, were idle too long, reached the "
+            "session's maximum lifetime, or an admin ended it. Nothing was lost: every saved decision and mask "
+            "is in the store.", icon=":material/logout:")
+    st.link_button("Sign in again", "/signin?m=ended", type="primary", icon=":material/login:")
 
 
 def sign_in_form(store: ReviewStore) -> None:
@@ -279,10 +363,27 @@ def _forget() -> None:
         st.session_state.pop(k, None)
 
 
-def sign_out() -> None:
-    """Release this session's claim, forget the user (and end the OIDC session)."""
+def sign_out(everywhere: bool = False) -> None:
+    """Release this session's claim and forget the user. Behind the gate: end the session on the server
+    (``everywhere``: every session of the user, in every browser), which also releases the user's
+    claims once no session is left. Without the gate: end the OIDC session too."""
     via = state.get(state.Auth.VIA)
+    name = state.get(state.Auth.USER)
     release_claim()
+    if gated():
+        from engine.store.sessions import token_hash
+        from ui.webgate import unbind_session
+
+        store = users_store()
+        token = session_token(store)
+        if token:
+            if everywhere and name:
+                store.end_user_sessions(str(name), actor=str(name))
+            else:
+                store.end_session(token)
+            unbind_session(token_hash(token))
+        _forget()
+        return
     _forget()
     if via == "oidc":
         st.logout()
@@ -295,6 +396,22 @@ def identity_sidebar(ident: Identity) -> None:
         return
     st.sidebar.markdown(f"**Signed in**  \n{ident.name} · *{ident.role}*")
     st.sidebar.button("Sign out", key=state.Auth.SIGN_OUT, icon=":material/logout:", on_click=sign_out)
+    if gated():
+        st.sidebar.button("Sign out everywhere", key=state.Auth.SIGN_OUT_ALL, icon=":material/devices:",
+                          on_click=sign_out, kwargs={"everywhere": True},
+                          help="End your sessions in every browser and device")
+        with st.sidebar:
+            _session_watch()
+
+
+@st.fragment(run_every=60)
+def _session_watch() -> None:
+    """Every minute, without counting as activity: has this tab's session ended (idle, lifetime,
+    signed out elsewhere, account disabled)? Then rerun the page, which shows the signed-out page."""
+    store = users_store()
+    token = session_token(store)
+    if token is None or store.session(token, touch=False) is None:
+        st.rerun(scope="app")
 
 
 # ------------------------------------------------------------------------------------ who may do what

@@ -68,6 +68,7 @@ class Auth(StrEnum):
     SUBMIT = "auth_submit"
     OIDC = "auth_oidc"  # prefix: one button per OIDC provider
     SIGN_OUT = "auth_sign_out"
+    SIGN_OUT_ALL = "auth_sign_out_all"
     NEW_PASSWORD = "auth_new_password"  # the forced password change
     NEW_PASSWORD2 = "auth_new_password2"
     CHANGE_FORM = "auth_change_form"
@@ -95,6 +96,7 @@ class Admin(StrEnum):
     SET_ROLE = "admin_set_role"
     TOGGLE = "admin_toggle"
     USER = "admin_user"
+    END_SESSIONS = "admin_end_sessions"  # prefix: one button per signed-in user
     MUST_CHANGE = "admin_must_change"  # the "require a new password" button
     RESET_MUST_CHANGE = "admin_reset_must_change"  # prefix: "must change at next sign-in" with a reset
     UNLOCK = "admin_unlock"  # prefix: one button per locked account/address

@@ -15,6 +15,7 @@ log. It sits below :mod:`engine.curation` (which takes a store as an argument) a
 :mod:`.base`                   the open store: connection, permission gate, audit-log writes
 :mod:`.users`                  accounts, roles, sign-in, the admin log
 :mod:`.signin`                 password policy, sign-in throttling and lock-out, client address
+:mod:`.sessions`               signed-in browser sessions (team mode's cookie), idle/lifetime, sign-out
 :mod:`.settings`               data roots and export roots
 :mod:`.decisions`              pair and group decisions, undo, case review states
 :mod:`.claims`                 case claims (leases)

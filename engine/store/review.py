@@ -34,7 +34,7 @@ Guarantees:
 - **Transactions with retries** (SQLite ``BEGIN IMMEDIATE``; PostgreSQL ``SERIALIZABLE``) and
   atomic mask files (temp + rename, written before the row, so a crash leaves an orphan file only).
 
-:class:`ReviewStore` is a façade: each concern lives in its own module (``users``, ``settings``,
+:class:`ReviewStore` is a façade: each concern lives in its own module (``users``, ``sessions``, ``settings``,
 ``decisions``, ``claims``, ``masks``, ``legacy``) on top of :class:`engine.store.base.StoreBase`.
 
 Example:
@@ -61,6 +61,7 @@ from engine.store.decisions import DecisionsMixin
 from engine.store.legacy import LegacyMixin
 from engine.store.location import MASKS_DIR, MASKS_DIR_ENV, STORE_NAME, STORE_URL_ENV, dataset_key, default_store_url
 from engine.store.masks import MasksMixin
+from engine.store.sessions import SessionsMixin
 from engine.store.settings import SettingsMixin
 from engine.store.users import UsersMixin
 
@@ -77,7 +78,7 @@ class StoreOptions(TypedDict, total=False):
     dataset_key: str
 
 
-class ReviewStore(UsersMixin, SettingsMixin, DecisionsMixin, ClaimsMixin, MasksMixin, LegacyMixin):
+class ReviewStore(SessionsMixin, UsersMixin, SettingsMixin, DecisionsMixin, ClaimsMixin, MasksMixin, LegacyMixin):
     """Review decisions, case states, mask versions, users, claims and settings in one store.
 
     Args:

@@ -8,7 +8,8 @@ the only backend-specific text is the append-only guard (a trigger body), declar
 Versions 1 and 2 are the historic per-dataset SQLite layout; step 3 adds the dataset key, the
 current-state tables, users, settings and claims, and back-fills the current-state tables
 (:func:`engine.store.projection.rebuild_current`). Step 4 adds sign-in throttling
-(``signin_failures``) and ``users.must_change`` (an admin-forced password change).
+(``signin_failures``) and ``users.must_change`` (an admin-forced password change). Step 5 adds the
+signed-in browser sessions (``web_sessions``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from engine.store.db import Transactor
 from engine.store.projection import rebuild_current
 from engine.store.records import _now
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # --------------------------------------------------------------------------- migration helpers
 def _append_only(conn: Connection, table: str) -> None:
@@ -126,8 +127,15 @@ def _v4(conn: Connection) -> None:
     conn.execute(CreateTable(T.signin_failures))
 
 
+def _v5(conn: Connection) -> None:
+    # browser sessions of team mode (a signed HttpOnly cookie names one; engine.store.sessions)
+    conn.execute(CreateTable(T.web_sessions))
+    for ix in T.web_sessions.indexes:
+        conn.execute(CreateIndex(ix))
+
+
 #: The one migration list: version → step (runs inside the migration transaction).
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5}
 
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 

@@ -14,6 +14,9 @@ client address behind a reverse proxy. Pure functions and records; the store app
   unless an admin unlocks it. An address gets the same from ``address_free_failures`` (10) up to
   ``address_limit`` (30). Failures older than ``window`` seconds (counted from the latest) are
   forgotten. A successful sign-in clears the account's count (not the address's).
+- **Browser sessions** (team mode, :mod:`engine.store.sessions`): a session ends after
+  ``session_idle`` seconds without a page interaction (default 30 min) and ``session_lifetime``
+  seconds after sign-in whatever happens (default 12 h).
 
 Example:
     >>> p = SignInPolicy()
@@ -54,6 +57,8 @@ class SignInPolicy:
     address_limit: int = 30
     window: float = 3600.0
     lockout: float = 3600.0
+    session_idle: float = 1800.0
+    session_lifetime: float = 43200.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -63,6 +68,10 @@ class SignInPolicy:
                                   hint=f"the default is {f.default}")
         if self.min_score > 4:
             raise ConfigError(f"sign-in policy: min_score is 0-4, got {self.min_score}", hint="3 is the default")
+        if self.session_idle < 60 or self.session_lifetime < self.session_idle:
+            raise ConfigError("sign-in policy: session_idle must be at least 60 s and session_lifetime at least "
+                              f"session_idle (got {self.session_idle} and {self.session_lifetime})",
+                              hint="defaults: 1800 s idle, 43200 s (12 h) lifetime")
         if self.account_limit < 1 or self.address_limit < 1:
             raise ConfigError("sign-in policy: account_limit and address_limit must be at least 1",
                               hint="defaults: 10 per account, 30 per address")

@@ -2,7 +2,7 @@
 same declaration renders the right DDL on SQLite and PostgreSQL (``INTEGER PRIMARY KEY AUTOINCREMENT``
 on SQLite, an identity column on PostgreSQL). :mod:`engine.store.schema` creates and migrates them.
 
-Tables (schema version 4):
+Tables (schema version 5):
 
 ``meta(key, value)``
     ``schema_version``, ``created``, ``imported:<dataset>`` (legacy per-dataset stores imported).
@@ -30,6 +30,10 @@ Tables (schema version 4):
     ``account`` (the lower-cased name, existing or not) and per client ``address`` (UNIX seconds),
     for throttling and lock-out (:mod:`engine.store.signin`); mutable, pruned as they expire.
 ``claims(dataset, case_id, user_name, claimed, expires)`` — case leases (mutable).
+``web_sessions(id_hash, user_name, via, address, created, last_seen, expires, ended, end_reason)`` —
+    signed-in browser sessions of team mode (schema 5; :mod:`engine.store.sessions`): the SHA-256 of
+    the cookie's random token (the token itself is never stored), UNIX seconds; ``ended`` set at
+    sign-out, expiry or revocation. Mutable, pruned a day after they end.
 """
 
 from __future__ import annotations
@@ -165,4 +169,18 @@ signin_failures = sa.Table(  # schema 4: sign-in throttling per account name and
     sa.Column("last_failed", sa.Float, nullable=False),
     sa.PrimaryKeyConstraint("kind", "key"),
     sa.CheckConstraint("kind IN ('account', 'address')", name="signin_failures_kind"),
+)
+
+web_sessions = sa.Table(  # schema 5: signed-in browser sessions (team mode behind the session gate)
+    "web_sessions", metadata,
+    sa.Column("id_hash", sa.Text, primary_key=True),
+    sa.Column("user_name", sa.Text, nullable=False),
+    sa.Column("via", sa.Text, nullable=False),
+    sa.Column("address", sa.Text, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("last_seen", sa.Float, nullable=False),
+    sa.Column("expires", sa.Float, nullable=False),
+    sa.Column("ended", sa.Float),
+    sa.Column("end_reason", sa.Text),
+    sa.Index("web_sessions_user", "user_name"),
 )

@@ -584,14 +584,17 @@ def browser_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleName
 
 
 class StreamlitServer:
-    """``python -m streamlit run app.py`` in its own process group; ``url`` once healthy."""
+    """``python -m streamlit run app.py`` in its own process group; ``url`` once healthy.
+    ``make_serve``: team mode exactly as deployed instead, ``make serve`` (the session gate, serve.py)."""
 
-    def __init__(self, port: int, env: dict[str, str], log: Path, cwd: Path = REPO):
+    def __init__(self, port: int, env: dict[str, str], log: Path, cwd: Path = REPO, make_serve: bool = False):
         self.port, self.log_path = port, log
         self.url = f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                "--server.address", "127.0.0.1", "--server.headless", "true",
                "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
+        if make_serve:
+            cmd = ["make", "--no-print-directory", "serve", f"PORT={port}", "SERVE_ADDRESS=127.0.0.1"]
         self._log = open(log, "wb")
         self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -627,12 +630,13 @@ class StreamlitServer:
 
 
 def start_server(workspace: Path, demo: Path, log: Path, port: int | None = None,
-                 extra_env: dict[str, str] | None = None) -> StreamlitServer:
-    """Start the app on ``port`` (a free one by default) with the given workspace and demo data."""
+                 extra_env: dict[str, str] | None = None, make_serve: bool = False) -> StreamlitServer:
+    """Start the app on ``port`` (a free one by default) with the given workspace and demo data
+    (``make_serve``: with ``make serve``, team mode behind the session gate)."""
     env = dict(os.environ, SEGWB_WORKSPACE=str(workspace), SEGWB_DEMO_DATA=str(demo), PYTHONUNBUFFERED="1",
                STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
     env.update(extra_env or {})
-    server = StreamlitServer(port or _free_port(), env, log)
+    server = StreamlitServer(port or _free_port(), env, log, make_serve=make_serve)
     try:
         server.wait_healthy()
     except BaseException:

@@ -1,12 +1,15 @@
-"""Team mode in real browsers: sign-in, two reviewers on one pair (a refused stale decision, then an
-override), undo on the pair shown, a merge on a mask save conflict, and a reload restoring the view
-from the URL — on SQLite and on PostgreSQL (a throwaway server from tests/support/pgserver.py; skipped with
-the reason when the binaries are absent).
+"""Team mode in real browsers and raw HTTP against a live ``make serve``: the session gate (sign-in page,
+session cookie kept across reloads and tabs, media/uploads/metrics/WebSocket refused without a session,
+media bound to the session that asked, upload caps, idle timeout, sign out here and everywhere with claims
+released), two reviewers on one pair (a refused stale decision, then an override), undo on the pair shown,
+a merge on a mask save conflict, and a reload restoring the view from the URL — on SQLite and on
+PostgreSQL (a throwaway server from tests/support/pgserver.py; skipped with the reason when the binaries
+are absent).
 
-Each backend gets its own team-mode server (``SEGWB_MODE=team``, its own workspace, accounts made
-with the engine as ``python -m engine users add`` would, data roots = the demo folder) and two
-separate Chromium browser contexts (separate cookies and sessions = two people). What the pages did
-is read back from the store.
+Each backend gets its own team-mode server started with ``make serve`` (its own workspace, accounts made
+with the engine as ``python -m engine users add`` would, data roots = the demo folder, small upload caps)
+and separate Chromium browser contexts (separate cookies and sessions = different people). What the
+pages did is read back from the store.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ def team(request, browser_env, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"team-{backend}")
     ws = root / "workspace"
     ws.mkdir()
-    extra = {"SEGWB_MODE": "team"}
+    extra = {"SEGWB_MODE": "team", "SEGWB_UPLOAD_SESSION_MB": "2", "SEGWB_UPLOAD_TOTAL_MB": "3"}
     pg = None
     if backend == "postgresql":
         from tests.support.pgserver import PostgresServer, Unavailable
@@ -92,7 +95,7 @@ def team(request, browser_env, tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    server = start_server(ws, browser_env.demo, root / "streamlit.log", extra_env=extra)
+    server = start_server(ws, browser_env.demo, root / "streamlit.log", extra_env=extra, make_serve=True)
     from engine.curation import build_queue
 
     queue = build_queue(report.pairs, {})
@@ -152,18 +155,29 @@ def store(team):
 # ------------------------------------------------------------------------------------ helpers
 
 def open_url(page, path: str, **params: str) -> None:
+    """Open a link; lands on the app, or on the gate's sign-in page when this browser has no session."""
     q = "&".join(f"{k}={quote(str(v), safe='')}" for k, v in params.items())
     page.goto(path + (f"?{q}" if q else ""), wait_until="domcontentloaded", timeout=LOAD_TIMEOUT * 1000)
-    page.wait_for_selector('[data-testid="stApp"]', timeout=LOAD_TIMEOUT * 1000)
-    wait_idle(page)
+    page.wait_for_selector('[data-testid="stApp"], form[action$="/signin"]', timeout=LOAD_TIMEOUT * 1000)
+    if not on_signin_page(page):
+        wait_idle(page)
+
+
+def on_signin_page(page) -> bool:
+    return "/signin" in page.url and page.locator('form[action$="/signin"]').count() == 1
 
 
 def sign_in(page, name: str, password: str | None = None) -> None:
-    widget(page, "stTextInput", "User name").first.locator("input").fill(name)
-    widget(page, "stTextInput", "Password").first.locator("input").fill(password or USERS[name][1])
-    with expect_rerun(page):
-        page.get_by_role("button", name="Sign in").click()
-    wait_idle(page)
+    """Sign in on the gate's page (a browser that is already signed in is left as it is)."""
+    if not on_signin_page(page):
+        return
+    page.fill("#user", name)
+    page.fill("#password", password or USERS[name][1])
+    page.click("form[action$='/signin'] button[type=submit]")
+    page.wait_for_selector('[data-testid="stApp"], .msg.err',
+                           timeout=LOAD_TIMEOUT * 1000)
+    if not on_signin_page(page):
+        wait_idle(page)
 
 
 def until(page, cond, what: str, timeout: float = 120.0):
@@ -215,20 +229,21 @@ def decision(team, a, b):
 def test_sign_in_gate(person, team):
     page = person()
     open_url(page, "/Conflict_review", dataset=str(team.nerve))
-    assert headings(page) == ["Sign in"]
-    assert page.locator('[data-testid="stImage"]').count() == 0
-    assert page.locator('[data-testid="stDataFrame"]').count() == 0
-    assert widget(page, "stTextInput").count() == 2
-    assert not page.locator('[data-testid="stSidebarNav"]').is_visible()  # not even the page list
+    assert on_signin_page(page)  # the gate's page, not the app: no Streamlit, no image, no page list
+    assert page.locator('[data-testid="stApp"]').count() == 0 and page.locator("img").count() == 0
+    assert page.locator("h1").inner_text() == "Sign in"
     sign_in(page, "rita", "not-her-password")
-    assert any("wrong user name or password" in t for t in alerts(page, "error")), alerts(page)
-    assert headings(page)[0] == "Sign in"
+    assert "wrong user name or password" in page.locator(".err").inner_text()
+    assert on_signin_page(page)
     sign_in(page, "rita")
     until(page, lambda: pair_heading(page), "the review page after sign-in")
     assert "rita" in page.locator('[data-testid="stSidebar"]').inner_text()
-    assert "dataset=" in page.url  # the link's context survived the sign-in
+    assert "dataset=" in page.url and "/signin" not in page.url  # the link's context survived the sign-in
     # no free-text reviewer field in team mode: the signed-in user is the author
     assert widget(page, "stTextInput", "Reviewer").count() == 0
+    cookie = next(c for c in page.context.cookies() if c["name"] == "segwb_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+    assert page.evaluate("document.cookie").find("segwb_session") == -1  # scripts cannot read it
 
 
 def test_stale_decision_refused_then_override(person, team):
@@ -291,11 +306,17 @@ def test_reload_restores_dataset_page_and_case(person, team):
     other = team.ds.case_ids[5]
     select_option(page, label, other)  # the URL follows the choice...
     until(page, lambda: f"case={other}" in page.url, "the URL updated")
-    page.reload(wait_until="domcontentloaded")  # ...so a reload (a new session: sign in again) restores it
+    page.reload(wait_until="domcontentloaded")  # ...so a reload restores it, still signed in
+    page.wait_for_selector('[data-testid="stApp"]', timeout=LOAD_TIMEOUT * 1000)
     wait_idle(page)
-    sign_in(page, "rob")
+    assert not on_signin_page(page)
     until(page, lambda: selected(page, label) == other, "the case restored after a reload")
     assert "case=" in page.url and "dataset=" in page.url
+    tab = page.context.new_page()  # a new tab (ctrl-click on a link) is signed in too
+    open_url(tab, "/Mask_editor", dataset=str(team.nerve), case=case)
+    assert not on_signin_page(tab)
+    until(tab, lambda: selected(tab, label) == case, "the link opened signed in in a new tab")
+    assert "rob" in tab.locator('[data-testid="stSidebar"]').inner_text()
 
 
 def test_dataset_outside_data_roots_refused(person, team, tmp_path):
@@ -357,3 +378,177 @@ def test_merge_on_a_save_conflict(person, team):
     assert mv.author == "rob" and "union with version 1 by rita" in mv.note
     assert np.all(v2[v1 > 0] > 0)  # everything rita labelled is still there
     assert np.count_nonzero(v2) > np.count_nonzero(v1) and np.count_nonzero(v1) > np.count_nonzero(v0)
+
+
+# ------------------------------------------------------------------------------------ the session gate (raw HTTP)
+
+MB = 1024 * 1024
+
+
+def http(team, method: str, path: str, *, cookies: dict[str, str] | None = None,
+         headers: dict[str, str] | None = None, body: bytes | None = None,
+         declare: int | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One raw request to the live server. ``declare``: send only the headers with this Content-Length
+    (no body), as a client that wants the server to accept a big upload would."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(team.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    h = dict(headers or {})
+    if cookies:
+        h["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
+    try:
+        if declare is not None:
+            conn.putrequest(method, path)
+            for k, v in {**h, "Content-Length": str(declare)}.items():
+                conn.putheader(k, v)
+            conn.endheaders()
+        else:
+            conn.request(method, path, body=body, headers=h)
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def cookies_of(page) -> dict[str, str]:
+    return {c["name"]: c["value"] for c in page.context.cookies()}
+
+
+def media_src(page) -> str:
+    img = page.locator('[data-testid="stImage"] img[src*="/media/"]').first
+    img.wait_for(timeout=120_000)
+    return urlsplit_path(img.get_attribute("src"))
+
+
+def urlsplit_path(src: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(src).path
+
+
+def test_nothing_without_a_session(team):
+    status, h, _ = http(team, "GET", "/Mask_editor?case=1")
+    assert status == 303 and h["location"] == "/signin?next=%2FMask_editor%3Fcase%3D1"
+    for path in ("/_stcore/metrics", "/media/0f1e2d3c4b5a69788796a5b4c3d2e1f0.png", "/_stcore/host-config"):
+        status, _, body = http(team, "GET", path)
+        assert status == 401 and b"Sign in first" in body, (path, status)
+    # a 150 MB upload is refused from its headers: the body is never read, nothing is held
+    status, _, _ = http(team, "PUT", "/_stcore/upload_file/abc/def", declare=150 * MB,
+                        headers={"Content-Type": "multipart/form-data; boundary=x"})
+    assert status == 401
+    # the app's WebSocket is refused before it opens
+    status, _, _ = http(team, "GET", "/_stcore/stream", headers={
+        "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    assert status == 403
+    # a forged or unknown cookie is no session either (and the sign-in page says the session ended)
+    status, h, _ = http(team, "GET", "/", cookies={"segwb_session": "forged.c2lnbmF0dXJl"})
+    assert status == 303 and "m=ended" in h["location"]
+    assert http(team, "GET", "/_stcore/health")[0] == 200  # public, for load balancers
+    # the sign-in form refuses a post without its CSRF token (another site posting credentials)
+    status, _, _ = http(team, "POST", "/signin", body=b"user=rita&password=x",
+                        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 403
+
+
+def test_media_only_for_the_session_that_asked_and_sign_out_ends_it(person, team):
+    case = team.ds.case_ids[2]
+    rita, rob = person(), person()
+    open_url(rita, "/Mask_editor", dataset=str(team.nerve), case=case)
+    sign_in(rita, "rita")
+    src = media_src(rita)
+    status, h, body = http(team, "GET", src, cookies=cookies_of(rita))
+    assert status == 200 and (body[:4] == b"\x89PNG" or body[:2] == b"\xff\xd8"), (status, body[:8])
+    assert "no-store" in h.get("cache-control", "")
+    assert http(team, "GET", src)[0] == 401  # no cookie
+    open_url(rob, "/")
+    sign_in(rob, "rob")
+    assert http(team, "GET", src, cookies=cookies_of(rob))[0] == 404  # signed in, but not his page's image
+    with store(team) as s:
+        until(rita, lambda: (s.claim_for(case) or SimpleNamespace(user="")).user == "rita", "rita's claim")
+    saved = cookies_of(rita)
+    with expect_rerun(rita):
+        rita.get_by_role("button", name="Sign out", exact=True).click()
+    until(rita, lambda: "Signed out" in headings(rita), "the signed-out page")
+    assert http(team, "GET", src, cookies=saved)[0] == 401  # the old cookie is dead on the server
+    with store(team) as s:
+        assert s.claim_for(case) is None  # rita's last session ended: her claim is released
+    rita.reload(wait_until="domcontentloaded")
+    rita.wait_for_selector('form[action$="/signin"]', timeout=LOAD_TIMEOUT * 1000)
+
+
+def _upload_target(page, tmp_path, name: str) -> str:
+    """Upload a small PNG through the Predict page; returns the upload URL path (it names this tab's
+    Streamlit session)."""
+    from PIL import Image
+
+    from tests.browser.support import upload
+
+    f = tmp_path / f"{name}.png"
+    Image.fromarray(np.full((16, 16), 7, np.uint8)).save(f)
+    urls: list[str] = []
+    page.on("request", lambda r: urls.append(r.url) if r.method == "PUT" and "/upload_file/" in r.url else None)
+    upload(page, f, label="Images (TIFF, DICOM, PNG, JPEG) — one or many")
+    until(page, lambda: urls, "the browser's upload")
+    return urlsplit_path(urls[0])
+
+
+def _put(team, page, url_path: str, size: int, file_id: str) -> int:
+    sid = url_path.split("/")[3]
+    boundary = "segwbtestboundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"UploadedFile\"; filename=\"x.bin\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    body = head + b"\0" * size + f"\r\n--{boundary}--\r\n".encode()
+    c = cookies_of(page)
+    return http(team, "PUT", f"/_stcore/upload_file/{sid}/{file_id}", cookies=c, body=body,
+                headers={"Content-Type": f"multipart/form-data; boundary={boundary}",
+                         "X-Xsrftoken": c.get("_streamlit_xsrf", "")})[0]
+
+
+def test_uploads_bound_to_the_session_and_capped(person, team, tmp_path):
+    rita, rob = person(), person()
+    for p, who in ((rita, "rita"), (rob, "rob")):
+        open_url(p, "/Predict")
+        sign_in(p, who)
+    r_url, b_url = _upload_target(rita, tmp_path, "r"), _upload_target(rob, tmp_path, "b")
+    assert _put(team, rob, r_url, 1000, "f0") == 403  # signed in, but not his tab
+    assert _put(team, rita, r_url, int(1.5 * MB), "f1") in (200, 204)  # within her 2 MB
+    status, _, _ = http(team, "PUT", r_url.rsplit("/", 1)[0] + "/f2", cookies=cookies_of(rita), declare=int(1.5 * MB))
+    assert status == 413  # her session would hold 3 MB: refused from the headers
+    assert _put(team, rob, b_url, int(1.2 * MB), "f3") in (200, 204)  # the server holds 2.7 MB
+    status, _, _ = http(team, "PUT", b_url.rsplit("/", 1)[0] + "/f4", cookies=cookies_of(rob), declare=int(0.5 * MB))
+    assert status == 503  # rob is within his cap, but the server's 3 MB total would be exceeded
+
+
+def test_idle_timeout_and_sign_out_everywhere(person, team):
+    from engine.store import tables as T
+
+    laptop, phone = person(), person()
+    for p in (laptop, phone):
+        open_url(p, "/")
+        sign_in(p, "vic")
+    with store(team) as s:  # 31 minutes without a page interaction (the default idle limit is 30)
+        with s.engine.begin() as c:
+            c.execute(T.web_sessions.update().where(T.web_sessions.c.user_name == "vic",
+                                                    T.web_sessions.c.ended.is_(None))
+                      .values(last_seen=T.web_sessions.c.last_seen - 31 * 60))
+    if team.backend == "sqlite":  # the open tab notices by itself within a minute (once: it waits)
+        until(phone, lambda: "Signed out" in headings(phone), "the idle tab signed out", timeout=90)
+    laptop.reload(wait_until="domcontentloaded")
+    laptop.wait_for_selector('form[action$="/signin"]', timeout=LOAD_TIMEOUT * 1000)
+    assert "session ended" in laptop.locator(".info").inner_text()
+    # sign out everywhere: two fresh sessions, one button
+    for p in (laptop, phone):
+        open_url(p, "/")
+        sign_in(p, "vic")
+    with expect_rerun(laptop):
+        laptop.get_by_role("button", name="Sign out everywhere").click()
+    until(laptop, lambda: "Signed out" in headings(laptop), "signed out here")
+    phone.reload(wait_until="domcontentloaded")
+    phone.wait_for_selector('form[action$="/signin"]', timeout=LOAD_TIMEOUT * 1000)
+    with store(team) as s:
+        assert s.sessions("vic") == []
+        ended = s.sessions("vic", include_ended=True)
+        assert {e.end_reason for e in ended} >= {"signed out everywhere"}

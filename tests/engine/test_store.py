@@ -565,7 +565,7 @@ def test_schema_4_migration_keeps_accounts(store_url: str, tmp_path: Path) -> No
                               "VALUES ('root', 'admin', :h, :t, '2026-01-01', '2026-01-01')"),
                       {"h": PasswordHasher().hash(PW), "t": True})
     with ReviewStore(store_url, masks_dir=tmp_path / "m") as s:
-        assert s.schema_version == SCHEMA_VERSION == 4
+        assert s.schema_version == SCHEMA_VERSION == 5
         assert s.authenticate("root", PW).role == "admin" and not s.password_change_required("root")
         s.require_password_change("root", actor="root")
         assert s.password_change_required("root")
