@@ -83,15 +83,10 @@ def client_address() -> str:
     behind reverse proxies, ``X-Forwarded-For`` is believed only when ``$SEGWB_TRUSTED_PROXIES`` says
     how many proxies (that set it) stand in front of the app. Connections from this machine are
     ``local``."""
-    import os
-
-    from engine.store.signin import TRUSTED_PROXIES_ENV
     from engine.store.signin import client_address as _client_address
+    from engine.store.signin import trusted_proxies
 
-    try:
-        trusted = max(0, int(os.environ.get(TRUSTED_PROXIES_ENV, "0") or 0))
-    except ValueError:
-        trusted = 0
+    trusted = trusted_proxies()
     try:
         peer = st.context.ip_address
         forwarded = st.context.headers.get("X-Forwarded-For") if trusted else None

@@ -177,23 +177,16 @@ def _https(scope: Scope) -> bool:
         return True
     if scope.get("scheme") in ("https", "wss"):
         return True
-    from engine.store.signin import TRUSTED_PROXIES_ENV
+    from engine.store.signin import trusted_proxies
 
-    try:
-        trusted = int(os.environ.get(TRUSTED_PROXIES_ENV, "0") or 0)
-    except ValueError:
-        trusted = 0
-    return trusted > 0 and _header(scope, b"x-forwarded-proto").split(",")[-1].strip().lower() == "https"
+    return trusted_proxies() > 0 and _header(scope, b"x-forwarded-proto").split(",")[-1].strip().lower() == "https"
 
 
 def _address(scope: Scope) -> str:
-    from engine.store.signin import TRUSTED_PROXIES_ENV
     from engine.store.signin import client_address as _client_address
+    from engine.store.signin import trusted_proxies
 
-    try:
-        trusted = max(0, int(os.environ.get(TRUSTED_PROXIES_ENV, "0") or 0))
-    except ValueError:
-        trusted = 0
+    trusted = trusted_proxies()
     peer = (scope.get("client") or (None,))[0]
     return _client_address(peer, _header(scope, b"x-forwarded-for") or None if trusted else None, trusted)
 

@@ -180,6 +180,17 @@ def check_password(name: str, password: object, policy: SignInPolicy) -> str:
 
 #: the environment variable naming how many reverse proxies in front of the app to trust
 TRUSTED_PROXIES_ENV = "SEGWB_TRUSTED_PROXIES"
+
+
+def trusted_proxies() -> int:
+    """How many reverse proxies in front of the app set ``X-Forwarded-For`` (``$SEGWB_TRUSTED_PROXIES``;
+    0 — believe only the connection's address — when unset or not a number)."""
+    import os
+
+    try:
+        return max(0, int(os.environ.get(TRUSTED_PROXIES_ENV, "0") or 0))
+    except ValueError:
+        return 0
 LOCAL_ADDRESS = "local"
 
 
