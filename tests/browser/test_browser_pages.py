@@ -30,6 +30,7 @@ def test_page_loads(page, name: str, script: str) -> None:
     assert headings(page), f"{script}: no heading rendered"
     menu = [t.strip() for t in page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()]
     assert len(menu) == len(PAGES), f"sidebar menu {menu} does not list all {len(PAGES)} pages"
+    assert menu[0].endswith("Home"), menu  # the first entry is Home, not the script's name "app"
     if name != "Home":
         assert name in menu
     screenshot(page, f"page_{slug(script)}")  # first render; workflow tests save the richer views
