@@ -441,9 +441,26 @@ def load_checkpoint(name_or_dir: str | Path, device: str = "cpu", verify_hash: b
     return model, card
 
 
+#: A model trained here whose validation Dice is below this is "weak": kept out of the pickers unless asked.
+MIN_USEFUL_DICE = 0.2
+
+
+def weak_reason(training: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """Why a model trained here should stay out of the model pickers unless asked ('' when it is fine):
+    its run failed or was cancelled, or its validation Dice is below :data:`MIN_USEFUL_DICE`."""
+    end = str(training.get("end_state") or "")
+    if end in ("failed", "cancelled"):
+        return f"its training run {'was cancelled' if end == 'cancelled' else 'failed'}"
+    dice = metrics.get("val_dice")
+    if isinstance(dice, (int, float)) and not isinstance(dice, bool) and dice == dice and dice < MIN_USEFUL_DICE:
+        return f"validation Dice {dice:.3f} (below {MIN_USEFUL_DICE})"
+    return ""
+
+
 def list_weights(workspace: Workspace | None = None, kind: str = "segment") -> list[dict[str, Any]]:
     """Every weights folder of one kind in the search path: name, folder, classes, size, metrics, origin
-    (segmenters also arch/encoder/gate; classifiers backbone/threshold)."""
+    (segmenters also arch/encoder/gate; classifiers backbone/threshold), and ``weak``: why a model
+    trained here should stay out of the pickers unless asked ('' for usable and shipped models)."""
     k = _kind(kind)
     out = []
     seen: set[str] = set()
@@ -460,7 +477,8 @@ def list_weights(workspace: Workspace | None = None, kind: str = "segment") -> l
                 card = read_card(folder, kind=kind)
                 size = (folder / WEIGHTS_FILE).stat().st_size if (folder / WEIGHTS_FILE).exists() else 0
                 entry.update(classes=[card.labels[i] for i in sorted(card.labels)], size_mb=round(size / 1e6, 2),
-                             metrics=card.metrics, synthetic=card.synthetic, description=card.description)
+                             metrics=card.metrics, synthetic=card.synthetic, description=card.description,
+                             weak="" if d == REPO_WEIGHTS else weak_reason(card.training or {}, card.metrics or {}))
                 if isinstance(card, ClassifierCard):
                     entry.update(backbone=card.classifier.name, threshold=card.threshold,
                                  in_channels=card.classifier.in_channels)

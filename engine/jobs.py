@@ -167,7 +167,8 @@ def start_training(config: Any, workspace: Workspace | str | Path | None = None,
     Raises:
         ConfigError: missing data, a run folder that already holds a run, a config the model
             factory rejects, or (exporting) a name a shipped model in ``weights/`` already has (the
-            export would be hidden behind it). Nothing is started then.
+            export would be hidden behind it) or a workspace model has (unless ``config.replace_model``).
+            Nothing is started then.
 
     Example:
         >>> job = start_training(TrainConfig(data="demo_data/nerve", epochs=2, name="demo"))   # doctest: +SKIP
@@ -182,11 +183,9 @@ def start_training(config: Any, workspace: Workspace | str | Path | None = None,
         check_config(config)
     do_export = bool(export or config.export)
     if do_export:
-        from engine.checkpoint import CARD_FILE, REPO_WEIGHTS
+        from engine.training.loop import check_export_name
 
-        if (REPO_WEIGHTS / config.name / CARD_FILE).is_file():
-            raise ConfigError(f"a shipped model is already named '{config.name}': the exported model would be "
-                              "hidden behind it in the model pickers", hint="choose another model name")
+        check_export_name(config.name, config.replace_model, ws)
     if config.out:
         run_dir = Path(config.out).expanduser().resolve()
         if any((run_dir / f).exists() for f in ("status.json", "resume.pt", JOB_FILE)):

@@ -108,6 +108,8 @@ def render_home() -> None:
     with right:
         st.subheader("Model")
         with guard("Listing models"):
+            if state.Home.SHOW_WEAK in st.session_state:  # the toggle below, before the pickers read it
+                state.put(state.Shared.SHOW_WEAK_MODELS, bool(st.session_state[state.Home.SHOW_WEAK]))
             table = weights_table()
             good = [w for w in table if "error" not in w]
             if not good:
@@ -131,6 +133,14 @@ def render_home() -> None:
                 if m:
                     with st.expander("Model card metrics"):
                         st.json(m, expanded=False)
+            weak = [w for w in weights_table(include_weak=True) if w.get("weak") and "error" not in w]
+            if weak:
+                shown = st.toggle(f"Show {len(weak)} failed or weak model(s) in the model pickers",
+                                  value=bool(state.get(state.Shared.SHOW_WEAK_MODELS, False)),
+                                  key=state.Home.SHOW_WEAK,
+                                  help="Models trained here whose run failed or was cancelled, or whose validation "
+                                       "Dice is useless: " + "; ".join(f"{w['name']}: {w['weak']}" for w in weak))
+                state.put(state.Shared.SHOW_WEAK_MODELS, shown)
             bad = [w for w in table if "error" in w]
             for w in bad:
                 st.warning(f"{w['name']}: {w['error']}")

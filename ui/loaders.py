@@ -162,10 +162,15 @@ def _weights_table(workspace_root: str) -> list[dict[str, Any]]:
     return list_weights(Workspace(workspace_root))
 
 
-def weights_table() -> list[dict[str, Any]]:
+def weights_table(include_weak: bool | None = None) -> list[dict[str, Any]]:
     """``engine.checkpoint.list_weights()`` for the current workspace, refreshed every 10 s
-    (models exported by the Train page appear without a restart)."""
-    return _weights_table(str(state.workspace().root))
+    (models exported by the Train page appear without a restart). Models trained here whose run failed
+    or whose validation Dice is useless (``weak``) are left out unless ``include_weak`` (default: the
+    Home page's "show them" toggle)."""
+    table = _weights_table(str(state.workspace().root))
+    if include_weak is None:
+        include_weak = bool(state.get(state.Shared.SHOW_WEAK_MODELS, False))
+    return table if include_weak else [w for w in table if not w.get("weak")]
 
 
 def refresh_weights() -> None:

@@ -50,6 +50,7 @@ class Shared(StrEnum):
     DEVICE = "segwb_device"  # "auto" | "cpu" | "cuda" | "mps"
     REFRESH = "segwb_refresh"  # int bumped to force re-indexing
     BROWSER_CASE = "segwb_browser_case"  # case id open in the browser / editor (the URL's ``case=``)
+    SHOW_WEAK_MODELS = "segwb_show_weak_models"  # bool: list failed/useless models trained here in the pickers
     REVIEWER = "segwb_reviewer"  # reviewer / author name remembered for decisions and mask versions
     URL_SYNCED = "segwb_url_synced"  # {param: value} last written to / adopted from the URL
     URL_CASE_CHECK = "segwb_url_case_check"  # a case id adopted from the URL, until a page checked it exists
@@ -103,7 +104,7 @@ class Admin(StrEnum):
 
 
 class Home(StrEnum):
-    """The home page (app.py)."""
+    """The home page (ui/home_view.py)."""
 
     DATASET_CHOICE = "home_dataset_choice"
     DATASET_PATH = "home_dataset_path"
@@ -113,6 +114,7 @@ class Home(StrEnum):
     MODEL = "home_model"
     OPEN = "home_open"
     RESCAN = "home_rescan"
+    SHOW_WEAK = "home_show_weak"
 
 
 class Browser(StrEnum):
@@ -393,6 +395,7 @@ class Train(StrEnum):
     LR = "train_lr"
     MEDIAN = "train_median"
     NAME = "train_name"
+    REPLACE = "train_replace"  # replace a workspace model of the same name
     NOTICE = "train_notice"
     PATH = "train_path"
     PATIENCE = "train_patience"

@@ -160,6 +160,7 @@ def build_config(v: dict[str, Any]) -> TrainConfig:
         scheduler=v["scheduler"], early_stopping_patience=int(v["patience"]),
         split=SplitSpec(k=int(v["folds"]), val_fold=int(v["val_fold"]), seed=int(v["seed"])),
         seed=int(v["seed"]), amp=v["amp"], device=v["device"], name=v["name"], export=True,
+        replace_model=bool(v.get("replace_model")),
         description=v.get("description") or f"Trained on the Train page from {Path(v['data']).name or v['data']}.",
     )
 
@@ -289,15 +290,21 @@ def form_values() -> dict[str, Any]:
     return v
 
 
-def _name_notes(name: str) -> None:
-    from engine.checkpoint import CARD_FILE, REPO_WEIGHTS
+def _name_notes(name: str) -> bool:
+    """Say whether the model name is taken; returns True when the run may start with it (a workspace
+    model of that name is replaced only when the user ticks the box; a shipped model's never)."""
+    from engine.training.loop import export_name_problem
 
-    if (REPO_WEIGHTS / name / CARD_FILE).is_file():
-        st.warning(f"A shipped model is already named **{name}**; training would be hidden behind it. "
-                   "Choose another model name.", icon=":material/warning:")
-    elif (state.workspace().root / "models" / name / CARD_FILE).is_file():
-        st.caption(f":material/info: A model named **{name}** exists in the workspace; "
-                   "this run replaces it when it ends.")
+    why = export_name_problem(name, False, state.workspace())
+    if why is None:
+        return True
+    if why.startswith("a shipped"):
+        st.error(f"A shipped model is already named **{name}**: a model trained under this name would be hidden "
+                 "behind it. Choose another model name.", icon=":material/block:")
+        return False
+    st.warning(f"A model named **{name}** already exists in the workspace. Choose another model name, or replace "
+               "it when this run ends.", icon=":material/warning:")
+    return bool(st.checkbox(f"Replace the existing model {name}", key=state.Train.REPLACE))
 
 
 def form_section(rows: list[dict[str, Any]]) -> None:
@@ -305,14 +312,15 @@ def form_section(rows: list[dict[str, Any]]) -> None:
     from engine.jobs import start_training
 
     v = form_values()
+    name_ok = _name_notes(v["name"])
+    v["replace_model"] = name_ok and bool(st.session_state.get(state.Train.REPLACE))
     cfg = build_config(v)  # ConfigError → shown by the guard around the section
-    _name_notes(cfg.name)
     active = [r for r in rows if r["active"]]
     if active:
         st.caption(f":material/info: {len(active)} run(s) in progress ({', '.join(r['run'] for r in active)}); "
                    "a new run shares the machine with them.")
     c1, c2 = st.columns([1, 3], vertical_alignment="center")
-    start = c1.button("Start training", type="primary", key=state.Train.START, disabled=not v["data"])
+    start = c1.button("Start training", type="primary", key=state.Train.START, disabled=not v["data"] or not name_ok)
     show = c2.toggle("Show config JSON", key=state.Train.SHOW_JSON)
     if show:
         st.json(cfg.to_dict(), expanded=True)

@@ -84,7 +84,10 @@ def register(sub) -> None:
     g.add_argument("--name", help="model name (export folder and card)")
     g.add_argument("--out", help="run folder (default <workspace>/runs/<name>-<time>)")
     g.add_argument("--export", action="store_true", default=None,
-                   help="export the best model to <workspace>/models/<name> (app model picker)")
+                   help="export the best model to <workspace>/models/<name> (app model picker); a name a model "
+                        "already has is refused unless --replace")
+    g.add_argument("--replace", action="store_true", default=None,
+                   help="with --export: replace the workspace model of the same name")
     g.add_argument("--description")
     g.add_argument("--license")
     g.add_argument("--attribution")
@@ -211,7 +214,7 @@ def build_config(args) -> Any:
             d[key] = getattr(args, flag)
     if args.scheduler and args.scheduler != base.scheduler:
         d["scheduler_params"] = None
-    for flag, key, value in (("swa", "swa", True), ("export", "export", True),
+    for flag, key, value in (("swa", "swa", True), ("export", "export", True), ("replace", "replace_model", True),
                              ("cache_preprocessed", "cache_preprocessed", True),
                              ("positive_only", "positive_only", True),
                              ("no_channels_last", "channels_last", False)):

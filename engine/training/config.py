@@ -115,7 +115,10 @@ class TrainConfig(JsonConfig):
     Output:
         name: model name (export folder, card name). out: run folder (None =
         ``<workspace>/runs/<name>-<timestamp>``). export: copy the best model to
-        ``<workspace>/models/<name>/``. description / license / attribution: card text.
+        ``<workspace>/models/<name>/``; a name a model already has is refused when the run starts
+        (a shipped model's always; a workspace model's unless ``replace_model``), and if another run took
+        the name meanwhile the export is versioned (``<name>-2``, …), never silently replaced.
+        description / license / attribution: card text.
         preview_count: validation images drawn every epoch. status_interval: seconds between
         ``status.json`` updates. max_train_batches / max_val_batches: cap the batches per epoch
         (tests, benchmarks).
@@ -163,6 +166,7 @@ class TrainConfig(JsonConfig):
     name: str = "model"
     out: str | None = None
     export: bool = False
+    replace_model: bool = False
     description: str = ""
     license: str = ""
     attribution: str = ""

@@ -241,11 +241,43 @@ def load_resume_state(run_dir: str | Path) -> dict[str, Any]:
     return state
 
 
-def _export(src: Path, name: str) -> Path:
-    """Copy a best/ folder to ``<workspace>/models/<name>`` (replacing an older export)."""
+def export_name_problem(name: str, replace: bool = False, workspace: Any = None) -> str | None:
+    """Why exporting a model as ``name`` would hide or replace another model (a sentence), or None.
+
+    A shipped model's name (``weights/<name>``) is always refused (the export would be hidden behind
+    it); a workspace model's name only without ``replace``.
+    """
+    from engine.checkpoint import CARD_FILE, REPO_WEIGHTS
+    from engine.workspace import Workspace
+
+    if (REPO_WEIGHTS / name / CARD_FILE).is_file():
+        return f"a shipped model is already named '{name}': the exported model would be hidden behind it"
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace) if workspace else Workspace()
+    if not replace and (ws.root / "models" / name / CARD_FILE).is_file():
+        return f"a model named '{name}' already exists in the workspace ({ws.root / 'models' / name})"
+    return None
+
+
+def check_export_name(name: str, replace: bool = False, workspace: Any = None) -> None:
+    """Raise :class:`ConfigError` when :func:`export_name_problem` finds one (before a run starts)."""
+    why = export_name_problem(name, replace, workspace)
+    if why:
+        raise ConfigError(why, hint="choose another model name" + (
+            "" if why.startswith("a shipped") else ", or replace it (CLI --replace; Train page: the "
+                                                   "'replace' checkbox)"))
+
+
+def _export(src: Path, name: str, replace: bool = False) -> Path:
+    """Copy a best/ folder to ``<workspace>/models/<name>``; an existing model of that name is replaced
+    only with ``replace``, else the export takes the next free ``<name>-N``."""
     from engine.workspace import Workspace
 
     models = Workspace().subdir("models")
+    if not replace:
+        base, i = name, 1
+        while export_name_problem(name):
+            i += 1
+            name = f"{base}-{i}"
     dest = models / name
     tmp = models / f".{name}.tmp-{os.getpid()}"
     old = models / f".{name}.old-{os.getpid()}"
@@ -323,6 +355,8 @@ def train(config: TrainConfig, progress: ProgressFn | None = None,
         >>> (res.run_dir / "best" / "card.json").exists()                             # doctest: +SKIP
         True
     """
+    if config.export and resume is None:
+        check_export_name(config.name, config.replace_model)
     dist_info = _init_distributed(config.device)
     try:
         return _train(config, progress, on_epoch, resume, command, dist_info)
@@ -768,7 +802,7 @@ class _Run:
                 _finalize_card(task, run_dir / "best", epochs_run, self.state_name)
             if self.config.export and (run_dir / "best").exists():
                 log.update(force=True, message="exporting the best model")
-                exported = _export(run_dir / "best", self.config.name)
+                exported = _export(run_dir / "best", self.config.name, self.config.replace_model)
             msg = (f"cancelled after {epochs_run} epoch(s)" if self.state_name == "cancelled"
                    else f"finished: best {task.metric_name} {self.best_score:.4f} at epoch {self.best_epoch}")
             log.update(force=True, state=self.state_name, message=msg, exported=str(exported) if exported else None,

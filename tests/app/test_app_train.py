@@ -287,3 +287,26 @@ def test_died_run_is_reported_without_a_traceback(env) -> None:
     errors = [e.value for e in at.error]
     assert len(errors) == 1 and "died" in errors[0] and "MemoryError: cannot allocate 4 GiB" in errors[0]
     assert "Traceback" not in errors[0]
+
+
+def test_a_taken_name_is_refused_unless_replaced_and_failed_runs_stay_out_of_pickers(env, started) -> None:
+    wait_final(started["done"])
+    wait_final(started["long"])
+    at = tiny(app().run(), "apptest-done", 1)  # the finished run exported this name
+    assert any("already exists in the workspace" in w.value for w in at.warning)
+    assert at.button(key=state.Train.START).disabled
+    at.checkbox(key=state.Train.REPLACE).check()
+    assert not ok(at.run()).button(key=state.Train.START).disabled
+    at = tiny(app().run(), "lung-cxr", 1)  # a shipped model's name: never
+    assert any("shipped model is already named" in e.value for e in at.error)
+    assert at.button(key=state.Train.START).disabled
+    weak = {w["name"]: w["weak"] for w in list_weights(Workspace(env["ws"]))}
+    assert weak["apptest-long"] == "its training run was cancelled" or weak["apptest-long"].startswith(
+        "validation Dice 0.")  # cancelled, or (early-stopped first) a 4-channel net that learnt little
+    from tests.support.helpers import app_test as home_test
+
+    home = ok(home_test(str(REPO / "app.py"), {state.Shared.DEVICE: "cpu"}).run())
+    model_box = home.selectbox(key=state.Home.MODEL)
+    assert "apptest-long" not in model_box.options  # out of the pickers...
+    home.toggle(key=state.Home.SHOW_WEAK).set_value(True)
+    assert "apptest-long" in ok(home.run()).selectbox(key=state.Home.MODEL).options  # ...unless asked

@@ -214,8 +214,10 @@ def test_resume_file_loads_with_weights_only(main_run) -> None:
 
 def test_output_folder_with_a_run_is_refused(main_run) -> None:
     config, result, _, _ = main_run
-    with pytest.raises(ConfigError, match="already holds"):
+    with pytest.raises(ConfigError, match="already exists in the workspace"):  # its export has this name now
         train(config)
+    with pytest.raises(ConfigError, match="already holds"):
+        train(config.replace(replace_model=True))
     with pytest.raises(ConfigError, match="--epochs larger"):
         train(load_run_config(result.run_dir), resume=result.run_dir)
     with pytest.raises(ConfigError, match="model differs"):
@@ -422,3 +424,22 @@ def test_positive_only_trains_on_masked_cases_and_card_records_split_and_fingerp
     with pytest.raises(ConfigError, match="positive_only"):
         train(cfg(data, tmp_path / "clfpos", task="classify", positive_only=True,
                   classifier=ClassifierSpec(name="cnn_small"), epochs=1))
+
+
+def test_export_never_replaces_a_model_silently_and_weak_models_are_flagged(main_run, tmp_path: Path) -> None:
+    from engine.checkpoint import list_weights, weak_reason
+    from engine.training.loop import _export, check_export_name, export_name_problem
+
+    config, result, _, _ = main_run
+    assert export_name_problem(config.name) and export_name_problem(config.name, replace=True) is None
+    assert "shipped" in (export_name_problem("lung-cxr", replace=True) or "")  # never over a shipped model
+    check_export_name(f"{config.name}-new")
+    first = _export(result.run_dir / "best", config.name)  # a race: the name was taken meanwhile
+    second = _export(result.run_dir / "best", config.name)
+    assert (first.name, second.name) == (f"{config.name}-2", f"{config.name}-3")
+    assert _export(result.run_dir / "best", config.name, replace=True).name == config.name
+    assert weak_reason({"end_state": "failed"}, {"val_dice": 0.9}) == "its training run failed"
+    assert "0.019" in weak_reason({"end_state": "finished"}, {"val_dice": 0.019})
+    assert weak_reason({"end_state": "finished"}, {"val_dice": 0.8}) == ""
+    shipped = {w["name"]: w for w in list_weights()}
+    assert shipped["lung-cxr"]["weak"] == ""
