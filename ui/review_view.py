@@ -620,7 +620,14 @@ def links_panel(cur: ReviewItem) -> None:
 
 def bulk_panel(store: ReviewStore, queue: list[ReviewItem], decisions: Decisions, reviewer: str) -> None:
     """The case study's rule as a bulk proposal (recorded as undoable decisions noted BULK_NOTE)."""
-    from engine.curation import BULK_NOTE, apply_proposals, bulk_proposals, proposals_in_force, undo_proposals
+    from engine.curation import (
+        BULK_NOTE,
+        apply_proposals,
+        bulk_proposals,
+        confirm_proposals,
+        proposals_in_force,
+        undo_proposals,
+    )
     from ui.widgets import guard, streamlit_progress
 
     props, n = bulk_proposals(queue)
@@ -630,9 +637,11 @@ def bulk_panel(store: ReviewStore, queue: list[ReviewItem], decisions: Decisions
             "The case study dropped **the empty image of every conflicting pair** without looking. Here the "
             "rule is only a *proposal*: **Apply as proposal** records *Keep A* or *Keep B* (keep the annotated "
             f"image, leave its empty twin out) for each conflict pair nobody has decided yet, with the note "
-            f"“{BULK_NOTE}”. Those pairs show as **proposed** in the queue until a reviewer confirms (Y) or "
-            "overrides them; every proposal can be undone one by one (Undo on the pair) or all at once below. "
-            "Pairs a reviewer already decided are never touched, and the dataset itself never changes.")
+            f"“{BULK_NOTE}”. Those pairs show as **proposed** in the queue until a reviewer confirms them (Y on "
+            "the pair, or **Confirm all** below, recorded under the confirming reviewer's name) or overrides "
+            "them; every proposal can be undone one by one (Undo on the pair) or all at once below. A proposal "
+            "is never counted as a reviewer's decision: manifests, exports and the impact report keep them "
+            "apart. Pairs a reviewer already decided are never touched, and the dataset itself never changes.")
         c = st.columns(4)
         c[0].metric("Conflict pairs", n["conflict_pairs"])
         c[1].metric("Would be proposed", n["undecided"], help="conflict pairs with no decision yet")
@@ -640,7 +649,7 @@ def bulk_panel(store: ReviewStore, queue: list[ReviewItem], decisions: Decisions
         c[3].metric("Decided by a reviewer", n["decided"])
         if n["unknown_areas"]:
             st.caption(f"{n['unknown_areas']} conflict pair(s) lack mask areas in the report and are skipped.")
-        b = st.columns(2)
+        b = st.columns(3)
         if b[0].button(f"Apply as proposal ({len(props)} pairs)", key=state.Review.BULK_APPLY, type="primary",
                        disabled=not props or not reviewer):
             with guard("Recording the proposals"):
@@ -657,8 +666,18 @@ def bulk_panel(store: ReviewStore, queue: list[ReviewItem], decisions: Decisions
                 bar.empty()
                 _notice(f"Undid {k} proposal(s) of the case study's rule.")
                 st.rerun()
+        if b[2].button(f"Confirm all proposals ({len(in_force)})", key=state.Review.BULK_CONFIRM,
+                       icon=":material/done_all:", disabled=not in_force or not reviewer,
+                       help=f"record every proposal still in force as your own decision ({reviewer or 'your name'})"):
+            with guard("Confirming the proposals"):
+                report_fn, bar = streamlit_progress("Confirming proposals")
+                done, skipped = confirm_proposals(store, reviewer, progress=report_fn)
+                bar.empty()
+                left = f"; {skipped} pair(s) were decided by someone meanwhile and left alone." if skipped else "."
+                _notice(f"Confirmed {done} proposal(s) as decisions by {reviewer}{left}")
+                st.rerun()
         if not reviewer:
-            st.caption("Enter your name as **Reviewer** to apply or undo proposals.")
+            st.caption("Enter your name as **Reviewer** to apply, confirm or undo proposals.")
 
 
 def ceiling_panel(report: ConflictReport) -> None:
@@ -738,7 +757,14 @@ def export_panel(ds: Dataset, store: ReviewStore, report: ConflictReport) -> Non
             m = st.columns(5)
             m[0].metric("Kept", f"{s['kept']:,}")
             m[1].metric("Dropped", f"{s['dropped']:,}",
-                        help=f"{s['dropped_by_decision']} by decisions, {s['dropped_by_policy']} by the policy")
+                        help=f"{s['dropped_by_decision']} by reviewers' decisions, {s['dropped_by_proposal']} by "
+                             f"unconfirmed proposals, {s['dropped_by_policy']} by the policy")
+            if s["unconfirmed_proposals"]:
+                how = ("applied, and marked *proposal … not confirmed* in the manifest (policy drop-empty)."
+                       if s["dropped_by_proposal"] else "left out (policy *Decisions only*). Confirm them in the "
+                       "queue or in bulk above to make them decisions.")
+                st.info(f"{s['unconfirmed_proposals']:,} proposal(s) of the case-study rule are not confirmed by "
+                        f"anyone: {how}", icon=":material/pending:")
             m[2].metric("Union masks", f"{s['union_masks']:,}", help="cases given the union of their pair's masks")
             m[3].metric("Emptied masks", f"{s['emptied_masks']:,}")
             m[4].metric("Conflicts without decision", f"{s['conflicts_without_decision']:,}")

@@ -331,6 +331,7 @@ class Review(StrEnum):
 
     BULK_APPLY = "review_bulk_apply"
     BULK_UNDO = "review_bulk_undo"
+    BULK_CONFIRM = "review_bulk_confirm"
     CONFIRM = "review_confirm"
     CURRENT = "review_current"  # "a\tb" of the pair on screen (the URL's ``pair=``)
     DECISION = "review_d"  # prefix: one button per decision

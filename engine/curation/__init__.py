@@ -88,6 +88,7 @@ from engine.curation.queue import (
                                     bulk_proposals,
                                     case_queue,
                                     categories_of,
+                                    confirm_proposals,
                                     current_decision,
                                     decision_state,
                                     default_manifest_path,
@@ -118,7 +119,8 @@ from engine.datasets.manifest import is_product_manifest, save_manifest
 
 __all__ = [
     # queue: pairs
-    "REVIEW_STATES", "OPEN_STATES", "BULK_NOTE", "DECISION_LABELS", "DECISION_HELP", "ReviewItem", "QueueFilter",
+    "REVIEW_STATES", "OPEN_STATES", "BULK_NOTE", "confirm_proposals", "DECISION_LABELS", "DECISION_HELP",
+    "ReviewItem", "QueueFilter",
     "Proposal", "pair_key", "key_text", "parse_key", "severity_order", "current_decision", "decision_state",
     "build_queue", "filter_queue", "subjects_of", "categories_of", "orphan_decisions", "progress_counts",
     "index_of", "next_open", "first_open", "pair_for_case", "frame_order", "neighbours", "bulk_proposals",

@@ -20,10 +20,16 @@ Rules: a drop wins over everything else (``keep_both`` on one pair means "do not
 of this pair", not "protect the case"); when a case gets several mask changes (a union, an
 emptying, a corrected mask version from the mask editor) the most recent reviewer action wins.
 
-Policies: ``none`` applies decisions only. ``drop-empty`` is the case study's rule — drop the
-empty image of each ``conflict`` pair — applied as a *proposal*: it is skipped for a pair that
+Policies: ``none`` applies people's decisions only. ``drop-empty`` is the case study's rule — drop
+the empty image of each ``conflict`` pair — applied as a *proposal*: it is skipped for a pair that
 has an explicit decision (on the pair or on a group containing both), and for a case whose mask
 was corrected in the store.
+
+Proposals recorded in the store (the rule applied in bulk on the Conflict review page,
+:attr:`engine.store.Decision.is_proposal`) are not decisions until a person confirms them: policy
+``none`` leaves them out (``info["n_unconfirmed_proposals"]`` counts them), ``drop-empty`` (or
+``include_proposals=True``) applies them, and every drop they cause says "proposal … not confirmed"
+and counts under ``dropped_by["proposal"]``, never as a reviewer's decision.
 
 Example:
     >>> cases, dropped, info = build_manifest(ds, store, report, "drop-empty")   # doctest: +SKIP
@@ -71,7 +77,8 @@ def _pairs_of(conflicts: ConflictReport | Mapping[str, Any] | str | Path | None)
 
 def build_manifest(ds: Dataset, store: ReviewStore | None = None,
                    conflicts: ConflictReport | Mapping[str, Any] | str | Path | None = None,
-                   policy: str = "none", *, masks_dir: str | Path | None = None
+                   policy: str = "none", *, masks_dir: str | Path | None = None,
+                   include_proposals: bool | None = None
                    ) -> tuple[list[Case], list[tuple[str, str]], dict[str, Any]]:
     """Apply review decisions (and a policy) to a dataset's cases.
 
@@ -83,6 +90,8 @@ def build_manifest(ds: Dataset, store: ReviewStore | None = None,
         policy: ``none`` or ``drop-empty``.
         masks_dir: where union masks are written (default: the store's ``masks/``, else
             ``ds.workdir/masks``).
+        include_proposals: apply unconfirmed proposals from the store (default: only with the
+            ``drop-empty`` policy, whose rule made them).
 
     Returns:
         ``(cases, dropped, info)``: kept :class:`Case` records (mask sources replaced where
@@ -134,8 +143,19 @@ def build_manifest(ds: Dataset, store: ReviewStore | None = None,
             return store.load_mask_version(cid, corrected[cid].version)
         return ds.load_mask(cid)
 
+    if include_proposals is None:
+        include_proposals = policy == "drop-empty"
+    n_unconfirmed = 0
     for (kind, members), d in sorted(decisions.items(), key=lambda kv: kv[1].event_id):
-        who = f"{d.decision} by {d.reviewer}" + (f" ({d.note})" if d.note else "")
+        if d.is_proposal:
+            n_unconfirmed += 1
+            if not include_proposals:
+                continue
+            who = f"proposal {d.decision} of the case-study rule (recorded by {d.reviewer}, not confirmed)"
+            basis = "proposal"
+        else:
+            who = f"{d.decision} by {d.reviewer}" + (f" ({d.note})" if d.note else "")
+            basis = "decision"
         members = tuple(m for m in members)
         if kind == "pair":
             decided_pairs.add((members[0], members[1]))
@@ -145,12 +165,12 @@ def build_manifest(ds: Dataset, store: ReviewStore | None = None,
         if kind == "pair" and d.decision in _DROP_A | _DROP_B:
             a, b = members
             if d.decision in _DROP_A:
-                drop(a, f"review: {who} on {where}", "decision")
+                drop(a, f"review: {who} on {where}", basis)
             if d.decision in _DROP_B:
-                drop(b, f"review: {who} on {where}", "decision")
+                drop(b, f"review: {who} on {where}", basis)
         elif d.decision == "drop_both":
             for m in members:
-                drop(m, f"review: {who} on {where}", "decision")
+                drop(m, f"review: {who} on {where}", basis)
         elif d.decision == "both_empty":
             for m in members:
                 override(m, d.event_id, "both_empty", MaskSource("empty"), 0)
@@ -211,9 +231,13 @@ def build_manifest(ds: Dataset, store: ReviewStore | None = None,
         "n_input": len(ds.cases),
         "n_kept": len(out_cases),
         "n_dropped": len(dropped),
-        "dropped_by": {"decision": kinds.get("decision", 0), "policy": kinds.get("policy", 0)},
+        "dropped_by": {"decision": kinds.get("decision", 0), "proposal": kinds.get("proposal", 0),
+                       "policy": kinds.get("policy", 0)},
         "mask_overrides": dict(Counter(kind for c, (_, kind, _, _) in overrides.items() if c not in drops)),
-        "decisions": dict(Counter(d.decision for d in decisions.values())),
+        "decisions": dict(Counter(d.decision for d in decisions.values() if not d.is_proposal)),
+        "proposals": dict(Counter(d.decision for d in decisions.values() if d.is_proposal)),
+        "n_unconfirmed_proposals": n_unconfirmed,
+        "proposals_applied": bool(include_proposals),
         "n_conflict_pairs": len(conflict_pairs),
         "n_conflicts_without_decision": unresolved,
         "n_policy_proposals_applied": n_proposed,

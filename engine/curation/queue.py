@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from engine.eda import natural_key
 from engine.progress import ProgressFn
-from engine.store.records import DECISION_OPTIONS, TARGET_SEP, pair_key, target_of
+from engine.store.records import CONFIRM_NOTE, DECISION_OPTIONS, PROPOSAL_NOTE, TARGET_SEP, pair_key, target_of
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -70,7 +70,7 @@ REVIEW_STATES: tuple[str, ...] = ("undecided", "proposed", "decided", "needs_exp
 #: States the "next" navigation stops at after a decision (pairs still waiting for a reviewer).
 OPEN_STATES: tuple[str, ...] = ("undecided", "proposed")
 #: Note of decisions recorded by :func:`apply_proposals`.
-BULK_NOTE = "bulk: case-study rule"
+BULK_NOTE = PROPOSAL_NOTE
 
 #: Readable labels of the store's pair decisions (:data:`engine.store.records.DECISION_OPTIONS`).
 DECISION_LABELS: dict[str, str] = {o.value: o.label for o in DECISION_OPTIONS}
@@ -178,7 +178,7 @@ def decision_state(decision: Decision | None) -> str:
         return "undecided"
     if decision.decision == "needs_expert":
         return "needs_expert"
-    if (decision.note or "").strip() == BULK_NOTE:
+    if decision.is_proposal:
         return "proposed"
     return "decided"
 
@@ -392,6 +392,30 @@ def proposals_in_force(decisions: Decisions) -> list[Decision]:
     return sorted((d for d in decisions.values() if decision_state(d) == "proposed"), key=lambda d: d.event_id)
 
 
+def confirm_proposals(store: ReviewStore, reviewer: str,
+                      progress: ProgressFn | None = None) -> tuple[int, int]:
+    """Confirm every proposal still in force as ``reviewer``'s own decision (the same decision, noted
+    :data:`CONFIRM_NOTE`, each checked against the proposal it confirms, so a pair someone decided
+    meanwhile is left alone); returns ``(confirmed, skipped)``."""
+    from engine.errors import StaleDecision
+
+    todo = proposals_in_force(store.decisions())
+    done = skipped = 0
+    for i, d in enumerate(todo):
+        try:
+            if d.target_kind == "pair":
+                store.record_decision(d.members[0], d.members[1], d.decision, reviewer, CONFIRM_NOTE,
+                                      base_event=d.event_id)
+            else:
+                store.record_group_decision(d.members, d.decision, reviewer, CONFIRM_NOTE, base_event=d.event_id)
+            done += 1
+        except StaleDecision:
+            skipped += 1
+        if progress:
+            progress(i + 1, len(todo), "confirming proposals")
+    return done, skipped
+
+
 def undo_proposals(store: ReviewStore, reviewer: str, progress: ProgressFn | None = None) -> int:
     """Undo every bulk proposal still in force (each undo is a new event); returns how many."""
     todo = proposals_in_force(store.decisions())
@@ -444,6 +468,8 @@ def export_summary(info: Mapping[str, Any]) -> dict[str, int]:
     ov = info.get("mask_overrides") or {}
     return {"kept": int(info.get("n_kept", 0)), "dropped": int(info.get("n_dropped", 0)),
             "dropped_by_decision": int(by.get("decision", 0)), "dropped_by_policy": int(by.get("policy", 0)),
+            "dropped_by_proposal": int(by.get("proposal", 0)),
+            "unconfirmed_proposals": int(info.get("n_unconfirmed_proposals", 0)),
             "union_masks": int(ov.get("union", 0)), "emptied_masks": int(ov.get("both_empty", 0)),
             "corrected_masks": int(ov.get("corrected", 0)),
             "conflicts_without_decision": int(info.get("n_conflicts_without_decision", 0))}

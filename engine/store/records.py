@@ -190,6 +190,13 @@ class Event:
         return members_of(self.target) if self.target_kind in ("pair", "group") else (self.target,)
 
 
+#: The note of a rule's proposals recorded in bulk (the case study's "drop the empty twin"): such a
+#: decision is a *proposal* (:attr:`Decision.is_proposal`) until a person confirms or overrides it.
+PROPOSAL_NOTE = "bulk: case-study rule"
+#: The note of a decision that confirms a proposal (the same decision, now a person's).
+CONFIRM_NOTE = "confirmed the case-study rule's proposal"
+
+
 @dataclass(frozen=True)
 class Decision:
     """The current decision on a pair or group.
@@ -214,6 +221,12 @@ class Decision:
     kept: tuple[str, ...] = field(default=())
     dropped: tuple[str, ...] = field(default=())
 
+    @property
+    def is_proposal(self) -> bool:
+        """True for a rule's proposal recorded in bulk (note :data:`PROPOSAL_NOTE`) that no person has
+        confirmed yet: not a reviewer's decision, though it is in force until confirmed or overridden."""
+        return (self.note or "").strip() == PROPOSAL_NOTE
+
     def relative_to(self, a: str, b: str) -> str:
         """The decision with ``keep_a``/``keep_b`` meaning the ``a``/``b`` given here."""
         if self.target_kind != "pair":
@@ -225,7 +238,7 @@ class Decision:
         return {"target_kind": self.target_kind, "members": list(self.members), "a": self.a, "b": self.b,
                 "decision": self.given or self.decision, "canonical_decision": self.decision,
                 "kept": list(self.kept), "dropped": list(self.dropped), "user": self.reviewer, "ts": self.ts,
-                "note": self.note, "event_id": self.event_id}
+                "note": self.note, "event_id": self.event_id, "proposal": self.is_proposal}
 
 
 @dataclass(frozen=True)

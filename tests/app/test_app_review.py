@@ -533,3 +533,33 @@ def test_queue_logic_on_a_real_store(tmp_path: Path) -> None:
     cases = [C(case_id=f"7_{i}", group_id="7") for i in (1, 2, 10, 11, 3)] + [C(case_id="8_2", group_id="8")]
     assert neighbours(cases, "7_10", "7", 2) == ["7_2", "7_3", "7_10", "7_11"]
     assert neighbours(cases, "8_2", "8", 2) == ["8_2"]
+
+
+def test_proposals_are_not_decisions_until_a_person_confirms_them(env: SimpleNamespace, report) -> None:
+    from engine.curation import apply_proposals, build_manifest, build_queue, bulk_proposals, confirm_proposals
+    from engine.store.records import CONFIRM_NOTE
+
+    with store_of(env) as s:
+        props, _ = bulk_proposals(build_queue(report.pairs, s.decisions()))
+        assert props
+        apply_proposals(s, props, "carol")
+        assert all(d.is_proposal for d in s.decisions().values())
+        # "Decisions only": nobody decided anything, so nothing is dropped; the proposals are counted apart
+        _, dropped, info = build_manifest(env.ds, s, report, "none")
+        assert dropped == [] and info["n_unconfirmed_proposals"] == len(props) and info["decisions"] == {}
+        # the rule's policy applies them, each marked as a proposal nobody confirmed
+        _, dropped, info = build_manifest(env.ds, s, report, "drop-empty")
+        assert info["dropped_by"]["proposal"] == len(props) and info["dropped_by"]["decision"] == 0
+        assert {c for c, _ in dropped} == {p.drop for p in props}
+        assert all("proposal" in why and "not confirmed" in why for _, why in dropped)
+        # someone overrides one proposal meanwhile; the bulk confirmation leaves that pair alone
+        first = props[0]
+        s.record_decision(first.a, first.b, "keep_both", "rob", base_event=s.decision_for(first.a, first.b).event_id)
+        assert confirm_proposals(s, "dave") == (len(props) - 1, 0)
+        decs = s.decisions().values()
+        assert not any(d.is_proposal for d in decs)
+        assert sorted((d.reviewer, d.note) for d in decs) == sorted(
+            [("rob", "")] + [("dave", CONFIRM_NOTE)] * (len(props) - 1))
+        _, dropped, info = build_manifest(env.ds, s, report, "none")
+        assert info["dropped_by"] == {"decision": len(props) - 1, "proposal": 0, "policy": 0}
+        assert all("by dave" in why for _, why in dropped) and info["n_unconfirmed_proposals"] == 0

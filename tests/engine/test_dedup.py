@@ -533,7 +533,7 @@ def test_manifest_policies_and_decisions(mixed_dataset: Path, workspace: Path, t
     # drop-empty: the empty twin of the conflict goes
     cases, dropped, info = build_manifest(ds, None, rep, "drop-empty")
     assert [d[0] for d in dropped] == ["s1_2"] and "policy drop-empty" in dropped[0][1]
-    assert info["dropped_by"] == {"decision": 0, "policy": 1}
+    assert info["dropped_by"] == {"decision": 0, "proposal": 0, "policy": 1}
     with pytest.raises(ConfigError):
         build_manifest(ds, None, rep, "drop-all")
 
