@@ -253,35 +253,47 @@ def tool_controls(ds: Dataset, img_hw: tuple[int, int]) -> dict[str, Any]:
             "auto": bool(st.session_state.get(state.Editor.AUTO_APPLY, True))}
 
 
-def _apply_canvas(sess: EditSession, result: Any, settings: dict[str, Any], palette: dict) -> bool:
-    """Turn what the canvas sent into a new mask on the stack; True when something changed."""
-    from engine.curation import apply_layer, apply_objects, click_points, flood_fill
+def _object_sig(obj: dict[str, Any]) -> str:
+    import hashlib
+    import json
 
-    objects = (result.json_data or {}).get("objects") or []
-    if not objects:
-        return False
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def sync_canvas(sess: EditSession, objects: list[dict[str, Any]], applied: list[tuple[str, bool]],
+                settings: dict[str, Any], palette: dict) -> tuple[list[tuple[str, bool]], bool]:
+    """Make the edit stack follow the canvas: each canvas object (stroke, polygon, fill click, in drawing
+    order) is one edit. ``applied`` lists ``(object signature, pushed an edit)`` for what is already on
+    the stack; objects the canvas no longer has or has changed (its own undo, reset or edit toggle)
+    are undone, objects it has that are not applied yet are applied. The canvas is never remounted for
+    this, so strokes drawn while the page reruns stay on it and arrive with its next update: no stroke
+    is lost. Returns the new ``applied`` list and whether the mask changed."""
+    from engine.curation import apply_objects, click_points, flood_fill
+
+    sigs = [_object_sig(o) for o in objects]
+    keep = 0
+    while keep < min(len(sigs), len(applied)) and sigs[keep] == applied[keep][0]:
+        keep += 1
+    changed = False
+    for _, pushed in reversed(applied[keep:]):
+        if pushed:
+            changed = sess.stack.undo() or changed
+    out = list(applied[:keep])
     view = settings["view"]
-    mask = sess.stack.current
-    strokes = [o for o in objects if str(o.get("type", "")).lower() != "circle"]
-    clicks = click_points(objects)
-    if strokes:
-        layer = None
-        try:
-            layer = result.image_data
-        except Exception:  # noqa: BLE001 - image data not sent: rasterise the objects instead
-            layer = None
-        if layer is not None and np.asarray(layer).ndim == 3:
-            mask = apply_layer(mask, layer, view, palette)
+    for obj, sig in zip(objects[keep:], sigs[keep:]):
+        mask = sess.stack.current
+        if str(obj.get("type", "")).lower() == "circle":  # a fill-tool click
+            for u, v in click_points([obj]):
+                r, c = view.canvas_to_pixel(u, v)
+                mask = flood_fill(mask, r, c, settings["cls"])
         else:
-            mask = apply_objects(mask, strokes, view, palette)
-    fill_cls = settings["cls"]
-    for u, v in clicks:
-        r, c = view.canvas_to_pixel(u, v)
-        mask = flood_fill(mask, r, c, fill_cls)
-    changed = sess.stack.push(mask)
-    _clear_flash()
-    sess.nonce += 1  # a fresh canvas: the strokes are now part of the background
-    return changed
+            mask = apply_objects(mask, [obj], view, palette)
+        pushed = sess.stack.push(mask)
+        out.append((sig, pushed))
+        changed = changed or pushed
+    if changed:
+        _clear_flash()
+    return out, changed
 
 
 def canvas_panel(ds: Dataset, sess: EditSession, img: np.ndarray, settings: dict[str, Any]) -> None:
@@ -303,21 +315,31 @@ def canvas_panel(ds: Dataset, sess: EditSession, img: np.ndarray, settings: dict
     colour = ERASER_COLOUR if (tool == "Eraser" or cls == 0) else palette.get(cls, (255, 255, 255))
     mode = TOOLS[tool]
     stroke_width = max(1, int(round(settings["size"] * view.scale))) if tool in ("Brush", "Eraser") else 1
-    bg = Image.fromarray(render_view(img, sess.stack.current, view))
     key = f"editor_canvas_{zlib.crc32(f'{dataset_key(ds)}|{sess.case_id}'.encode()):08x}_{sess.nonce}_" + \
           "_".join(str(v) for v in view.to_dict().values())
+    # the background is the mask when this canvas was mounted; strokes applied since stay on the canvas
+    # as drawn objects (same colours), so the canvas never has to be remounted while someone draws
+    cached = st.session_state.get(state.Editor.CANVAS_BG)
+    if not cached or cached[0] != key:
+        cached = (key, Image.fromarray(render_view(img, sess.stack.current, view)))
+        st.session_state[state.Editor.CANVAS_BG] = cached
     result = st_canvas(fill_color=hex_colour(colour), stroke_width=stroke_width, stroke_color=hex_colour(colour),
-                       background_image=bg, background_image_fit="stretch", update_streamlit=True,
+                       background_image=cached[1], background_image_fit="stretch", update_streamlit=True,
                        height=view.canvas_h, width=view.canvas_w, drawing_mode=mode, point_display_radius=3,
-                       return_image_data=True, key=key)
-    pending = bool((result.json_data or {}).get("objects"))
+                       key=key)
+    objects = list((result.json_data or {}).get("objects") or [])
+    seen = st.session_state.get(state.Editor.CANVAS_APPLIED)
+    applied: list[tuple[str, bool]] = list(seen[1]) if seen and seen[0] == key else []
+    pending = [_object_sig(o) for o in objects] != [a[0] for a in applied]
     c = st.columns([2, 3])
     apply_now = c[0].button("Apply strokes", key=state.Editor.APPLY, icon=":material/check:",
                             disabled=settings["auto"] or not pending,
                             help="with auto-apply off, strokes wait on the canvas until you apply them")
     if pending and (settings["auto"] or apply_now):
-        _apply_canvas(sess, result, settings, palette)
-        st.rerun()
+        applied, changed = sync_canvas(sess, objects, applied, settings, palette)
+        st.session_state[state.Editor.CANVAS_APPLIED] = (key, applied)
+        if changed:
+            st.rerun()
     zoom_note = (f"window rows {view.y0}–{view.y0 + view.height - 1}, columns {view.x0}–{view.x0 + view.width - 1}"
                  f" at {view.scale:.2f} screen px per image px")
     c[1].caption(f"Canvas {view.canvas_w}×{view.canvas_h}: {zoom_note}.")

@@ -223,6 +223,8 @@ class Editor(StrEnum):
     APPLY = "editor_apply"
     AUTHOR = "editor_author"  # the author text input
     AUTO_APPLY = "editor_auto_apply"
+    CANVAS_APPLIED = "editor_canvas_applied"  # (canvas key, [(object signature, pushed an edit)] applied)
+    CANVAS_BG = "editor_canvas_bg"  # (canvas key, background image rendered when it was mounted)
     BRUSH = "editor_brush"  # prefix: one slider per image size
     CANVAS_WIDTH = "editor_canvas_width"
     CASE = "editor_case"  # the case picker
