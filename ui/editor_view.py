@@ -832,4 +832,5 @@ def render_editor() -> None:
         queue_panel(queue, qinfo, store.claims())
         export_panel(ds, store)
         loop_view.signals_panel(ds)  # model signals for the queue
+        loop_view.loop_link()
         loop_view.loop_section(ds, store, None, "editor")  # retrain with corrections, what moved

@@ -168,8 +168,29 @@ def _job_fragment(where: str) -> None:
     job_panel(job, where)
 
 
-def impact_view(rep: dict[str, Any]) -> None:
-    """The impact report: both yardsticks, the yardstick shift, the ceiling and the movers."""
+def movers_grid(ds: Dataset, rows: list[dict[str, Any]], limit: int = 12, ncols: int = 6) -> None:
+    """Thumbnails (image with its ground truth) of the biggest movers, captioned with the change."""
+    from engine.errors import WorkbenchError
+    from engine.thumbnails import thumbnail_path
+    from ui.nav import short_id
+
+    cols = st.columns(ncols)
+    for i, r in enumerate(rows[:limit]):
+        with cols[i % ncols]:
+            try:
+                path = thumbnail_path(ds, r["case_id"], 192, "gt")
+            except WorkbenchError as exc:
+                st.caption(f"{short_id(r['case_id'])}: no thumbnail ({exc.message})")
+                continue
+            review = "; ".join(r["touched"]) or ("GT changed" if r["gt_changed"] else "")
+            st.image(str(path), width="stretch",
+                     caption=f"{short_id(r['case_id'])} · Δ {r['delta_corrected']:+.3f}" + (f" · {review}" if review
+                                                                                             else ""))
+
+
+def impact_view(rep: dict[str, Any], ds: Dataset | None = None) -> None:
+    """The impact report: both yardsticks, the yardstick shift, the ceiling and the movers (with
+    thumbnails when ``ds`` is given)."""
     import pandas as pd
 
     a, b = rep["models"]["before"]["name"], rep["models"]["after"]["name"]
@@ -205,6 +226,8 @@ def impact_view(rep: dict[str, Any]) -> None:
     per.sort(key=lambda r: -r["moved"])
     st.markdown(f"**Movers** (|ΔDice| ≥ {rep['mover_threshold']}): {len(movers)}, of which "
                 f"**{len(rep['touched_movers'])}** corrected or decided.")
+    if per and ds is not None:
+        movers_grid(ds, per)
     if per:
         st.dataframe(pd.DataFrame([{
             "case": r["case_id"], "Δ original": r["delta_original"], "Δ corrected": r["delta_corrected"],
@@ -226,8 +249,10 @@ def _impact(ds: Dataset, store: ReviewStore, report: ConflictReport | None, befo
     st.session_state[state.Loop.OPEN] = True
 
 
-def loop_section(ds: Dataset, store: ReviewStore, report: ConflictReport | None, where: str = "review") -> None:
-    """Retrain with corrections + What moved (one expander; ``where`` keeps widget keys apart)."""
+def loop_section(ds: Dataset, store: ReviewStore, report: ConflictReport | None, where: str = "review",
+                 expander: bool = True) -> None:
+    """Retrain with corrections + What moved (one expander, or the page body with ``expander=False``;
+    ``where`` keeps widget keys apart)."""
     from ui.widgets import guard
 
     job = st.session_state.get(state.Loop.JOB)
@@ -236,7 +261,9 @@ def loop_section(ds: Dataset, store: ReviewStore, report: ConflictReport | None,
 
         refresh_weights()  # the retrained model was just exported: list it in the pickers now, once
         st.session_state[state.Loop.REFRESHED_FOR] = job["run_dir"]
-    with st.expander("Retrain with corrections · what moved", expanded=bool(st.session_state.get(state.Loop.OPEN))):
+    box = (st.expander("Retrain with corrections · what moved", expanded=bool(st.session_state.get(state.Loop.OPEN)))
+           if expander else st.container())
+    with box:
         _corrected_summary(ds, store)
         names = _models_with_split(ds)
         if not names:
@@ -276,7 +303,7 @@ def loop_section(ds: Dataset, store: ReviewStore, report: ConflictReport | None,
                 _impact(ds, store, report, before, after)
         rep = st.session_state.get(state.Loop.IMPACT)
         if rep and rep.get("dataset") == str(ds.root):
-            impact_view(rep)
+            impact_view(rep, ds)
 
 
 def _keep_open() -> None:
@@ -341,3 +368,45 @@ def _compute_signals(ds: Dataset, models: list[str], n_max: int) -> None:
     out["uncertainty"] = tta_uncertainty(pred, ds, ids, progress=progress)
     bar.empty()
     save_signals(ds, out)
+
+
+LOOP_PAGE = "pages/9_Correction_loop.py"
+
+
+def loop_link(label: str = "Correction loop: retrain with the corrections, see what moved") -> None:
+    """A link to the Correction loop page (from Train, Conflict review and the Mask editor)."""
+    from ui.nav import page_link
+
+    page_link(LOOP_PAGE, label, icon=":material/autorenew:")
+
+
+def render_loop_page() -> None:
+    """The Correction loop page: the corrected dataset as it stands, the live label-noise ceiling,
+    Retrain with corrections and What moved, for the current dataset."""
+    from engine.store import ReviewStore
+    from ui.loaders import load_dataset
+    from ui.nav import page_link
+    from ui.review_view import latest_report
+
+    if not state.current_dataset_path():
+        st.info("Choose a dataset on Home first: the loop retrains a model on that dataset's corrections.",
+                icon=":material/dataset:")
+        return
+    ds = load_dataset()
+    if not ds.workdir:
+        st.info("This dataset was opened without a workspace folder, so there are no stored decisions or "
+                "corrections to retrain on.", icon=":material/info:")
+        return
+    st.markdown("**1. Correct** — decide conflicting pairs on *Conflict review* and fix masks in the *Mask "
+                "editor*. **2. Retrain** — fine-tune a model on the corrected dataset with the same held-out "
+                "cases. **3. What moved** — compare the two models on those held-out cases, on the original and "
+                "on the corrected ground truth.")
+    c = st.columns(2)
+    with c[0]:
+        page_link("pages/6_Conflict_review.py", "Conflict review", icon=":material/balance:")
+    with c[1]:
+        page_link("pages/7_Mask_editor.py", "Mask editor", icon=":material/edit:")
+    report = latest_report(ds)
+    with ReviewStore.for_dataset(ds) as store:
+        live_panel(ds, store, report)
+        loop_section(ds, store, report, "page", expander=False)

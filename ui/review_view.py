@@ -852,5 +852,6 @@ def render_review() -> None:
         bulk_panel(store, queue, decisions, reviewer)
         ceiling_panel(report)
         export_panel(ds, store, report)
+        loop_view.loop_link()
         loop_view.loop_section(ds, store, report, "review")  # retrain with corrections, what moved
         queue_table(shown, store.claims())

@@ -498,6 +498,10 @@ def render_train() -> None:
     notice = st.session_state.pop(state.Train.NOTICE, None)
     if notice:
         st.success(notice, icon=":material/rocket_launch:")
+    from ui.loop_view import loop_link
+
+    loop_link("Retraining on corrected labels? The Correction loop page fine-tunes with the same held-out cases "
+              "and shows what moved")
     rows = _jobs()
     from ui import auth
 

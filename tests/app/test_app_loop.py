@@ -153,3 +153,46 @@ def test_editor_scores_the_queue_with_two_models(demo, tmp_path, monkeypatch):
     assert len(sig["uncertainty"]) == 8 and all(0 <= v <= 1 for v in sig["uncertainty"].values())
     assert any(v > 0 for v in sig["disagreement"].values())
     assert any("case(s) with model disagreement" in c.value for c in at.caption)
+
+
+def test_correction_loop_page_shows_the_loop_and_movers_with_thumbnails(demo, tmp_path, monkeypatch):
+    from engine.datasets import open_dataset
+    from engine.dedup import find_conflicts
+    from engine.store import ReviewStore
+    from engine.workspace import Workspace
+    from ui import state
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    point_app_at(monkeypatch, demo, ws)
+    _train_parent(demo / "nerve", ws)
+    ds = open_dataset(demo / "nerve", workspace=Workspace(ws))
+    find_conflicts(ds)
+    ids = [c.case_id for c in ds.cases if c.labelled][:3]
+    with ReviewStore.for_dataset(ds) as store:
+        store.set_case_state(ids[0], "needs_fix", "ana")
+    at = app_test(str(REPO / "pages" / "9_Correction_loop.py"), {state.Shared.DATASET: str(demo / "nerve"),
+                                                                 state.Shared.SHOW_WEAK_MODELS: True})
+    ok(at.run())
+    assert "Label-noise ceiling now" in metrics(at)
+    assert "loop-parent" in at.selectbox(key="loop_parent_page").options
+    assert not at.expander  # the page body, not the expander the review page shows
+
+    def row(cid: str, delta: float) -> dict:
+        return {"case_id": cid, "touched": ["needs_fix by ana"] if cid == ids[0] else [], "gt_changed": False,
+                "dropped": False, "moved": abs(delta), "delta_original": delta, "delta_corrected": delta,
+                "dice_before_original": 0.5, "dice_after_original": 0.5 + delta, "dice_before_corrected": 0.5,
+                "dice_after_corrected": 0.5 + delta}
+
+    part = {"before": {"mean_dice": 0.5, "n_cases": 3}, "after": {"mean_dice": 0.6, "n_cases": 3},
+            "delta": {"mean_dice": 0.1, "mean_iou": 0.1}}
+    at.session_state[state.Loop.IMPACT] = {  # a report as engine.impact.impact_report shapes it
+        "dataset": str(ds.root), "models": {"before": {"name": "loop-parent"}, "after": {"name": "child"}},
+        "cases": {"n": 3, "source": "held-out", "n_dropped_by_review": 0},
+        "yardsticks": {"original": part, "corrected": part}, "yardstick_shift": {"before": 0.0},
+        "ceiling": {"before": 0.9, "after": 0.95}, "mover_threshold": 0.05, "movers": ids,
+        "touched_movers": ids[:1], "per_case": [row(c, d) for c, d in zip(ids, (0.3, -0.2, 0.1))]}
+    ok(at.run())
+    caps = [im.caption for e in at.get("image") for im in e.proto.imgs]
+    assert any(c.startswith(ids[0]) and "+0.300" in c and "needs_fix by ana" in c for c in caps), caps
+    assert any(c.startswith(ids[1]) and "-0.200" in c for c in caps), caps
