@@ -43,7 +43,33 @@ def load_dataset(path: str | None = None, options: dict[str, Any] | None = None)
 
     check_dataset_path(path)  # team mode: only under the admin's data roots (symlinks resolved)
     opts = options if options is not None else state.get(state.Shared.DATASET_OPTIONS, {}) or {}
-    return _open_dataset(str(path), json.dumps(opts, sort_keys=True), int(state.get(state.Shared.REFRESH, 0)))
+    ds = _open_dataset(str(path), json.dumps(opts, sort_keys=True), int(state.get(state.Shared.REFRESH, 0)))
+    if str(path) == str(state.current_dataset_path()):
+        match_model_to(ds, str(path))
+    return ds
+
+
+def match_model_to(ds: Dataset, key: str) -> str | None:
+    """The first time a dataset is the current one, make the current model one whose classes match the
+    dataset's (when the current model's do not and such a model exists), so every page defaults to a
+    model made for these images; a model the user then picks is kept. Returns the model switched to.
+    ``key``: the dataset as this session names it (its path)."""
+    if state.get(state.Shared.MODEL_FOR) == key:
+        return None
+    state.put(state.Shared.MODEL_FOR, key)
+    from engine.evaluation import classes_match
+
+    table = {w["name"]: dict(enumerate(w.get("classes") or [])) for w in weights_table() if "error" not in w}
+    cur = state.current_model()
+    if not ds.labels or (cur in table and classes_match(table[cur], ds.labels)):
+        return None
+    best = next((n for n in ranked_model_names(ds.labels) if classes_match(table.get(n, {}), ds.labels)), None)
+    if best is None:
+        return None
+    state.put(state.Shared.MODEL, best)
+    st.session_state[state.Home.MODEL] = best  # Home's picker shows it too (its widget value would win)
+    state.put(state.Shared.MODEL_SWITCHED, (cur, best, key))
+    return best
 
 
 def open_new_dataset(path: str, options: dict[str, Any] | None = None) -> Dataset:

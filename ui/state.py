@@ -47,6 +47,8 @@ class Shared(StrEnum):
     DATASET = "segwb_dataset"  # str path of the current dataset (folder or manifest)
     DATASET_OPTIONS = "segwb_dataset_options"  # dict of layout options
     MODEL = "segwb_model"  # weights name
+    MODEL_FOR = "segwb_model_for"  # the dataset (root) the current model was last matched to
+    MODEL_SWITCHED = "segwb_model_switched"  # (from, to, dataset) when a dataset change switched the model
     DEVICE = "segwb_device"  # "auto" | "cpu" | "cuda" | "mps"
     REFRESH = "segwb_refresh"  # int bumped to force re-indexing
     BROWSER_CASE = "segwb_browser_case"  # case id open in the browser / editor (the URL's ``case=``)

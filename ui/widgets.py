@@ -50,6 +50,9 @@ def page_setup(title: str, icon: str = "🩻", intro: str | None = None) -> None
             names = model_names()
             model = names[0] if names else None
         st.markdown("**Model**  \n" + (f"`{model}`" if model else "_none available_"))
+        switched = state.get(state.Shared.MODEL_SWITCHED)
+        if switched and switched[1] == model and switched[2] == str(ds):
+            st.caption("matched to this dataset's classes" + (f" (was {switched[0]})" if switched[0] else ""))
         st.markdown(f"**Device**  \n`{device_label()}`")
 
 

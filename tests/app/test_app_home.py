@@ -76,6 +76,15 @@ def test_counts_come_from_the_real_index(with_demo):
     s2 = open_dataset(with_demo.demo / "ptx").summary()
     assert {x.label: x.value for x in at.metric}["Cases"] == f"{s2['n_cases']:,}"
     assert at.session_state[state.Shared.DATASET] == str(with_demo.demo / "ptx")
+    # the default model follows the dataset's classes (a pneumothorax model, not the nerve one)...
+    assert at.session_state[state.Shared.MODEL] == "demo-ptx-phantom"
+    assert at.selectbox(key="home_model").value == "demo-ptx-phantom"
+    at.run()
+    assert "matched to this dataset's classes" in " ".join(c.value for c in at.sidebar.caption)
+    # ...but a model the user then picks for this dataset is kept
+    at.selectbox(key="home_model").set_value("lung-cxr").run()
+    at.run()
+    assert at.session_state[state.Shared.MODEL] == "lung-cxr"
 
 
 def test_model_picker_lists_workspace_model(with_demo):
