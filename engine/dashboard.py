@@ -210,7 +210,9 @@ def join_meta(per_image: "pd.DataFrame", frame: "pd.DataFrame") -> "pd.DataFrame
 
 #: Slicing columns offered by the dashboard, in order, with their titles.
 SLICES: dict[str, str] = {"sex": "DICOM sex", "age_band": "age band", "view_position": "view position",
-                          "split": "split", "group_id": "group (subject / patient)"}
+                          "in_training": "in the model's training cases",
+                          "split": "the dataset's own split (its folders, not the model's)",
+                          "group_id": "group (subject / patient)"}
 
 
 def slice_columns(joined: "pd.DataFrame") -> dict[str, str]:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from engine.errors import ConfigError
+from engine.metrics import paired_bootstrap_ci
 from engine.progress import ProgressFn, as_progress, scaled
 
 if TYPE_CHECKING:
@@ -194,9 +195,10 @@ def impact_report(ds: Dataset, before: str, after: str, store: ReviewStore | Non
     else:
         from engine.retrain import held_out_ids
 
-        ids, source = held_out_ids(card_a), f"{card_a.name} training.split.val_case_ids"
+        ids, source = held_out_ids(card_a), f"the cases {card_a.name} held out from its training (validation split)"
         if not ids:
-            ids, source = held_out_ids(card_b), f"{card_b.name} training.split.val_case_ids"
+            ids, source = (held_out_ids(card_b),
+                           f"the cases {card_b.name} held out from its training (validation split)")
         if not ids:
             raise ConfigError(f"neither {card_a.name} nor {card_b.name} records held-out cases",
                               hint="pass the cases to score (--cases all, or a list)")
@@ -254,6 +256,9 @@ def impact_report(ds: Dataset, before: str, after: str, store: ReviewStore | Non
             part[side] = {"mean_dice": _mean([v["dice"] for v in s.values()]),
                           "mean_iou": _mean([v["iou"] for v in s.values()]), "n_cases": len(s)}
         part["delta"] = {k: _delta(part["before"][k], part["after"][k]) for k in ("mean_dice", "mean_iou")}
+        ci = paired_bootstrap_ci([r[f"dice_before_{y}"] for r in rows], [r[f"dice_after_{y}"] for r in rows])
+        part["delta"]["mean_dice_ci95"] = None if ci is None else [round(ci[0], 6), round(ci[1], 6)]
+        part["delta"]["within_noise"] = None if ci is None else bool(ci[0] <= 0.0 <= ci[1])
         yard[y] = part
     # the yardstick shift on the SAME cases (those scored on both): corrected − original, per model
     both = [r for r in rows if r["dice_before_corrected"] is not None]

@@ -92,7 +92,9 @@ def honesty_banner(summary: dict[str, Any]) -> None:
                  "evaluation is optimistic, not a held-out result. Evaluate the held-out cases for an honest figure.",
                  icon="⚠️")
     elif ov.get("basis") == "dataset is not the model's training data":
-        st.caption(f"Held out by construction: {summary.get('model')} was not trained on this dataset.")
+        st.caption(f"Held out by construction: {summary.get('model')} was trained on other data, so none of these "
+                   "cases is one of its training cases (a *split* column below is the dataset's own train/test "
+                   "folders, not the model's).")
     elif ov:
         st.success(f"Held-out: none of the {total} evaluated cases were in {summary.get('model')}'s training split.",
                    icon="✅")

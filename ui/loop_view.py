@@ -197,12 +197,21 @@ def impact_view(rep: dict[str, Any], ds: Dataset | None = None) -> None:
     st.markdown(f"**What moved: {b} vs {a}** on {rep['cases']['n']} held-out case(s) "
                 f"({rep['cases']['source']}; {rep['cases']['n_dropped_by_review']} dropped by the review).")
     rows = []
+    notes = []
     for y, label in (("original", "Original ground truth"), ("corrected", "Corrected ground truth")):
         part = rep["yardsticks"][y]
+        ci = part["delta"].get("mean_dice_ci95")
         rows.append({"yardstick": label, f"Dice {a}": part["before"]["mean_dice"],
                      f"Dice {b}": part["after"]["mean_dice"], "Δ Dice": part["delta"]["mean_dice"],
+                     "Δ Dice 95 % CI": f"{ci[0]:+.4f} … {ci[1]:+.4f}" if ci else "n/a",
                      "Δ IoU": part["delta"]["mean_iou"], "cases": part["after"]["n_cases"]})
+        if ci and part["delta"].get("within_noise"):
+            notes.append(f"on the {y} ground truth the change is **within noise** (its 95 % interval includes 0)")
+        elif ci:
+            notes.append(f"on the {y} ground truth the change is larger than the case-to-case noise")
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    if notes:
+        st.caption("Intervals: paired bootstrap over the held-out cases (2,000 resamples). " + "; ".join(notes) + ".")
     sh = rep["yardstick_shift"]
     m = st.columns(4)
     m[0].metric("Model change (corrected GT)", _fmt(rep["yardsticks"]["corrected"]["delta"]["mean_dice"]),

@@ -581,3 +581,20 @@ def test_empty_accumulator_summary():
     assert s["n_images"] == 0 and s["classes"]["class_1"]["n_counted"] == 0
     assert math.isnan(s["classes"]["class_1"]["dice"]) and math.isnan(s["mean_foreground"]["dice"])
     assert acc.per_image().empty and acc.per_case().empty
+
+
+def test_paired_bootstrap_ci_of_a_difference() -> None:
+    from engine.metrics import paired_bootstrap_ci
+
+    before = [0.5, 0.6, 0.7, 0.8, 0.9]
+    assert paired_bootstrap_ci(before, [b + 0.1 for b in before]) == pytest.approx((0.1, 0.1))  # every case +0.1
+    rng = np.random.default_rng(3)
+    noise = rng.normal(0, 0.05, 200)
+    lo, hi = paired_bootstrap_ci(before * 40, [b + n for b, n in zip(before * 40, noise)])
+    assert lo < noise.mean() < hi and lo < 0 < hi  # pure noise: the interval holds 0
+    lo, hi = paired_bootstrap_ci(before * 40, [b + 0.02 + n for b, n in zip(before * 40, noise)])
+    assert 0 < lo < 0.02 + noise.mean() < hi  # a real gain of 0.02 over that noise: clear of 0
+    assert paired_bootstrap_ci([0.5, None, 0.7], [0.6, 0.9, None]) is None  # one complete pair only
+    assert paired_bootstrap_ci(before, before, seed=1) == (0.0, 0.0)
+    with pytest.raises(ValueError):
+        paired_bootstrap_ci([0.1], [0.1, 0.2])
