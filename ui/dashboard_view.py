@@ -173,6 +173,12 @@ def summary_section(summary: dict[str, Any]) -> None:
         g[2].metric("Dice · GT empty without gate", _fmt(ne[0] if len(ne) == 1 else None),
                     help="the images a false-positive mask hurts most")
         g[3].metric("Masks emptied by the gate", f"{ung.get('n_gated', 0):,}")
+        gated_d, ungated_d = h["mean_dice"], ung.get("mean_dice")
+        if gated_d is not None and ungated_d is not None and gated_d < ungated_d:
+            st.warning(f"**The gate lowers mean Dice here** ({_fmt(gated_d)} with it vs {_fmt(ungated_d)} without, "
+                       f"{_fmt(gated_d - ungated_d)}): it empties masks the segmenter got right more often than it "
+                       "removes false positives on empty images. Try a lower gate threshold, or no gate.",
+                       icon=":material/trending_down:")
     st.subheader("Per class")
     table = per_class_table(summary)
     st.dataframe(table, hide_index=True, width="stretch",
