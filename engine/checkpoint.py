@@ -441,19 +441,29 @@ def load_checkpoint(name_or_dir: str | Path, device: str = "cpu", verify_hash: b
     return model, card
 
 
-#: A model trained here whose validation Dice is below this is "weak": kept out of the pickers unless asked.
+#: A model trained here whose validation Dice is below this is "weak": kept out of the pickers unless asked
+#: (``$SEGWB_MIN_USEFUL_DICE`` overrides it; 0 lists every finished model).
 MIN_USEFUL_DICE = 0.2
+MIN_USEFUL_DICE_ENV = "SEGWB_MIN_USEFUL_DICE"
+
+
+def min_useful_dice() -> float:
+    """:data:`MIN_USEFUL_DICE`, or ``$SEGWB_MIN_USEFUL_DICE`` when it is a number."""
+    try:
+        return float(os.environ.get(MIN_USEFUL_DICE_ENV, "") or MIN_USEFUL_DICE)
+    except ValueError:
+        return MIN_USEFUL_DICE
 
 
 def weak_reason(training: dict[str, Any], metrics: dict[str, Any]) -> str:
     """Why a model trained here should stay out of the model pickers unless asked ('' when it is fine):
-    its run failed or was cancelled, or its validation Dice is below :data:`MIN_USEFUL_DICE`."""
+    its run failed or was cancelled, or its validation Dice is below :func:`min_useful_dice`."""
     end = str(training.get("end_state") or "")
     if end in ("failed", "cancelled"):
         return f"its training run {'was cancelled' if end == 'cancelled' else 'failed'}"
-    dice = metrics.get("val_dice")
-    if isinstance(dice, (int, float)) and not isinstance(dice, bool) and dice == dice and dice < MIN_USEFUL_DICE:
-        return f"validation Dice {dice:.3f} (below {MIN_USEFUL_DICE})"
+    dice, floor = metrics.get("val_dice"), min_useful_dice()
+    if isinstance(dice, (int, float)) and not isinstance(dice, bool) and dice == dice and dice < floor:
+        return f"validation Dice {dice:.3f} (below {floor:g})"
     return ""
 
 

@@ -21,6 +21,20 @@ SHARED_DATA = Path(os.environ.get("SEGWB_SHARED_DATA", REPO.parent / "shared" / 
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _tiny_test_models_are_listed() -> None:
+    """The models tests train are deliberately tiny (a few epochs, validation Dice near 0), which the
+    model pickers would hide as weak; tests list them (servers they start inherit this). The tests of
+    that rule remove the variable."""
+    old = os.environ.get("SEGWB_MIN_USEFUL_DICE")
+    os.environ["SEGWB_MIN_USEFUL_DICE"] = "0"
+    yield
+    if old is None:
+        os.environ.pop("SEGWB_MIN_USEFUL_DICE", None)
+    else:
+        os.environ["SEGWB_MIN_USEFUL_DICE"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _isolated_default_workspace(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Every test session gets its own default workspace, so caches, review stores and models written
     by tests never land in the developer's ~/.cache/segwb or the repo's .workspace (tests that need

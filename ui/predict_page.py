@@ -23,8 +23,9 @@ RLE_CAPTIONS = {
 }
 
 
-def controls(card: ModelCard, predictor: Predictor) -> PostProcessConfig:
-    """Post-processing controls (keyed per model, so each model starts from its card's defaults)."""
+def controls(card: ModelCard, presence: float | None) -> PostProcessConfig:
+    """Post-processing controls (keyed per model, so each model starts from its card's defaults);
+    ``presence``: the presence-head threshold chosen with the gate (:func:`gate_controls`)."""
     post = card.postprocess
     m = card.name
     c1, c2, c3, c4 = st.columns(4)
@@ -40,11 +41,6 @@ def controls(card: ModelCard, predictor: Predictor) -> PostProcessConfig:
     keep = c3.number_input("Keep largest k regions (0 = all)", 0, 100, int(post.keep_largest),
                            key=f"{state.Predict.KEEP_LARGEST}_{m}")
     fill = c3.checkbox("Fill holes", value=bool(post.fill_holes), key=f"{state.Predict.FILL_HOLES}_{m}")
-    presence = None
-    if predictor.has_presence:
-        presence = c4.slider("Presence gate (0 = off)", 0.0, 1.0, float(post.presence_threshold or 0.0), 0.01,
-                             key=f"{state.Predict.PRESENCE_THRESHOLD}_{m}",
-                             help="empty the mask when the presence head is below this")
     return pv.post_config(post, threshold, min_area, keep, fill, presence, use_triplet)
 
 
@@ -111,27 +107,38 @@ def batch_section(items: list[pv.PredictedImage], card: ModelCard) -> None:
 
 
 GATE_NONE = "(no gate)"
+GATE_HEAD = "the model's presence head"
 
 
-def gate_controls(model: str, card: ModelCard) -> tuple[Predictor, float | None]:
-    """Presence-classifier gate picker (default: the card's) and its threshold; returns
-    ``(predictor, gate threshold or None)``."""
+def gate_controls(model: str, card: ModelCard) -> tuple[Predictor, float | None, float | None]:
+    """The one presence-gate control: none, the model's own presence head, or a presence classifier
+    (default: what the card names), with its threshold. Returns ``(predictor, classifier gate
+    threshold or None, presence-head threshold or None)``."""
     names = classifier_names()
     card_gate = card.gate.weights if card.gate else None
-    if not names and not card_gate:
-        return load_predictor(model, gate=None), None
-    options = [GATE_NONE] + names + ([card_gate] if card_gate and card_gate not in names else [])
+    head = bool(card.spec.presence_head)
+    post = card.postprocess
+    if not names and not card_gate and not head:
+        return load_predictor(model, gate=None), None, None
+    options = ([GATE_NONE] + ([GATE_HEAD] if head else []) + names
+               + ([card_gate] if card_gate and card_gate not in names else []))
+    default = card_gate or (GATE_HEAD if head and post.presence_threshold else GATE_NONE)
     c1, c2 = st.columns([2, 3])
-    choice = c1.selectbox("Presence classifier gate", options, index=options.index(card_gate) if card_gate else 0,
-                          key=f"{state.Predict.GATE}_{model}",
-                          help="two-stage pipeline: the classifier decides whether the structure is in the "
-                               "image at all; below the threshold the mask is emptied")
+    choice = c1.selectbox("Presence gate", options, index=options.index(default), key=f"{state.Predict.GATE}_{model}",
+                          help="decides whether the structure is in the image at all; below the threshold the "
+                               "mask is emptied — with the segmenter's own presence head, or a separate presence "
+                               "classifier (two-stage pipeline)")
+    off = 0.0 if head else None  # one gate at a time: another choice turns the presence head off
     if choice == GATE_NONE:
-        return load_predictor(model, gate=None), None
+        return load_predictor(model, gate=None), None, off
+    if choice == GATE_HEAD:
+        t = c2.slider("Gate threshold (P(present) below this → empty mask)", 0.0, 1.0,
+                      float(post.presence_threshold or 0.5), 0.01, key=f"{state.Predict.PRESENCE_THRESHOLD}_{model}")
+        return load_predictor(model, gate=None), None, t
     predictor = load_predictor(model, gate=choice)
     t = c2.slider("Gate threshold (P(present) below this → empty mask)", 0.0, 1.0,
                   float(predictor.gate_threshold), 0.01, key=f"{state.Predict.GATE_THRESHOLD}_{model}_{choice}")
-    return predictor, t
+    return predictor, t, off
 
 
 def detail(item: pv.PredictedImage, card: ModelCard, predictor: Predictor) -> None:
@@ -235,23 +242,25 @@ def main() -> None:
         model = model_picker("Model", key=state.Predict.MODEL, dataset_labels=ds_labels)
     if not model:
         return
-    predictor, gate_threshold = gate_controls(model, load_predictor(model, gate=None).card)
-    card = predictor.card
+    base_card = load_predictor(model, gate=None).card
     from engine.inference import TTA_MODES
 
     with c2:
         tta = st.radio("Test-time augmentation", TTA_MODES, horizontal=True, key=state.Predict.TTA,
                        help="flip: average with the mirrored image; flip4: also vertical and both (4× slower)")
     with c3:
-        st.caption(f"**{card.name}** · classes: {', '.join(card.foreground.values())}"
-                   + (" · presence head" if predictor.has_presence else "")
-                   + (" · trained on synthetic data" if card.synthetic else ""))
-        if card.description:
-            st.caption(card.description[:300])
-    post = controls(card, predictor)
+        st.caption(f"**{base_card.name}** · classes: {', '.join(base_card.foreground.values())}"
+                   + (" · presence head" if base_card.spec.presence_head else "")
+                   + (" · trained on synthetic data" if base_card.synthetic else ""))
+        if base_card.description:
+            st.caption(base_card.description[:300])
     uploads = st.file_uploader("Images (TIFF, DICOM, PNG, JPEG) — one or many", type=pv.UPLOAD_TYPES,
                                accept_multiple_files=True, key=state.Predict.UPLOAD)
     demo_buttons()
+    with st.expander("Threshold, post-processing and presence gate", icon=":material/tune:"):
+        predictor, gate_threshold, presence = gate_controls(model, base_card)
+        card = predictor.card
+        post = controls(card, presence)
     inputs = pv.unique_inputs(pv.upload_inputs(uploads) + demo_inputs())
     if not inputs:
         st.info("Upload images above, or press **Try demo image** to segment an image of the current dataset.")

@@ -412,3 +412,20 @@ def test_gated_model_shows_classifier_probability_and_threshold_needs_no_model_r
     assert runs(at) == n  # re-gating used the cached probabilities
     at.selectbox(key="predict_gate_tiny-gated").set_value("(no gate)").run()
     assert metrics(at)["Presence probability"] == "—" and metrics(at)["nerve area"] == f"{expected:,} px"
+
+
+def test_one_presence_gate_control_for_head_and_classifier(env):
+    """A segmenter with a presence head: one "Presence gate" control offers none / its head / any
+    classifier; choosing the head with a threshold above every probability empties every mask."""
+    at = page(env, model="tiny-b")
+    at.run()
+    gate = at.selectbox(key="predict_gate_tiny-b")
+    assert gate.options[:2] == ["(no gate)", "the model's presence head"] and gate.value == "(no gate)"
+    assert not [s for s in at.slider if s.key and s.key.startswith("predict_pres")]  # no second control
+    at.button(key="predict_demo_all").click().run()
+    assert not at.exception
+    gate.set_value("the model's presence head").run()
+    at.slider(key="predict_pres_tiny-b").set_value(1.0).run()
+    assert not at.exception
+    areas = [v for k, v in metrics(at).items() if k.endswith(" area")]
+    assert areas and all(v == "0 px" for v in areas), metrics(at)

@@ -289,7 +289,9 @@ def test_died_run_is_reported_without_a_traceback(env) -> None:
     assert "Traceback" not in errors[0]
 
 
-def test_a_taken_name_is_refused_unless_replaced_and_failed_runs_stay_out_of_pickers(env, started) -> None:
+def test_a_taken_name_is_refused_unless_replaced_and_failed_runs_stay_out_of_pickers(env, started,
+                                                                                     monkeypatch) -> None:
+    monkeypatch.delenv("SEGWB_MIN_USEFUL_DICE", raising=False)  # the product's default floor (0.2)
     wait_final(started["done"])
     wait_final(started["long"])
     at = tiny(app().run(), "apptest-done", 1)  # the finished run exported this name

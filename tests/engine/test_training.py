@@ -426,7 +426,9 @@ def test_positive_only_trains_on_masked_cases_and_card_records_split_and_fingerp
                   classifier=ClassifierSpec(name="cnn_small"), epochs=1))
 
 
-def test_export_never_replaces_a_model_silently_and_weak_models_are_flagged(main_run, tmp_path: Path) -> None:
+def test_export_never_replaces_a_model_silently_and_weak_models_are_flagged(main_run, tmp_path: Path,
+                                                                            monkeypatch) -> None:
+    monkeypatch.delenv("SEGWB_MIN_USEFUL_DICE", raising=False)  # the product's default floor (0.2)
     from engine.checkpoint import list_weights, weak_reason
     from engine.training.loop import _export, check_export_name, export_name_problem
 
@@ -441,5 +443,7 @@ def test_export_never_replaces_a_model_silently_and_weak_models_are_flagged(main
     assert weak_reason({"end_state": "failed"}, {"val_dice": 0.9}) == "its training run failed"
     assert "0.019" in weak_reason({"end_state": "finished"}, {"val_dice": 0.019})
     assert weak_reason({"end_state": "finished"}, {"val_dice": 0.8}) == ""
+    monkeypatch.setenv("SEGWB_MIN_USEFUL_DICE", "0")
+    assert weak_reason({"end_state": "finished"}, {"val_dice": 0.019}) == ""
     shipped = {w["name"]: w for w in list_weights()}
     assert shipped["lung-cxr"]["weak"] == ""
