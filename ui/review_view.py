@@ -236,8 +236,8 @@ def reviewer_controls() -> tuple[str, str]:
             return "", ""
         note = st.text_input(f"Note (optional, saved with {ident.name}'s next decision)", key=state.Review.NOTE)
         return str(ident.name), (note or "").strip()
-    if state.Review.REVIEWER not in st.session_state:
-        st.session_state[state.Review.REVIEWER] = st.session_state.get(state.Shared.REVIEWER, "")
+    if state.Review.REVIEWER not in st.session_state:  # the single-user demo: this machine's account name
+        st.session_state[state.Review.REVIEWER] = st.session_state.get(state.Shared.REVIEWER, "") or _local_user()
     if st.session_state.pop(state.Review.NOTE_CLEAR, False):
         st.session_state[state.Review.NOTE] = ""
     c = st.columns([1, 2])
@@ -347,10 +347,20 @@ def _current_mask(ds: Dataset, store: ReviewStore, corrected: dict[str, MaskVers
     return m, (f"mask {n:,} px" if n else "empty mask")
 
 
+def _local_user() -> str:
+    """The account running the single-user demo (the default reviewer name; editable)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user database entry (containers)
+        return ""
+
+
 def decision_panel(store: ReviewStore, queue: list[ReviewItem], shown: list[ReviewItem], cur: ReviewItem,
                    reviewer: str, note: str) -> None:
     """Current decision, undo/confirm, and the decision buttons (auto-advance after each)."""
-    from engine.curation import BULK_NOTE, DECISION_HELP, DECISION_LABELS, key_text, next_open
+    from engine.curation import BULK_NOTE, DECISION_HELP, DECISION_LABELS, key_text, next_open, pair_key
     from engine.errors import StaleDecision
     from engine.store import PAIR_DECISIONS
     from ui.widgets import guard
@@ -383,10 +393,18 @@ def decision_panel(store: ReviewStore, queue: list[ReviewItem], shown: list[Revi
     def advance_after() -> tuple[str, str] | None:
         return next_open(shown, cur.key) or next_open(queue, cur.key)
 
+    # U undoes this session's last decision wherever it was made (the page moved on after it); the pair
+    # on screen keeps its own Undo button
+    last = st.session_state.get(state.Review.LAST)
+    last_elsewhere = False
+    if last and pair_key(last[0], last[1]) != tuple(cur.key):
+        now = store.decision_for(last[0], last[1])
+        last_elsewhere = now is not None and now.event_id == last[2]
     c = st.columns([1, 1, 4])
     if c[0].button("Undo", icon=":material/undo:", key=state.Review.UNDO, disabled=d is None or not reviewer,
-                   shortcut="U", help=f"cancel the current decision on THIS pair ({cur.a} ↔ {cur.b}; recorded as a "
-                                      "new event; U)"):
+                   shortcut=None if last_elsewhere else "U",
+                   help=f"cancel the current decision on THIS pair ({cur.a} ↔ {cur.b}; recorded as a new event"
+                        + ("" if last_elsewhere else "; U") + ")"):
         with guard("Undoing"):
             try:
                 if d.target_kind == "pair":  # the pair on screen, as shown: refused if it changed meanwhile
@@ -415,6 +433,21 @@ def decision_panel(store: ReviewStore, queue: list[ReviewItem], shown: list[Revi
             _notice(f"Confirmed **{DECISION_LABELS.get(d.decision, d.decision)}** on {cur.a} ↔ {cur.b}.")
             st.rerun()
 
+    if last_elsewhere and c[2].button(f"Undo my last decision: {last[3]} on {last[0]} ↔ {last[1]}",
+                                      icon=":material/undo:", key=state.Review.UNDO_LAST, shortcut="U",
+                                      help="go back to that pair and cancel the decision you just made there (U)"):
+        with guard("Undoing"):
+            try:
+                store.undo_decision(last[0], last[1], reviewer, note or "undo on the review page", base_event=last[2])
+            except StaleDecision as exc:
+                st.session_state.pop(state.Review.LAST, None)
+                st.error(f"Not undone: {exc}", icon=":material/block:")
+                return
+            st.session_state.pop(state.Review.LAST, None)
+            st.session_state[state.Review.CURRENT] = key_text(pair_key(last[0], last[1]))
+            st.session_state[state.Review.NOTE_CLEAR] = True
+            _notice(f"Undid **{last[3]}** on {last[0]} ↔ {last[1]} (back on that pair).")
+            st.rerun()
     current = d.relative_to(cur.a, cur.b) if d is not None and cur.state in ("decided", "needs_expert") else None
     rows = [PAIR_DECISIONS[:4], PAIR_DECISIONS[4:]]
     for row in rows:
@@ -427,10 +460,11 @@ def decision_panel(store: ReviewStore, queue: list[ReviewItem], shown: list[Revi
                 with guard("Recording the decision"):
                     nxt = advance_after()
                     try:
-                        store.record_decision(cur.a, cur.b, dec, reviewer, note, base_event=base)
+                        eid = store.record_decision(cur.a, cur.b, dec, reviewer, note, base_event=base)
                     except StaleDecision as exc:
                         _remember_stale(cur, exc, dec, note)
                         st.rerun()
+                    st.session_state[state.Review.LAST] = (cur.a, cur.b, eid, DECISION_LABELS.get(dec, dec))
                     st.session_state[state.Review.CURRENT] = key_text(nxt or cur.key)
                     st.session_state[state.Review.NOTE_CLEAR] = True
                     _notice(f"Recorded **{DECISION_LABELS.get(dec, dec)}** on {cur.a} ↔ {cur.b}"

@@ -374,6 +374,8 @@ class Review(StrEnum):
     STALE = "review_stale"  # a refused (stale) decision waiting for reload / override
     THRESHOLD = "review_threshold"
     UNDO = "review_undo"
+    UNDO_LAST = "review_undo_last"  # undo this session's last decision wherever it was made
+    LAST = "review_last_decision"  # (a, b, event id, label) of this session's last decision
 
 
 class Train(StrEnum):

@@ -160,7 +160,12 @@ def test_decisions_are_stored_advance_and_undo_from_the_log(env: SimpleNamespace
     rows = queue(at)
     k = keys(rows)
     assert current(at) == k[0]
-    # no reviewer name: decisions are disabled
+    # the single-user demo starts with this machine's account name as the reviewer (editable)...
+    import getpass
+
+    assert at.text_input(key=state.Review.REVIEWER).value == getpass.getuser()
+    assert not at.button(key="review_d_keep_a").disabled
+    ok(at.text_input(key=state.Review.REVIEWER).input("").run())  # ...and without a name nothing is recorded
     assert at.button(key="review_d_keep_a").disabled
     at.text_input(key=state.Review.REVIEWER).input("alice")
     at.text_input(key=state.Review.NOTE).input("frozen video frame")
@@ -297,7 +302,9 @@ def test_bulk_proposal_of_the_case_study_rule(env: SimpleNamespace, report) -> N
     at = ok(app(env).run())
     assert metric(at, "Conflict pairs") == str(len(conflicts))
     assert metric(at, "Would be proposed") == str(len(conflicts))
-    assert at.button(key="review_bulk_apply").disabled  # no reviewer yet
+    at.text_input(key=state.Review.REVIEWER).input("")
+    ok(at.run())
+    assert at.button(key="review_bulk_apply").disabled  # no reviewer
     at.text_input(key=state.Review.REVIEWER).input("carol")
     ok(at.run())
     click(at, "review_bulk_apply")
@@ -563,3 +570,19 @@ def test_proposals_are_not_decisions_until_a_person_confirms_them(env: SimpleNam
         _, dropped, info = build_manifest(env.ds, s, report, "none")
         assert info["dropped_by"] == {"decision": len(props) - 1, "proposal": 0, "policy": 0}
         assert all("by dave" in why for _, why in dropped) and info["n_unconfirmed_proposals"] == 0
+
+
+def test_undo_reaches_the_last_decision_after_the_page_moved_on(env: SimpleNamespace, report) -> None:
+    at = ok(app(env).run())
+    k = keys(queue(at))
+    at.text_input(key=state.Review.REVIEWER).input("erin")
+    ok(at.run())
+    click(at, "review_d_keep_both")
+    assert current(at) != k[0]  # moved on to the next pair waiting for a decision
+    undo_last = at.button(key=state.Review.UNDO_LAST)
+    assert k[0][0] in undo_last.label and "Keep both" in undo_last.label
+    click(at, state.Review.UNDO_LAST)
+    with store_of(env) as s:
+        assert s.decision_for(*k[0]) is None
+    assert current(at) == k[0]  # back on the pair it undid
+    assert not [b for b in at.button if b.key == state.Review.UNDO_LAST]  # nothing left to undo elsewhere
