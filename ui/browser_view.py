@@ -9,9 +9,12 @@ also choose the view/model/evaluation, calling :func:`ui.nav.request_case` befor
 The cached loaders shared with other pages are :mod:`ui.caches`; page links are :mod:`ui.nav`.
 
 Review hooks: :func:`review_columns` adds ``conflict_status`` (from the latest
-:func:`engine.dedup.load_latest_report`) and ``review_state`` (from the dataset's
-:class:`engine.store.ReviewStore`, read only when the store file exists) to the case table;
-:func:`review_filters` draws their filters. Extend those two functions for more review data.
+:func:`engine.dedup.load_latest_report`), ``review_state`` (from the dataset's
+:class:`engine.store.ReviewStore`, read only when the store file exists) and ``suspect_type`` /
+``suspect_score`` (the latest label-error finder report,
+:func:`engine.curation.suspects.load_latest_suspects`) to the case table;
+:func:`review_filters` and :func:`suspect_filter` draw their filters. Extend those functions for
+more review data. The detail view explains a suspect case and shows its disagreement map.
 """
 
 from __future__ import annotations
@@ -59,7 +62,27 @@ def review_columns(ds: Dataset, df: pd.DataFrame) -> pd.DataFrame:
     states = review_states(ds)
     if states is not None:
         df["review_state"] = df["case_id"].astype(str).map(states).fillna("unreviewed")
+    from ui.editor_view import latest_suspects
+
+    rep = latest_suspects(ds)
+    if rep is not None:
+        ids = df["case_id"].astype(str)
+        df["suspect_type"] = ids.map({s.case_id: s.type for s in rep.cases})
+        df["suspect_score"] = ids.map({s.case_id: float(s.score) for s in rep.cases})
     return df
+
+
+def suspect_filter(df: pd.DataFrame, where: DeltaGenerator) -> tuple[str, ...]:
+    """HOOK: the suspect-type filter (label-error finder; counts of the dataset's cases in the labels),
+    only when the case table has ``suspect_type``. Returns the chosen types (empty: any)."""
+    if "suspect_type" not in df.columns:
+        return ()
+    from engine.curation.suspects import SUSPECT_TYPES
+
+    counts = df["suspect_type"].value_counts().to_dict()
+    return tuple(where.multiselect("Suspect type (label-error finder)", list(SUSPECT_TYPES),
+                                   key=state.Browser.F_SUSPECT, format_func=lambda t: f"{t} ({counts.get(t, 0)})",
+                                   help="how the latest label-error finder report says the case's mask is wrong"))
 
 
 def review_filters(df: pd.DataFrame, where: DeltaGenerator) -> dict[str, tuple[str, ...]]:
@@ -256,6 +279,9 @@ def _caption(rec: dict[str, Any]) -> str:
         parts.append(f"Dice {d:.2f}")
     if rec.get("conflict_status") in ("conflict", "disagree"):
         parts.append(f"⚠ {rec['conflict_status']}")
+    typ, score = rec.get("suspect_type"), rec.get("suspect_score")
+    if isinstance(typ, str) and score is not None and score == score:
+        parts.append(f"⚑ {typ} {float(score):.2f}")
     return " · ".join(parts)
 
 
@@ -328,6 +354,7 @@ def detail_view(ds: Dataset, df: pd.DataFrame, filtered_ids: list[str], model: s
                       width="stretch")
         cols[2].caption(pred_src)
     legend(ds.labels)
+    _suspect_detail(ds, cur, img, gt)
 
     left, right = st.columns([3, 2], gap="large")
     with left:
@@ -365,6 +392,24 @@ def detail_view(ds: Dataset, df: pd.DataFrame, filtered_ids: list[str], model: s
                      hide_index=True, width="stretch", height=min(800, 35 * (len(info) + 1) + 3))
         _case_pairs(ds, cur)
         _review_links()
+
+
+def _suspect_detail(ds: Dataset, case_id: str, img: Any, gt: Any) -> None:
+    """The latest label-error finder report on the case: type, score, reasons, provenance, and the
+    "Show where the label disagrees" toggle with its map over the image (nothing without a report)."""
+    from ui.editor_view import latest_suspects, suspect_info, suspect_map_panel
+
+    rep = latest_suspects(ds)
+    if rep is None:
+        return
+    import numpy as np
+
+    judged = None if gt is None else np.minimum(gt, max(ds.num_classes - 1, 1)).astype(np.uint8)
+    a, b = st.columns([3, 2], gap="large")
+    with a:
+        suspect_info(rep, case_id, judged)
+    with b:
+        suspect_map_panel(ds, rep, case_id, img, state.Browser.SUSPECT_MAP)
 
 
 def _case_pairs(ds: Dataset, case_id: str) -> None:
@@ -486,8 +531,12 @@ def render_browser() -> None:
     df = review_columns(ds, df)
     f = filter_controls(df, ev is not None)
     keep = apply_filter(df, f)
-    filtered = df[keep]
     active = f.active()
+    types = suspect_filter(df, st.sidebar)
+    if types:
+        keep = keep & df["suspect_type"].isin(types).to_numpy()
+        active = [*active, "suspect_type"]
+    filtered = df[keep]
     st.caption(f"**{int(keep.sum()):,}** of {len(df):,} cases"
                + (f" · filters: {', '.join(a.replace('_', ' ') for a in active)}" if active else ""))
 
@@ -501,6 +550,8 @@ def render_browser() -> None:
         sorts = {"case id": "_order", "mask area": "mask_area"}
         if "eval_dice" in filtered.columns:
             sorts["Dice (evaluation)"] = "eval_dice"
+        if "suspect_score" in filtered.columns:
+            sorts["suspect score (label-error finder)"] = "suspect_score"
         sort = c[1].selectbox("Sort by", list(sorts), key=state.Browser.SORT)
         desc = c[2].toggle("Descending", key=state.Browser.DESC)
         per_page = int(c[3].selectbox("Thumbnails per page", [24, 36, 48, 96], index=1, key=state.Browser.PER_PAGE))

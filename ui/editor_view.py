@@ -19,6 +19,13 @@ Correct a case's mask by hand and save it as a new *version* in the dataset's re
   **review state** buttons; a **queue** of cases needing review (suspicion score,
   :func:`engine.curation.case_queue`); **export** of the corrected dataset
   (:func:`engine.curation.export_corrected`).
+- **Label-error finder** (:mod:`engine.curation.suspects`): :func:`finder_panel` runs
+  :func:`engine.curation.crossfit.honest_probabilities` and
+  :func:`engine.curation.suspects.find_suspects` exactly as ``python -m engine suspects`` does
+  (cross-fitting as a background job with progress); the dataset's latest report then ranks the
+  queue, filters it by suspect type (:func:`suspect_type_filter`), and explains the case on
+  screen (:func:`suspect_info`) with its disagreement map (:func:`suspect_map_panel`,
+  :func:`disagreement_rgb`; the Dataset browser shows the same).
 
 Other pages open a case here by setting ``st.session_state[ui.state.Shared.BROWSER_CASE]``.
 """
@@ -43,6 +50,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from engine.curation.canvas import View
+    from engine.curation.crossfit import CrossFitConfig
+    from engine.curation.suspects import Suspect, SuspectReport
     from engine.datasets import Dataset
     from engine.evaluation import EvalResult
     from engine.store import ReviewStore
@@ -62,6 +71,14 @@ ZOOMS = [1, 2, 4, 8, 16]
 CANVAS_WIDTHS = [400, 500, 600, 800, 1000]
 DEFAULT_CANVAS_W = 600
 PREDICTION = "Model prediction"
+#: Cross-fit fold choices of the label-error finder (0 = the chosen models only).
+FINDER_FOLDS = [0, 2, 3, 4, 5, 10]
+FINDER_REFRESH_SECONDS = 2.0
+#: Colours of the disagreement map (:func:`disagreement_rgb`), alpha ∝ the map's value.
+MAP_COLOURS: dict[str, tuple[int, int, int]] = {
+    "label has it, the model rejects it": (255, 0, 255),
+    "the model finds it, the label misses it": (255, 215, 0),
+}
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -126,14 +143,368 @@ def _evaluation_for_queue(ds: Dataset) -> tuple[EvalResult | None, str | None]:
 
 
 def review_queue_for(ds: Dataset, store: ReviewStore) -> tuple[Queue, dict[str, Any]]:
-    """:func:`engine.curation.case_queue` from the latest conflicts report and evaluation."""
+    """:func:`engine.curation.case_queue` from the latest conflicts report, evaluation, saved model
+    signals and label-error finder report (whose score then replaces the evaluation's Dice and the
+    flip-TTA uncertainty). ``info``: ``evaluation`` (label or None), ``conflicts`` (bool),
+    ``suspects`` (the :class:`engine.curation.suspects.SuspectReport` or None)."""
     from engine.curation import case_queue
     from ui.caches import conflict_pairs
 
     ev, ev_label = _evaluation_for_queue(ds)
     pairs = conflict_pairs(ds)
-    q = case_queue(ds, store, pairs, ev, **loop_view.queue_signals(ds))  # + the saved model signals
-    return q, {"evaluation": ev_label, "conflicts": pairs is not None}
+    report = latest_suspects(ds)
+    q = case_queue(ds, store, pairs, ev, suspects=report, **loop_view.queue_signals(ds))  # + saved model signals
+    return q, {"evaluation": ev_label, "conflicts": pairs is not None, "suspects": report}
+
+
+# ------------------------------------------------------------------------------------------ label-error finder
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _latest_suspects(path: str, stamp: tuple[int, int], _ds: Dataset) -> SuspectReport | None:
+    from engine.curation.suspects import load_latest_suspects
+
+    return load_latest_suspects(_ds)
+
+
+def latest_suspects(ds: Dataset) -> SuspectReport | None:
+    """The dataset's latest label-error finder report
+    (:func:`engine.curation.suspects.load_latest_suspects`), re-read only when its file changed."""
+    from engine.curation.suspects import LATEST, suspects_folder
+    from engine.fsutil import file_stamp
+
+    path = suspects_folder(ds) / LATEST
+    try:
+        stamp = file_stamp(path)
+    except OSError:
+        return None
+    return _latest_suspects(str(path), stamp, ds)
+
+
+def suspect_types_of(queue: Queue, report: SuspectReport | None) -> dict[str, str]:
+    """``{case_id: suspect type}`` of the queue's cases the report judged."""
+    if report is None:
+        return {}
+    types = {s.case_id: s.type for s in report.cases}
+    return {c: types[c] for c, _, _ in queue if c in types}
+
+
+def suspect_type_filter(queue: Queue, report: SuspectReport | None) -> Queue:
+    """A multiselect of the suspect types (with the number of queued cases of each) restricting the
+    queue ("Next case needing review" and the queue table) to those types; the queue unchanged
+    without a report or a choice."""
+    from engine.curation.suspects import SUSPECT_TYPES
+
+    if report is None:
+        return queue
+    types = suspect_types_of(queue, report)
+    counts: dict[str, int] = {t: 0 for t in SUSPECT_TYPES}
+    for t in types.values():
+        counts[t] = counts.get(t, 0) + 1
+    chosen = st.multiselect("Only suspects of type", list(SUSPECT_TYPES), key=state.Editor.SUSPECT_TYPES,
+                            format_func=lambda t: f"{t} ({counts.get(t, 0)})", placeholder="any type",
+                            help="restricts the review queue and “Next case needing review” to the cases the "
+                                 "label-error finder typed so (counts: cases still in the queue)")
+    if not chosen:
+        return queue
+    return [q for q in queue if types.get(q[0]) in set(chosen)]
+
+
+def _plain(text: str) -> str:
+    """``text`` shown literally in Markdown (class or model names with ``_``, ``*``, ``$`` or ``~``)."""
+    for ch in ("\\", "_", "*", "$", "~", "`"):
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def _judged_label(ds: Dataset, case_id: str) -> np.ndarray | None:
+    """The dataset's mask of ``case_id`` as :func:`find_suspects` reads it (None when unreadable)."""
+    from engine.errors import WorkbenchError
+
+    try:
+        return np.minimum(ds.load_mask(case_id), max(ds.num_classes - 1, 1)).astype(np.uint8)
+    except WorkbenchError:
+        return None
+
+
+def suspect_info(report: SuspectReport | None, case_id: str, on_screen: np.ndarray | None = None) -> Suspect | None:
+    """The finder's verdict on ``case_id``: type, score, rank, provenance and reasons (a short block);
+    says when the report did not judge the case or judged another version of its mask than
+    ``on_screen`` (uint8 (H,W)). Returns the :class:`Suspect` (None: nothing shown or not judged)."""
+    if report is None:
+        return None
+    s = report.get(case_id)
+    if s is None:
+        st.caption("Label-error finder: this case is not in the latest report (unlabelled, unreadable or added "
+                   "since it ran).")
+        return None
+    st.markdown(f"**Label-error finder:** `{s.type}` · score **{s.score:.2f}** · rank {s.rank} of "
+                f"{len(report.cases)}")
+    st.markdown("\n".join(f"- {_plain(r)}" for r in s.reasons) if s.reasons else "- (no reason given)")
+    st.caption(f"Judged by: {_plain(s.provenance)}" + ("" if s.honest else " — **not honest**: the model trained "
+                                                       "on this case, so a wrong label may look right to it"))
+    if on_screen is not None and s.mask_digest:
+        from engine.curation.crossfit import mask_digest
+
+        if mask_digest(np.asarray(on_screen, np.uint8)) != s.mask_digest:
+            st.caption("The mask on screen is not the one the finder judged (edited or a newer version): run the "
+                       "finder again to judge it.")
+    return s
+
+
+def disagreement_rgb(img: np.ndarray, label: np.ndarray | None, dmap: np.ndarray, max_alpha: float = 0.85
+                     ) -> np.ndarray:
+    """The disagreement map over the image: magenta where the label has something the model rejects
+    (map > 0 on the label's foreground), yellow where the label misses something (map > 0 on its
+    background), opacity proportional to the map's value; the label's outline on top.
+
+    Args:
+        img: image (C,H,W)/(H,W) float [0,1] or uint8.
+        label: uint8 (H,W) label map the finder judged (None: every lit pixel counts as missed).
+        dmap: uint8 (H,W) :func:`engine.curation.suspects.load_disagreement_map` (0 agrees .. 255).
+        max_alpha: opacity at 255.
+
+    Returns:
+        uint8 (H,W,3).
+
+    Example:
+        >>> lab = np.zeros((5, 5), np.uint8); lab[1:4, 1:4] = 1
+        >>> rgb = disagreement_rgb(np.zeros((5, 5)), lab, np.full((5, 5), 255, np.uint8))
+        >>> rgb[2, 2].tolist(), rgb[0, 0].tolist()  # inside the label: magenta; outside: yellow
+        ([217, 0, 217], [217, 183, 0])
+    """
+    from engine.visualize import overlay, to_rgb_uint8
+
+    base = to_rgb_uint8(img)
+    h, w = base.shape[:2]
+    m = np.asarray(dmap, np.uint8)
+    if m.shape != (h, w):
+        from PIL import Image
+
+        m = np.asarray(Image.fromarray(m).resize((w, h), Image.Resampling.NEAREST), np.uint8)
+    lab = None if label is None or np.asarray(label).shape != (h, w) else np.asarray(label)
+    fg = lab > 0 if lab is not None else np.zeros((h, w), bool)
+    colours = list(MAP_COLOURS.values())
+    col = np.where(fg[..., None], np.array(colours[0], np.float32), np.array(colours[1], np.float32))
+    a = (m.astype(np.float32) / 255.0 * float(np.clip(max_alpha, 0.0, 1.0)))[..., None]
+    out = base.astype(np.float32) * (1.0 - a) + col * a
+    rgb = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    if lab is not None:
+        rgb = overlay(rgb, lab, alpha=0.0, contour=True)  # where the label's boundary is
+    return rgb
+
+
+def suspect_map_panel(ds: Dataset, report: SuspectReport | None, case_id: str, img: np.ndarray, key: str) -> None:
+    """The toggle "Show where the label disagrees" and, when on, the disagreement map of ``case_id``
+    over its image (:func:`disagreement_rgb`) with its legend; nothing when the report lacks the case."""
+    from engine.curation.suspects import load_disagreement_map
+    from engine.errors import WorkbenchError
+    from ui.widgets import colour_legend
+
+    s = report.get(case_id) if report is not None else None
+    if report is None or s is None:
+        return
+    if not st.toggle("Show where the label disagrees", key=key,
+                     help="the label-error finder's per-pixel map: where a confident model that did not train on "
+                          "this case rejects the label (magenta) or finds what it misses (yellow)"):
+        return
+    try:
+        dmap = load_disagreement_map(report, case_id)
+    except WorkbenchError as exc:
+        st.warning(f"No disagreement map: {exc}", icon="⚠️")
+        return
+    lit = int(np.count_nonzero(dmap))
+    st.image(disagreement_rgb(img, _judged_label(ds, case_id), dmap), width="stretch",
+             caption=f"where the label disagrees ({s.type}, score {s.score:.2f}) · {lit:,} px lit")
+    colour_legend(MAP_COLOURS)
+
+
+def finder_crossfit_config(weights: list[str], folds: int, device: str) -> CrossFitConfig | None:
+    """The cross-fit ``python -m engine suspects DATASET [--weights W ...] --folds K --device D`` uses with
+    its other flags at their defaults (None for ``folds`` 0: the chosen models only): the first model's
+    architecture, preprocessing, augmentation and epochs (:meth:`CrossFitConfig.from_card`), else the
+    default small U-Net. Same config, same cached fold models as the command line."""
+    from engine.curation.crossfit import CrossFitConfig
+
+    if not folds:
+        return None
+    if int(folds) < 2:
+        from engine.errors import ConfigError
+
+        raise ConfigError(f"cross-fitting needs at least 2 folds, got {folds}", hint="choose 0 or 2 folds or more")
+    if weights:
+        from engine.checkpoint import read_card, resolve_weights
+
+        card = read_card(resolve_weights(weights[0]))
+        return CrossFitConfig.from_card(card, int(folds), epochs=None, size=None, seed=0, device=device)
+    return CrossFitConfig(k=int(folds), seed=0, device=device)
+
+
+def run_finder(ds: Dataset, weights: list[str], crossfit: CrossFitConfig | None, device: str) -> SuspectReport:
+    """Honest probabilities, then :func:`find_suspects`, called as ``python -m engine suspects`` calls them
+    (no TTA, prior 0.1, caches on), with a progress bar each; the engine saves the report as the dataset's
+    latest (what the queue, this page and the Dataset browser read)."""
+    from engine.curation.crossfit import honest_probabilities
+    from engine.curation.suspects import SuspectConfig, find_suspects
+    from ui.widgets import streamlit_progress
+
+    t0 = time.perf_counter()
+    progress, bar = streamlit_progress("Predicting the labelled cases with the judging models…")
+    probs = honest_probabilities(ds, list(weights), crossfit_config=crossfit, tta="none", device=device,
+                                 use_cache=True, progress=progress)
+    bar.empty()
+    progress, bar = streamlit_progress("Judging the labels…")
+    rep = find_suspects(ds, probs, SuspectConfig(prior=0.1), use_cache=True, progress=progress)
+    bar.empty()
+    stale = len(probs.crossfit.stale_masks) if probs.crossfit is not None else 0
+    st.session_state[state.Editor.FINDER_RESULT] = {
+        "dataset": dataset_key(ds), "n": len(rep.cases), "by_type": dict(rep.stats.get("by_type") or {}),
+        "n_not_honest": int(rep.stats.get("n_not_honest") or 0), "n_computed": int(rep.stats.get("n_computed") or 0),
+        "seconds": round(time.perf_counter() - t0, 1), "stale": stale,
+        "judges": [str(x.get("name")) for x in probs.describe().get("sources") or []]}
+    return rep
+
+
+def _start_finder(ds: Dataset, weights: list[str], folds: int) -> None:
+    """Judge now, or first start the cross-fit as a background job (judged when it finishes)."""
+    from engine.curation.crossfit import crossfit_status, load_crossfit, start_crossfit_job
+
+    device = state.current_device()
+    cfg = finder_crossfit_config(weights, folds, device)
+    st.session_state[state.Editor.FINDER_OPEN] = True
+    st.session_state.pop(state.Editor.FINDER_RESULT, None)
+    if cfg is not None and load_crossfit(ds, cfg) is None:
+        status = crossfit_status(ds, cfg)
+        if status.get("active"):  # already running (another session or tab): follow it
+            run_dir = str(status.get("run_dir"))
+        else:
+            job = start_crossfit_job(str(state.current_dataset_path()), cfg,
+                                     options=state.get(state.Shared.DATASET_OPTIONS) or {}, workspace=state.workspace())
+            run_dir = str(job.run_dir)
+        st.session_state[state.Editor.FINDER_JOB] = {"run_dir": run_dir, "dataset": dataset_key(ds),
+                                                     "weights": list(weights), "config": cfg.to_dict(),
+                                                     "what": cfg.describe(), "k": cfg.k, "pending": True}
+        st.session_state[state.Editor.FINDER_JOB_ACTIVE] = True
+        st.rerun()  # the button shows as busy and the job's progress appears
+    run_finder(ds, weights, cfg, device)
+    st.rerun()
+
+
+def _finder_job_fragment(ds_key: str) -> None:
+    """Progress and cancel of the cross-fit job (refreshes itself while it runs; reruns the page when it
+    ends, which then judges the labels)."""
+    from engine.jobs import cancel, job_status
+
+    job = st.session_state.get(state.Editor.FINDER_JOB)
+    if not job or job.get("dataset") != ds_key:
+        return
+    info = job_status(Path(job["run_dir"]), log_lines=0)
+    was_active = bool(st.session_state.get(state.Editor.FINDER_JOB_ACTIVE))
+    st.session_state[state.Editor.FINDER_JOB_ACTIVE] = info["active"]
+    if was_active and not info["active"]:
+        st.rerun(scope="app")
+    fold = f"fold {info['epoch']}/{info['epochs']}" if info.get("epochs") else "starting"
+    text = f"Cross-fitting {job['k']} fold models ({job['what']}): {fold}" + (
+        f" · {info['message']}" if info.get("message") else "")
+    st.progress(float(info.get("fraction") or 0.0), text=text)
+    if info["active"]:
+        c1, c2 = st.columns([1, 3], vertical_alignment="center")
+        if info.get("cancel_requested"):
+            c1.caption("Cancel requested…")
+        elif c1.button("Cancel cross-fitting", key=state.Editor.FINDER_CANCEL):
+            cancel(Path(job["run_dir"]), wait=False)
+        c2.caption("Runs in the background (you can keep editing; finished folds are kept if it stops). The labels "
+                   "are judged when the last fold model is trained.")
+
+
+def _finder_job_status(ds: Dataset) -> dict[str, Any] | None:
+    """:func:`engine.jobs.job_status` of this session's cross-fit job on ``ds`` (None: no such job)."""
+    from engine.jobs import job_status
+
+    job = st.session_state.get(state.Editor.FINDER_JOB)
+    if not job or job.get("dataset") != dataset_key(ds):
+        return None
+    return job_status(Path(job["run_dir"]), log_lines=0)
+
+
+def _finder_job(ds: Dataset, info: dict[str, Any] | None) -> None:
+    """The cross-fit job of this dataset (``info``: its status): judge when it has finished, follow it
+    while it runs, say why it stopped otherwise."""
+    from engine.curation.crossfit import CrossFitConfig, load_crossfit
+    from ui.widgets import guard
+
+    job = st.session_state.get(state.Editor.FINDER_JOB)
+    if info is None or not job:
+        return
+    cfg = CrossFitConfig.from_dict(job["config"])
+    if job.get("pending") and not info["active"] and load_crossfit(ds, cfg) is not None:
+        job["pending"] = False
+        with guard("Finding label errors"):
+            run_finder(ds, list(job["weights"]), cfg, state.current_device())
+            st.rerun()
+        return
+    if info["active"]:
+        st.fragment(_finder_job_fragment, run_every=FINDER_REFRESH_SECONDS)(dataset_key(ds))
+    elif job.get("pending"):
+        job["pending"] = False
+        why = info.get("error") or info.get("message") or info["state"]
+        st.error(f"Cross-fitting {info['state']}: {why}. Finished folds are kept: press *Find label errors* to go "
+                 "on.", icon="⚠️")
+
+
+def finder_panel(ds: Dataset, report: SuspectReport | None) -> None:
+    """The label-error finder: models that judge, cross-fit folds, *Find label errors*, the job's progress
+    and what the latest report holds."""
+    from ui.widgets import guard, model_picker
+
+    with st.expander("Label-error finder: which masks are wrong, how and where",
+                     expanded=bool(st.session_state.get(state.Editor.FINDER_OPEN))):
+        st.caption("Judges every labelled case with a model that did not train on it (a shipped model whose card "
+                   "shows the case was held out, or k cross-fitted fold models), combines per-pixel, region, "
+                   "boundary, shift and empty-mask evidence with a score calibrated on planted errors of this "
+                   "dataset, and ranks the queue by it. Same result as `python -m engine suspects DATASET "
+                   "--weights NAME [--folds K]`.")
+        if report is not None:
+            by_type = ", ".join(f"{t} {n}" for t, n in (report.stats.get("by_type") or {}).items() if n)
+            judges = ", ".join(str(x.get("name")) for x in (report.probabilities.get("sources") or [])[:4])
+            n_bad = int(report.stats.get("n_not_honest") or 0)
+            st.caption(f"Latest report ({report.created or 'undated'}): {len(report.cases):,} case(s) judged"
+                       + (f" by {judges}" if judges else "") + (f"; types: {by_type}" if by_type else "")
+                       + (f"; {n_bad} judged by a model that trained on them (not honest)" if n_bad else "") + ".")
+        c = st.columns([3, 2, 2], vertical_alignment="bottom")
+        with c[0]:
+            cur = state.current_model()
+            models = model_picker("Models that judge the labels", key=state.Editor.FINDER_MODELS, multi=True,
+                                  max_selections=3, dataset_labels=ds.labels, default=[cur] if cur else None)
+        folds = c[1].selectbox("Cross-fit folds", FINDER_FOLDS, key=state.Editor.FINDER_FOLDS,
+                               format_func=lambda k: "0 (the models as shipped)" if k == 0 else f"{k} folds",
+                               help="0: each case is judged by the chosen models, honestly only where their card "
+                                    "shows the case was held out. k: train k models of the first model's "
+                                    "architecture (none chosen: a small U-Net) on grouped folds of this dataset, "
+                                    "in the background; every case is then judged by the one that never saw it.")
+        info = _finder_job_status(ds)
+        busy = bool(info and info["active"])
+        st.session_state[state.Editor.FINDER_JOB_ACTIVE] = busy
+        allowed = _may("annotator")  # team mode: viewers look, they start no work on the server
+        if c[2].button("Find label errors", key=state.Editor.FINDER_RUN, type="primary", icon=":material/troubleshoot:",
+                       disabled=busy or not allowed or not (models or folds),
+                       help="choose a model or some cross-fit folds" if not (models or folds) else None):
+            with guard("Finding label errors"):
+                _start_finder(ds, list(models or []), int(folds))
+        if not allowed:
+            from ui import auth
+
+            auth.role_note("annotator", "Running the label-error finder")
+        _finder_job(ds, info)
+        res = st.session_state.get(state.Editor.FINDER_RESULT)
+        if res and res.get("dataset") == dataset_key(ds):
+            types = ", ".join(f"{t} {n}" for t, n in res["by_type"].items() if n)
+            st.success(f"Judged {res['n']:,} labelled case(s) in {res['seconds']:.0f} s with "
+                       f"{', '.join(res['judges']) or 'the chosen models'} ({res['n_computed']:,} computed, the rest "
+                       f"from the cache); types: {types or 'none'}. The review queue now ranks by it."
+                       + (f" {res['n_not_honest']} case(s) were judged by a model that trained on them."
+                          if res["n_not_honest"] else "")
+                       + (f" {res['stale']} mask(s) changed since the fold models trained." if res["stale"] else ""),
+                       icon="✅")
 
 
 def _apply_deep_link(ds: Dataset) -> None:
@@ -165,17 +536,23 @@ def case_picker(ds: Dataset, store: ReviewStore, queue: Queue, queue_info: dict[
     c[0].selectbox(f"Case ({len(ids):,})", ids, key=state.Editor.CASE,
                    on_change=lambda: _go(st.session_state[state.Editor.CASE]))
     nxt = next_case(queue, cur)
+    finder = queue_info.get("suspects") is not None
     c[1].button(f"Next case needing review ({len(queue)} in queue)", key=state.Editor.NEXT, icon=":material/skip_next:",
                 disabled=nxt is None, on_click=_go, args=(nxt,), type="primary",
-                help="most suspicious first: marked needs_fix, low model Dice, conflicting near-duplicates; "
-                     "accepted and corrected cases are skipped")
-    entry = next((q for q in queue if q[0] == cur), None)
+                help="most suspicious first: marked needs_fix, "
+                     + ("the label-error finder's score" if finder else "low model Dice")
+                     + ", conflicting near-duplicates; accepted and corrected cases are skipped")
+    full: Queue = queue_info.get("all", queue)
+    entry = next((q for q in full if q[0] == cur), None)
     if entry is not None:
         st.caption(f"Suspicion score **{entry[1]:.2f}**: " + "; ".join(entry[2]))
-    elif not queue:
-        if queue_info.get("evaluation") is None and not queue_info.get("conflicts"):
-            st.caption("No review queue yet: evaluate a model (Dataset browser or Metrics dashboard) or run the "
-                       "conflict search (Conflict review) to rank cases by suspicion.")
+    if not queue and full:
+        st.caption("No case of the chosen suspect type(s) is left in the queue: clear the type filter.")
+    elif not queue and entry is None:
+        if queue_info.get("evaluation") is None and not queue_info.get("conflicts") and not finder:
+            st.caption("No review queue yet: run the label-error finder (below), evaluate a model (Dataset "
+                       "browser or Metrics dashboard) or run the conflict search (Conflict review) to rank cases "
+                       "by suspicion.")
         else:
             st.caption("The review queue is empty: every suspicious case is accepted or corrected.")
     state.put(state.Shared.BROWSER_CASE, st.session_state[state.Editor.CASE])
@@ -720,17 +1097,30 @@ def source_panel(ds: Dataset, store: ReviewStore, sess: EditSession) -> None:
 # ------------------------------------------------------------------------------------------ queue, export
 
 def queue_panel(queue: Queue, info: dict[str, Any], claims: dict | None = None) -> None:
+    """The review queue as a table (the suspect-type filter applied), with how its score is made."""
     import pandas as pd
 
     claims = claims or {}
-    with st.expander(f"Review queue ({len(queue)} cases)", expanded=False):
-        st.caption("Score = 2 if marked *needs fix* + (1 − model Dice) + 1 for a conflicting near-duplicate pair "
-                   "(0.5 for a disagreeing one). Accepted and corrected cases are left out. "
-                   f"Evaluation: {info.get('evaluation') or 'none'} · conflicts report: "
-                   f"{'yes' if info.get('conflicts') else 'none'}.")
+    report = info.get("suspects")
+    n_all = len(info.get("all", queue))
+    title = f"Review queue ({len(queue)} cases" + (f" of {n_all}, filtered by suspect type)" if n_all != len(queue)
+                                                   else ")")
+    with st.expander(title, expanded=False):
+        if report is not None:
+            st.caption("Score = 2 if marked *needs fix* + the label-error finder's score (0–1; it replaces the model "
+                       "Dice and flip-TTA terms) + 1 for a conflicting near-duplicate pair (0.5 for a disagreeing "
+                       "one) + 0.75 × model disagreement. Accepted and corrected cases are left out. Finder report: "
+                       f"{report.created or 'yes'} · conflicts report: {'yes' if info.get('conflicts') else 'none'}.")
+        else:
+            st.caption("Score = 2 if marked *needs fix* + (1 − model Dice) + 1 for a conflicting near-duplicate pair "
+                       "(0.5 for a disagreeing one). Accepted and corrected cases are left out. "
+                       f"Evaluation: {info.get('evaluation') or 'none'} · conflicts report: "
+                       f"{'yes' if info.get('conflicts') else 'none'} · label-error finder: not run.")
         if queue:
-            df = pd.DataFrame([{"case": c, "score": s, "why": "; ".join(r),
-                                "being edited by": claims[c].user if c in claims else ""} for c, s, r in queue[:200]])
+            types = suspect_types_of(queue, report)
+            df = pd.DataFrame([{"case": c, "score": s, **({"type": types.get(c, "")} if report is not None else {}),
+                                "why": "; ".join(r), "being edited by": claims[c].user if c in claims else ""}
+                               for c, s, r in queue[:200]])
             st.dataframe(df, hide_index=True, width="stretch", key=state.Editor.QUEUE_TABLE,
                          column_config={"score": st.column_config.NumberColumn(format="%.2f")})
 
@@ -800,10 +1190,14 @@ def render_editor() -> None:
     who = author_input()
     with ReviewStore.for_dataset(ds) as store:
         _apply_deep_link(ds)
-        queue, qinfo = review_queue_for(ds, store)
+        full, qinfo = review_queue_for(ds, store)
+        report = qinfo.get("suspects")
+        queue = suspect_type_filter(full, report)
+        qinfo["all"] = full
         case_id = case_picker(ds, store, queue, qinfo)
         sess = session_for(ds, store, case_id)
         claim_panel(ds, store, sess)
+        suspect_info(report, case_id, sess.stack.current)
         case = ds.case(case_id)
         img = case_image(ds, case_id)
         hw = (int(img.shape[-2]), int(img.shape[-1]))
@@ -822,6 +1216,7 @@ def render_editor() -> None:
             manual_tools(ds, sess, hw)
         with right:
             preview_panel(ds, sess, img, settings["view"])
+            suspect_map_panel(ds, report, case_id, img, state.Editor.SUSPECT_MAP)
             save_panel(ds, store, sess, img, who)
             st.divider()
             state_panel(store, case_id, who if _may("reviewer") else "")
@@ -831,6 +1226,7 @@ def render_editor() -> None:
         history_panel(ds, store, sess, img, who)
         queue_panel(queue, qinfo, store.claims())
         export_panel(ds, store)
+        finder_panel(ds, report)  # the label-error finder (ranks the queue)
         loop_view.signals_panel(ds)  # model signals for the queue
         loop_view.loop_link()
         loop_view.loop_section(ds, store, None, "editor")  # retrain with corrections, what moved

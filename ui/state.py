@@ -137,6 +137,7 @@ class Browser(StrEnum):
     EVAL = "browser_eval"
     EVALUATE = "browser_evaluate"
     FIRST = "browser_first"
+    F_SUSPECT = "browser_f_suspect"  # the grid's filter by the label-error finder's suspect type
     F_AGE = "browser_f_age"
     F_AGE_IMP = "browser_f_age_imp"
     F_AGE_MIS = "browser_f_age_mis"
@@ -162,6 +163,7 @@ class Browser(StrEnum):
     PREV = "browser_prev"
     REQUEST = "browser_request"  # {"case", "view", "model", "eval"} set by other pages (ui.nav.request_case)
     SORT = "browser_sort"
+    SUSPECT_MAP = "browser_suspect_map"  # toggle: the disagreement map over the case's image
     VIEW = "browser_view"
 
 
@@ -245,6 +247,14 @@ class Editor(StrEnum):
     FILL_HOLES = "editor_fill_holes"
     FILL_X = "editor_fill_x"  # prefix: one field per image width
     FILL_Y = "editor_fill_y"  # prefix: one field per image height
+    FINDER_CANCEL = "editor_finder_cancel"
+    FINDER_FOLDS = "editor_finder_folds"
+    FINDER_JOB = "editor_finder_job"  # {"run_dir", "dataset", "weights", "config", "pending"}: cross-fit job
+    FINDER_JOB_ACTIVE = "editor_finder_job_active"  # the cross-fit job was running on the last refresh
+    FINDER_MODELS = "editor_finder_models"
+    FINDER_OPEN = "editor_finder_open"  # keep the finder's expander open after an action
+    FINDER_RESULT = "editor_finder_result"  # summary of the last finder run started here
+    FINDER_RUN = "editor_finder_run"
     FLASH = "editor_flash"  # [(kind, text, monotonic time, case)]: messages about the last action
     HISTORY_TABLE = "editor_history_table"
     LINK_CASE = "editor_link_case"  # the Shared.BROWSER_CASE value already used as a deep link
@@ -265,6 +275,8 @@ class Editor(StrEnum):
     SESSIONS = "editor_sessions"  # {(dataset, case_id): EditSession}
     SOURCE = "editor_source"
     STATE = "editor_state"  # prefix: one button per review state
+    SUSPECT_MAP = "editor_suspect_map"  # toggle: the disagreement map of the case on screen
+    SUSPECT_TYPES = "editor_suspect_types"  # the queue's filter by suspect type
     TOOL = "editor_tool"
     UNDO = "editor_undo"
     ZOOM = "editor_zoom"

@@ -5,8 +5,8 @@ One module for both queues, pure logic (no Streamlit):
 - the **pair queue** (:func:`build_queue`, :class:`ReviewItem`, filters, progress, the case
   study's bulk rule) behind the Conflict review page;
 - the **case queue** (:func:`case_queue`, :func:`next_case`) behind the Mask editor: cases ranked
-  by suspicion (marked *needs_fix*, low model Dice, in a conflicting or disagreeing pair of the
-  same conflicts report the pair queue shows).
+  by suspicion (marked *needs_fix*, the label-error finder's score — else low model Dice —, in a
+  conflicting or disagreeing pair of the same conflicts report the pair queue shows).
 
 The pair queue combines the pairs of a
 :class:`engine.dedup.ConflictReport` with the current decisions of an
@@ -57,6 +57,7 @@ from engine.store.records import CONFIRM_NOTE, DECISION_OPTIONS, PROPOSAL_NOTE, 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from engine.curation.suspects import SuspectReport
     from engine.datasets import Case, Dataset
     from engine.dedup import ConflictReport
     from engine.evaluation import EvalResult
@@ -477,9 +478,14 @@ def export_summary(info: Mapping[str, Any]) -> dict[str, int]:
 
 # ----------------------------------------------------------------------------------- case queue
 
-#: Weights of the suspicion score in :func:`case_queue`.
+#: Weights of the suspicion score in :func:`case_queue`. ``suspect`` (the label-error finder's
+#: calibrated score) replaces ``model`` and ``uncertainty`` whenever a finder report is given.
 QUEUE_WEIGHTS: dict[str, float] = {"needs_fix": 2.0, "conflict": 1.0, "disagree": 0.5, "model": 1.0,
-                                     "models": 0.75, "uncertainty": 0.75}
+                                     "models": 0.75, "uncertainty": 0.75, "suspect": 1.0}
+
+#: What :func:`case_queue` takes as ``suspects``: a :class:`engine.curation.suspects.SuspectReport`
+#: or ``{case_id: (score 0..1, type, first reason)}``.
+SuspectScores = Mapping[str, tuple[float, str, str]]
 
 
 def case_queue(ds: Dataset | Iterable[str], store: ReviewStore | None = None,
@@ -487,16 +493,23 @@ def case_queue(ds: Dataset | Iterable[str], store: ReviewStore | None = None,
                eval_result: EvalResult | pd.DataFrame | Mapping[str, float | None] | None = None, *,
                weights: Mapping[str, float] | None = None,
                include_unscored: bool = False, disagreement: Mapping[str, float] | None = None,
-               uncertainty: Mapping[str, float] | None = None) -> list[tuple[str, float, list[str]]]:
+               uncertainty: Mapping[str, float] | None = None,
+               suspects: SuspectReport | SuspectScores | None = None) -> list[tuple[str, float, list[str]]]:
     """Cases that most need a reviewer's look, most suspicious first.
 
     Score = ``needs_fix`` weight if a reviewer marked the case *needs_fix*
-    + ``model`` × (1 − Dice of the model's prediction vs the ground truth, from an evaluation)
     + ``conflict`` if the case is in a near-duplicate pair with contradictory masks (one
     empty), or ``disagree`` if only in a pair whose masks disagree (latest conflicts report)
     + ``models`` × model-vs-model disagreement (1 − mean pairwise Dice of several models'
-    predictions) + ``uncertainty`` × the model's flip-TTA uncertainty (both in [0, 1], see
-    :mod:`engine.curation.signals`).
+    predictions, :mod:`engine.curation.signals`)
+    + with a label-error finder report (``suspects``): ``suspect`` × its score (0..1, the
+    calibrated probability that the label is wrong, judged by a model that did not train on
+    the case; :func:`engine.curation.suspects.find_suspects`), reason ``"<type>: <first reason>"``;
+    + without one: ``model`` × (1 − Dice of the model's prediction vs the ground truth, from an
+    evaluation) + ``uncertainty`` × the model's flip-TTA uncertainty (in [0, 1]).
+    The finder's score supersedes those two: an evaluation's Dice comes from a model that may
+    have trained on the case, and the flip-TTA uncertainty marks hard images rather than wrong
+    labels (it ranks label errors about as well as chance), so they are not added on top of it.
     Cases already ``accepted`` or ``corrected`` are left out.
 
     Args:
@@ -510,7 +523,10 @@ def case_queue(ds: Dataset | Iterable[str], store: ReviewStore | None = None,
         disagreement: ``{case_id: 1 − mean pairwise Dice}`` of several models
             (:func:`engine.curation.signals.model_disagreement`), or None.
         uncertainty: ``{case_id: flip-TTA uncertainty}`` (:func:`engine.curation.signals.tta_uncertainty`),
-            or None.
+            or None (ignored when ``suspects`` is given).
+        suspects: the label-error finder's :class:`engine.curation.suspects.SuspectReport`
+            (:func:`engine.curation.suspects.load_latest_suspects`) or ``{case_id: (score, type,
+            first reason)}``; when given (even empty), ``eval_result`` and ``uncertainty`` are not scored.
 
     Returns:
         ``[(case_id, score, reasons)]`` sorted by score (descending), then case id (natural order).
@@ -519,6 +535,9 @@ def case_queue(ds: Dataset | Iterable[str], store: ReviewStore | None = None,
         >>> q = case_queue(ds, store, load_latest_report(ds), load_eval(folder))   # doctest: +SKIP
         >>> q[0]                                                                      # doctest: +SKIP
         ('2_13', 1.93, ['conflict pair with 2_5 (SSIM 0.995)', 'model Dice 0.07'])
+        >>> q = case_queue(ds, store, suspects=load_latest_suspects(ds))             # doctest: +SKIP
+        >>> q[0]                                                                      # doctest: +SKIP
+        ('2_7', 0.97, ['boundary: nerve: label boundary lies 9 px inside the model's on 94 % of its length'])
     """
     w = {**QUEUE_WEIGHTS, **(dict(weights) if weights else {})}
     ids = [c.case_id for c in ds.cases] if hasattr(ds, "cases") else [str(c) for c in ds]
@@ -534,15 +553,24 @@ def case_queue(ds: Dataset | Iterable[str], store: ReviewStore | None = None,
             who = getattr(s, "reviewer", "")
             reasons[cid].append("marked needs_fix" + (f" by {who}" if who else ""))
 
-    for cid, dice in _dice_by_case(eval_result).items():
-        if cid in known and dice is not None and math.isfinite(dice):
-            bad = min(max(1.0 - float(dice), 0.0), 1.0)
-            if bad > 0:
-                scores[cid] += w["model"] * bad
-                reasons[cid].append(f"model Dice {float(dice):.2f}")
+    finder = suspect_scores(suspects)
+    if finder is not None:
+        for cid, (score, typ, why) in finder.items():
+            if cid in known and math.isfinite(score) and score > 0:
+                scores[cid] += w["suspect"] * min(score, 1.0)
+                reasons[cid].append(f"{typ}: {why}" if why else typ)
+    else:
+        for cid, dice in _dice_by_case(eval_result).items():
+            if cid in known and dice is not None and math.isfinite(dice):
+                bad = min(max(1.0 - float(dice), 0.0), 1.0)
+                if bad > 0:
+                    scores[cid] += w["model"] * bad
+                    reasons[cid].append(f"model Dice {float(dice):.2f}")
 
-    for signal, values, text in (("models", disagreement, "models disagree {:.2f}"),
-                                 ("uncertainty", uncertainty, "flip-TTA uncertainty {:.2f}")):
+    model_signals = [("models", disagreement, "models disagree {:.2f}")]
+    if finder is None:
+        model_signals.append(("uncertainty", uncertainty, "flip-TTA uncertainty {:.2f}"))
+    for signal, values, text in model_signals:
         for cid, v in (values or {}).items():
             cid = str(cid)
             if cid in known and v is not None and math.isfinite(float(v)) and float(v) > 0:
@@ -572,6 +600,21 @@ def case_queue(ds: Dataset | Iterable[str], store: ReviewStore | None = None,
     out = [(cid, round(scores[cid], 6), reasons[cid]) for cid in ids
            if cid not in done and (scores[cid] > 0 or include_unscored)]
     out.sort(key=lambda t: (-t[1], natural_key(t[0])))
+    return out
+
+
+def suspect_scores(suspects: SuspectReport | SuspectScores | None) -> dict[str, tuple[float, str, str]] | None:
+    """``{case_id: (score, type, first reason)}`` of a label-error finder report or such a mapping
+    (None when ``suspects`` is None); a case without reasons gets ``""``."""
+    if suspects is None:
+        return None
+    if not isinstance(suspects, Mapping):  # a SuspectReport
+        return {str(s.case_id): (float(s.score), str(s.type), str(s.reasons[0]) if s.reasons else "")
+                for s in suspects.cases}
+    out: dict[str, tuple[float, str, str]] = {}
+    for cid, value in suspects.items():
+        parts: list[Any] = [*value, "", ""]
+        out[str(cid)] = (float(parts[0]), str(parts[1]), str(parts[2] or ""))
     return out
 
 

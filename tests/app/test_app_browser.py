@@ -288,3 +288,56 @@ def test_no_dataset_gives_a_hint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     at = AppTest.from_file(PAGE, default_timeout=120).run()
     assert not at.exception and not at.error
     assert any("No dataset chosen" in i.value for i in at.info)
+
+
+# ------------------------------------------------------------------------------------ label-error finder
+
+@pytest.fixture(scope="module")
+def finder_ws(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace of its own in which the nerve phantom has a label-error finder report (a tiny model
+    judges; the engine's honest_probabilities + find_suspects, as `python -m engine suspects` runs them)."""
+    from engine.curation.crossfit import honest_probabilities
+    from engine.curation.suspects import find_suspects
+
+    root = tmp_path_factory.mktemp("browser_finder_ws")
+    ds = open_dataset(demo / "nerve", workspace=Workspace(root))
+    model = save_tiny_unet(root / "models" / "finder-unet", seed=0, centre_on=ds.load_image_float(ds.cases[0]))
+    find_suspects(ds, honest_probabilities(ds, [str(model)], device="cpu"))
+    return root
+
+
+def test_suspects_filter_sort_and_explain_cases(demo: Path, finder_ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.curation.suspects import load_latest_suspects
+
+    point_app_at(monkeypatch, demo, finder_ws)
+    rep = load_latest_suspects(open_dataset(demo / "nerve", workspace=Workspace(finder_ws)))
+    assert rep is not None and len(rep.cases) == 36
+    at = ok(app(demo / "nerve").run())
+    by_type: dict[str, list[str]] = {}
+    for s in rep.cases:
+        by_type.setdefault(s.type, []).append(s.case_id)
+    kind = min(by_type, key=lambda t: len(by_type[t]))
+    ms = at.multiselect(key=state.Browser.F_SUSPECT)
+    assert f"{kind} ({len(by_type[kind])})" in ms.options
+    ok(ms.set_value([kind]).run())
+    assert count_caption(at) == len(by_type[kind]) and sorted(thumb_ids(at)) == sorted(by_type[kind])
+    assert all(f"⚑ {kind} " in img.captions[0] for img in at.image)
+    assert any("filters: suspect type" in c.value for c in at.caption)
+    # sorted by the finder's score, most suspicious first: the report's order
+    ok(at.multiselect(key=state.Browser.F_SUSPECT).set_value([]).run())
+    at.selectbox(key=state.Browser.SORT).set_value("suspect score (label-error finder)")
+    at.toggle(key=state.Browser.DESC).set_value(True)
+    ok(at.run())
+    assert thumb_ids(at) == [s.case_id for s in rep.cases]
+    # the detail view of the top suspect: type, score, reasons, and the map over the image on request
+    top = rep.cases[0]
+    ok(at.button(key=f"browser_open_{top.case_id}").click().run())
+    md = "\n".join(m.value for m in at.markdown)
+    assert f"**Label-error finder:** `{top.type}` · score **{top.score:.2f}** · rank 1 of 36" in md
+    assert f"- {top.reasons[0]}" in md
+    assert any(c.value.startswith(f"Judged by: {top.provenance}") for c in at.caption)
+    n_images = len(at.image)
+    ok(at.toggle(key=state.Browser.SUSPECT_MAP).set_value(True).run())
+    assert len(at.image) == n_images + 1
+    caps = [c for img in at.image for c in img.captions]
+    assert any(c.startswith(f"where the label disagrees ({top.type}, score {top.score:.2f})") for c in caps)

@@ -433,3 +433,198 @@ def test_local_time_uses_the_browser_zone_else_the_server_zone(monkeypatch) -> N
     finally:
         monkeypatch.undo()  # TZ as it was, then tell the C library
         time.tzset()
+
+
+# ------------------------------------------------------------------------------------ label-error finder
+
+FINDER_MODEL = "finder-test-unet"
+
+
+def _judge_model(ws: Path, ds) -> Path:
+    """A tiny U-Net in ``ws``'s models whose foreground bias is centred on one image (varied verdicts)."""
+    return save_tiny_unet(ws / "models" / FINDER_MODEL, seed=0, centre_on=ds.load_image_float(ds.case_ids[0]))
+
+
+@pytest.fixture(scope="module")
+def finder_ws(demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace in which the nerve phantom has a label-error finder report (judged by the tiny model,
+    through the engine's own honest_probabilities + find_suspects)."""
+    from engine.curation.crossfit import honest_probabilities
+    from engine.curation.suspects import find_suspects
+
+    ws = tmp_path_factory.mktemp("finder_ws")
+    ds = open_dataset(demo / "nerve", workspace=Workspace(ws))
+    model = _judge_model(ws, ds)
+    find_suspects(ds, honest_probabilities(ds, [str(model)], device="cpu"))
+    return ws
+
+
+@pytest.fixture()
+def fenv(demo: Path, finder_ws: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    point_app_at(monkeypatch, demo, finder_ws)
+    return {"demo": demo, "ws": finder_ws, "nerve": demo / "nerve"}
+
+
+def _report(env):
+    from engine.curation.suspects import load_latest_suspects
+
+    rep = load_latest_suspects(dataset(env))
+    assert rep is not None and rep.cases
+    return rep
+
+
+def _queue_table(at: AppTest):
+    return next(d.value for d in at.dataframe if "why" in d.value.columns)
+
+
+def test_find_label_errors_from_the_page_agrees_with_the_cli(env, tmp_path, capsys) -> None:
+    import json
+
+    from engine.__main__ import main
+    from engine.curation.suspects import load_latest_suspects
+
+    ds = dataset(env)
+    _judge_model(env["ws"], ds)
+    at = ok(app(env, ds.case_ids[0], **{state.Shared.MODEL: FINDER_MODEL}).run())
+    assert any(e.label.startswith("Label-error finder") for e in at.expander)
+    assert at.multiselect(key=state.Editor.FINDER_MODELS).value == [FINDER_MODEL]
+    assert at.selectbox(key=state.Editor.FINDER_FOLDS).value == 0  # the shipped model only: no cross-fit
+    assert load_latest_suspects(ds) is None
+    ok(at.button(key=state.Editor.FINDER_RUN).click().run())
+    n = sum(c.labelled for c in ds.cases)
+    assert f"Judged {n} labelled case(s)" in texts(at.success) and FINDER_MODEL in texts(at.success)
+    rep = load_latest_suspects(ds)
+    assert rep is not None and len(rep.cases) == n
+    top = rep.cases[0]
+    # the queue is ranked by the report now
+    assert any(c.value.startswith("Latest report (") for c in at.caption)
+    at.selectbox(key=state.Editor.CASE).set_value(rep.cases[-1].case_id)  # the last: "next" wraps to the top
+    ok(at.run())
+    ok(at.button(key="editor_next").click().run())
+    assert at.selectbox(key=state.Editor.CASE).value == top.case_id
+    # `python -m engine suspects` on the same dataset and model gives the same ranking and scores
+    out = tmp_path / "suspects.json"
+    assert main(["suspects", str(env["nerve"]), "--weights", FINDER_MODEL, "--json", str(out), "--device", "cpu",
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    cli = json.loads(out.read_text())["cases"]
+    assert [(c["case_id"], c["score"], c["type"]) for c in cli] == [
+        (s.case_id, round(s.score, 6), s.type) for s in rep.cases]
+
+
+def test_finder_cross_fit_config_is_the_clis(env) -> None:
+    from types import SimpleNamespace
+
+    from engine.cli.suspects import _crossfit_config
+    from ui.editor_view import finder_crossfit_config
+
+    model = _judge_model(env["ws"], dataset(env))
+    for weights, k in (([str(model)], 3), ([], 2), ([str(model)], 0)):
+        args = SimpleNamespace(config=None, folds=k or None, arch=None, base_channels=None, weights=weights,
+                               epochs=None, size=None, seed=0, device="cpu")
+        assert finder_crossfit_config(weights, k, "cpu") == _crossfit_config(args, None)
+
+
+def test_queue_follows_the_report_and_filters_by_suspect_type(fenv) -> None:
+    rep = _report(fenv)
+    judged = [s for s in rep.cases if s.score > 0]
+    at = ok(app(fenv, rep.cases[-1].case_id).run())
+    assert at.button(key="editor_next").label.startswith(f"Next case needing review ({len(judged)} in queue)")
+    table = _queue_table(at)
+    assert table["case"].tolist() == [s.case_id for s in judged][:200]  # the report's order
+    assert table["type"].tolist() == [s.type for s in judged][:200]
+    first = judged[0]
+    assert table["why"].iloc[0] == f"{first.type}: {first.reasons[0]}"
+    assert not table["why"].str.contains("flip-TTA|model Dice").any()
+    ok(at.button(key="editor_next").click().run())
+    assert at.selectbox(key=state.Editor.CASE).value == first.case_id
+    cap = next(c.value for c in at.caption if c.value.startswith("Suspicion score"))
+    assert cap == f"Suspicion score **{first.score:.2f}**: {first.type}: {first.reasons[0]}"
+
+    # filter by one type: the count in its label, the queue and "next" restricted to it
+    by_type: dict[str, list[str]] = {}
+    for s in judged:
+        by_type.setdefault(s.type, []).append(s.case_id)
+    kind = min(by_type, key=lambda t: len(by_type[t]))  # the rarer type
+    ms = at.multiselect(key=state.Editor.SUSPECT_TYPES)
+    assert f"{kind} ({len(by_type[kind])})" in ms.options
+    ok(ms.set_value([kind]).run())
+    assert at.button(key="editor_next").label.startswith(f"Next case needing review ({len(by_type[kind])} in queue)")
+    table = _queue_table(at)
+    assert set(table["type"]) == {kind} and table["case"].tolist() == by_type[kind][:200]
+    assert any(e.label.startswith(f"Review queue ({len(by_type[kind])} cases of {len(judged)}") for e in at.expander)
+    ok(at.button(key="editor_next").click().run())
+    want = by_type[kind][0] if first.case_id != by_type[kind][0] else by_type[kind][1 % len(by_type[kind])]
+    assert at.selectbox(key=state.Editor.CASE).value == want
+
+
+def test_case_block_and_the_disagreement_map(fenv) -> None:
+    rep = _report(fenv)
+    s = rep.cases[0]
+    at = ok(app(fenv, s.case_id).run())
+    md = texts(at.markdown)
+    assert f"**Label-error finder:** `{s.type}` · score **{s.score:.2f}** · rank 1 of {len(rep.cases)}" in md
+    assert f"- {s.reasons[0]}" in md
+    assert any(c.value.startswith(f"Judged by: {s.provenance}") for c in at.caption)
+    n_images = len(at.image)
+    toggle = at.toggle(key=state.Editor.SUSPECT_MAP)
+    assert toggle.value is False and toggle.label == "Show where the label disagrees"
+    ok(toggle.set_value(True).run())
+    assert len(at.image) == n_images + 1
+    caps = [c for img in at.image for c in img.captions if c.startswith("where the label disagrees")]
+    assert caps and caps[0].startswith(f"where the label disagrees ({s.type}, score {s.score:.2f})")
+    assert "label has it, the model rejects it" in md + texts(at.markdown)
+    # an edit on screen: the block says the report judged another mask
+    ok(at.button(key="editor_empty").click().run())
+    assert any("not the one the finder judged" in c.value for c in at.caption)
+
+
+def test_disagreement_colours() -> None:
+    from ui.editor_view import MAP_COLOURS, disagreement_rgb
+
+    img = np.zeros((1, 6, 6), np.float32)
+    label = np.zeros((6, 6), np.uint8)
+    label[:3] = 1
+    dmap = np.zeros((6, 6), np.uint8)
+    dmap[1, 1] = 255  # on the label: it has something the model rejects
+    dmap[4, 4] = 255  # off the label: it misses something
+    dmap[5, 5] = 51   # faint: low opacity
+    rgb = disagreement_rgb(img, label, dmap, max_alpha=1.0)
+    rejects, misses = MAP_COLOURS.values()
+    assert tuple(rgb[1, 1]) == rejects and tuple(rgb[4, 4]) == misses
+    assert tuple(rgb[5, 5]) == tuple(round(0.2 * c) for c in misses)
+    assert tuple(rgb[4, 0]) == (0, 0, 0)  # agreement stays the image
+
+
+def test_cross_fitting_runs_as_a_background_job_then_judges(env) -> None:
+    """k folds: the fold models train in a background process with progress; when it ends the page judges
+    every case with the fold model that never saw it."""
+    import time
+
+    from engine.curation.crossfit import crossfit_status
+    from engine.curation.suspects import load_latest_suspects
+    from ui.editor_view import finder_crossfit_config
+
+    ds = dataset(env)
+    save_tiny_unet(env["ws"] / "models" / FINDER_MODEL, seed=0,  # cross-fit its architecture for one epoch
+                   training={"config": {"epochs": 1, "augment": "none", "batch_size": 8}})
+    at = ok(app(env, ds.case_ids[0], **{state.Shared.MODEL: FINDER_MODEL}).run())
+    at.selectbox(key=state.Editor.FINDER_FOLDS).set_value(2)
+    ok(at.run())
+    ok(at.button(key=state.Editor.FINDER_RUN).click().run())
+    job = at.session_state[state.Editor.FINDER_JOB]
+    assert job["k"] == 2 and job["pending"] and "1 epochs" in job["what"]
+    assert at.button(key=state.Editor.FINDER_RUN).disabled  # one job at a time
+    bars = [p for p in at.get("progress") if "Cross-fitting 2 fold models" in p.proto.text]
+    assert bars, [p.proto.text for p in at.get("progress")]
+    cfg = finder_crossfit_config([FINDER_MODEL], 2, "cpu")
+    deadline = time.monotonic() + 240
+    while crossfit_status(ds, cfg)["active"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert crossfit_status(ds, cfg)["state"] == "finished"
+    ok(at.run())  # the page sees the finished job and judges
+    assert "Judged 36 labelled case(s)" in texts(at.success) and "cross-fit fold" in texts(at.success)
+    rep = load_latest_suspects(ds)
+    assert rep is not None and all("out-of-fold: k=2 cross-fit of unet_classic" in s.provenance for s in rep.cases)
+    assert not at.button(key=state.Editor.FINDER_RUN).disabled and not at.session_state[state.Editor.FINDER_JOB][
+        "pending"]
