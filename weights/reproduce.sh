@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the shipped weights (CPU is enough; each model card records its exact command and config).
-# Usage: weights/reproduce.sh [demo-nerve-phantom|demo-nerve-presence|demo-ptx-phantom|lung-cxr|nerve-vessel-us ...]
+# Usage: weights/reproduce.sh [demo-nerve-phantom|demo-nerve-presence|demo-ptx-phantom|lung-cxr|nerve-vessel-us|click-seg ...]
 # Needs ../shared/data (Montgomery, usgra) beside the checkout for the real-data models.
 # Outputs: $SEGWB_WORKSPACE/runs/<name>/best  → copy to weights/<name>/ after checking the metrics.
 # Publishing (each card records its own): python -m engine weights publish RUN --dest weights/<name>
@@ -8,6 +8,9 @@
 #   fingerprint:  python -m engine weights fingerprint <name> --data DATASET [--modality US|CR,DX]
 #   and the two-stage pipeline's gate: python -m engine weights set-gate demo-nerve-phantom
 #   --gate demo-nerve-presence [--threshold T] (T from `python -m engine tune-post ... --gate`).
+# The click model (click-seg; card click.json, not card.json): copy model.safetensors + click.json of
+#   $SEGWB_WORKSPACE/runs/click-seg to weights/click-seg/, then `python bench/assist.py --update-card`
+#   writes its held-out NoC figures into the card.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -15,7 +18,7 @@ export SEGWB_WORKSPACE=${SEGWB_WORKSPACE:-$PWD/.workspace}
 DATA=${SEGWB_SHARED_DATA:-../shared/data}
 TRAIN_PHANTOMS=$SEGWB_WORKSPACE/train-data/phantoms-seed1
 RUNS=$SEGWB_WORKSPACE/runs
-names=("$@"); [ ${#names[@]} -gt 0 ] || names=(demo-nerve-phantom demo-nerve-presence demo-ptx-phantom lung-cxr nerve-vessel-us)
+names=("$@"); [ ${#names[@]} -gt 0 ] || names=(demo-nerve-phantom demo-nerve-presence demo-ptx-phantom lung-cxr nerve-vessel-us click-seg)
 
 phantoms() { $PY -m engine demo --out "$TRAIN_PHANTOMS" --scale train --seed 1 --if-missing; }
 
@@ -64,6 +67,11 @@ for name in "${names[@]}"; do
         --description "Nerve and blood-vessel segmentation in regional-anaesthesia ultrasound (Mindray TE7, L14-6Ns)." \
         --license "CC-BY 4.0" \
         --attribution "usgra-seg dataset, T. M. K., CC-BY 4.0" ;;
+    click-seg)
+      # class-agnostic click model: Montgomery lungs + usgra nerves/vessels (training folds only) + synthetic
+      # shapes, simulated clicks with iterative training (engine/assist/train.py); held-out folds untouched
+      $PY -m engine.assist.train --data "$DATA" --out "$RUNS/$name" --steps 450 --batch-size 8 --lr 2e-3 \
+        --seed 0 --threads 2 --command "weights/reproduce.sh click-seg" ;;
     *) echo "unknown model $name" >&2; exit 2 ;;
   esac
 done
